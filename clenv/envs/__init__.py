@@ -1,0 +1,1 @@
+"""The environments. Import them through ``gym.make("clenv/<Name>-v0")``."""

@@ -1,0 +1,332 @@
+"""The task-switch protocol shared by every clenv environment.
+
+Every clenv env is non-stationary: it walks through a sequence of *tasks* (a friction
+value, a pixel permutation, a pair of classes, ...) and says so in ``info``. This module
+holds the two pieces that make that uniform:
+
+* :class:`TaskSchedule`: a plain state machine that decides *when* the task changes
+  (``switch_every`` steps, exactly at the boundary or at the first episode end after
+  it) and gives each task id its own random generator, so the task sequence depends
+  only on ``task_seed``;
+* :class:`ContinualEnv`: a mixin for ``gymnasium.Env`` subclasses that owns a schedule,
+  writes the protocol's ``info`` keys and implements ``task_id``, ``task``,
+  ``num_tasks``, ``set_task``, ``get_schedule_state`` and ``set_schedule_state``.
+
+The ``info`` keys, at every ``reset`` and ``step``:
+
+=============== =======================================================================
+``task_id``     index of the task in the sequence
+``task_switch`` True on the first step of a new task (the info that announces it) and at
+                the first reset
+``task_step``   steps taken in the task so far (0 when it has just begun)
+``task``        the task's parameters, a small dict such as ``{"friction": 0.13}``
+=============== =======================================================================
+
+They describe the task the agent acts in *next*: the reward returned by a step was
+earned in the task the action was taken in, which is the previous task when
+``task_switch`` is True. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+SWITCH_AT_CHOICES = ("step", "episode_end")
+SwitchAt = Literal["step", "episode_end"]
+INFO_KEYS = ("task_id", "task_switch", "task_step", "task")
+
+
+class TaskSchedule:
+    """When tasks change, and a reproducible random generator per task.
+
+    Args:
+        switch_every: steps per task (counted from the task's first step).
+        switch_at: ``"step"`` switches exactly after ``switch_every`` steps, in the middle
+            of an episode if need be (SC); ``"episode_end"`` switches at the first episode
+            start after that many steps (LoP), so an episode never spans two tasks.
+        num_tasks: length of the task sequence; ``None`` for an endless one. After the
+            last task the schedule stays in it.
+        task_seed: the task sequence depends on this seed only, so every copy of an env
+            built with the same arguments (e.g. the sub-envs of a vector env) sees the
+            same tasks at the same steps.
+    """
+
+    def __init__(
+        self,
+        switch_every: int,
+        switch_at: SwitchAt = "step",
+        num_tasks: int | None = None,
+        task_seed: int = 0,
+    ) -> None:
+        if isinstance(switch_every, bool) or not isinstance(
+            switch_every, int | np.integer
+        ):
+            raise ValueError(
+                f"switch_every must be a positive int (steps per task), got {switch_every!r}"
+            )
+        if switch_every <= 0:
+            raise ValueError(
+                f"switch_every must be a positive number of steps, got {switch_every}; "
+                "use a large value (e.g. 10**12) for an effectively stationary env"
+            )
+        if switch_at not in SWITCH_AT_CHOICES:
+            raise ValueError(
+                f"switch_at must be one of {SWITCH_AT_CHOICES}, got {switch_at!r}: "
+                "'step' switches exactly at the boundary (SC), 'episode_end' at the "
+                "first episode start after it (LoP)"
+            )
+        if num_tasks is not None and (
+            isinstance(num_tasks, bool)
+            or not isinstance(num_tasks, int | np.integer)
+            or num_tasks <= 0
+        ):
+            raise ValueError(
+                f"num_tasks must be a positive int or None (endless), got {num_tasks!r}"
+            )
+        if isinstance(task_seed, bool) or not isinstance(task_seed, int | np.integer):
+            raise ValueError(f"task_seed must be an int, got {task_seed!r}")
+        if task_seed < 0:
+            raise ValueError(f"task_seed must be >= 0, got {task_seed}")
+        self.switch_every = int(switch_every)
+        self.switch_at: SwitchAt = switch_at
+        self.num_tasks = None if num_tasks is None else int(num_tasks)
+        self.task_seed = int(task_seed)
+        self.task_id = 0
+        self.task_step = 0
+        self.total_steps = 0
+        self.started = False
+        self.switch_pending = False
+
+    # -- the sequence ----------------------------------------------------------------
+    def task_rng(self, task_id: int) -> np.random.Generator:
+        """The generator that draws task ``task_id``'s parameters.
+
+        Seeded from ``(task_seed, task_id)`` so any task can be rebuilt directly (for
+        evaluation on past tasks or after a resume) without replaying the sequence.
+        """
+        return np.random.default_rng([self.task_seed, int(task_id)])
+
+    def check_task_id(self, task_id: int) -> int:
+        if isinstance(task_id, bool) or not isinstance(task_id, int | np.integer):
+            raise ValueError(f"task_id must be an int, got {task_id!r}")
+        if task_id < 0 or (self.num_tasks is not None and task_id >= self.num_tasks):
+            upper = "" if self.num_tasks is None else f" and < num_tasks={self.num_tasks}"
+            raise ValueError(f"task_id must be >= 0{upper}, got {task_id}")
+        return int(task_id)
+
+    @property
+    def _has_next_task(self) -> bool:
+        return self.num_tasks is None or self.task_id + 1 < self.num_tasks
+
+    # -- the clock -------------------------------------------------------------------
+    def restart(self) -> None:
+        """Back to the start of the sequence (task 0, no steps taken)."""
+        self.task_id = 0
+        self.task_step = 0
+        self.total_steps = 0
+        self.started = False
+        self.switch_pending = False
+
+    def on_reset(self) -> bool:
+        """Advance the schedule at an episode start; True if a new task begins."""
+        if not self.started:
+            self.started = True
+            return True
+        if self.switch_pending:
+            self._next_task()
+            return True
+        return False
+
+    def on_step(self) -> bool:
+        """Advance the schedule by one env step; True if the next step is in a new task."""
+        self.total_steps += 1
+        self.task_step += 1
+        if self.task_step < self.switch_every or not self._has_next_task:
+            return False
+        if self.switch_at == "step":
+            self._next_task()
+            return True
+        self.switch_pending = True
+        return False
+
+    def _next_task(self) -> None:
+        self.task_id += 1
+        self.task_step = 0
+        self.switch_pending = False
+
+    # -- persistence -----------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue the same sequence at the same step."""
+        return {
+            "task_id": self.task_id,
+            "task_step": self.task_step,
+            "total_steps": self.total_steps,
+            "started": self.started,
+            "switch_pending": self.switch_pending,
+            # Checked on restore: a state only makes sense for the same schedule.
+            "switch_every": self.switch_every,
+            "switch_at": self.switch_at,
+            "num_tasks": self.num_tasks,
+            "task_seed": self.task_seed,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        missing = {"task_id", "task_step", "total_steps", "started"} - set(state)
+        if missing:
+            raise ValueError(f"schedule state is missing keys {sorted(missing)}")
+        for key in ("switch_every", "switch_at", "num_tasks", "task_seed"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"schedule state was saved with {key}={state[key]!r} but this env "
+                    f"has {key}={getattr(self, key)!r}; build the env with the same "
+                    "schedule arguments before restoring its state"
+                )
+        self.task_id = int(state["task_id"])
+        self.task_step = int(state["task_step"])
+        self.total_steps = int(state["total_steps"])
+        self.started = bool(state["started"])
+        self.switch_pending = bool(state.get("switch_pending", False))
+
+
+class ContinualEnv:
+    """Mixin for ``gymnasium.Env`` subclasses that follow the task-switch protocol.
+
+    A subclass calls :meth:`_init_schedule` in ``__init__`` and implements
+
+    * ``_make_task(task_id, rng) -> dict``: the parameters of task ``task_id``, drawn
+      from ``rng`` only (a generator seeded from ``(task_seed, task_id)``);
+    * ``_apply_task(task) -> None``: make the env behave as that task.
+
+    In ``reset`` it calls :meth:`_schedule_reset` and in ``step`` :meth:`_schedule_step`
+    (after the transition); each fills the protocol keys into ``info``.
+
+    Resets: ``reset()`` begins a new episode and never changes the task by itself (in
+    ``switch_at="episode_end"`` mode it is where a due switch happens). ``reset(seed=s)``
+    starts the whole stream over at task 0, so that, as Gymnasium's contract asks, the
+    same seed gives the same rollout, task switches included. Agents seed once, at the
+    start; vector envs' autoresets pass no seed.
+    """
+
+    _schedule: TaskSchedule
+    _task: dict[str, Any]
+
+    def _init_schedule(
+        self,
+        switch_every: int,
+        switch_at: SwitchAt = "step",
+        num_tasks: int | None = None,
+        task_seed: int = 0,
+    ) -> None:
+        self._schedule = TaskSchedule(switch_every, switch_at, num_tasks, task_seed)
+        self._pinned_task_id: int | None = None
+        self._pinned_steps = 0
+        self._announce_switch = False
+        self._task = self._task_params(0)
+        self._apply_task(self._task)
+
+    # -- to implement ----------------------------------------------------------------
+    def _make_task(self, task_id: int, rng: np.random.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _apply_task(self, task: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- protocol API ----------------------------------------------------------------
+    @property
+    def task_id(self) -> int:
+        """Index of the task the env is in (the pinned one while pinned)."""
+        if self._pinned_task_id is not None:
+            return self._pinned_task_id
+        return self._schedule.task_id
+
+    @property
+    def task(self) -> dict[str, Any]:
+        """Parameters of the current task (a copy)."""
+        return dict(self._task)
+
+    @property
+    def num_tasks(self) -> int | None:
+        """Length of the task sequence, or None when it is endless."""
+        return self._schedule.num_tasks
+
+    @property
+    def schedule(self) -> TaskSchedule:
+        return self._schedule
+
+    def task_params(self, task_id: int) -> dict[str, Any]:
+        """Parameters of any task in the sequence, without switching to it."""
+        return self._task_params(self._schedule.check_task_id(task_id))
+
+    def set_task(self, task_id: int | None) -> None:
+        """Pin the env to task ``task_id`` (e.g. to evaluate on a past task).
+
+        While pinned the schedule is frozen (no steps counted, no switches) and
+        ``task_step`` counts the steps since pinning; ``set_task(None)`` unpins and
+        returns to the scheduled task where it was left. The next ``info`` announces the
+        change with ``task_switch=True``.
+        """
+        if task_id is None:
+            self._pinned_task_id = None
+            target = self._schedule.task_id
+        else:
+            target = self._schedule.check_task_id(task_id)
+            self._pinned_task_id = target
+            self._pinned_steps = 0
+        self._task = self._task_params(target)
+        self._apply_task(self._task)
+        self._announce_switch = True
+
+    def get_schedule_state(self) -> dict[str, Any]:
+        """The schedule's state (step counters, pending switch), for checkpoints."""
+        state = self._schedule.get_state()
+        state["pinned_task_id"] = self._pinned_task_id
+        return state
+
+    def set_schedule_state(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`get_schedule_state`; applies that task now."""
+        self._schedule.set_state(state)
+        self._pinned_task_id = state.get("pinned_task_id")
+        self._task = self._task_params(self.task_id)
+        self._apply_task(self._task)
+        self._announce_switch = False
+
+    # -- for subclasses --------------------------------------------------------------
+    def _task_params(self, task_id: int) -> dict[str, Any]:
+        return self._make_task(task_id, self._schedule.task_rng(task_id))
+
+    def _schedule_reset(self, info: dict[str, Any], seed: int | None) -> dict[str, Any]:
+        """Call from ``reset``; a seeded reset restarts the task sequence at task 0."""
+        if seed is not None:
+            self._schedule.restart()
+        switched = False
+        if self._pinned_task_id is None and self._schedule.on_reset():
+            switched = True
+            self._task = self._task_params(self._schedule.task_id)
+            self._apply_task(self._task)
+        return self._fill_info(info, switched)
+
+    def _schedule_step(self, info: dict[str, Any]) -> dict[str, Any]:
+        switched = False
+        if self._pinned_task_id is not None:
+            self._pinned_steps += 1
+        elif self._schedule.on_step():
+            switched = True
+            self._task = self._task_params(self._schedule.task_id)
+            self._apply_task(self._task)
+        return self._fill_info(info, switched)
+
+    def _fill_info(self, info: dict[str, Any], switched: bool) -> dict[str, Any]:
+        if self._announce_switch:
+            switched = True
+            self._announce_switch = False
+        if self._pinned_task_id is None:
+            info["task_id"] = self._schedule.task_id
+            info["task_step"] = self._schedule.task_step
+        else:
+            info["task_id"] = self._pinned_task_id
+            info["task_step"] = self._pinned_steps
+        info["task_switch"] = switched
+        info["task"] = dict(self._task)
+        return info

@@ -1,0 +1,179 @@
+"""The task-switch protocol on a minimal env, independent of MuJoCo and data."""
+
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from clenv.protocol import INFO_KEYS, ContinualEnv, TaskSchedule
+
+
+class ToyContinualEnv(ContinualEnv, gym.Env):
+    """Observation = the task's offset; episodes end after ``episode_length`` steps."""
+
+    observation_space = gym.spaces.Box(-10.0, 10.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, episode_length=7, **schedule):
+        self.episode_length = episode_length
+        self.applied = []
+        self._init_schedule(**schedule)
+
+    def _make_task(self, task_id, rng):
+        return {"offset": float(rng.uniform(-1, 1))}
+
+    def _apply_task(self, task):
+        self.applied.append(task["offset"])
+
+    def _obs(self):
+        return np.array([self._task["offset"]], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), self._schedule_reset({}, seed)
+
+    def step(self, action):
+        self.t += 1
+        info = self._schedule_step({})
+        return self._obs(), 0.0, False, self.t >= self.episode_length, info
+
+
+def run(env, steps):
+    infos = [env.reset(seed=0)[1]]
+    for _ in range(steps):
+        _, _, term, trunc, info = env.step(0)
+        infos.append(info)
+        if term or trunc:
+            infos.append(env.reset()[1])
+    return infos
+
+
+def test_first_reset_announces_task_zero():
+    info = ToyContinualEnv(switch_every=5).reset(seed=0)[1]
+    assert set(INFO_KEYS) <= set(info)
+    assert info["task_id"] == 0 and info["task_switch"] and info["task_step"] == 0
+
+
+def test_step_mode_switches_exactly_at_boundary_mid_episode():
+    env = ToyContinualEnv(episode_length=100, switch_every=5)
+    env.reset(seed=0)
+    for step in range(1, 13):
+        info = env.step(0)[4]
+        assert info["task_id"] == step // 5
+        assert info["task_switch"] == (step % 5 == 0)
+        assert info["task_step"] == step % 5
+    assert info["task"] == env.task_params(2)
+
+
+def test_episode_end_mode_switches_at_first_reset_after_boundary():
+    env = ToyContinualEnv(episode_length=7, switch_every=5, switch_at="episode_end")
+    env.reset(seed=0)
+    for _ in range(7):  # the boundary (step 5) falls inside this episode
+        info = env.step(0)[4]
+        assert info["task_id"] == 0 and not info["task_switch"]
+    assert info["task_step"] == 7
+    info = env.reset()[1]
+    assert info["task_id"] == 1 and info["task_switch"] and info["task_step"] == 0
+
+
+def test_reset_never_changes_task_before_boundary():
+    env = ToyContinualEnv(episode_length=2, switch_every=100)
+    infos = run(env, 50)
+    assert {info["task_id"] for info in infos} == {0}
+    assert sum(info["task_switch"] for info in infos) == 1  # only the first reset
+
+
+def test_seeded_reset_restarts_stream_unseeded_reset_does_not():
+    env = ToyContinualEnv(episode_length=1000, switch_every=3)
+    first = run(env, 10)
+    assert env.reset()[1]["task_id"] == 3
+    assert run(env, 10) == first  # run() starts with reset(seed=0)
+
+
+def test_task_sequence_depends_only_on_task_seed():
+    a = ToyContinualEnv(switch_every=3, task_seed=4)
+    b = ToyContinualEnv(switch_every=3, task_seed=4)
+    c = ToyContinualEnv(switch_every=3, task_seed=5)
+    assert [a.task_params(k) for k in range(5)] == [b.task_params(k) for k in range(5)]
+    assert a.task_params(1) != c.task_params(1)
+    assert len({a.task_params(k)["offset"] for k in range(5)}) == 5
+
+
+def test_num_tasks_stays_on_last_task():
+    env = ToyContinualEnv(episode_length=1000, switch_every=2, num_tasks=3)
+    infos = run(env, 20)
+    assert infos[-1]["task_id"] == 2 and env.num_tasks == 3
+    with pytest.raises(ValueError, match="num_tasks=3"):
+        env.set_task(3)
+
+
+def test_set_task_pins_and_unpinning_resumes_schedule():
+    env = ToyContinualEnv(episode_length=1000, switch_every=4)
+    env.reset(seed=0)
+    for _ in range(6):
+        env.step(0)
+    env.set_task(0)
+    info = env.step(0)[4]
+    assert info["task_id"] == 0 and info["task_switch"] and env.task == env.task_params(0)
+    for _ in range(10):  # frozen: no switch while pinned
+        info = env.step(0)[4]
+    assert info["task_id"] == 0 and info["task_step"] == 11
+    env.set_task(None)
+    info = env.step(0)[4]
+    assert info["task_id"] == 1 and info["task_switch"] and info["task_step"] == 3
+
+
+def test_schedule_state_round_trip_continues_identically():
+    env = ToyContinualEnv(episode_length=5, switch_every=7, switch_at="episode_end")
+    run(env, 23)
+    state = env.get_schedule_state()
+    expected = [run_step(env) for _ in range(30)]
+    # A second env at the same point of its episode, restored from the saved state.
+    env2 = ToyContinualEnv(episode_length=5, switch_every=7, switch_at="episode_end")
+    run(env2, 23)
+    env2.set_schedule_state(state)
+    assert [run_step(env2) for _ in range(30)] == expected
+
+
+def run_step(env):
+    _, _, term, trunc, info = env.step(0)
+    if term or trunc:
+        info = {"reset": env.reset()[1]}
+    return repr(info)
+
+
+def test_state_from_other_schedule_is_refused():
+    state = ToyContinualEnv(switch_every=7).get_schedule_state()
+    with pytest.raises(ValueError, match="switch_every=7"):
+        ToyContinualEnv(switch_every=8).set_schedule_state(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"switch_every": 0}, "positive"),
+        ({"switch_every": -3}, "positive"),
+        ({"switch_every": 2.5}, "positive int"),
+        ({"switch_every": 5, "switch_at": "sometimes"}, "'step', 'episode_end'"),
+        ({"switch_every": 5, "num_tasks": 0}, "num_tasks"),
+        ({"switch_every": 5, "task_seed": -1}, "task_seed"),
+    ],
+)
+def test_bad_schedule_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TaskSchedule(**kwargs)
+
+
+def test_toy_env_passes_check_env_and_pickles():
+    check_env(ToyContinualEnv(switch_every=3), skip_render_check=True)
+    env = ToyContinualEnv(switch_every=3)
+    env.reset(seed=0)
+    for _ in range(4):
+        env.step(0)
+    clone = pickle.loads(pickle.dumps(env))
+    assert clone.step(0)[4] == env.step(0)[4]
