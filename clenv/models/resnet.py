@@ -1,0 +1,102 @@
+"""The ResNet-18 variant of the Incremental CIFAR-100 benchmark (LoP; SC adds 2 FC).
+
+Differences from torchvision's ``resnet18`` (both papers): every convolution has a bias,
+the stem is a 3x3 stride-1 convolution, and there is no max-pool, so 32x32 images keep
+their resolution in the first stage. SC inserts two fully connected ReLU layers of 512
+units between the pooled features and the head (its ER layers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection (He et al. 2016)."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=True)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=True)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu2 = nn.ReLU()
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride, bias=True),
+                nn.BatchNorm2d(channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.downsample(x))
+
+
+class IncrementalCIFARResNet18(nn.Module):
+    """ResNet-18 with conv biases, a 3x3 stride-1 stem and no max-pool.
+
+    Layout: stem conv3x3(64)-BN-ReLU, four stages of two :class:`BasicBlock` (64, 128,
+    256, 512 channels; stride 2 from the second stage), global average pooling, then
+    optionally ``extra_fc`` hidden FC ReLU layers of ``fc_width`` units (SC: 2 of 512;
+    LoP: none), then the head. Convolutions use Kaiming-normal (fan-out, ReLU) weights
+    and zero biases, BatchNorm weight 1 and bias 0, as LoP's ``kaiming_init_resnet_module``.
+
+    Args:
+        num_classes: output logits (100; the agent masks the unseen classes).
+        extra_fc: hidden FC layers after pooling (SC 2, LoP 0).
+        fc_width: units of each extra FC layer.
+        in_channels: image channels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        extra_fc: int = 2,
+        fc_width: int = 512,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or extra_fc < 0 or fc_width < 1:
+            raise ValueError(
+                "IncrementalCIFARResNet18 needs num_classes >= 1, extra_fc >= 0 and "
+                f"fc_width >= 1, got {num_classes}, {extra_fc}, {fc_width}"
+            )
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
+        stages: list[nn.Module] = []
+        in_ch = 64
+        for index, channels in enumerate((64, 128, 256, 512)):
+            stride = 1 if index == 0 else 2
+            stages.append(
+                nn.Sequential(
+                    BasicBlock(in_ch, channels, stride), BasicBlock(channels, channels)
+                )
+            )
+            in_ch = channels
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        fc: list[nn.Module] = []
+        for _ in range(extra_fc):
+            fc += [nn.Linear(in_ch, fc_width), nn.ReLU()]
+            in_ch = fc_width
+        self.fc = nn.Sequential(*fc)
+        self.head = nn.Linear(in_ch, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(
+                    module.weight, mode="fan_out", nonlinearity="relu"
+                )
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(self.pool(self.stages(self.stem(x)))))
