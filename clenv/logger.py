@@ -1,0 +1,384 @@
+"""RunLogger: one run directory, every series in TensorBoard and in an HDF5 file.
+
+A run directory (``runs/<env_id with / as _>__<exp_name>__<seed>__<unix time>/``)
+holds
+
+================ ====================================================================
+event files      TensorBoard (scalars, histograms, the hyperparameter table)
+``metrics.h5``   every series as numbers you can load without TensorBoard
+``checkpoints/`` see :mod:`clenv.checkpoint`
+``args.json``    the run's arguments
+================ ====================================================================
+
+``metrics.h5`` layout: root attributes ``env_id``, ``exp_name``, ``reg``, ``seed``,
+``agent`` and ``args_json``; every series is a group at its tag path (e.g.
+``/charts/episodic_return``) holding three resizable datasets of equal length:
+``step`` (int64, global step), ``task_id`` (int64, the task when it was logged) and
+``value`` (float64; shape ``(n,)`` for scalars, ``(n, ...)`` for arrays such as a
+spectral density on a fixed grid, whose grid is the group attribute ``grid``).
+
+The file is flushed after every write, so a run killed with SIGKILL keeps everything it
+logged. :meth:`RunLogger.resume` truncates every series to ``step <= checkpoint step``
+and reopens TensorBoard with ``purge_step`` so a resumed run has no gap and no
+duplicate.
+
+Example:
+    >>> import tempfile
+    >>> with RunLogger.create(tempfile.mkdtemp(), env_id="clenv/SlipperyAnt-v0",
+    ...                       exp_name="demo", seed=0, agent="ppo", reg="bp",
+    ...                       args={"lr": 1e-4}, tensorboard=False) as logger:
+    ...     logger.set_task(0)
+    ...     logger.log_scalar("charts/episodic_return", 12.5, step=1000)
+    ...     read_series(logger.run_dir / "metrics.h5", "charts/episodic_return")["value"]
+    array([12.5])
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+METRICS_FILE = "metrics.h5"
+ARGS_FILE = "args.json"
+TAG_PREFIXES = ("charts/", "losses/", "cl/", "plasticity/", "curvature/", "eval/")
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+def run_name(
+    env_id: str, exp_name: str, seed: int, timestamp: int | None = None
+) -> str:
+    """CleanRL's run name, ``<env_id>__<exp_name>__<seed>__<unix time>``.
+
+    The ``/`` of a namespaced id (``clenv/SlipperyAnt-v0``) becomes ``_`` so the run is
+    one directory.
+    """
+    timestamp = int(time.time()) if timestamp is None else int(timestamp)
+    return f"{env_id.replace('/', '_')}__{exp_name}__{seed}__{timestamp}"
+
+
+def hparams_markdown(args: Mapping[str, Any]) -> str:
+    """The hyperparameters as a Markdown table (CleanRL's ``add_text`` format)."""
+    rows = "\n".join(f"|{key}|{value}|" for key, value in args.items())
+    return f"|param|value|\n|-|-|\n{rows}"
+
+
+def read_series(path: str | Path, tag: str) -> dict[str, np.ndarray]:
+    """Load one series of a ``metrics.h5`` file as ``{"step", "task_id", "value"}``."""
+    with h5py.File(path, "r") as f:
+        if tag not in f:
+            raise KeyError(f"no series {tag!r} in {path}; it has {list_series(f)}")
+        group = f[tag]
+        out = {name: group[name][()] for name in ("step", "task_id", "value")}
+        if "grid" in group.attrs:
+            out["grid"] = np.asarray(group.attrs["grid"])
+        return out
+
+
+def list_series(file: h5py.File | h5py.Group) -> list[str]:
+    """Every series (group holding ``step``/``task_id``/``value``) in an HDF5 file."""
+    tags: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Group) and "value" in obj and "step" in obj:
+            tags.append(name)
+
+    file.visititems(visit)
+    return sorted(tags)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
+
+
+class RunLogger:
+    """Writes every series to TensorBoard and to ``metrics.h5`` in one run directory.
+
+    Use :meth:`create` for a new run and :meth:`resume` to continue one from a
+    checkpoint; call :meth:`set_task` when the task changes so every value is stamped
+    with the task it was logged in.
+
+    Args:
+        run_dir: the run directory (created if missing).
+        step_limit: None for a new run. For a resumed run, the checkpoint's global step:
+            every series is truncated to ``step <= step_limit`` and TensorBoard discards
+            events from ``step_limit + 1`` on.
+        tensorboard: also write TensorBoard event files (off only for tests or when
+            TensorBoard is unwanted).
+        attrs: root attributes of ``metrics.h5`` (written only when given).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        step_limit: int | None = None,
+        tensorboard: bool = True,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.task_id = 0
+        self._h5 = h5py.File(self.run_dir / METRICS_FILE, "a")
+        if attrs:
+            for key, value in attrs.items():
+                self._h5.attrs[key] = value
+        if step_limit is not None:
+            self._truncate(int(step_limit))
+        self._h5.flush()
+        self.writer = None
+        if tensorboard:
+            # Imported lazily: it pulls in tensorboard (slow) and a reader of
+            # metrics.h5 does not need it.
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if step_limit is None else int(step_limit) + 1
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        *,
+        env_id: str,
+        exp_name: str,
+        seed: int,
+        agent: str,
+        reg: str,
+        args: Mapping[str, Any],
+        tensorboard: bool = True,
+        name: str | None = None,
+    ) -> RunLogger:
+        """Start a new run ``<root>/<run_name(...)>``: args.json, attributes, hparams.
+
+        Args:
+            root: the directory holding runs (``runs``).
+            env_id, exp_name, seed: name the run (see :func:`run_name`).
+            agent: which agent wrote it (``"ppo"``, ``"supervised"``).
+            reg: the plasticity method (``--reg``).
+            args: every argument of the run; saved to args.json, the HDF5 attribute
+                ``args_json`` and TensorBoard's text tab as a Markdown table.
+            tensorboard: also write TensorBoard event files.
+            name: the run directory's name; default :func:`run_name`.
+        """
+        run_dir = Path(root) / (name or run_name(env_id, exp_name, seed))
+        if (run_dir / METRICS_FILE).exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a run; pass another name, or resume it"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        args_json = json.dumps(dict(args), indent=2, default=_json_default)
+        (run_dir / ARGS_FILE).write_text(args_json + "\n")
+        attrs = {
+            "env_id": env_id,
+            "exp_name": exp_name,
+            "reg": reg,
+            "seed": int(seed),
+            "agent": agent,
+            "args_json": args_json,
+        }
+        logger = cls(run_dir, tensorboard=tensorboard, attrs=attrs)
+        if logger.writer is not None:
+            logger.writer.add_text("hyperparameters", hparams_markdown(args))
+            logger.writer.flush()
+        return logger
+
+    @classmethod
+    def resume(
+        cls, run_dir: str | Path, step: int, *, tensorboard: bool = True
+    ) -> RunLogger:
+        """Reopen a run at a checkpoint's global ``step``; drops what was logged after.
+
+        Raises:
+            FileNotFoundError: ``run_dir`` has no ``metrics.h5``.
+        """
+        run_dir = Path(run_dir)
+        if not (run_dir / METRICS_FILE).exists():
+            raise FileNotFoundError(
+                f"{run_dir / METRICS_FILE} not found: --resume expects a run directory "
+                "made by an earlier run (runs/<env>__<exp>__<seed>__<time>)"
+            )
+        return cls(run_dir, step_limit=step, tensorboard=tensorboard)
+
+    @staticmethod
+    def load_args(run_dir: str | Path) -> dict[str, Any]:
+        """The arguments a run was started with (its ``args.json``)."""
+        path = Path(run_dir) / ARGS_FILE
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found; is {run_dir} a run directory made by a clenv agent?"
+            )
+        return json.loads(path.read_text())
+
+    # -- state -----------------------------------------------------------------------
+    def set_task(self, task_id: int) -> None:
+        """Stamp every following value with ``task_id`` (until the next call)."""
+        self.task_id = int(task_id)
+
+    # -- writing ---------------------------------------------------------------------
+    def log_scalar(
+        self, tag: str, value: float, step: int, *, task_id: int | None = None
+    ) -> None:
+        """One scalar at global ``step``; ``task_id`` defaults to :meth:`set_task`'s."""
+        self._append(tag, np.float64(value), step, task_id)
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), int(step))
+
+    def log_scalars(
+        self,
+        values: Mapping[str, float],
+        step: int,
+        *,
+        prefix: str = "",
+        task_id: int | None = None,
+    ) -> None:
+        """Several scalars at one step; tags are ``prefix + key``."""
+        for key, value in values.items():
+            self.log_scalar(prefix + key, value, step, task_id=task_id)
+
+    def log_array(
+        self,
+        tag: str,
+        values: np.ndarray,
+        step: int,
+        *,
+        grid: np.ndarray | None = None,
+        task_id: int | None = None,
+    ) -> None:
+        """A fixed-shape array at ``step`` (e.g. a density on ``grid``).
+
+        In HDF5 the array is one row of ``value`` and ``grid`` the group attribute
+        (every row of a series must use the same grid). In TensorBoard, with a grid the
+        array is drawn as a histogram whose bucket ``i`` ends at ``grid[i]`` and holds
+        ``values[i]`` (a spectral density over eigenvalues); without one, as the
+        histogram of its entries.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if grid is not None:
+            grid = np.asarray(grid, dtype=np.float64)
+            if grid.shape != values.shape or grid.ndim != 1:
+                raise ValueError(
+                    f"{tag}: grid shape {grid.shape} must equal the values' 1-d shape "
+                    f"{values.shape}"
+                )
+        self._append(tag, values, step, task_id, grid=grid)
+        if self.writer is None:
+            return
+        if grid is None:
+            self.writer.add_histogram(tag, values, int(step))
+            return
+        weights = np.clip(values, 0.0, None)
+        total = float(weights.sum())
+        self.writer.add_histogram_raw(
+            tag,
+            min=float(grid[0]),
+            max=float(grid[-1]),
+            num=total,
+            sum=float((weights * grid).sum()),
+            sum_squares=float((weights * grid**2).sum()),
+            bucket_limits=grid.tolist(),
+            bucket_counts=weights.tolist(),
+            global_step=int(step),
+        )
+
+    def flush(self) -> None:
+        self._h5.flush()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self._h5.id.valid:
+            self._h5.flush()
+            self._h5.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- HDF5 ------------------------------------------------------------------------
+    def _append(
+        self,
+        tag: str,
+        value: np.ndarray | np.float64,
+        step: int,
+        task_id: int | None,
+        grid: np.ndarray | None = None,
+    ) -> None:
+        if not _TAG_PATTERN.match(tag):
+            raise ValueError(
+                f"tag {tag!r} must be slash-separated names of letters, digits, "
+                "'_', '.', '-' (e.g. 'charts/episodic_return')"
+            )
+        value = np.asarray(value, dtype=np.float64)
+        group = self._h5.get(tag)
+        if group is None:
+            group = self._create_series(tag, value.shape, grid)
+        elif group["value"].shape[1:] != value.shape:
+            raise ValueError(
+                f"{tag}: every value of a series must have shape "
+                f"{group['value'].shape[1:]}, got {value.shape}"
+            )
+        elif grid is not None and not np.array_equal(group.attrs.get("grid"), grid):
+            raise ValueError(f"{tag}: the grid must be the same for every row")
+        n = group["step"].shape[0]
+        for name, item in (
+            ("step", int(step)),
+            ("task_id", self.task_id if task_id is None else int(task_id)),
+            ("value", value),
+        ):
+            dataset = group[name]
+            dataset.resize(n + 1, axis=0)
+            dataset[n] = item
+        self._h5.flush()
+
+    def _create_series(
+        self, tag: str, shape: tuple[int, ...], grid: np.ndarray | None
+    ) -> h5py.Group:
+        group = self._h5.create_group(tag)
+        chunk_rows = max(1, min(1024, 2**16 // max(1, int(np.prod(shape, dtype=int)))))
+        for name, dtype in (("step", np.int64), ("task_id", np.int64)):
+            group.create_dataset(
+                name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,)
+            )
+        group.create_dataset(
+            "value",
+            shape=(0, *shape),
+            maxshape=(None, *shape),
+            dtype=np.float64,
+            chunks=(chunk_rows, *shape),
+        )
+        if grid is not None:
+            group.attrs["grid"] = grid
+        return group
+
+    def _truncate(self, step_limit: int) -> None:
+        """Keep only rows with ``step <= step_limit`` in every series."""
+        for tag in list_series(self._h5):
+            group = self._h5[tag]
+            steps = group["step"][()]
+            keep = steps <= step_limit
+            if keep.all():
+                continue
+            kept = np.flatnonzero(keep)
+            is_prefix = kept.size == 0 or kept[-1] == kept.size - 1
+            for name in ("step", "task_id", "value"):
+                dataset = group[name]
+                if not is_prefix:
+                    dataset[: kept.size] = dataset[()][kept]
+                dataset.resize(kept.size, axis=0)

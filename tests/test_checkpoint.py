@@ -1,0 +1,91 @@
+"""Atomic checkpoints, retention, loading the latest, RNG state round trips."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from clenv.checkpoint import (
+    capture_rng_state,
+    checkpoint_path,
+    list_checkpoints,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def draws():
+    return (
+        random.random(),
+        float(np.random.rand()),
+        float(torch.rand(1)),
+        float(torch.randn(3).sum()),
+    )
+
+
+def test_save_and_load_latest_round_trip(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    save_checkpoint(tmp_path, {"model": model.state_dict(), "note": "a"}, step=5)
+    save_checkpoint(tmp_path, {"model": model.state_dict(), "note": "b"}, step=12)
+    step, state = load_latest_checkpoint(tmp_path)
+    assert step == 12 and state["global_step"] == 12 and state["note"] == "b"
+    torch.testing.assert_close(state["model"]["weight"], model.weight)
+    assert not list(tmp_path.glob(".ckpt_*")), "no temporary file left behind"
+
+
+def test_keep_last_deletes_oldest(tmp_path):
+    for step in (1, 2, 3, 4, 5):
+        save_checkpoint(tmp_path, {}, step=step, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
+    with pytest.raises(ValueError, match="keep_last"):
+        save_checkpoint(tmp_path, {}, step=6, keep_last=0)
+
+
+def test_steps_sort_numerically_not_lexically(tmp_path):
+    for step in (999, 1000, 20):
+        save_checkpoint(tmp_path, {}, step=step, keep_last=5)
+    assert load_latest_checkpoint(tmp_path)[0] == 1000
+
+
+def test_missing_or_empty_directory_gives_none(tmp_path):
+    assert load_latest_checkpoint(tmp_path / "absent") is None
+    assert load_latest_checkpoint(tmp_path) is None
+
+
+def test_unreadable_latest_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, {"x": 1}, step=1)
+    checkpoint_path(tmp_path, 2).write_bytes(b"truncated garbage")
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        step, state = load_latest_checkpoint(tmp_path)
+    assert step == 1 and state["x"] == 1
+
+
+def test_failed_save_keeps_previous_checkpoint_and_no_temp_file(tmp_path):
+    save_checkpoint(tmp_path, {"x": 1}, step=1)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint(tmp_path, {"x": Unpicklable()}, step=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert not list(tmp_path.glob(".ckpt_*"))
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    draws()
+    save_checkpoint(tmp_path, {"rng": capture_rng_state()}, step=1)
+    expected = [draws() for _ in range(3)]
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    restore_rng_state(load_latest_checkpoint(tmp_path)[1]["rng"])
+    assert [draws() for _ in range(3)] == expected

@@ -1,0 +1,211 @@
+"""RunLogger: run-dir layout, HDF5 series, TensorBoard, crash safety and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from clenv.logger import (
+    METRICS_FILE,
+    RunLogger,
+    hparams_markdown,
+    list_series,
+    read_series,
+    run_name,
+)
+
+ATTRS = dict(env_id="clenv/SlipperyAnt-v0", exp_name="t", seed=3, agent="ppo", reg="bp")
+
+
+def tb_events(run_dir):
+    accumulator = EventAccumulator(
+        str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def test_run_name_replaces_namespace_slash():
+    assert run_name("clenv/SlipperyAnt-v0", "ppo", 1, 17) == (
+        "clenv_SlipperyAnt-v0__ppo__1__17"
+    )
+
+
+def test_create_writes_layout_attrs_and_args(tmp_path):
+    args = {"learning_rate": 1e-4, "reg": "bp", "path": tmp_path}
+    with RunLogger.create(tmp_path, args=args, name="run", **ATTRS) as logger:
+        logger.log_scalar("charts/episodic_return", 1.5, step=10)
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "args.json").read_text())["learning_rate"] == 1e-4
+    with h5py.File(run_dir / METRICS_FILE, "r") as f:
+        for key, value in ATTRS.items():
+            assert f.attrs[key] == value
+        assert json.loads(f.attrs["args_json"])["reg"] == "bp"
+        group = f["charts/episodic_return"]
+        assert group["step"].dtype == np.int64 and group["task_id"].dtype == np.int64
+        assert group["value"].dtype == np.float64
+        assert group["value"].maxshape == (None,)
+    events = tb_events(run_dir)
+    assert [e.value for e in events.Scalars("charts/episodic_return")] == [1.5]
+    text = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0]
+    assert "|learning_rate|0.0001|" in text.decode()
+
+
+def test_create_refuses_to_overwrite_a_run(tmp_path):
+    RunLogger.create(tmp_path, args={}, name="run", tensorboard=False, **ATTRS).close()
+    with pytest.raises(FileExistsError, match="resume"):
+        RunLogger.create(tmp_path, args={}, name="run", tensorboard=False, **ATTRS)
+
+
+def test_hparams_markdown_table():
+    assert hparams_markdown({"a": 1, "b": "x"}) == "|param|value|\n|-|-|\n|a|1|\n|b|x|"
+
+
+def test_task_ids_are_stamped_and_overridable(tmp_path):
+    with RunLogger(tmp_path, tensorboard=False) as logger:
+        logger.log_scalar("cl/task_id", 0, step=1)
+        logger.set_task(4)
+        logger.log_scalars({"a": 1.0, "b": 2.0}, step=2, prefix="losses/")
+        logger.log_scalar("cl/mean_return_per_task", 7.0, step=3, task_id=3)
+    path = tmp_path / METRICS_FILE
+    assert read_series(path, "cl/task_id")["task_id"].tolist() == [0]
+    assert read_series(path, "losses/a")["task_id"].tolist() == [4]
+    assert read_series(path, "losses/b")["value"].tolist() == [2.0]
+    per_task = read_series(path, "cl/mean_return_per_task")
+    assert per_task["task_id"].tolist() == [3] and per_task["step"].tolist() == [3]
+    with h5py.File(path, "r") as f:
+        assert list_series(f) == [
+            "cl/mean_return_per_task",
+            "cl/task_id",
+            "losses/a",
+            "losses/b",
+        ]
+
+
+def test_array_series_with_grid_goes_to_hdf5_and_tensorboard(tmp_path):
+    grid = np.linspace(-1.0, 1.0, 5)
+    rows = [np.array([0.0, 1.0, 2.0, 1.0, 0.0]), np.array([1.0, 1.0, 1.0, 1.0, 1.0])]
+    with RunLogger(tmp_path) as logger:
+        for step, row in enumerate(rows):
+            logger.log_array("curvature/spectral_density", row, step=step, grid=grid)
+        logger.log_array("plasticity/activations", np.arange(6.0), step=0)
+    series = read_series(tmp_path / METRICS_FILE, "curvature/spectral_density")
+    np.testing.assert_array_equal(series["value"], np.stack(rows))
+    np.testing.assert_array_equal(series["grid"], grid)
+    histograms = tb_events(tmp_path).Histograms("curvature/spectral_density")
+    first = histograms[0].histogram_value
+    assert first.bucket == rows[0].tolist() and first.bucket_limit == grid.tolist()
+    assert first.num == pytest.approx(4.0) and first.sum == pytest.approx(0.0)
+    assert len(tb_events(tmp_path).Histograms("plasticity/activations")) == 1
+
+
+def test_bad_input_raises_value_error(tmp_path):
+    with RunLogger(tmp_path, tensorboard=False) as logger:
+        with pytest.raises(ValueError, match="tag"):
+            logger.log_scalar("charts/bad tag", 1.0, step=0)
+        logger.log_array("curvature/d", np.zeros(3), step=0, grid=np.arange(3.0))
+        with pytest.raises(ValueError, match="shape"):
+            logger.log_array("curvature/d", np.zeros(4), step=1)
+        with pytest.raises(ValueError, match="grid"):
+            logger.log_array("curvature/d", np.zeros(3), step=1, grid=np.ones(3))
+        with pytest.raises(ValueError, match="grid shape"):
+            logger.log_array("curvature/e", np.zeros(3), step=1, grid=np.ones(2))
+    with pytest.raises(KeyError, match="no series"):
+        read_series(tmp_path / METRICS_FILE, "charts/missing")
+    with pytest.raises(FileNotFoundError, match="metrics.h5"):
+        RunLogger.resume(tmp_path / "nothing", step=0)
+
+
+def test_resume_truncates_series_and_tensorboard_without_gap_or_duplicate(tmp_path):
+    with RunLogger.create(tmp_path, args={}, name="run", **ATTRS) as logger:
+        for step in range(10):
+            logger.set_task(step // 4)
+            logger.log_scalar("charts/x", step * 10.0, step=step)
+            logger.log_array(
+                "curvature/d", np.full(3, step), step=step, grid=np.ones(3)
+            )
+        logger.log_scalar("charts/only_late", 1.0, step=8)
+    run_dir = tmp_path / "run"
+    # A checkpoint at step 5: rows 6..9 are dropped, then logged again.
+    time.sleep(1.1)  # TensorBoard names event files by the second
+    with RunLogger.resume(run_dir, step=5) as logger:
+        series = read_series(run_dir / METRICS_FILE, "charts/x")
+        assert series["step"].tolist() == list(range(6))
+        assert series["task_id"].tolist() == [0, 0, 0, 0, 1, 1]
+        assert read_series(run_dir / METRICS_FILE, "charts/only_late")["step"].size == 0
+        assert read_series(run_dir / METRICS_FILE, "curvature/d")["value"].shape == (
+            6,
+            3,
+        )
+        for step in range(6, 12):
+            logger.log_scalar("charts/x", step * 10.0 + 1, step=step)
+    series = read_series(run_dir / METRICS_FILE, "charts/x")
+    assert series["step"].tolist() == list(range(12))
+    assert series["value"][5] == 50.0 and series["value"][6] == 61.0
+    scalars = tb_events(run_dir).Scalars("charts/x")
+    assert [s.step for s in scalars] == list(range(12))
+    assert scalars[6].value == 61.0
+
+
+def test_resume_truncates_non_monotone_series(tmp_path):
+    with RunLogger(tmp_path, tensorboard=False) as logger:
+        for step in (1, 7, 3, 9, 2):
+            logger.log_scalar("eval/x", step, step=step)
+    RunLogger(tmp_path, step_limit=3, tensorboard=False).close()
+    series = read_series(tmp_path / METRICS_FILE, "eval/x")
+    assert series["step"].tolist() == [1, 3, 2]
+    assert series["value"].tolist() == [1.0, 3.0, 2.0]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from clenv.logger import RunLogger
+    logger = RunLogger(sys.argv[1], tensorboard=False)
+    step = 0
+    while True:
+        logger.log_scalar("charts/x", float(step), step=step)
+        logger.log_array("curvature/d", np.full(50, step), step=step, grid=np.arange(50.0))
+        if step == 20:
+            print("ready", flush=True)
+        step += 1
+    """
+)
+
+
+def test_sigkilled_writer_leaves_a_readable_file(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    series = read_series(tmp_path / METRICS_FILE, "charts/x")
+    n = series["step"].size
+    assert n > 20
+    # Every row written is there and consistent; at most the row in flight is lost.
+    assert series["step"].tolist() == list(range(n))
+    np.testing.assert_array_equal(series["value"], np.arange(n))
+    density = read_series(tmp_path / METRICS_FILE, "curvature/d")
+    assert abs(density["step"].size - n) <= 1
+    m = min(n, density["step"].size)
+    np.testing.assert_array_equal(density["value"][:m, 0], np.arange(m))
+    # And the killed run can be resumed from it.
+    RunLogger.resume(tmp_path, step=10, tensorboard=False).close()
+    assert read_series(tmp_path / METRICS_FILE, "charts/x")["step"].size == 11
