@@ -1,0 +1,76 @@
+"""Per-unit activity of a layer: dead units, dormant units, mean |activation|.
+
+A *unit* is a column of a (samples, units) activation matrix. For a convolutional
+map (samples, channels, height, width, ...) a unit is a **channel**: its statistics
+pool over samples and all spatial positions (as ReDo, Sokar et al. 2023, does for
+conv layers). For other layouts (e.g. (batch, time, features)) reshape to put the
+units on dim 1 first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _per_unit(activation: torch.Tensor) -> torch.Tensor:
+    """(samples, units, ...) -> (units, samples * positions) of |activation|."""
+    if activation.dim() < 2 or activation.shape[0] == 0:
+        raise ValueError(
+            "unit metrics need a (samples, units, ...) activation with at least one "
+            f"sample, got shape {tuple(activation.shape)}"
+        )
+    units = activation.shape[1]
+    return activation.detach().transpose(0, 1).reshape(units, -1).abs()
+
+
+def unit_mean_abs_activation(activation: torch.Tensor) -> torch.Tensor:
+    """Mean |activation| of each unit over samples (and positions): shape (units,)."""
+    return _per_unit(activation).float().mean(dim=1)
+
+
+def dead_unit_mask(activation: torch.Tensor) -> torch.Tensor:
+    """Boolean (units,) mask of units that are exactly zero on every sample.
+
+    PROTOCOLS' "dead unit" (LoP, SC): zero activation on every sample of the batch
+    (the protocol's evaluation batch is 2000 samples). For a conv map a channel is
+    dead when it is zero at every position of every sample.
+    """
+    return _per_unit(activation).amax(dim=1) == 0
+
+
+def dead_unit_count(activation: torch.Tensor) -> int:
+    """Number of dead units (see :func:`dead_unit_mask`)."""
+    return int(dead_unit_mask(activation).sum())
+
+
+def dormant_unit_mask(
+    activation: torch.Tensor, threshold: float = 0.025
+) -> torch.Tensor:
+    """Boolean (units,) mask of tau-dormant units (ReDo, Sokar et al. 2023, Def. 3.1).
+
+    Score s_i = E|h_i| / ((1/units) sum_k E|h_k|); a unit is dormant when
+    s_i < ``threshold`` (PROTOCOLS' strict inequality; ReDo writes <=, which differs
+    only for scores exactly at tau). A layer whose activations are all zero has every
+    unit dormant. Dead units are always dormant for ``threshold > 0``.
+
+    Args:
+        activation: (samples, units, ...) activation.
+        threshold: tau; 0.025 is ReDo's common choice, LoP's Ant config uses 0.1.
+    """
+    if threshold < 0:
+        raise ValueError(f"dormant threshold tau must be >= 0, got {threshold}")
+    mean_abs = unit_mean_abs_activation(activation)
+    layer_mean = mean_abs.mean()
+    if layer_mean <= 0:
+        return torch.ones_like(mean_abs, dtype=torch.bool)
+    return mean_abs / layer_mean < threshold
+
+
+def dormant_unit_count(activation: torch.Tensor, threshold: float = 0.025) -> int:
+    """Number of tau-dormant units (see :func:`dormant_unit_mask`)."""
+    return int(dormant_unit_mask(activation, threshold).sum())
+
+
+def mean_abs_activation(activation: torch.Tensor) -> float:
+    """Mean |activation| over all samples, units (and positions) of a layer."""
+    return float(activation.detach().abs().float().mean())
