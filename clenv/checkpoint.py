@@ -11,6 +11,13 @@ file is skipped with a warning rather than ending the resume).
 legacy global generator, torch's CPU generator and every CUDA device's generator, which
 is what a training loop seeded in CleanRL's way draws from.
 
+:class:`RestorableEnv` makes an environment's own state part of a checkpoint, so a
+resumed run continues the very episode it was in: the base env's random generator, a
+MuJoCo env's whole ``MjData`` (positions, velocities, warm start and the derived
+quantities a reward reads before stepping), a classic-control env's ``state``, a clenv
+env's task schedule, and the counters of every wrapper (``TimeLimit``'s elapsed steps,
+...). It works through ``envs.call`` in sync and async vector envs.
+
 Example:
     >>> import tempfile, torch
     >>> directory = tempfile.mkdtemp()
@@ -22,7 +29,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -30,6 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -145,6 +155,109 @@ def restore_rng_state(state: dict[str, Any]) -> None:
             )
         for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), device)
+
+
+class RestorableEnv(gym.Wrapper):
+    """Adds ``get_env_state()`` / ``set_env_state(states)`` to any env, for resume.
+
+    Put it outermost (``gym.make`` -> other wrappers -> this) so its methods are
+    reachable through a vector env's ``call``. Because ``envs.call`` passes the same
+    arguments to every sub-env, :meth:`set_env_state` takes the states of all sub-envs
+    and picks its own by ``index``.
+
+    What is captured: the base env's ``np_random``; a MuJoCo env's ``MjData`` in full
+    (restored with ``mujoco.mj_copyData``, so the next step is bit-identical); an env's
+    ``state`` attribute (classic control); a clenv env's schedule
+    (``get_schedule_state``); and every wrapper's attributes except the wrapped env. An
+    env whose dynamics keep other hidden state resumes from the captured parts only.
+
+    Args:
+        env: the env to wrap.
+        index: this env's position in its vector env.
+
+    Example:
+        >>> env = RestorableEnv(gym.make("Pendulum-v1"))
+        >>> _ = env.reset(seed=0)
+        >>> snapshot = env.get_env_state()
+        >>> first = env.step(env.action_space.sample() * 0)[0]
+        >>> env.set_env_state([snapshot])
+        >>> bool((env.step(env.action_space.sample() * 0)[0] == first).all())
+        True
+    """
+
+    def __init__(self, env: gym.Env, index: int = 0) -> None:
+        super().__init__(env)
+        self.index = int(index)
+
+    def get_env_state(self) -> dict[str, Any]:
+        """This env's state as plain picklable objects."""
+        base = self.env.unwrapped
+        state: dict[str, Any] = {
+            "np_random": copy.deepcopy(base.np_random.bit_generator.state),
+            "wrappers": [_wrapper_state(w) for w in _wrapper_chain(self.env)],
+        }
+        if hasattr(base, "get_schedule_state"):
+            # Restored first: applying a task may change the MuJoCo model.
+            state["schedule"] = base.get_schedule_state()
+        if _is_mujoco(base):
+            state["mjdata"] = pickle.dumps(base.data)
+        elif hasattr(base, "state"):
+            state["state"] = copy.deepcopy(base.state)
+        return state
+
+    def set_env_state(self, states: list[dict[str, Any]] | tuple[dict[str, Any], ...]):
+        """Restore the state of sub-env ``index`` from every sub-env's state."""
+        if self.index >= len(states):
+            raise ValueError(
+                f"got states of {len(states)} envs but this is env {self.index}; "
+                "resume with the same --num-envs as the checkpointed run"
+            )
+        state = states[self.index]
+        base = self.env.unwrapped
+        if "schedule" in state:
+            base.set_schedule_state(state["schedule"])
+        if "mjdata" in state:
+            import mujoco
+
+            saved = pickle.loads(state["mjdata"])
+            if saved.qpos.shape != base.data.qpos.shape:
+                raise ValueError(
+                    "the checkpoint's MuJoCo state does not fit this env's model; "
+                    "resume with the same --env-id and --env-kwargs"
+                )
+            mujoco.mj_copyData(base.data, base.model, saved)
+        elif "state" in state:
+            base.state = copy.deepcopy(state["state"])
+        base.np_random.bit_generator.state = state["np_random"]
+        chain = _wrapper_chain(self.env)
+        if len(chain) != len(state["wrappers"]):
+            raise ValueError(
+                f"the checkpoint has {len(state['wrappers'])} wrappers, this env "
+                f"{len(chain)}; resume with the same agent version and arguments"
+            )
+        for wrapper, saved_vars in zip(chain, state["wrappers"], strict=True):
+            for key, value in saved_vars.items():
+                setattr(wrapper, key, copy.deepcopy(value))
+
+
+def _wrapper_chain(env: gym.Env) -> list[gym.Wrapper]:
+    chain = []
+    while isinstance(env, gym.Wrapper):
+        chain.append(env)
+        env = env.env
+    return chain
+
+
+def _wrapper_state(wrapper: gym.Wrapper) -> dict[str, Any]:
+    return {
+        key: copy.deepcopy(value)
+        for key, value in vars(wrapper).items()
+        if key != "env"
+    }
+
+
+def _is_mujoco(env: gym.Env) -> bool:
+    return hasattr(env, "data") and hasattr(env, "model") and hasattr(env, "frame_skip")
 
 
 def _fsync_directory(directory: Path) -> None:
