@@ -165,7 +165,8 @@ class RestorableEnv(gym.Wrapper):
     arguments to every sub-env, :meth:`set_env_state` takes the states of all sub-envs
     and picks its own by ``index``.
 
-    What is captured: the base env's ``np_random``; a MuJoCo env's ``MjData`` in full
+    What is captured: the ``np_random`` of the base env and of any env it is built on
+    (``base_env``); a MuJoCo env's ``MjData`` in full
     (restored with ``mujoco.mj_copyData``, so the next step is bit-identical); an env's
     ``state`` attribute (classic control); a clenv env's schedule
     (``get_schedule_state``); and every wrapper's attributes except the wrapped env. An
@@ -193,13 +194,16 @@ class RestorableEnv(gym.Wrapper):
         """This env's state as plain picklable objects."""
         base = self.env.unwrapped
         state: dict[str, Any] = {
-            "np_random": copy.deepcopy(base.np_random.bit_generator.state),
+            "np_random": [
+                copy.deepcopy(env.np_random.bit_generator.state)
+                for env in _base_envs(base)
+            ],
             "wrappers": [_wrapper_state(w) for w in _wrapper_chain(self.env)],
         }
         if hasattr(base, "get_schedule_state"):
             # Restored first: applying a task may change the MuJoCo model.
             state["schedule"] = base.get_schedule_state()
-        if _is_mujoco(base):
+        if _mujoco_data(base) is not None:
             state["mjdata"] = pickle.dumps(base.data)
         elif hasattr(base, "state"):
             state["state"] = copy.deepcopy(base.state)
@@ -219,6 +223,11 @@ class RestorableEnv(gym.Wrapper):
         if "mjdata" in state:
             import mujoco
 
+            if _mujoco_data(base) is None:
+                raise ValueError(
+                    "the checkpoint holds a MuJoCo state but this env is not a MuJoCo "
+                    "env; resume with the same --env-id"
+                )
             saved = pickle.loads(state["mjdata"])
             if saved.qpos.shape != base.data.qpos.shape:
                 raise ValueError(
@@ -228,7 +237,14 @@ class RestorableEnv(gym.Wrapper):
             mujoco.mj_copyData(base.data, base.model, saved)
         elif "state" in state:
             base.state = copy.deepcopy(state["state"])
-        base.np_random.bit_generator.state = state["np_random"]
+        envs = _base_envs(base)
+        if len(envs) != len(state["np_random"]):
+            raise ValueError(
+                f"the checkpoint has {len(state['np_random'])} random generators, this "
+                f"env {len(envs)}; resume with the same --env-id"
+            )
+        for env, rng_state in zip(envs, state["np_random"], strict=True):
+            env.np_random.bit_generator.state = rng_state
         chain = _wrapper_chain(self.env)
         if len(chain) != len(state["wrappers"]):
             raise ValueError(
@@ -256,8 +272,20 @@ def _wrapper_state(wrapper: gym.Wrapper) -> dict[str, Any]:
     }
 
 
-def _is_mujoco(env: gym.Env) -> bool:
-    return hasattr(env, "data") and hasattr(env, "model") and hasattr(env, "frame_skip")
+def _base_envs(env: gym.Env) -> list[gym.Env]:
+    """The unwrapped env and the envs it is built on (``base_env``, e.g. clenv's
+    PhysicsDriftEnv around a Gymnasium MuJoCo env), each with its own ``np_random``."""
+    envs = [env]
+    while isinstance(getattr(envs[-1], "base_env", None), gym.Env):
+        envs.append(envs[-1].base_env.unwrapped)
+    return envs
+
+
+def _mujoco_data(env: gym.Env) -> Any:
+    data = getattr(env, "data", None)
+    if data is None or type(data).__name__ != "MjData" or not hasattr(env, "model"):
+        return None
+    return data
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import clenv
 from clenv.checkpoint import (
     RestorableEnv,
     capture_rng_state,
@@ -19,6 +20,8 @@ from clenv.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+
+gym.register_envs(clenv)
 
 
 def draws():
@@ -104,9 +107,21 @@ def rollout(env, actions):
     return out
 
 
-@pytest.mark.parametrize("env_id", ["Ant-v5", "Pendulum-v1"])
+ENV_CASES = {
+    "Ant-v5": {},
+    "Pendulum-v1": {},
+    # Friction switches every 20 steps, so the restore crosses a task switch.
+    "clenv/SlipperyAnt-v0": {"switch_every": 20},
+}
+
+
+@pytest.mark.parametrize("env_id", list(ENV_CASES))
 def test_restorable_env_continues_bit_identically_in_a_fresh_env(env_id):
-    make = lambda: RestorableEnv(gym.make(env_id, max_episode_steps=30))  # noqa: E731
+    def make():
+        return RestorableEnv(
+            gym.make(env_id, max_episode_steps=30, **ENV_CASES[env_id])
+        )
+
     env = make()
     env.reset(seed=1)
     env.action_space.seed(1)
