@@ -1,0 +1,39 @@
+"""Plasticity methods as hooks any PyTorch training loop can call.
+
+Build one by its ``--reg`` name and drive it with the hooks::
+
+    method = make_method("l2er", model, optimizer, preset="pmnist")
+    loss.backward(); method.after_backward()
+    optimizer.step(); method.after_step(inputs)
+    method.on_task_switch(task_id)        # when info["task_switch"]
+
+See docs/methods.md.
+"""
+
+from __future__ import annotations
+
+from clenv.methods.base import Compose, PlasticityMethod
+from clenv.methods.effective_rank import EffectiveRankAscent
+from clenv.methods.l2 import L2
+from clenv.methods.layers import HiddenLayer, find_hidden_layers, find_output_layers
+from clenv.methods.presets import PRESETS
+from clenv.methods.registry import METHODS, make_method, method_names, split_name
+
+__all__ = [
+    # building
+    "make_method",
+    "method_names",
+    "split_name",
+    "METHODS",
+    "PRESETS",
+    # interface
+    "PlasticityMethod",
+    "Compose",
+    # methods
+    "L2",
+    "EffectiveRankAscent",
+    # layers
+    "HiddenLayer",
+    "find_hidden_layers",
+    "find_output_layers",
+]

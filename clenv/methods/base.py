@@ -1,0 +1,192 @@
+"""The hook interface every plasticity method implements, and :class:`Compose`.
+
+A training loop drives a method with five calls, in this order::
+
+    loss.backward();  method.after_backward()     # L2 adds lambda * theta to .grad
+    optimizer.step(); method.after_step(inputs)   # S&P noise, CBP, ReDo, ER ascent
+    method.after_epoch(inputs)                    # PPO: ER ascent once per epoch
+    method.on_task_switch(task_id)                # head reset, full reset
+    method.state_dict() / method.load_state_dict(state)
+
+Every hook is a no-op here, so a method overrides only what it needs, and plain
+backprop ("bp") is a :class:`Compose` of nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class PlasticityMethod:
+    """Base class: a method bound to a model and an optimizer, driven by hooks.
+
+    Subclasses set ``name`` (their ``--reg`` name) and ``order`` (their place when
+    :func:`clenv.methods.make_method` composes several; lower runs first).
+    """
+
+    name = "bp"
+    order = 0
+
+    def after_backward(self) -> None:
+        """Called after ``loss.backward()``, before ``optimizer.step()``."""
+
+    def after_step(self, inputs: Any = None) -> None:
+        """Called after ``optimizer.step()`` with the minibatch's inputs."""
+
+    def after_epoch(self, inputs: Any = None) -> None:
+        """Called after each pass over a batch of data (PPO: each epoch on a rollout)."""
+
+    def on_task_switch(self, task_id: int) -> None:
+        """Called when the task changes, before the first update on the new task."""
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The method's hyperparameters (readable attributes), e.g. for a log table."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: counters, buffers, utilities, RNG state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({params})"
+
+
+class Compose(PlasticityMethod):
+    """Several methods as one: each hook calls the methods in list order.
+
+    The order is the list's; :func:`clenv.methods.make_method` sorts by each method's
+    ``order`` (full reset, head reset, L2, S&P, CBP, ReDo, ER), so ``"cbp+l2"`` and
+    ``"l2+cbp"`` build the same method. See docs/methods.md.
+
+    Args:
+        methods: the methods to run, in the order their hooks are called.
+    """
+
+    def __init__(self, methods: Iterable[PlasticityMethod]):
+        self.methods = list(methods)
+        self.name = "+".join(m.name for m in self.methods) or "bp"
+
+    def after_backward(self) -> None:
+        for method in self.methods:
+            method.after_backward()
+
+    def after_step(self, inputs: Any = None) -> None:
+        for method in self.methods:
+            method.after_step(inputs)
+
+    def after_epoch(self, inputs: Any = None) -> None:
+        for method in self.methods:
+            method.after_epoch(inputs)
+
+    def on_task_switch(self, task_id: int) -> None:
+        for method in self.methods:
+            method.on_task_switch(task_id)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            f"{m.name}.{key}": value
+            for m in self.methods
+            for key, value in m.hyperparameters().items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "names": [m.name for m in self.methods],
+            "methods": [m.state_dict() for m in self.methods],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        names = [m.name for m in self.methods]
+        if state.get("names") != names:
+            raise ValueError(
+                f"method state is for {state.get('names')}, this method is {names}; "
+                "build the same --reg before loading"
+            )
+        for method, sub_state in zip(self.methods, state["methods"], strict=True):
+            method.load_state_dict(sub_state)
+
+    def __getitem__(self, name: str) -> PlasticityMethod:
+        for method in self.methods:
+            if method.name == name:
+                return method
+        raise KeyError(f"no method {name!r} in {self.name!r}")
+
+    def __repr__(self) -> str:
+        return f"Compose({self.methods!r})"
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model`` that require grad (weights and biases alike)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no parameter that requires grad")
+    return params
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
+class SeededGenerator:
+    """A ``torch.Generator`` on the model's device whose state travels in state_dict.
+
+    Args:
+        device: where random tensors are drawn.
+        seed: the generator's seed (methods take it as their ``seed`` argument).
+    """
+
+    def __init__(self, device: torch.device, seed: int):
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def state(self) -> torch.Tensor:
+        """The generator state (a CPU byte tensor)."""
+        return self.generator.get_state()
+
+    def load(self, state: torch.Tensor) -> None:
+        """Restore a state from :meth:`state`."""
+        self.generator.set_state(state.cpu())
+
+
+def reset_optimizer_slices(
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    index: torch.Tensor,
+    dim: int,
+) -> None:
+    """Zero the optimizer state of ``param`` at ``index`` along ``dim``.
+
+    Every state tensor with the parameter's shape is reset there: SGD's
+    ``momentum_buffer``, Adam's ``exp_avg`` / ``exp_avg_sq`` / ``max_exp_avg_sq``, and
+    a per-element ``step`` where an optimizer keeps one (LoP's AdamGnT). torch's Adam
+    keeps one scalar ``step`` per tensor, which is left as it is: a fresh unit's
+    moments restart from zero under the tensor's bias correction (see
+    docs/methods.md).
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for value in state.values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value.index_fill_(dim, index, 0)
+
+
+def optimizer_state_tensors(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The state tensors the optimizer keeps for ``params`` (for tests and resets)."""
+    return [
+        value
+        for p in params
+        for value in optimizer.state.get(p, {}).values()
+        if torch.is_tensor(value)
+    ]

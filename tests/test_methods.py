@@ -1,0 +1,389 @@
+"""clenv.methods: hooks, composition, L2, ER / L2-ER, presets and layer discovery."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from clenv.methods import (
+    L2,
+    PRESETS,
+    Compose,
+    EffectiveRankAscent,
+    PlasticityMethod,
+    find_hidden_layers,
+    find_output_layers,
+    make_method,
+    method_names,
+    split_name,
+)
+from clenv.metrics import effective_rank
+
+
+def mlp(widths=(6, 16, 16, 3), seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).to(dtype)
+
+
+def train_step(model, optimizer, method, x, y):
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    method.after_backward()
+    optimizer.step()
+    method.after_step(x)
+    return loss.item()
+
+
+def batch(n=8, d=6, classes=3, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=dtype), torch.randint(
+        classes, (n,), generator=g
+    )
+
+
+class Agent(nn.Module):
+    """CleanRL-style PPO agent: separate critic and actor MLPs, no plain forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.critic = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.actor_mean = nn.Sequential(
+            nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+        )
+        self.actor_logstd = nn.Parameter(torch.zeros(1, 2))
+
+
+def agent_forward(agent, obs):
+    return agent.actor_mean(obs), agent.critic(obs)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_discovers_hidden_layers_of_an_mlp():
+    model = mlp()
+    hidden = find_hidden_layers(model)
+    assert [h.name for h in hidden] == ["1", "3"]
+    assert hidden[0].layer is model[0] and hidden[0].next_layer is model[2]
+    assert find_output_layers(model, hidden) == [model[4]]
+
+
+def test_discovers_actor_and_critic_layers_of_a_ppo_agent():
+    agent = Agent()
+    names = [h.name for h in find_hidden_layers(agent)]
+    assert names == ["critic.1", "actor_mean.1", "actor_mean.3"]
+    outputs = find_output_layers(agent, find_hidden_layers(agent))
+    assert outputs == [agent.critic[2], agent.actor_mean[4]]
+
+
+def test_discovers_conv_layers_through_norm_pool_and_flatten():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 2 * 2, 7),
+        nn.ReLU(),
+        nn.Linear(7, 2),
+    )
+    hidden = find_hidden_layers(model)
+    assert [h.name for h in hidden] == ["2", "5", "8"]
+    assert hidden[0].norm is model[1]
+    assert [h.outgoing_columns() for h in hidden] == [1, 4, 1]
+
+
+def test_explicit_spec_and_clear_errors():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    with pytest.raises(ValueError, match="found no hidden layer"):
+        find_hidden_layers(Custom())
+    hidden = find_hidden_layers(Custom(), [("fc1", "act", "fc2")])
+    assert hidden[0].num_units == 4
+    with pytest.raises(ValueError, match="has no module 'fc3'"):
+        find_hidden_layers(Custom(), [("fc1", "act", "fc3")])
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_names_and_composition_order():
+    assert {"bp", "l2", "er", "l2er"} <= set(method_names())
+    assert split_name("l2er") == ["l2", "er"]
+    assert split_name("bp") == []
+    with pytest.raises(ValueError, match="unknown method 'l3'"):
+        split_name("l3")
+    with pytest.raises(ValueError, match="twice"):
+        split_name("l2+l2er")
+
+
+def test_make_method_presets_and_overrides():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = make_method("l2er", model, opt, preset="pmnist")
+    assert isinstance(method, Compose)
+    assert method["l2"].weight_decay == 1e-3
+    assert method["er"].ascent_lr == 1e-2 and method["er"].interval == 100
+    er_only = make_method("er", model, opt, preset="pmnist")
+    assert isinstance(er_only, EffectiveRankAscent) and er_only.ascent_lr == 1e-4
+    assert make_method("l2", model, opt, preset="pmnist_lop").weight_decay == 1e-4
+    custom = make_method("l2er", model, opt, preset="pmnist", er__interval=7)
+    assert custom["er"].interval == 7
+    assert make_method("l2er", model, opt, weight_decay=0.5)["l2"].weight_decay == 0.5
+    assert make_method("bp", model, opt).name == "bp"
+    with pytest.raises(ValueError, match="no component"):
+        make_method("l2", model, opt, interval=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_method("l2", model, opt, preset="mnist")
+    assert set(PRESETS) >= {"pmnist", "imagenet", "cifar", "ant", "ant_lop"}
+
+
+def test_every_preset_builds_every_method():
+    model = mlp((6, 8, 8, 8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for preset in PRESETS:
+        for name in method_names():
+            assert isinstance(
+                make_method(name, model, opt, preset=preset), PlasticityMethod
+            )
+
+
+def test_compose_calls_hooks_in_list_order_and_checks_state():
+    calls = []
+
+    class Spy(PlasticityMethod):
+        def __init__(self, name):
+            self.name = name
+
+        def after_backward(self):
+            calls.append((self.name, "after_backward"))
+
+        def after_step(self, inputs=None):
+            calls.append((self.name, "after_step"))
+
+        def after_epoch(self, inputs=None):
+            calls.append((self.name, "after_epoch"))
+
+        def on_task_switch(self, task_id):
+            calls.append((self.name, "on_task_switch"))
+
+    both = Compose([Spy("a"), Spy("b")])
+    both.after_backward()
+    both.after_step(None)
+    both.after_epoch(None)
+    both.on_task_switch(1)
+    hooks = ["after_backward", "after_step", "after_epoch", "on_task_switch"]
+    assert calls == [(n, h) for h in hooks for n in "ab"]
+    with pytest.raises(ValueError, match="build the same --reg"):
+        Compose([Spy("b"), Spy("a")]).load_state_dict(both.state_dict())
+
+
+# --------------------------------------------------------------------------- L2
+
+
+@pytest.mark.parametrize(
+    "optimizer_cls, kwargs",
+    [
+        (torch.optim.SGD, {"lr": 0.1}),
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+        (torch.optim.Adam, {"lr": 0.01, "betas": (0.99, 0.99)}),
+    ],
+)
+def test_l2_step_equals_the_optimizers_coupled_weight_decay(optimizer_cls, kwargs):
+    x, y = batch()
+    ours, reference = mlp(), mlp()
+    opt = optimizer_cls(ours.parameters(), **kwargs)
+    ref_opt = optimizer_cls(reference.parameters(), weight_decay=0.05, **kwargs)
+    method = L2(ours, opt, weight_decay=0.05)
+    for _ in range(3):
+        train_step(ours, opt, method, x, y)
+        train_step(reference, ref_opt, PlasticityMethod(), x, y)
+    for p, q in zip(ours.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-14)
+
+
+def test_l2_adds_lambda_theta_to_every_gradient_biases_included():
+    model = mlp()
+    method = L2(model, weight_decay=0.3)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.after_backward()
+    for p in model.parameters():
+        torch.testing.assert_close(p.grad, 0.3 * p)
+
+
+# --------------------------------------------------------------------------- ER
+
+
+def mean_rank(model, x):
+    with torch.no_grad():
+        feats = EffectiveRankAscent(model).features(x)
+        return torch.stack([effective_rank(f) for f in feats]).mean().item()
+
+
+def test_er_ascent_step_raises_the_effective_rank_of_the_features():
+    model = mlp((6, 32, 32, 3))
+    x, _ = batch(n=64)
+    before = mean_rank(model, x)
+    EffectiveRankAscent(model, ascent_lr=0.05).ascend(x)
+    assert mean_rank(model, x) > before + 1e-3
+
+
+def test_er_ascent_is_theta_plus_eta_grad_of_mean_erank():
+    model = mlp()
+    reference = copy.deepcopy(model)
+    x, _ = batch(n=20)
+    EffectiveRankAscent(model, ascent_lr=0.1).ascend(x)
+    # Dense reference: features by hand, autograd on the mean of both layers' ranks.
+    h1 = torch.relu(reference[0](x))
+    h2 = torch.relu(reference[2](h1))
+    objective = (effective_rank(h1) + effective_rank(h2)) / 2
+    names = [n for n, _ in reference.named_parameters()]
+    grads = torch.autograd.grad(
+        objective, list(reference.parameters()), allow_unused=True
+    )
+    for (name, p), q, g in zip(
+        model.named_parameters(), reference.parameters(), grads, strict=True
+    ):
+        expected = q.detach() if g is None else q.detach() + 0.1 * g
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+    assert names[-2:] == ["4.weight", "4.bias"]  # the output layer gets no ER gradient
+
+
+@pytest.mark.parametrize(
+    "optimizer_cls, kwargs",
+    [
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}),
+        (torch.optim.Adam, {"lr": 0.01}),
+    ],
+)
+def test_l2er_schedule_is_exact_and_leaves_the_optimizer_alone(optimizer_cls, kwargs):
+    model = mlp()
+    opt = optimizer_cls(model.parameters(), **kwargs)
+    method = make_method("l2er", model, opt, preset="pmnist", interval=3)
+    er = method["er"]
+    ascents, buffers = [], []
+    real_ascend = er.ascend
+
+    def spy(inputs):
+        ascents.append(er.num_steps)
+        buffers.append(inputs.clone())
+        opt_state = copy.deepcopy(opt.state_dict())
+        grads = [p.grad.clone() for p in model.parameters()]
+        out = real_ascend(inputs)
+        after = opt.state_dict()
+        for key, value in opt_state["state"].items():
+            for name, tensor in value.items():
+                assert torch.equal(after["state"][key][name], tensor), name
+        for p, g in zip(model.parameters(), grads, strict=True):
+            assert torch.equal(p.grad, g)  # .grad untouched too
+        return out
+
+    er.ascend = spy
+    inputs = [batch(n=4, seed=s) for s in range(8)]
+    for x, y in inputs:
+        train_step(model, opt, method, x, y)
+    assert ascents == [3, 6]
+    # The buffer is exactly the last U minibatches' inputs.
+    torch.testing.assert_close(buffers[1], torch.cat([x for x, _ in inputs[3:6]]))
+    assert len(er.buffer) == 2
+
+
+def test_er_epoch_schedule_and_forward_fn_for_a_ppo_agent():
+    agent = Agent().double()
+    method = make_method("l2er", agent, None, preset="ant", forward_fn=agent_forward)
+    er = method["er"]
+    assert er.schedule == "epoch" and er.ascent_lr == 1e-6
+    assert er.layer_names == ["critic.1", "actor_mean.1", "actor_mean.3"]
+    obs = torch.randn(32, 5, dtype=torch.float64)
+    before = {n: p.clone() for n, p in agent.named_parameters()}
+    method.after_step(obs)  # nothing buffered or ascended on steps
+    assert er.num_ascents == 0 and not er.buffer
+    er.ascent_lr = 1.0
+    method.after_epoch(obs)
+    assert er.num_ascents == 1
+    changed = {n for n, p in agent.named_parameters() if not torch.equal(p, before[n])}
+    # The hidden layers of critic and actor move; the actor's output layer cannot.
+    assert {"critic.0.weight", "actor_mean.0.weight", "actor_mean.2.weight"} <= changed
+    assert "actor_mean.4.weight" not in changed
+
+
+def test_er_keeps_batchnorm_statistics_and_rejects_shared_activations():
+    model = nn.Sequential(
+        nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)
+    ).double()
+    stats = {k: v.clone() for k, v in model[1].named_buffers()}
+    EffectiveRankAscent(model, ascent_lr=0.1).ascend(batch(n=16)[0])
+    assert not torch.equal(model[1].weight, torch.ones(8, dtype=torch.float64))
+    for key, value in stats.items():
+        assert torch.equal(getattr(model[1], key), value), key
+
+    class SharedRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu = nn.Linear(6, 4), nn.Linear(4, 2), nn.ReLU()
+            self.c = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.c(self.relu(self.b(self.relu(self.a(x)))))
+
+    shared = SharedRelu().double()
+    er = EffectiveRankAscent(shared, layers=["relu"])
+    with pytest.raises(ValueError, match="ran 2 times"):
+        er.ascend(batch(n=4)[0])
+
+
+def test_er_needs_inputs_and_valid_arguments():
+    model = mlp()
+    with pytest.raises(ValueError, match="after_step\\(inputs\\)"):
+        EffectiveRankAscent(model).after_step(None)
+    with pytest.raises(ValueError, match="interval"):
+        EffectiveRankAscent(model, interval=0)
+    with pytest.raises(ValueError, match="last_layers"):
+        EffectiveRankAscent(model, last_layers=5)
+    assert EffectiveRankAscent(model, last_layers=1).layer_names == ["3"]
+
+
+def test_l2er_state_round_trip_resumes_identically():
+    inputs = [batch(n=4, seed=s) for s in range(10)]
+
+    def build():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, opt, make_method("l2er", model, opt, preset="pmnist", interval=4)
+
+    model, opt, method = build()
+    for x, y in inputs:
+        train_step(model, opt, method, x, y)
+
+    first, opt_a, method_a = build()
+    for x, y in inputs[:6]:
+        train_step(first, opt_a, method_a, x, y)
+    saved = copy.deepcopy(
+        (first.state_dict(), opt_a.state_dict(), method_a.state_dict())
+    )
+    resumed, opt_b, method_b = build()
+    resumed.load_state_dict(saved[0])
+    opt_b.load_state_dict(saved[1])
+    method_b.load_state_dict(saved[2])
+    for x, y in inputs[6:]:
+        train_step(resumed, opt_b, method_b, x, y)
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
