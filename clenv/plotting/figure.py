@@ -1,0 +1,492 @@
+"""The ``clenv plot`` figure: one panel per question a plasticity study asks.
+
+Panels (each drawn only when some run logged the series it needs; a panel or a run that
+lacks them is left out with a note printed under the figure):
+
+* **Performance per task**: the per-task summary (test accuracy, online accuracy or mean
+  return per task), mean ± 95% CI across seeds.
+* **Performance over steps**: the step-level series (episodic return, online accuracy),
+  binned, mean ± 95% CI across seeds, task boundaries as vertical lines.
+* **Dead units over tasks** (summed over layers) and **Effective rank over tasks**
+  (mean over layers), per-task means, mean ± 95% CI across seeds.
+* **Hessian spectral density** per run group: mass of the density in bins of
+  log10 |λ| (y) against task (x); collapse shows as mass sinking to the bottom row.
+* **ε-rank vs performance**: ε-rank at task start against that task's performance,
+  with the least-squares line, its R² and the ε used (SC picks ε to maximise R²).
+
+Runs are grouped by (env_id, exp_name, reg); runs in a group differ by their seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from clenv.plotting.runs import Run, Series, group_labels, group_runs, load_runs  # noqa: E402
+from clenv.plotting.stats import (  # noqa: E402
+    align_by_key,
+    best_epsilon,
+    binned_mean,
+    epsilon_rank_from_density,
+    linear_fit,
+    log_abs_mass,
+    mean_confidence_interval,
+)
+
+# Series each panel reads, most specific first (tag names: docs/tooling.md).
+PERFORMANCE_PER_TASK_TAGS = (
+    "eval/test_accuracy_per_task",
+    "eval/test_accuracy",
+    "cl/online_accuracy_per_task",
+    "cl/mean_return_per_task",
+)
+PERFORMANCE_STEP_TAGS = (
+    "charts/episodic_return",
+    "cl/online_accuracy",
+    "charts/online_accuracy",
+)
+SPECTRAL_DENSITY_TAGS = (
+    "curvature/spectral_density",
+    "curvature/task_start/spectral_density",
+)
+# ε candidates when ε is chosen after the fact (SC reports 0.01 and 0.03..0.1).
+EPSILON_CANDIDATES = tuple(float(x) for x in 10.0 ** np.arange(-4.0, 1.01, 0.25))
+
+TITLE_PERFORMANCE = "Performance per task"
+TITLE_PERFORMANCE_STEPS = "Performance over steps"
+TITLE_DEAD_UNITS = "Dead units over tasks"
+TITLE_EFFECTIVE_RANK = "Effective rank over tasks"
+TITLE_SPECTRUM = "Hessian spectral density"
+TITLE_EPSILON_RANK = "ε-rank vs performance"
+
+
+@dataclass
+class PlotResult:
+    """What :func:`plot_runs` drew: the file, the panel titles and the notes."""
+
+    path: Path
+    panels: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    label: str
+    color: str
+    runs: list[Run]
+
+
+@dataclass
+class _Panel:
+    title: str
+    draw: Callable[[plt.Axes], None]
+
+
+def _first_tag(runs: Sequence[Run], tags: Sequence[str]) -> str | None:
+    """The first of ``tags`` that at least one run logged."""
+    for tag in tags:
+        if any(tag in run.series and len(run.series[tag]) for run in runs):
+            return tag
+    return None
+
+
+def _band(ax: plt.Axes, x, table: np.ndarray, group: _Group, marker: str = "") -> None:
+    """Mean line and shaded 95% CI of a (seeds × points) table."""
+    mean, half, _ = mean_confidence_interval(table)
+    ax.plot(x, mean, color=group.color, marker=marker, ms=3, lw=1.5,
+            label=f"{group.label} (n={table.shape[0]})")  # fmt: skip
+    ax.fill_between(x, mean - half, mean + half, color=group.color, alpha=0.2, lw=0)
+
+
+def _task_boundaries(run: Run) -> np.ndarray:
+    """First logged step of every task after the first, from all of a run's series."""
+    steps = np.concatenate([s.step for s in run.series.values()] or [np.zeros(0)])
+    tasks = np.concatenate([s.task_id for s in run.series.values()] or [np.zeros(0)])
+    if len(steps) == 0:
+        return np.zeros(0)
+    first = [steps[tasks >= k].min() for k in np.unique(tasks)[1:]]
+    return np.asarray(first, dtype=np.float64)
+
+
+def _layer_series(run: Run, metric: str) -> list[Series]:
+    """Per-layer ``plasticity/<layer...>/<metric>`` series, else the aggregate one."""
+    found = run.matching(metric, prefix="plasticity/")
+    per_layer = [s for s in found if s.name.count("/") >= 2]
+    return per_layer or found
+
+
+def _per_task_layer_total(series: list[Series], reduce: str) -> tuple[np.ndarray, ...]:
+    keys, table = align_by_key([s.per_task_mean() for s in series])
+    values = np.nansum(table, axis=0) if reduce == "sum" else np.nanmean(table, axis=0)
+    return keys, values
+
+
+def _start_rows(series: Series) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the first density logged in each task: ``(task_ids, row_indices)``."""
+    order = np.lexsort((series.step, series.task_id))
+    tasks, first = np.unique(series.task_id[order], return_index=True)
+    return tasks, order[first]
+
+
+class _FigurePlan:
+    """Decides which panels can be drawn from the runs and collects the notes."""
+
+    def __init__(
+        self,
+        runs: Sequence[Run],
+        metric: str | None,
+        eps: float | None,
+    ) -> None:
+        self.runs = list(runs)
+        self.notes: list[str] = []
+        grouped = group_runs(self.runs)
+        labels = group_labels(list(grouped))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        self.groups = [
+            _Group(labels[key], colors[i % len(colors)], members)
+            for i, (key, members) in enumerate(grouped.items())
+        ]
+        self.metric = metric
+        self.eps = eps
+        self.panels: list[_Panel] = []
+        self._plan_performance_per_task()
+        self._plan_performance_steps()
+        self._plan_layer_metric(TITLE_DEAD_UNITS, "dead_units", "sum")
+        self._plan_layer_metric(TITLE_EFFECTIVE_RANK, "effective_rank", "mean")
+        self._plan_spectra()
+        self._plan_epsilon_rank()
+
+    # -- helpers ---------------------------------------------------------------------
+    def _note_missing(self, what: str, lacking: Sequence[Run]) -> None:
+        if lacking:
+            names = ", ".join(run.name for run in lacking[:3])
+            more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+            self.notes.append(f"{what}: left out {names}{more} (series not logged)")
+
+    def _skip(self, title: str, wanted: str) -> None:
+        self.notes.append(f"skipped panel '{title}': no run logged {wanted}")
+
+    # -- performance -----------------------------------------------------------------
+    def _plan_performance_per_task(self) -> None:
+        tags = (self.metric,) if self.metric else PERFORMANCE_PER_TASK_TAGS
+        tag = _first_tag(self.runs, tags)
+        self.performance_tag = tag
+        if tag is None:
+            self._skip(TITLE_PERFORMANCE, " or ".join(tags))
+            return
+        self._note_missing(
+            TITLE_PERFORMANCE, [r for r in self.runs if not r.find([tag])]
+        )
+
+        def draw(ax: plt.Axes) -> None:
+            for group in self.groups:
+                per_seed = [
+                    r.series[tag].per_task_mean() for r in group.runs if r.find([tag])
+                ]
+                if per_seed:
+                    tasks, table = align_by_key(per_seed)
+                    _band(
+                        ax, tasks, table, group, marker="o" if len(tasks) < 30 else ""
+                    )
+            ax.set_xlabel("task")
+            ax.set_ylabel(tag)
+
+        self.panels.append(_Panel(TITLE_PERFORMANCE, draw))
+
+    def _plan_performance_steps(self) -> None:
+        tag = _first_tag(self.runs, PERFORMANCE_STEP_TAGS)
+        if tag is None:
+            self._skip(TITLE_PERFORMANCE_STEPS, " or ".join(PERFORMANCE_STEP_TAGS))
+            return
+        self._note_missing(
+            TITLE_PERFORMANCE_STEPS, [r for r in self.runs if not r.find([tag])]
+        )
+
+        def draw(ax: plt.Axes) -> None:
+            last = max(r.series[tag].step.max() for r in self.runs if r.find([tag]))
+            edges = np.linspace(0, last + 1, 101)
+            centres = (edges[:-1] + edges[1:]) / 2
+            for group in self.groups:
+                members = [r.series[tag] for r in group.runs if r.find([tag])]
+                if members:
+                    table = np.stack(
+                        [
+                            binned_mean(s.step, s.value.astype(float), edges)
+                            for s in members
+                        ]
+                    )
+                    keep = ~np.all(np.isnan(table), axis=0)
+                    _band(ax, centres[keep], table[:, keep], group)
+            boundaries = np.unique(
+                np.concatenate([_task_boundaries(r) for r in self.runs])
+            )
+            if len(boundaries):
+                ax.vlines(boundaries, 0, 1, transform=ax.get_xaxis_transform(),
+                          colors="0.5", linestyles="--", lw=0.7,
+                          alpha=1.0 if len(boundaries) <= 50 else 0.3)  # fmt: skip
+            ax.set_xlabel("step (dashed: task switch)")
+            ax.set_ylabel(tag)
+
+        self.panels.append(_Panel(TITLE_PERFORMANCE_STEPS, draw))
+
+    # -- representation --------------------------------------------------------------
+    def _plan_layer_metric(self, title: str, metric: str, reduce: str) -> None:
+        have = {id(r): _layer_series(r, metric) for r in self.runs}
+        if not any(have.values()):
+            self._skip(title, f"plasticity/<layer>/{metric}")
+            return
+        self._note_missing(title, [r for r in self.runs if not have[id(r)]])
+        num_layers = max(len(series) for series in have.values())
+        how = "summed over" if reduce == "sum" else "mean over"
+
+        def draw(ax: plt.Axes) -> None:
+            for group in self.groups:
+                per_seed = [
+                    _per_task_layer_total(have[id(r)], reduce)
+                    for r in group.runs
+                    if have[id(r)]
+                ]
+                if per_seed:
+                    tasks, table = align_by_key(per_seed)
+                    _band(
+                        ax, tasks, table, group, marker="o" if len(tasks) < 30 else ""
+                    )
+            ax.set_xlabel("task")
+            ax.set_ylabel(f"{metric} ({how} {num_layers} layers)")
+
+        self.panels.append(_Panel(title, draw))
+
+    # -- curvature -------------------------------------------------------------------
+    def _plan_spectra(self) -> None:
+        tag = _first_tag(self.runs, SPECTRAL_DENSITY_TAGS)
+        self.spectrum_tag = tag
+        if tag is None:
+            self._skip(TITLE_SPECTRUM, " or ".join(SPECTRAL_DENSITY_TAGS))
+            return
+        lacking = [
+            r
+            for r in self.runs
+            if not r.find([tag]) or "grid" not in r.series[tag].attrs
+        ]
+        self._note_missing(TITLE_SPECTRUM, lacking)
+        lacking_ids = {id(r) for r in lacking}
+        for group in self.groups:
+            members = [r.series[tag] for r in group.runs if id(r) not in lacking_ids]
+            if members:
+                title = f"{TITLE_SPECTRUM} ({group.label})"
+                self.panels.append(_Panel(title, self._spectrum_drawer(members)))
+
+    @staticmethod
+    def _spectrum_drawer(members: list[Series]) -> Callable[[plt.Axes], None]:
+        def draw(ax: plt.Axes) -> None:
+            # From the largest |λ| with mass down to the grid's resolution (at most
+            # 6 decades): finer bins would be empty stripes between grid points.
+            top, resolution = -np.inf, np.inf
+            for s in members:
+                grid = np.asarray(s.attrs["grid"], dtype=np.float64)
+                support = np.abs(grid[np.max(s.value, axis=0) > 1e-6 * s.value.max()])
+                top = max(top, np.log10(support.max()) if len(support) else 0.0)
+                resolution = min(resolution, np.abs(grid[grid != 0]).min())
+            top = np.ceil(top)
+            bottom = max(top - 6.0, np.floor(np.log10(resolution) * 4) / 4)
+            edges = np.linspace(bottom, top, 49)
+            columns: dict[tuple[int, int], list[np.ndarray]] = {}
+            for s in members:
+                mass = log_abs_mass(s.attrs["grid"], s.value, edges)
+                order = np.lexsort((s.step, s.task_id))
+                position: dict[int, int] = {}
+                for row in order:
+                    task = int(s.task_id[row])
+                    key = (task, position.setdefault(task, 0))
+                    position[task] += 1
+                    columns.setdefault(key, []).append(mass[row])
+            keys = sorted(columns)
+            per_task = {task: sum(1 for t, _ in keys if t == task) for task, _ in keys}
+            x = np.array([t + j / per_task[t] * 0.5 for t, j in keys], dtype=np.float64)
+            image = np.stack([np.mean(columns[k], axis=0) for k in keys], axis=1)
+            if len(x) == 1:
+                x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
+            else:
+                mid = (x[:-1] + x[1:]) / 2
+                x_edges = np.concatenate(
+                    [[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]]
+                )
+            mesh = ax.pcolormesh(x_edges, edges, np.maximum(image, 1e-6),
+                                 norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma")  # fmt: skip
+            ax.figure.colorbar(mesh, ax=ax, label="share of spectral mass")
+            ax.set_xlabel("task (start; +0.5: end)")
+            ax.set_ylabel(f"log10 |λ|  (bottom row: |λ| < {10 ** edges[1]:.2g})")
+
+        return draw
+
+    def _plan_epsilon_rank(self) -> None:
+        perf_tag, spec_tag = self.performance_tag, self.spectrum_tag
+        if perf_tag is None or spec_tag is None:
+            self._skip(
+                TITLE_EPSILON_RANK, "both a per-task performance and a spectral density"
+            )
+            return
+        points: list[tuple[_Group, np.ndarray, np.ndarray, np.ndarray]] = []
+        for group in self.groups:
+            for run in group.runs:
+                perf, spectrum = run.find([perf_tag]), run.find([spec_tag])
+                if perf is None or spectrum is None or "grid" not in spectrum.attrs:
+                    continue
+                perf_tasks, perf_values = perf.per_task_mean()
+                tasks, rows = _start_rows(spectrum)
+                shared = np.isin(tasks, perf_tasks)
+                if shared.any():
+                    values = perf_values[np.searchsorted(perf_tasks, tasks[shared])]
+                    grid = np.asarray(spectrum.attrs["grid"], dtype=np.float64)
+                    points.append((group, grid, spectrum.value[rows[shared]], values))
+        total = sum(len(p[3]) for p in points)
+        if total < 3:
+            self.notes.append(
+                f"skipped panel '{TITLE_EPSILON_RANK}': {total} task(s) have both a "
+                "spectral density and a performance value (need 3)"
+            )
+            return
+        performance = np.concatenate([p[3] for p in points])
+        spectra = [(p[1], p[2]) for p in points]
+        if self.eps is None:
+            eps, _ = best_epsilon(spectra, performance, EPSILON_CANDIDATES)
+            how = "chosen to maximise R²"
+        else:
+            eps, how = self.eps, "given"
+        if not np.isfinite(eps):
+            self.notes.append(
+                f"skipped panel '{TITLE_EPSILON_RANK}': ε-rank or performance is "
+                "constant for every ε tried, so no R² is defined"
+            )
+            return
+        ranks = np.concatenate(
+            [epsilon_rank_from_density(g, d, eps) for g, d in spectra]
+        )
+        slope, intercept, r_squared = linear_fit(ranks, performance)
+        self.epsilon, self.r_squared = eps, r_squared
+        title = f"{TITLE_EPSILON_RANK} (ε = {eps:.3g}, R² = {r_squared:.2f})"
+
+        def draw(ax: plt.Axes) -> None:
+            seen: set[str] = set()
+            for group, grid, densities, values in points:
+                label = None if group.label in seen else group.label
+                seen.add(group.label)
+                ax.scatter(epsilon_rank_from_density(grid, densities, eps), values,
+                           s=14, color=group.color, label=label)  # fmt: skip
+            if np.isfinite(slope):
+                xs = np.linspace(ranks.min(), ranks.max(), 2)
+                ax.plot(xs, slope * xs + intercept, color="k", lw=1, ls="--")
+            ax.set_xlabel(f"ε-rank at task start (ε = {eps:.3g}, {how})")
+            ax.set_ylabel(perf_tag)
+
+        self.panels.append(_Panel(title, draw))
+
+
+def make_figure(
+    runs: Sequence[Run],
+    *,
+    metric: str | None = None,
+    eps: float | None = None,
+    title: str | None = None,
+) -> tuple[plt.Figure, list[str], list[str]]:
+    """Build the figure for already loaded runs.
+
+    Returns:
+        ``(figure, panel_titles, notes)``.
+
+    Raises:
+        ValueError: no run logged any series a panel uses.
+    """
+    if not runs:
+        raise ValueError("no runs to plot")
+    plan = _FigurePlan(runs, metric, eps)
+    if not plan.panels:
+        found = sorted({name for run in runs for name in run.series})
+        raise ValueError(
+            "none of the runs logged a series that clenv plot uses "
+            f"({'; '.join(plan.notes)}); series found: {found[:20]}"
+        )
+    columns = 2 if len(plan.panels) > 1 else 1
+    rows = -(-len(plan.panels) // columns)
+    note_height = 0.18 * len(plan.notes)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(6.4 * columns, 3.8 * rows + note_height), squeeze=False
+    )
+    for ax, panel in zip(axes.flat, plan.panels, strict=False):
+        panel.draw(ax)
+        ax.set_title(panel.title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(plan.panels) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        axes.flat[0].legend(fontsize=8)
+    seeds = sorted({str(run.seed) for run in runs})
+    fig.suptitle(title or f"{len(runs)} run(s), seeds {', '.join(seeds)}", fontsize=11)
+    bottom = note_height / fig.get_figheight()
+    if plan.notes:
+        fig.text(0.01, 0.005, "\n".join(f"note: {n}" for n in plan.notes),
+                 fontsize=7, va="bottom", color="0.3")  # fmt: skip
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
+    return fig, [p.title for p in plan.panels], plan.notes
+
+
+def plot_runs(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    metric: str | None = None,
+    eps: float | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+) -> PlotResult:
+    """Plot run directories into one PNG (the ``clenv plot`` command).
+
+    Args:
+        run_dirs: run directories (``runs/<run>``), or directories of run directories.
+        out: the image file to write (format from its suffix, e.g. ``.png``, ``.pdf``).
+        metric: the per-task performance tag to plot instead of the first one found of
+            :data:`PERFORMANCE_PER_TASK_TAGS`.
+        eps: ε for the ε-rank panel; by default the ε that maximises R², as SC does.
+        title: figure title.
+        dpi: resolution of raster output.
+
+    Returns:
+        The file written, the panel titles and the notes about skipped panels / runs.
+    """
+    runs = load_runs(run_dirs)
+    if metric is not None and not any(run.find([metric]) for run in runs):
+        raise ValueError(
+            f"--metric {metric!r} was not logged by any of the runs; per-task series "
+            "found: "
+            + str(
+                sorted(
+                    {
+                        n
+                        for r in runs
+                        for n in r.series
+                        if n.startswith(("cl/", "eval/"))
+                    }
+                )
+            )
+        )
+    if eps is not None and not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(
+            f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist"
+        )
+    fig, panels, notes = make_figure(runs, metric=metric, eps=eps, title=title)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return PlotResult(path=out, panels=panels, notes=notes)
