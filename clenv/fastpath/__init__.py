@@ -1,0 +1,29 @@
+"""Fast online batch-1 training of ReLU MLPs (Permuted MNIST), without autograd.
+
+See :class:`FastMLPTrainer` and docs/agents/supervised.md (fast path design and its
+equivalence guarantee).
+"""
+
+from __future__ import annotations
+
+from clenv.fastpath.cbp import CBPState
+from clenv.fastpath.native import build_kernel, load_kernel
+from clenv.fastpath.reference import train_chunk_torch
+from clenv.fastpath.trainer import (
+    SUPPORTED_COMPONENTS,
+    FastMLPTrainer,
+    fast_path_supports,
+    mlp_linear_layers,
+)
+
+__all__ = [
+    "FastMLPTrainer",
+    "fast_path_supports",
+    "mlp_linear_layers",
+    "SUPPORTED_COMPONENTS",
+    # building blocks
+    "CBPState",
+    "build_kernel",
+    "load_kernel",
+    "train_chunk_torch",
+]

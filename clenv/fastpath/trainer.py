@@ -1,0 +1,316 @@
+"""``FastMLPTrainer``: online batch-1 SGD of a ReLU MLP without autograd.
+
+Batch-1 training is bound by per-call overhead, not arithmetic: autograd, the
+optimizer and a dozen small torch calls cost more than the matrix-vector products of a
+width-100 MLP. The trainer therefore runs a *chunk* of K examples per call, each one
+a full sequential SGD step (predict, loss, backward, update) in a compiled kernel,
+updating the model's own parameter tensors in place. The result is the same training
+run as the autograd loop::
+
+    for x, y in stream:               # batch 1
+        logits = model(x); loss = cross_entropy(logits, y)
+        loss.backward(); method.after_backward(); optimizer.step()
+        method.after_step(x)
+
+with ``optimizer = SGD(lr)`` and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2
+(and head_reset / reset, which act only on task switches). Equal up to float rounding
+(a different summation order); ``tests/test_fastpath.py`` checks the weights after N
+steps against that loop for every supported method.
+
+How each method runs here:
+
+* **L2**: fused into the update, ``W <- W - lr (g h^T + lambda W)`` (coupled, on biases
+  too), with lambda read from the :class:`clenv.methods.L2` component.
+* **ER / L2-ER**: the trainer stops the kernel exactly at every U-th step, feeds the
+  :class:`clenv.methods.EffectiveRankAscent` component its buffer of the last U inputs
+  and calls its own ``ascend`` (autograd on the same parameter tensors), so the ascent
+  happens between the same two examples as in the autograd loop and the method's
+  ``state_dict`` stays valid.
+* **CBP**: the per-step statistics are fused into the kernel; the kernel returns when a
+  replacement is due and :class:`clenv.fastpath.cbp.CBPState` replaces the units. The
+  SGD optimizer has no state, so there is no optimizer state to reset.
+* Anything else (S&P, ReDo, Adam, momentum) needs the autograd path:
+  :func:`fast_path_supports` says whether a ``--reg`` name can use this one.
+
+Predictions are made before the update on each example, and after the updates on the
+examples before it in the chunk, so ``predictions == labels`` is the true sequential
+online accuracy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from clenv.fastpath.cbp import CBPState
+from clenv.fastpath.native import load_kernel
+from clenv.fastpath.reference import train_chunk_torch
+
+# --reg components the fast path runs exactly (see the module docstring).
+SUPPORTED_COMPONENTS = frozenset({"l2", "er", "cbp", "head_reset", "reset"})
+Backend = Literal["auto", "native", "torch"]
+
+
+def fast_path_supports(components: Sequence[str]) -> bool:
+    """Whether a method made of ``components`` (e.g. ``["l2", "er"]``) runs here."""
+    return set(components) <= SUPPORTED_COMPONENTS
+
+
+def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers of a Linear-ReLU-...-Linear MLP, checked.
+
+    Raises:
+        ValueError: when the model is anything else (the fast path computes exactly
+            this architecture; use the autograd path for others).
+    """
+    leaves = [m for m in model.modules() if not list(m.children())]
+    kinds = [type(m) for m in leaves if not isinstance(m, nn.Flatten | nn.Identity)]
+    expected_pattern = all(
+        kind is (nn.Linear if i % 2 == 0 else nn.ReLU) for i, kind in enumerate(kinds)
+    )
+    if not kinds or not expected_pattern or kinds[-1] is not nn.Linear:
+        raise ValueError(
+            "the fast path trains Linear-ReLU-...-Linear MLPs only (e.g. "
+            f"clenv.models.PermutedMNISTMLP); got layers {[k.__name__ for k in kinds]}. "
+            "Use the autograd path for other architectures."
+        )
+    return [m for m in leaves if isinstance(m, nn.Linear)]
+
+
+def _components(method: Any) -> list[Any]:
+    if method is None:
+        return []
+    return list(getattr(method, "methods", [method]))
+
+
+class FastMLPTrainer:
+    """Sequential batch-1 SGD (+ L2, ER, CBP) on a ReLU MLP, K examples per call.
+
+    Args:
+        model: a Linear-ReLU-...-Linear MLP (e.g. ``PermutedMNISTMLP``); its
+            parameters are updated in place (no copies: metrics, checkpoints and the
+            ER ascent see the current weights at any time between calls).
+        lr: SGD step size (no momentum).
+        method: a :func:`clenv.methods.make_method` object whose components are in
+            :data:`SUPPORTED_COMPONENTS`; ``None`` for plain backprop.
+        cbp: CBP statistics to use (e.g. restored from a checkpoint); built from the
+            method's CBP component when omitted.
+        backend: ``"native"`` (the compiled kernel, CPU), ``"torch"`` (torch ops, any
+            device) or ``"auto"`` (native on CPU when it builds, else torch).
+
+    Example:
+        >>> from clenv.models import PermutedMNISTMLP
+        >>> model = PermutedMNISTMLP(width=32)
+        >>> trainer = FastMLPTrainer(model, lr=0.01)
+        >>> x, y = torch.rand(8, 784), torch.randint(0, 10, (8,))
+        >>> predictions, losses = trainer.train(x, y)
+        >>> predictions.shape, losses.shape
+        (torch.Size([8]), torch.Size([8]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        method: Any = None,
+        cbp: CBPState | None = None,
+        backend: Backend = "auto",
+    ):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if backend not in ("auto", "native", "torch"):
+            raise ValueError(f"backend must be auto, native or torch, got {backend!r}")
+        self.model = model
+        self.lr = float(lr)
+        self.layers = mlp_linear_layers(model)
+        self.weight_decay = 0.0
+        self.er = None
+        cbp_component = None
+        for component in _components(method):
+            name = getattr(component, "name", type(component).__name__)
+            if name not in SUPPORTED_COMPONENTS:
+                raise ValueError(
+                    f"the fast path cannot run {name!r} exactly (supported: "
+                    f"{sorted(SUPPORTED_COMPONENTS)}); use the autograd path"
+                )
+            if name == "l2":
+                self.weight_decay = float(component.weight_decay)
+            elif name == "er":
+                if component.schedule != "step":
+                    raise ValueError("the fast path runs ER with schedule='step' only")
+                self.er = component
+            elif name == "cbp":
+                cbp_component = component
+        reference = self.layers[0].weight
+        if cbp is None and cbp_component is not None:
+            cbp = CBPState(
+                [layer.out_features for layer in self.layers[:-1]],
+                **cbp_settings(cbp_component),
+                dtype=reference.dtype,
+                device=reference.device,
+            )
+        self.cbp = cbp
+        self.method = method
+        kernel = None
+        if backend != "torch" and reference.device.type == "cpu":
+            kernel = load_kernel()
+            if (
+                kernel is not None
+                and str(reference.dtype).removeprefix("torch.") not in kernel
+            ):
+                kernel = None
+        if backend == "native" and kernel is None:
+            raise RuntimeError(
+                "backend='native' needs float32/float64 CPU parameters and a C++ "
+                "compiler (see clenv.fastpath.native); use backend='auto'"
+            )
+        self.kernel = kernel
+        self.backend = "native" if kernel is not None else "torch"
+        # to be filled in runtime
+        self.num_steps = 0
+
+    # -- the loop --------------------------------------------------------------------
+    def train(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on ``inputs[k], labels[k]`` for k = 0..K-1, one example at a time.
+
+        Args:
+            inputs: (K, features) or (K, ...) inputs, flattened per example.
+            labels: (K,) integer class labels.
+
+        Returns:
+            ``(predictions, losses)``: the argmax prediction and cross-entropy loss of
+            each example, both computed before the update on that example.
+        """
+        reference = self.layers[0].weight
+        inputs = inputs.reshape(inputs.shape[0], -1)
+        if inputs.shape[1] != self.layers[0].in_features:
+            raise ValueError(
+                f"inputs have {inputs.shape[1]} features per example, the model takes "
+                f"{self.layers[0].in_features}"
+            )
+        if labels.shape != (inputs.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({inputs.shape[0]},), got {tuple(labels.shape)}"
+            )
+        inputs = inputs.to(device=reference.device, dtype=reference.dtype).contiguous()
+        labels = labels.to(device=reference.device, dtype=torch.int64).contiguous()
+        num_classes = self.layers[-1].out_features
+        if labels.numel() and (
+            int(labels.min()) < 0 or int(labels.max()) >= num_classes
+        ):
+            raise ValueError(
+                f"labels must be in [0, {num_classes}), got {labels.tolist()}"
+            )
+        count = inputs.shape[0]
+        predictions = torch.empty(count, dtype=torch.int64, device=reference.device)
+        losses = torch.empty(count, dtype=reference.dtype, device=reference.device)
+        position = 0
+        while position < count:
+            stop = count
+            if self.er is not None:
+                until_ascent = self.er.interval - self.er.num_steps % self.er.interval
+                stop = min(stop, position + until_ascent)
+            done = self._run(inputs, labels, predictions, losses, position, stop)
+            if self.cbp is not None and bool((self.cbp.accumulated >= 1).any()):
+                self.cbp.replace(*self._parameters())
+            if self.er is not None:
+                self.er.buffer.append(inputs[position:done].clone())
+                self.er.num_steps += done - position
+                if self.er.num_steps % self.er.interval == 0:
+                    self.er.ascend(torch.cat(self.er.buffer))
+                    self.er.buffer.clear()
+            self.num_steps += done - position
+            position = done
+        return predictions, losses
+
+    def _parameters(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # Fetched on every call: a reset method may have replaced a tensor.
+        weights = [layer.weight.data for layer in self.layers]
+        biases = [layer.bias.data for layer in self.layers]
+        for tensor in (*weights, *biases):
+            if not tensor.is_contiguous():
+                raise ValueError("the fast path needs contiguous parameters")
+        return weights, biases
+
+    def _run(self, inputs, labels, predictions, losses, start: int, stop: int) -> int:
+        weights, biases = self._parameters()
+        if self.kernel is None:
+            return train_chunk_torch(
+                weights, biases, inputs, labels, predictions, losses, start, stop,
+                self.lr, self.weight_decay, self.cbp,
+            )  # fmt: skip
+        return self._run_native(weights, biases, inputs, labels, predictions, losses,
+                                start, stop)  # fmt: skip
+
+    def _run_native(self, weights, biases, inputs, labels, predictions, losses,
+                    start, stop) -> int:  # fmt: skip
+        n = len(weights)
+        pointers = ctypes.c_void_p * n
+        widths = (ctypes.c_int64 * (n + 1))(
+            weights[0].shape[1], *(w.shape[0] for w in weights)
+        )
+        cbp = self.cbp
+        if cbp is not None:
+            hidden = n - 1
+            ages = (ctypes.c_void_p * hidden)(*(a.data_ptr() for a in cbp.ages))
+            utils = (ctypes.c_void_p * hidden)(*(u.data_ptr() for u in cbp.utilities))
+            means = (ctypes.c_void_p * hidden)(
+                *(m.data_ptr() for m in cbp.mean_activations)
+            )
+            settings = (cbp.accumulated.data_ptr(), cbp.decay_rate,
+                        cbp.maturity_threshold, cbp.replacement_rate, int(cbp.adaptable))  # fmt: skip
+        else:
+            ages = utils = means = None
+            settings = (None, 0.0, 0, 0.0, 0)
+        function = self.kernel[str(weights[0].dtype).removeprefix("torch.")]
+        return function(
+            n, widths,
+            pointers(*(w.data_ptr() for w in weights)),
+            pointers(*(b.data_ptr() for b in biases)),
+            inputs.data_ptr(), labels.data_ptr(), predictions.data_ptr(),
+            losses.data_ptr(), stop, start, self.lr, self.weight_decay,
+            ages, utils, means, *settings,
+        )  # fmt: skip
+
+    # -- resume ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Step count and CBP statistics (the weights live in the model, the ER buffer
+        in the method)."""
+        return {
+            "num_steps": self.num_steps,
+            "cbp": None if self.cbp is None else self.cbp.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_steps = int(state["num_steps"])
+        if (state["cbp"] is None) != (self.cbp is None):
+            raise ValueError("the saved trainer state and this trainer differ in CBP")
+        if self.cbp is not None:
+            self.cbp.load_state_dict(state["cbp"])
+
+
+def cbp_settings(component: Any) -> dict[str, Any]:
+    """CBPState arguments from a CBP method object (reads its public attributes)."""
+    names = {
+        "replacement_rate": ("replacement_rate",),
+        "maturity_threshold": ("maturity_threshold",),
+        "decay_rate": ("decay_rate", "decay"),
+        "utility": ("utility", "utility_type"),
+        "init_gain": ("init_gain", "gain"),
+        "seed": ("seed",),
+    }
+    settings: dict[str, Any] = {}
+    for key, candidates in names.items():
+        for candidate in candidates:
+            if hasattr(component, candidate):
+                settings[key] = getattr(component, candidate)
+                break
+    settings.setdefault("init_gain", math.sqrt(2.0))
+    return settings
