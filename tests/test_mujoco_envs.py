@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import clenv
+from clenv.envs.physics_drift import PhysicsDriftEnv
+from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.protocol import INFO_KEYS
 from clenv.registration import MUJOCO_ENVS
 
@@ -19,10 +23,6 @@ gym.register_envs(clenv)
 ENV_IDS = list(MUJOCO_ENVS)
 # check_env's generic advice for MuJoCo's unbounded observation boxes.
 KNOWN_WARNINGS = re.compile(r"observation space (minimum|maximum) value is")
-
-
-def make(env_id: str, **kwargs) -> gym.Env:
-    return gym.make(env_id, **kwargs)
 
 
 def model_value(env: gym.Env) -> float:
@@ -61,7 +61,7 @@ def task_fields(info: dict) -> tuple:
 # -- checkers -------------------------------------------------------------------------
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_gymnasium_and_sb3_check_env(env_id):
-    env = make(env_id, switch_every=7)
+    env = gym.make(env_id, switch_every=7)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped, skip_render_check=True)
@@ -74,7 +74,7 @@ def test_gymnasium_and_sb3_check_env(env_id):
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_info_has_protocol_keys_and_physics_at_reset_and_step(env_id):
-    env = make(env_id, switch_every=5)
+    env = gym.make(env_id, switch_every=5)
     _, info = env.reset(seed=0)
     assert set(INFO_KEYS) | {"physics"} <= set(info)
     assert info["task_id"] == 0 and info["task_switch"] and info["task_step"] == 0
@@ -86,21 +86,21 @@ def test_info_has_protocol_keys_and_physics_at_reset_and_step(env_id):
 # -- determinism, switch timing -------------------------------------------------------
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_same_seed_gives_bit_identical_rollouts_across_switches(env_id):
-    first = rollout(make(env_id, switch_every=25), 110, seed=3)
-    second = rollout(make(env_id, switch_every=25), 110, seed=3)
+    first = rollout(gym.make(env_id, switch_every=25), 110, seed=3)
+    second = rollout(gym.make(env_id, switch_every=25), 110, seed=3)
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         assert repr(a[1:]) == repr(b[1:])
     assert max(r[-1]["task_id"] for r in first) == 4  # 110 steps, 4 switches
     # A different seed gives a different rollout (the check above can fail).
-    other = rollout(make(env_id, switch_every=25), 110, seed=4)
+    other = rollout(gym.make(env_id, switch_every=25), 110, seed=4)
     assert not np.array_equal(first[1][0], other[1][0])
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_step_mode_switches_exactly_every_switch_every_steps(env_id):
-    env = make(env_id, switch_every=30)
+    env = gym.make(env_id, switch_every=30)
     _, info = env.reset(seed=0)
     targets = {0: repr(info["task"])}
     for step in range(1, 95):
@@ -124,7 +124,9 @@ def test_step_mode_switches_exactly_every_switch_every_steps(env_id):
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_episode_end_mode_switches_at_first_reset_after_boundary(env_id):
     # Short episodes (TimeLimit 12) so several boundaries fall inside episodes.
-    env = make(env_id, switch_every=20, switch_at="episode_end", max_episode_steps=12)
+    env = gym.make(
+        env_id, switch_every=20, switch_at="episode_end", max_episode_steps=12
+    )
     _, info = env.reset(seed=0)
     steps_in_task, task_id, switches = 0, 0, 0
     for _ in range(100):
@@ -183,7 +185,13 @@ def _vector_lockstep(envs, steps: int, switch_every: int) -> None:
     for step in range(1, steps + 1):
         infos = envs.step(envs.action_space.sample())[4]
         np.testing.assert_array_equal(infos["task_id"], step // switch_every)
-        np.testing.assert_array_equal(infos["task_switch"], step % switch_every == 0)
+        # SAME_STEP autoreset: when a switching step also ends the episode, the step's
+        # info (task_switch=True) is in final_info and infos holds the reset's info.
+        switched = infos["task_switch"].copy()
+        if "final_info" in infos:
+            ended = infos["_final_info"]
+            switched[ended] |= infos["final_info"]["task_switch"][ended]
+        np.testing.assert_array_equal(switched, step % switch_every == 0)
         for field in ("task", "physics"):
             (key,) = (k for k in infos[field] if not k.startswith("_"))  # "_k": mask
             np.testing.assert_array_equal(infos[field][key], infos[field][key][0])
@@ -217,3 +225,202 @@ def test_async_vector_env_switches_in_lockstep():
     _vector_lockstep(envs, 40, 15)
     assert envs.call("get_schedule_state")[0] == envs.call("get_schedule_state")[1]
     envs.close()
+
+
+# -- state, pickling ------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_schedule_state_round_trips_into_a_fresh_env(env_id):
+    env = gym.make(env_id, switch_every=20).unwrapped
+    rollout(env, 47)  # mid-task (and mid-drift for the gradual env)
+    state = env.get_schedule_state()
+    fresh = gym.make(env_id, switch_every=20).unwrapped
+    fresh.reset(seed=123)
+    fresh.set_schedule_state(state)
+    assert fresh.task_id == env.task_id == 2 and fresh.physics == env.physics
+    assert model_value(fresh) == model_value(env)
+    # Same simulator state too: then the continuation is bit-identical.
+    mujoco.mj_copyData(fresh.data, fresh.model, env.data)
+    actions = np.random.default_rng(5).uniform(-1, 1, (40, *env.action_space.shape))
+    for action in actions:
+        a, b = env.step(action), fresh.step(action)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1] == b[1] and task_fields(a[4]) == task_fields(b[4])
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_pickle_round_trip_keeps_arguments_and_rollouts(env_id):
+    env = gym.make(env_id, switch_every=17, task_seed=4)
+    clone = pickle.loads(pickle.dumps(env))
+    assert type(clone.unwrapped) is type(env.unwrapped)
+    assert clone.unwrapped.schedule.switch_every == 17
+    assert clone.unwrapped.task_params(3) == env.unwrapped.task_params(3)
+    first, second = rollout(env, 40, seed=2), rollout(clone, 40, seed=2)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        assert repr(a[1:]) == repr(b[1:])
+
+
+# -- bad input ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"switch_every": 0}, "positive"),
+        ({"switch_every": -5}, "positive"),
+        ({"switch_at": "sometimes"}, "'step', 'episode_end'"),
+        ({"drift": "wobbly"}, "'abrupt', 'gradual'"),
+        ({"parameter": "viscosity"}, "'friction', 'gravity', 'body_mass'"),
+        ({"value_range": (2.0, 0.1)}, r"low <= high.*\(0.1, 2.0\)"),
+        ({"value_range": (0.0, 1.0)}, "log-uniformly.*positive"),
+        ({"parameter": "body_mass", "value_range": (-1.0, 2.0)}, "positive"),
+        ({"value_range": (0.1, float("inf"))}, "finite"),
+        ({"value_range": 0.5}, r"pair \(low, high\)"),
+        ({"drift": "gradual", "switch_every": 10, "drift_steps": 11}, "drift_steps"),
+        ({"drift": "gradual", "drift_steps": 0}, "drift_steps"),
+        ({"base_env_id": "NoSuchEnv-v5"}, "Gymnasium MuJoCo id"),
+        ({"base_env_id": "CartPole-v1"}, "MujocoEnv"),
+        ({"base_env_id": None}, "base_env_id"),
+        ({"base_env_kwargs": {"no_such_arg": 1}}, "not accepted"),
+    ],
+)
+def test_bad_arguments_raise_value_error_saying_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PhysicsDriftEnv(**kwargs)
+
+
+def test_slippery_ant_bad_arguments_name_its_own_arguments():
+    with pytest.raises(ValueError, match=r"friction_range must satisfy low <= high"):
+        gym.make("clenv/SlipperyAnt-v0", friction_range=(2.0, 0.02))
+    with pytest.raises(ValueError, match="'step', 'episode_end'"):
+        gym.make("clenv/SlipperyAnt-v0", switch_at="end")
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_bad_actions_raise_before_reaching_mujoco(env_id):
+    env = gym.make(env_id, switch_every=5)
+    env.reset(seed=0)
+    shape = env.action_space.shape
+    data = env.unwrapped.data
+    time_before, qpos_before = data.time, data.qpos.copy()
+    nan, inf = np.zeros(shape), np.zeros(shape)
+    nan[0], inf[-1] = np.nan, -np.inf
+    bad = [
+        ("shape", np.zeros((shape[0] + 1,))),
+        ("shape", np.zeros((1, *shape))),
+        ("NaN", nan),
+        ("inf", inf),
+        ("numbers", np.array(["a"] * shape[0])),
+    ]
+    for expected, action in bad:
+        with pytest.raises(ValueError, match=expected):
+            env.step(action)
+    assert data.time == time_before
+    np.testing.assert_array_equal(data.qpos, qpos_before)
+    # Huge but finite actions are legal (MuJoCo clamps them to the control range).
+    with np.errstate(over="ignore"):
+        env.step(np.full(shape, 1e30, np.float32))
+
+
+# -- physics --------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_reward_terms_add_up_to_the_reward(env_id):
+    records = rollout(gym.make(env_id, switch_every=20), 60)
+    for _, reward, *_, info in (r for r in records if len(r) == 5):
+        terms = [v for k, v in info.items() if k.startswith("reward_")]
+        assert len(terms) >= 2
+        assert sum(terms) == pytest.approx(reward, abs=1e-6)
+
+
+def test_gradual_drift_interpolates_linearly():
+    env = PhysicsDriftEnv(
+        base_env_id="HalfCheetah-v5",
+        parameter="gravity",
+        drift="gradual",
+        switch_every=12,
+        drift_steps=8,
+    )
+    _, info = env.reset(seed=0)
+    v = [env.task_params(k)["gravity"] for k in range(4)]
+    assert physics_value(info) == v[0] == env.model.opt.gravity[2]
+    for step in range(1, 40):
+        info = env.step(env.action_space.sample())[4]
+        k, t = divmod(step, 12)
+        expected = v[k] if k == 0 else v[k - 1] + min(t / 8, 1) * (v[k] - v[k - 1])
+        assert physics_value(info) == pytest.approx(expected, rel=1e-12)
+        assert env.model.opt.gravity[2] == physics_value(info)
+        assert info["task"] == {"gravity": v[k]}
+        if k > 0 and t >= 8:
+            assert physics_value(info) == v[k]  # exactly the target once arrived
+    # Pinning a task for evaluation uses its target value, without a drift.
+    env.set_task(1)
+    assert env.model.opt.gravity[2] == v[1]
+    env.set_task(None)  # back to task 3, 3 steps in: mid-drift again
+    assert env.model.opt.gravity[2] == pytest.approx(v[2] + 3 / 8 * (v[3] - v[2]))
+
+
+def test_friction_one_reproduces_gymnasium_ant_v5_bit_for_bit():
+    ant = gym.make("Ant-v5")
+    slippery = gym.make("clenv/SlipperyAnt-v0", friction_range=(1.0, 1.0))
+    for a, b in zip(rollout(ant, 150), rollout(slippery, 150), strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        if len(a) == 5:
+            assert a[1:4] == b[1:4]
+
+
+@pytest.mark.parametrize(
+    "parameter, fields",
+    [
+        ("body_mass", ("body_mass", "body_inertia")),
+        ("actuator_gear", ("actuator_gear",)),
+    ],
+)
+def test_scale_parameters_scale_the_model_in_place(parameter, fields):
+    base = gym.make("Hopper-v5").unwrapped
+    original = {f: getattr(base.model, f).copy() for f in fields}
+    env = PhysicsDriftEnv(base_env=base, parameter=parameter, switch_every=10)
+    assert env.base_env is base and env.model is base.model  # in place, no copy
+    env.reset(seed=0)
+    for _ in range(10):
+        qpos_before = env.data.qpos.copy()
+        info = env.step(np.zeros(3))[4]
+    assert info["task_switch"]
+    scale = info["task"][f"{parameter}_scale"]
+    for field in fields:
+        np.testing.assert_allclose(getattr(env.model, field), original[field] * scale)
+    # mj_setConst followed the masses, without touching the running state.
+    if parameter == "body_mass":
+        np.testing.assert_allclose(
+            env.model.body_subtreemass[0], original["body_mass"].sum() * scale
+        )
+    assert not np.array_equal(env.data.qpos, qpos_before)  # the episode went on
+
+
+def test_scale_one_reproduces_the_base_env():
+    base = rollout(gym.make("Hopper-v5"), 120)
+    for parameter in ("body_mass", "actuator_gear"):
+        env = PhysicsDriftEnv(
+            base_env_id="Hopper-v5", parameter=parameter, value_range=(1.0, 1.0)
+        )
+        for a, b in zip(base, rollout(env, 120), strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_slippery_ant_defaults_follow_the_papers():
+    env = gym.make("clenv/SlipperyAnt-v0")
+    ant = env.unwrapped
+    assert isinstance(ant, SlipperyAntEnv) and env.spec.max_episode_steps == 1000
+    schedule = ant.schedule
+    assert (schedule.switch_every, schedule.switch_at) == (2_000_000, "step")
+    assert env.observation_space.shape == (105,)
+    assert ant.parameter == "friction"
+    frictions = [ant.task_params(k)["friction"] for k in range(2000)]
+    assert 0.02 <= min(frictions) and max(frictions) <= 2.0
+    # Log-uniform: log-friction is uniform on [log 0.02, log 2] (mean 0.5 of the way).
+    u = (np.log(frictions) - np.log(0.02)) / (np.log(2.0) - np.log(0.02))
+    assert abs(u.mean() - 0.5) < 0.03 and abs(np.median(frictions) - 0.2) < 0.03
+    # LoP's inputs without contact forces: 27 dims (see the class docstring).
+    lop_like = gym.make(
+        "clenv/SlipperyAnt-v0",
+        include_cfrc_ext_in_observation=False,
+        contact_cost_weight=0.0,
+    )
+    assert lop_like.observation_space.shape == (27,)
