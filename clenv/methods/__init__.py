@@ -13,11 +13,15 @@ See docs/methods.md.
 from __future__ import annotations
 
 from clenv.methods.base import Compose, PlasticityMethod
+from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
 from clenv.methods.l2 import L2
 from clenv.methods.layers import HiddenLayer, find_hidden_layers, find_output_layers
 from clenv.methods.presets import PRESETS
+from clenv.methods.redo import ReDo
 from clenv.methods.registry import METHODS, make_method, method_names, split_name
+from clenv.methods.resets import FullReset, HeadReset
+from clenv.methods.shrink_perturb import ShrinkPerturb
 
 __all__ = [
     # building
@@ -32,6 +36,11 @@ __all__ = [
     # methods
     "L2",
     "EffectiveRankAscent",
+    "ContinualBackprop",
+    "ShrinkPerturb",
+    "ReDo",
+    "HeadReset",
+    "FullReset",
     # layers
     "HiddenLayer",
     "find_hidden_layers",

@@ -14,7 +14,7 @@ backprop ("bp") is a :class:`Compose` of nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -131,11 +131,6 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter."""
-    return next(model.parameters()).device
-
-
 class SeededGenerator:
     """A ``torch.Generator`` on the model's device whose state travels in state_dict.
 
@@ -178,15 +173,3 @@ def reset_optimizer_slices(
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
             value.index_fill_(dim, index, 0)
-
-
-def optimizer_state_tensors(
-    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
-    """The state tensors the optimizer keeps for ``params`` (for tests and resets)."""
-    return [
-        value
-        for p in params
-        for value in optimizer.state.get(p, {}).values()
-        if torch.is_tensor(value)
-    ]

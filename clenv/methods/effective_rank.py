@@ -25,7 +25,6 @@ from torch import nn
 
 from clenv.methods.base import PlasticityMethod, trainable_parameters
 from clenv.methods.layers import (
-    ForwardFn,
     HiddenLayer,
     capture_features,
     default_forward,
@@ -34,6 +33,7 @@ from clenv.methods.layers import (
     resolve_modules,
 )
 from clenv.metrics import effective_rank
+from clenv.metrics.activations import ForwardFn
 
 SCHEDULES = ("step", "epoch")
 

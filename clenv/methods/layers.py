@@ -20,30 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from clenv.metrics.activations import ACTIVATION_TYPES
+
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-ACTIVATIONS = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.ReLU6,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Softplus,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardswish,
-    nn.Hardtanh,
-)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 # Modules that may sit between an activation and the next weight layer without
 # mixing units (a unit/channel stays a unit/channel).
@@ -66,8 +52,6 @@ PASS_THROUGH = (
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
 )
-
-ForwardFn = Callable[[nn.Module, Any], Any]
 
 
 def default_forward(model: nn.Module, inputs: Any) -> Any:
@@ -146,7 +130,7 @@ def _scan_chain(leaves: list[tuple[str, nn.Module]]) -> list[HiddenLayer]:
         while j < len(leaves) and isinstance(leaves[j][1], NORMS):
             norm = leaves[j][1] if norm is None else norm
             j += 1
-        if j >= len(leaves) or not isinstance(leaves[j][1], ACTIVATIONS):
+        if j >= len(leaves) or not isinstance(leaves[j][1], ACTIVATION_TYPES):
             continue
         act_name, activation = leaves[j]
         k = j + 1

@@ -9,12 +9,25 @@ import torch
 from torch import nn
 
 from clenv.methods.base import Compose, PlasticityMethod
+from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
 from clenv.methods.l2 import L2
 from clenv.methods.presets import preset_arguments
+from clenv.methods.redo import ReDo
+from clenv.methods.resets import FullReset, HeadReset
+from clenv.methods.shrink_perturb import ShrinkPerturb
 
 METHODS: dict[str, type[PlasticityMethod]] = {
-    cls.name: cls for cls in (L2, EffectiveRankAscent)
+    cls.name: cls
+    for cls in (
+        FullReset,
+        HeadReset,
+        L2,
+        ShrinkPerturb,
+        ContinualBackprop,
+        ReDo,
+        EffectiveRankAscent,
+    )
 }
 # Names that stand for a combination of methods.
 ALIASES: dict[str, tuple[str, ...]] = {"bp": (), "l2er": ("l2", "er")}

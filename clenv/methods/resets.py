@@ -1,0 +1,215 @@
+"""Resets at a task switch: the output layer (head reset) or the whole network.
+
+Both act in ``on_task_switch(task_id)`` when the task id differs from the last one
+seen (the first task keeps its initial weights, so the protocol's ``task_switch`` at
+the first reset changes nothing), and clear the optimizer state of what they reset.
+Fresh weights are U(-b, b), b = gain * sqrt(3 / fan_in), biases 0 (LoP's init): gain 1
+for output layers, the activation's gain (ReLU: sqrt 2) for hidden layers. Pass
+``init_fn`` to use a model's own initialisation instead (e.g. PPO's orthogonal
+``layer_init``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from clenv.methods.base import PlasticityMethod, SeededGenerator
+from clenv.methods.layers import (
+    WEIGHT_LAYERS,
+    activation_gain,
+    find_hidden_layers,
+    find_output_layers,
+    resolve_modules,
+    uniform_bound,
+)
+from clenv.methods.units import HiddenLayerSpec
+
+HEAD_MODES = ("reinit", "zero")
+
+
+@torch.no_grad()
+def reinitialize_layer(
+    layer: nn.Module, gain: float, generator: torch.Generator
+) -> None:
+    """Weight ~ U(-gain * sqrt(3 / fan_in), +...), bias 0."""
+    bound = uniform_bound(layer, gain)
+    layer.weight.uniform_(-bound, bound, generator=generator)
+    if layer.bias is not None:
+        layer.bias.zero_()
+
+
+class _TaskSwitchReset(PlasticityMethod):
+    """Resets something when the task id changes; keeps the last id and the RNG."""
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, seed: int
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.rng = SeededGenerator(next(model.parameters()).device, seed)
+        # to be filled in runtime
+        self.task_id = 0
+        self.num_resets = 0
+
+    def on_task_switch(self, task_id: int) -> None:
+        if task_id == self.task_id:
+            return
+        self.task_id = task_id
+        self.reset()
+        self.num_resets += 1
+
+    def reset(self) -> None:
+        """Reset now, whatever the task."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "num_resets": self.num_resets,
+            "rng": self.rng.state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task_id = int(state["task_id"])
+        self.num_resets = int(state["num_resets"])
+        self.rng.load(state["rng"])
+
+
+class HeadReset(_TaskSwitchReset):
+    """Reinitialise (or zero, as LoP's ImageNet runs) the output layer at each task.
+
+    Args:
+        model: the network.
+        optimizer: whose state of the head's parameters is cleared.
+        mode: ``"reinit"`` (fresh weights, gain ``init_gain``) or ``"zero"``.
+        head: module names of the output layers; default: the layers the last hidden
+            layers feed (every head of a multi-head model such as a PPO agent).
+        init_gain: gain of the fresh weights' bound (LoP: 1 for the output layer).
+        init_fn: ``init_fn(module)`` to reinitialise a head instead.
+        hidden_layers: explicit hidden-layer spec, to find the head.
+        seed: seed of the generator for fresh weights.
+    """
+
+    name = "head_reset"
+    order = 10
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        mode: Literal["reinit", "zero"] = "reinit",
+        head: Sequence[str] | None = None,
+        init_gain: float = 1.0,
+        init_fn: Callable[[nn.Module], None] | None = None,
+        hidden_layers: HiddenLayerSpec = None,
+        seed: int = 0,
+    ):
+        if mode not in HEAD_MODES:
+            raise ValueError(f"mode must be one of {HEAD_MODES}, got {mode!r}")
+        super().__init__(model, optimizer, seed)
+        self.mode = mode
+        self.init_gain = float(init_gain)
+        self.init_fn = init_fn
+        if head is None:
+            self.heads = find_output_layers(
+                model, find_hidden_layers(model, hidden_layers)
+            )
+        else:
+            self.heads = resolve_modules(
+                model, [head] if isinstance(head, str) else head
+            )
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        for head in self.heads:
+            if self.mode == "zero":
+                for param in head.parameters():
+                    param.zero_()
+            elif self.init_fn is not None:
+                self.init_fn(head)
+            else:
+                reinitialize_layer(head, self.init_gain, self.rng.generator)
+            if self.optimizer is not None:
+                for param in head.parameters():
+                    self.optimizer.state.pop(param, None)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"mode": self.mode, "init_gain": self.init_gain}
+
+
+class FullReset(_TaskSwitchReset):
+    """Reinitialise the whole network and clear the optimizer state at each task.
+
+    Weight layers get fresh weights (hidden layers: their activation's gain; output
+    layers: 1; layers not in a discoverable hidden layer: ``default_gain``);
+    normalisation layers their ``reset_parameters()`` and running statistics; any
+    other parameter (e.g. PPO's ``actor_logstd``) goes back to its value when the
+    method was built.
+
+    Args:
+        model: the network.
+        optimizer: whose whole state is cleared (Adam restarts at step 0).
+        init_fn: ``init_fn(model)`` to reinitialise instead.
+        default_gain: gain for weight layers outside the discovered hidden layers
+            (sqrt 2: Kaiming for ReLU nets).
+        hidden_layers: explicit hidden-layer spec, for the gains.
+        seed: seed of the generator for fresh weights.
+    """
+
+    name = "reset"
+    order = 5
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        init_fn: Callable[[nn.Module], None] | None = None,
+        default_gain: float = math.sqrt(2.0),
+        hidden_layers: HiddenLayerSpec = None,
+        seed: int = 0,
+    ):
+        super().__init__(model, optimizer, seed)
+        self.init_fn = init_fn
+        self.default_gain = float(default_gain)
+        try:
+            hidden = find_hidden_layers(model, hidden_layers)
+        except ValueError:
+            hidden = []
+        self.gains = {id(h.layer): activation_gain(h.activation) for h in hidden}
+        if hidden:
+            self.gains.update({id(m): 1.0 for m in find_output_layers(model, hidden)})
+        covered = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, WEIGHT_LAYERS) or hasattr(m, "reset_parameters")
+            for p in m.parameters(recurse=False)
+        }
+        self.initial_values = [
+            (p, p.detach().clone()) for p in model.parameters() if id(p) not in covered
+        ]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        if self.init_fn is not None:
+            self.init_fn(self.model)
+        else:
+            for module in self.model.modules():
+                if isinstance(module, WEIGHT_LAYERS):
+                    gain = self.gains.get(id(module), self.default_gain)
+                    reinitialize_layer(module, gain, self.rng.generator)
+                elif hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                    if hasattr(module, "reset_running_stats"):
+                        module.reset_running_stats()
+            for param, value in self.initial_values:
+                param.copy_(value)
+        if self.optimizer is not None:
+            self.optimizer.state.clear()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"default_gain": self.default_gain}

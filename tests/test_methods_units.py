@@ -1,0 +1,387 @@
+"""clenv.methods: CBP, ReDo, Shrink & Perturb, resets, and resume for every method."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from methods_helpers import Agent, agent_forward, batch, mlp, train_step
+from torch import nn
+
+from clenv.methods import (
+    ContinualBackprop,
+    FullReset,
+    HeadReset,
+    ReDo,
+    ShrinkPerturb,
+    make_method,
+    split_name,
+)
+from clenv.metrics import dormant_unit_mask
+
+
+def tanh_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)
+    ).double()
+
+
+# --------------------------------------------------------------------------- CBP
+
+
+def test_cbp_replaces_the_expected_number_of_the_lowest_utility_units():
+    """Against a direct transcription of LoP's gnt.py utility and replacement count."""
+    model = tanh_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    cbp = ContinualBackprop(model, opt, replacement_rate=0.15, maturity_threshold=4)
+    decay = 0.99
+    ages = [torch.zeros(w, dtype=torch.float64) for w in (16, 12)]
+    util = [torch.zeros(w, dtype=torch.float64) for w in (16, 12)]
+    accumulated = [0.0, 0.0]
+    total = 0
+    for step in range(14):
+        x, y = batch(n=8, seed=step)
+        with torch.no_grad():  # the features of the training forward
+            h1 = torch.tanh(model[0](x))
+            h2 = torch.tanh(model[2](h1))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        out_mags = [model[2].weight.abs().mean(0), model[4].weight.abs().mean(0)]
+        cbp.after_step(x)
+        for i, h in enumerate((h1, h2)):
+            ages[i] += 1
+            util[i] = decay * util[i] + (1 - decay) * out_mags[i] * h.abs().mean(0)
+            eligible = torch.nonzero(ages[i] > 4).reshape(-1)
+            accumulated[i] += 0.15 * eligible.numel()
+            count = int(accumulated[i])
+            accumulated[i] -= count
+            corrected = util[i][eligible] / (1 - decay ** ages[i][eligible])
+            assert corrected.unique().numel() == corrected.numel()  # no ties
+            expected = set(eligible[torch.argsort(corrected)[:count]].tolist())
+            assert set(cbp.last_replaced[i].tolist()) == expected, (step, i)
+            replaced = cbp.last_replaced[i]
+            ages[i][replaced] = 0
+            util[i][replaced] = 0
+            total += count
+    assert sum(cbp.num_replaced) == total > 10
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv_conv", "conv_linear"])
+def test_cbp_output_unchanged_at_replacement_of_a_constant_unit(architecture):
+    """The next bias absorbs w_out * (running mean): exact when the replaced unit's
+    activation equals its mean, here a unit with zero incoming weights and bias 0.7."""
+    torch.manual_seed(0)
+    if architecture == "mlp":
+        model = nn.Sequential(
+            nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)
+        )
+        spec, inputs = [("0", "1", "2")], (16, 5)
+    elif architecture == "conv_conv":
+        model = nn.Sequential(
+            nn.Conv2d(2, 4, 3),
+            nn.ReLU(),
+            nn.Conv2d(4, 3, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 2 * 2, 2),
+        )
+        spec, inputs = [("0", "1", "2")], (16, 2, 6, 6)
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+        )
+        spec, inputs = [("0", "1", "3")], (16, 2, 6, 6)
+    model = model.double()
+    first, after = model[0], model.get_submodule(spec[0][2])
+    with torch.no_grad():
+        first.bias.add_(5.0)  # every other unit strictly active: none is a tie at 0
+        first.weight[3] = 0.0
+        first.bias[3] = 0.7
+        after.weight.reshape(after.weight.shape[0], 4, -1)[:, 3] *= 1e-3
+    cbp = ContinualBackprop(
+        model, replacement_rate=1 / 4, maturity_threshold=5, hidden_layers=spec
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        model(torch.rand(*inputs, generator=g, dtype=torch.float64))
+        cbp.after_step()
+    probe = torch.rand(*inputs, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(probe)
+    model(torch.rand(*inputs, generator=g, dtype=torch.float64))
+    cbp.after_step()
+    assert cbp.last_replaced[0].tolist() == [3]
+    assert not torch.equal(first.weight[3], torch.zeros_like(first.weight[3]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(probe), before, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "optimizer_cls, kwargs, moments",
+    [
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}, ["momentum_buffer"]),
+        (torch.optim.Adam, {"lr": 0.01}, ["exp_avg", "exp_avg_sq"]),
+    ],
+)
+def test_cbp_resets_the_replaced_units_optimizer_moments(
+    optimizer_cls, kwargs, moments
+):
+    def run(rate):
+        model = mlp()
+        opt = optimizer_cls(model.parameters(), **kwargs)
+        cbp = ContinualBackprop(model, opt, replacement_rate=0.0, maturity_threshold=0)
+        for s in range(3):
+            train_step(model, opt, cbp, *batch(seed=s))
+        cbp.replacement_rate = rate
+        train_step(model, opt, cbp, *batch(seed=9))
+        return model, opt, cbp
+
+    model, opt, cbp = run(0.2)
+    twin, twin_opt, _ = run(0.0)  # the same history without the replacement
+    units = [u for u in cbp.last_replaced]
+    assert [u.numel() for u in units] == [3, 3]  # int(0.2 * 16) per layer
+    resets = {  # parameter -> the slices CBP must have zeroed
+        "0.weight": [(0, units[0])],
+        "0.bias": [(0, units[0])],
+        "2.weight": [(1, units[0]), (0, units[1])],
+        "2.bias": [(0, units[1])],
+        "4.weight": [(1, units[1])],
+        "4.bias": [],
+    }
+    params, twin_params = dict(model.named_parameters()), dict(twin.named_parameters())
+    for name in moments:
+        for key, slices in resets.items():
+            expected = twin_opt.state[twin_params[key]][name].clone()
+            for dim, index in slices:
+                assert torch.any(expected.index_select(dim, index) != 0)
+                expected.index_fill_(dim, index, 0)
+            assert torch.equal(opt.state[params[key]][name], expected), (name, key)
+    if "exp_avg" in moments:  # the scalar step is kept (see docs/methods.md)
+        assert torch.equal(
+            opt.state[model[0].weight]["step"], twin_opt.state[twin[0].weight]["step"]
+        )
+
+
+def test_cbp_records_only_training_forwards_and_works_on_a_ppo_agent():
+    agent = Agent().double()
+    cbp = make_method("cbp", agent, None, replacement_rate=0.5, maturity_threshold=0)
+    with pytest.raises(ValueError, match="no training forward"):
+        cbp.after_step(None)
+    obs = torch.randn(7, 5, dtype=torch.float64)
+    agent_forward(agent, obs)
+    with torch.no_grad():
+        agent_forward(agent, torch.randn(3, 5, dtype=torch.float64))  # an evaluation
+    assert [f.shape[0] for f in cbp.recorder.features] == [7, 7, 7]
+    cbp.after_step(obs)
+    assert [h.name for h in cbp.hidden] == ["critic.1", "actor_mean.1", "actor_mean.3"]
+    assert cbp.num_replaced == [4, 4, 4]
+
+
+def test_cbp_arguments_are_checked():
+    with pytest.raises(ValueError, match="utility"):
+        ContinualBackprop(mlp(), utility="weight")
+    with pytest.raises(ValueError, match="replacement_rate"):
+        ContinualBackprop(mlp(), replacement_rate=2)
+
+
+def test_cbp_adaptable_contribution_matches_its_formula():
+    model = tanh_mlp()
+    cbp = ContinualBackprop(
+        model, replacement_rate=0, utility="adaptable_contribution", decay_rate=0.9
+    )
+    x, _ = batch(n=8)
+    with torch.no_grad():
+        h1 = torch.tanh(model[0](x))
+    model(x)
+    cbp.after_step(x)
+    mean = 0.1 * h1.mean(0) / (1 - 0.9)  # bias-corrected after one step
+    expected = (
+        0.1
+        * model[2].weight.abs().mean(0)
+        * (h1 - mean).abs().mean(0)
+        / model[0].weight.abs().mean(1)
+    )
+    torch.testing.assert_close(cbp.utilities[0], expected)
+
+
+# --------------------------------------------------------------------------- ReDo
+
+
+def test_redo_resets_exactly_the_units_under_tau():
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    redo = ReDo(model, opt, threshold=0.3, interval=3)
+    for s in range(2):
+        train_step(model, opt, redo, *batch(seed=s))
+    g = torch.Generator().manual_seed(3)
+    scale = torch.rand(16, generator=g, dtype=torch.float64)
+    scale[:4] = torch.tensor([0.0, 0.01, 0.05, 0.2])
+    features = [
+        torch.rand(8, 16, generator=g, dtype=torch.float64) * scale for _ in range(3)
+    ]
+    before = copy.deepcopy(model.state_dict())
+    redo.activity_sums[0].zero_()
+    redo.num_steps = 0
+    active = torch.ones(8, 16, dtype=torch.float64)  # layer 2: nothing dormant
+    for f in features[:2]:
+        redo.update([f, active])
+    assert redo.num_reset == [0, 0]
+    redo.update([features[2], active])
+    assert redo.num_reset[1] == 0
+    expected = dormant_unit_mask(torch.cat(features), threshold=0.3)
+    assert 0 < expected.sum() < 16
+    reset = torch.zeros(16, dtype=torch.bool)
+    reset[redo.last_reset[0]] = True
+    assert torch.equal(reset, expected)
+    changed_rows = (model[0].weight != before["0.weight"]).any(dim=1)
+    assert torch.equal(changed_rows, expected)
+    assert torch.all(model[2].weight[:, expected] == 0)
+    assert torch.equal(model[2].weight[:, ~expected], before["2.weight"][:, ~expected])
+    assert torch.all(opt.state[model[0].weight]["exp_avg"][expected] == 0)
+
+
+# --------------------------------------------------------------------------- S&P
+
+
+def test_shrink_perturb_decays_and_adds_seeded_gaussian_noise():
+    model = mlp((50, 200, 50, 3), dtype=torch.float64)
+    snp = ShrinkPerturb(model, weight_decay=0.1, noise_std=0.01, seed=4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    snp.after_backward()
+    for p in model.parameters():
+        torch.testing.assert_close(p.grad, 0.1 * p)
+    before = [p.clone() for p in model.parameters()]
+    snp.after_step(None)
+    noise = torch.cat(
+        [(p - q).reshape(-1) for p, q in zip(model.parameters(), before, strict=True)]
+    )
+    assert abs(noise.std().item() / 0.01 - 1) < 0.02 and abs(noise.mean().item()) < 1e-3
+    again = mlp((50, 200, 50, 3), dtype=torch.float64)
+    ShrinkPerturb(again, weight_decay=0.1, noise_std=0.01, seed=4).after_step(None)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(model.parameters(), again.parameters(), strict=True)
+    )
+
+
+# --------------------------------------------------------------------------- resets
+
+
+def test_head_reset_reinitialises_only_the_output_layer_at_a_new_task():
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    head = HeadReset(model, opt)
+    train_step(model, opt, head, *batch())
+    before = copy.deepcopy(model.state_dict())
+    head.on_task_switch(0)  # the first task: nothing happens
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    head.on_task_switch(1)
+    for key, value in before.items():
+        assert torch.equal(value, model.state_dict()[key]) == (not key.startswith("4."))
+    assert model[4].weight.abs().max() <= math.sqrt(3 / 16)
+    assert torch.all(model[4].bias == 0)
+    assert model[4].weight not in opt.state and model[0].weight in opt.state
+    zero = HeadReset(model, opt, mode="zero")
+    zero.on_task_switch(5)
+    assert torch.all(model[4].weight == 0) and zero.num_resets == 1
+
+
+def test_full_reset_reinitialises_everything_and_clears_the_optimizer():
+    agent = Agent().double()
+    opt = torch.optim.Adam(agent.parameters(), lr=0.1)
+    reset = FullReset(agent, opt)
+    mean, value = agent_forward(agent, torch.randn(4, 5, dtype=torch.float64))
+    (mean.sum() + value.sum()).backward()
+    opt.step()
+    before = copy.deepcopy(agent.state_dict())
+    reset.on_task_switch(3)
+    assert not opt.state
+    assert torch.all(agent.actor_logstd == 0)  # back to its initial value
+    for key, value in before.items():
+        if key.endswith("weight"):
+            assert not torch.equal(value, agent.state_dict()[key]), key
+        elif key.endswith("bias"):
+            assert torch.all(agent.state_dict()[key] == 0), key
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def test_composition_order_is_canonical():
+    everything = "er+cbp+snp+l2+redo+head_reset+reset"
+    assert split_name(everything) == [
+        "reset",
+        "head_reset",
+        "l2",
+        "snp",
+        "cbp",
+        "redo",
+        "er",
+    ]
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert (
+        make_method("cbp+l2", model, opt).name == make_method("l2+cbp", model, opt).name
+    )
+    assert (
+        make_method("cbp+l2", model, opt, preset="ant")["cbp"].replacement_rate == 1e-7
+    )
+    assert make_method("cbp", model, opt, preset="ant").replacement_rate == 1e-4
+
+
+# --------------------------------------------------------------------------- resume
+
+ACTIVE = {  # small settings under which each method acts within 12 steps
+    "bp": {},
+    "l2": {"weight_decay": 0.01},
+    "er": {"interval": 3, "ascent_lr": 0.05},
+    "l2er": {"interval": 3, "ascent_lr": 0.05},
+    "cbp": {"replacement_rate": 0.05, "maturity_threshold": 2},
+    "cbp+l2": {"replacement_rate": 0.05, "maturity_threshold": 2},
+    "snp": {"noise_std": 1e-3},
+    "snp+l2": {"noise_std": 1e-3},
+    "redo": {"interval": 3, "threshold": 0.5},
+    "head_reset": {},
+    "reset": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_state_round_trip_resumes_identically(name):
+    steps = [batch(n=4, seed=s) for s in range(12)]
+    tasks = [0] * 4 + [1] * 4 + [2] * 4
+
+    def build():
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        return model, opt, make_method(name, model, opt, **ACTIVE[name])
+
+    def run(model, opt, method, indices):
+        for i in indices:
+            method.on_task_switch(tasks[i])
+            train_step(model, opt, method, *steps[i])
+
+    reference = build()
+    run(*reference, range(12))
+    first = build()
+    run(*first, range(7))
+    saved = copy.deepcopy(
+        (first[0].state_dict(), first[1].state_dict(), first[2].state_dict())
+    )
+    resumed = build()
+    resumed[0].load_state_dict(saved[0])
+    resumed[1].load_state_dict(saved[1])
+    resumed[2].load_state_dict(saved[2])
+    run(*resumed, range(7, 12))
+    initial = mlp()
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(reference[0].parameters(), initial.parameters(), strict=True)
+    )
+    for p, q in zip(reference[0].parameters(), resumed[0].parameters(), strict=True):
+        assert torch.equal(p, q)
