@@ -44,6 +44,8 @@ import numpy as np
 import torch
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+# Wrapper attributes that are configuration, rebuilt with the env, never state.
+_STATIC_TYPES = (gym.Space, gym.envs.registration.EnvSpec)
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -265,11 +267,17 @@ def _wrapper_chain(env: gym.Env) -> list[gym.Wrapper]:
 
 
 def _wrapper_state(wrapper: gym.Wrapper) -> dict[str, Any]:
-    return {
-        key: copy.deepcopy(value)
-        for key, value in vars(wrapper).items()
-        if key != "env"
-    }
+    """A wrapper's data attributes: counters and buffers, not its env, spaces, spec or
+    functions (e.g. ``ClipAction``'s lambda), which the rebuilt wrapper has already."""
+    state = {}
+    for key, value in vars(wrapper).items():
+        if key == "env" or callable(value) or isinstance(value, _STATIC_TYPES):
+            continue
+        try:
+            state[key] = pickle.loads(pickle.dumps(value))
+        except (pickle.PicklingError, AttributeError, TypeError):
+            continue  # not data a wrapper keeps between steps
+    return state
 
 
 def _base_envs(env: gym.Env) -> list[gym.Env]:

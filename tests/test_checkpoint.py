@@ -118,9 +118,8 @@ ENV_CASES = {
 @pytest.mark.parametrize("env_id", list(ENV_CASES))
 def test_restorable_env_continues_bit_identically_in_a_fresh_env(env_id):
     def make():
-        return RestorableEnv(
-            gym.make(env_id, max_episode_steps=30, **ENV_CASES[env_id])
-        )
+        env = gym.make(env_id, max_episode_steps=30, **ENV_CASES[env_id])
+        return RestorableEnv(gym.wrappers.ClipAction(env))  # a wrapper with a lambda
 
     env = make()
     env.reset(seed=1)

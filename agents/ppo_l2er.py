@@ -1,0 +1,871 @@
+"""PPO for continual RL with plasticity methods and plasticity/curvature logging.
+
+CleanRL's ``ppo_continuous_action.py`` in structure, with the Slippery Ant settings of
+Dohare et al., *Loss of plasticity in deep continual learning* (Nature 2024, "LoP") by
+default and those of Prakash et al., *Spectral Collapse Drives Loss of Plasticity in
+Deep Continual Learning* (ICML 2026, "SC") behind ``--protocol sc``. A plasticity method
+from :mod:`clenv.methods` (``--reg``: bp, l2, er, l2er, cbp, snp, redo, cbp+l2, ...)
+is driven through its hooks; every series goes to TensorBoard and to ``metrics.h5``
+through :class:`clenv.logger.RunLogger`; ``--resume runs/<run>`` continues a killed run
+exactly. docs/agents/ppo.md has the flags, the logged series and the paper commands.
+
+    python agents/ppo_l2er.py --reg l2er
+    python agents/ppo_l2er.py --reg bp --env-kwargs switch_every=50000 \\
+        --total-timesteps 200000
+    python agents/ppo_l2er.py --resume runs/clenv_SlipperyAnt-v0__ppo_l2er__1__1700000000
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.normal import Normal
+from tqdm import tqdm
+
+import clenv
+from clenv.checkpoint import (
+    RestorableEnv,
+    capture_rng_state,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from clenv.logger import RunLogger
+from clenv.methods import METHODS, make_method, split_name
+from clenv.metrics import (
+    capture_activations,
+    curvature_report,
+    representation_metrics,
+    weight_metrics,
+)
+
+gym.register_envs(clenv)
+
+# Settings that differ between the two papers' Slippery Ant runs (PROTOCOLS.md). A
+# field left at None takes its value from the chosen --protocol.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lop": {
+        "total_timesteps": 20_000_000,
+        "num_minibatches": 16,
+        "ent_coef": 0.0,
+        "hidden_sizes": (256, 256),
+        "switch_at": "episode_end",
+        "method_preset": "ant_lop",
+    },
+    "sc": {
+        "total_timesteps": 10_000_000,
+        "num_minibatches": 128,
+        "ent_coef": 0.01,
+        "hidden_sizes": (256,),
+        "switch_at": "step",
+        "method_preset": "ant",
+    },
+}
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment (also the env's task_seed unless --env-kwargs sets one)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    num_threads: int = 1
+    """torch CPU threads; 1 is fastest for these small MLPs and keeps results identical
+    across machines with different core counts"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    resume: str | None = None
+    """continue the run in this directory (runs/<run>) from its latest checkpoint; its
+    saved arguments are used (an explicit --total-timesteps extends the run)"""
+    progress: bool = True
+    """show a progress bar (step, task, SPS, recent return)"""
+
+    # Algorithm specific arguments
+    env_id: str = "clenv/SlipperyAnt-v0"
+    """the id of the environment: any continuous-action Gymnasium env, clenv or not"""
+    env_kwargs: list[str] = field(default_factory=list)
+    """keyword arguments of gym.make as key=value (Python literals), e.g.
+    `--env-kwargs switch_every=50000 switch_at=step`"""
+    protocol: Literal["lop", "sc"] = "lop"
+    """paper settings for every option left unset below: lop (Dohare et al. 2024: 2x256
+    nets, 16 minibatches, ent 0, switch at episode end, 20M steps) or sc (Prakash et al.
+    2026: 1x256, 128 minibatches, ent 0.01, switch mid-episode, 10M steps)"""
+    total_timesteps: int | None = None
+    """total timesteps of the experiment (default: 20M lop, 10M sc)"""
+    learning_rate: float = 1e-4
+    """the learning rate of the optimizer (both papers: 1e-4)"""
+    adam_betas: tuple[float, float] = (0.99, 0.99)
+    """Adam's betas; LoP's "proper Adam" uses (0.99, 0.99)"""
+    adam_eps: float = 1e-8
+    """Adam's epsilon"""
+    num_envs: int = 1
+    """the number of parallel game environments (the papers: 1)"""
+    async_envs: bool = False
+    """step the envs in subprocesses (gym.vector.AsyncVectorEnv)"""
+    num_steps: int = 2048
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = False
+    """anneal the learning rate (off: a continual learner has no end to anneal to)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int | None = None
+    """the number of mini-batches (default: 16 lop, 128 sc)"""
+    update_epochs: int = 10
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization (per minibatch)"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = False
+    """toggles whether or not to use a clipped loss for the value function"""
+    ent_coef: float | None = None
+    """coefficient of the entropy (default: 0 lop, 0.01 sc)"""
+    vf_coef: float = 1.0
+    """coefficient of the value function"""
+    max_grad_norm: float | None = None
+    """the maximum norm for the gradient clipping (default: no clipping, as LoP)"""
+    target_kl: float | None = None
+    """the target KL divergence threshold"""
+    hidden_sizes: tuple[int, ...] | None = None
+    """hidden layer widths of the separate actor and critic ReLU MLPs (default: 256 256
+    lop, 256 sc)"""
+    bootstrap_truncated: bool = True
+    """add gamma * V(final obs) to the reward of a time-limit truncation instead of
+    treating it as a terminal state"""
+
+    # Plasticity method
+    reg: str = "l2er"
+    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as
+    cbp+l2 (clenv.methods.make_method)"""
+    method_preset: str | None = None
+    """hyperparameter preset of the method (default: ant_lop for lop, ant for sc)"""
+    method_kwargs: list[str] = field(default_factory=list)
+    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or
+    `er__ascent_lr=1e-6` (see clenv.methods.make_method)"""
+
+    # Logging
+    plasticity_every: int = 10
+    """log plasticity/* (effective rank, dead/dormant units, weights) every this many
+    updates, on the rollout's observations; 0: never"""
+    curvature_every_tasks: int = 1
+    """log curvature/* at the start and end of every k-th task (SC: at task start and
+    end); 0: never"""
+    curvature_order: int = 100
+    """Lanczos iterations of the spectral density (SC: 100)"""
+    curvature_samples: int = 2048
+    """rollout samples the Hessian is taken over (SC: 2000; default the whole rollout)"""
+    curvature_epsilons: tuple[float, ...] = (0.01, 0.03, 0.1)
+    """epsilons of the epsilon-rank (share of spectral mass with |lambda| > eps)"""
+
+    # Checkpoints
+    checkpoint_every: int = 100_000
+    """save a checkpoint after the update that crosses every multiple of this many steps
+    (and at the end); 0: only at the end"""
+    keep_checkpoints: int = 3
+    """how many checkpoints to keep"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def parse_kwargs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``["a=1", "b=step"]`` -> ``{"a": 1, "b": "step"}`` (values as Python literals)."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(
+                f"{flag} takes key=value pairs such as switch_every=50000, got {pair!r}"
+            )
+        try:
+            parsed[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parsed[key] = text
+    return parsed
+
+
+def resolve_args(args: Args) -> Args:
+    """Fill every unset option from the protocol and check the arguments."""
+    for key, value in PROTOCOL_DEFAULTS[args.protocol].items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches")
+    for key in (*positive, "update_epochs", "num_threads", "keep_checkpoints"):
+        if getattr(args, key) < 1:
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}"
+            )
+    for key in ("plasticity_every", "curvature_every_tasks", "checkpoint_every"):
+        if getattr(args, key) < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 0 (0 turns it off)")
+    if not args.hidden_sizes or min(args.hidden_sizes) < 1:
+        raise ValueError(
+            f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
+        )
+    args.batch_size = int(args.num_envs * args.num_steps)
+    if args.batch_size % args.num_minibatches:
+        raise ValueError(
+            f"num_envs * num_steps = {args.batch_size} is not divisible by "
+            f"--num-minibatches {args.num_minibatches}"
+        )
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = max(1, math.ceil(args.total_timesteps / args.batch_size))
+    return args
+
+
+def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
+    """gym.make keyword arguments, and whether the env follows clenv's task protocol.
+
+    A clenv env gets ``task_seed=seed`` and the protocol's ``switch_at`` unless they
+    are given. Unknown arguments and non-continuous action spaces fail here, with the
+    env's own message, before anything else is built.
+    """
+    kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
+    try:
+        probe = gym.make(args.env_id, **kwargs)
+    except gym.error.Error as error:
+        raise ValueError(f"--env-id {args.env_id!r}: {error}") from error
+    except TypeError as error:
+        raise ValueError(
+            f"--env-kwargs {kwargs} not accepted by {args.env_id}: {error}"
+        ) from error
+    continual = isinstance(probe.unwrapped, clenv.ContinualEnv)
+    action_space = probe.action_space
+    probe.close()
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ValueError(
+            f"{args.env_id} has action space {action_space}; this PPO needs a "
+            "continuous (Box) action space"
+        )
+    if continual:
+        kwargs.setdefault("task_seed", args.seed)
+        kwargs.setdefault("switch_at", PROTOCOL_DEFAULTS[args.protocol]["switch_at"])
+    return kwargs, continual
+
+
+def make_env(env_id, idx, env_kwargs):
+    def thunk():
+        env = gym.make(env_id, **env_kwargs)
+        env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.ClipAction(env)
+        # Outermost, so envs.call("get_env_state") reaches it (checkpoints, resume).
+        env = RestorableEnv(env, index=idx)
+        return env
+
+    return thunk
+
+
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int, out_std):
+    layers: list[nn.Module] = []
+    for width in hidden_sizes:
+        layers += [layer_init(nn.Linear(in_features, width)), nn.ReLU()]
+        in_features = width
+    layers.append(layer_init(nn.Linear(in_features, out_features), std=out_std))
+    return nn.Sequential(*layers)
+
+
+class Agent(nn.Module):
+    def __init__(self, envs, hidden_sizes):
+        super().__init__()
+        obs_dim = np.array(envs.single_observation_space.shape).prod()
+        act_dim = np.prod(envs.single_action_space.shape)
+        self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
+        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, out_std=0.01)
+        # State-independent log-std, initialised to 0 (both papers).
+        self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_action_and_value(self, x, action=None):
+        action_mean = self.actor_mean(x)
+        action_logstd = self.actor_logstd.expand_as(action_mean)
+        action_std = torch.exp(action_logstd)
+        # No argument validation: it costs time every step and cannot be traced by
+        # torch.func (the Hessian-vector products of the curvature metrics).
+        probs = Normal(action_mean, action_std, validate_args=False)
+        if action is None:
+            action = probs.sample()
+        return (
+            action,
+            probs.log_prob(action).sum(1),
+            probs.entropy().sum(1),
+            self.critic(x),
+        )
+
+
+def actor_and_critic(agent: Agent, obs: torch.Tensor):
+    """Runs every hidden layer (the forward_fn that methods and metrics need)."""
+    return agent.actor_mean(obs), agent.critic(obs)
+
+
+def ppo_loss(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
+    """CleanRL's PPO loss of a (mini)batch; returns (loss, statistics)."""
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+        batch["obs"], batch["actions"]
+    )
+    logratio = newlogprob - batch["logprobs"]
+    ratio = logratio.exp()
+    advantages = batch["advantages"]
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    newvalue = newvalue.view(-1)
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - batch["returns"]) ** 2
+        v_clipped = batch["values"] + torch.clamp(
+            newvalue - batch["values"], -args.clip_coef, args.clip_coef
+        )
+        v_loss_clipped = (v_clipped - batch["returns"]) ** 2
+        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - batch["returns"]) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, (pg_loss, v_loss, entropy_loss, logratio, ratio)
+
+
+def plasticity_metrics(agent: Agent, obs: torch.Tensor) -> dict[str, float]:
+    """plasticity/<actor|critic>/... of the hidden ReLU layers on ``obs``."""
+    metrics = {}
+    for net_name, net in (("actor", agent.actor_mean), ("critic", agent.critic)):
+        activations = capture_activations(net, obs)
+        activations = {f"layer{i}": a for i, a in enumerate(activations.values())}
+        for key, value in representation_metrics(activations).items():
+            metrics[f"{net_name}/{key}"] = value
+        weights = weight_metrics(net)
+        metrics[f"{net_name}/weight_magnitude"] = weights["weight_magnitude"]
+        metrics[f"{net_name}/parameter_norm"] = weights["parameter_norm"]
+    metrics["actor/log_std_mean"] = float(agent.actor_logstd.detach().mean())
+    return metrics
+
+
+def log_spaced_grid(low: float, high: float, per_decade: int) -> np.ndarray:
+    """A fixed eigenvalue grid, log-spaced in |lambda| on both sides of 0.
+
+    Spectral densities of different tasks (and runs) are stored on this one grid so
+    they stack; its resolution is relative, from ``low`` up to ``high``.
+    """
+    positive = np.logspace(
+        np.log10(low), np.log10(high), int(per_decade * np.log10(high / low)) + 1
+    )
+    return np.concatenate([-positive[::-1], [0.0], positive])
+
+
+def rebin_density(
+    grid: np.ndarray, density: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """Move a density from its own (fine) grid to ``target``, conserving mass.
+
+    Mass between the midpoints of neighbouring target points goes to that point, so
+    ``sum(rebinned * trapezoid weights of target)`` equals the original mass (narrow
+    peaks that fall between target points are kept, unlike interpolation).
+    """
+    cumulative = np.concatenate(
+        [[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))]
+    )
+    edges = np.concatenate([[-np.inf], 0.5 * (target[1:] + target[:-1]), [np.inf]])
+    mass = np.diff(np.interp(edges, grid, cumulative))
+    widths = np.diff(np.concatenate([[target[0]], edges[1:-1], [target[-1]]]))
+    return mass / np.maximum(widths, 1e-300)
+
+
+# Every spectral density is stored on this grid: |lambda| from 1e-5 to 1e6, 50 points
+# per decade, both signs (docs/agents/ppo.md).
+DENSITY_GRID = log_spaced_grid(1e-5, 1e6, 50)
+
+
+def curvature_metrics(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
+    """clenv.metrics.curvature_report of the PPO loss on (part of) a rollout.
+
+    The loss is the one PPO minimises (clipped surrogate + value + entropy terms),
+    at the current weights, over the first ``args.curvature_samples`` samples.
+    """
+    size = min(args.curvature_samples, batch["obs"].shape[0])
+    data = [{key: value[:size] for key, value in batch.items()}]
+    return curvature_report(
+        agent,
+        lambda model, minibatch: ppo_loss(model, minibatch, args)[0],
+        data,
+        eps=args.curvature_epsilons,
+        order=args.curvature_order,
+        dead_unit_inputs=data[0]["obs"],
+        forward_fn=actor_and_critic,
+        seed=args.seed,
+    )
+
+
+def method_overrides(reg: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The --method-kwargs, plus actor_and_critic for the methods that run the nets."""
+    takes_forward_fn = any(
+        "forward_fn" in inspect.signature(METHODS[name].__init__).parameters
+        for name in split_name(reg)
+    )
+    if takes_forward_fn:
+        return {"forward_fn": actor_and_critic, **method_kwargs}
+    return method_kwargs
+
+
+class TaskTracker:
+    """Which task the agent acts in, and the returns of the episodes finished in it."""
+
+    def __init__(self):
+        self.task_id = 0
+        self.returns: list[float] = []
+
+    def state_dict(self):
+        return {"task_id": self.task_id, "returns": list(self.returns)}
+
+    def load_state_dict(self, state):
+        self.task_id = int(state["task_id"])
+        self.returns = list(state["returns"])
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    resume_dir = args.resume
+    if resume_dir is not None:
+        saved = RunLogger.load_args(resume_dir)
+        known = {f.name for f in dataclasses.fields(Args)}
+        extend_to = args.total_timesteps if "--total-timesteps" in sys.argv else None
+        args = Args(**{key: value for key, value in saved.items() if key in known})
+        for key in ("adam_betas", "hidden_sizes", "curvature_epsilons"):
+            if getattr(args, key) is not None:
+                setattr(args, key, tuple(getattr(args, key)))
+        args.resume = resume_dir
+        if extend_to is not None:
+            args.total_timesteps = extend_to
+    args = resolve_args(args)
+    env_kwargs, continual = env_kwargs_for(args)
+    method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.num_threads)
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup: SAME_STEP autoreset, deliberately: a finished episode's sub-env resets
+    # inside the step that ended it, so every vector step is an interaction (sub-envs
+    # switch tasks in lockstep, docs/protocol.md), final_obs of truncated episodes is
+    # at hand for bootstrapping, and no pending reset has to be checkpointed.
+    vector_env = (
+        gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    )
+    envs = vector_env(
+        [make_env(args.env_id, i, env_kwargs) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+    agent = Agent(envs, args.hidden_sizes).to(device)
+    optimizer = torch.optim.Adam(
+        agent.parameters(),
+        lr=args.learning_rate,
+        betas=args.adam_betas,
+        eps=args.adam_eps,
+    )
+    method = make_method(
+        args.reg,
+        agent,
+        optimizer,
+        preset=args.method_preset,
+        **method_overrides(args.reg, method_kwargs),
+    )
+
+    # ALGO Logic: Storage setup
+    obs = torch.zeros(
+        (args.num_steps, args.num_envs) + envs.single_observation_space.shape
+    ).to(device)
+    actions = torch.zeros(
+        (args.num_steps, args.num_envs) + envs.single_action_space.shape
+    ).to(device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step = 0
+    start_iteration = 1
+    next_obs, infos = envs.reset(seed=args.seed)
+    next_obs = torch.Tensor(next_obs).to(device)
+    next_done = torch.zeros(args.num_envs).to(device)
+    tracker = TaskTracker()
+    recent_returns: deque[float] = deque(maxlen=20)
+    # Curvature is taken on the first rollout that lies wholly in a task (task start)
+    # and, when the task ends, on the last such rollout with the weights reached
+    # (task end); last_batch keeps that rollout.
+    task_start_pending = True
+    rollout_task = 0
+    last_batch: dict[str, torch.Tensor] | None = None
+
+    checkpoint = None
+    if resume_dir is not None:
+        checkpoint = load_latest_checkpoint(Path(resume_dir) / "checkpoints", device)
+    if checkpoint is not None:
+        global_step, state = checkpoint
+        agent.load_state_dict(state["agent"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        restore_rng_state(state["rng"])
+        envs.unwrapped.call("set_env_state", state["env_states"])
+        for key, value in state["episode_statistics"].items():
+            setattr(envs, key, value)
+        next_obs = state["next_obs"].to(device)
+        next_done = state["next_done"].to(device)
+        tracker.load_state_dict(state["tracker"])
+        recent_returns.extend(state["recent_returns"])
+        task_start_pending = state["task_start_pending"]
+        last_batch = state["last_batch"]
+        start_iteration = state["iteration"] + 1
+        logger = RunLogger.resume(resume_dir, step=global_step)
+        print(f"resumed {resume_dir} at step {global_step:,}")
+    elif resume_dir is not None:
+        logger = RunLogger.resume(resume_dir, step=-1)
+        print(f"{resume_dir} has no checkpoint yet: starting it over")
+    else:
+        logger = RunLogger.create(
+            args.runs_dir,
+            env_id=args.env_id,
+            exp_name=args.exp_name,
+            seed=args.seed,
+            agent="ppo",
+            reg=args.reg,
+            args={
+                **vars(args),
+                "env_kwargs_resolved": env_kwargs,
+                "method": repr(method),
+            },
+        )
+    run_dir = logger.run_dir
+    logger.set_task(tracker.task_id)
+    print(f"run directory: {run_dir}")
+
+    def save(iteration: int) -> None:
+        episode_statistics = {
+            key: getattr(envs, key)
+            for key in (
+                "episode_count",
+                "episode_returns",
+                "episode_lengths",
+                "prev_dones",
+            )
+        }
+        state = {
+            "agent": agent.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "method": method.state_dict(),
+            "rng": capture_rng_state(),
+            "env_states": envs.unwrapped.call("get_env_state"),
+            "schedule_states": envs.unwrapped.call("get_schedule_state")
+            if continual
+            else None,
+            "episode_statistics": episode_statistics,
+            "next_obs": next_obs.cpu(),
+            "next_done": next_done.cpu(),
+            "tracker": tracker.state_dict(),
+            "recent_returns": list(recent_returns),
+            "task_start_pending": task_start_pending,
+            "last_batch": last_batch,
+            "iteration": iteration,
+            "args": vars(args),
+        }
+        save_checkpoint(
+            run_dir / "checkpoints", state, global_step, args.keep_checkpoints
+        )
+
+    def log_curvature(batch: dict[str, torch.Tensor], when: str, task_id: int) -> None:
+        # A forked RNG: logging more or less never changes the training run.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            report = curvature_metrics(agent, batch, args)
+        prefix = f"curvature/{when}/"
+        for key, value in report.items():
+            if isinstance(value, int | float):
+                logger.log_scalar(prefix + key, value, global_step, task_id=task_id)
+        logger.log_array(
+            prefix + "spectral_density",
+            rebin_density(
+                report["spectral_density_grid"],
+                report["spectral_density"],
+                DENSITY_GRID,
+            ),
+            global_step,
+            grid=DENSITY_GRID,
+            task_id=task_id,
+        )
+        for key in ("ritz_values", "ritz_weights"):
+            logger.log_array(prefix + key, report[key], global_step, task_id=task_id)
+
+    def curvature_due(task_id: int) -> bool:
+        return (
+            args.curvature_every_tasks > 0 and task_id % args.curvature_every_tasks == 0
+        )
+
+    start_time = time.time()
+    start_step = global_step
+    progress = tqdm(
+        total=args.num_iterations * args.batch_size,
+        initial=global_step,
+        unit="step",
+        disable=not args.progress,
+        dynamic_ncols=True,
+    )
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            lrnow = frac * args.learning_rate
+            optimizer.param_groups[0]["lr"] = lrnow
+
+        rollout_task = tracker.task_id
+        switched_tasks: list[int] = []
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            dones[step] = next_done
+
+            # ALGO LOGIC: action logic
+            with torch.no_grad():
+                action, logprob, _, value = agent.get_action_and_value(next_obs)
+                values[step] = value.flatten()
+            actions[step] = action
+            logprobs[step] = logprob
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminations, truncations, infos = envs.step(
+                action.cpu().numpy()
+            )
+            if args.bootstrap_truncated and "_final_obs" in infos:
+                bootstrap = infos["_final_obs"] & truncations & ~terminations
+                if bootstrap.any():
+                    final_obs = np.stack(infos["final_obs"][bootstrap]).astype(
+                        np.float32
+                    )
+                    with torch.no_grad():
+                        final_values = agent.get_value(
+                            torch.as_tensor(final_obs, device=device)
+                        )
+                    reward = reward.astype(np.float64)
+                    reward[bootstrap] += (
+                        args.gamma * final_values.flatten().cpu().numpy()
+                    )
+            next_done = np.logical_or(terminations, truncations)
+            rewards[step] = torch.tensor(reward).to(device).view(-1)
+            next_obs, next_done = (
+                torch.Tensor(next_obs).to(device),
+                torch.Tensor(next_done).to(device),
+            )
+
+            # Episodes that ended here were played in the task the action was taken in.
+            if "episode" in infos:
+                for env_index in np.flatnonzero(infos["_episode"]):
+                    episodic_return = float(infos["episode"]["r"][env_index])
+                    logger.log_scalar(
+                        "charts/episodic_return", episodic_return, global_step
+                    )
+                    logger.log_scalar(
+                        "charts/episodic_length",
+                        infos["episode"]["l"][env_index],
+                        global_step,
+                    )
+                    tracker.returns.append(episodic_return)
+                    recent_returns.append(episodic_return)
+
+            # The info now describes the task of the next action (docs/protocol.md).
+            if continual and int(infos["task_id"][0]) != tracker.task_id:
+                finished, new_task = tracker.task_id, int(infos["task_id"][0])
+                if tracker.returns:
+                    logger.log_scalar(
+                        "cl/mean_return_per_task",
+                        np.mean(tracker.returns),
+                        global_step,
+                        task_id=finished,
+                    )
+                if (
+                    curvature_due(finished)
+                    and last_batch is not None
+                    and not switched_tasks
+                ):
+                    log_curvature(last_batch, "task_end", finished)
+                tracker.task_id, tracker.returns = new_task, []
+                logger.set_task(new_task)
+                switched_tasks.append(new_task)
+                task_start_pending = True
+
+        # A task switch during the rollout: the method reacts before the next update.
+        for new_task in switched_tasks:
+            method.on_task_switch(new_task)
+
+        # bootstrap value if not done
+        with torch.no_grad():
+            next_value = agent.get_value(next_obs).reshape(1, -1)
+            advantages = torch.zeros_like(rewards).to(device)
+            lastgaelam = 0
+            for t in reversed(range(args.num_steps)):
+                if t == args.num_steps - 1:
+                    nextnonterminal = 1.0 - next_done
+                    nextvalues = next_value
+                else:
+                    nextnonterminal = 1.0 - dones[t + 1]
+                    nextvalues = values[t + 1]
+                delta = (
+                    rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                )
+                advantages[t] = lastgaelam = (
+                    delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                )
+            returns = advantages + values
+
+        # flatten the batch
+        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
+        b_logprobs = logprobs.reshape(-1)
+        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
+        batch = {
+            "obs": b_obs,
+            "actions": b_actions,
+            "logprobs": b_logprobs,
+            "advantages": b_advantages,
+            "returns": b_returns,
+            "values": b_values,
+        }
+        whole_rollout_in_task = not switched_tasks and rollout_task == tracker.task_id
+        if task_start_pending and whole_rollout_in_task:
+            if curvature_due(tracker.task_id):
+                log_curvature(batch, "task_start", tracker.task_id)
+            task_start_pending = False
+        if whole_rollout_in_task:
+            last_batch = {key: value.clone() for key, value in batch.items()}
+
+        # Optimizing the policy and value network
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for _epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                end = start + args.minibatch_size
+                mb_inds = b_inds[start:end]
+                minibatch = {key: value[mb_inds] for key, value in batch.items()}
+                loss, (pg_loss, v_loss, entropy_loss, logratio, ratio) = ppo_loss(
+                    agent, minibatch, args
+                )
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [
+                        ((ratio - 1.0).abs() > args.clip_coef).float().mean().item()
+                    ]
+
+                optimizer.zero_grad()
+                loss.backward()
+                method.after_backward()
+                if args.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+                method.after_step(minibatch["obs"])
+            method.after_epoch(b_obs)
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        logger.log_scalars(
+            {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/entropy": entropy_loss.item(),
+                "losses/old_approx_kl": old_approx_kl.item(),
+                "losses/approx_kl": approx_kl.item(),
+                "losses/clipfrac": np.mean(clipfracs),
+                "losses/explained_variance": explained_var,
+                "charts/SPS": sps,
+                "cl/task_id": tracker.task_id,
+            },
+            global_step,
+        )
+        if continual:
+            for key, value in infos["task"].items():
+                if not key.startswith("_"):
+                    logger.log_scalar(f"cl/{key}", float(value[0]), global_step)
+        if args.plasticity_every and iteration % args.plasticity_every == 0:
+            logger.log_scalars(
+                plasticity_metrics(agent, b_obs), global_step, prefix="plasticity/"
+            )
+
+        last_iteration = iteration == args.num_iterations
+        crossed = args.checkpoint_every and (
+            global_step // args.checkpoint_every
+            > (global_step - args.batch_size) // args.checkpoint_every
+        )
+        if crossed or last_iteration:
+            save(iteration)
+
+        progress.update(args.batch_size)
+        progress.set_postfix(
+            task=tracker.task_id,
+            SPS=sps,
+            ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-",
+            refresh=False,
+        )
+
+    progress.close()
+    envs.close()
+    logger.close()
+    print(f"done: {global_step:,} steps")
+    print(f"logs:        {run_dir}  (metrics.h5, TensorBoard events, checkpoints/)")
+    print(f"TensorBoard: tensorboard --logdir {Path(args.runs_dir)}")
+    print(f"plots:       clenv plot {run_dir} --out {run_dir / 'plots.png'}")
