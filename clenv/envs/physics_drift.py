@@ -99,11 +99,12 @@ class PhysicsDriftEnv(ContinualEnv, gym.Env, utils.EzPickle):
     ```python
     import gymnasium as gym
     import clenv
+    from clenv.envs.physics_drift import PhysicsDriftEnv
 
     gym.register_envs(clenv)
     env = gym.make("clenv/SlipperyHopper-v0", switch_every=100_000)
-    env = gym.make(
-        "clenv/SlipperyHalfCheetah-v0",
+    heavy = PhysicsDriftEnv(  # built directly: no TimeLimit unless you add one
+        base_env_id="HalfCheetah-v5",
         parameter="body_mass",
         value_range=(0.7, 1.4),
         drift="gradual",
