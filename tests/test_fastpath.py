@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clenv.fastpath import CBPState, FastMLPTrainer, load_kernel, mlp_linear_layers
+from clenv.fastpath import FastMLPTrainer, load_kernel, mlp_linear_layers
 from clenv.methods import make_method
 from clenv.models import PermutedMNISTMLP
 
@@ -27,10 +27,10 @@ def small_model(seed=0, width=24, dtype=torch.float64):
     return model.to(dtype)
 
 
-def stream(n=240, dim=30, classes=5, dtype=torch.float64, seed=1):
+def stream(n=240, dim=30, classes=5, dtype=torch.float64, seed=1, zeros=0.7):
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(n, dim, generator=generator, dtype=dtype)
-    x[x < 0.5] = 0  # sparse, like MNIST
+    x[x < zeros] = 0  # mostly zero, like MNIST (the kernel's sparse first layer)
     y = torch.randint(0, classes, (n,), generator=generator)
     return x, y
 
@@ -93,6 +93,18 @@ def test_same_weights_predictions_and_losses_as_autograd(backend, reg, overrides
     assert not torch.allclose(reference.head.weight, small_model().head.weight)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_inputs_match_autograd(backend):
+    x, y = stream(zeros=0.0)
+    reference = small_model()
+    fast = copy.deepcopy(reference)
+    ref_pred, _ = autograd_run(reference, "bp", x, y, 0.05)
+    pred, _, _ = fast_run(fast, "bp", x, y, 0.05, backend, 64)
+    assert torch.equal(pred, ref_pred)
+    for p_ref, p_fast in zip(reference.parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11)
+
+
 def test_er_ascends_every_interval_and_keeps_the_method_state_valid():
     x, y = stream(n=50)
     model = small_model()
@@ -116,66 +128,22 @@ def test_float32_native_matches_float32_autograd_closely():
         assert torch.allclose(p_ref, p_fast, rtol=1e-4, atol=1e-5)
 
 
-def cbp_run(backend, x, y, chunk):
-    model = small_model()
-    state = CBPState([24, 24, 24], replacement_rate=0.05, maturity_threshold=10,
-                     utility="adaptable_contribution", seed=3, dtype=torch.float64)  # fmt: skip
-    trainer = FastMLPTrainer(model, 0.05, cbp=state, backend=backend)
-    predictions = torch.cat(
-        [
-            trainer.train(x[s : s + chunk], y[s : s + chunk])[0]
-            for s in range(0, x.shape[0], chunk)
-        ]  # fmt: skip
-    )
-    return model, state, predictions
-
-
-@pytest.mark.skipif(load_kernel() is None, reason="no C++ compiler")
-def test_cbp_native_and_torch_agree_and_replace_units():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reg", ["cbp", "cbp+l2"])
+def test_cbp_matches_the_autograd_loop_with_clenv_methods(backend, reg):
     x, y = stream()
-    model_t, state_t, pred_t = cbp_run("torch", x, y, 17)
-    model_n, state_n, pred_n = cbp_run("native", x, y, 50)
-    # 3 layers x 0.05 x 24 eligible units per step after maturity: many replacements.
-    assert sum(state_t.num_replaced) > 20
-    assert state_t.num_replaced == state_n.num_replaced
-    assert torch.equal(pred_t, pred_n)
-    for a, b in zip(model_t.parameters(), model_n.parameters(), strict=True):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
-    for a, b in zip(state_t.utilities, state_n.utilities, strict=True):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
-    for a, b in zip(state_t.ages, state_n.ages, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_cbp_replacement_keeps_the_output_and_resets_units():
-    model = small_model()
-    weights = [layer.weight.data for layer in model.linear_layers]
-    biases = [layer.bias.data for layer in model.linear_layers]
-    state = CBPState([24, 24, 24], replacement_rate=1.0, maturity_threshold=0,
-                     dtype=torch.float64)  # fmt: skip
-    x = torch.rand(1, 30, dtype=torch.float64)
-    # Constant input: the bias-corrected mean activation is the activation itself, so
-    # moving the unit's mean contribution into the next bias keeps the output.
-    activations = []
-    hooks = [m.register_forward_hook(lambda m, i, o: activations.append(o[0].clone()))
-             for m in model.layers if isinstance(m, nn.ReLU)]  # fmt: skip
-    before = model(x)
-    for hook in hooks:
-        hook.remove()
-    state.update(activations, [w.abs().mean(0) for w in weights[1:]],
-                 [w.abs().mean(1) for w in weights[:-1]])  # fmt: skip
-    state.accumulated[:] = 0
-    state.accumulated[1] = 2.5
-    replaced = state.replace(weights, biases)
-    assert [r.numel() for r in replaced] == [0, 2, 0]
-    units = replaced[1]
-    assert torch.count_nonzero(weights[2][:, units]) == 0
-    assert torch.count_nonzero(biases[1][units]) == 0
-    assert torch.equal(state.ages[1][units], torch.zeros(2, dtype=torch.int64))
-    assert state.accumulated[1] == pytest.approx(0.5)
-    # The second layer's replaced units' new pre-activations may differ from before,
-    # but their output weights are zero, so only the absorbed mean matters.
-    assert torch.allclose(model(x), before, atol=1e-10)
+    lr = 0.05
+    # A high replacement rate so that many units are replaced within 240 steps.
+    overrides = {"cbp__replacement_rate": 0.02, "cbp__maturity_threshold": 10}
+    reference = small_model()
+    fast = copy.deepcopy(reference)
+    ref_pred, _ = autograd_run(reference, reg, x, y, lr, **overrides)
+    pred, _, trainer = fast_run(fast, reg, x, y, lr, backend, 50, **overrides)
+    replaced = trainer.cbp.num_replaced
+    assert sum(replaced) > 20
+    assert torch.equal(pred, ref_pred)
+    for p_ref, p_fast in zip(reference.parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11)
 
 
 def test_rejects_models_and_inputs_it_cannot_run():
@@ -191,22 +159,30 @@ def test_rejects_models_and_inputs_it_cannot_run():
         FastMLPTrainer(model, 0.0)
 
 
-def test_trainer_state_round_trips():
-    x, y = stream(n=60)
+def test_resume_mid_stream_reproduces_the_run():
+    """Model, method and trainer state saved mid-stream continue the same run."""
+    x, y = stream(n=90)
+    overrides = {"cbp__replacement_rate": 0.05, "cbp__maturity_threshold": 5,
+                 "er__interval": 7}  # fmt: skip
+
+    def build(model):
+        method = make_method("cbp+l2+er", model, None, preset="pmnist", **overrides)
+        return method, FastMLPTrainer(model, 0.05, method=method)
+
     model = small_model()
-    state = CBPState([24, 24, 24], replacement_rate=0.05, maturity_threshold=5,
-                     dtype=torch.float64)  # fmt: skip
-    trainer = FastMLPTrainer(model, 0.05, cbp=state)
-    trainer.train(x[:30], y[:30])
-    saved_model = copy.deepcopy(model.state_dict())
-    saved = copy.deepcopy(trainer.state_dict())
-    first = trainer.train(x[30:], y[30:])[0]
+    method, trainer = build(model)
+    trainer.train(x[:40], y[:40])
+    saved = copy.deepcopy(
+        (model.state_dict(), method.state_dict(), trainer.state_dict())
+    )
+    first = trainer.train(x[40:], y[40:])[0]
     final = copy.deepcopy(model.state_dict())
-    model.load_state_dict(saved_model)
-    resumed = FastMLPTrainer(model, 0.05, cbp=CBPState(
-        [24, 24, 24], replacement_rate=0.05, maturity_threshold=5, dtype=torch.float64))  # fmt: skip
-    resumed.load_state_dict(saved)
-    second = resumed.train(x[30:], y[30:])[0]
+    resumed_model = small_model(seed=5)
+    resumed_model.load_state_dict(saved[0])
+    resumed_method, resumed = build(resumed_model)
+    resumed_method.load_state_dict(saved[1])
+    resumed.load_state_dict(saved[2])
+    second = resumed.train(x[40:], y[40:])[0]
     assert torch.equal(first, second)
-    for key, value in model.state_dict().items():
+    for key, value in resumed_model.state_dict().items():
         assert torch.equal(value, final[key]), key

@@ -6,7 +6,6 @@ equivalence guarantee).
 
 from __future__ import annotations
 
-from clenv.fastpath.cbp import CBPState
 from clenv.fastpath.native import build_kernel, load_kernel
 from clenv.fastpath.reference import train_chunk_torch
 from clenv.fastpath.trainer import (
@@ -22,7 +21,6 @@ __all__ = [
     "mlp_linear_layers",
     "SUPPORTED_COMPONENTS",
     # building blocks
-    "CBPState",
     "build_kernel",
     "load_kernel",
     "train_chunk_torch",

@@ -29,6 +29,33 @@ void forward_layer(const T* W, const T* b, const T* x, T* z, int64_t out, int64_
   }
 }
 
+// The first layer on a sparse input (MNIST pixels are ~80% zero): only the nonzero
+// inputs ``nz[0..n_nz)`` are read.
+template <typename T>
+void forward_layer_sparse(const T* W, const T* b, const T* x, const int64_t* nz,
+                          int64_t n_nz, T* z, int64_t out, int64_t in) {
+  for (int64_t o = 0; o < out; ++o) {
+    const T* row = W + o * in;
+    T s = 0;
+    for (int64_t j = 0; j < n_nz; ++j) s += row[nz[j]] * x[nz[j]];
+    s += b[o];
+    z[o] = s < 0 ? T(0) : s;
+  }
+}
+
+// The first layer's update without weight decay: W[:, i] only changes where x_i != 0.
+template <typename T>
+void update_layer_sparse(T* W, T* b, const T* x, const int64_t* nz, int64_t n_nz,
+                         const T* g, int64_t out, int64_t in, T lr) {
+  for (int64_t o = 0; o < out; ++o) {
+    const T go = g[o];
+    if (go == T(0)) continue;
+    T* row = W + o * in;
+    for (int64_t j = 0; j < n_nz; ++j) row[nz[j]] = row[nz[j]] - lr * (go * x[nz[j]]);
+    b[o] = b[o] - lr * go;
+  }
+}
+
 // d = W^T g (old weights), then W, b updated in place; in_abs[o] / out_abs[i] receive
 // mean |W_new| over each row / column when non-null (CBP's weight magnitudes).
 template <typename T>
@@ -78,7 +105,7 @@ void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out
 template <typename T>
 int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          const T* X, const int64_t* Y, int64_t* P, T* Lo, int64_t K,
-                         int64_t start, double lr_, double wd_, int64_t** ages, T** utils,
+                         int64_t start, double lr_, double wd_, T** ages, T** utils,
                          T** mean_acts, double* acc, double decay_, int64_t maturity,
                          double replacement_rate, int adaptable) {
   const T lr = T(lr_), wd = T(wd_), decay = T(decay_);
@@ -92,6 +119,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     h[l].resize(width[l]);
     g[l].resize(width[l]);
   }
+  std::vector<int64_t> nz(D);
   std::vector<std::vector<T>> out_abs(n_hidden), in_abs(n_hidden);
   if (cbp) {
     for (int64_t l = 0; l < n_hidden; ++l) {
@@ -102,9 +130,19 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
   for (int64_t k = start; k < K; ++k) {
     const T* x = X + k * D;
     const int64_t y = Y[k];
+    int64_t n_nz = 0;
+    for (int64_t i = 0; i < D; ++i)
+      if (x[i] != T(0)) nz[n_nz++] = i;
+    const bool sparse = 2 * n_nz < D;
     // Forward.
     const T* in_vec = x;
     for (int64_t l = 0; l < n_layers; ++l) {
+      if (l == 0 && sparse && n_layers > 1) {
+        forward_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, h[1].data(), width[1],
+                                D);
+        in_vec = h[1].data();
+        continue;
+      }
       forward_layer<T>(Wp[l], bp[l], in_vec, h[l + 1].data(), width[l + 1], width[l],
                        l + 1 < n_layers);
       in_vec = h[l + 1].data();
@@ -131,6 +169,11 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       T* d = l == 0 ? nullptr : g[l].data();
       T* oabs = (cbp && l >= 1) ? out_abs[l - 1].data() : nullptr;
       T* iabs = (cbp && adaptable && l < n_hidden) ? in_abs[l].data() : nullptr;
+      if (l == 0 && sparse && wd == T(0) && iabs == nullptr) {
+        update_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, g[1].data(), width[1],
+                               D, lr);
+        continue;
+      }
       backward_update_layer<T>(Wp[l], bp[l], h_in, g[l + 1].data(), d, width[l + 1],
                                width[l], lr, wd, iabs, oabs);
       if (d) {
@@ -143,7 +186,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     // Continual Backprop bookkeeping, per hidden layer.
     bool due = false;
     for (int64_t l = 0; l < n_hidden; ++l) {
-      int64_t* age = ages[l];
+      T* age = ages[l];
       T* util = utils[l];
       T* mean_act = mean_acts[l];
       const T* act = h[l + 1].data();
@@ -154,7 +197,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         mean_act[i] = decay * mean_act[i] + (T(1) - decay) * act[i];
         T contribution;
         if (adaptable) {
-          const T bias_correction = T(1) - std::pow(decay, T(age[i]));
+          const T bias_correction = T(1) - std::pow(decay, age[i]);
           contribution = out_abs[l][i] * std::abs(act[i] - mean_act[i] / bias_correction) /
                          in_abs[l][i];
         } else {
@@ -179,7 +222,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
   extern "C" int64_t NAME(int64_t n_layers, const int64_t* width, T** W, T** b,      \
                           const T* X, const int64_t* Y, int64_t* P, T* losses,       \
                           int64_t K, int64_t start, double lr, double weight_decay,  \
-                          int64_t** ages, T** utils, T** mean_acts, double* acc,     \
+                          T** ages, T** utils, T** mean_acts, double* acc,     \
                           double decay, int64_t maturity, double replacement_rate,   \
                           int adaptable) {                                           \
     return train_chunk_impl<T>(n_layers, width, W, b, X, Y, P, losses, K, start, lr,  \

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from clenv.fastpath.cbp import CBPState
+from clenv.methods import ContinualBackprop
 
 
 @torch.no_grad()
@@ -26,13 +26,14 @@ def train_chunk_torch(
     stop: int,
     lr: float,
     weight_decay: float,
-    cbp: CBPState | None = None,
+    cbp: ContinualBackprop | None = None,
 ) -> int:
     """Sequential batch-1 SGD on examples ``start..stop-1`` of a ReLU MLP, in place.
 
     Each example is predicted (``predictions[k]``, argmax of the logits) and scored
-    (``losses[k]``, cross-entropy) before the update on it. Returns the index after
-    the last example processed: ``stop``, or earlier when CBP has a replacement due.
+    (``losses[k]``, cross-entropy) before the update on it. With ``cbp``, its
+    :meth:`~clenv.methods.ContinualBackprop.update` runs after each update on the
+    example's hidden features, as in the autograd loop. Returns ``stop``.
     """
     num_layers = len(weights)
     decay = 1.0 - lr * weight_decay
@@ -50,8 +51,6 @@ def train_chunk_torch(
         grad = torch.softmax(logits, 0)
         losses[k] = -torch.log_softmax(logits, 0)[y]
         grad[y] -= 1
-        out_abs: list[torch.Tensor] = [None] * num_layers  # type: ignore[list-item]
-        in_abs: list[torch.Tensor] = [None] * num_layers  # type: ignore[list-item]
         for index in range(num_layers - 1, -1, -1):
             weight, bias, h = weights[index], biases[index], activations[index]
             back = weight.t().mv(grad) if index > 0 else None
@@ -60,13 +59,8 @@ def train_chunk_torch(
                 bias.mul_(decay)
             weight.addr_(grad, h, alpha=-lr)
             bias.add_(grad, alpha=-lr)
-            if cbp is not None:
-                out_abs[index] = weight.abs().mean(0)
-                in_abs[index] = weight.abs().mean(1)
             if back is not None:
                 grad = back.mul_(h > 0)
         if cbp is not None:
-            hidden = activations[1:-1]
-            if cbp.update(hidden, out_abs[1:], in_abs[:-1]):
-                return k + 1
+            cbp.update([h.unsqueeze(0) for h in activations[1:-1]])
     return stop

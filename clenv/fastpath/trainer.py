@@ -26,9 +26,14 @@ How each method runs here:
   and calls its own ``ascend`` (autograd on the same parameter tensors), so the ascent
   happens between the same two examples as in the autograd loop and the method's
   ``state_dict`` stays valid.
-* **CBP**: the per-step statistics are fused into the kernel; the kernel returns when a
-  replacement is due and :class:`clenv.fastpath.cbp.CBPState` replaces the units. The
-  SGD optimizer has no state, so there is no optimizer state to reset.
+* **CBP**: the :class:`clenv.methods.ContinualBackprop` component's statistics (ages,
+  utilities, mean activations, accumulators) are updated inside the kernel, in the
+  component's own tensors; the kernel returns when a replacement is due and the
+  component replaces the units itself (same choice, same random draws). The SGD
+  optimizer has no state to reset. One difference with ``"adaptable_contribution"``:
+  when two layers replace units at the same step, the component's autograd-path update
+  reads layer l+1's incoming magnitude after layer l's replacement, the kernel before
+  it (one term of a 0.99-decayed average); the default ``"contribution"`` is exact.
 * Anything else (S&P, ReDo, Adam, momentum) needs the autograd path:
   :func:`fast_path_supports` says whether a ``--reg`` name can use this one.
 
@@ -40,16 +45,15 @@ online accuracy.
 from __future__ import annotations
 
 import ctypes
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from clenv.fastpath.cbp import CBPState
 from clenv.fastpath.native import load_kernel
 from clenv.fastpath.reference import train_chunk_torch
+from clenv.methods import ContinualBackprop
 
 # --reg components the fast path runs exactly (see the module docstring).
 SUPPORTED_COMPONENTS = frozenset({"l2", "er", "cbp", "head_reset", "reset"})
@@ -98,8 +102,6 @@ class FastMLPTrainer:
         lr: SGD step size (no momentum).
         method: a :func:`clenv.methods.make_method` object whose components are in
             :data:`SUPPORTED_COMPONENTS`; ``None`` for plain backprop.
-        cbp: CBP statistics to use (e.g. restored from a checkpoint); built from the
-            method's CBP component when omitted.
         backend: ``"native"`` (the compiled kernel, CPU), ``"torch"`` (torch ops, any
             device) or ``"auto"`` (native on CPU when it builds, else torch).
 
@@ -118,7 +120,6 @@ class FastMLPTrainer:
         model: nn.Module,
         lr: float,
         method: Any = None,
-        cbp: CBPState | None = None,
         backend: Backend = "auto",
     ):
         if lr <= 0:
@@ -130,7 +131,7 @@ class FastMLPTrainer:
         self.layers = mlp_linear_layers(model)
         self.weight_decay = 0.0
         self.er = None
-        cbp_component = None
+        self.cbp: ContinualBackprop | None = None
         for component in _components(method):
             name = getattr(component, "name", type(component).__name__)
             if name not in SUPPORTED_COMPONENTS:
@@ -145,16 +146,13 @@ class FastMLPTrainer:
                     raise ValueError("the fast path runs ER with schedule='step' only")
                 self.er = component
             elif name == "cbp":
-                cbp_component = component
+                if [h.layer for h in component.hidden] != self.layers[:-1]:
+                    raise ValueError(
+                        "the CBP component's hidden layers are not the MLP's; build it "
+                        "on the same model"
+                    )
+                self.cbp = component
         reference = self.layers[0].weight
-        if cbp is None and cbp_component is not None:
-            cbp = CBPState(
-                [layer.out_features for layer in self.layers[:-1]],
-                **cbp_settings(cbp_component),
-                dtype=reference.dtype,
-                device=reference.device,
-            )
-        self.cbp = cbp
         self.method = method
         kernel = None
         if backend != "torch" and reference.device.type == "cpu":
@@ -218,8 +216,6 @@ class FastMLPTrainer:
                 until_ascent = self.er.interval - self.er.num_steps % self.er.interval
                 stop = min(stop, position + until_ascent)
             done = self._run(inputs, labels, predictions, losses, position, stop)
-            if self.cbp is not None and bool((self.cbp.accumulated >= 1).any()):
-                self.cbp.replace(*self._parameters())
             if self.er is not None:
                 self.er.buffer.append(inputs[position:done].clone())
                 self.er.num_steps += done - position
@@ -259,18 +255,17 @@ class FastMLPTrainer:
         cbp = self.cbp
         if cbp is not None:
             hidden = n - 1
-            ages = (ctypes.c_void_p * hidden)(*(a.data_ptr() for a in cbp.ages))
-            utils = (ctypes.c_void_p * hidden)(*(u.data_ptr() for u in cbp.utilities))
-            means = (ctypes.c_void_p * hidden)(
-                *(m.data_ptr() for m in cbp.mean_activations)
-            )
-            settings = (cbp.accumulated.data_ptr(), cbp.decay_rate,
-                        cbp.maturity_threshold, cbp.replacement_rate, int(cbp.adaptable))  # fmt: skip
+            ages = pointers(*(a.data_ptr() for a in cbp.ages))
+            utils = pointers(*(u.data_ptr() for u in cbp.utilities))
+            means = pointers(*(m.data_ptr() for m in cbp.mean_activations))
+            accumulated = (ctypes.c_double * hidden)(*cbp.accumulated)
+            settings = (accumulated, cbp.decay_rate, cbp.maturity_threshold,
+                        cbp.replacement_rate, int(cbp.utility != "contribution"))  # fmt: skip
         else:
             ages = utils = means = None
             settings = (None, 0.0, 0, 0.0, 0)
         function = self.kernel[str(weights[0].dtype).removeprefix("torch.")]
-        return function(
+        done = function(
             n, widths,
             pointers(*(w.data_ptr() for w in weights)),
             pointers(*(b.data_ptr() for b in biases)),
@@ -278,39 +273,34 @@ class FastMLPTrainer:
             losses.data_ptr(), stop, start, self.lr, self.weight_decay,
             ages, utils, means, *settings,
         )  # fmt: skip
+        if cbp is not None:
+            cbp.accumulated = list(settings[0])
+            self._replace_due_units(cbp)
+        return done
+
+    @staticmethod
+    @torch.no_grad()
+    def _replace_due_units(cbp: ContinualBackprop) -> None:
+        """The replacement half of ``ContinualBackprop.update`` (its statistics were
+        updated by the kernel, which stopped right after the step that made it due)."""
+        for index, hidden in enumerate(cbp.hidden):
+            count = int(cbp.accumulated[index])
+            if count < 1:
+                continue
+            cbp.accumulated[index] -= count
+            age = cbp.ages[index]
+            eligible = torch.nonzero(age > cbp.maturity_threshold).reshape(-1)
+            utility = cbp.utilities[index][eligible] / (
+                1 - cbp.decay_rate ** age[eligible]
+            )
+            units = eligible[torch.topk(-utility, count).indices]
+            cbp.last_replaced[index] = units
+            cbp._replace(index, hidden, units)
 
     # -- resume ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Step count and CBP statistics (the weights live in the model, the ER buffer
-        in the method)."""
-        return {
-            "num_steps": self.num_steps,
-            "cbp": None if self.cbp is None else self.cbp.state_dict(),
-        }
+        """The step count (weights live in the model, method state in the method)."""
+        return {"num_steps": self.num_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
-        if (state["cbp"] is None) != (self.cbp is None):
-            raise ValueError("the saved trainer state and this trainer differ in CBP")
-        if self.cbp is not None:
-            self.cbp.load_state_dict(state["cbp"])
-
-
-def cbp_settings(component: Any) -> dict[str, Any]:
-    """CBPState arguments from a CBP method object (reads its public attributes)."""
-    names = {
-        "replacement_rate": ("replacement_rate",),
-        "maturity_threshold": ("maturity_threshold",),
-        "decay_rate": ("decay_rate", "decay"),
-        "utility": ("utility", "utility_type"),
-        "init_gain": ("init_gain", "gain"),
-        "seed": ("seed",),
-    }
-    settings: dict[str, Any] = {}
-    for key, candidates in names.items():
-        for candidate in candidates:
-            if hasattr(component, candidate):
-                settings[key] = getattr(component, candidate)
-                break
-    settings.setdefault("init_gain", math.sqrt(2.0))
-    return settings
