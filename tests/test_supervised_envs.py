@@ -291,6 +291,21 @@ def test_task_data_for_past_tasks_does_not_touch_the_stream(data_dir, env_id):
     assert_same(new, state)
 
 
+def test_set_task_pins_a_past_task_for_the_stream(data_dir):
+    env = make("clenv/PermutedMNIST-v0", batch_size=2)
+    unwrapped = env.unwrapped
+    rollout(env, 2 * unwrapped.task_length(0) + 3)
+    assert unwrapped.task_id == 2
+    unwrapped.set_task(0)
+    obs, info = env.reset()
+    assert info["task_id"] == 0 and info["task_switch"]
+    train_x, _ = unwrapped.task_data(0, "train")
+    assert all((train_x == row).all(axis=1).any() for row in obs)  # task 0's images
+    unwrapped.set_task(None)
+    _, _, _, _, info = env.step(np.zeros(2, np.int64))
+    assert info["task_id"] == 2 and info["task_switch"] and info["task_step"] == 4
+
+
 # -- Permuted MNIST ------------------------------------------------------------------
 def test_permuted_mnist_tasks_permute_the_same_images(data_dir):
     env = gym.make("clenv/PermutedMNIST-v0", examples_per_task=MNIST_TRAIN, num_tasks=3)

@@ -76,8 +76,9 @@ def numpy_runner(
                 order, position = rng.permutation(len(labels)), 0
             index = order[position : position + batch_size]
             position += batch_size
-            rows = np.take(images, index, axis=0)
-            np.divide(np.take(rows, permutation, axis=1), scale, dtype=np.float32)
+            rows = images.take(index, axis=0)
+            obs = rows.take(permutation, axis=1).astype(np.float32)
+            obs /= scale
             np.count_nonzero(actions[i % 1024] == labels[index]) / batch_size
         state["order"], state["position"] = order, position
 

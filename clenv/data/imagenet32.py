@@ -182,8 +182,8 @@ def convert_imagenet32(
     (``train_data_batch_1`` first) and writes ``classes/<label - 1>.npy`` as
     ``(images_per_class, 3, 32, 32)`` uint8. The files are filled in a temporary
     directory that is renamed to ``classes/`` only when every class is complete, so an
-    interrupted conversion leaves nothing half-written. Memory use stays around one
-    batch (the outputs are memory-mapped).
+    interrupted conversion leaves nothing half-written. Memory use stays around two
+    batches (under 1 GB; the outputs are memory-mapped).
 
     Args:
         source: the extracted batches' directory or ``Imagenet32_train.zip``; default

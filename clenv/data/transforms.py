@@ -148,7 +148,8 @@ class PixelScaler:
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Scale a uint8 array (any shape; channels along ``channel_axis``)."""
-        out = np.divide(pixels, np.float32(255), dtype=np.float32)
+        out = np.asarray(pixels).astype(np.float32)  # always a new array
+        out /= np.float32(255)
         if self.normalize:
             shape = [1] * out.ndim
             shape[self.channel_axis] = self.channels

@@ -174,5 +174,5 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
             self._permutation if task is self._task else pixel_permutation(task)
         )
         if permutation is not None:
-            inputs = np.take(inputs, permutation, axis=-1)
+            inputs = inputs.take(permutation, axis=-1)
         return self._scaler(inputs)

@@ -329,7 +329,11 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
             index = np.concatenate(parts)
         if self._pool_subset is not None:
             index = self._pool_subset[index]
-        inputs = np.take(self._pool_inputs, index, axis=0)
+        if self._batch_size == 1:  # a view; every transform returns a new array
+            row = int(index[0])
+            inputs = self._pool_inputs[row : row + 1]
+        else:
+            inputs = self._pool_inputs.take(index, axis=0)
         obs = self._transform(inputs, self._task, train=True)
         if self._batch_size == 1:
             obs = obs[0]
