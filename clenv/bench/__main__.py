@@ -1,0 +1,198 @@
+"""``clenv bench`` / ``python -m clenv.bench``: every benchmark script, one table.
+
+Each module ``clenv.bench.<name>`` runs in its own process (a fresh interpreter: no
+thread-pool or allocator state carried from one benchmark to the next), its output is
+streamed as it runs, and the figures its ``main()`` returns (a dict of name -> number)
+are collected into one Markdown table at the end. A benchmark that fails or times out
+gets a row saying so, and the command exits with status 1.
+
+Examples::
+
+    clenv bench                                   # every benchmark, default settings
+    clenv bench envs metrics                      # only these
+    clenv bench envs --args "envs=--repeats 3"    # pass arguments to one benchmark
+    clenv bench --json bench.json                 # also save the table as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pkgutil
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import clenv.bench
+
+RESULT_MARKER = "@@clenv-bench-result@@"
+# Runs main() with the given argv and prints what it returned after a marker line.
+_RUNNER = (
+    "import json, sys, importlib\n"
+    "module = importlib.import_module(sys.argv[1])\n"
+    "result = module.main(sys.argv[2:])\n"
+    "if isinstance(result, dict):\n"
+    "    result = {str(k): v for k, v in result.items()}\n"
+    f"print({RESULT_MARKER!r} + json.dumps(result, default=repr), flush=True)\n"
+)
+
+
+@dataclass
+class BenchResult:
+    """One benchmark's outcome: its figures, or why there are none."""
+
+    name: str
+    status: str
+    seconds: float
+    figures: dict[str, object] = field(default_factory=dict)
+
+
+def available_benchmarks() -> list[str]:
+    """Names of the ``clenv.bench.<name>`` modules, sorted."""
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(clenv.bench.__path__)
+        if not info.name.startswith("_")
+    )
+
+
+def run_benchmark(
+    name: str, argv: Sequence[str] = (), timeout: float | None = None
+) -> BenchResult:
+    """Run ``clenv.bench.<name>.main(argv)`` in a subprocess, streaming its output."""
+    command = [sys.executable, "-c", _RUNNER, f"clenv.bench.{name}", *argv]
+    start = time.perf_counter()
+    figures: dict[str, object] = {}
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        deadline = None if timeout is None else start + timeout
+        for line in process.stdout:
+            if line.startswith(RESULT_MARKER):
+                returned = json.loads(line[len(RESULT_MARKER) :])
+                figures = (
+                    returned if isinstance(returned, dict) else {"result": returned}
+                )
+                continue
+            print(f"[{name}] {line}", end="", flush=True)
+            if deadline is not None and time.perf_counter() > deadline:
+                raise subprocess.TimeoutExpired(command, timeout or 0)
+        returncode = process.wait(
+            timeout=None if deadline is None else max(deadline - time.perf_counter(), 1)
+        )
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return BenchResult(
+            name, f"timed out after {timeout:g} s", time.perf_counter() - start
+        )
+    seconds = time.perf_counter() - start
+    status = "ok" if returncode == 0 else f"failed (exit {returncode})"
+    return BenchResult(name, status, seconds, figures)
+
+
+def _format_figure(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format_figure(v)}" for k, v in value.items())
+    return str(value)
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    """One Markdown table: a row per figure, a row per failed benchmark."""
+    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    for result in results:
+        if result.status != "ok":
+            lines.append(f"| {result.name} | **{result.status}** | |")
+        elif not result.figures:
+            lines.append(f"| {result.name} | (main() returned no figures) | |")
+        for key, value in result.figures.items():
+            lines.append(f"| {result.name} | {key} | {_format_figure(value)} |")
+    times = ", ".join(f"{r.name} {r.seconds:.0f} s" for r in results)
+    return "\n".join(lines) + f"\n\nwall time: {times}"
+
+
+def _parse_bench_args(
+    items: Sequence[str], names: Sequence[str]
+) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(
+                f"--args {item!r}: expected NAME=ARGUMENTS with NAME one of {list(names)}, "
+                'e.g. --args "envs=--repeats 3"'
+            )
+        parsed.setdefault(name, []).extend(shlex.split(rest))
+    return parsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the chosen benchmarks and print one table; 1 if any failed."""
+    names = available_benchmarks()
+    parser = argparse.ArgumentParser(
+        prog="clenv bench",
+        description=__doc__.split("\n\n")[1],
+        epilog=f"benchmarks: {', '.join(names) or '(none installed)'}",
+    )
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="NAME", help="benchmarks to run (default: all)"
+    )
+    parser.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help='arguments for one benchmark, e.g. --args "envs=--repeats 3" (repeatable)',
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds allowed per benchmark"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the results"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the benchmarks and exit"
+    )
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(names))
+        return 0
+    unknown = [name for name in args.benchmarks if name not in names]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; available: {names}")
+    chosen = args.benchmarks or names
+    extra = _parse_bench_args(args.args, names)
+    results = []
+    for index, name in enumerate(chosen, 1):
+        print(f"== [{index}/{len(chosen)}] python -m clenv.bench.{name} "
+              f"{shlex.join(extra.get(name, []))}", flush=True)  # fmt: skip
+        results.append(run_benchmark(name, extra.get(name, []), args.timeout))
+    print("\n" + format_table(results))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps([asdict(r) for r in results], indent=2, default=repr)
+        )
+        print(f"results written to {args.json}")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        print(f"clenv bench: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,271 @@
+"""The ``clenv`` command line.
+
+::
+
+    clenv list                                   every env id, what changes, its schedule
+    clenv download mnist [--data-dir DIR]        fetch a dataset (md5-verified)
+    clenv plot runs/<run>... --out fig.png       figures from the runs' metrics.h5
+    clenv bench [NAME...]                        every benchmark script, one table
+    clenv sweep agents/supervised_l2er.py ...    seeds x methods x hyperparameters on Ray
+
+``clenv <command> --help`` explains each command. Errors in what was asked (a missing
+run directory, an unknown dataset, no network) are printed as one line and exit with
+status 2 (1 for a failed download); set ``CLENV_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# Constructor arguments that make up an env's task schedule, shown by ``clenv list``.
+SCHEDULE_ARGUMENTS = (
+    "switch_every",
+    "switch_at",
+    "num_tasks",
+    "examples_per_task",
+    "epochs_per_task",
+    "classes_per_task",
+    "initial_classes",
+    "drift",
+    "drift_steps",
+    "batch_size",
+)
+# Registration kwargs that say which base env / parameter a generic class is given.
+VARIANT_ARGUMENTS = ("base_env_id", "parameter")
+
+
+# -- clenv list ----------------------------------------------------------------------
+def describe_env(env_id: str) -> dict[str, Any]:
+    """An env id's one-line description (first docstring line) and schedule defaults.
+
+    The class is imported but not constructed, so datasets need not be present.
+
+    Returns:
+        ``{"id", "entry_point", "description", "schedule", "max_episode_steps"}``; when
+        the class cannot be imported, ``description`` says why.
+    """
+    import gymnasium as gym
+
+    import clenv  # noqa: F401  (registers the ids)
+
+    spec = gym.spec(env_id)
+    info: dict[str, Any] = {
+        "id": env_id,
+        "entry_point": spec.entry_point,
+        "max_episode_steps": spec.max_episode_steps,
+        "schedule": {},
+    }
+    try:
+        module_name, class_name = str(spec.entry_point).split(":")
+        env_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        info["description"] = f"(not available: {type(error).__name__}: {error})"
+        return info
+    # The summary line: the first docstring line that is not a Markdown heading.
+    lines = [line.strip() for line in (inspect.getdoc(env_class) or "").splitlines()]
+    description = next(
+        (ln for ln in lines if ln and not ln.startswith("#")), class_name
+    )
+    variant = [str(spec.kwargs[k]) for k in VARIANT_ARGUMENTS if k in spec.kwargs]
+    if variant:
+        description += f" [{', '.join(variant)}]"
+    info["description"] = description
+    parameters = inspect.signature(env_class.__init__).parameters
+    for name in SCHEDULE_ARGUMENTS:
+        if name in spec.kwargs:
+            info["schedule"][name] = spec.kwargs[name]
+        elif (
+            name in parameters
+            and parameters[name].default is not inspect.Parameter.empty
+        ):
+            info["schedule"][name] = parameters[name].default
+    return info
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:_}"
+    return repr(value)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from clenv.registration import ENV_IDS
+
+    described = [describe_env(env_id) for env_id in ENV_IDS]
+    if args.json:
+        print(json.dumps(described, indent=2, default=str))
+        return 0
+    width = max(len(d["id"]) for d in described)
+    for d in described:
+        print(f"{d['id']:<{width}}  {d['description']}")
+        schedule = ", ".join(
+            f"{k}={_format_value(v)}" for k, v in d["schedule"].items()
+        )
+        if schedule:
+            print(f"{'':<{width}}  schedule: {schedule}")
+    print(
+        "\nEvery schedule argument can be changed: gym.make(ID, switch_every=...). "
+        "Env cards: docs/envs/."
+    )
+    return 0
+
+
+# -- clenv download ------------------------------------------------------------------
+def cmd_download(args: argparse.Namespace) -> int:
+    from clenv.data import download
+
+    try:
+        where = download(args.dataset, root=args.data_dir, mirror=args.mirror)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # offline, HTTP error: say how to get the files by hand
+        print(f"clenv download: error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.dataset}: ready in {where}")
+    return 0
+
+
+# -- clenv plot ----------------------------------------------------------------------
+def cmd_plot(args: argparse.Namespace) -> int:
+    from clenv.plotting import plot_runs
+
+    result = plot_runs(
+        args.run_dirs, args.out, metric=args.metric, eps=args.eps, title=args.title
+    )
+    print(f"wrote {result.path} with {len(result.panels)} panel(s):")
+    for title in result.panels:
+        print(f"  - {title}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+# -- delegating commands -------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from clenv.bench.__main__ import main as bench_main
+
+    return bench_main(list(rest))
+
+
+def cmd_sweep(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from clenv.sweep import main as sweep_main
+
+    try:
+        return sweep_main(list(rest))
+    except ImportError as error:  # Ray is an optional dependency
+        print(f"clenv sweep: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clenv",
+        description="Continual-learning environments and plasticity tools.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("::")[1].split("``clenv")[0],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    listing = commands.add_parser(
+        "list", help="every env id with a one-line description and its task schedule"
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from clenv.data import DATASETS
+
+    download = commands.add_parser(
+        "download",
+        help="fetch a dataset into the data root (md5-verified, atomic)",
+        description="Download MNIST or CIFAR-100 (md5-verified, written atomically), "
+        "or convert downsampled ImageNet 32x32 (which needs an image-net.org login, so "
+        "put Imagenet32_train.zip under <data-dir>/imagenet32/ first) to LoP's layout.",
+    )
+    download.add_argument("dataset", choices=DATASETS)
+    download.add_argument(
+        "--data-dir",
+        default=None,
+        help="data root (default: $CLENV_DATA_DIR, else ~/.cache/clenv)",
+    )
+    download.add_argument(
+        "--mirror",
+        default=None,
+        help="base URL to fetch from instead of the canonical hosts",
+    )
+
+    plot = commands.add_parser(
+        "plot",
+        help="figure from run directories' metrics.h5",
+        description="Plot run directories: performance per task (mean ± 95%% CI over "
+        "seeds; runs with the same env, exp_name and reg are seeds of one group), "
+        "dead units and effective rank over tasks, the Hessian spectral density as a "
+        "heatmap of log|λ| against task, and ε-rank against performance with R². "
+        "Panels whose series no run logged are skipped with a note.",
+    )
+    plot.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories (or runs/ itself)",
+    )
+    plot.add_argument("--out", required=True, help="image to write, e.g. fig.png")
+    plot.add_argument(
+        "--metric", default=None, help="per-task performance tag (default: first found)"
+    )
+    plot.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="ε of the ε-rank panel (default: the ε maximising R², as SC)",
+    )
+    plot.add_argument("--title", default=None, help="figure title")
+
+    commands.add_parser(
+        "bench",
+        help="run the benchmark scripts, one table (clenv bench --help)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "sweep",
+        help="seeds x methods x hyperparameters on Ray Tune (clenv sweep --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clenv`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # bench and sweep parse their own arguments (their --help is theirs).
+    if argv and argv[0] in ("bench", "sweep"):
+        args, rest = argparse.Namespace(command=argv[0]), argv[1:]
+    else:
+        args, rest = parser.parse_args(argv), []
+    handlers = {
+        "list": lambda: cmd_list(args),
+        "download": lambda: cmd_download(args),
+        "plot": lambda: cmd_plot(args),
+        "bench": lambda: cmd_bench(args, rest),
+        "sweep": lambda: cmd_sweep(args, rest),
+    }
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return handlers[args.command]()
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("CLENV_DEBUG"):
+            raise
+        print(f"clenv {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,523 @@
+"""``clenv sweep``: a grid of seeds x methods x hyperparameters for an agent, on Ray Tune.
+
+Every trial is one subprocess of the agent script, exactly the command you would type
+for a single run, plus ``--seed``, ``--reg``, ``--exp-name`` and ``--runs-dir``, so its
+run directory lands in ``runs/`` like any other run and ``clenv plot runs/`` groups
+the seeds of each (method, hyperparameters) setting.
+
+Example::
+
+    clenv sweep agents/supervised_l2er.py --name pmnist-small \\
+        --seeds 1 2 3 --reg bp l2 l2er --grid learning-rate=0.01,0.003 \\
+        -- --env-id clenv/PermutedMNIST-v0 --env-kwargs examples_per_task=2000
+
+The sweep directory ``<runs-dir>/sweeps/<name>/`` holds
+
+================== ==================================================================
+``manifest.json``  the sweep's definition and every trial's id, command, status
+                   (pending / running / done / failed), attempts and run directory
+``trials/``        one status file per trial (written by the trial itself)
+``logs/``          each attempt's stdout and stderr
+``failed/``        run directories of failed attempts, moved out of ``runs/``
+``ray/``           Ray Tune's own experiment state
+================== ==================================================================
+
+A trial's identity is deterministic: ``exp_name = <sweep>-<reg>[-<key>=<value>...]``
+and its seed; its run directory is ``<runs-dir>/<env>__<exp_name>__<seed>__<time>``.
+Run the same command again (or ``clenv sweep --resume <sweep dir>``) and trials that
+finished are skipped; unfinished ones run again, and one whose run directory holds
+checkpoints continues with the agent's ``--resume``. A failed attempt is retried up to
+``--max-retries`` times (Ray Tune's ``FailureConfig``) and every failure is reported.
+
+Ray: local cores by default (``--num-cpus``); when ``RAY_ADDRESS`` is set, the trials
+run on that Ray cluster (then the repository and ``--runs-dir`` must be on a file
+system every node shares, and the same Python environment must exist on every node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+STATUSES = ("pending", "running", "done", "failed")
+_SAFE = re.compile(r"[^A-Za-z0-9.+=-]+")
+
+
+# -- the grid ------------------------------------------------------------------------
+@dataclass
+class Trial:
+    """One point of the grid: a method, hyperparameters and a seed."""
+
+    trial_id: str
+    reg: str
+    seed: int
+    params: dict[str, str]
+    exp_name: str
+    command: list[str]
+
+
+@dataclass
+class TrialState:
+    """What is known about a trial's runs (the file ``trials/<id>.json``)."""
+
+    status: str = "pending"
+    attempts: int = 0
+    returncode: int | None = None
+    run_dir: str | None = None
+    log: str | None = None
+    seconds: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepSpec:
+    """The definition of a sweep: what ``manifest.json`` records and restarts from."""
+
+    name: str
+    agent: str
+    seeds: list[int]
+    regs: list[str]
+    grid: dict[str, list[str]]
+    agent_args: list[str]
+    runs_dir: str
+    workdir: str
+    python: str = sys.executable
+    resume_flag: str | None = "--resume"
+
+    def trials(self) -> list[Trial]:
+        """Every trial of the grid, in a fixed order (methods, parameters, seeds)."""
+        keys = sorted(self.grid)
+        trials = []
+        for reg in self.regs:
+            for values in itertools.product(*(self.grid[k] for k in keys)):
+                params = dict(zip(keys, values, strict=True))
+                suffix = "".join(f"-{k}={v}" for k, v in params.items())
+                exp_name = _SAFE.sub("_", f"{self.name}-{reg}{suffix}")
+                for seed in self.seeds:
+                    command = [self.python, self.agent, *self.agent_args]
+                    for key, value in params.items():
+                        command += [f"--{key}", value]
+                    command += ["--seed", str(seed), "--reg", reg]
+                    command += ["--exp-name", exp_name, "--runs-dir", self.runs_dir]
+                    trial_id = f"{exp_name}__seed={seed}"
+                    trials.append(Trial(trial_id, reg, seed, params, exp_name, command))
+        return trials
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["learning-rate=1e-3,1e-4", ...]`` -> ``{"learning-rate": ["1e-3", "1e-4"]}``."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().lstrip("-")
+        split = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not split:
+            raise ValueError(
+                f"--grid {item!r}: expected KEY=V1,V2,... with KEY an agent option "
+                "without its dashes, e.g. --grid learning-rate=1e-3,1e-4"
+            )
+        if key in ("seed", "reg", "exp-name", "runs-dir"):
+            raise ValueError(
+                f"--grid {key}=... is set by the sweep itself; use --seeds / --reg"
+            )
+        if key in grid:
+            raise ValueError(f"--grid {key} given twice")
+        grid[key] = split
+    return grid
+
+
+# -- files ---------------------------------------------------------------------------
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically (temp file + rename): a killed sweep never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def read_trial_state(sweep_dir: Path, trial_id: str) -> TrialState:
+    path = sweep_dir / "trials" / f"{trial_id}.json"
+    if not path.is_file():
+        return TrialState()
+    return TrialState(**json.loads(path.read_text()))
+
+
+def write_trial_state(sweep_dir: Path, trial_id: str, state: TrialState) -> None:
+    _write_json(sweep_dir / "trials" / f"{trial_id}.json", asdict(state))
+
+
+def write_manifest(sweep_dir: Path, spec: SweepSpec, trials: Sequence[Trial]) -> dict:
+    """Write ``manifest.json``: the definition and every trial's current state."""
+    manifest = {
+        "spec": asdict(spec),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trials": {
+            trial.trial_id: {
+                "reg": trial.reg,
+                "seed": trial.seed,
+                "params": trial.params,
+                "exp_name": trial.exp_name,
+                "command": shlex.join(trial.command),
+                **asdict(read_trial_state(sweep_dir, trial.trial_id)),
+            }
+            for trial in trials
+        },
+    }
+    _write_json(sweep_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_spec(sweep_dir: str | Path) -> SweepSpec:
+    """The definition saved in a sweep directory's ``manifest.json``."""
+    path = Path(sweep_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} not found: --resume expects a sweep directory "
+            "(<runs-dir>/sweeps/<name>) made by clenv sweep"
+        )
+    return SweepSpec(**json.loads(path.read_text())["spec"])
+
+
+def find_run_dir(runs_dir: Path, trial: Trial) -> Path | None:
+    """The newest run directory of this trial (its exp_name and seed) in ``runs_dir``."""
+    matches = sorted(
+        (
+            p
+            for p in runs_dir.glob(f"*__{trial.exp_name}__{trial.seed}__*")
+            if p.is_dir()
+        ),
+        key=lambda p: p.name.rsplit("__", 1)[-1],
+    )
+    return matches[-1] if matches else None
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.iterdir())
+
+
+# -- one trial (runs inside a Ray worker) --------------------------------------------
+def run_trial(
+    trial: Trial, spec: SweepSpec, sweep_dir: Path, threads: int = 1
+) -> TrialState:
+    """Run one attempt of a trial as a subprocess; raise if it fails (Ray retries).
+
+    A previous attempt's run directory is continued with the agent's resume flag when it
+    holds checkpoints, and otherwise moved to ``failed/`` so ``runs/`` only holds one
+    run per trial.
+    """
+    state = read_trial_state(sweep_dir, trial.trial_id)
+    state.attempts += 1
+    state.status = "running"
+    runs_dir = Path(spec.workdir, spec.runs_dir)
+    command = list(trial.command)
+    previous = find_run_dir(runs_dir, trial)
+    if previous is not None:
+        if spec.resume_flag and _has_checkpoint(previous):
+            command = [spec.python, spec.agent, spec.resume_flag, str(previous)]
+        else:
+            failed = sweep_dir / "failed"
+            failed.mkdir(exist_ok=True)
+            shutil.move(str(previous), failed / previous.name)
+    log_path = sweep_dir / "logs" / f"{trial.trial_id}.attempt{state.attempts}.log"
+    state.log = str(log_path)
+    write_trial_state(sweep_dir, trial.trial_id, state)
+    print(
+        f"[{trial.trial_id}] attempt {state.attempts}: {shlex.join(command)}",
+        flush=True,
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        returncode = subprocess.call(
+            command, cwd=spec.workdir, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    state.seconds = round(time.perf_counter() - start, 2)
+    state.returncode = returncode
+    run_dir = find_run_dir(runs_dir, trial)
+    state.run_dir = None if run_dir is None else str(run_dir)
+    if returncode == 0:
+        state.status = "done"
+        write_trial_state(sweep_dir, trial.trial_id, state)
+        print(
+            f"[{trial.trial_id}] done in {state.seconds:.0f} s: {state.run_dir}",
+            flush=True,
+        )
+        return state
+    tail = log_path.read_text().strip().splitlines()[-3:]
+    state.errors.append(
+        f"attempt {state.attempts}: exit {returncode}: {' | '.join(tail)}"
+    )
+    state.status = "failed"
+    write_trial_state(sweep_dir, trial.trial_id, state)
+    raise RuntimeError(
+        f"trial {trial.trial_id} failed (exit {returncode}) on attempt "
+        f"{state.attempts}; log: {log_path}"
+    )
+
+
+def _ray_trainable(config: dict, spec_dict: dict, sweep_dir: str, threads: int) -> None:
+    from ray import tune
+
+    spec = SweepSpec(**spec_dict)
+    trial = next(t for t in spec.trials() if t.trial_id == config["trial_id"])
+    state = run_trial(trial, spec, Path(sweep_dir), threads)
+    tune.report({"returncode": state.returncode, "seconds": state.seconds})
+
+
+# -- the sweep -----------------------------------------------------------------------
+def _init_ray(num_cpus: int | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        print(
+            f"connecting to the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+        )
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    max_retries: int = 1,
+    cpus_per_trial: float = 1.0,
+    num_cpus: int | None = None,
+    max_concurrent: int | None = None,
+) -> dict[str, Any]:
+    """Run every unfinished trial of ``spec`` on Ray Tune; return the manifest.
+
+    Args:
+        spec: the sweep definition.
+        max_retries: attempts after the first for a failing trial.
+        cpus_per_trial: CPUs Ray reserves per trial (also the trial's OMP_NUM_THREADS,
+            rounded up).
+        num_cpus: CPUs of the local Ray instance (default: all cores); ignored when
+            ``RAY_ADDRESS`` points at a cluster.
+        max_concurrent: at most this many trials at once (default: as CPUs allow).
+    """
+    try:
+        from ray import tune
+    except ImportError as error:
+        raise ImportError(
+            "clenv sweep needs Ray Tune: pip install -c constraints.txt 'clenv[sweep]' "
+            "(or pip install 'ray[tune]')"
+        ) from error
+
+    sweep_dir = Path(spec.workdir, spec.runs_dir, "sweeps", spec.name)
+    for sub in ("trials", "logs"):
+        (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
+    trials = spec.trials()
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the grid has duplicate trials (repeated seeds or values?)")
+    done = [
+        t for t in trials if read_trial_state(sweep_dir, t.trial_id).status == "done"
+    ]
+    pending = [t for t in trials if t not in done]
+    write_manifest(sweep_dir, spec, trials)
+    print(
+        f"sweep {spec.name!r}: {len(trials)} trials ({len(spec.regs)} method(s) x "
+        f"{len(trials) // max(len(spec.regs) * len(spec.seeds), 1)} setting(s) x "
+        f"{len(spec.seeds)} seed(s)); {len(done)} already done, {len(pending)} to run; "
+        f"manifest: {sweep_dir / MANIFEST}",
+        flush=True,
+    )
+    if pending:
+        _init_ray(num_cpus)
+        threads = max(1, int(-(-cpus_per_trial // 1)))
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _ray_trainable,
+                spec_dict=asdict(spec),
+                sweep_dir=str(sweep_dir),
+                threads=threads,
+            ),
+            {"cpu": cpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search([t.trial_id for t in pending])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent, reuse_actors=False
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str((sweep_dir / "ray").resolve()),
+                failure_config=tune.FailureConfig(max_failures=max_retries),
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+        for trial in pending:  # a worker that died cannot have said so itself
+            state = read_trial_state(sweep_dir, trial.trial_id)
+            if state.status in ("running", "pending"):
+                state.status = "failed"
+                state.errors.append("the trial's Ray worker died before it finished")
+                write_trial_state(sweep_dir, trial.trial_id, state)
+    manifest = write_manifest(sweep_dir, spec, trials)
+    _print_summary(manifest, sweep_dir)
+    return manifest
+
+
+def _print_summary(manifest: dict, sweep_dir: Path) -> None:
+    rows = manifest["trials"]
+    counts = {s: sum(1 for r in rows.values() if r["status"] == s) for s in STATUSES}
+    width = max(len(t) for t in rows)
+    print(f"\n{'trial':<{width}}  {'status':<8}{'attempts':>9}  run dir / last error")
+    for trial_id, row in rows.items():
+        detail = row["run_dir"] or ""
+        if row["status"] != "done" and row["errors"]:
+            detail = row["errors"][-1]
+        print(f"{trial_id:<{width}}  {row['status']:<8}{row['attempts']:>9}  {detail}")
+    retried = [
+        t for t, r in rows.items() if r["status"] == "done" and r["attempts"] > 1
+    ]
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"\n{summary}; retried and recovered: {len(retried)}; manifest: "
+          f"{sweep_dir / MANIFEST}")  # fmt: skip
+    if counts["failed"] or counts["pending"] or counts["running"]:
+        print("run the same command again to retry the unfinished trials")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clenv sweep",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "agent", nargs="?", help="agent script, e.g. agents/supervised_l2er.py"
+    )
+    parser.add_argument(
+        "agent_args", nargs="*", help="after --: arguments for every trial"
+    )
+    parser.add_argument("--name", help="sweep name (default: agent name + time)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds")
+    parser.add_argument("--reg", nargs="+", default=["l2er"], help="methods (--reg)")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="hyperparameter values, e.g. learning-rate=1e-3,1e-4 (repeatable)",
+    )
+    parser.add_argument("--runs-dir", default="runs", help="where run directories go")
+    parser.add_argument(
+        "--resume", metavar="SWEEP_DIR", help="rerun the unfinished trials of a sweep"
+    )
+    parser.add_argument(
+        "--max-retries", type=int, default=1, help="retries of a failing trial"
+    )
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs")
+    parser.add_argument("--num-cpus", type=int, default=None, help="local Ray CPUs")
+    parser.add_argument(
+        "--max-concurrent", type=int, default=None, help="trials at once"
+    )
+    parser.add_argument(
+        "--no-agent-resume",
+        action="store_true",
+        help="rerun an interrupted trial from scratch instead of with the agent's --resume",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the trials only")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    """Build the sweep definition from parsed arguments (checks them)."""
+    if args.resume:
+        spec = load_spec(args.resume)
+        return spec
+    if not args.agent:
+        raise ValueError("name the agent script (e.g. agents/ppo_l2er.py) or --resume")
+    agent = Path(args.agent)
+    if not agent.is_file():
+        raise FileNotFoundError(f"agent script {str(agent)!r} not found")
+    if len(set(args.seeds)) != len(args.seeds) or len(set(args.reg)) != len(args.reg):
+        raise ValueError("--seeds and --reg must not repeat a value")
+    if args.max_retries < 0:
+        raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
+    name = args.name or f"{agent.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if _SAFE.search(name) or "__" in name:
+        raise ValueError(
+            f"--name {name!r}: use letters, digits, '.', '-', '+', '=' only"
+        )
+    return SweepSpec(
+        name=name,
+        agent=str(agent.resolve()),
+        seeds=list(args.seeds),
+        regs=list(args.reg),
+        grid=parse_grid(args.grid),
+        agent_args=list(args.agent_args),
+        runs_dir=args.runs_dir,
+        workdir=str(Path.cwd()),
+        resume_flag=None if args.no_agent_resume else "--resume",
+    )
+
+
+def _check_same_definition(spec: SweepSpec) -> None:
+    manifest = Path(spec.workdir, spec.runs_dir, "sweeps", spec.name, MANIFEST)
+    if not manifest.is_file():
+        return
+    saved = json.loads(manifest.read_text())["spec"]
+    for key in ("agent", "agent_args"):
+        if saved[key] != getattr(spec, key):
+            raise ValueError(
+                f"sweep {spec.name!r} already exists with {key}={saved[key]!r}, not "
+                f"{getattr(spec, key)!r}; its finished trials would not match. Use "
+                "another --name, or --resume to continue it as it was defined"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clenv sweep``; exit status 1 when a trial is still unfinished at the end."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" goes to the agent untouched.
+    agent_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, agent_args = argv[:cut], argv[cut + 1 :]
+    args = build_parser().parse_args(argv)
+    args.agent_args = list(args.agent_args) + agent_args
+    spec = spec_from_args(args)
+    if not args.resume:
+        _check_same_definition(spec)
+    if args.dry_run:
+        for trial in spec.trials():
+            print(f"{trial.trial_id}: {shlex.join(trial.command)}")
+        return 0
+    manifest = run_sweep(
+        spec,
+        max_retries=args.max_retries,
+        cpus_per_trial=args.cpus_per_trial,
+        num_cpus=args.num_cpus,
+        max_concurrent=args.max_concurrent,
+    )
+    unfinished = [t for t, r in manifest["trials"].items() if r["status"] != "done"]
+    return 1 if unfinished else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"clenv sweep: error: {error}", file=sys.stderr)
+        sys.exit(2)
