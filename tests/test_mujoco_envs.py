@@ -276,6 +276,7 @@ def test_pickle_round_trip_keeps_arguments_and_rollouts(env_id):
         ({"value_range": 0.5}, r"pair \(low, high\)"),
         ({"drift": "gradual", "switch_every": 10, "drift_steps": 11}, "drift_steps"),
         ({"drift": "gradual", "drift_steps": 0}, "drift_steps"),
+        ({"drift_steps": 100}, "only applies to drift='gradual'"),
         ({"base_env_id": "NoSuchEnv-v5"}, "Gymnasium MuJoCo id"),
         ({"base_env_id": "CartPole-v1"}, "MujocoEnv"),
         ({"base_env_id": None}, "base_env_id"),

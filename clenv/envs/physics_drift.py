@@ -166,6 +166,11 @@ class PhysicsDriftEnv(ContinualEnv, gym.Env, utils.EzPickle):
                 "new value at the switch, 'gradual' moves to it linearly over "
                 "drift_steps steps"
             )
+        if drift == "abrupt" and drift_steps is not None:
+            raise ValueError(
+                f"drift_steps={drift_steps!r} only applies to drift='gradual'; pass "
+                "drift='gradual' or leave drift_steps=None"
+            )
         self._drift = drift
         self._drift_steps = _check_drift_steps(drift_steps, switch_every)
 
@@ -350,6 +355,11 @@ def _build_base_env(
 ) -> MujocoEnv:
     if base_env is not None:
         env = base_env.unwrapped
+        if render_mode is not None and render_mode != env.render_mode:
+            raise ValueError(
+                f"render_mode={render_mode!r} cannot be changed on a given base_env "
+                f"(it has {env.render_mode!r}); build the base env with it instead"
+            )
     elif base_env_id is None:
         raise ValueError(
             "give the env to wrap: base_env_id (e.g. 'Ant-v5') or base_env (an instance)"
