@@ -251,6 +251,14 @@ def test_bad_arguments(data_dir, env_id):
         make(env_id, switch_every=10)
     with pytest.raises(ValueError, match="num_tasks"):
         make(env_id, num_tasks=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        make(env_id, batch_size="8")
+    if env_id == "clenv/PermutedMNIST-v0":
+        with pytest.raises(ValueError, match="examples_per_task must be a positive"):
+            make(env_id, examples_per_task=0)
+    else:
+        with pytest.raises(ValueError, match="epochs_per_task must be a positive"):
+            make(env_id, epochs_per_task=-1)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)

@@ -108,6 +108,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
         test_images_per_class: int = 100,
         data_dir: str | os.PathLike | None = None,
     ) -> None:
+        check_positive_int("batch_size", batch_size)
         self._root = data_root(data_dir)
         self._train_per_class = check_positive_int(
             "train_images_per_class", train_images_per_class
@@ -130,7 +131,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
             epochs = check_positive_int("epochs_per_task", epochs_per_task)
             examples = [epochs * 2 * self._train_per_class]
         lengths = resolve_task_lengths(
-            switch_every, examples, max(int(batch_size), 1), "epochs_per_task"
+            switch_every, examples, batch_size, "epochs_per_task"
         )
         super().__init__(
             batch_size=batch_size,

@@ -124,6 +124,7 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         data_dir: str | os.PathLike | None = None,
         download: bool = False,
     ) -> None:
+        check_positive_int("batch_size", batch_size)
         self._root = data_root(data_dir)
         self._download = download
         self._augment = bool(augment)
@@ -150,7 +151,7 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
             per_task = self._classes_per_task * self._train_per_class
             examples = [epochs * per_task * (k + 1) for k in range(num_tasks)]
         lengths = resolve_task_lengths(
-            switch_every, examples, max(int(batch_size), 1), "epochs_per_task"
+            switch_every, examples, batch_size, "epochs_per_task"
         )
         scaler = (
             PixelScaler(3, CIFAR100_MEAN, CIFAR100_STD) if normalize else PixelScaler()

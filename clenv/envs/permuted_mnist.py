@@ -12,7 +12,11 @@ from clenv.data.cache import shared_arrays
 from clenv.data.files import data_root
 from clenv.data.mnist import load_mnist
 from clenv.data.transforms import PixelScaler
-from clenv.envs.supervised import SupervisedStreamEnv, resolve_task_lengths
+from clenv.envs.supervised import (
+    SupervisedStreamEnv,
+    check_positive_int,
+    resolve_task_lengths,
+)
 
 NUM_PIXELS = 28 * 28
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -114,6 +118,7 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
         data_dir: str | os.PathLike | None = None,
         download: bool = False,
     ) -> None:
+        check_positive_int("batch_size", batch_size)
         self._root = data_root(data_dir)
         self._download = download
         self._first_task_identity = bool(first_task_identity)
@@ -123,7 +128,7 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
         lengths = resolve_task_lengths(
             switch_every,
             None if examples_per_task is None else [examples_per_task],
-            batch_size if isinstance(batch_size, int) and batch_size > 0 else 1,
+            batch_size,
             "examples_per_task",
         )
         super().__init__(

@@ -424,7 +424,10 @@ def resolve_task_lengths(
                 f"both: the steps per task follow from {examples_name} and batch_size"
             )
         return [check_positive_int("switch_every", switch_every)]
-    return [steps_for(examples, batch_size) for examples in examples_per_task]
+    return [
+        steps_for(check_positive_int(examples_name, examples), batch_size)
+        for examples in examples_per_task
+    ]
 
 
 def seeded_class_order(task_seed: Any, num_classes: int) -> np.ndarray:
