@@ -425,3 +425,21 @@ def test_slippery_ant_defaults_follow_the_papers():
         contact_cost_weight=0.0,
     )
     assert lop_like.observation_space.shape == (27,)
+
+
+@pytest.mark.parametrize("parameter", ["body_mass", "actuator_gear"])
+def test_scale_parameters_pass_check_env_with_gradual_drift(parameter):
+    env = PhysicsDriftEnv(
+        base_env_id="Hopper-v5",
+        parameter=parameter,
+        drift="gradual",
+        switch_every=6,
+        drift_steps=3,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+        sb3_check_env(env)
+    assert [
+        str(w.message) for w in caught if not KNOWN_WARNINGS.search(str(w.message))
+    ] == []
