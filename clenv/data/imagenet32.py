@@ -236,14 +236,21 @@ def convert_imagenet32(
                     f"{labels.min()}..{labels.max()}"
                 )
             images = data.reshape(-1, *IMAGE_SHAPE)
-            for k in np.unique(classes):
+            # Group the batch by class once; a stable sort keeps the batch order
+            # within each class, so "first images" means first in the files.
+            by_class = np.argsort(classes, kind="stable")
+            bounds = np.searchsorted(classes[by_class], np.arange(num_classes + 1))
+            for k in np.flatnonzero(np.diff(bounds)):
                 need = images_per_class - counts[k]
-                if need <= 0:
-                    continue
-                take = images[classes == k][:need]
-                arrays[k][counts[k] : counts[k] + len(take)] = take
-                counts[k] += len(take)
-            bar.set_postfix(complete=f"{int((counts == images_per_class).sum())}")
+                if need > 0:
+                    index = by_class[bounds[k] : bounds[k + 1]][:need]
+                    arrays[k][counts[k] : counts[k] + len(index)] = images[index]
+                    counts[k] += len(index)
+            complete = int((counts == images_per_class).sum())
+            bar.set_postfix(complete_classes=complete)
+            if complete == num_classes:
+                break  # the remaining batches would add nothing
+        bar.close()
         short = np.flatnonzero(counts < images_per_class)
         if len(short):
             raise ValueError(
