@@ -107,6 +107,29 @@ def test_resnet_variant_layout_and_count():
         assert torch.count_nonzero(conv.bias) == 0
 
 
+def test_methods_find_the_hidden_layers():
+    from clenv.methods import find_hidden_layers, make_method
+
+    convnet = ContinualImageNetConvNet()
+    hidden = find_hidden_layers(convnet)
+    assert [type(h.layer).__name__ for h in hidden] == ["Conv2d"] * 3 + ["Linear"] * 2
+    assert hidden[-1].next_layer is convnet.head
+    er = make_method("l2er", convnet, None, preset="imagenet")["er"]
+    assert er.layer_names == convnet.fc_activation_names()
+
+    resnet = IncrementalCIFARResNet18(extra_fc=2)
+    hidden = find_hidden_layers(resnet, resnet.hidden_layer_spec())
+    assert len(hidden) == 8 + 2 and hidden[-1].next_layer is resnet.head
+    er = make_method(
+        "l2er", resnet, None, preset="cifar", hidden_layers=resnet.hidden_layer_spec()
+    )["er"]
+    assert er.layer_names == resnet.fc_activation_names() == ["fc.1", "fc.3"]
+    lop = IncrementalCIFARResNet18(extra_fc=0)
+    assert (
+        find_hidden_layers(lop, lop.hidden_layer_spec())[-1].name == "stages.3.1.relu1"
+    )
+
+
 def test_resnet_keeps_resolution_in_first_stage():
     model = IncrementalCIFARResNet18(extra_fc=0)
     features = model.stages[0](model.stem(torch.rand(1, 3, 32, 32)))

@@ -10,8 +10,10 @@ class ContinualImageNetConvNet(nn.Module):
     """conv5x5(32)-pool-conv3x3(64)-pool-conv3x3(128)-pool-FC128-FC128-classes, ReLU.
 
     On 3x32x32 inputs the flattened features are 2x2x128 = 512. PyTorch's default
-    initialisation, as LoP's code. ``self.features`` holds the conv stack, ``self.fc``
-    the two hidden FC layers (SC applies ER to their outputs), ``self.head`` the output.
+    initialisation, as LoP's code. The whole net is one ``nn.Sequential``
+    (``self.layers``), so :func:`clenv.methods.find_hidden_layers` finds all five
+    hidden layers (the three convs and the two FC layers, SC's ER layers) in order;
+    ``self.head`` is its last module.
 
     Args:
         num_classes: output logits (2 for the binary tasks).
@@ -32,7 +34,7 @@ class ContinualImageNetConvNet(nn.Module):
                 f"image_size={image_size} is too small for three conv+pool stages; "
                 "use >= 22"
             )
-        self.features = nn.Sequential(
+        self.layers = nn.Sequential(
             nn.Conv2d(in_channels, 32, 5),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
@@ -43,14 +45,21 @@ class ContinualImageNetConvNet(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
             nn.Flatten(),
-        )
-        self.fc = nn.Sequential(
             nn.Linear(128 * side * side, 128),
             nn.ReLU(),
             nn.Linear(128, 128),
             nn.ReLU(),
+            nn.Linear(128, num_classes),
         )
-        self.head = nn.Linear(128, num_classes)
+
+    @property
+    def head(self) -> nn.Linear:
+        """The output layer."""
+        return self.layers[-1]
+
+    def fc_activation_names(self) -> list[str]:
+        """Names of the two FC layers' ReLUs (SC's ER layers; cheap to rank)."""
+        return ["layers.11", "layers.13"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fc(self.features(x)))
+        return self.layers(x)

@@ -98,5 +98,31 @@ class IncrementalCIFARResNet18(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
+        """``(layer, activation, next_layer)`` names of the units a method may act on.
+
+        Each block's inner convolution (``conv1 -> relu1 -> conv2``; its output feeds
+        only ``conv2``), then the extra FC layers. The block outputs are left out:
+        they are summed with the skip connection, so a unit there has no outgoing
+        weights of its own. Pass it as ``hidden_layers=`` to
+        :func:`clenv.methods.make_method` (ER's ``last_layers=2`` then picks SC's two
+        FC layers).
+        """
+        spec = []
+        for s, stage in enumerate(self.stages):
+            for b in range(len(stage)):
+                block = f"stages.{s}.{b}"
+                spec.append((f"{block}.conv1", f"{block}.relu1", f"{block}.conv2"))
+        count = len(self.fc) // 2
+        for index in range(count):
+            nxt = f"fc.{2 * index + 2}" if index + 1 < count else "head"
+            spec.append((f"fc.{2 * index}", f"fc.{2 * index + 1}", nxt))
+        return spec
+
+    def fc_activation_names(self) -> list[str]:
+        """The extra FC ReLUs, or the pooled features' last ReLU without them."""
+        names = [f"fc.{2 * i + 1}" for i in range(len(self.fc) // 2)]
+        return names or [f"stages.{len(self.stages) - 1}.1.relu2"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc(self.pool(self.stages(self.stem(x)))))
