@@ -312,6 +312,11 @@ def test_set_task_pins_a_past_task_for_the_stream(data_dir):
     unwrapped.set_task(None)
     _, _, _, _, info = env.step(np.zeros(2, np.int64))
     assert info["task_id"] == 2 and info["task_switch"] and info["task_step"] == 4
+    unwrapped.set_task(1)
+    first, info = env.reset(seed=5)  # a seeded reset restarts the pinned task's stream
+    assert info["task_id"] == 1
+    env.step(np.zeros(2, np.int64))
+    np.testing.assert_array_equal(env.reset(seed=5)[0], first)
 
 
 # -- Permuted MNIST ------------------------------------------------------------------

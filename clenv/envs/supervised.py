@@ -228,8 +228,8 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
             "order": None if self._order is None else self._order.copy(),
             "position": self._position,
             "epoch": self._epoch,
-            "pending_obs": self._pending_obs,
-            "pending_labels": self._pending_labels,
+            "pending_obs": _copy_or_none(self._pending_obs),
+            "pending_labels": _copy_or_none(self._pending_labels),
             "pending_epoch": self._pending_epoch,
         }
         return state
@@ -259,6 +259,8 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         task end, the first batch of the next task).
         """
         super().reset(seed=seed)
+        if seed is not None:  # the stream starts over too, also while a task is pinned
+            self._restart_stream()
         info = self._schedule_reset({}, seed)
         if self._pending_obs is None:
             self._draw_batch()
@@ -291,6 +293,9 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
     # -- the stream --------------------------------------------------------------------
     def _apply_task(self, task: dict[str, Any]) -> None:
         self._load_pool(task)
+        self._restart_stream()
+
+    def _restart_stream(self) -> None:
         # A new task starts its own stream: new shuffle, epoch 0. The labels of the
         # batch on display are kept (the next action is still scored against them).
         self._order = None
@@ -397,6 +402,10 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         self.__dict__.update(state)
         self._load_data()
         self._load_pool(self._task)
+
+
+def _copy_or_none(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else array.copy()
 
 
 def check_positive_int(name: str, value: Any) -> int:
