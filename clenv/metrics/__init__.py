@@ -6,6 +6,21 @@ Definitions, paper names and when to use each: docs/metrics.md.
 from __future__ import annotations
 
 from clenv.metrics.activations import ACTIVATION_TYPES, capture_activations
+from clenv.metrics.bounds import DeadUnitBound, dead_unit_rank_bound
+from clenv.metrics.hessian import (
+    HessianOperator,
+    hessian_eigenvalues,
+    hessian_matrix,
+    hessian_trace,
+    top_eigenvalues,
+)
+from clenv.metrics.kfac import kfac_rank
+from clenv.metrics.lanczos import lanczos, ritz_pairs
+from clenv.metrics.losses import (
+    cross_entropy_loss,
+    sampled_cross_entropy_loss,
+    split_batch,
+)
 from clenv.metrics.rank import (
     approximate_rank,
     effective_rank,
@@ -14,7 +29,13 @@ from clenv.metrics.rank import (
     rank_metrics,
     stable_rank,
 )
-from clenv.metrics.report import representation_metrics
+from clenv.metrics.report import curvature_report, representation_metrics
+from clenv.metrics.spectral import (
+    SpectralDensity,
+    density_from_ritz,
+    epsilon_rank,
+    hessian_spectral_density,
+)
 from clenv.metrics.units import (
     dead_unit_count,
     dead_unit_mask,
@@ -45,4 +66,26 @@ __all__ = [
     "capture_activations",
     "representation_metrics",
     "weight_metrics",
+    # curvature: loss closures and data
+    "cross_entropy_loss",
+    "sampled_cross_entropy_loss",
+    "split_batch",
+    # curvature: Hessian
+    "HessianOperator",
+    "hessian_matrix",
+    "hessian_eigenvalues",
+    "top_eigenvalues",
+    "hessian_trace",
+    # curvature: spectral density
+    "lanczos",
+    "ritz_pairs",
+    "SpectralDensity",
+    "hessian_spectral_density",
+    "density_from_ritz",
+    "epsilon_rank",
+    # curvature: rank estimates
+    "kfac_rank",
+    "DeadUnitBound",
+    "dead_unit_rank_bound",
+    "curvature_report",
 ]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
+from clenv.metrics.activations import ForwardFn
+from clenv.metrics.bounds import dead_unit_rank_bound
+from clenv.metrics.hessian import hessian_trace
+from clenv.metrics.kfac import kfac_rank
+from clenv.metrics.losses import LossFn
 from clenv.metrics.rank import rank_metrics
+from clenv.metrics.spectral import epsilon_rank, hessian_spectral_density
 from clenv.metrics.units import (
     dead_unit_mask,
     dormant_unit_mask,
@@ -78,3 +87,111 @@ def representation_metrics(
         "mean_effective_rank": sum(ranks) / len(ranks),
     }
     return metrics
+
+
+def curvature_report(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Iterable[Any],
+    *,
+    eps: Sequence[float] = (1e-3, 1e-2, 3e-2, 1e-1),
+    order: int = 100,
+    num_probes: int = 1,
+    sigma_squared: float = 1e-5,
+    grid: torch.Tensor | None = None,
+    num_points: int = 10_000,
+    trace_matvecs: int = 30,
+    kfac: bool = True,
+    dead_unit_bound: bool = True,
+    dead_unit_inputs: Any | None = None,
+    forward_fn: ForwardFn | None = None,
+    seed: int | None = 0,
+) -> dict[str, Any]:
+    """Every curvature diagnostic of SC in one call, on the model's device.
+
+    Cost: ``order * num_probes + trace_matvecs`` Hessian-vector products over
+    ``data``, one gradient pass for KFAC, one forward for the bound.
+
+    Args:
+        model: The network.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` batch-mean loss (cross-entropy,
+            a PPO loss, ...). Its gradients also give KFAC's G (see
+            :func:`~clenv.metrics.kfac_rank` for empirical vs sampled Fisher).
+        data: List of batches (SC: 2000 samples of the current task).
+        eps: Thresholds of the epsilon-rank (SC: PMNIST 0.01, ImageNet 0.03-0.1).
+        order, num_probes, sigma_squared, grid, num_points: SLQ settings, see
+            :func:`~clenv.metrics.hessian_spectral_density` (defaults as SC). Pass a
+            fixed ``grid`` to stack densities over tasks.
+        trace_matvecs: Hutch++ budget for the trace (0: skip).
+        kfac: Compute the KFAC rank.
+        dead_unit_bound: Compute the dead-unit rank bound.
+        dead_unit_inputs: Model inputs for the bound (default: the first element of
+            every ``(inputs, targets)`` batch, concatenated).
+        forward_fn: ``forward_fn(model, inputs)`` for the bound's forward pass.
+        seed: Seed of probes and sampled losses; the global RNG is untouched.
+
+    Returns:
+        Floats ``top_eigenvalue`` and ``min_eigenvalue`` (extreme Ritz values of the
+        SLQ run, which converge first), ``trace``, ``epsilon_rank/<eps>`` (share of
+        the density's mass with |lambda| > eps), ``num_parameters``, ``kfac_rank``,
+        ``kfac_rank_max``, ``dead_units``, ``dead_unit_rank_bound``,
+        ``dead_unit_sc_bound``, ``seconds``; float64 numpy arrays
+        ``spectral_density`` and ``spectral_density_grid``, ``ritz_values`` and
+        ``ritz_weights``.
+    """
+    start = time.perf_counter()
+    batches = list(data)
+    density = hessian_spectral_density(
+        model,
+        loss_fn,
+        batches,
+        order=order,
+        num_probes=num_probes,
+        sigma_squared=sigma_squared,
+        grid=grid,
+        num_points=num_points,
+        seed=seed,
+    )
+    report: dict[str, Any] = {
+        "top_eigenvalue": float(density.ritz_values.max()),
+        "min_eigenvalue": float(density.ritz_values.min()),
+        "num_parameters": float(density.num_parameters),
+    }
+    for threshold, share in epsilon_rank(density, list(eps)).items():
+        report[f"epsilon_rank/{threshold:g}"] = share
+    if trace_matvecs:
+        report["trace"] = hessian_trace(
+            model, loss_fn, batches, num_matvecs=trace_matvecs, seed=seed
+        )
+    if kfac:
+        ranks = kfac_rank(model, loss_fn, batches, seed=seed)
+        report["kfac_rank"] = ranks["kfac_rank"]
+        report["kfac_rank_max"] = ranks["kfac_rank_max"]
+    if dead_unit_bound:
+        inputs = (
+            _model_inputs(batches) if dead_unit_inputs is None else dead_unit_inputs
+        )
+        bound = dead_unit_rank_bound(model, inputs, forward_fn)
+        report["dead_units"] = float(bound.dead_units)
+        report["dead_unit_rank_bound"] = float(bound.bound)
+        report["dead_unit_sc_bound"] = float(bound.sc_bound)
+    report |= {
+        "spectral_density": density.density.numpy(),
+        "spectral_density_grid": density.grid.numpy(),
+        "ritz_values": density.ritz_values.numpy(),
+        "ritz_weights": density.ritz_weights.numpy(),
+        "seconds": time.perf_counter() - start,
+    }
+    return report
+
+
+def _model_inputs(batches: list[Any]) -> torch.Tensor:
+    if all(
+        isinstance(b, list | tuple) and isinstance(b[0], torch.Tensor) for b in batches
+    ):
+        return torch.cat([batch[0] for batch in batches])
+    raise ValueError(
+        "curvature_report cannot tell the model inputs from these batches (not "
+        "(inputs, targets) tuples); pass dead_unit_inputs=... (and forward_fn=...) "
+        "or dead_unit_bound=False"
+    )
