@@ -168,6 +168,18 @@ def test_corrupted_download_is_rejected_and_leaves_nothing(
     assert list(directory.iterdir()) == []  # neither the file nor a temporary one
 
 
+def test_download_cifar100_from_a_mirror(http_server, tmp_path, monkeypatch):
+    served, url = http_server
+    arrays = write_cifar100(served, seed=2)
+    md5 = md5sum(served / cifar100.TARBALL.filename)
+    monkeypatch.setattr(cifar100, "TARBALL", FileSpec(cifar100.TARBALL.filename, md5))
+    tarball = data.download("cifar100", tmp_path / "root", mirror=url)
+    assert tarball == tmp_path / "root" / "cifar100" / cifar100.TARBALL.filename
+    np.testing.assert_array_equal(
+        data.load_cifar100("test", tmp_path / "root")[1], arrays["test"][1]
+    )
+
+
 def test_unreachable_download_names_the_url(http_server, tmp_path):
     _, url = http_server
     spec = FileSpec("absent.gz", "0" * 32)
