@@ -443,3 +443,48 @@ def test_scale_parameters_pass_check_env_with_gradual_drift(parameter):
     assert [
         str(w.message) for w in caught if not KNOWN_WARNINGS.search(str(w.message))
     ] == []
+
+
+def test_set_task_pins_a_past_friction_and_unpinning_resumes():
+    env = gym.make("clenv/SlipperyAnt-v0", switch_every=10)
+    env.reset(seed=0)
+    for _ in range(25):
+        env.step(np.zeros(8, np.float32))
+    base = env.unwrapped
+    base.set_task(0)
+    np.testing.assert_array_equal(
+        base.model.geom_friction[:, 0], base.task_params(0)["friction"]
+    )
+    info = env.step(np.zeros(8, np.float32))[4]
+    assert info["task_id"] == 0 and info["task_switch"]
+    for _ in range(20):  # the schedule is frozen while pinned
+        info = env.step(np.zeros(8, np.float32))[4]
+    assert info["task_id"] == 0
+    base.set_task(None)
+    info = env.step(np.zeros(8, np.float32))[4]
+    assert info["task_id"] == 2 and info["task_step"] == 6 and info["task_switch"]
+    assert model_value(env) == base.task_params(2)["friction"]
+
+
+# -- the scripts ----------------------------------------------------------------------
+def test_demo_prints_every_switch_with_info_and_model_friction(capsys):
+    from clenv import demo
+
+    demo.main(["--steps", "250", "--switch-every", "100"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "->" in line]
+    assert [line.split(":")[0].split()[1] for line in lines] == ["100", "200"]
+    env = gym.make("clenv/SlipperyAnt-v0")
+    for k, line in enumerate(lines, start=1):
+        friction = f"{env.unwrapped.task_params(k)['friction']:.4f}"
+        assert f"-> {friction} (info)  {friction} (model" in line
+
+
+def test_env_benchmark_runs_and_compares_identical_trajectories(capsys):
+    from clenv.bench import envs as bench
+
+    ratios = bench.main(
+        ["--block-steps", "30", "--repeats", "2", "--stub-steps", "200"]
+    )
+    out = capsys.readouterr().out
+    assert "bit-identical trajectories: True" in out
+    assert set(ratios) == set(bench.CANDIDATES) and all(r > 0 for r in ratios.values())
