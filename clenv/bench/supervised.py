@@ -15,7 +15,7 @@ Run on the real MNIST::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -117,8 +117,9 @@ def measure(args: Args, batch_size: int, images, labels) -> dict[str, float]:
     return {name: float(np.median(values)) for name, values in rates.items()}
 
 
-def main() -> None:
-    args = tyro.cli(Args)
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Run the benchmark, print a table, and return the figures per batch size."""
+    args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
     gym.register_envs(clenv)
     images, labels = load_mnist("train", args.data_dir)
     print(
@@ -130,6 +131,7 @@ def main() -> None:
         f"{'env (unwrapped)':>16} {'ratio':>6} {'examples/s (env)':>17}"
     )
     print(header)
+    figures: dict[str, float] = {}
     for batch_size in args.batch_sizes:
         rates = measure(args, batch_size, images, labels)
         base = rates["numpy loop"]
@@ -138,7 +140,12 @@ def main() -> None:
             f"{batch_size:>6} {base:>12,.0f} {made:>15,.0f} {made / base:>6.2f} "
             f"{raw:>16,.0f} {raw / base:>6.2f} {made * batch_size:>17,.0f}"
         )
+        figures[f"batch {batch_size}: env steps/s"] = made
+        figures[f"batch {batch_size}: numpy loop steps/s"] = base
+        figures[f"batch {batch_size}: ratio (gym.make)"] = made / base
+        figures[f"batch {batch_size}: ratio (unwrapped)"] = raw / base
     print("target: ratio >= 0.8 at batch 256")
+    return figures
 
 
 if __name__ == "__main__":
