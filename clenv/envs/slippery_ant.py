@@ -22,7 +22,7 @@ class SlipperyAntEnv(PhysicsDriftEnv):
     an episode running at the switch continues on the new surface. Low friction makes
     the gait learnt on a grippy floor useless: the agent must keep learning.
 
-    Built on :class:`~clenv.envs.physics_drift.PhysicsDriftEnv` with
+    Built on `clenv.envs.physics_drift.PhysicsDriftEnv` with
     `base_env_id="Ant-v5"` and `parameter="friction"`.
 
     ## Action Space
