@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         return f"{len(returns)} episodes, mean return {np.mean(returns):.1f}"
 
     def announce(step: int, old: dict, new: dict, returns: list[float]) -> None:
+        if new["task"]["friction"] != model_friction(env):
+            raise RuntimeError("info and the MuJoCo model disagree on the friction")
         print(
             f"step {step:>6}: task {old['task_id']} -> {new['task_id']}  "
             f"friction {old['task']['friction']:.4f} -> {new['task']['friction']:.4f} "
