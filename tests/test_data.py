@@ -353,6 +353,24 @@ def test_flip_crop_rotation_against_closed_forms():
     assert corner[:, :, 0, 0].tolist() == [[1, 2, 3]] * 6
 
 
+def test_fused_augment_equals_flip_then_crop_then_rotation():
+    images = np.random.default_rng(1).integers(0, 256, (16, 3, 12, 12), dtype=np.uint8)
+    for seed in range(4):
+        fused = data.augment(images, np.random.default_rng(seed), 3, 30.0, (1, 2, 3))
+        rng = np.random.default_rng(seed)
+        composed = data.random_rotation(
+            data.random_crop(data.random_horizontal_flip(images, rng), rng, 3),
+            rng,
+            30.0,
+            (1, 2, 3),
+        )
+        np.testing.assert_array_equal(fused, composed)
+    no_op = data.augment(images, np.random.default_rng(0), 0, 0.0)
+    flipped = np.random.default_rng(0).random(16) < 0.5
+    np.testing.assert_array_equal(no_op[~flipped], images[~flipped])
+    np.testing.assert_array_equal(no_op[flipped], images[flipped][..., ::-1])
+
+
 def test_pixel_scaler_matches_formula_and_bounds():
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16).repeat(3, axis=1)
     plain = data.PixelScaler()

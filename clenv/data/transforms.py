@@ -8,7 +8,7 @@ padded by 4 pixels (reflect padding), and a rotation by an angle drawn uniformly
 [0, 15] degrees (nearest neighbour).
 
 :class:`PixelScaler` turns uint8 pixels into float32 values in [0, 1], optionally
-optionally normalised per channel as LoP does.
+normalised per channel as LoP does.
 """
 
 from __future__ import annotations
@@ -40,18 +40,12 @@ def random_crop(
     if padding == 0:
         return images.copy()
     batch, _, height, width = images.shape
-    padded = np.pad(
-        images, ((0, 0), (0, 0), (padding, padding), (padding, padding)), "reflect"
-    )
+    padded = _reflect_pad(images, padding)
     top = rng.integers(0, 2 * padding + 1, batch)
     left = rng.integers(0, 2 * padding + 1, batch)
-    rows = top[:, None] + np.arange(height)
-    cols = left[:, None] + np.arange(width)
-    # Advanced indices around a slice put the broadcast axes first: (B, H, W, C).
-    cropped = padded[
-        np.arange(batch)[:, None, None], :, rows[:, :, None], cols[:, None, :]
-    ]
-    return np.ascontiguousarray(cropped.transpose(0, 3, 1, 2))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (height, width), (2, 3))
+    # windows: (B, C, offsets_y, offsets_x, H, W); pick one offset pair per image.
+    return windows[np.arange(batch), :, top, left]
 
 
 def rotate(
@@ -65,21 +59,8 @@ def rotate(
         fill: value per channel (or one value) for pixels rotated in from outside.
     """
     batch, channels, height, width = images.shape
-    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))[:, None, None]
-    cos, sin = np.cos(theta), np.sin(theta)
-    center_y, center_x = (height - 1) / 2, (width - 1) / 2
-    dy, dx = np.mgrid[0:height, 0:width].astype(np.float64)
-    dy, dx = dy - center_y, dx - center_x
-    # Inverse map: the output pixel at offset (dx, dy) reads the source pixel at the
-    # offset rotated back (image y axis points down).
-    src_x = np.rint(cos * dx - sin * dy + center_x).astype(np.intp)
-    src_y = np.rint(sin * dx + cos * dy + center_y).astype(np.intp)
-    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
-    np.clip(src_x, 0, width - 1, out=src_x)
-    np.clip(src_y, 0, height - 1, out=src_y)
-    rotated = images[np.arange(batch)[:, None, None], :, src_y, src_x]  # (B, H, W, C)
-    rotated[~inside] = np.broadcast_to(np.asarray(fill, np.uint8), (channels,))
-    return np.ascontiguousarray(rotated.transpose(0, 3, 1, 2))
+    src_y, src_x, inside = _rotation_sources(degrees, height, width)
+    return _gather(images, src_y * width + src_x, inside, fill)
 
 
 def random_rotation(
@@ -101,10 +82,72 @@ def augment(
     max_rotation: float = 15.0,
     fill: Sequence[int] | int = 0,
 ) -> np.ndarray:
-    """LoP's training augmentation: flip, padded crop, then rotation."""
-    images = random_horizontal_flip(images, rng)
-    images = random_crop(images, rng, crop_padding)
-    return random_rotation(images, rng, max_rotation, fill)
+    """LoP's training augmentation: flip (p = 0.5), padded crop, then rotation.
+
+    Equal to ``random_rotation(random_crop(random_horizontal_flip(x, rng), rng), rng)``
+    (same random draws, in that order), computed as one gather from the padded batch:
+    each output pixel's source is found by rotating back, shifting by the crop offset
+    and mirroring (reflect padding commutes with a horizontal flip).
+    """
+    batch, _, height, width = images.shape
+    flip = rng.random(batch) < 0.5
+    padded = _reflect_pad(images, crop_padding) if crop_padding else images
+    if crop_padding:
+        top = rng.integers(0, 2 * crop_padding + 1, batch)[:, None, None]
+        left = rng.integers(0, 2 * crop_padding + 1, batch)[:, None, None]
+    else:
+        top = left = np.zeros((batch, 1, 1), np.intp)
+    degrees = rng.uniform(0.0, max_rotation, batch) if max_rotation else np.zeros(batch)
+    src_y, src_x, inside = _rotation_sources(degrees, height, width)
+    padded_width = padded.shape[3]
+    src_x = src_x + left
+    src_x = np.where(flip[:, None, None], padded_width - 1 - src_x, src_x)
+    return _gather(padded, (src_y + top) * padded_width + src_x, inside, fill)
+
+
+def _reflect_pad(images: np.ndarray, padding: int) -> np.ndarray:
+    width = ((0, 0), (0, 0), (padding, padding), (padding, padding))
+    return np.pad(images, width, "reflect")
+
+
+def _rotation_sources(
+    degrees: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output pixel, the (clipped) source row and column of a counter-clockwise
+    rotation, and whether that source lies inside the image. Shapes ``(B, H, W)``."""
+    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))[:, None, None]
+    cos, sin = np.cos(theta), np.sin(theta)
+    center_y, center_x = (height - 1) / 2, (width - 1) / 2
+    dy, dx = np.mgrid[0:height, 0:width].astype(np.float64)
+    dy, dx = dy - center_y, dx - center_x
+    # Inverse map: the output pixel at offset (dx, dy) reads the source pixel at the
+    # offset rotated back (image y axis points down).
+    src_x = np.rint(cos * dx - sin * dy + center_x).astype(np.intp)
+    src_y = np.rint(sin * dx + cos * dy + center_y).astype(np.intp)
+    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+    np.clip(src_x, 0, width - 1, out=src_x)
+    np.clip(src_y, 0, height - 1, out=src_y)
+    return src_y, src_x, inside
+
+
+def _gather(
+    images: np.ndarray,
+    flat_index: np.ndarray,
+    inside: np.ndarray,
+    fill: Sequence[int] | int,
+) -> np.ndarray:
+    """Output ``(B, C, H, W)``: pixel (b, c, i, j) = ``images[b, c].flat[flat_index[b,
+    i, j]]`` where ``inside``, else ``fill[c]``."""
+    batch, channels = images.shape[:2]
+    height, width = flat_index.shape[1:]
+    # One flat gather (np.take_along_axis is several times slower here).
+    plane = images[0, 0].size
+    offsets = (np.arange(batch * channels) * plane).reshape(batch, channels, 1)
+    index = offsets + flat_index.reshape(batch, 1, -1)
+    out = np.take(np.ascontiguousarray(images).reshape(-1), index)
+    fill_values = np.broadcast_to(np.asarray(fill, np.uint8), (channels,))
+    out = np.where(inside.reshape(batch, 1, -1), out, fill_values[None, :, None])
+    return out.reshape(batch, channels, height, width)
 
 
 class PixelScaler:
