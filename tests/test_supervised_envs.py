@@ -319,6 +319,20 @@ def test_set_task_pins_a_past_task_for_the_stream(data_dir):
     np.testing.assert_array_equal(env.reset(seed=5)[0], first)
 
 
+def test_stable_baselines3_sees_one_episode_per_task(data_dir):
+    sb3 = pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make("clenv/PermutedMNIST-v0", examples_per_task=64)
+    sb3_check_env(env)
+    model = sb3.PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0)
+    model.learn(256)
+    episodes = list(model.ep_info_buffer)
+    # SB3's Monitor sees 64-step episodes (tasks); the return is the number correct.
+    assert len(episodes) >= 3 and {e["l"] for e in episodes} == {64}
+    assert all(0 <= e["r"] <= 64 and float(e["r"]).is_integer() for e in episodes)
+
+
 # -- Permuted MNIST ------------------------------------------------------------------
 def test_permuted_mnist_tasks_permute_the_same_images(data_dir):
     env = gym.make("clenv/PermutedMNIST-v0", examples_per_task=MNIST_TRAIN, num_tasks=3)
