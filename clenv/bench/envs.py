@@ -109,8 +109,7 @@ def layer_microseconds(steps: int = 20_000) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Run the benchmark, print a table; return the ratios to Ant-v5 (paired for the
-    layer row)."""
+    """Run the benchmark, print a table, and return its figures by name."""
     parser = argparse.ArgumentParser(
         prog="python -m clenv.bench.envs",
         description=__doc__,
@@ -184,8 +183,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     for env in envs.values():
         env.close()
-    ratios[LAYER_ONLY] = paired_ratio
-    return ratios
+    return {
+        "layer_ratio_paired": paired_ratio,
+        "layer_ratio_steps_per_second": ratios[LAYER_ONLY],
+        "layer_us_per_step_paired": paired_us,
+        "layer_us_per_step_stubbed": stub_us,
+        "ant_v5_us_per_step": ant_us,
+        "default_slippery_ant_ratio": ratios["clenv/SlipperyAnt-v0 (defaults)"],
+    }
 
 
 if __name__ == "__main__":
