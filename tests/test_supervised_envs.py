@@ -145,8 +145,10 @@ def test_task_switch_truncates_at_task_end(data_dir, env_id):
 def test_pickle_keeps_state_but_not_the_dataset(data_dir, env_id):
     env = make(env_id)
     rollout(env, 7)
+    held_out = env.unwrapped.task_data(0, "test")  # loads the test split too
     blob = pickle.dumps(env)
     clone = pickle.loads(blob)
+    assert_same(clone.unwrapped.task_data(0, "test"), held_out)
     action = np.ones(3, np.int64)
     assert_same(clone.step(action), env.step(action))
     # The dataset is reloaded on unpickling, not pickled: none of its bytes are there.

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from clenv.data.cache import shared_arrays
+from clenv.data.cache import SharedArrays, shared_arrays
 from clenv.data.cifar100 import NUM_CLASSES, load_cifar100
 from clenv.data.files import data_root
 from clenv.data.transforms import CIFAR100_MEAN, CIFAR100_STD, PixelScaler
@@ -107,7 +107,7 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
     * v0: initial version.
     """
 
-    _DATA_ATTRS = ("_train",)
+    _DATA_ATTRS = ("_train", "_test")
 
     def __init__(
         self,
@@ -193,6 +193,7 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
 
         key = ("cifar100", "train", str(root.resolve()), train_per_class)
         self._train = shared_arrays(key, load)
+        self._test: SharedArrays | None = None  # loaded on first use
 
     def _make_task(self, task_id: int, rng: np.random.Generator) -> dict[str, Any]:
         per_task = self._classes_per_task
@@ -220,10 +221,13 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         self, task_id: int, task: dict[str, Any], split: str
     ) -> tuple[np.ndarray, np.ndarray]:
         if split == "test":
-            images, labels = shared_arrays(
-                ("cifar100", "test", str(self._root.resolve())),
-                lambda: load_cifar100("test", self._root, self._download),
-            ).arrays
+            if self._test is None:
+                root, download = self._root, self._download
+                self._test = shared_arrays(
+                    ("cifar100", "test", str(root.resolve())),
+                    lambda: load_cifar100("test", root, download),
+                )
+            images, labels = self._test.arrays
             index = self._members(labels, np.arange(len(labels)), task)
         else:
             images, labels, train, validation = self._train.arrays

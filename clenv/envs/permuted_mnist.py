@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from clenv.data.cache import shared_arrays
+from clenv.data.cache import SharedArrays, shared_arrays
 from clenv.data.files import data_root
 from clenv.data.mnist import load_mnist
 from clenv.data.transforms import PixelScaler
@@ -103,7 +103,7 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
     * v0: initial version.
     """
 
-    _DATA_ATTRS = ("_train",)
+    _DATA_ATTRS = ("_train", "_held_out")
 
     def __init__(
         self,
@@ -147,8 +147,9 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
 
     def _load_data(self) -> None:
         self._train = self._mnist("train")
+        self._held_out: dict[str, SharedArrays] = {"train": self._train}
 
-    def _mnist(self, split: str):
+    def _mnist(self, split: str) -> SharedArrays:
         root, download = self._root, self._download
         return shared_arrays(
             ("mnist", split, str(root.resolve())),
@@ -170,7 +171,9 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
     def _task_eval_data(
         self, task_id: int, task: dict[str, Any], split: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        return self._mnist(split).arrays
+        if split not in self._held_out:  # loaded once, on first use
+            self._held_out[split] = self._mnist(split)
+        return self._held_out[split].arrays
 
     def _transform(
         self, inputs: np.ndarray, task: dict[str, Any], train: bool
