@@ -417,6 +417,25 @@ def test_permuted_mnist_on_the_real_mnist():
     assert 0.05 < np.mean(rewards) < 0.15  # always predicting 0: ~ its frequency
 
 
+@pytest.mark.skipif(
+    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in ../shared/data"
+)
+def test_real_permuted_mnist_task_shows_every_image_once():
+    env = gym.make("clenv/PermutedMNIST-v0", batch_size=1000, data_dir=REAL_DATA_DIR)
+    obs, info = env.reset(seed=0)
+    projection = np.random.default_rng(0).standard_normal(784)
+    shown, labels = [], []
+    for _ in range(60):
+        shown.append(obs @ projection)
+        obs, _, _, truncated, info = env.step(np.zeros(1000, np.int64))
+        labels.append(info["label"])
+    assert truncated and info["task_id"] == 1
+    x, y = env.unwrapped.task_data(0, "train")
+    # The task's 60 batches hold each permuted training image exactly once.
+    np.testing.assert_allclose(np.sort(np.concatenate(shown)), np.sort(x @ projection))
+    assert np.bincount(np.concatenate(labels)).tolist() == np.bincount(y).tolist()
+
+
 # -- Continual ImageNet --------------------------------------------------------------
 def test_imagenet_pairs_follow_the_class_order(data_dir):
     env = make("clenv/ContinualImageNet-v0", num_tasks=6)
