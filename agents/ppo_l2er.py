@@ -174,6 +174,8 @@ class Args:
     end); 0: never"""
     curvature_order: int = 100
     """Lanczos iterations of the spectral density (SC: 100)"""
+    curvature_trace_matvecs: int = 30
+    """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
     curvature_samples: int = 2048
     """rollout samples the Hessian is taken over (SC: 2000; default the whole rollout)"""
     curvature_epsilons: tuple[float, ...] = (0.01, 0.03, 0.1)
@@ -229,6 +231,14 @@ def resolve_args(args: Args) -> Args:
         raise ValueError(
             f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
         )
+    if args.curvature_every_tasks:
+        if args.curvature_order < 2 or args.curvature_samples < 2:
+            raise ValueError("--curvature-order and --curvature-samples must be >= 2")
+        if 0 < args.curvature_trace_matvecs < 3:
+            raise ValueError(
+                "--curvature-trace-matvecs must be 0 (no trace) or >= 3 (Hutch++ "
+                f"splits it in three), got {args.curvature_trace_matvecs}"
+            )
     args.batch_size = int(args.num_envs * args.num_steps)
     if args.batch_size % args.num_minibatches:
         raise ValueError(
@@ -429,6 +439,7 @@ def curvature_metrics(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
         data,
         eps=args.curvature_epsilons,
         order=args.curvature_order,
+        trace_matvecs=args.curvature_trace_matvecs,
         dead_unit_inputs=data[0]["obs"],
         forward_fn=actor_and_critic,
         seed=args.seed,
@@ -461,23 +472,32 @@ class TaskTracker:
         self.returns = list(state["returns"])
 
 
+def resume_args(args: Args) -> Args:
+    """For ``--resume``: the run's saved arguments (an explicit --total-timesteps wins)."""
+    saved = RunLogger.load_args(args.resume)
+    known = {f.name for f in dataclasses.fields(Args)}
+    resumed = Args(**{key: value for key, value in saved.items() if key in known})
+    for key in ("adam_betas", "hidden_sizes", "curvature_epsilons"):
+        if getattr(resumed, key) is not None:
+            setattr(resumed, key, tuple(getattr(resumed, key)))
+    resumed.resume = args.resume
+    if "--total-timesteps" in sys.argv:
+        resumed.total_timesteps = args.total_timesteps
+    return resumed
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    try:
+        if args.resume is not None:
+            args = resume_args(args)
+        args = resolve_args(args)
+        split_name(args.reg)
+        env_kwargs, continual = env_kwargs_for(args)
+        method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
     resume_dir = args.resume
-    if resume_dir is not None:
-        saved = RunLogger.load_args(resume_dir)
-        known = {f.name for f in dataclasses.fields(Args)}
-        extend_to = args.total_timesteps if "--total-timesteps" in sys.argv else None
-        args = Args(**{key: value for key, value in saved.items() if key in known})
-        for key in ("adam_betas", "hidden_sizes", "curvature_epsilons"):
-            if getattr(args, key) is not None:
-                setattr(args, key, tuple(getattr(args, key)))
-        args.resume = resume_dir
-        if extend_to is not None:
-            args.total_timesteps = extend_to
-    args = resolve_args(args)
-    env_kwargs, continual = env_kwargs_for(args)
-    method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -508,13 +528,16 @@ if __name__ == "__main__":
         betas=args.adam_betas,
         eps=args.adam_eps,
     )
-    method = make_method(
-        args.reg,
-        agent,
-        optimizer,
-        preset=args.method_preset,
-        **method_overrides(args.reg, method_kwargs),
-    )
+    try:
+        method = make_method(
+            args.reg,
+            agent,
+            optimizer,
+            preset=args.method_preset,
+            **method_overrides(args.reg, method_kwargs),
+        )
+    except ValueError as error:
+        sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
 
     # ALGO Logic: Storage setup
     obs = torch.zeros(

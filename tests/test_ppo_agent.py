@@ -1,0 +1,347 @@
+"""agents/ppo_l2er.py: smoke runs per --reg, SIGKILL + resume, logged series, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from clenv.logger import list_series, read_series
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT = ROOT / "agents" / "ppo_l2er.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+REGS = ["bp", "l2", "er", "l2er", "cbp", "snp", "redo", "cbp+l2"]
+
+# Tiny but complete: 2 updates, every hook and metric runs.
+SMOKE = [
+    "--env-id", "Pendulum-v1", "--total-timesteps", "256", "--num-steps", "128",
+    "--num-minibatches", "2", "--update-epochs", "2", "--hidden-sizes", "16", "16",
+    "--plasticity-every", "1", "--curvature-every-tasks", "0", "--no-progress",
+]  # fmt: skip
+# Slippery Ant with friction switches every 300 steps, exactly (4 tasks in 1024 steps,
+# with rollouts of 128 wholly in each), checkpoints every 512 steps and every metric at a cheap setting.
+ANT = [
+    "--total-timesteps", "1024", "--num-steps", "128", "--num-minibatches", "4",
+    "--update-epochs", "2", "--hidden-sizes", "16", "16",
+    "--env-kwargs", "switch_every=300", "switch_at=step", "--checkpoint-every", "512",
+    "--plasticity-every", "2", "--curvature-order", "5",
+    "--curvature-trace-matvecs", "3", "--curvature-samples", "64",
+    "--reg", "l2er", "--no-progress",
+]  # fmt: skip
+
+
+def load_agent_module():
+    spec = importlib.util.spec_from_file_location("ppo_l2er", AGENT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_agent(args, **kwargs):
+    return subprocess.run(
+        [sys.executable, str(AGENT), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+def only_run(runs_dir: Path) -> Path:
+    (run_dir,) = runs_dir.iterdir()
+    return run_dir
+
+
+# -- smoke runs: one subprocess runs the agent once per --reg ------------------------
+SMOKE_DRIVER = textwrap.dedent(
+    """
+    import json, runpy, sys, traceback
+    agent, runs, common, regs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]
+    results = {}
+    for reg in regs:
+        sys.argv = [agent, *common, "--reg", reg, "--runs-dir", f"{runs}/{reg}"]
+        try:
+            runpy.run_path(agent, run_name="__main__")
+            results[reg] = "ok"
+        except BaseException:
+            results[reg] = traceback.format_exc()
+    print("RESULTS" + json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("smoke")
+    done = subprocess.run(
+        [sys.executable, "-c", SMOKE_DRIVER, str(AGENT), str(runs), json.dumps(SMOKE)]
+        + REGS,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULTS")]
+    assert lines, done.stdout[-3000:] + done.stderr[-3000:]
+    return runs, json.loads(lines[0][len("RESULTS") :])
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_smoke_run_per_reg(smoke_runs, reg):
+    runs, results = smoke_runs
+    assert results[reg] == "ok", results[reg]
+    run_dir = only_run(runs / reg)
+    metrics = run_dir / "metrics.h5"
+    with h5py.File(metrics, "r") as f:
+        assert f.attrs["reg"] == reg and f.attrs["agent"] == "ppo"
+        tags = list_series(f)
+    assert read_series(metrics, "losses/value_loss")["step"].tolist() == [128, 256]
+    assert np.isfinite(read_series(metrics, "losses/policy_loss")["value"]).all()
+    assert "plasticity/actor/layer0/effective_rank" in tags
+    assert "plasticity/critic/layer1/dead_units" in tags
+    assert "cl/task_id" in tags and "cl/friction" not in tags  # not a clenv env
+    assert (run_dir / "checkpoints" / "ckpt_000000000256.pt").exists()
+    assert json.loads((run_dir / "args.json").read_text())["reg"] == reg
+
+
+# -- SIGKILL and resume on Slippery Ant ----------------------------------------------
+@pytest.fixture(scope="module")
+def ant_runs(tmp_path_factory):
+    """An uninterrupted run, and the same run SIGKILLed after a checkpoint, resumed."""
+    base = tmp_path_factory.mktemp("ant")
+    # Both runs at once (two cores); the first is left alone, the second killed.
+    whole = subprocess.Popen(
+        [sys.executable, str(AGENT), *ANT, "--runs-dir", str(base / "whole")],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed_dir = base / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(AGENT), *ANT, "--runs-dir", str(killed_dir)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not list(killed_dir.glob("*/checkpoints/ckpt_000000000512.pt")):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.5)  # let it log past the checkpoint: resume must drop that
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    run_dir = only_run(killed_dir)
+    assert not (run_dir / "checkpoints" / "ckpt_000000001024.pt").exists()
+    resumed = run_agent(["--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    assert "resumed" in resumed.stdout
+    return only_run(base / "whole"), run_dir
+
+
+def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(ant_runs):
+    whole, resumed = ant_runs
+    with h5py.File(whole / "metrics.h5", "r") as f:
+        tags = list_series(f)
+    with h5py.File(resumed / "metrics.h5", "r") as f:
+        assert list_series(f) == tags
+    timing = ("charts/SPS", "/seconds")
+    for tag in tags:
+        a = read_series(whole / "metrics.h5", tag)
+        b = read_series(resumed / "metrics.h5", tag)
+        # Same final step, no gap, no duplicate: identical step and task columns.
+        np.testing.assert_array_equal(a["step"], b["step"], err_msg=tag)
+        np.testing.assert_array_equal(a["task_id"], b["task_id"], err_msg=tag)
+        if not any(t in tag for t in timing):
+            np.testing.assert_array_equal(a["value"], b["value"], err_msg=tag)
+    assert read_series(resumed / "metrics.h5", "losses/value_loss")["step"][-1] == 1024
+
+
+def tensorboard(run_dir: Path) -> EventAccumulator:
+    guidance = {"scalars": 0, "histograms": 0, "tensors": 0}
+    accumulator = EventAccumulator(str(run_dir), size_guidance=guidance)
+    accumulator.Reload()
+    return accumulator
+
+
+def test_resumed_tensorboard_log_has_no_gap_or_duplicate(ant_runs):
+    whole, resumed = ant_runs
+    a, b = tensorboard(whole), tensorboard(resumed)
+    for tag in ("losses/value_loss", "charts/episodic_return", "cl/friction"):
+        steps_a = [e.step for e in a.Scalars(tag)]
+        steps_b = [e.step for e in b.Scalars(tag)]
+        assert steps_b == steps_a, tag
+    values_a = [e.value for e in a.Scalars("charts/episodic_return")]
+    assert [e.value for e in b.Scalars("charts/episodic_return")] == values_a
+
+
+def test_series_are_in_both_event_files_and_hdf5(ant_runs):
+    whole, _ = ant_runs
+    events = tensorboard(whole)
+    scalars = set(events.Tags()["scalars"])
+    histograms = set(events.Tags()["histograms"])
+    metrics = whole / "metrics.h5"
+    expected_scalars = [
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "charts/SPS",
+        "losses/value_loss",
+        "losses/policy_loss",
+        "cl/task_id",
+        "cl/friction",
+        "cl/mean_return_per_task",
+        "plasticity/actor/layer0/effective_rank",
+        "plasticity/critic/layer1/dead_units",
+        "plasticity/actor/dormant_units",
+        "plasticity/critic/weight_magnitude",
+        "curvature/task_start/top_eigenvalue",
+        "curvature/task_start/trace",
+        "curvature/task_start/epsilon_rank/0.01",
+        "curvature/task_end/top_eigenvalue",
+    ]
+    for tag in expected_scalars:
+        assert tag in scalars, tag
+        series = read_series(metrics, tag)
+        tb = events.Scalars(tag)
+        assert [e.step for e in tb] == series["step"].tolist(), tag
+        np.testing.assert_allclose(
+            [e.value for e in tb], series["value"], rtol=1e-6, err_msg=tag
+        )
+    for tag in (
+        "curvature/task_start/spectral_density",
+        "curvature/task_end/ritz_values",
+    ):
+        assert tag in histograms
+    density = read_series(metrics, "curvature/task_start/spectral_density")
+    assert density["value"].shape == (len(density["step"]), len(density["grid"]))
+
+
+def test_task_bookkeeping_follows_the_env(ant_runs):
+    whole, _ = ant_runs
+    metrics = whole / "metrics.h5"
+    task_ids = read_series(metrics, "cl/task_id")["value"]
+    steps = read_series(metrics, "cl/task_id")["step"]
+    np.testing.assert_array_equal(task_ids, steps // 300)  # exactly every 300 steps
+    tasks = read_series(metrics, "cl/friction")["task_id"]
+    np.testing.assert_array_equal(tasks, steps // 300)
+    per_task = read_series(metrics, "cl/mean_return_per_task")
+    assert np.all(np.diff(per_task["task_id"]) > 0)  # once per finished task
+    friction = read_series(metrics, "cl/friction")
+    assert np.all((friction["value"] >= 0.02) & (friction["value"] <= 2.0))
+    # Each episode's return is stamped with the task it was played in.
+    returns = read_series(metrics, "charts/episodic_return")
+    assert set(returns["task_id"]) <= set(task_ids.astype(int))
+    starts = read_series(metrics, "curvature/task_start/top_eigenvalue")
+    # Task start: the first rollout wholly in the task; task end: at the switch.
+    # (task 3 begins at step 900, inside the last rollout 896..1024: no whole rollout)
+    assert starts["task_id"].tolist() == [0, 1, 2]
+    assert starts["step"].tolist() == [128, 512, 768]
+    ends = read_series(metrics, "curvature/task_end/top_eigenvalue")
+    assert ends["task_id"].tolist() == [0, 1, 2] and ends["step"].tolist() == [
+        300,
+        600,
+        900,
+    ]
+
+
+# -- arguments ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def agent_module():
+    return load_agent_module()
+
+
+def test_env_kwargs_are_parsed_as_literals(agent_module):
+    parsed = agent_module.parse_kwargs(
+        ["switch_every=5000", "switch_at=step", "value_range=(0.1, 1.0)"],
+        "--env-kwargs",
+    )
+    assert parsed == {
+        "switch_every": 5000,
+        "switch_at": "step",
+        "value_range": (0.1, 1.0),
+    }
+    with pytest.raises(ValueError, match="key=value"):
+        agent_module.parse_kwargs(["switch_every"], "--env-kwargs")
+
+
+def test_bad_env_arguments_raise_clear_errors(agent_module):
+    args = agent_module.resolve_args(agent_module.Args(env_kwargs=["not_a_kwarg=1"]))
+    with pytest.raises(ValueError, match="not_a_kwarg"):
+        agent_module.env_kwargs_for(args)
+    args = agent_module.resolve_args(agent_module.Args(env_id="CartPole-v1"))
+    with pytest.raises(ValueError, match="continuous"):
+        agent_module.env_kwargs_for(args)
+    args = agent_module.resolve_args(agent_module.Args(env_id="NoSuchEnv-v0"))
+    with pytest.raises(ValueError, match="NoSuchEnv"):
+        agent_module.env_kwargs_for(args)
+
+
+def test_protocol_defaults_and_validation(agent_module):
+    lop = agent_module.resolve_args(agent_module.Args())
+    assert (lop.num_minibatches, lop.minibatch_size, lop.ent_coef) == (16, 128, 0.0)
+    assert lop.hidden_sizes == (256, 256) and lop.total_timesteps == 20_000_000
+    sc = agent_module.resolve_args(agent_module.Args(protocol="sc"))
+    assert (sc.num_minibatches, sc.minibatch_size, sc.ent_coef) == (128, 16, 0.01)
+    assert sc.hidden_sizes == (256,) and sc.total_timesteps == 10_000_000
+    explicit = agent_module.resolve_args(agent_module.Args(protocol="sc", ent_coef=0.0))
+    assert explicit.ent_coef == 0.0
+    with pytest.raises(ValueError, match="divisible"):
+        agent_module.resolve_args(agent_module.Args(num_minibatches=3))
+    with pytest.raises(ValueError, match="trace"):
+        agent_module.resolve_args(agent_module.Args(curvature_trace_matvecs=2))
+    with pytest.raises(ValueError, match="num-steps"):
+        agent_module.resolve_args(agent_module.Args(num_steps=0))
+
+
+def test_unknown_reg_is_a_clear_error(tmp_path):
+    done = run_agent([*SMOKE, "--reg", "nope", "--runs-dir", str(tmp_path)])
+    assert done.returncode != 0
+    assert "error: unknown method 'nope'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir()), "no run directory for a run that never started"
+
+
+def test_resume_of_a_missing_directory_is_a_clear_error(agent_module, tmp_path):
+    with pytest.raises(FileNotFoundError, match="args.json"):
+        agent_module.resume_args(agent_module.Args(resume=str(tmp_path / "absent")))
+
+
+# -- spectral density storage ---------------------------------------------------------
+def test_rebinned_density_keeps_mass_and_narrow_peaks(agent_module):
+    fine = np.linspace(-50.0, 50.0, 200_001)
+    # Mass 0.7 in a broad bump at 0, 0.3 in a narrow spike at 12.34 (between points
+    # of the coarse grid, which interpolation would miss).
+    density = 0.7 * np.exp(-(fine**2) / 2) / np.sqrt(2 * np.pi)
+    density += 0.3 * np.exp(-((fine - 12.34) ** 2) / (2 * 1e-4)) / np.sqrt(2e-4 * np.pi)
+    grid = agent_module.log_spaced_grid(1e-3, 1e3, 20)
+    rebinned = agent_module.rebin_density(fine, density, grid)
+    widths = np.diff(
+        np.concatenate([[grid[0]], (grid[1:] + grid[:-1]) / 2, [grid[-1]]])
+    )
+    mass = rebinned * widths
+    assert mass.sum() == pytest.approx(1.0, abs=1e-6)
+    assert mass[np.abs(grid - 12.34) < 1.0].sum() == pytest.approx(0.3, abs=1e-3)
+    # The cells of the points in [-1, 1] reach to the midpoint after 1.
+    edge = (1.0 + grid[grid > 1.0][0]) / 2
+    inner = 0.7 * math.erf(edge / math.sqrt(2))
+    assert mass[np.abs(grid) <= 1.0].sum() == pytest.approx(inner, abs=1e-4)
+    assert np.all(np.diff(grid) > 0) and grid[0] == -1e3 and 0.0 in grid
