@@ -163,17 +163,38 @@ def test_compose_calls_hooks_in_list_order_and_checks_state():
         (torch.optim.Adam, {"lr": 0.01, "betas": (0.99, 0.99)}),
     ],
 )
-def test_l2_step_equals_the_optimizers_coupled_weight_decay(optimizer_cls, kwargs):
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_l2_step_equals_the_optimizers_coupled_weight_decay(
+    optimizer_cls, kwargs, in_backward
+):
     x, y = batch()
     ours, reference = mlp(), mlp()
     opt = optimizer_cls(ours.parameters(), **kwargs)
     ref_opt = optimizer_cls(reference.parameters(), weight_decay=0.05, **kwargs)
-    method = L2(ours, opt, weight_decay=0.05)
+    method = L2(ours, opt, weight_decay=0.05, in_backward=in_backward)
     for _ in range(3):
         train_step(ours, opt, method, x, y)
         train_step(reference, ref_opt, PlasticityMethod(), x, y)
     for p, q in zip(ours.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-14)
+
+
+def test_l2_in_backward_adds_at_every_backward_and_can_be_removed():
+    model = mlp()
+    method = L2(model, weight_decay=0.3, in_backward=True)
+    x, y = batch()
+    nn.functional.cross_entropy(model(x), y).backward()
+    task = [p.grad.clone() for p in model.parameters()]
+    method.after_backward()  # a no-op: the term is already in .grad
+    plain = mlp()
+    nn.functional.cross_entropy(plain(x), y).backward()
+    for p, q, g in zip(model.parameters(), plain.parameters(), task, strict=True):
+        torch.testing.assert_close(g, q.grad + 0.3 * p)
+    method.remove()
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
 
 
 def test_l2_adds_lambda_theta_to_every_gradient_biases_included():

@@ -140,9 +140,13 @@ class EffectiveRankAscent(PlasticityMethod):
 
     def objective(self, inputs: Any) -> torch.Tensor:
         """mean_l erank(H_l) on ``inputs`` (differentiable)."""
-        ranks = [
-            effective_rank(f.reshape(f.shape[0], -1)) for f in self.features(inputs)
-        ]
+        ranks = []
+        for feature in self.features(inputs):
+            matrix = feature.reshape(feature.shape[0], -1)
+            # H and H^T have the same singular values; LAPACK is ~3x faster on the
+            # tall one (the buffer usually holds fewer samples than units).
+            tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.mT
+            ranks.append(effective_rank(tall))
         return torch.stack(ranks).mean()
 
     def ascend(self, inputs: Any) -> torch.Tensor:

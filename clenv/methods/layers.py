@@ -28,30 +28,13 @@ import torch
 from torch import nn
 
 from clenv.metrics.activations import ACTIVATION_TYPES
+from clenv.metrics.bounds import WEIGHT_LAYER_TYPES, ZERO_PRESERVING
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+WEIGHT_LAYERS = WEIGHT_LAYER_TYPES
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 # Modules that may sit between an activation and the next weight layer without
 # mixing units (a unit/channel stays a unit/channel).
-PASS_THROUGH = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.Flatten,
-    nn.Identity,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-)
+PASS_THROUGH = ZERO_PRESERVING
 
 
 def default_forward(model: nn.Module, inputs: Any) -> Any:

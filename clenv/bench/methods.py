@@ -1,0 +1,218 @@
+"""Cost of each plasticity method per training step, relative to plain backprop.
+
+Run ``python -m clenv.bench.methods`` (``--help`` for options). The network is SC's
+Permuted-MNIST MLP (784-1000-1000-1000-10, ReLU, Kaiming-uniform, zero bias) trained
+with SGD (lr 0.01) and cross-entropy on random inputs in [0, 1], at batch 1 (the
+papers' online setting) and batch 100. Every method gets its own copy of the network
+and optimizer; one *round* times a block of ``--block-steps`` steps of every method,
+in a rotating order, in one process, so machine load hits all of them alike. A
+method's ratio is its block time over BP's block time in the same round; the table
+reports the median over rounds. A block is a multiple of ER's interval U, so ER's
+ascent (every U steps, on the last U minibatches) is counted at its real rate.
+Times are the process's CPU time (``time.process_time``), not wall time: on a shared,
+oversubscribed machine the wall clock mostly measures waiting for a core.
+
+A step is: forward, loss, ``zero_grad``, backward, ``method.after_backward()``,
+``optimizer.step()``, ``method.after_step(x)``. Batch 1 runs with one torch thread
+(two were ~3x slower on this machine). Target: L2-ER <= 1.25x BP at U = 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from clenv.methods import make_method, split_name
+
+TARGET = ("l2er", 1.25)
+DEFAULT_METHODS = (
+    "bp",
+    "l2",
+    "l2:in_backward",
+    "er",
+    "l2er",
+    "l2er:in_backward",
+    "cbp",
+    "cbp+l2",
+    "snp",
+    "redo",
+)
+
+
+def pmnist_mlp(width: int = 1000, depth: int = 3, seed: int = 0) -> nn.Sequential:
+    """SC's Permuted-MNIST MLP: 784-width x depth-10, ReLU, Kaiming-uniform, zero bias."""
+    torch.manual_seed(seed)
+    widths = [784] + [width] * depth + [10]
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        linear = nn.Linear(widths[i], widths[i + 1])
+        nn.init.kaiming_uniform_(linear.weight, nonlinearity="relu")
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Trainer:
+    """One method with its own network and SGD optimizer.
+
+    Args:
+        name: a ``--reg`` name, optionally ``:in_backward`` (L2 added inside
+            ``backward()``, see :class:`clenv.methods.L2`).
+        width: hidden width.
+        lr: SGD learning rate.
+        interval: ER's U.
+    """
+
+    def __init__(self, name: str, width: int, lr: float, interval: int):
+        self.name = name
+        reg, _, variant = name.partition(":")
+        self.model = pmnist_mlp(width)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
+        overrides = {"er__interval": interval} if "er" in split_name(reg) else {}
+        if variant == "in_backward":
+            overrides["l2__in_backward"] = True
+        elif variant:
+            raise ValueError(
+                f"unknown variant {variant!r} in {name!r}; known: in_backward"
+            )
+        self.method = make_method(
+            reg, self.model, self.optimizer, preset="pmnist", **overrides
+        )
+
+    def run(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+        """CPU seconds for one step per minibatch in ``inputs`` (steps, batch, 784)."""
+        model, optimizer, method = self.model, self.optimizer, self.method
+        start = time.process_time()
+        for x, y in zip(inputs, labels, strict=True):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            method.after_backward()
+            optimizer.step()
+            method.after_step(x)
+        return time.process_time() - start
+
+
+def time_methods(
+    names: list[str],
+    batch_size: int,
+    block_steps: int,
+    rounds: int,
+    width: int,
+    interval: int,
+    lr: float = 0.01,
+) -> dict[str, dict[str, float]]:
+    """Median seconds per step and median ratio to BP of each method.
+
+    Args:
+        names: ``--reg`` names; ``"bp"`` is added when missing (the reference).
+        batch_size: minibatch size.
+        block_steps: steps per timed block (a multiple of ``interval``).
+        rounds: timed rounds (one ratio each), after one warm-up round.
+        width: hidden width.
+        interval: ER's U.
+        lr: SGD learning rate.
+    """
+    names = ["bp"] + [n for n in names if n != "bp"]
+    trainers = [Trainer(name, width, lr, interval) for name in names]
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.rand(block_steps, batch_size, 784, generator=g)
+    labels = torch.randint(10, (block_steps, batch_size), generator=g)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds + 1):
+        shift = round_index % len(trainers)
+        for trainer in trainers[shift:] + trainers[:shift]:
+            elapsed = trainer.run(inputs, labels)
+            if round_index:  # round 0 warms up
+                seconds[trainer.name].append(elapsed)
+    results = {}
+    for name in names:
+        ratios = [a / b for a, b in zip(seconds[name], seconds["bp"], strict=True)]
+        results[name] = {
+            "ms_per_step": 1e3 * statistics.median(seconds[name]) / block_steps,
+            "ratio": statistics.median(ratios),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]]:
+    """Run the benchmark, print one table, and return the figures per batch size."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clenv.bench.methods", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated --reg names",
+    )
+    parser.add_argument(
+        "--batch-sizes", default="1,100", help="comma-separated batch sizes"
+    )
+    parser.add_argument("--interval", type=int, default=100, help="ER's U (steps)")
+    parser.add_argument(
+        "--block-steps",
+        type=int,
+        default=100,
+        help="steps per timed block (multiple of U)",
+    )
+    parser.add_argument(
+        "--rounds",
+        default="8,2",
+        help="timed rounds per batch size (one value, or one per --batch-sizes entry)",
+    )
+    parser.add_argument("--width", type=int, default=1000, help="hidden width")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for batch sizes > 1 (batch 1 always uses one)",
+    )
+    args = parser.parse_args(argv)
+    if args.block_steps % args.interval or args.block_steps <= 0:
+        parser.error("--block-steps must be a positive multiple of --interval")
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rounds = [int(r) for r in args.rounds.split(",")]
+    rounds = rounds * len(batch_sizes) if len(rounds) == 1 else rounds
+    if len(rounds) != len(batch_sizes) or min(rounds) < 1 or args.interval < 1:
+        parser.error("--rounds needs one positive value or one per batch size")
+
+    figures = {}
+    for batch_size, num_rounds in zip(batch_sizes, rounds, strict=True):
+        threads = 1 if batch_size == 1 else args.threads
+        torch.set_num_threads(threads)
+        print(
+            f"batch {batch_size}: {num_rounds} rounds x {args.block_steps} steps per "
+            f"method, U={args.interval}, {threads} thread(s) ...",
+            flush=True,
+        )
+        figures[batch_size] = time_methods(
+            names, batch_size, args.block_steps, num_rounds, args.width, args.interval
+        )
+    header = f"{'method':<18}" + "".join(
+        f"{f'b{b} ms/step':>14}{f'b{b} x BP':>10}" for b in batch_sizes
+    )
+    print("\n" + header)
+    for name in figures[batch_sizes[0]]:
+        row = f"{name:<18}" + "".join(
+            f"{figures[b][name]['ms_per_step']:>14.3f}{figures[b][name]['ratio']:>10.3f}"
+            for b in batch_sizes
+        )
+        print(row)
+    method, target = TARGET
+    for variant in (method, f"{method}:in_backward"):
+        for b in batch_sizes if variant in figures[batch_sizes[0]] else ():
+            ratio = figures[b][variant]["ratio"]
+            verdict = "meets" if ratio <= target else "MISSES"
+            print(f"{variant} at batch {b}: {ratio:.3f}x BP ({verdict} <= {target}x)")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
