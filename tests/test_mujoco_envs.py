@@ -486,4 +486,4 @@ def test_env_benchmark_runs_and_compares_identical_trajectories(capsys):
         ["--block-steps", "30", "--repeats", "2", "--stub-steps", "200"]
     )
     assert "bit-identical trajectories: True" in capsys.readouterr().out
-    assert figures["layer_ratio_paired"] > 0 and figures["ant_v5_us_per_step"] > 0
+    assert figures["layer_ratio_best"] > 0 and figures["ant_v5_us_per_step_best"] > 0

@@ -3,19 +3,20 @@
 Run ``OMP_NUM_THREADS=1 python -m clenv.bench.envs`` (``--help`` for options).
 
 Every env is built with ``gym.make`` (same wrappers) and the same Ant-v5 arguments
-(clenv's defaults are Ant-v5's), seeded alike and stepped with the same pre-drawn random
-actions in one process, taking turns step by step (the turn order rotates), each step
-timed on its own, so load from other processes hits all of them alike.
+(clenv's defaults are Ant-v5's). Each block resets every env with the same seed and
+replays the same pre-drawn random actions, the envs taking turns step by step (the turn
+order rotates), each step timed on its own; all in one process, so load from other
+processes hits all of them alike.
 
 The layer row pins the friction to Ant-v5's 1.0 (``friction_range=(1, 1)``): it then
 simulates bit-identical trajectories to Ant-v5 (checked before timing), so step *i*
-does the same physics in both and their difference is clenv's layer alone (task
+does the same physics in both, and any difference is clenv's layer alone (task
 schedule, info keys, action checks). Three estimates of that cost are printed:
 
-* the ratio of steps/s, median over blocks (what a user sees; noisy under load);
-* the **paired** estimate (headline): the median over steps of the per-step time
-  difference, relative to Ant-v5's mean step time; the median discards steps that a
-  preemption by another process happened to hit;
+* **best of blocks** (headline): every block replays the same trajectory, so the
+  fastest of the blocks' times for step *i* is that step's cost with the least
+  interference from other processes; summed over the steps, per env;
+* the ratio of plain steps/s, median over blocks (what a user sees; noisy under load);
 * the layer timed with MuJoCo stubbed out (no physics at all).
 
 Target: ratio >= 0.97, i.e. the layer costs at most 3%. The default SlipperyAnt-v0 row
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import gymnasium as gym
@@ -155,9 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for env in envs.values():
         env.reset(seed=args.seed)
     time_interleaved(list(envs.values()), actions[:200])  # warm-up
-    blocks = [
-        time_interleaved(list(envs.values()), actions) for _ in range(args.repeats)
-    ]
+    blocks = []
+    for _ in range(args.repeats):
+        for env in envs.values():  # every block replays the same trajectories
+            env.reset(seed=args.seed)
+        blocks.append(time_interleaved(list(envs.values()), actions))
     seconds = np.stack(blocks, axis=1)  # (env, block, step)
     steps_per_second = args.block_steps / seconds.sum(axis=2)  # (env, block)
 
@@ -169,26 +171,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"{name:<40}{sps:>10,.0f}{1e6 / sps:>10.1f}{ratios[name]:>8.3f}")
 
     layer = names.index(LAYER_ONLY)
-    paired_us = 1e6 * float(np.median(seconds[layer] - seconds[0]))
-    ant_us = 1e6 / statistics.median(steps_per_second[0])
-    paired_ratio = ant_us / (ant_us + paired_us)
+    best = seconds.min(axis=1).sum(axis=1)  # (env,): fastest block per step, summed
+    best_ratio = float(best[0] / best[layer])
+    best_us = 1e6 * float(best[layer] - best[0]) / args.block_steps
+    ant_us = 1e6 * float(best[0]) / args.block_steps
     stub_us = layer_microseconds(args.stub_steps)
-    verdict = "meets" if paired_ratio >= TARGET_RATIO else "MISSES"
+    verdict = "meets" if best_ratio >= TARGET_RATIO else "MISSES"
     print(
-        f"\ncontinual layer, paired per-step estimate: {paired_us:+.1f} us per step "
-        f"over Ant-v5's {ant_us:.0f} us, ratio {paired_ratio:.3f}: {verdict} the "
-        f"target >= {TARGET_RATIO}\n"
+        f"\ncontinual layer, best of {args.repeats} blocks per step: {best_us:+.1f} us "
+        f"per step over Ant-v5's {ant_us:.0f} us, ratio {best_ratio:.3f}: {verdict} "
+        f"the target >= {TARGET_RATIO}\n"
         f"continual layer, steps/s ratio (median over blocks): {ratios[LAYER_ONLY]:.3f}"
         f"\ncontinual layer, MuJoCo stubbed out: {stub_us:.1f} us per step"
     )
     for env in envs.values():
         env.close()
     return {
-        "layer_ratio_paired": paired_ratio,
+        "layer_ratio_best": best_ratio,
         "layer_ratio_steps_per_second": ratios[LAYER_ONLY],
-        "layer_us_per_step_paired": paired_us,
+        "layer_us_per_step_best": best_us,
         "layer_us_per_step_stubbed": stub_us,
-        "ant_v5_us_per_step": ant_us,
+        "ant_v5_us_per_step_best": ant_us,
         "default_slippery_ant_ratio": ratios["clenv/SlipperyAnt-v0 (defaults)"],
     }
 
