@@ -105,6 +105,8 @@ def test_make_method_presets_and_overrides():
     assert custom["er"].interval == 7
     assert make_method("l2er", model, opt, weight_decay=0.5)["l2"].weight_decay == 0.5
     assert make_method("bp", model, opt).name == "bp"
+    shared = {"seed": 3, "forward_fn": lambda m, x: m(x), "hidden_layers": None}
+    assert make_method("l2", model, opt, **shared).weight_decay == 1e-3
     with pytest.raises(ValueError, match="no component"):
         make_method("l2", model, opt, interval=3)
     with pytest.raises(ValueError, match="unknown preset"):
@@ -365,3 +367,19 @@ def test_l2er_state_round_trip_resumes_identically():
         train_step(resumed, opt_b, method_b, x, y)
     for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_bench_methods_runs_every_method_and_reports_ratios_to_bp(capsys):
+    from clenv.bench.methods import main
+
+    threads = torch.get_num_threads()
+    try:
+        figures = main(
+            "--width 8 --rounds 1 --batch-sizes 1,4 --interval 10 --block-steps 10 "
+            "--methods l2er,l2er:in_backward,cbp".split()
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert list(figures[4]) == ["bp", "l2er", "l2er:in_backward", "cbp"]
+    assert figures[1]["bp"]["ratio"] == 1.0 and figures[4]["cbp"]["ms_per_step"] > 0
+    assert "l2er at batch 1:" in capsys.readouterr().out

@@ -385,3 +385,28 @@ def test_state_round_trip_resumes_identically(name):
     )
     for p, q in zip(reference[0].parameters(), resumed[0].parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_cbp_on_a_convnet_resets_a_channels_flattened_columns():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)
+    ).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    cbp = ContinualBackprop(model, opt, replacement_rate=0.0, maturity_threshold=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 2, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(2, (5,), generator=g)
+    for _ in range(2):
+        train_step(model, opt, cbp, x, y)
+    cbp.replacement_rate = 0.4  # int(0.4 * 3) = 1 channel
+    train_step(model, opt, cbp, x, y)
+    (channel,) = cbp.last_replaced[0].tolist()
+    columns = torch.zeros(48, dtype=torch.bool)
+    columns[channel * 16 : (channel + 1) * 16] = True
+    momentum = opt.state[model[3].weight]["momentum_buffer"]
+    assert torch.all(momentum[:, columns] == 0) and torch.any(
+        momentum[:, ~columns] != 0
+    )
+    assert torch.all(model[3].weight[:, columns] == 0)
+    assert torch.all(opt.state[model[0].weight]["momentum_buffer"][channel] == 0)

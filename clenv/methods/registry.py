@@ -29,6 +29,9 @@ METHODS: dict[str, type[PlasticityMethod]] = {
         EffectiveRankAscent,
     )
 }
+# Arguments an agent can pass whatever --reg is: components that take them get them,
+# the others ignore them.
+SHARED_ARGUMENTS = frozenset({"seed", "forward_fn", "hidden_layers"})
 # Names that stand for a combination of methods.
 ALIASES: dict[str, tuple[str, ...]] = {"bp": (), "l2er": ("l2", "er")}
 
@@ -85,8 +88,9 @@ def make_method(
             ``*_lop``); ``None`` uses each method's own defaults.
         **overrides: constructor arguments. A plain key (``weight_decay=1e-4``) goes to
             every component that takes it; ``<method>__<key>`` (``cbp__replacement_rate``)
-            to one. Shared arguments such as ``hidden_layers``, ``forward_fn`` and
-            ``seed`` are plain keys.
+            to one. ``seed``, ``forward_fn`` and ``hidden_layers`` may be passed
+            for any name (ignored by components that do not take them), so an agent
+            can build every ``--reg`` with one call.
 
     Returns:
         The single method, or a :class:`Compose` (``bp`` is an empty one) whose hooks
@@ -118,7 +122,7 @@ def make_method(
                 arguments[sub_key] = value
                 used.add(key)
         methods.append(cls(model, optimizer, **arguments))
-    unused = set(overrides) - used
+    unused = set(overrides) - used - SHARED_ARGUMENTS
     if unused:
         raise ValueError(
             f"no component of {name!r} ({components or ['bp']}) takes "
