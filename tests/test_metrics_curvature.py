@@ -543,6 +543,7 @@ def test_curvature_report_on_ppo_rollout():
         trace_matvecs=9,
         dead_unit_inputs=rollout["obs"],
         forward_fn=lambda a, obs: (a.actor_mean(obs), a.critic(obs)),
+        reuse_graph=True,
     )
     exact = torch.linalg.eigvalsh(hessian_matrix(agent, ppo_loss, [rollout]))
     assert report["top_eigenvalue"] == pytest.approx(exact[-1].item(), rel=0.01)

@@ -273,11 +273,22 @@ def test_capture_is_not_changed_by_later_inplace_ops():
     assert torch.equal(acts["act"], torch.relu(x))
 
 
-def test_capture_follows_model_device_and_dtype():
-    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU()).double()
-    acts = capture_activations(net, torch.randn(2, 3, dtype=torch.float64))
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_capture_follows_model_device_and_dtype(device):
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.5)).double().to(device)
+    net.train()
+    x = torch.randn(2, 3, dtype=torch.float64)  # on the CPU: moved to the model
+    rng = torch.cuda.get_rng_state() if device == "cuda" else torch.get_rng_state()
+    acts = capture_activations(net, x, train_mode=True)
     assert acts["1"].dtype == torch.float64
-    assert acts["1"].device == next(net.parameters()).device
+    assert acts["1"].device.type == device
+    after = torch.cuda.get_rng_state() if device == "cuda" else torch.get_rng_state()
+    assert torch.equal(rng, after)  # dropout's draws came from a forked stream
+    metrics = representation_metrics(acts)
+    assert metrics["1/units"] == 4
 
 
 def test_weight_metrics_closed_form():

@@ -255,7 +255,12 @@ def curvature_context(
         generator.manual_seed(seed)
     with preserved_training_state(model, train_mode):
         if seed is not None:
-            torch.manual_seed(seed)
+            # only the generators that preserved_training_state forked (CPU and the
+            # model's GPU): torch.manual_seed would also reseed every other GPU
+            torch.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
         yield generator
 
 

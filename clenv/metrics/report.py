@@ -106,6 +106,7 @@ def curvature_report(
     dead_unit_inputs: Any | None = None,
     forward_fn: ForwardFn | None = None,
     seed: int | None = 0,
+    reuse_graph: bool = False,
 ) -> dict[str, Any]:
     """Every curvature diagnostic of SC in one call, on the model's device.
 
@@ -129,6 +130,10 @@ def curvature_report(
             every ``(inputs, targets)`` batch, concatenated).
         forward_fn: ``forward_fn(model, inputs)`` for the bound's forward pass.
         seed: Seed of probes and sampled losses; the global RNG is untouched.
+        reuse_graph: Keep each batch's gradient graph between Hessian-vector
+            products (one backward pass per product instead of two plus a forward;
+            memory: the activations of all of ``data``). See
+            :class:`~clenv.metrics.HessianOperator`.
 
     Returns:
         Floats ``top_eigenvalue`` and ``min_eigenvalue`` (extreme Ritz values of the
@@ -151,6 +156,7 @@ def curvature_report(
         grid=grid,
         num_points=num_points,
         seed=seed,
+        reuse_graph=reuse_graph,
     )
     report: dict[str, Any] = {
         "top_eigenvalue": float(density.ritz_values.max()),
@@ -161,7 +167,12 @@ def curvature_report(
         report[f"epsilon_rank/{threshold:g}"] = share
     if trace_matvecs:
         report["trace"] = hessian_trace(
-            model, loss_fn, batches, num_matvecs=trace_matvecs, seed=seed
+            model,
+            loss_fn,
+            batches,
+            num_matvecs=trace_matvecs,
+            seed=seed,
+            reuse_graph=reuse_graph,
         )
     if kfac:
         ranks = kfac_rank(model, loss_fn, batches, seed=seed)

@@ -1,0 +1,248 @@
+"""Cost of one Hessian spectral density: clenv.metrics next to a plain torch.func SLQ.
+
+Run ``python -m clenv.bench.metrics`` (``--help`` for options; ``--device cuda`` on a
+GPU).
+
+Setting (SC's PMNIST diagnostic): the 784-1000-1000-1000-10 ReLU MLP (Kaiming-uniform,
+zero bias; 2,797,010 parameters), cross-entropy on 2000 samples in one batch, one SLQ
+probe of order 100 with full reorthogonalisation. The inputs are seeded uniform
+pixels with random labels: the cost of a product does not depend on the values.
+
+Rows, timed in one process and in rotating order (``--repeats`` rounds, medians):
+
+* ``clenv`` - :func:`clenv.metrics.hessian_spectral_density` as the agents call it
+  (autograd double-backward products, a forward and two backward passes each);
+* ``clenv reuse_graph`` - the same with ``reuse_graph=True`` (one backward per
+  product; keeps the gradient graph of the 2000 samples);
+* ``plain torch.func`` - the reference written here in a few lines: ``jvp(grad(loss))``
+  products (forward-over-reverse) and the same Lanczos loop;
+* optionally (``--curvlinops``) the ``curvlinops`` backend.
+
+The first rows' Ritz values are compared with the reference's (same start vector),
+so the timing is of equal work. Then single Hessian-vector products of the two
+implementations are timed alternately (``--hvps`` each) for a fine-grained ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp
+
+from clenv.metrics import HessianOperator, cross_entropy_loss, hessian_spectral_density
+from clenv.metrics.hessian import curvature_context, rademacher
+
+
+def pmnist_mlp(width: int = 1000, depth: int = 3) -> nn.Sequential:
+    """SC's Permuted-MNIST network: 784-width^depth-10, ReLU, Kaiming-uniform, zero bias."""
+    layers: list[nn.Module] = []
+    fan_in = 784
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, 10))
+    for module in layers:
+        if isinstance(module, nn.Linear):
+            nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return nn.Sequential(*layers)
+
+
+def plain_torch_func_slq(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    start: torch.Tensor,
+    order: int,
+) -> torch.Tensor:
+    """Reference SLQ: torch.func HVPs and a minimal fully reorthogonalised Lanczos.
+
+    Returns the Ritz values of the probe (ascending).
+    """
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    names = list(params)
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, p, (inputs,)), labels)
+
+    gradient = grad(loss)
+
+    def hvp(vector: torch.Tensor) -> torch.Tensor:
+        tangent = {
+            n: t.view(s)
+            for n, t, s in zip(names, vector.split(sizes), shapes, strict=True)
+        }
+        product = jvp(gradient, (params,), (tangent,))[1]
+        return torch.cat([product[n].reshape(-1) for n in names])
+
+    basis = torch.empty(order, start.numel(), dtype=start.dtype, device=start.device)
+    basis[0] = start / start.norm()
+    alphas, betas = [], []
+    for step in range(order):
+        w = hvp(basis[step])
+        alphas.append(torch.dot(w, basis[step]).item())
+        for _ in range(2):
+            w = w - basis[: step + 1].T @ (basis[: step + 1] @ w)
+        if step + 1 < order:
+            betas.append(w.norm().item())
+            basis[step + 1] = w / betas[-1]
+    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    off = torch.tensor(betas, dtype=torch.float64)
+    tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+    return torch.linalg.eigvalsh(tridiagonal)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    _synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    _synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--order", type=int, default=100)
+    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of full SLQ runs"
+    )
+    parser.add_argument("--hvps", type=int, default=10, help="single products per side")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--curvlinops", action="store_true", help="also time that backend"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = pmnist_mlp(args.width).to(device)
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.rand(args.samples, 784, generator=generator).to(device)
+    labels = torch.randint(0, 10, (args.samples,), generator=generator).to(device)
+    data = [(inputs, labels)]
+    num_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"MLP 784-{args.width}x3-10 with {num_params:,} parameters, {args.samples} "
+        f"samples, order {args.order}, 1 probe, float32"
+    )
+    with curvature_context(model, seed=0) as probe_generator:
+        start = rademacher((num_params,), probe_generator, torch.float32)
+
+    rows: dict[str, Callable[[], torch.Tensor]] = {
+        "clenv": lambda: (
+            hessian_spectral_density(
+                model, cross_entropy_loss, data, order=args.order, seed=0
+            ).ritz_values
+        ),
+        "clenv reuse_graph": lambda: (
+            hessian_spectral_density(
+                model,
+                cross_entropy_loss,
+                data,
+                order=args.order,
+                seed=0,
+                reuse_graph=True,
+            ).ritz_values
+        ),
+        "plain torch.func": lambda: plain_torch_func_slq(
+            model, inputs, labels, start, args.order
+        ),
+    }
+    if args.curvlinops:
+        rows["clenv curvlinops backend"] = lambda: (
+            hessian_spectral_density(
+                model,
+                cross_entropy_loss,
+                data,
+                order=args.order,
+                seed=0,
+                backend="curvlinops",
+            ).ritz_values
+        )
+    names = list(rows)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    ritz: dict[str, torch.Tensor] = {}
+    # warm-up (allocator, kernels, CUDA context), not timed: a few products each
+    with curvature_context(model, seed=0):
+        operator = HessianOperator(model, cross_entropy_loss, data)
+        for _ in range(2):
+            operator.matvec(start)
+    plain_torch_func_slq(model, inputs, labels, start, 2)
+    for round_index in range(args.repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            elapsed, values = _timed(rows[name], device)
+            seconds[name].append(elapsed)
+            ritz[name] = values.cpu()
+            print(f"  round {round_index}: {name:<26} {elapsed:8.2f} s", flush=True)
+
+    reference = ritz["plain torch.func"]
+    top = reference.abs().max()
+    print("\nfull spectral density (median over rounds):")
+    baseline = statistics.median(seconds["plain torch.func"])
+    for name in names:
+        median = statistics.median(seconds[name])
+        drift = (ritz[name] - reference).abs().max() / top
+        print(
+            f"  {name:<26} {median:8.2f} s   {median / args.order * 1000:8.1f} ms/HVP   "
+            f"ratio vs plain {median / baseline:5.2f}   "
+            f"max |ritz - plain| / max|ritz| {drift:.1e}"
+        )
+
+    with curvature_context(model, seed=0):
+        operator = HessianOperator(model, cross_entropy_loss, data)
+        products = {"clenv HVP": operator.matvec}
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        names_ = list(params)
+        sizes = [params[n].numel() for n in names_]
+        gradient = grad(
+            lambda p: F.cross_entropy(functional_call(model, p, (inputs,)), labels)
+        )
+
+        def plain_hvp(vector: torch.Tensor) -> torch.Tensor:
+            tangent = {
+                n: t.view_as(params[n])
+                for n, t in zip(names_, vector.split(sizes), strict=True)
+            }
+            out = jvp(gradient, (params,), (tangent,))[1]
+            return torch.cat([out[n].reshape(-1) for n in names_])
+
+        products["plain torch.func HVP"] = plain_hvp
+        single: dict[str, list[float]] = {name: [] for name in products}
+        for index in range(args.hvps):
+            order = list(products) if index % 2 == 0 else list(products)[::-1]
+            for name in order:
+                single[name].append(
+                    _timed(lambda f=products[name]: f(start), device)[0]
+                )
+    print(f"\nsingle Hessian-vector products, alternating ({args.hvps} each, median):")
+    base = statistics.median(single["plain torch.func HVP"])
+    for name, times in single.items():
+        median = statistics.median(times)
+        print(
+            f"  {name:<26} {median * 1000:8.1f} ms   ratio vs plain {median / base:5.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
