@@ -54,6 +54,31 @@ def pmnist_mlp(width: int = 1000, depth: int = 3) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def plain_torch_func_hvp(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Reference Hessian-vector product of the mean cross-entropy:
+    ``jvp(grad(loss))`` (forward-over-reverse) on flat vectors."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    names = list(params)
+    sizes = [params[n].numel() for n in names]
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, p, (inputs,)), labels)
+
+    gradient = grad(loss)
+
+    def hvp(vector: torch.Tensor) -> torch.Tensor:
+        tangent = {
+            n: t.view_as(params[n])
+            for n, t in zip(names, vector.split(sizes), strict=True)
+        }
+        product = jvp(gradient, (params,), (tangent,))[1]
+        return torch.cat([product[n].reshape(-1) for n in names])
+
+    return hvp
+
+
 def plain_torch_func_slq(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -65,24 +90,7 @@ def plain_torch_func_slq(
 
     Returns the Ritz values of the probe (ascending).
     """
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    names = list(params)
-    shapes = [params[n].shape for n in names]
-    sizes = [params[n].numel() for n in names]
-
-    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, p, (inputs,)), labels)
-
-    gradient = grad(loss)
-
-    def hvp(vector: torch.Tensor) -> torch.Tensor:
-        tangent = {
-            n: t.view(s)
-            for n, t, s in zip(names, vector.split(sizes), shapes, strict=True)
-        }
-        product = jvp(gradient, (params,), (tangent,))[1]
-        return torch.cat([product[n].reshape(-1) for n in names])
-
+    hvp = plain_torch_func_hvp(model, inputs, labels)
     basis = torch.empty(order, start.numel(), dtype=start.dtype, device=start.device)
     basis[0] = start / start.norm()
     alphas, betas = [], []
@@ -116,11 +124,17 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, objec
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the model lives (default: cuda when available)",
     )
-    parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--order", type=int, default=100)
-    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=2000, help="SC: 2000")
+    parser.add_argument(
+        "--order", type=int, default=100, help="Lanczos steps (SC: 100)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=1000, help="hidden width (SC: 1000)"
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="rounds of full SLQ runs"
     )
@@ -140,45 +154,36 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.randint(0, 10, (args.samples,), generator=generator).to(device)
     data = [(inputs, labels)]
     num_params = sum(p.numel() for p in model.parameters())
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} threads"
+    )
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"device {device} ({where}), "
         f"MLP 784-{args.width}x3-10 with {num_params:,} parameters, {args.samples} "
         f"samples, order {args.order}, 1 probe, float32"
     )
     with curvature_context(model, seed=0) as probe_generator:
         start = rademacher((num_params,), probe_generator, torch.float32)
 
+    def clenv_row(**options: object) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            return hessian_spectral_density(
+                model, cross_entropy_loss, data, order=args.order, seed=0, **options
+            ).ritz_values
+
+        return run
+
     rows: dict[str, Callable[[], torch.Tensor]] = {
-        "clenv": lambda: (
-            hessian_spectral_density(
-                model, cross_entropy_loss, data, order=args.order, seed=0
-            ).ritz_values
-        ),
-        "clenv reuse_graph": lambda: (
-            hessian_spectral_density(
-                model,
-                cross_entropy_loss,
-                data,
-                order=args.order,
-                seed=0,
-                reuse_graph=True,
-            ).ritz_values
-        ),
+        "clenv": clenv_row(),
+        "clenv reuse_graph": clenv_row(reuse_graph=True),
         "plain torch.func": lambda: plain_torch_func_slq(
             model, inputs, labels, start, args.order
         ),
     }
     if args.curvlinops:
-        rows["clenv curvlinops backend"] = lambda: (
-            hessian_spectral_density(
-                model,
-                cross_entropy_loss,
-                data,
-                order=args.order,
-                seed=0,
-                backend="curvlinops",
-            ).ritz_values
-        )
+        rows["clenv curvlinops backend"] = clenv_row(backend="curvlinops")
     names = list(rows)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     ritz: dict[str, torch.Tensor] = {}
@@ -211,23 +216,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with curvature_context(model, seed=0):
         operator = HessianOperator(model, cross_entropy_loss, data)
-        products = {"clenv HVP": operator.matvec}
-        params = {n: p.detach() for n, p in model.named_parameters()}
-        names_ = list(params)
-        sizes = [params[n].numel() for n in names_]
-        gradient = grad(
-            lambda p: F.cross_entropy(functional_call(model, p, (inputs,)), labels)
-        )
-
-        def plain_hvp(vector: torch.Tensor) -> torch.Tensor:
-            tangent = {
-                n: t.view_as(params[n])
-                for n, t in zip(names_, vector.split(sizes), strict=True)
-            }
-            out = jvp(gradient, (params,), (tangent,))[1]
-            return torch.cat([out[n].reshape(-1) for n in names_])
-
-        products["plain torch.func HVP"] = plain_hvp
+        products = {
+            "clenv HVP": operator.matvec,
+            "plain torch.func HVP": plain_torch_func_hvp(model, inputs, labels),
+        }
         single: dict[str, list[float]] = {name: [] for name in products}
         for index in range(args.hvps):
             order = list(products) if index % 2 == 0 else list(products)[::-1]
