@@ -46,7 +46,7 @@ from clenv.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from clenv.logger import RunLogger
+from clenv.logger import RunLogger, hparams_markdown
 from clenv.methods import METHODS, make_method, split_name
 from clenv.metrics import (
     capture_activations,
@@ -99,6 +99,9 @@ class Args:
     saved arguments are used (an explicit --total-timesteps extends the run)"""
     progress: bool = True
     """show a progress bar (step, task, SPS, recent return)"""
+    plot: bool = True
+    """draw plots.png in the run directory at the end (clenv.plotting; also
+    `clenv plot RUN_DIR... --out fig.png` for several runs)"""
 
     # Algorithm specific arguments
     env_id: str = "clenv/SlipperyAnt-v0"
@@ -565,6 +568,7 @@ if __name__ == "__main__":
     task_start_pending = True
     rollout_task = 0
     last_batch: dict[str, torch.Tensor] | None = None
+    last_batch_task = -1
 
     checkpoint = None
     if resume_dir is not None:
@@ -584,11 +588,14 @@ if __name__ == "__main__":
         recent_returns.extend(state["recent_returns"])
         task_start_pending = state["task_start_pending"]
         last_batch = state["last_batch"]
+        last_batch_task = state["last_batch_task"]
         start_iteration = state["iteration"] + 1
         logger = RunLogger.resume(resume_dir, step=global_step)
         print(f"resumed {resume_dir} at step {global_step:,}")
     elif resume_dir is not None:
         logger = RunLogger.resume(resume_dir, step=-1)
+        if logger.writer is not None:  # the purge dropped the table too
+            logger.writer.add_text("hyperparameters", hparams_markdown(vars(args)))
         print(f"{resume_dir} has no checkpoint yet: starting it over")
     else:
         logger = RunLogger.create(
@@ -634,6 +641,7 @@ if __name__ == "__main__":
             "recent_returns": list(recent_returns),
             "task_start_pending": task_start_pending,
             "last_batch": last_batch,
+            "last_batch_task": last_batch_task,
             "iteration": iteration,
             "args": vars(args),
         }
@@ -748,11 +756,7 @@ if __name__ == "__main__":
                         global_step,
                         task_id=finished,
                     )
-                if (
-                    curvature_due(finished)
-                    and last_batch is not None
-                    and not switched_tasks
-                ):
+                if curvature_due(finished) and last_batch_task == finished:
                     log_curvature(last_batch, "task_end", finished)
                 tracker.task_id, tracker.returns = new_task, []
                 logger.set_task(new_task)
@@ -805,6 +809,7 @@ if __name__ == "__main__":
             task_start_pending = False
         if whole_rollout_in_task:
             last_batch = {key: value.clone() for key, value in batch.items()}
+            last_batch_task = tracker.task_id
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -862,7 +867,7 @@ if __name__ == "__main__":
         )
         if continual:
             for key, value in infos["task"].items():
-                if not key.startswith("_"):
+                if not key.startswith("_") and np.issubdtype(value.dtype, np.number):
                     logger.log_scalar(f"cl/{key}", float(value[0]), global_step)
         if args.plasticity_every and iteration % args.plasticity_every == 0:
             logger.log_scalars(
@@ -890,5 +895,13 @@ if __name__ == "__main__":
     logger.close()
     print(f"done: {global_step:,} steps")
     print(f"logs:        {run_dir}  (metrics.h5, TensorBoard events, checkpoints/)")
-    print(f"TensorBoard: tensorboard --logdir {Path(args.runs_dir)}")
-    print(f"plots:       clenv plot {run_dir} --out {run_dir / 'plots.png'}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+    if args.plot:
+        try:
+            from clenv.plotting import plot_runs
+
+            figure = plot_runs([run_dir], run_dir / "plots.png").path
+            print(f"plots:       {figure}")
+        except Exception as error:  # the run is saved; a failed plot must not hide it
+            print(f"plots:       not drawn ({type(error).__name__}: {error})")
+    print(f"compare runs: clenv plot {Path(args.runs_dir)}/<run>... --out fig.png")

@@ -30,6 +30,7 @@ SMOKE = [
     "--env-id", "Pendulum-v1", "--total-timesteps", "256", "--num-steps", "128",
     "--num-minibatches", "2", "--update-epochs", "2", "--hidden-sizes", "16", "16",
     "--plasticity-every", "1", "--curvature-every-tasks", "0", "--no-progress",
+    "--no-plot",
 ]  # fmt: skip
 # Slippery Ant with friction switches every 300 steps, exactly (4 tasks in 1024 steps,
 # with rollouts of 128 wholly in each), checkpoints every 512 steps and every metric at a cheap setting.
@@ -233,6 +234,11 @@ def test_series_are_in_both_event_files_and_hdf5(ant_runs):
         assert tag in histograms
     density = read_series(metrics, "curvature/task_start/spectral_density")
     assert density["value"].shape == (len(density["step"]), len(density["grid"]))
+
+
+def test_run_ends_with_a_plot(ant_runs):
+    whole, _ = ant_runs
+    assert (whole / "plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_task_bookkeeping_follows_the_env(ant_runs):
