@@ -535,16 +535,17 @@ def test_curvature_report_on_ppo_rollout():
     torch.manual_seed(8)
     agent = Agent().double()
     rollout = ppo_rollout(agent)
-    report = curvature_report(
-        agent,
-        ppo_loss,
-        split_batch(rollout, 32),
-        order=20,
-        trace_matvecs=9,
-        dead_unit_inputs=rollout["obs"],
-        forward_fn=lambda a, obs: (a.actor_mean(obs), a.critic(obs)),
-        reuse_graph=True,
-    )
+    with torch.no_grad():  # callers often log from inside no_grad
+        report = curvature_report(
+            agent,
+            ppo_loss,
+            split_batch(rollout, 32),
+            order=20,
+            trace_matvecs=9,
+            dead_unit_inputs=rollout["obs"],
+            forward_fn=lambda a, obs: (a.actor_mean(obs), a.critic(obs)),
+            reuse_graph=True,
+        )
     exact = torch.linalg.eigvalsh(hessian_matrix(agent, ppo_loss, [rollout]))
     assert report["top_eigenvalue"] == pytest.approx(exact[-1].item(), rel=0.01)
     assert report["dead_unit_rank_bound"] >= torch.linalg.matrix_rank(torch.diag(exact))

@@ -158,7 +158,7 @@ def kfac_rank(
         )
     factors = _FactorRows(layers)
     device = model_device(model)
-    with curvature_context(model, seed, train_mode):
+    with curvature_context(model, seed, train_mode), torch.enable_grad():
         handles = [
             module.register_forward_hook(factors.hook(name))
             for name, module in layers.items()
