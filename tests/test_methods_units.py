@@ -410,3 +410,15 @@ def test_cbp_on_a_convnet_resets_a_channels_flattened_columns():
     )
     assert torch.all(model[3].weight[:, columns] == 0)
     assert torch.all(opt.state[model[0].weight]["momentum_buffer"][channel] == 0)
+
+
+def test_remove_takes_every_hook_off_the_model():
+    model, plain = mlp(), mlp()
+    method = make_method("cbp+l2", model, None, l2__in_backward=True)
+    method.remove()
+    x, y = batch()
+    for net in (model, plain):
+        nn.functional.cross_entropy(net(x), y).backward()
+    assert not method["cbp"].recorder.complete()
+    for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)

@@ -47,6 +47,9 @@ class PlasticityMethod:
         """The method's hyperparameters (readable attributes), e.g. for a log table."""
         return {}
 
+    def remove(self) -> None:
+        """Remove the hooks the method put on the model (when it is discarded)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: counters, buffers, utilities, RNG state."""
         return {}
@@ -89,6 +92,10 @@ class Compose(PlasticityMethod):
     def on_task_switch(self, task_id: int) -> None:
         for method in self.methods:
             method.on_task_switch(task_id)
+
+    def remove(self) -> None:
+        for method in self.methods:
+            method.remove()
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

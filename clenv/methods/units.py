@@ -75,6 +75,10 @@ class UnitMethod(PlasticityMethod):
         """One step from each hidden layer's (samples, units, ...) features."""
         raise NotImplementedError
 
+    def remove(self) -> None:
+        """Remove the feature-recording hooks from the model."""
+        self.recorder.remove()
+
 
 def per_unit_mean(features: torch.Tensor) -> torch.Tensor:
     """Mean of (samples, units, ...) features over every dim but the units: (units,)."""
