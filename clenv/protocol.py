@@ -16,8 +16,8 @@ The ``info`` keys, at every ``reset`` and ``step``:
 
 =============== =======================================================================
 ``task_id``     index of the task in the sequence
-``task_switch`` True on the first step of a new task (the info that announces it) and at
-                the first reset
+``task_switch`` True in the first info after a switch, in the info of a reset that
+                follows it before any step (an autoreset), and at the first reset
 ``task_step``   steps taken in the task so far (0 when it has just begun)
 ``task``        the task's parameters, a small dict such as ``{"friction": 0.13}``
 =============== =======================================================================
@@ -36,6 +36,8 @@ import numpy as np
 SWITCH_AT_CHOICES = ("step", "episode_end")
 SwitchAt = Literal["step", "episode_end"]
 INFO_KEYS = ("task_id", "task_switch", "task_step", "task")
+# States of a switch announcement (ContinualEnv._announce).
+_NONE, _PENDING, _REPORTED = 0, 1, 2
 
 
 class TaskSchedule:
@@ -112,7 +114,9 @@ class TaskSchedule:
         if isinstance(task_id, bool) or not isinstance(task_id, int | np.integer):
             raise ValueError(f"task_id must be an int, got {task_id!r}")
         if task_id < 0 or (self.num_tasks is not None and task_id >= self.num_tasks):
-            upper = "" if self.num_tasks is None else f" and < num_tasks={self.num_tasks}"
+            upper = (
+                "" if self.num_tasks is None else f" and < num_tasks={self.num_tasks}"
+            )
             raise ValueError(f"task_id must be >= 0{upper}, got {task_id}")
         return int(task_id)
 
@@ -222,7 +226,10 @@ class ContinualEnv:
         self._schedule = TaskSchedule(switch_every, switch_at, num_tasks, task_seed)
         self._pinned_task_id: int | None = None
         self._pinned_steps = 0
-        self._announce_switch = False
+        # A switch is announced (task_switch=True) in every info until a step follows
+        # an info that reported it, so a reset right after the switching step (e.g. a
+        # vector env's autoreset, whose info replaces the step's) announces it too.
+        self._announce = _NONE
         self._task = self._task_params(0)
         self._apply_task(self._task)
 
@@ -264,8 +271,8 @@ class ContinualEnv:
 
         While pinned the schedule is frozen (no steps counted, no switches) and
         ``task_step`` counts the steps since pinning; ``set_task(None)`` unpins and
-        returns to the scheduled task where it was left. The next ``info`` announces the
-        change with ``task_switch=True``.
+        returns to the scheduled task where it was left. The next info (of a step or
+        a reset) announces the change with ``task_switch=True``.
         """
         if task_id is None:
             self._pinned_task_id = None
@@ -276,7 +283,7 @@ class ContinualEnv:
             self._pinned_steps = 0
         self._task = self._task_params(target)
         self._apply_task(self._task)
-        self._announce_switch = True
+        self._announce = _PENDING
 
     def get_schedule_state(self) -> dict[str, Any]:
         """The schedule's state (step counters, pending switch), for checkpoints."""
@@ -290,7 +297,7 @@ class ContinualEnv:
         self._pinned_task_id = state.get("pinned_task_id")
         self._task = self._task_params(self.task_id)
         self._apply_task(self._task)
-        self._announce_switch = False
+        self._announce = _NONE
 
     # -- for subclasses --------------------------------------------------------------
     def _task_params(self, task_id: int) -> dict[str, Any]:
@@ -300,33 +307,35 @@ class ContinualEnv:
         """Call from ``reset``; a seeded reset restarts the task sequence at task 0."""
         if seed is not None:
             self._schedule.restart()
-        switched = False
+            self._announce = _NONE
         if self._pinned_task_id is None and self._schedule.on_reset():
-            switched = True
-            self._task = self._task_params(self._schedule.task_id)
-            self._apply_task(self._task)
-        return self._fill_info(info, switched)
+            self._switch_to(self._schedule.task_id)
+        return self._fill_info(info)
 
     def _schedule_step(self, info: dict[str, Any]) -> dict[str, Any]:
-        switched = False
+        """Call from ``step`` after the transition (the agent has acted)."""
+        if self._announce == _REPORTED:
+            self._announce = _NONE
         if self._pinned_task_id is not None:
             self._pinned_steps += 1
         elif self._schedule.on_step():
-            switched = True
-            self._task = self._task_params(self._schedule.task_id)
-            self._apply_task(self._task)
-        return self._fill_info(info, switched)
+            self._switch_to(self._schedule.task_id)
+        return self._fill_info(info)
 
-    def _fill_info(self, info: dict[str, Any], switched: bool) -> dict[str, Any]:
-        if self._announce_switch:
-            switched = True
-            self._announce_switch = False
+    def _switch_to(self, task_id: int) -> None:
+        self._task = self._task_params(task_id)
+        self._apply_task(self._task)
+        self._announce = _PENDING
+
+    def _fill_info(self, info: dict[str, Any]) -> dict[str, Any]:
         if self._pinned_task_id is None:
             info["task_id"] = self._schedule.task_id
             info["task_step"] = self._schedule.task_step
         else:
             info["task_id"] = self._pinned_task_id
             info["task_step"] = self._pinned_steps
-        info["task_switch"] = switched
+        info["task_switch"] = self._announce != _NONE
+        if self._announce == _PENDING:
+            self._announce = _REPORTED
         info["task"] = dict(self._task)
         return info

@@ -81,6 +81,29 @@ def test_episode_end_mode_switches_at_first_reset_after_boundary():
     assert info["task_id"] == 1 and info["task_switch"] and info["task_step"] == 0
 
 
+def test_switch_on_last_step_of_episode_is_announced_again_at_reset():
+    env = ToyContinualEnv(episode_length=5, switch_every=5)
+    env.reset(seed=0)
+    for _ in range(5):
+        _, _, _, truncated, info = env.step(0)
+    assert truncated and info["task_switch"] and info["task_id"] == 1
+    info = env.reset()[1]  # e.g. a vector env's autoreset: its info replaces the step's
+    assert info["task_switch"] and info["task_id"] == 1 and info["task_step"] == 0
+    assert not env.step(0)[4]["task_switch"]  # the agent has now acted in task 1
+
+
+def test_vector_autoreset_does_not_hide_a_switch_on_an_episode_end():
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: ToyContinualEnv(episode_length=5, switch_every=5)] * 2,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.reset(seed=0)
+    for step in range(1, 16):
+        infos = envs.step(np.zeros(2, np.int64))[4]
+        assert list(infos["task_switch"]) == [step % 5 == 0] * 2
+        assert list(infos["task_id"]) == [step // 5] * 2
+
+
 def test_reset_never_changes_task_before_boundary():
     env = ToyContinualEnv(episode_length=2, switch_every=100)
     infos = run(env, 50)
@@ -118,14 +141,20 @@ def test_set_task_pins_and_unpinning_resumes_schedule():
     for _ in range(6):
         env.step(0)
     env.set_task(0)
-    info = env.step(0)[4]
-    assert info["task_id"] == 0 and info["task_switch"] and env.task == env.task_params(0)
+    info = env.reset()[1]  # the usual evaluation pattern: pin, then start an episode
+    assert (
+        info["task_id"] == 0 and info["task_switch"] and env.task == env.task_params(0)
+    )
     for _ in range(10):  # frozen: no switch while pinned
         info = env.step(0)[4]
-    assert info["task_id"] == 0 and info["task_step"] == 11
+    assert info["task_id"] == 0 and info["task_step"] == 10 and not info["task_switch"]
     env.set_task(None)
+    info = env.reset()[1]
+    assert info["task_id"] == 1 and info["task_switch"] and info["task_step"] == 2
     info = env.step(0)[4]
-    assert info["task_id"] == 1 and info["task_switch"] and info["task_step"] == 3
+    assert info["task_id"] == 1 and not info["task_switch"] and info["task_step"] == 3
+    env.set_task(2)  # pinned between two steps: the next step's info announces it
+    assert env.step(0)[4]["task_switch"] and not env.step(0)[4]["task_switch"]
 
 
 def test_schedule_state_round_trip_continues_identically():
