@@ -130,6 +130,13 @@ def test_methods_find_the_hidden_layers():
     )
 
 
+def test_narrow_resnet_scales_the_channels():
+    narrow = IncrementalCIFARResNet18(extra_fc=0, base_channels=8)
+    convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d)]
+    assert max(c.out_channels for c in convs) == 64
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+
+
 def test_resnet_keeps_resolution_in_first_stage():
     model = IncrementalCIFARResNet18(extra_fc=0)
     features = model.stages[0](model.stem(torch.rand(1, 3, 32, 32)))

@@ -50,6 +50,8 @@ class IncrementalCIFARResNet18(nn.Module):
         extra_fc: hidden FC layers after pooling (SC 2, LoP 0).
         fc_width: units of each extra FC layer.
         in_channels: image channels.
+        base_channels: channels of the first stage (64; the stages have 1, 2, 4, 8
+            times as many). Smaller values give a narrow ResNet for quick runs.
     """
 
     def __init__(
@@ -58,21 +60,24 @@ class IncrementalCIFARResNet18(nn.Module):
         extra_fc: int = 2,
         fc_width: int = 512,
         in_channels: int = 3,
+        base_channels: int = 64,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or extra_fc < 0 or fc_width < 1:
+        if num_classes < 1 or extra_fc < 0 or fc_width < 1 or base_channels < 1:
             raise ValueError(
-                "IncrementalCIFARResNet18 needs num_classes >= 1, extra_fc >= 0 and "
-                f"fc_width >= 1, got {num_classes}, {extra_fc}, {fc_width}"
+                "IncrementalCIFARResNet18 needs num_classes >= 1, extra_fc >= 0, "
+                f"fc_width >= 1 and base_channels >= 1, got {num_classes}, {extra_fc}, "
+                f"{fc_width}, {base_channels}"
             )
+        widths = [base_channels * k for k in (1, 2, 4, 8)]
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=True),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=True),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         )
         stages: list[nn.Module] = []
-        in_ch = 64
-        for index, channels in enumerate((64, 128, 256, 512)):
+        in_ch = widths[0]
+        for index, channels in enumerate(widths):
             stride = 1 if index == 0 else 2
             stages.append(
                 nn.Sequential(

@@ -1,0 +1,778 @@
+"""Online supervised continual learning on clenv's streams, with plasticity methods.
+
+One learner for the three supervised benchmarks of PROTOCOLS.md, in CleanRL's
+structure: Permuted MNIST (the SC/LoP MLP, batch 1, one pass per task), Continual
+ImageNet (LoP's ConvNet, binary tasks, epochs of minibatches) and class-incremental
+CIFAR-100 (the ResNet-18 variant, logits masked to the classes seen so far). Settings
+follow Prakash et al., *Spectral Collapse Drives Loss of Plasticity* (ICML 2026, "SC",
+the default) or Dohare et al., *Loss of plasticity in deep continual learning* (Nature
+2024, "LoP") with ``--protocol lop``. A plasticity method from :mod:`clenv.methods`
+(``--reg``: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, cbp+l2, ...) is
+driven through its hooks. The learner sees only what the env reveals: it predicts a
+batch (the action), gets the accuracy (the reward), reads ``info["label"]`` and
+updates. Batch-1 MLP training runs on :class:`clenv.fastpath.FastMLPTrainer` (same
+result as the autograd loop, ~10-60x faster). docs/agents/supervised.md has the flags,
+the logged series and the paper commands.
+
+    python agents/supervised_l2er.py --reg l2er --data-dir ../shared/data
+    python agents/supervised_l2er.py --reg bp --width 100 --num-tasks 50 \\
+        --examples-per-task 6000 --data-dir ../shared/data
+    python agents/supervised_l2er.py --env-id clenv/ContinualImageNet-v0 --reg l2er
+    python agents/supervised_l2er.py --resume runs/clenv_PermutedMNIST-v0__supervised_l2er__1__1700000000
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import inspect
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+from tqdm import tqdm
+
+import clenv
+from clenv.checkpoint import (
+    RestorableEnv,
+    capture_rng_state,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from clenv.fastpath import FastMLPTrainer, fast_path_supports
+from clenv.logger import RunLogger
+from clenv.methods import METHODS, make_method, split_name
+from clenv.metrics import (
+    capture_activations,
+    curvature_report,
+    representation_metrics,
+    weight_metrics,
+)
+from clenv.models import (
+    ContinualImageNetConvNet,
+    IncrementalCIFARResNet18,
+    PermutedMNISTMLP,
+)
+
+gym.register_envs(clenv)
+
+PMNIST, IMAGENET, CIFAR = (
+    "clenv/PermutedMNIST-v0",
+    "clenv/ContinualImageNet-v0",
+    "clenv/IncrementalCIFAR100-v0",
+)
+# Settings per benchmark and paper (PROTOCOLS.md). A field left at None takes its
+# value from here. LoP's ImageNet step size (0.01) and SC's CIFAR epochs (200, as LoP)
+# are not in PROTOCOLS.md; docs/agents/supervised.md says so.
+PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    PMNIST: {
+        "sc": dict(learning_rate=0.01, momentum=0.0, batch_size=1, width=1000,
+                   num_tasks=800, examples_per_task=60_000, method_preset="pmnist"),
+        "lop": dict(learning_rate=0.003, momentum=0.0, batch_size=1, width=2000,
+                    num_tasks=800, examples_per_task=60_000, method_preset="pmnist_lop"),
+    },
+    IMAGENET: {
+        "sc": dict(learning_rate=1e-3, momentum=0.9, batch_size=100, num_tasks=2000,
+                   epochs_per_task=20, zero_head_on_switch=False,
+                   method_preset="imagenet"),
+        "lop": dict(learning_rate=0.01, momentum=0.9, batch_size=100, num_tasks=2000,
+                    epochs_per_task=250, zero_head_on_switch=True,
+                    method_preset="imagenet_lop"),
+    },
+    CIFAR: {
+        "sc": dict(learning_rate=1e-2, momentum=0.9, batch_size=100, num_tasks=20,
+                   epochs_per_task=200, extra_fc=2, lr_milestones=(),
+                   optimizer_weight_decay=0.0, augment=False, normalize=False,
+                   restore_best_validation=False, method_preset="cifar"),
+        "lop": dict(learning_rate=0.1, momentum=0.9, batch_size=90, num_tasks=20,
+                    epochs_per_task=200, extra_fc=0, lr_milestones=(60, 120, 160),
+                    optimizer_weight_decay=5e-4, augment=True, normalize=True,
+                    restore_best_validation=True, method_preset="cifar_lop"),
+    },
+}  # fmt: skip
+GENERIC_DEFAULTS: dict[str, Any] = dict(
+    zero_head_on_switch=False, extra_fc=0, lr_milestones=(), lr_gamma=0.2,
+    optimizer_weight_decay=0.0, augment=False, normalize=False,
+    restore_best_validation=False,
+)  # fmt: skip
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment (also the env's task_seed: the task sequence)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    num_threads: int = 1
+    """torch CPU threads; 1 is fastest at batch 1 (two are ~3x slower)"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    resume: str | None = None
+    """continue the run in this directory (runs/<run>) from its latest checkpoint, with
+    its saved arguments"""
+    progress: bool = True
+    """show a progress bar (examples, task, accuracy, examples/s)"""
+
+    # Benchmark
+    env_id: str = PMNIST
+    """clenv/PermutedMNIST-v0 (MLP), clenv/ContinualImageNet-v0 (LoP ConvNet) or
+    clenv/IncrementalCIFAR100-v0 (ResNet-18 variant)"""
+    protocol: Literal["sc", "lop"] = "sc"
+    """paper settings for every option left unset: sc (Prakash et al. 2026) or lop
+    (Dohare et al. 2024); see PROTOCOL_DEFAULTS and docs/agents/supervised.md"""
+    data_dir: str | None = None
+    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv), e.g. ../shared/data"""
+    num_tasks: int | None = None
+    """tasks to train on (default: PMNIST 800, ImageNet 2000, CIFAR 20)"""
+    examples_per_task: int | None = None
+    """Permuted MNIST: examples per task, one pass (default 60000)"""
+    epochs_per_task: int | None = None
+    """ImageNet/CIFAR: epochs per task (default: ImageNet 20 sc / 250 lop; CIFAR 200)"""
+    env_kwargs: list[str] = field(default_factory=list)
+    """more gym.make arguments as key=value (Python literals), e.g.
+    `--env-kwargs num_classes=10`"""
+
+    # Network and optimizer
+    width: int | None = None
+    """Permuted MNIST MLP: units per hidden layer (default: 1000 sc, 2000 lop)"""
+    depth: int = 3
+    """Permuted MNIST MLP: hidden layers"""
+    extra_fc: int | None = None
+    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: 2 sc, 0 lop)"""
+    resnet_channels: int = 64
+    """CIFAR ResNet: channels of the first stage (64 in both papers; less for quick
+    runs)"""
+    learning_rate: float | None = None
+    """SGD step size (default: PMNIST 0.01 sc / 0.003 lop; ImageNet 1e-3 sc / 0.01 lop;
+    CIFAR 0.01 sc / 0.1 lop)"""
+    momentum: float | None = None
+    """SGD momentum (default: 0 PMNIST, 0.9 ImageNet and CIFAR)"""
+    optimizer_weight_decay: float | None = None
+    """the optimizer's own weight decay, on top of --reg (default 0; LoP CIFAR 5e-4)"""
+    batch_size: int | None = None
+    """minibatch size (default: PMNIST 1, ImageNet 100, CIFAR 100 sc / 90 lop)"""
+    lr_milestones: tuple[int, ...] | None = None
+    """epochs of each task at which the step size is multiplied by --lr-gamma; it is
+    reset at every task start (default: LoP CIFAR 60 120 160, else none)"""
+    lr_gamma: float = 0.2
+    """factor of --lr-milestones"""
+    zero_head_on_switch: bool | None = None
+    """zero the output layer at every task start (default: LoP ImageNet only)"""
+    augment: bool | None = None
+    """CIFAR: flip, padded crop and rotation (default: lop yes, sc no)"""
+    normalize: bool | None = None
+    """CIFAR: per-channel normalisation (default: lop yes, sc no)"""
+    restore_best_validation: bool | None = None
+    """CIFAR: restore the weights of the best validation epoch at each task end (LoP)"""
+
+    # Plasticity method
+    reg: str = "l2er"
+    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, or a
+    combination such as cbp+l2 (clenv.methods.make_method)"""
+    method_preset: str | None = None
+    """hyperparameters of the method (default: pmnist, imagenet, cifar; *_lop for lop)"""
+    method_kwargs: list[str] = field(default_factory=list)
+    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or
+    `er__ascent_lr=1e-3`"""
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it
+    computes the same run (MLP, plain SGD, methods bp/l2/er/l2er/cbp/resets)"""
+    chunk: int = 100
+    """Permuted MNIST: examples per env step; the learner still updates after every
+    example (see docs/agents/supervised.md: what the logged accuracies mean)"""
+
+    # Logging
+    log_every: int = 1000
+    """log the running online accuracy (cl/online_accuracy) every this many examples"""
+    metric_samples: int = 2000
+    """samples of the task the plasticity and curvature metrics are computed on (SC)"""
+    plasticity_every_tasks: int = 1
+    """log plasticity/* at the end of every k-th task; 0: never"""
+    curvature_every_tasks: int = 10
+    """log curvature/* at the start and end of every k-th task (SC: 10); 0: never"""
+    curvature_order: int = 100
+    """Lanczos iterations of the spectral density (SC: 100)"""
+    curvature_trace_matvecs: int = 0
+    """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
+    curvature_epsilons: tuple[float, ...] = (0.001, 0.01, 0.03, 0.1)
+    """epsilons of the epsilon-rank (SC: PMNIST 0.01, ImageNet 0.03-0.1)"""
+
+    # Checkpoints
+    checkpoint_every_tasks: int = 10
+    """save a checkpoint at the start of every k-th task (and at the end); 0: only at
+    the end"""
+    checkpoint_every: int = 0
+    """also save one every this many examples within a task (long CIFAR tasks); 0: off"""
+    keep_checkpoints: int = 3
+    """how many checkpoints to keep"""
+
+    # to be filled in runtime
+    env_batch_size: int = 0
+    """examples per env step (computed in runtime)"""
+    total_examples: int = 0
+    """examples in the whole run (computed in runtime)"""
+
+
+def parse_kwargs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values as Python literals)."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{flag} takes key=value pairs, got {pair!r}")
+        try:
+            parsed[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parsed[key] = text
+    return parsed
+
+
+def resolve_args(args: Args) -> Args:
+    """Fill every unset option from the benchmark's protocol and check the arguments."""
+    if args.env_id not in PROTOCOL_DEFAULTS:
+        raise ValueError(
+            f"--env-id must be one of {list(PROTOCOL_DEFAULTS)}, got {args.env_id!r}"
+        )
+    defaults = {**GENERIC_DEFAULTS, **PROTOCOL_DEFAULTS[args.env_id][args.protocol]}
+    for key, value in defaults.items():
+        if getattr(args, key, "missing") is None:
+            setattr(args, key, value)
+    if args.env_id == PMNIST and args.batch_size != 1 and args.chunk % args.batch_size:
+        raise ValueError("--chunk must be a multiple of --batch-size")
+    for key in ("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
+                "keep_checkpoints", "metric_samples", "depth"):  # fmt: skip
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1")
+    for key in ("plasticity_every_tasks", "curvature_every_tasks",
+                "checkpoint_every_tasks", "checkpoint_every"):  # fmt: skip
+        if getattr(args, key) < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 0 (0 turns it off)")
+    if args.learning_rate <= 0:
+        raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
+    if args.env_id == PMNIST:
+        if args.examples_per_task is None:
+            args.examples_per_task = PROTOCOL_DEFAULTS[PMNIST][args.protocol][
+                "examples_per_task"
+            ]
+        if args.examples_per_task % args.chunk:
+            raise ValueError(
+                f"--examples-per-task {args.examples_per_task} must be a multiple of "
+                f"--chunk {args.chunk} (each env step shows one chunk)"
+            )
+        args.env_batch_size = args.chunk
+        args.total_examples = args.num_tasks * args.examples_per_task
+    else:
+        args.env_batch_size = args.batch_size
+    return args
+
+
+def env_kwargs_for(args: Args) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        batch_size=args.env_batch_size, num_tasks=args.num_tasks, task_seed=args.seed
+    )
+    if args.data_dir is not None:
+        kwargs["data_dir"] = args.data_dir
+    if args.env_id == PMNIST:
+        kwargs["examples_per_task"] = args.examples_per_task
+    else:
+        kwargs["epochs_per_task"] = args.epochs_per_task
+    if args.env_id == CIFAR:
+        kwargs.update(augment=args.augment, normalize=args.normalize)
+    kwargs.update(parse_kwargs(args.env_kwargs, "--env-kwargs"))
+    return kwargs
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any]) -> RestorableEnv:
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except TypeError as error:
+        raise ValueError(f"{env_id} does not accept {env_kwargs}: {error}") from error
+    # Outermost, so a checkpoint captures the stream (schedule, shuffle, generator).
+    return RestorableEnv(env)
+
+
+def make_model(args: Args) -> nn.Module:
+    if args.env_id == PMNIST:
+        return PermutedMNISTMLP(784, args.width, args.depth, 10)
+    if args.env_id == IMAGENET:
+        return ContinualImageNetConvNet(num_classes=2)
+    return IncrementalCIFARResNet18(
+        num_classes=100, extra_fc=args.extra_fc, base_channels=args.resnet_channels
+    )
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    return model.head
+
+
+def masked(logits: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """Logits of classes not yet seen set to -inf (incremental CIFAR)."""
+    if active is None:
+        return logits
+    return logits.masked_fill(~active, float("-inf"))
+
+
+def plasticity_layers(model: nn.Module) -> list[str] | None:
+    """Layers whose features are ranked: every ReLU of the MLP, the FC layers of the
+    conv nets (a conv map of 2000 samples is too large to rank every task)."""
+    return getattr(model, "fc_activation_names", lambda: None)()
+
+
+def symmetric_log_grid(low: float, high: float, per_decade: int) -> np.ndarray:
+    """A fixed eigenvalue grid, log-spaced in |lambda| on both sides of 0, so the
+    densities of every task (and run) stack."""
+    positive = np.logspace(
+        np.log10(low), np.log10(high), int(per_decade * np.log10(high / low)) + 1
+    )
+    return np.concatenate([-positive[::-1], [0.0], positive])
+
+
+DENSITY_GRID = symmetric_log_grid(1e-5, 1e6, 25)
+
+
+def density_on_grid(
+    ritz_values: np.ndarray,
+    ritz_weights: np.ndarray,
+    grid: np.ndarray,
+    sigma_squared: float,
+) -> np.ndarray:
+    """SLQ density (Gaussian-smoothed Ritz mixture, SC) as exact bin masses on ``grid``.
+
+    Each grid point gets the mixture's mass between the midpoints to its neighbours
+    (the outer points take the tails), divided by its trapezoid weight, so a peak
+    narrower than the grid spacing keeps its mass and
+    ``sum(density * trapezoid weights) == 1``.
+    """
+    values = np.asarray(ritz_values, dtype=np.float64).reshape(-1)
+    weights = np.asarray(ritz_weights, dtype=np.float64).reshape(-1)
+    weights = weights / weights.sum()
+    edges = np.concatenate([[-np.inf], 0.5 * (grid[1:] + grid[:-1]), [np.inf]])
+    sigma = np.sqrt(sigma_squared)
+    z = (edges[:, None] - values[None, :]) / sigma
+    cdf = torch.special.ndtr(torch.from_numpy(z)).numpy()
+    mass = (np.diff(cdf, axis=0) * weights[None, :]).sum(axis=1)
+    widths = np.zeros_like(grid)
+    widths[:-1] += np.diff(grid) / 2
+    widths[1:] += np.diff(grid) / 2
+    return mass / widths
+
+
+@dataclass
+class TaskStats:
+    """What the learner accumulates within the current task (checkpointed)."""
+
+    task_id: int = 0
+    examples: int = 0
+    correct: int = 0
+    env_reward_sum: float = 0.0
+    env_steps: int = 0
+    loss_sum: float = 0.0
+    window_examples: int = 0
+    window_correct: int = 0
+    epoch: int = 0
+    best_validation: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    resume_dir = args.resume
+    if resume_dir is not None:
+        if not (Path(resume_dir) / "args.json").exists():
+            sys.exit(f"error: --resume {resume_dir}: no args.json there (not a run)")
+        saved = RunLogger.load_args(resume_dir)
+        names = {f.name for f in dataclasses.fields(Args)}
+        tuples = ("lr_milestones", "curvature_epsilons")
+        saved = {k: tuple(v) if k in tuples and v is not None else v
+                 for k, v in saved.items() if k in names}  # fmt: skip
+        args = dataclasses.replace(Args(**saved), resume=resume_dir,
+                                   progress=args.progress)  # fmt: skip
+    try:
+        args = resolve_args(args)
+        env_kwargs = env_kwargs_for(args)
+        method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
+        components = split_name(args.reg)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    fast_ok = (
+        args.env_id == PMNIST
+        and args.batch_size == 1
+        and args.momentum == 0
+        and args.optimizer_weight_decay == 0
+        and fast_path_supports(components)
+    )
+    if args.fast_path == "on" and not fast_ok:
+        sys.exit(
+            "error: --fast-path on needs Permuted MNIST at batch 1, plain SGD (momentum "
+            "0, no optimizer weight decay) and methods among bp/l2/er/cbp/resets; "
+            f"got --reg {args.reg}"
+        )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    try:
+        env = make_env(args.env_id, env_kwargs)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    base = env.unwrapped
+    model = make_model(args).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.optimizer_weight_decay,
+    )
+    # The ResNet is not one nn.Sequential: methods that act on units get its spec.
+    hidden_spec = getattr(model, "hidden_layer_spec", lambda: None)()
+    if not any(
+        "hidden_layers" in inspect.signature(METHODS[name].__init__).parameters
+        for name in components
+    ):
+        hidden_spec = None
+    try:
+        method = make_method(
+            args.reg,
+            model,
+            optimizer,
+            preset=args.method_preset,
+            **({"hidden_layers": hidden_spec} if hidden_spec else {}),
+            **method_kwargs,
+        )
+    except ValueError as error:
+        sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
+    trainer = None
+    if fast_ok and args.fast_path != "off":
+        trainer = FastMLPTrainer(model, args.learning_rate, method=method)
+    per_example = args.env_id == PMNIST  # sequential updates within each env step
+    metric_split = "train"
+    num_classes = head_of(model).out_features
+
+    # to be filled in runtime
+    global_step = 0  # examples seen
+    stats = TaskStats()
+    obs, info = None, None
+    checkpoint = None
+    if resume_dir is not None:
+        checkpoint = load_latest_checkpoint(Path(resume_dir) / "checkpoints", device)
+    if checkpoint is not None and checkpoint[1].get("finished", False):
+        sys.exit(f"{resume_dir} has already finished ({checkpoint[0]:,} examples)")
+    if checkpoint is not None:
+        global_step, state = checkpoint
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        if trainer is not None:
+            trainer.load_state_dict(state["trainer"])
+        restore_rng_state(state["rng"])
+        env.set_env_state([state["env_state"]])
+        obs, info = state["obs"], state["info"]
+        stats = state["stats"]
+        logger = RunLogger.resume(resume_dir, step=global_step)
+        print(f"resumed {resume_dir} at example {global_step:,}")
+    else:
+        if resume_dir is not None:
+            logger = RunLogger.resume(resume_dir, step=-1)
+            print(f"{resume_dir} has no checkpoint yet: starting it over")
+        else:
+            logger = RunLogger.create(
+                args.runs_dir,
+                env_id=args.env_id,
+                exp_name=args.exp_name,
+                seed=args.seed,
+                agent="supervised",
+                reg=args.reg,
+                args={
+                    **vars(args),
+                    "env_kwargs_resolved": env_kwargs,
+                    "method": repr(method),
+                    "fast_path_used": trainer is not None,
+                },
+            )
+        obs, info = env.reset(seed=args.seed)
+    run_dir = logger.run_dir
+    if not args.total_examples:
+        args.total_examples = sum(
+            base.task_length(k) * args.env_batch_size for k in range(args.num_tasks)
+        )
+    print(f"run directory: {run_dir}")
+    print(
+        f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; "
+        f"{'fast path (' + trainer.backend + ')' if trainer else 'autograd'} on {device}"
+    )
+
+    def active_mask(task_info: dict[str, Any]) -> torch.Tensor | None:
+        if "active_classes" not in task_info:
+            return None
+        mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        mask[torch.as_tensor(task_info["active_classes"], device=device)] = True
+        return mask
+
+    def task_batch(task_id: int, split: str, count: int | None):
+        inputs, labels = base.task_data(task_id, split, max_examples=count)
+        return (
+            torch.as_tensor(inputs, device=device),
+            torch.as_tensor(labels, device=device),
+        )
+
+    @torch.no_grad()
+    def accuracy(inputs, labels, active) -> float:
+        was_training = model.training
+        model.eval()
+        correct = 0
+        for start in range(0, len(labels), 1000):
+            logits = masked(model(inputs[start : start + 1000]), active)
+            correct += int((logits.argmax(1) == labels[start : start + 1000]).sum())
+        model.train(was_training)
+        return correct / max(len(labels), 1)
+
+    def log_curvature(task_id: int, when: str, active) -> None:
+        inputs, labels = task_batch(task_id, metric_split, args.metric_samples)
+
+        def loss_fn(net, batch):
+            return F.cross_entropy(masked(net(batch[0]), active), batch[1])
+
+        # A forked RNG: logging more or less never changes the training run.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            report = curvature_report(
+                model,
+                loss_fn,
+                [(inputs, labels)],
+                eps=args.curvature_epsilons,
+                order=args.curvature_order,
+                trace_matvecs=args.curvature_trace_matvecs,
+                seed=args.seed,
+            )
+        prefix = f"curvature/{when}/"
+        for key, value in report.items():
+            if isinstance(value, int | float):
+                logger.log_scalar(prefix + key, value, global_step, task_id=task_id)
+        density = density_on_grid(
+            report["ritz_values"], report["ritz_weights"], DENSITY_GRID, 1e-5
+        )
+        logger.log_array(prefix + "spectral_density", density, global_step,
+                         grid=DENSITY_GRID, task_id=task_id)  # fmt: skip
+        # Fixed length (HDF5 rows): Lanczos stops early on a tiny model.
+        for key, fill in (("ritz_values", np.nan), ("ritz_weights", 0.0)):
+            row = np.full(args.curvature_order, fill)
+            values = np.asarray(report[key], dtype=np.float64).reshape(-1)
+            row[: min(len(values), len(row))] = values[: len(row)]
+            logger.log_array(prefix + key, row, global_step, task_id=task_id)
+
+    def log_plasticity(task_id: int) -> None:
+        inputs, _ = task_batch(task_id, metric_split, args.metric_samples)
+        activations = capture_activations(model, inputs, plasticity_layers(model))
+        named = {f"layer{i}": a for i, a in enumerate(activations.values())}
+        metrics = representation_metrics(named)
+        weights = weight_metrics(model)
+        metrics["weight_magnitude"] = weights["weight_magnitude"]
+        metrics["parameter_norm"] = weights["parameter_norm"]
+        if trainer is not None and trainer.cbp is not None:
+            metrics["cbp_units_replaced"] = float(sum(trainer.cbp.num_replaced))
+        logger.log_scalars(metrics, global_step, prefix="plasticity/", task_id=task_id)
+
+    def curvature_due(task_id: int) -> bool:
+        every = args.curvature_every_tasks
+        return every > 0 and task_id % every == 0
+
+    def task_start(task_id: int, task_info: dict[str, Any]) -> None:
+        """What the protocol does before the first prediction of a task."""
+        logger.set_task(task_id)
+        if task_id > 0:
+            method.on_task_switch(task_id)
+        if args.zero_head_on_switch:
+            with torch.no_grad():
+                for param in head_of(model).parameters():
+                    param.zero_()
+                    optimizer.state.pop(param, None)
+        for group in optimizer.param_groups:
+            group["lr"] = args.learning_rate
+        if curvature_due(task_id):
+            log_curvature(task_id, "task_start", active_mask(task_info))
+
+    def task_end(task_id: int, active) -> None:
+        """Per-task summaries, logged once with the step at the task's end."""
+        if args.restore_best_validation and stats.best_state is not None:
+            model.load_state_dict(stats.best_state)
+        summary = {
+            "cl/online_accuracy_per_task": stats.correct / max(stats.examples, 1),
+            "cl/env_reward_per_task": stats.env_reward_sum / max(stats.env_steps, 1),
+            "losses/train_loss_per_task": stats.loss_sum / max(stats.examples, 1),
+            "charts/examples_per_second": (global_step - start_step)
+            / max(time.time() - start_time, 1e-9),
+        }
+        if args.env_id != PMNIST:
+            inputs, labels = task_batch(task_id, "test", None)
+            summary["eval/test_accuracy_per_task"] = accuracy(inputs, labels, active)
+        logger.log_scalars(summary, global_step, task_id=task_id)
+        every = args.plasticity_every_tasks
+        if every and task_id % every == 0:
+            log_plasticity(task_id)
+        if curvature_due(task_id):
+            log_curvature(task_id, "task_end", active)
+
+    def save() -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "method": method.state_dict(),
+            "trainer": None if trainer is None else trainer.state_dict(),
+            "rng": capture_rng_state(),
+            "env_state": env.get_env_state(),
+            "obs": obs,
+            "info": info,
+            "stats": stats,
+            "args": vars(args),
+        }
+        save_checkpoint(run_dir / "checkpoints", state, global_step,
+                        args.keep_checkpoints)  # fmt: skip
+
+    if checkpoint is None:
+        stats = TaskStats(task_id=int(info["task_id"]))
+        task_start(stats.task_id, info)
+    logger.set_task(stats.task_id)
+    start_time = time.time()
+    start_step = global_step
+    progress = tqdm(total=args.total_examples, initial=global_step, unit="ex",
+                    disable=not args.progress, dynamic_ncols=True)  # fmt: skip
+    finished_all = False
+    model.train()
+    while not finished_all:
+        x = torch.as_tensor(obs, device=device)
+        if args.env_batch_size == 1:  # a single example comes without a batch axis
+            x = x.unsqueeze(0)
+        active = active_mask(info)
+        if args.lr_milestones:
+            passed = sum(int(info["epoch"]) >= m for m in args.lr_milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = args.learning_rate * args.lr_gamma**passed
+
+        # ALGO LOGIC: predict the batch (the action), then learn from its labels
+        if per_example:
+            with torch.no_grad():
+                prediction = model(x).argmax(1)
+        else:
+            logits = masked(model(x), active)
+            prediction = logits.argmax(1)
+        action = prediction.cpu().numpy()
+        action = int(action[0]) if args.env_batch_size == 1 else action
+        next_obs, reward, _, truncated, next_info = env.step(action)
+        labels = torch.as_tensor(
+            np.atleast_1d(next_info["label"]), device=device, dtype=torch.int64
+        )
+        if trainer is not None:
+            online_predictions, losses = trainer.train(x, labels)
+            loss_sum = float(losses.sum())
+        elif per_example:
+            # The papers' loop: predict one example, then update on it.
+            online_predictions = torch.empty_like(labels)
+            loss_sum = 0.0
+            for k in range(x.shape[0]):
+                logits = model(x[k : k + 1])
+                loss = F.cross_entropy(logits, labels[k : k + 1])
+                online_predictions[k] = logits.detach().argmax(1)[0]
+                optimizer.zero_grad()
+                loss.backward()
+                method.after_backward()
+                optimizer.step()
+                method.after_step(x[k : k + 1])
+                loss_sum += loss.item()
+        else:
+            loss = F.cross_entropy(logits, labels)
+            online_predictions = prediction
+            optimizer.zero_grad()
+            loss.backward()
+            method.after_backward()
+            optimizer.step()
+            method.after_step(x)
+            loss_sum = loss.item() * labels.numel()
+        correct = int((online_predictions == labels).sum())
+        global_step += labels.numel()
+        stats.examples += labels.numel()
+        stats.correct += correct
+        stats.loss_sum += loss_sum
+        stats.env_reward_sum += float(reward)
+        stats.env_steps += 1
+        stats.window_examples += labels.numel()
+        stats.window_correct += correct
+        if stats.window_examples >= args.log_every:
+            logger.log_scalar("cl/online_accuracy",
+                              stats.window_correct / stats.window_examples, global_step)  # fmt: skip
+            stats.window_examples = stats.window_correct = 0
+
+        # An epoch of the task ended: LoP's best-validation bookkeeping.
+        epoch_ended = truncated or int(next_info["epoch"]) != stats.epoch
+        if args.restore_best_validation and epoch_ended:
+            inputs, val_labels = task_batch(stats.task_id, "validation", None)
+            val_accuracy = accuracy(inputs, val_labels, active)
+            logger.log_scalar("eval/validation_accuracy", val_accuracy, global_step)
+            if val_accuracy > stats.best_validation:
+                stats.best_validation = val_accuracy
+                stats.best_state = copy.deepcopy(model.state_dict())
+        stats.epoch = int(next_info["epoch"])
+
+        obs, info = next_obs, next_info
+        crossed = args.checkpoint_every and (
+            global_step // args.checkpoint_every
+            > (global_step - labels.numel()) // args.checkpoint_every
+        )
+        if truncated:  # the step that completes a task (docs/protocol.md)
+            finished = stats.task_id
+            task_end(finished, active)
+            finished_all = finished + 1 >= args.num_tasks
+            if not finished_all:
+                stats = TaskStats(
+                    task_id=int(info["task_id"]),
+                    epoch=int(info["epoch"]),
+                    # The running-accuracy window spans task boundaries.
+                    window_examples=stats.window_examples,
+                    window_correct=stats.window_correct,
+                )
+                task_start(stats.task_id, info)
+                every = args.checkpoint_every_tasks
+                crossed = crossed or (every and stats.task_id % every == 0)
+        if crossed and not finished_all:
+            save()
+        progress.update(labels.numel())
+        progress.set_postfix(
+            task=stats.task_id,
+            acc=f"{stats.correct / max(stats.examples, 1):.3f}",
+            ex_s=int((global_step - start_step) / max(time.time() - start_time, 1e-9)),
+            refresh=False,
+        )
+
+    save_checkpoint(
+        run_dir / "checkpoints",
+        {"model": model.state_dict(), "method": method.state_dict(),
+         "args": vars(args), "finished": True, "stats": stats},
+        global_step,
+        args.keep_checkpoints,
+    )  # fmt: skip
+    progress.close()
+    env.close()
+    logger.close()
+    print(f"done: {global_step:,} examples, {args.num_tasks} tasks")
+    print(f"logs:        {run_dir}  (metrics.h5, TensorBoard events, checkpoints/)")
+    print(f"TensorBoard: tensorboard --logdir {Path(args.runs_dir)}")
+    print(f"plots:       clenv plot {run_dir} --out {run_dir / 'plots.png'}")
