@@ -57,6 +57,7 @@ PERFORMANCE_STEP_TAGS = (
 SPECTRAL_DENSITY_TAGS = (
     "curvature/spectral_density",
     "curvature/task_start/spectral_density",
+    "curvature/task_end/spectral_density",
 )
 # ε candidates when ε is chosen after the fact (SC reports 0.01 and 0.03..0.1).
 EPSILON_CANDIDATES = tuple(float(x) for x in 10.0 ** np.arange(-4.0, 1.01, 0.25))
@@ -89,6 +90,7 @@ class _Group:
 class _Panel:
     title: str
     draw: Callable[[plt.Axes], None]
+    grid_lines: bool = True
 
 
 def _first_tag(runs: Sequence[Run], tags: Sequence[str]) -> str | None:
@@ -118,10 +120,43 @@ def _task_boundaries(run: Run) -> np.ndarray:
 
 
 def _layer_series(run: Run, metric: str) -> list[Series]:
-    """Per-layer ``plasticity/<layer...>/<metric>`` series, else the aggregate one."""
+    """The most detailed ``plasticity/.../<metric>`` series: one per layer.
+
+    Agents log per-layer series next to aggregates (``plasticity/actor/dead_units``
+    beside ``plasticity/actor/layer0/dead_units``); only the deepest level is used,
+    so nothing is counted twice.
+    """
     found = run.matching(metric, prefix="plasticity/")
-    per_layer = [s for s in found if s.name.count("/") >= 2]
-    return per_layer or found
+    depth = max((s.name.count("/") for s in found), default=0)
+    return [s for s in found if s.name.count("/") == depth]
+
+
+def _spectral_series(run: Run) -> Series | None:
+    """A run's spectral densities as one series (task-start and task-end rows merged).
+
+    Agents log ``curvature/spectral_density`` or, at task start and end,
+    ``curvature/task_start/spectral_density`` and ``curvature/task_end/...``.
+    """
+    parts = [
+        run.series[tag]
+        for tag in SPECTRAL_DENSITY_TAGS
+        if tag in run.series
+        and len(run.series[tag])
+        and "grid" in run.series[tag].attrs
+    ]
+    if not parts:
+        return None
+    grid = np.asarray(parts[0].attrs["grid"])
+    parts = [p for p in parts if np.array_equal(np.asarray(p.attrs["grid"]), grid)]
+    if len(parts) == 1:
+        return parts[0]
+    return Series(
+        name=parts[0].name,
+        step=np.concatenate([p.step for p in parts]),
+        task_id=np.concatenate([p.task_id for p in parts]),
+        value=np.concatenate([p.value for p in parts]),
+        attrs={"grid": grid},
+    )
 
 
 def _per_task_layer_total(series: list[Series], reduce: str) -> tuple[np.ndarray, ...]:
@@ -267,23 +302,21 @@ class _FigurePlan:
 
     # -- curvature -------------------------------------------------------------------
     def _plan_spectra(self) -> None:
-        tag = _first_tag(self.runs, SPECTRAL_DENSITY_TAGS)
-        self.spectrum_tag = tag
-        if tag is None:
-            self._skip(TITLE_SPECTRUM, " or ".join(SPECTRAL_DENSITY_TAGS))
+        self.spectra = {id(r): _spectral_series(r) for r in self.runs}
+        if not any(self.spectra.values()):
+            self._skip(
+                TITLE_SPECTRUM, " or ".join(SPECTRAL_DENSITY_TAGS) + " with a grid"
+            )
             return
-        lacking = [
-            r
-            for r in self.runs
-            if not r.find([tag]) or "grid" not in r.series[tag].attrs
-        ]
-        self._note_missing(TITLE_SPECTRUM, lacking)
-        lacking_ids = {id(r) for r in lacking}
+        self._note_missing(
+            TITLE_SPECTRUM, [r for r in self.runs if not self.spectra[id(r)]]
+        )
         for group in self.groups:
-            members = [r.series[tag] for r in group.runs if id(r) not in lacking_ids]
+            members = [self.spectra[id(r)] for r in group.runs if self.spectra[id(r)]]
             if members:
                 title = f"{TITLE_SPECTRUM} ({group.label})"
-                self.panels.append(_Panel(title, self._spectrum_drawer(members)))
+                drawer = self._spectrum_drawer(members)
+                self.panels.append(_Panel(title, drawer, grid_lines=False))
 
     @staticmethod
     def _spectrum_drawer(members: list[Series]) -> Callable[[plt.Axes], None]:
@@ -311,7 +344,11 @@ class _FigurePlan:
                     columns.setdefault(key, []).append(mass[row])
             keys = sorted(columns)
             per_task = {task: sum(1 for t, _ in keys if t == task) for task, _ in keys}
-            x = np.array([t + j / per_task[t] * 0.5 for t, j in keys], dtype=np.float64)
+            # Within a task: the first density at the task, the last at task + 0.5.
+            x = np.array(
+                [t + 0.5 * j / max(per_task[t] - 1, 1) for t, j in keys],
+                dtype=np.float64,
+            )
             image = np.stack([np.mean(columns[k], axis=0) for k in keys], axis=1)
             if len(x) == 1:
                 x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
@@ -329,8 +366,8 @@ class _FigurePlan:
         return draw
 
     def _plan_epsilon_rank(self) -> None:
-        perf_tag, spec_tag = self.performance_tag, self.spectrum_tag
-        if perf_tag is None or spec_tag is None:
+        perf_tag = self.performance_tag
+        if perf_tag is None or not any(self.spectra.values()):
             self._skip(
                 TITLE_EPSILON_RANK, "both a per-task performance and a spectral density"
             )
@@ -338,8 +375,8 @@ class _FigurePlan:
         points: list[tuple[_Group, np.ndarray, np.ndarray, np.ndarray]] = []
         for group in self.groups:
             for run in group.runs:
-                perf, spectrum = run.find([perf_tag]), run.find([spec_tag])
-                if perf is None or spectrum is None or "grid" not in spectrum.attrs:
+                perf, spectrum = run.find([perf_tag]), self.spectra[id(run)]
+                if perf is None or spectrum is None:
                     continue
                 perf_tasks, perf_values = perf.per_task_mean()
                 tasks, rows = _start_rows(spectrum)
@@ -424,7 +461,8 @@ def make_figure(
     for ax, panel in zip(axes.flat, plan.panels, strict=False):
         panel.draw(ax)
         ax.set_title(panel.title, fontsize=10)
-        ax.grid(alpha=0.3)
+        if panel.grid_lines:
+            ax.grid(alpha=0.3)
     for ax in axes.flat[len(plan.panels) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
