@@ -291,3 +291,39 @@ def test_best_epsilon_picks_the_informative_band() -> None:
     assert eps == 0.5 and r2 == pytest.approx(1.0, abs=1e-6)
     _, r2_wide_band = best_epsilon([(grid, densities)], 3 * outer_share, [0.1])
     assert r2_wide_band < 0.99
+
+
+def test_runs_written_by_run_logger_plot(tmp_path: Path) -> None:
+    """The contract end to end: clenv.logger.RunLogger writes, clenv.plotting reads."""
+    logger_module = pytest.importorskip("clenv.logger")
+    for seed in (1, 2):
+        with logger_module.RunLogger.create(
+            tmp_path / "runs", env_id="clenv/PermutedMNIST-v0", exp_name="real",
+            seed=seed, agent="supervised", reg="bp", args={"seed": seed},
+            tensorboard=False,
+        ) as logger:  # fmt: skip
+            for task in range(4):
+                logger.set_task(task)
+                start = task * STEPS_PER_TASK
+                logger.log_array("curvature/task_start/spectral_density",
+                                 _density(0.1 * task), start, grid=GRID)  # fmt: skip
+                logger.log_scalar("plasticity/layer0/dead_units", 3.0 * task, start + 1)
+                logger.log_scalar("plasticity/dead_units", 3.0 * task, start + 1)
+                logger.log_scalar(
+                    "cl/online_accuracy_per_task", 0.9 - 0.05 * task, start + 999
+                )
+    result = plot_runs([tmp_path / "runs"], tmp_path / "real.png")
+    assert result.panels == [
+        TITLE_PERFORMANCE,
+        TITLE_DEAD_UNITS,
+        f"{TITLE_SPECTRUM} (bp)",
+        result.panels[-1],
+    ]
+    assert result.panels[-1].startswith(TITLE_EPSILON_RANK)
+    run = load_run(next((tmp_path / "runs").iterdir()))
+    # Only the per-layer series is summed; the aggregate is not added on top of it.
+    from clenv.plotting.figure import _layer_series
+
+    [layer] = _layer_series(run, "dead_units")
+    assert layer.name == "plasticity/layer0/dead_units"
+    _assert_png(tmp_path / "real.png")
