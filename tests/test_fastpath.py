@@ -105,6 +105,27 @@ def test_dense_inputs_match_autograd(backend):
         assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reg", ["bp", "l2", "l2er"])
+def test_large_layers_with_deferred_updates_match_autograd(backend, reg):
+    """Width 600: with L2 the kernel defers the updates of layers >= 2^18 weights
+    (rank-16 corrections, rewritten every 16 examples); 70 examples cross 4 rewrites.
+    bp checks the eager path at the same size."""
+    torch.manual_seed(0)
+    reference = PermutedMNISTMLP(input_dim=784, width=600, depth=2).double()
+    fast = copy.deepcopy(reference)
+    x, y = stream(n=70, dim=784, classes=10)
+    overrides = {"weight_decay": 1e-2} if "l2" in reg else {}
+    if reg == "l2er":
+        overrides["er__interval"] = 20
+    ref_pred, ref_loss = autograd_run(reference, reg, x, y, 0.05, **overrides)
+    pred, loss, _ = fast_run(fast, reg, x, y, 0.05, backend, 30, **overrides)
+    assert torch.equal(pred, ref_pred)
+    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    for p_ref, p_fast in zip(reference.parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-8, atol=1e-11)
+
+
 def test_er_ascends_every_interval_and_keeps_the_method_state_valid():
     x, y = stream(n=50)
     model = small_model()

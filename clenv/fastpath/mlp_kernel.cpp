@@ -9,6 +9,13 @@
 // gnt.py) is fused too: ages, running mean activation, running utility and the
 // fractional replacement accumulator. When a replacement is due the call returns early
 // so Python can replace the units (rare: every ~1/(rr * units) steps).
+//
+// With L2, large layers (>= 2^18 weights, beyond the L2 cache) defer their updates: in a
+// call the true weights are W_true = scale * (W - sum_j u_j h_j^T) over the last m < 16
+// examples' (u_j, h_j), so forward and backward read W once each and use rank-m
+// corrections, and W is rewritten once every 16 examples instead of every example
+// (L2's decay is the scalar ``scale``). The same algebra, other rounding. Not with CBP,
+// whose utility reads the true outgoing weights at every step.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,6 +33,28 @@ void forward_layer(const T* W, const T* b, const T* x, T* z, int64_t out, int64_
     for (int64_t i = 0; i < in; ++i) s += row[i] * x[i];
     s += b[o];
     z[o] = (relu && s < 0) ? T(0) : s;
+  }
+}
+
+template <typename T>
+void forward_layer_raw(const T* W, const T* x, T* z, int64_t out, int64_t in) {
+  for (int64_t o = 0; o < out; ++o) {
+    const T* row = W + o * in;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < in; ++i) s += row[i] * x[i];
+    z[o] = s;
+  }
+}
+
+template <typename T>
+void forward_layer_sparse_raw(const T* W, const T* x, const int64_t* nz, int64_t n_nz,
+                              T* z, int64_t out, int64_t in) {
+  for (int64_t o = 0; o < out; ++o) {
+    const T* row = W + o * in;
+    T s = 0;
+    for (int64_t j = 0; j < n_nz; ++j) s += row[nz[j]] * x[nz[j]];
+    z[o] = s;
   }
 }
 
@@ -102,6 +131,95 @@ void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out
   }
 }
 
+constexpr int64_t kLazy = 16;
+
+// Deferred rank-1 updates of one layer (see the header).
+template <typename T>
+struct LazyLayer {
+  bool on = false;
+  int64_t out = 0, in = 0, m = 0;
+  T scale = T(1);
+  std::vector<T> U, H, coef;  // kLazy x out, kLazy x in, kLazy
+
+  void init(int64_t o, int64_t i) {
+    on = true;
+    out = o;
+    in = i;
+    U.resize(kLazy * o);
+    H.resize(kLazy * i);
+    coef.resize(kLazy);
+  }
+
+  // z += -sum_j u_j (h_j . x): the pending updates' effect on a pre-activation.
+  void correct_forward(const T* x, T* z) {
+    for (int64_t j = 0; j < m; ++j) {
+      const T* hj = H.data() + j * in;
+      T a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t i = 0; i < in; ++i) a += hj[i] * x[i];
+      const T* uj = U.data() + j * out;
+#pragma omp simd
+      for (int64_t o = 0; o < out; ++o) z[o] -= a * uj[o];
+    }
+  }
+
+  // s += -sum_j h_j (u_j . g): the pending updates' effect on W^T g.
+  void correct_backward(const T* g, T* s) {
+    for (int64_t j = 0; j < m; ++j) {
+      const T* uj = U.data() + j * out;
+      T beta = 0;
+#pragma omp simd reduction(+ : beta)
+      for (int64_t o = 0; o < out; ++o) beta += uj[o] * g[o];
+      const T* hj = H.data() + j * in;
+#pragma omp simd
+      for (int64_t i = 0; i < in; ++i) s[i] -= beta * hj[i];
+    }
+  }
+
+  // W_true' = c W_true - lr g h^T  <=>  scale' = c scale, u_m = (lr / scale') g.
+  void record(const T* g, const T* h, T lr, T wd, T* W) {
+    scale *= T(1) - lr * wd;
+    const T c = lr / scale;
+    T* um = U.data() + m * out;
+    for (int64_t o = 0; o < out; ++o) um[o] = c * g[o];
+    std::copy(h, h + in, H.data() + m * in);
+    if (++m == kLazy) flush(W);
+  }
+
+  void flush(T* W) {
+    if (m == 0 && scale == T(1)) return;
+    for (int64_t o = 0; o < out; ++o) {
+      T* row = W + o * in;
+      for (int64_t j = 0; j < m; ++j) {
+        const T uj = U[j * out + o];
+        if (uj == T(0)) continue;
+        const T* hj = H.data() + j * in;
+#pragma omp simd
+        for (int64_t i = 0; i < in; ++i) row[i] -= uj * hj[i];
+      }
+      if (scale != T(1)) {
+#pragma omp simd
+        for (int64_t i = 0; i < in; ++i) row[i] *= scale;
+      }
+    }
+    m = 0;
+    scale = T(1);
+  }
+};
+
+// W^T g of the stored W, skipping rows where g is zero (inactive ReLUs).
+template <typename T>
+void transpose_matvec(const T* W, const T* g, T* s, int64_t out, int64_t in) {
+  std::fill(s, s + in, T(0));
+  for (int64_t o = 0; o < out; ++o) {
+    const T go = g[o];
+    if (go == T(0)) continue;
+    const T* row = W + o * in;
+#pragma omp simd
+    for (int64_t i = 0; i < in; ++i) s[i] += row[i] * go;
+  }
+}
+
 template <typename T>
 int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          const T* X, const int64_t* Y, int64_t* P, T* Lo, int64_t K,
@@ -127,6 +245,13 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       if (adaptable) in_abs[l].resize(width[l + 1]);
     }
   }
+  std::vector<LazyLayer<T>> lazy(n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    // Only with L2, which would rewrite every weight at every step; without it the
+    // eager update touches only the rows of active units (measured: no gain there).
+    if (!cbp && wd != T(0) && width[l] * width[l + 1] >= (int64_t(1) << 18))
+      lazy[l].init(width[l + 1], width[l]);
+  }
   for (int64_t k = start; k < K; ++k) {
     const T* x = X + k * D;
     const int64_t y = Y[k];
@@ -137,6 +262,24 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     // Forward.
     const T* in_vec = x;
     for (int64_t l = 0; l < n_layers; ++l) {
+      if (lazy[l].on) {
+        // Raw products with the stored W (sparse for the input), then corrections.
+        T* z = h[l + 1].data();
+        if (l == 0 && sparse) {
+          forward_layer_sparse_raw<T>(Wp[0], x, nz.data(), n_nz, z, width[1], D);
+        } else {
+          forward_layer_raw<T>(Wp[l], in_vec, z, width[l + 1], width[l]);
+        }
+        lazy[l].correct_forward(in_vec, z);
+        const bool relu = l + 1 < n_layers;
+        const T scale = lazy[l].scale;
+        for (int64_t o = 0; o < width[l + 1]; ++o) {
+          const T v = scale * z[o] + bp[l][o];
+          z[o] = (relu && v < 0) ? T(0) : v;
+        }
+        in_vec = z;
+        continue;
+      }
       if (l == 0 && sparse && n_layers > 1) {
         forward_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, h[1].data(), width[1],
                                 D);
@@ -167,6 +310,21 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     for (int64_t l = n_layers - 1; l >= 0; --l) {
       const T* h_in = l == 0 ? x : h[l].data();
       T* d = l == 0 ? nullptr : g[l].data();
+      if (lazy[l].on) {
+        const T* gl = g[l + 1].data();
+        if (d) {
+          transpose_matvec<T>(Wp[l], gl, d, width[l + 1], width[l]);
+          lazy[l].correct_backward(gl, d);
+          const T scale = lazy[l].scale;
+          const T* act = h[l].data();
+          for (int64_t i = 0; i < width[l]; ++i)
+            d[i] = act[i] > T(0) ? scale * d[i] : T(0);
+        }
+        T* b = bp[l];
+        for (int64_t o = 0; o < width[l + 1]; ++o) b[o] = b[o] - lr * (gl[o] + wd * b[o]);
+        lazy[l].record(gl, h_in, lr, wd, Wp[l]);
+        continue;
+      }
       T* oabs = (cbp && l >= 1) ? out_abs[l - 1].data() : nullptr;
       T* iabs = (cbp && adaptable && l < n_hidden) ? in_abs[l].data() : nullptr;
       if (l == 0 && sparse && wd == T(0) && iabs == nullptr) {
@@ -211,8 +369,10 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         if (acc[l] >= 1.0) due = true;
       }
     }
-    if (due) return k + 1;
+    if (due) return k + 1;  // no lazy layer with CBP: nothing to flush
   }
+  for (int64_t l = 0; l < n_layers; ++l)
+    if (lazy[l].on) lazy[l].flush(Wp[l]);
   return K;
 }
 
