@@ -37,19 +37,26 @@ parser.add_argument("--learning-rate", type=float, default=0.1)
 parser.add_argument("--env-id", default="clenv/PermutedMNIST-v0")
 parser.add_argument("--resume", default=None)
 args = parser.parse_args()
+if args.resume:  # like agents/*.py: a resumed run takes its saved arguments
+    resume = args.resume
+    args = argparse.Namespace(**json.loads((Path(resume) / "args.json").read_text()))
+    args.resume = resume
 
 calls = Path(args.runs_dir).parent / "calls.jsonl"
 with calls.open("a") as f:
     f.write(json.dumps(vars(args)) + "\\n")
 marker = Path(args.runs_dir).parent / f"flaky-{args.seed}"
-if args.reg == "broken":
-    sys.exit("broken on purpose")
-if args.reg == "flaky" and not marker.exists():
-    marker.touch()
-    sys.exit("flaky: fails the first attempt")
 name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{time.time_ns()}"
-run_dir = Path(args.runs_dir) / name
-run_dir.mkdir(parents=True)
+run_dir = Path(args.resume) if args.resume else Path(args.runs_dir) / name
+run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
+(run_dir / "args.json").write_text(json.dumps(vars(args)))
+if args.reg == "broken":  # dies before its first checkpoint
+    sys.exit("broken on purpose")
+if args.reg == "flaky" and not marker.exists():  # dies after a checkpoint
+    marker.touch()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "step_100.pt").write_text("state")
+    sys.exit("flaky: fails the first attempt")
 with h5py.File(run_dir / "metrics.h5", "w") as f:
     for key in ("env_id", "exp_name", "reg", "seed"):
         f.attrs[key] = getattr(args, key)
@@ -126,6 +133,9 @@ def test_sweep_runs_2x2_retries_and_restart_skips_finished(
         ("bp", 1), ("bp", 2), ("flaky", 1), ("flaky", 1), ("flaky", 2), ("flaky", 2)
     ]  # fmt: skip
     assert {c["learning_rate"] for c in calls} == {0.5}
+    # The retry of a trial that left a checkpoint continues it with the agent's --resume.
+    resumed = [c for c in calls if c["resume"]]
+    assert len(resumed) == 2 and all("grid-flaky" in c["resume"] for c in resumed)
     manifest = _manifest(workspace, "grid")["trials"]
     assert {t["status"] for t in manifest.values()} == {"done"}
     for trial_id, trial in manifest.items():
@@ -162,6 +172,9 @@ def test_failed_trial_is_reported_and_rerun_on_restart(
     # Restarted from its directory: the unfinished trial is tried again.
     assert sweep.main(["--resume", "runs/sweeps/bad", "--max-retries", "0"]) == 1
     assert [c["reg"] for c in _calls(workspace)] == ["broken", "broken"]
+    # The first attempt's partial run directory was moved out of runs/.
+    moved = list((workspace / "runs/sweeps/bad/failed").iterdir())
+    assert len(moved) == 1 and "__bad-broken__1__" in moved[0].name
     assert _manifest(workspace, "bad")["trials"]["bad-broken__seed=1"]["attempts"] == 2
 
 
