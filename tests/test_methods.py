@@ -375,7 +375,7 @@ def test_bench_methods_runs_every_method_and_reports_ratios_to_bp(capsys):
     threads = torch.get_num_threads()
     try:
         figures = main(
-            "--width 8 --rounds 1 --batch-sizes 1,4 --interval 10 --block-steps 10 "
+            "--width 8 --rounds 1 --batch-sizes 1,4 --intervals 10,3 --block-steps 10 "
             "--methods l2er,l2er:in_backward,cbp".split()
         )
     finally:

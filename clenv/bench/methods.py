@@ -8,7 +8,8 @@ and optimizer; one *round* times a block of ``--block-steps`` steps of every met
 in a rotating order, in one process, so machine load hits all of them alike. A
 method's ratio is its block time over BP's block time in the same round; the table
 reports the median over rounds. A block is a multiple of ER's interval U, so ER's
-ascent (every U steps, on the last U minibatches) is counted at its real rate.
+ascent (every U steps, on the last U minibatches) is counted at its real rate: U = 100
+at batch 1 (SC's PMNIST) and U = 12 at batch 100 (SC's ImageNet) by default.
 Times are the process's CPU time (``time.process_time``), not wall time: on a shared,
 oversubscribed machine the wall clock mostly measures waiting for a core.
 
@@ -141,6 +142,16 @@ def time_methods(
     return results
 
 
+def _per_batch_size(
+    parser: argparse.ArgumentParser, flag: str, text: str, count: int
+) -> list[int]:
+    values = [int(v) for v in text.split(",")]
+    values = values * count if len(values) == 1 else values
+    if len(values) != count or min(values) < 1:
+        parser.error(f"{flag} needs one positive value or one per batch size")
+    return values
+
+
 def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]]:
     """Run the benchmark, print one table, and return the figures per batch size."""
     parser = argparse.ArgumentParser(
@@ -154,12 +165,17 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]
     parser.add_argument(
         "--batch-sizes", default="1,100", help="comma-separated batch sizes"
     )
-    parser.add_argument("--interval", type=int, default=100, help="ER's U (steps)")
+    parser.add_argument(
+        "--intervals",
+        default="100,12",
+        help="ER's U per batch size (one value, or one per --batch-sizes entry); "
+        "SC: 100 for PMNIST at batch 1, 12 for ImageNet at batch 100",
+    )
     parser.add_argument(
         "--block-steps",
         type=int,
         default=100,
-        help="steps per timed block (multiple of U)",
+        help="steps per timed block (rounded up to a multiple of U)",
     )
     parser.add_argument(
         "--rounds",
@@ -174,26 +190,27 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]
         help="torch threads for batch sizes > 1 (batch 1 always uses one)",
     )
     args = parser.parse_args(argv)
-    if args.block_steps % args.interval or args.block_steps <= 0:
-        parser.error("--block-steps must be a positive multiple of --interval")
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rounds = [int(r) for r in args.rounds.split(",")]
-    rounds = rounds * len(batch_sizes) if len(rounds) == 1 else rounds
-    if len(rounds) != len(batch_sizes) or min(rounds) < 1 or args.interval < 1:
-        parser.error("--rounds needs one positive value or one per batch size")
+    rounds = _per_batch_size(parser, "--rounds", args.rounds, len(batch_sizes))
+    intervals = _per_batch_size(parser, "--intervals", args.intervals, len(batch_sizes))
+    if args.block_steps < 1:
+        parser.error("--block-steps must be positive")
 
     figures = {}
-    for batch_size, num_rounds in zip(batch_sizes, rounds, strict=True):
+    for batch_size, num_rounds, interval in zip(
+        batch_sizes, rounds, intervals, strict=True
+    ):
         threads = 1 if batch_size == 1 else args.threads
         torch.set_num_threads(threads)
+        block_steps = -(-args.block_steps // interval) * interval
         print(
-            f"batch {batch_size}: {num_rounds} rounds x {args.block_steps} steps per "
-            f"method, U={args.interval}, {threads} thread(s) ...",
+            f"batch {batch_size}: {num_rounds} rounds x {block_steps} steps per "
+            f"method, U={interval}, {threads} thread(s) ...",
             flush=True,
         )
         figures[batch_size] = time_methods(
-            names, batch_size, args.block_steps, num_rounds, args.width, args.interval
+            names, batch_size, block_steps, num_rounds, args.width, interval
         )
     header = f"{'method':<18}" + "".join(
         f"{f'b{b} ms/step':>14}{f'b{b} x BP':>10}" for b in batch_sizes

@@ -116,7 +116,6 @@ class ContinualBackprop(UnitMethod):
     def _update_utility(self, index: int, hidden: HiddenLayer, h: torch.Tensor) -> None:
         decay = self.decay_rate
         age = self.ages[index].add_(1)
-        correction = 1 - decay**age
         mean_act = self.mean_activations[index]
         mean_act.mul_(decay).add_(per_unit_mean(h).to(mean_act.dtype), alpha=1 - decay)
         h = h.to(mean_act.dtype)
@@ -125,7 +124,7 @@ class ContinualBackprop(UnitMethod):
             new = outgoing_magnitude(hidden).to(h.dtype) * activity
         else:
             shape = (1, -1) + (1,) * (h.dim() - 2)
-            centred = h - (mean_act / correction).reshape(shape)
+            centred = h - (mean_act / (1 - decay**age)).reshape(shape)
             activity = per_unit_mean(centred.abs())
             new = (
                 outgoing_magnitude(hidden).to(h.dtype)

@@ -95,15 +95,18 @@ def outgoing_weights(hidden: HiddenLayer) -> torch.Tensor:
 def outgoing_magnitude(hidden: HiddenLayer) -> torch.Tensor:
     """Mean |outgoing weight| of each unit (LoP's ``output_weight_mag``): (units,)."""
     weight = outgoing_weights(hidden)
-    # An L1 norm reduces without materialising |W| (this runs every step).
     count = weight.shape[0] * weight.shape[2]
-    return torch.linalg.vector_norm(weight, ord=1, dim=(0, 2)) / count
+    # This runs every CBP step: abs().sum over a 2-D view is ~5x faster on CPU than
+    # torch.linalg.vector_norm(ord=1) or a reduction over two dims.
+    if weight.shape[2] == 1:
+        return weight[:, :, 0].abs().sum(dim=0) / count
+    return weight.abs().sum(dim=(0, 2)) / count
 
 
 def incoming_magnitude(hidden: HiddenLayer) -> torch.Tensor:
     """Mean |incoming weight| of each unit (LoP's ``input_weight_mag``): (units,)."""
     weight = hidden.layer.weight.reshape(hidden.num_units, -1)
-    return torch.linalg.vector_norm(weight, ord=1, dim=1) / weight.shape[1]
+    return weight.abs().sum(dim=1) / weight.shape[1]
 
 
 @torch.no_grad()
