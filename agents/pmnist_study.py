@@ -261,10 +261,12 @@ def main() -> None:
     command = "python agents/pmnist_study.py " + " ".join(sys.argv[1:])
     timings = []
     if not args.plot_only:
-        # Slowest first (L2-ER's ascent), so the workers finish together.
+        # Seed by seed (an interrupted study has whole seeds), slowest method first
+        # (L2-ER's ascent) so the workers finish together.
+        speed = {"l2er": 0, "er": 0, "cbp": 1, "l2": 2}
         order = sorted(
             ((reg, seed) for reg in args.regs for seed in args.seeds),
-            key=lambda rs: (rs[0] != "l2er", rs[0] != "cbp", rs[1]),
+            key=lambda rs: (args.seeds.index(rs[1]), speed.get(rs[0], 3)),
         )
         start = time.time()
         with ThreadPoolExecutor(args.workers) as pool:

@@ -194,8 +194,8 @@ class Args:
     """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it
     computes the same run (MLP, plain SGD, methods bp/l2/er/l2er/cbp/resets)"""
     chunk: int = 100
-    """Permuted MNIST: examples per env step; the learner still updates after every
-    example (see docs/agents/supervised.md: what the logged accuracies mean)"""
+    """Permuted MNIST at batch 1: examples per env step; the learner still updates
+    after every example (docs/agents/supervised.md: what the logged accuracies mean)"""
 
     # Logging
     log_every: int = 1000
@@ -253,8 +253,6 @@ def resolve_args(args: Args) -> Args:
     for key, value in defaults.items():
         if getattr(args, key, "missing") is None:
             setattr(args, key, value)
-    if args.env_id == PMNIST and args.batch_size != 1 and args.chunk % args.batch_size:
-        raise ValueError("--chunk must be a multiple of --batch-size")
     for key in ("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
                 "keep_checkpoints", "metric_samples", "depth"):  # fmt: skip
         if getattr(args, key) < 1:
@@ -270,12 +268,15 @@ def resolve_args(args: Args) -> Args:
             args.examples_per_task = PROTOCOL_DEFAULTS[PMNIST][args.protocol][
                 "examples_per_task"
             ]
-        if args.examples_per_task % args.chunk:
+        # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
+        # one at a time. Larger minibatches: one minibatch per env step.
+        args.env_batch_size = args.chunk if args.batch_size == 1 else args.batch_size
+        if args.examples_per_task % args.env_batch_size:
+            flag = "--chunk" if args.batch_size == 1 else "--batch-size"
             raise ValueError(
                 f"--examples-per-task {args.examples_per_task} must be a multiple of "
-                f"--chunk {args.chunk} (each env step shows one chunk)"
+                f"{flag} {args.env_batch_size} (each env step shows that many examples)"
             )
-        args.env_batch_size = args.chunk
         args.total_examples = args.num_tasks * args.examples_per_task
     else:
         args.env_batch_size = args.batch_size
@@ -465,7 +466,8 @@ if __name__ == "__main__":
     trainer = None
     if fast_ok and args.fast_path != "off":
         trainer = FastMLPTrainer(model, args.learning_rate, method=method)
-    per_example = args.env_id == PMNIST  # sequential updates within each env step
+    # Batch-1 Permuted MNIST: sequential updates within each env step (a chunk).
+    per_example = args.env_id == PMNIST and args.batch_size == 1
     metric_split = "train"
     num_classes = head_of(model).out_features
 

@@ -96,6 +96,7 @@ CONFIGS = {
     ],  # fmt: skip
     "pmnist_snp_autograd": [*PMNIST, "--reg", "snp"],
     "pmnist_bp_autograd": [*PMNIST, "--reg", "bp", "--fast-path", "off"],
+    "pmnist_minibatch": [*PMNIST, "--reg", "l2", "--batch-size", "10"],
     "imagenet_l2er": [*IMAGENET, "--reg", "l2er"],
     "imagenet_lop_cbp": [*IMAGENET, "--reg", "cbp", "--protocol", "lop"],
     "cifar_sc_l2er": [*CIFAR, "--reg", "l2er"],
