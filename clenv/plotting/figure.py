@@ -172,6 +172,26 @@ def _start_rows(series: Series) -> tuple[np.ndarray, np.ndarray]:
     return tasks, order[first]
 
 
+def _column_edges(x: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of heatmap columns centred on ``x``, each at most 0.5 task wide.
+
+    Tasks without a density (curvature is logged every k-th task) are left blank: a NaN
+    column fills each gap instead of stretching its neighbours over it.
+    """
+    half = 0.25
+    gaps = np.diff(x)
+    left = x - np.minimum(np.concatenate([[2 * half], gaps]) / 2, half)
+    right = x + np.minimum(np.concatenate([gaps, [2 * half]]) / 2, half)
+    edges, columns = [left[0]], []
+    for i in range(len(x)):
+        if i > 0 and left[i] > edges[-1] + 1e-9:  # a gap: blank column
+            columns.append(np.full(image.shape[0], np.nan))
+            edges.append(left[i])
+        columns.append(image[:, i])
+        edges.append(right[i])
+    return np.asarray(edges), np.stack(columns, axis=1)
+
+
 class _FigurePlan:
     """Decides which panels can be drawn from the runs and collects the notes."""
 
@@ -350,14 +370,8 @@ class _FigurePlan:
                 dtype=np.float64,
             )
             image = np.stack([np.mean(columns[k], axis=0) for k in keys], axis=1)
-            if len(x) == 1:
-                x_edges = np.array([x[0] - 0.5, x[0] + 0.5])
-            else:
-                mid = (x[:-1] + x[1:]) / 2
-                x_edges = np.concatenate(
-                    [[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]]
-                )
-            mesh = ax.pcolormesh(x_edges, edges, np.maximum(image, 1e-6),
+            x_edges, image = _column_edges(x, np.maximum(image, 1e-6))
+            mesh = ax.pcolormesh(x_edges, edges, np.ma.masked_invalid(image),
                                  norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma")  # fmt: skip
             ax.figure.colorbar(mesh, ax=ax, label="share of spectral mass")
             ax.set_xlabel("task (start; +0.5: end)")
