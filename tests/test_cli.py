@@ -140,3 +140,15 @@ def test_help_lists_commands() -> None:
     for command in ("list", "download", "plot", "bench", "sweep"):
         assert command in run.stdout
     assert shutil.which("clenv") or Path(sys.executable).with_name("clenv").exists()
+
+
+def test_bench_table_flattens_nested_figures() -> None:
+    from clenv.bench.__main__ import BenchResult, format_table
+
+    figures = {"1": {"l2er": {"ratio": 1.23456}}, "100": {"bp": {"ratio": 1.0}}}
+    table = format_table(
+        [BenchResult("methods", "ok", 3.0, figures), BenchResult("metrics", "ok", 1.0)]
+    )
+    assert "| methods | 1 / l2er / ratio | 1.235 |" in table
+    assert "| methods | 100 / bp / ratio | 1.0 |" in table
+    assert "| metrics | (main() returned no figures) | |" in table

@@ -106,9 +106,19 @@ def run_benchmark(
 def _format_figure(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_format_figure(v)}" for k, v in value.items())
     return str(value)
+
+
+def flatten_figures(figures: dict, prefix: str = "") -> dict[str, object]:
+    """Nested figures (e.g. per batch size, per method) as ``"a / b / c": value``."""
+    flat: dict[str, object] = {}
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_figures(value, prefix=f"{name} / "))
+        else:
+            flat[name] = value
+    return flat
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
@@ -119,7 +129,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
             lines.append(f"| {result.name} | **{result.status}** | |")
         elif not result.figures:
             lines.append(f"| {result.name} | (main() returned no figures) | |")
-        for key, value in result.figures.items():
+        for key, value in flatten_figures(result.figures).items():
             lines.append(f"| {result.name} | {key} | {_format_figure(value)} |")
     times = ", ".join(f"{r.name} {r.seconds:.0f} s" for r in results)
     return "\n".join(lines) + f"\n\nwall time: {times}"
