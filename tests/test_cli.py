@@ -150,5 +150,5 @@ def test_bench_table_flattens_nested_figures() -> None:
         [BenchResult("methods", "ok", 3.0, figures), BenchResult("metrics", "ok", 1.0)]
     )
     assert "| methods | 1 / l2er / ratio | 1.235 |" in table
-    assert "| methods | 100 / bp / ratio | 1.0 |" in table
+    assert "| methods | 100 / bp / ratio | 1 |" in table
     assert "| metrics | (main() returned no figures) | |" in table
