@@ -40,7 +40,7 @@ ANT = [
     "--env-kwargs", "switch_every=300", "switch_at=step", "--checkpoint-every", "512",
     "--plasticity-every", "2", "--curvature-order", "5",
     "--curvature-trace-matvecs", "3", "--curvature-samples", "64",
-    "--reg", "l2er", "--no-progress",
+    "--reg", "l2er", "--no-progress", "--no-plot",
 ]  # fmt: skip
 
 
@@ -75,10 +75,13 @@ SMOKE_DRIVER = textwrap.dedent(
     agent, runs, common, regs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]
     results = {}
     for reg in regs:
-        sys.argv = [agent, *common, "--reg", reg, "--runs-dir", f"{runs}/{reg}"]
+        plot = ["--plot"] if reg == "bp" else []  # one run draws its plots.png
+        sys.argv = [agent, *common, *plot, "--reg", reg, "--runs-dir", f"{runs}/{reg}"]
         try:
             runpy.run_path(agent, run_name="__main__")
             results[reg] = "ok"
+        except SystemExit as exit:  # the agent's clean CLI error
+            results[reg] = f"SystemExit: {exit.code}"
         except BaseException:
             results[reg] = traceback.format_exc()
     print("RESULTS" + json.dumps(results))
@@ -91,7 +94,8 @@ def smoke_runs(tmp_path_factory):
     runs = tmp_path_factory.mktemp("smoke")
     done = subprocess.run(
         [sys.executable, "-c", SMOKE_DRIVER, str(AGENT), str(runs), json.dumps(SMOKE)]
-        + REGS,
+        + REGS
+        + ["nope"],
         env=ENV,
         capture_output=True,
         text=True,
@@ -236,9 +240,12 @@ def test_series_are_in_both_event_files_and_hdf5(ant_runs):
     assert density["value"].shape == (len(density["step"]), len(density["grid"]))
 
 
-def test_run_ends_with_a_plot(ant_runs):
-    whole, _ = ant_runs
-    assert (whole / "plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_run_ends_with_a_plot(smoke_runs):
+    runs, results = smoke_runs
+    assert results["bp"] == "ok"
+    plot = only_run(runs / "bp") / "plots.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (only_run(runs / "l2") / "plots.png").exists()  # --no-plot
 
 
 def test_task_bookkeeping_follows_the_env(ant_runs):
@@ -318,12 +325,11 @@ def test_protocol_defaults_and_validation(agent_module):
         agent_module.resolve_args(agent_module.Args(num_steps=0))
 
 
-def test_unknown_reg_is_a_clear_error(tmp_path):
-    done = run_agent([*SMOKE, "--reg", "nope", "--runs-dir", str(tmp_path)])
-    assert done.returncode != 0
-    assert "error: unknown method 'nope'" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert not list(tmp_path.iterdir()), "no run directory for a run that never started"
+def test_unknown_reg_is_a_clear_error(smoke_runs):
+    runs, results = smoke_runs
+    # sys.exit("error: ...") prints one line, no traceback, before any run directory.
+    assert results["nope"].startswith("SystemExit: error: unknown method 'nope'")
+    assert not (runs / "nope").exists()
 
 
 def test_resume_of_a_missing_directory_is_a_clear_error(agent_module, tmp_path):
