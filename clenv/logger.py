@@ -129,7 +129,16 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.task_id = 0
-        self._h5 = h5py.File(self.run_dir / METRICS_FILE, "a")
+        path = self.run_dir / METRICS_FILE
+        try:
+            self._h5 = h5py.File(path, "a")
+        except OSError as error:
+            raise OSError(
+                f"{path} cannot be opened ({error}); it may have been damaged by a kill "
+                "in the middle of a write. Checkpoints are separate and intact: move "
+                "the file aside (mv metrics.h5 metrics.h5.damaged) to resume with a "
+                "fresh log, or copy what h5py can still read from it"
+            ) from error
         if attrs:
             for key, value in attrs.items():
                 self._h5.attrs[key] = value

@@ -209,3 +209,9 @@ def test_sigkilled_writer_leaves_a_readable_file(tmp_path):
     # And the killed run can be resumed from it.
     RunLogger.resume(tmp_path, step=10, tensorboard=False).close()
     assert read_series(tmp_path / METRICS_FILE, "charts/x")["step"].size == 11
+
+
+def test_damaged_metrics_file_gives_a_clear_error(tmp_path):
+    (tmp_path / METRICS_FILE).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(OSError, match="move the file aside"):
+        RunLogger.resume(tmp_path, step=0, tensorboard=False)
