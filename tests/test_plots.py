@@ -327,3 +327,19 @@ def test_runs_written_by_run_logger_plot(tmp_path: Path) -> None:
     [layer] = _layer_series(run, "dead_units")
     assert layer.name == "plasticity/layer0/dead_units"
     _assert_png(tmp_path / "real.png")
+
+
+def test_group_labels_show_what_differs() -> None:
+    from clenv.plotting.runs import group_labels
+
+    env = "clenv/PermutedMNIST-v0"
+    assert group_labels([(env, "a", "bp")]) == {(env, "a", "bp"): "bp"}
+    keys = [(env, "study", "bp"), (env, "study", "l2er")]
+    assert list(group_labels(keys).values()) == ["bp", "l2er"]
+    keys = [(env, "s-bp", "bp"), (env, "s-l2er-lr=0.1", "l2er")]  # clenv sweep names
+    assert list(group_labels(keys).values()) == ["s-bp", "s-l2er-lr=0.1"]
+    keys = [(env, "x", "bp"), ("clenv/SlipperyAnt-v0", "x", "l2er")]
+    assert list(group_labels(keys).values()) == [
+        f"{env} | bp",
+        "clenv/SlipperyAnt-v0 | l2er",
+    ]

@@ -194,3 +194,29 @@ def test_cli_dry_run_and_errors(workspace: Path) -> None:
         capture_output=True, text=True, env=env, cwd=workspace, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and "agent script 'missing.py' not found" in bad.stderr
+
+
+MNIST_ROOT = REPO.parent / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MNIST_ROOT / "mnist").is_dir(), reason="needs the real MNIST")
+def test_sweep_of_the_real_supervised_agent_then_plot(
+    local_ray, workspace: Path
+) -> None:
+    """End to end: a 2x2 sweep of agents/supervised_l2er.py, then clenv plot."""
+    from clenv.plotting import plot_runs
+    from clenv.plotting.figure import TITLE_DEAD_UNITS, TITLE_PERFORMANCE
+
+    argv = [str(REPO / "agents/supervised_l2er.py"), "--name", "tiny",
+            "--seeds", "1", "2", "--reg", "bp", "l2er", "--",
+            "--data-dir", str(MNIST_ROOT), "--width", "20", "--num-tasks", "4",
+            "--examples-per-task", "300", "--curvature-every-tasks", "2",
+            "--curvature-order", "10", "--metric-samples", "100",
+            "--no-progress"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    run_dirs = sorted(p for p in (workspace / "runs").iterdir() if p.name != "sweeps")
+    assert len(run_dirs) == 4
+    result = plot_runs(run_dirs, workspace / "tiny.png")
+    assert TITLE_PERFORMANCE in result.panels and TITLE_DEAD_UNITS in result.panels
+    assert "Hessian spectral density (tiny-l2er)" in result.panels

@@ -203,4 +203,10 @@ def group_labels(keys: Sequence[tuple[str, str, str]]) -> dict[tuple, str]:
         env_id, exp_name, reg = keys[0]
         return {keys[0]: reg}
     varying = [i for i in range(3) if len({key[i] for key in keys}) > 1]
-    return {key: " | ".join(key[i] for i in varying) for key in keys}
+    labels = {}
+    for key in keys:
+        fields = [key[i] for i in varying]
+        if 1 in varying and 2 in varying and key[2] in key[1]:
+            fields.remove(key[2])  # the experiment name already says the method
+        labels[key] = " | ".join(fields)
+    return labels
