@@ -125,7 +125,11 @@ def test_bench_runs_a_benchmark_into_one_table(tmp_path: Path) -> None:
     assert "| benchmark | figure | value |" in run.stdout
     [result] = json.loads(out.read_text())
     assert result["name"] == "envs" and result["status"] == "ok"
-    assert result["figures"]["Ant-v5"] == pytest.approx(1.0)
+    # Every figure main() returned is a row of the table (names are the benchmark's).
+    assert result["figures"]
+    for name, value in result["figures"].items():
+        assert isinstance(value, int | float)
+        assert f"| envs | {name} |" in run.stdout
 
 
 def test_bench_reports_a_failing_benchmark(capsys: pytest.CaptureFixture) -> None:
