@@ -66,6 +66,8 @@ class Args:
     """runs at a time (one core each)"""
     plot_only: bool = False
     """only redraw the figure from the runs in --runs-dir"""
+    partial: bool = False
+    """also plot runs that have not finished (up to the tasks every seed reached)"""
     extra: list[str] = field(default_factory=list)
     """more arguments for every run of the agent"""
 
@@ -97,6 +99,20 @@ def finished_run(directory: Path) -> Path | None:
             if tag in f and len(f[tag]) and f[tag][-1] + 1 >= _args_of(f)["num_tasks"]:
                 return run_dir
     return None
+
+
+def latest_run(directory: Path) -> Path | None:
+    """The run in ``directory`` with the most finished tasks (finished or not)."""
+    best, best_tasks = None, 0
+    for run_dir in sorted(directory.glob("*/")):
+        if not (run_dir / "metrics.h5").exists():
+            continue
+        with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
+            tag = "cl/online_accuracy_per_task/task_id"
+            tasks = len(f[tag]) if tag in f else 0
+        if tasks > best_tasks:
+            best, best_tasks = run_dir, tasks
+    return best
 
 
 def _args_of(f: h5py.File) -> dict:
@@ -137,10 +153,15 @@ def per_method(args: Args, tag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     for reg in args.regs:
         rows, tasks = [], None
         for seed in args.seeds:
-            run_dir = finished_run(Path(args.runs_dir) / f"{reg}_seed{seed}")
+            directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
+            run_dir = finished_run(directory) if directory.exists() else None
+            if run_dir is None and args.partial and directory.exists():
+                run_dir = latest_run(directory)
             if run_dir is None:
                 continue
             task_ids, values = load(run_dir, tag)
+            if not len(task_ids):
+                continue
             if tasks is None or len(task_ids) < len(tasks):
                 tasks = task_ids
             rows.append(values)
@@ -169,7 +190,7 @@ def plot(args: Args) -> dict:
     panels = [
         ("Online accuracy per task", per_method(args, "cl/online_accuracy_per_task"),
          "online accuracy"),
-        ("Dead units (all 3 layers, 2000 samples)",
+        (f"Dead units (all 3 layers, {args.metric_samples} samples)",
          total_over_layers(args, "dead_units", lambda a: a.sum(0)), "dead units"),
         ("Effective rank (mean over layers)",
          total_over_layers(args, "effective_rank", lambda a: a.mean(0)),

@@ -108,9 +108,8 @@ def test_dense_inputs_match_autograd(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reg", ["bp", "l2", "l2er"])
 def test_large_layers_with_deferred_updates_match_autograd(backend, reg):
-    """Width 600: with L2 the kernel defers the updates of layers >= 2^18 weights
-    (rank-16 corrections, rewritten every 16 examples); 70 examples cross 4 rewrites.
-    bp checks the eager path at the same size."""
+    """Width 600: the kernel defers the updates of layers >= 2^18 weights (rank-16
+    corrections, rewritten every 16 examples); 70 examples cross 4 rewrites."""
     torch.manual_seed(0)
     reference = PermutedMNISTMLP(input_dim=784, width=600, depth=2).double()
     fast = copy.deepcopy(reference)

@@ -10,8 +10,8 @@
 // fractional replacement accumulator. When a replacement is due the call returns early
 // so Python can replace the units (rare: every ~1/(rr * units) steps).
 //
-// With L2, large layers (>= 2^18 weights, beyond the L2 cache) defer their updates: in a
-// call the true weights are W_true = scale * (W - sum_j u_j h_j^T) over the last m < 16
+// Large layers (>= 2^18 weights, beyond the L2 cache) defer their updates: in a call
+// the true weights are W_true = scale * (W - sum_j u_j h_j^T) over the last m < 16
 // examples' (u_j, h_j), so forward and backward read W once each and use rank-m
 // corrections, and W is rewritten once every 16 examples instead of every example
 // (L2's decay is the scalar ``scale``). The same algebra, other rounding. Not with CBP,
@@ -247,9 +247,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
   }
   std::vector<LazyLayer<T>> lazy(n_layers);
   for (int64_t l = 0; l < n_layers; ++l) {
-    // Only with L2, which would rewrite every weight at every step; without it the
-    // eager update touches only the rows of active units (measured: no gain there).
-    if (!cbp && wd != T(0) && width[l] * width[l + 1] >= (int64_t(1) << 18))
+    if (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18))
       lazy[l].init(width[l + 1], width[l]);
   }
   for (int64_t k = start; k < K; ++k) {
