@@ -53,7 +53,10 @@ class TaskSwitchCallback(BaseCallback):
 
 
 def main(
-    total_timesteps: int = 4096, switch_every: int = 1000, seed: int = 0
+    total_timesteps: int = 4096,
+    switch_every: int = 1000,
+    seed: int = 0,
+    n_steps: int = 1024,
 ) -> tuple[PPO, TaskSwitchCallback]:
     """Train SB3 PPO on Slippery Ant for a few thousand steps; return model and switches."""
     env = make_vec_env(
@@ -62,7 +65,7 @@ def main(
         seed=seed,
         env_kwargs={"switch_every": switch_every, "task_seed": seed},
     )
-    model = PPO("MlpPolicy", env, n_steps=1024, batch_size=256, n_epochs=2,
+    model = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=256, n_epochs=2,
                 learning_rate=1e-4, seed=seed, device="cpu", verbose=0)  # fmt: skip
     callback = TaskSwitchCallback(verbose=1)
     model.learn(total_timesteps=total_timesteps, callback=callback)
