@@ -70,7 +70,7 @@ def reference_ppo(
     minibatch_size = batch_size // num_minibatches
 
     def make_env():
-        env = gym.make(env_id)
+        env = gym.make(env_id, **agent_env_kwargs(env_id, seed))
         env = gym.wrappers.FlattenObservation(env)
         return gym.wrappers.ClipAction(env)
 
@@ -184,6 +184,20 @@ def reference_ppo(
         stamps["cpu"].append(time.process_time())
     envs.close()
     return stamps
+
+
+def agent_env_kwargs(env_id: str, seed: int) -> dict[str, object]:
+    """What the agent passes to a clenv env by default (same tasks, same friction:
+    MuJoCo's contact work, hence its speed, depends on the friction)."""
+    import gymnasium as gym
+
+    import clenv
+
+    gym.register_envs(clenv)
+    probe = gym.make(env_id)
+    continual = isinstance(probe.unwrapped, clenv.ContinualEnv)
+    probe.close()
+    return {"task_seed": seed, "switch_at": "episode_end"} if continual else {}
 
 
 def steady_sps(stamps: list[float], steps_per_update: int) -> float:
