@@ -273,3 +273,36 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(
         expected, got = series(reference, tag), series(run_dir, tag)
         assert got["step"].tolist() == expected["step"].tolist(), tag  # no gap/dupe
         assert np.allclose(got["value"], expected["value"], rtol=1e-5), tag
+
+
+def load_agent_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("supervised_l2er", AGENT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stored_density_keeps_the_mass_of_every_ritz_value():
+    """Closed form: a mixture of Gaussians of width sqrt(1e-5) at -2 and 3 (weights
+    1:3) puts mass 0.25 below zero and 0.75 above, however coarse the grid."""
+    agent = load_agent_module()
+    grid = agent.DENSITY_GRID
+    density = agent.density_on_grid(
+        np.array([-2.0, 3.0]), np.array([0.5, 1.5]), grid, 1e-5
+    )
+    widths = np.zeros_like(grid)
+    widths[:-1] += np.diff(grid) / 2
+    widths[1:] += np.diff(grid) / 2
+    mass = density * widths
+    assert mass.sum() == pytest.approx(1.0, abs=1e-12)
+    assert mass[grid < 0].sum() == pytest.approx(0.25, abs=1e-9)
+    # Each peak sits in the bin of the grid point nearest to it.
+    assert mass[np.argmin(np.abs(grid - 3.0))] == pytest.approx(0.75, abs=1e-6)
+    # Ritz values at zero (the collapsed spectrum SC describes): the mass inside
+    # |lambda| <= 0.01 is the Gaussian's within 0.01 / sqrt(1e-5) = 3.16 sigma (0.9984),
+    # plus what the bin reaching just past 0.01 holds.
+    at_zero = agent.density_on_grid(np.zeros(3), np.ones(3), grid, 1e-5) * widths
+    assert 0.9984 <= at_zero[np.abs(grid) <= 0.01].sum() <= 0.9995
