@@ -490,7 +490,7 @@ if __name__ == "__main__":
         restore_rng_state(state["rng"])
         env.set_env_state([state["env_state"]])
         obs, info = state["obs"], state["info"]
-        stats = state["stats"]
+        stats = TaskStats(**state["stats"])
         logger = RunLogger.resume(resume_dir, step=global_step)
         print(f"resumed {resume_dir} at example {global_step:,}")
     else:
@@ -644,7 +644,7 @@ if __name__ == "__main__":
             "env_state": env.get_env_state(),
             "obs": obs,
             "info": info,
-            "stats": stats,
+            "stats": dataclasses.asdict(stats),
             "args": vars(args),
         }
         save_checkpoint(run_dir / "checkpoints", state, global_step,
@@ -767,7 +767,7 @@ if __name__ == "__main__":
     save_checkpoint(
         run_dir / "checkpoints",
         {"model": model.state_dict(), "method": method.state_dict(),
-         "args": vars(args), "finished": True, "stats": stats},
+         "args": vars(args), "finished": True, "stats": dataclasses.asdict(stats)},
         global_step,
         args.keep_checkpoints,
     )  # fmt: skip
