@@ -121,7 +121,8 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, objec
     return time.perf_counter() - start, result
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark; return its figures (seconds and ratios vs plain torch.func)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--device",
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             ritz[name] = values.cpu()
             print(f"  round {round_index}: {name:<26} {elapsed:8.2f} s", flush=True)
 
+    figures: dict[str, float] = {}
     if not args.products_only:
         reference = ritz["plain torch.func"]
         top = reference.abs().max()
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         baseline = statistics.median(seconds["plain torch.func"])
         for name in names:
             median = statistics.median(seconds[name])
+            figures[f"{name} density s"] = median
+            figures[f"{name} density ratio"] = median / baseline
             drift = (ritz[name] - reference).abs().max() / top
             print(
                 f"  {name:<26} {median:8.2f} s   {median / args.order * 1000:8.1f} ms/HVP   "
@@ -240,9 +244,12 @@ def main(argv: list[str] | None = None) -> None:
     base = statistics.median(single["plain torch.func HVP"])
     for name, times in single.items():
         median = statistics.median(times)
+        figures[f"{name} ms"] = median * 1000
+        figures[f"{name} ratio"] = median / base
         print(
             f"  {name:<26} {median * 1000:8.1f} ms   ratio vs plain {median / base:5.2f}"
         )
+    return figures
 
 
 if __name__ == "__main__":
