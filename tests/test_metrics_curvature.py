@@ -35,6 +35,12 @@ from clenv.metrics import (
     top_eigenvalues,
 )
 
+# torch's forward-mode AD (torch.func.hessian, jvp) scripts its decompositions on
+# first use and warns that torch.jit.script is deprecated: torch's business, not ours
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

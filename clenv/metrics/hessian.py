@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from curvlinops import HessianLinearOperator
 from torch import nn
 
 from clenv.metrics.activations import (
@@ -158,9 +157,10 @@ class HessianOperator:
             else None
         )
 
-    def _curvlinops_operator(
-        self, sizes: list[int], size_of: BatchSizeFn
-    ) -> HessianLinearOperator:
+    def _curvlinops_operator(self, sizes: list[int], size_of: BatchSizeFn) -> Any:
+        # imported here: curvlinops (and backpack) load slowly and warn on import
+        from curvlinops import HessianLinearOperator
+
         wrapped = [
             (UserDict(batch=batch), torch.zeros(size, device=self.device))
             for batch, size in zip(self.batches, sizes, strict=True)
