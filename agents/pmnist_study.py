@@ -205,7 +205,7 @@ def plot(args: Args) -> dict:
             mean = values.mean(0)
             color = COLORS.get(reg)
             label = f"{reg} ({values.shape[0]} seeds)"
-            marker = "o" if len(tasks) < 20 else None
+            marker = "o" if len(tasks) < 12 else None
             ax.plot(tasks, mean, color=color, label=label, marker=marker, lw=1.2)
             ax.fill_between(tasks, values.min(0), values.max(0), color=color,
                             alpha=0.2, lw=0)  # fmt: skip
@@ -245,6 +245,40 @@ def plot(args: Args) -> dict:
     return summary
 
 
+def epsilon_rank_r_squared(args: Args) -> dict[str, tuple[float, int]]:
+    """R² of a task's online accuracy against the ε-rank at its start, per logged ε.
+
+    SC's test (Sec. 4): pools every (run, task) with a spectrum; SC picks the ε that
+    maximises R² after the fact (PMNIST: ε = 0.01, R² = 0.77). Returns
+    ``{ε: (R², points)}``.
+    """
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for reg in args.regs:
+        for seed in args.seeds:
+            directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
+            run_dir = finished_run(directory) if directory.exists() else None
+            if run_dir is None and args.partial and directory.exists():
+                run_dir = latest_run(directory)
+            if run_dir is None:
+                continue
+            acc_tasks, accuracy = load(run_dir, "cl/online_accuracy_per_task")
+            with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
+                group = f.get("curvature/task_start/epsilon_rank")
+                names = list(group) if group is not None else []
+            for eps in names:
+                tasks, ranks = load(run_dir, f"curvature/task_start/epsilon_rank/{eps}")
+                for task, rank in zip(tasks, ranks, strict=True):
+                    hit = np.flatnonzero(acc_tasks == task)
+                    if hit.size:
+                        pairs.setdefault(eps, []).append((rank, accuracy[hit[0]]))
+    result = {}
+    for eps, points in sorted(pairs.items(), key=lambda kv: float(kv[0])):
+        x, y = np.array(points).T
+        r = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else np.nan
+        result[eps] = (float(r**2) if np.isfinite(r) else float("nan"), len(x))
+    return result
+
+
 def _first_last(entry: dict, key: str, fmt: str) -> str:
     if f"{key}_first" not in entry:
         return "-"
@@ -269,6 +303,13 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
             f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
         )
+    fits = epsilon_rank_r_squared(args)
+    if fits:
+        lines += ["", "R² of online accuracy on task k against the ε-rank at the start "
+                  "of task k, pooled over methods, seeds and tasks with a spectrum "
+                  "(SC, PMNIST: ε = 0.01, R² = 0.77):", "",
+                  "| ε | R² | points |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {eps} | {r2:.2f} | {n} |" for eps, (r2, n) in fits.items()]
     if timings:
         lines += ["", "Wall time per run (s): " + ", ".join(
             f"{reg}/{seed}: {seconds:.0f}" for reg, seed, seconds, _ in timings)]  # fmt: skip
