@@ -101,6 +101,8 @@ def test_make_method_presets_and_overrides():
     er_only = make_method("er", model, opt, preset="pmnist")
     assert isinstance(er_only, EffectiveRankAscent) and er_only.ascent_lr == 1e-4
     assert make_method("l2", model, opt, preset="pmnist_lop").weight_decay == 1e-4
+    with_head = make_method("l2er+head_reset", model, opt, preset="pmnist")
+    assert with_head["er"].ascent_lr == 1e-2  # L2-ER's eta inside a larger method
     custom = make_method("l2er", model, opt, preset="pmnist", er__interval=7)
     assert custom["er"].interval == 7
     assert make_method("l2er", model, opt, weight_decay=0.5)["l2"].weight_decay == 0.5

@@ -1,5 +1,5 @@
 """Continual Backprop (Dohare et al., "Loss of plasticity in deep continual learning",
-Nature 2024, Methods: "Continual backpropagation"; LoP's ``lop/algos/gnt.py``).
+Nature 2024, Methods, "Continual backpropagation"; LoP's ``lop/algos/gnt.py``).
 
 Every step, per hidden layer: every unit ages by one; its utility is a running
 average (decay 0.99, bias-corrected as Adam's moments) of

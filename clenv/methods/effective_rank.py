@@ -1,4 +1,5 @@
-"""Effective-rank ascent: the ER half of L2-ER (Prakash et al., SC, Sec. 5).
+"""Effective-rank ascent: the ER half of L2-ER (Prakash, He, Guo et al., "Spectral
+Collapse Drives Loss of Plasticity in Deep Continual Learning", ICML 2026; "SC").
 
 SC's L2-ER interleaves two updates instead of summing two losses:
 

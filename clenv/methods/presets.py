@@ -18,8 +18,9 @@ from typing import Any
 Preset = dict[str, dict[str, Any]]
 
 # SC (clenv's defaults). "methods" holds each method alone ("er" is ER only);
-# "combinations" (keyed by the components joined with "+", any order) changes them
-# inside a combination: "l2+er" is L2-ER.
+# "combinations" (keyed by the components joined with "+", any order) changes them in
+# every method that contains all those components: "l2+er" is L2-ER (also inside
+# "l2er+head_reset").
 _SC: dict[str, dict[str, Preset]] = {
     "pmnist": {
         "methods": {
@@ -111,6 +112,6 @@ def preset_arguments(
     entry = PRESETS[preset]
     arguments = dict(entry["methods"].get(method, {}))
     for key, changes in entry.get("combinations", {}).items():
-        if set(key.split("+")) == set(components):
+        if set(key.split("+")) <= set(components):
             arguments.update(changes.get(method, {}))
     return arguments

@@ -1,5 +1,5 @@
 """ReDo: recycle dormant neurons (Sokar, Agarwal, Castro & Evci, "The Dormant Neuron
-Phenomenon in Deep Reinforcement Learning", ICML 2023, Sec. 4).
+Phenomenon in Deep Reinforcement Learning", ICML 2023: the ReDo algorithm).
 
 Every ``interval`` steps, each hidden unit's score
 ``s_i = mean|h_i| / mean_k mean|h_k|`` is computed and the units with ``s_i < tau``
