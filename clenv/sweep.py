@@ -285,11 +285,17 @@ def _init_ray(num_cpus: int | None) -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        print(
-            f"connecting to the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
-        )
-        ray.init(log_to_driver=True)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        print(f"connecting to the Ray cluster at RAY_ADDRESS={address}", flush=True)
+        try:
+            ray.init(log_to_driver=True)
+        except ConnectionError as error:
+            raise ValueError(
+                f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({error}); start "
+                "its head with `ray start --head` and pass the address it prints, or "
+                "unset RAY_ADDRESS to run the trials on this machine's cores"
+            ) from error
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
