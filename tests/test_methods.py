@@ -76,6 +76,41 @@ def test_explicit_spec_and_clear_errors():
     assert hidden[0].num_units == 4
     with pytest.raises(ValueError, match="has no module 'fc3'"):
         find_hidden_layers(Custom(), [("fc1", "act", "fc3")])
+    with pytest.raises(ValueError, match="normalisation layer"):
+        find_hidden_layers(Custom(), [("fc1", "act", "act", "fc2")])
+
+
+def test_explicit_spec_with_a_norm_layer_resets_its_entries_in_cbp():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.relu1, self.conv2 = nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv2(self.relu1(self.bn1(self.conv1(x)))) + x
+
+    block = Block().double()
+    spec = [("conv1", "bn1", "relu1", "conv2")]
+    (hidden,) = find_hidden_layers(block, spec)
+    assert hidden.norm is block.bn1 and hidden.name == "relu1"
+    method = make_method(
+        "cbp",
+        block,
+        None,
+        replacement_rate=0.5,
+        maturity_threshold=0,
+        hidden_layers=spec,
+    )
+    with torch.no_grad():
+        block.bn1.weight.fill_(3.0)
+    block(torch.rand(3, 2, 5, 5, dtype=torch.float64))
+    method.after_step(None)
+    units = method.last_replaced[0]
+    assert units.numel() == 2
+    assert torch.all(block.bn1.weight[units] == 1) and torch.all(
+        block.bn1.running_var[units] == 1
+    )
 
 
 # --------------------------------------------------------------------------- registry

@@ -126,7 +126,7 @@ def _scan_chain(leaves: list[tuple[str, nn.Module]]) -> list[HiddenLayer]:
 
 def find_hidden_layers(
     model: nn.Module,
-    spec: Sequence[HiddenLayer | tuple[str, str, str]] | None = None,
+    spec: Sequence[HiddenLayer | Sequence[str]] | None = None,
 ) -> list[HiddenLayer]:
     """The hidden layers of ``model``, discovered or from an explicit spec.
 
@@ -135,7 +135,9 @@ def find_hidden_layers(
         spec: ``None`` to discover ``Linear/Conv -> activation -> Linear/Conv`` in every
             top-level ``nn.Sequential``; else a list of :class:`HiddenLayer` or of
             ``(layer, activation, next_layer)`` module names (as in
-            ``model.named_modules()``).
+            ``model.named_modules()``), or ``(layer, norm, activation, next_layer)``
+            when a BatchNorm/LayerNorm sits between (CBP and ReDo then reset its
+            entries of a replaced unit too).
 
     Returns:
         The hidden layers in forward order (per ``Sequential``, in registration order).
@@ -163,15 +165,13 @@ def find_hidden_layers(
     ]
 
 
-def _resolve(
-    model: nn.Module, entry: HiddenLayer | tuple[str, str, str]
-) -> HiddenLayer:
+def _resolve(model: nn.Module, entry: HiddenLayer | Sequence[str]) -> HiddenLayer:
     if isinstance(entry, HiddenLayer):
         return entry
-    if len(entry) != 3:
+    if len(entry) not in (3, 4):
         raise ValueError(
-            f"a hidden-layer spec is (layer, activation, next_layer) module names, got "
-            f"{entry!r}"
+            "a hidden-layer spec is (layer, activation, next_layer) or (layer, norm, "
+            f"activation, next_layer) module names, got {entry!r}"
         )
     modules = []
     for name in entry:
@@ -182,14 +182,20 @@ def _resolve(
                 f"hidden-layer spec {entry!r}: {type(model).__name__} has no module "
                 f"{name!r}; names come from model.named_modules()"
             ) from error
-    layer, activation, next_layer = modules
+    layer, *norm, activation, next_layer = modules
     for role, module in (("layer", layer), ("next_layer", next_layer)):
         if not isinstance(module, WEIGHT_LAYERS):
             raise ValueError(
                 f"hidden-layer spec {entry!r}: {role} must be Linear or Conv, got "
                 f"{type(module).__name__}"
             )
-    return HiddenLayer(entry[1], layer, activation, next_layer)
+    if norm and not isinstance(norm[0], NORMS):
+        raise ValueError(
+            f"hidden-layer spec {entry!r}: the second of four names must be a "
+            f"normalisation layer ({', '.join(t.__name__ for t in NORMS)}), got "
+            f"{type(norm[0]).__name__}"
+        )
+    return HiddenLayer(entry[-2], layer, activation, next_layer, *norm)
 
 
 def find_output_layers(

@@ -23,7 +23,7 @@ from clenv.methods.layers import (
     uniform_bound,
 )
 
-HiddenLayerSpec = Sequence[HiddenLayer | tuple[str, str, str]] | None
+HiddenLayerSpec = Sequence[HiddenLayer | Sequence[str]] | None
 
 
 class UnitMethod(PlasticityMethod):
