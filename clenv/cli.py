@@ -42,6 +42,23 @@ VARIANT_ARGUMENTS = ("base_env_id", "parameter")
 
 
 # -- clenv list ----------------------------------------------------------------------
+def summary_sentence(doc: str, max_chars: int = 110) -> str:
+    """The first sentence of a docstring's first paragraph (Markdown headings skipped)."""
+    paragraph: list[str] = []
+    for line in (ln.strip() for ln in doc.splitlines()):
+        if line.startswith("#") or (not line and not paragraph):
+            continue
+        if not line:
+            break
+        paragraph.append(line)
+    text = " ".join(paragraph)
+    end = text.find(". ")
+    sentence = text if end < 0 else text[: end + 1]
+    if len(sentence) > max_chars:
+        sentence = sentence[: max_chars - 1].rsplit(" ", 1)[0] + "…"
+    return sentence
+
+
 def describe_env(env_id: str) -> dict[str, Any]:
     """An env id's one-line description (first docstring line) and schedule defaults.
 
@@ -68,11 +85,7 @@ def describe_env(env_id: str) -> dict[str, Any]:
     except (ImportError, AttributeError, ValueError) as error:
         info["description"] = f"(not available: {type(error).__name__}: {error})"
         return info
-    # The summary line: the first docstring line that is not a Markdown heading.
-    lines = [line.strip() for line in (inspect.getdoc(env_class) or "").splitlines()]
-    description = next(
-        (ln for ln in lines if ln and not ln.startswith("#")), class_name
-    )
+    description = summary_sentence(inspect.getdoc(env_class) or "") or class_name
     variant = [str(spec.kwargs[k]) for k in VARIANT_ARGUMENTS if k in spec.kwargs]
     if variant:
         description += f" [{', '.join(variant)}]"
@@ -105,8 +118,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max(len(d["id"]) for d in described)
     for d in described:
         print(f"{d['id']:<{width}}  {d['description']}")
+        # None means "derived from other arguments" here (e.g. one pass over the data).
         schedule = ", ".join(
-            f"{k}={_format_value(v)}" for k, v in d["schedule"].items()
+            f"{k}={_format_value(v)}" for k, v in d["schedule"].items() if v is not None
         )
         if schedule:
             print(f"{'':<{width}}  schedule: {schedule}")

@@ -51,12 +51,25 @@ def test_list_shows_every_env_with_docstring_line_and_schedule() -> None:
         env_class = getattr(__import__(module, fromlist=[name]), name)
         doc = [ln.strip() for ln in inspect.getdoc(env_class).splitlines()]
         first = next(ln for ln in doc if ln and not ln.startswith("#"))
-        assert entry["description"].startswith(first)
+        summary = entry["description"].split(" [")[0].rstrip("…")
+        assert summary and (summary.startswith(first) or first.startswith(summary))
         signature = inspect.signature(env_class.__init__).parameters
         kwargs = gym.spec(entry["id"]).kwargs
         if "switch_every" in signature:
             expected = kwargs.get("switch_every", signature["switch_every"].default)
             assert entry["schedule"]["switch_every"] == expected
+
+
+def test_summary_sentence() -> None:
+    from clenv.cli import summary_sentence
+
+    doc = (
+        "## Description\nOnline MNIST where every task\nshuffles pixels. More.\n\nRest."
+    )
+    assert summary_sentence(doc) == "Online MNIST where every task shuffles pixels."
+    assert summary_sentence("One line only") == "One line only"
+    long = summary_sentence("word " * 60)
+    assert len(long) <= 110 and long.endswith("…")
 
 
 def test_describe_slippery_ant() -> None:
