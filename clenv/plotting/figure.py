@@ -172,26 +172,6 @@ def _start_rows(series: Series) -> tuple[np.ndarray, np.ndarray]:
     return tasks, order[first]
 
 
-def _column_edges(x: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges of heatmap columns centred on ``x``, each at most 0.5 task wide.
-
-    Tasks without a density (curvature is logged every k-th task) are left blank: a NaN
-    column fills each gap instead of stretching its neighbours over it.
-    """
-    half = 0.25
-    gaps = np.diff(x)
-    left = x - np.minimum(np.concatenate([[2 * half], gaps]) / 2, half)
-    right = x + np.minimum(np.concatenate([gaps, [2 * half]]) / 2, half)
-    edges, columns = [left[0]], []
-    for i in range(len(x)):
-        if i > 0 and left[i] > edges[-1] + 1e-9:  # a gap: blank column
-            columns.append(np.full(image.shape[0], np.nan))
-            edges.append(left[i])
-        columns.append(image[:, i])
-        edges.append(right[i])
-    return np.asarray(edges), np.stack(columns, axis=1)
-
-
 class _FigurePlan:
     """Decides which panels can be drawn from the runs and collects the notes."""
 
@@ -268,7 +248,13 @@ class _FigurePlan:
 
         def draw(ax: plt.Axes) -> None:
             last = max(r.series[tag].step.max() for r in self.runs if r.find([tag]))
-            edges = np.linspace(0, last + 1, 101)
+            # Few tasks: up to 400 bins, enough to show the learning curve within each
+            # task. Many tasks: 100 bins, an overview (the per-task panel has detail).
+            points = max(len(r.series[tag]) for r in self.runs if r.find([tag]))
+            num_tasks = max(len(np.unique(r.series[tag].task_id)) for r in self.runs
+                            if r.find([tag]))  # fmt: skip
+            bins = int(np.clip(points, 100, 400)) if num_tasks <= 30 else 100
+            edges = np.linspace(0, last + 1, bins + 1)
             centres = (edges[:-1] + edges[1:]) / 2
             for group in self.groups:
                 members = [r.series[tag] for r in group.runs if r.find([tag])]
@@ -287,7 +273,7 @@ class _FigurePlan:
             if len(boundaries):
                 ax.vlines(boundaries, 0, 1, transform=ax.get_xaxis_transform(),
                           colors="0.5", linestyles="--", lw=0.7,
-                          alpha=1.0 if len(boundaries) <= 50 else 0.3)  # fmt: skip
+                          alpha=1.0 if len(boundaries) <= 50 else 0.15)  # fmt: skip
             ax.set_xlabel("step (dashed: task switch)")
             ax.set_ylabel(tag)
 
@@ -364,17 +350,21 @@ class _FigurePlan:
                     columns.setdefault(key, []).append(mass[row])
             keys = sorted(columns)
             per_task = {task: sum(1 for t, _ in keys if t == task) for task, _ in keys}
-            # Within a task: the first density at the task, the last at task + 0.5.
-            x = np.array(
-                [t + 0.5 * j / max(per_task[t] - 1, 1) for t, j in keys],
-                dtype=np.float64,
-            )
+            # One equal-width column per logged density, in order (curvature is often
+            # logged every k-th task, so a task axis would leave slivers); the ticks
+            # name the task, "s"/"e" marking its start and end densities.
             image = np.stack([np.mean(columns[k], axis=0) for k in keys], axis=1)
-            x_edges, image = _column_edges(x, np.maximum(image, 1e-6))
-            mesh = ax.pcolormesh(x_edges, edges, np.ma.masked_invalid(image),
+            mesh = ax.pcolormesh(np.arange(len(keys) + 1) - 0.5, edges,
+                                 np.maximum(image, 1e-6),
                                  norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma")  # fmt: skip
             ax.figure.colorbar(mesh, ax=ax, label="share of spectral mass")
-            ax.set_xlabel("task (start; +0.5: end)")
+            labels = [
+                f"{t}" if per_task[t] == 1 else f"{t}{'s' if j == 0 else 'e'}"
+                for t, j in keys
+            ]
+            every = max(1, -(-len(keys) // 12))
+            ax.set_xticks(np.arange(len(keys))[::every], labels[::every])
+            ax.set_xlabel("task of each density (s: task start, e: task end)")
             ax.set_ylabel(f"log10 |λ|  (bottom row: |λ| < {10 ** edges[1]:.2g})")
 
         return draw

@@ -166,7 +166,9 @@ def load_run(run_dir: str | Path) -> Run:
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories named by ``paths``; a directory of run directories is expanded.
 
-    ``clenv plot runs/`` therefore plots every run under ``runs/``.
+    ``clenv plot runs/`` therefore plots every run under ``runs/`` (at any depth; the
+    failed attempts that ``clenv sweep`` moves to ``runs/sweeps/<name>/failed/`` are
+    left out).
     """
     if not paths:
         raise ValueError("no run directories given; pass one or more RUN_DIR paths")
@@ -174,7 +176,11 @@ def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and not (path / METRICS_FILE).is_file():
-            children = sorted(p.parent for p in path.glob(f"*/{METRICS_FILE}"))
+            children = sorted(
+                p.parent
+                for p in path.rglob(METRICS_FILE)
+                if not (p.parent.parent.name == "failed" and "sweeps" in p.parts)
+            )
             if children:
                 run_dirs.extend(children)
                 continue

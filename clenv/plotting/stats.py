@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +29,9 @@ def mean_confidence_interval(
         mean = np.nanmean(np.where(count > 0, samples, 0.0), axis=0)
         mean = np.where(count > 0, mean, np.nan)
         if samples.shape[0] > 1:
-            std = np.nanstd(samples, axis=0, ddof=1)
+            with warnings.catch_warnings():  # points with one seed: no spread, no band
+                warnings.simplefilter("ignore", RuntimeWarning)
+                std = np.nanstd(samples, axis=0, ddof=1)
         else:
             std = np.zeros(samples.shape[1])
         quantile = stats.t.ppf(0.5 + confidence / 2, np.maximum(count - 1, 1))
