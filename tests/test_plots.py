@@ -334,3 +334,18 @@ def test_group_labels_show_what_differs() -> None:
         f"{env} | bp",
         "clenv/SlipperyAnt-v0 | l2er",
     ]
+
+
+def test_run_discovery_is_recursive_and_skips_failed_sweep_attempts(
+    tmp_path: Path,
+) -> None:
+    from clenv.plotting.runs import expand_run_dirs
+
+    nested = write_fixture_run(
+        tmp_path / "runs" / "study" / "bp_seed1", reg="bp", seed=1
+    )
+    failed = write_fixture_run(
+        tmp_path / "runs" / "sweeps" / "s" / "failed", reg="bp", seed=2
+    )
+    found = expand_run_dirs([tmp_path / "runs"])
+    assert found == [nested] and failed not in found
