@@ -209,6 +209,22 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 # -- one trial (runs inside a Ray worker) --------------------------------------------
+def _terminate_with_parent() -> None:
+    """In the agent's process: get SIGTERM when the Ray worker that started it dies.
+
+    Stopping a sweep (Ctrl-C) kills Ray's workers; without this their agent
+    subprocesses would keep running, orphaned.
+    """
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass  # not glibc: the agent outlives a killed worker, as without this
+
+
 def run_trial(
     trial: Trial, spec: SweepSpec, sweep_dir: Path, threads: int = 1
 ) -> TrialState:
@@ -244,7 +260,12 @@ def run_trial(
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
         returncode = subprocess.call(
-            command, cwd=spec.workdir, stdout=log, stderr=subprocess.STDOUT, env=env
+            command,
+            cwd=spec.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_terminate_with_parent if sys.platform == "linux" else None,
         )
     state.seconds = round(time.perf_counter() - start, 2)
     state.returncode = returncode
@@ -297,7 +318,15 @@ def _init_ray(num_cpus: int | None) -> None:
                 "unset RAY_ADDRESS to run the trials on this machine's cores"
             ) from error
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # address="local": always a fresh instance on this machine's cores, even if a
+        # `ray start` left its address in /tmp/ray (that cluster is used only via
+        # RAY_ADDRESS).
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
 
 
 def run_sweep(
