@@ -405,7 +405,9 @@ def run_sweep(
             state = read_trial_state(sweep_dir, trial.trial_id)
             if state.status in ("running", "pending"):
                 state.status = "failed"
-                state.errors.append("the trial's Ray worker died before it finished")
+                state.errors.append(
+                    "interrupted (sweep stopped) or its Ray worker died"
+                )
                 write_trial_state(sweep_dir, trial.trial_id, state)
     manifest = write_manifest(sweep_dir, spec, trials)
     _print_summary(manifest, sweep_dir)
