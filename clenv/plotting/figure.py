@@ -473,7 +473,9 @@ def make_figure(
     if handles:
         axes.flat[0].legend(fontsize=8)
     seeds = sorted({str(run.seed) for run in runs})
-    fig.suptitle(title or f"{len(runs)} run(s), seeds {', '.join(seeds)}", fontsize=11)
+    envs = ", ".join(sorted({run.env_id for run in runs}))
+    default_title = f"{envs}: {len(runs)} run(s), seeds {', '.join(seeds)}"
+    fig.suptitle(title or default_title, fontsize=11)
     bottom = note_height / fig.get_figheight()
     if plan.notes:
         fig.text(0.01, 0.005, "\n".join(f"note: {n}" for n in plan.notes),
