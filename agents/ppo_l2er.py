@@ -591,6 +591,9 @@ if __name__ == "__main__":
         last_batch_task = state["last_batch_task"]
         start_iteration = state["iteration"] + 1
         logger = RunLogger.resume(resume_dir, step=global_step)
+        saved_args = RunLogger.load_args(resume_dir)
+        if saved_args["total_timesteps"] != args.total_timesteps:  # extended
+            logger.update_args({**saved_args, **vars(args), "resume": None})
         print(f"resumed {resume_dir} at step {global_step:,}")
     elif resume_dir is not None:
         logger = RunLogger.resume(resume_dir, step=-1)

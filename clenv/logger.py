@@ -232,6 +232,15 @@ class RunLogger:
             )
         return json.loads(path.read_text())
 
+    def update_args(self, args: Mapping[str, Any]) -> None:
+        """Replace the saved arguments (e.g. a resumed run extended to more steps)."""
+        args_json = json.dumps(dict(args), indent=2, default=_json_default)
+        tmp = self.run_dir / (ARGS_FILE + ".tmp")
+        tmp.write_text(args_json + "\n")
+        tmp.replace(self.run_dir / ARGS_FILE)
+        self._h5.attrs["args_json"] = args_json
+        self._h5.flush()
+
     # -- state -----------------------------------------------------------------------
     def set_task(self, task_id: int) -> None:
         """Stamp every following value with ``task_id`` (until the next call)."""

@@ -215,3 +215,13 @@ def test_damaged_metrics_file_gives_a_clear_error(tmp_path):
     (tmp_path / METRICS_FILE).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(OSError, match="move the file aside"):
         RunLogger.resume(tmp_path, step=0, tensorboard=False)
+
+
+def test_update_args_rewrites_args_json_and_attribute(tmp_path):
+    with RunLogger.create(
+        tmp_path, args={"steps": 1}, name="r", tensorboard=False, **ATTRS
+    ) as logger:
+        logger.update_args({"steps": 2})
+    assert RunLogger.load_args(tmp_path / "r") == {"steps": 2}
+    with h5py.File(tmp_path / "r" / METRICS_FILE, "r") as f:
+        assert json.loads(f.attrs["args_json"]) == {"steps": 2}
