@@ -90,29 +90,23 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     num_threads: int = 1
-    """torch CPU threads; 1 is fastest for these small MLPs and keeps results identical
-    across machines with different core counts"""
+    """torch CPU threads; 1 is fastest for these small MLPs and keeps results identical across machines with different core counts"""
     runs_dir: str = "runs"
     """where run directories are created"""
     resume: str | None = None
-    """continue the run in this directory (runs/<run>) from its latest checkpoint; its
-    saved arguments are used (an explicit --total-timesteps extends the run)"""
+    """continue the run in this directory (runs/<run>) from its latest checkpoint; its saved arguments are used (an explicit --total-timesteps extends the run)"""
     progress: bool = True
     """show a progress bar (step, task, SPS, recent return)"""
     plot: bool = True
-    """draw plots.png in the run directory at the end (clenv.plotting; also
-    `clenv plot RUN_DIR... --out fig.png` for several runs)"""
+    """draw plots.png in the run directory at the end (clenv.plotting; also `clenv plot RUN_DIR... --out fig.png` for several runs)"""
 
     # Algorithm specific arguments
     env_id: str = "clenv/SlipperyAnt-v0"
     """the id of the environment: any continuous-action Gymnasium env, clenv or not"""
     env_kwargs: list[str] = field(default_factory=list)
-    """keyword arguments of gym.make as key=value (Python literals), e.g.
-    `--env-kwargs switch_every=50000 switch_at=step`"""
+    """keyword arguments of gym.make as key=value (Python literals), e.g. `--env-kwargs switch_every=50000 switch_at=step`"""
     protocol: Literal["lop", "sc"] = "lop"
-    """paper settings for every option left unset below: lop (Dohare et al. 2024: 2x256
-    nets, 16 minibatches, ent 0, switch at episode end, 20M steps) or sc (Prakash et al.
-    2026: 1x256, 128 minibatches, ent 0.01, switch mid-episode, 10M steps)"""
+    """paper settings for every option left unset below: lop (Dohare et al. 2024: 2x256 nets, 16 minibatches, ent 0, switch at episode end, 20M steps) or sc (Prakash et al. 2026: 1x256, 128 minibatches, ent 0.01, switch mid-episode, 10M steps)"""
     total_timesteps: int | None = None
     """total timesteps of the experiment (default: 20M lop, 10M sc)"""
     learning_rate: float = 1e-4
@@ -152,29 +146,23 @@ class Args:
     target_kl: float | None = None
     """the target KL divergence threshold"""
     hidden_sizes: tuple[int, ...] | None = None
-    """hidden layer widths of the separate actor and critic ReLU MLPs (default: 256 256
-    lop, 256 sc)"""
+    """hidden layer widths of the separate actor and critic ReLU MLPs (default: 256 256 lop, 256 sc)"""
     bootstrap_truncated: bool = True
-    """add gamma * V(final obs) to the reward of a time-limit truncation instead of
-    treating it as a terminal state"""
+    """add gamma * V(final obs) to the reward of a time-limit truncation instead of treating it as a terminal state"""
 
     # Plasticity method
     reg: str = "l2er"
-    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as
-    cbp+l2 (clenv.methods.make_method)"""
+    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as cbp+l2 (clenv.methods.make_method)"""
     method_preset: str | None = None
     """hyperparameter preset of the method (default: ant_lop for lop, ant for sc)"""
     method_kwargs: list[str] = field(default_factory=list)
-    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or
-    `er__ascent_lr=1e-6` (see clenv.methods.make_method)"""
+    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or `er__ascent_lr=1e-6` (see clenv.methods.make_method)"""
 
     # Logging
     plasticity_every: int = 10
-    """log plasticity/* (effective rank, dead/dormant units, weights) every this many
-    updates, on the rollout's observations; 0: never"""
+    """log plasticity/* (effective rank, dead/dormant units, weights) every this many updates, on the rollout's observations; 0: never"""
     curvature_every_tasks: int = 1
-    """log curvature/* at the start and end of every k-th task (SC: at task start and
-    end); 0: never"""
+    """log curvature/* at the start and end of every k-th task (SC: at task start and end); 0: never"""
     curvature_order: int = 100
     """Lanczos iterations of the spectral density (SC: 100)"""
     curvature_trace_matvecs: int = 30
@@ -186,8 +174,7 @@ class Args:
 
     # Checkpoints
     checkpoint_every: int = 100_000
-    """save a checkpoint after the update that crosses every multiple of this many steps
-    (and at the end); 0: only at the end"""
+    """save a checkpoint after the update that crosses every multiple of this many steps (and at the end); 0: only at the end"""
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
 
