@@ -249,12 +249,17 @@ class _FigurePlan:
         def draw(ax: plt.Axes) -> None:
             last = max(r.series[tag].step.max() for r in self.runs if r.find([tag]))
             # Few tasks: up to 400 bins, enough to show the learning curve within each
-            # task. Many tasks: 100 bins, an overview (the per-task panel has detail).
+            # task. Many tasks: bins aligned with the first run's task switches (equal
+            # bins would alias against them), at most 200 of them.
             points = max(len(r.series[tag]) for r in self.runs if r.find([tag]))
-            num_tasks = max(len(np.unique(r.series[tag].task_id)) for r in self.runs
-                            if r.find([tag]))  # fmt: skip
-            bins = int(np.clip(points, 100, 400)) if num_tasks <= 30 else 100
-            edges = np.linspace(0, last + 1, bins + 1)
+            first = next(r for r in self.runs if r.find([tag]))
+            switches = _task_boundaries(first)
+            if len(switches) < 30:
+                edges = np.linspace(0, last + 1, int(np.clip(points, 100, 400)) + 1)
+            else:
+                every = -(-len(switches) // 200)
+                inner = switches[every - 1 :: every]
+                edges = np.unique(np.concatenate([[0.0], inner, [last + 1.0]]))
             centres = (edges[:-1] + edges[1:]) / 2
             for group in self.groups:
                 members = [r.series[tag] for r in group.runs if r.find([tag])]
