@@ -47,17 +47,6 @@ void forward_layer_raw(const T* W, const T* x, T* z, int64_t out, int64_t in) {
   }
 }
 
-template <typename T>
-void forward_layer_sparse_raw(const T* W, const T* x, const int64_t* nz, int64_t n_nz,
-                              T* z, int64_t out, int64_t in) {
-  for (int64_t o = 0; o < out; ++o) {
-    const T* row = W + o * in;
-    T s = 0;
-    for (int64_t j = 0; j < n_nz; ++j) s += row[nz[j]] * x[nz[j]];
-    z[o] = s;
-  }
-}
-
 // The first layer on a sparse input (MNIST pixels are ~80% zero): only the nonzero
 // inputs ``nz[0..n_nz)`` are read.
 template <typename T>
@@ -207,6 +196,23 @@ struct LazyLayer {
   }
 };
 
+// out[j * rows + o] = W[o] . x_j for `count` consecutive inputs x_j (row-major, each
+// `in` long): every row of W is read once for all of them.
+template <typename T>
+void block_products(const T* W, const T* X, T* out, int64_t count, int64_t rows,
+                    int64_t in) {
+  for (int64_t o = 0; o < rows; ++o) {
+    const T* row = W + o * in;
+    for (int64_t j = 0; j < count; ++j) {
+      const T* x = X + j * in;
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < in; ++i) s += row[i] * x[i];
+      out[j * rows + o] = s;
+    }
+  }
+}
+
 // W^T g of the stored W, skipping rows where g is zero (inactive ReLUs).
 template <typename T>
 void transpose_matvec(const T* W, const T* g, T* s, int64_t out, int64_t in) {
@@ -250,6 +256,11 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     if (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18))
       lazy[l].init(width[l + 1], width[l]);
   }
+  // The first layer's raw products W x for the next examples, computed together after
+  // each rewrite of its stored W (its inputs, unlike the other layers', are known in
+  // advance): W is read once per 16 examples instead of once per example.
+  std::vector<T> raw0(lazy[0].on ? kLazy * width[1] : 0);
+  int64_t raw0_first = -1, raw0_count = 0;
   for (int64_t k = start; k < K; ++k) {
     const T* x = X + k * D;
     const int64_t y = Y[k];
@@ -263,8 +274,14 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       if (lazy[l].on) {
         // Raw products with the stored W (sparse for the input), then corrections.
         T* z = h[l + 1].data();
-        if (l == 0 && sparse) {
-          forward_layer_sparse_raw<T>(Wp[0], x, nz.data(), n_nz, z, width[1], D);
+        if (l == 0) {
+          if (k < raw0_first || k >= raw0_first + raw0_count) {
+            raw0_first = k;
+            raw0_count = std::min(kLazy, K - k);
+            block_products<T>(Wp[0], x, raw0.data(), raw0_count, width[1], D);
+          }
+          const T* r = raw0.data() + (k - raw0_first) * width[1];
+          std::copy(r, r + width[1], z);
         } else {
           forward_layer_raw<T>(Wp[l], in_vec, z, width[l + 1], width[l]);
         }
@@ -321,6 +338,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         T* b = bp[l];
         for (int64_t o = 0; o < width[l + 1]; ++o) b[o] = b[o] - lr * (gl[o] + wd * b[o]);
         lazy[l].record(gl, h_in, lr, wd, Wp[l]);
+        if (l == 0 && lazy[0].m == 0) raw0_first = -1;  // W rewritten: products stale
         continue;
       }
       T* oabs = (cbp && l >= 1) ? out_abs[l - 1].data() : nullptr;
