@@ -206,3 +206,28 @@ def test_resume_mid_stream_reproduces_the_run():
     assert torch.equal(first, second)
     for key, value in resumed_model.state_dict().items():
         assert torch.equal(value, final[key]), key
+
+
+def test_missing_compiler_is_reported_and_torch_backend_still_works(monkeypatch):
+    from clenv.fastpath import native
+
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C.. compiler found"):
+        native.build_kernel()
+    model = small_model()
+    trainer = FastMLPTrainer(model, 0.05, backend="torch")
+    predictions, _ = trainer.train(*stream(n=10))
+    assert trainer.backend == "torch" and predictions.shape == (10,)
+
+
+def test_kernel_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
+    from clenv.fastpath import native
+
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("CLENV_CACHE_DIR", str(tmp_path))
+    first = native.build_kernel()
+    assert first.parent == tmp_path / "fastpath" and first.exists()
+    mtime = first.stat().st_mtime_ns
+    assert native.build_kernel() == first and first.stat().st_mtime_ns == mtime
+    assert list(first.parent.iterdir()) == [first]  # no temporary file left behind
