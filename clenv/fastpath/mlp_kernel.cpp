@@ -10,12 +10,13 @@
 // fractional replacement accumulator. When a replacement is due the call returns early
 // so Python can replace the units (rare: every ~1/(rr * units) steps).
 //
-// Large layers (>= 2^18 weights, beyond the L2 cache) defer their updates: in a call
-// the true weights are W_true = scale * (W - sum_j u_j h_j^T) over the last m < 16
-// examples' (u_j, h_j), so forward and backward read W once each and use rank-m
-// corrections, and W is rewritten once every 16 examples instead of every example
-// (L2's decay is the scalar ``scale``). The same algebra, other rounding. Not with CBP,
-// whose utility reads the true outgoing weights at every step.
+// The first layer and large layers (>= 2^18 weights, beyond the L2 cache) defer their
+// updates: in a call the true weights are W_true = scale * (W - sum_j u_j h_j^T) over
+// the last m < 16 examples' (u_j, h_j), so forward and backward read W once each and
+// use rank-m corrections, and W is rewritten once every 16 examples instead of every
+// example (L2's decay is the scalar ``scale``). The same algebra, other rounding. With
+// CBP only the first layer defers (the utility reads the true outgoing weights every
+// step), and not with its adaptable utility (which reads the incoming ones).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -253,7 +254,11 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
   }
   std::vector<LazyLayer<T>> lazy(n_layers);
   for (int64_t l = 0; l < n_layers; ++l) {
-    if (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18))
+    // The first layer always (its sparse per-example update and products cost more
+    // than the block products), unless CBP's adaptable utility needs its true incoming
+    // weights every step; the others when large and CBP is off.
+    const bool first = l == 0 && n_layers > 1 && !(cbp && adaptable);
+    if (first || (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18)))
       lazy[l].init(width[l + 1], width[l]);
   }
   // The first layer's raw products W x for the next examples, computed together after
@@ -385,7 +390,11 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         if (acc[l] >= 1.0) due = true;
       }
     }
-    if (due) return k + 1;  // no lazy layer with CBP: nothing to flush
+    if (due) {  // Python replaces units next: it must see the true weights
+      for (int64_t l = 0; l < n_layers; ++l)
+        if (lazy[l].on) lazy[l].flush(Wp[l]);
+      return k + 1;
+    }
   }
   for (int64_t l = 0; l < n_layers; ++l)
     if (lazy[l].on) lazy[l].flush(Wp[l]);
