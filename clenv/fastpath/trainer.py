@@ -31,9 +31,10 @@ How each method runs here:
   component's own tensors; the kernel returns when a replacement is due and the
   component replaces the units itself (same choice, same random draws). The SGD
   optimizer has no state to reset. One difference with ``"adaptable_contribution"``:
-  when two layers replace units at the same step, the component's autograd-path update
-  reads layer l+1's incoming magnitude after layer l's replacement, the kernel before
-  it (one term of a 0.99-decayed average); the default ``"contribution"`` is exact.
+  at a step where layer l replaces units, the component's autograd-path update computes
+  layer l+1's utility with its incoming weights after that replacement (the replaced
+  units' outgoing columns zeroed), the kernel with those before it (one term of a
+  0.99-decayed average); the default ``"contribution"`` is exact.
 * Anything else (S&P, ReDo, Adam, momentum) needs the autograd path:
   :func:`fast_path_supports` says whether a ``--reg`` name can use this one.
 
