@@ -35,10 +35,12 @@ def stream(n=240, dim=30, classes=5, dtype=torch.float64, seed=1, zeros=0.7):
     return x, y
 
 
-def autograd_run(model, reg, x, y, lr, **overrides):
+def autograd_run(model, reg, x, y, lr, methods_out=None, **overrides):
     """The plain loop the fast path must reproduce: batch 1, SGD, method hooks."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     method = make_method(reg, model, optimizer, preset="pmnist", **overrides)
+    if methods_out is not None:
+        methods_out.append(method)
     predictions, losses = [], []
     for k in range(x.shape[0]):
         logits = model(x[k : k + 1])
@@ -231,3 +233,27 @@ def test_kernel_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
     mtime = first.stat().st_mtime_ns
     assert native.build_kernel() == first and first.stat().st_mtime_ns == mtime
     assert list(first.parent.iterdir()) == [first]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adaptable_cbp_utilities_match_autograd_without_replacements(backend):
+    """The adaptable utility reads the true incoming weights, so the first layer runs
+    the kernel's eager sparse update; with no replacement the two paths agree."""
+    x, y = stream()
+    overrides = {"cbp__utility": "adaptable_contribution", "cbp__replacement_rate": 0.0}
+    reference = small_model()
+    fast = copy.deepcopy(reference)
+    methods = []
+    ref_pred, _ = autograd_run(reference, "cbp", x, y, 0.05, methods, **overrides)
+    pred, _, trainer = fast_run(fast, "cbp", x, y, 0.05, backend, 50, **overrides)
+    assert torch.equal(pred, ref_pred)
+    for p_ref, p_fast in zip(reference.parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11)
+    (ref_cbp,) = methods
+    assert ref_cbp.utility == trainer.cbp.utility == "adaptable_contribution"
+    for name in ("utilities", "mean_activations", "ages"):
+        for a, b in zip(
+            getattr(ref_cbp, name), getattr(trainer.cbp, name), strict=True
+        ):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), name
+    assert all(float(u.abs().sum()) > 0 for u in trainer.cbp.utilities)
