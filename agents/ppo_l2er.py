@@ -17,7 +17,6 @@ exactly. docs/agents/ppo.md has the flags, the logged series and the paper comma
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import math
@@ -46,6 +45,7 @@ from clenv.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from clenv.cli_kwargs import parse_kwargs
 from clenv.logger import RunLogger, hparams_markdown
 from clenv.methods import METHODS, make_method, split_name
 from clenv.metrics import (
@@ -185,22 +185,6 @@ class Args:
     """the mini-batch size (computed in runtime)"""
     num_iterations: int = 0
     """the number of iterations (computed in runtime)"""
-
-
-def parse_kwargs(pairs: list[str], flag: str) -> dict[str, Any]:
-    """``["a=1", "b=step"]`` -> ``{"a": 1, "b": "step"}`` (values as Python literals)."""
-    parsed = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(
-                f"{flag} takes key=value pairs such as switch_every=50000, got {pair!r}"
-            )
-        try:
-            parsed[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            parsed[key] = text
-    return parsed
 
 
 def resolve_args(args: Args) -> Args:

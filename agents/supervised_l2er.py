@@ -23,7 +23,6 @@ the logged series and the paper commands.
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import inspect
@@ -51,6 +50,7 @@ from clenv.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from clenv.cli_kwargs import parse_kwargs
 from clenv.fastpath import FastMLPTrainer, fast_path_supports
 from clenv.logger import RunLogger
 from clenv.methods import METHODS, make_method, split_name
@@ -227,20 +227,6 @@ class Args:
     """examples per env step (computed in runtime)"""
     total_examples: int = 0
     """examples in the whole run (computed in runtime)"""
-
-
-def parse_kwargs(pairs: list[str], flag: str) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values as Python literals)."""
-    parsed = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"{flag} takes key=value pairs, got {pair!r}")
-        try:
-            parsed[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            parsed[key] = text
-    return parsed
 
 
 def resolve_args(args: Args) -> Args:
