@@ -27,6 +27,8 @@ import h5py
 import numpy as np
 import tyro
 
+from clenv.plotting.stats import linear_fit
+
 AGENT = Path(__file__).with_name("supervised_l2er.py")
 COLORS = {"bp": "tab:red", "l2": "tab:blue", "l2er": "tab:green", "cbp": "tab:purple"}
 
@@ -117,6 +119,17 @@ def latest_run(directory: Path) -> Path | None:
     return best
 
 
+def study_run(args: Args, reg: str, seed: int) -> Path | None:
+    """The run of (reg, seed) to report: the finished one, or with --partial the latest."""
+    directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
+    if not directory.exists():
+        return None
+    run_dir = finished_run(directory)
+    if run_dir is None and args.partial:
+        run_dir = latest_run(directory)
+    return run_dir
+
+
 def _args_of(f: h5py.File) -> dict:
     return json.loads(f.attrs["args_json"])
 
@@ -155,10 +168,7 @@ def per_method(args: Args, tag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     for reg in args.regs:
         rows, tasks = [], None
         for seed in args.seeds:
-            directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
-            run_dir = finished_run(directory) if directory.exists() else None
-            if run_dir is None and args.partial and directory.exists():
-                run_dir = latest_run(directory)
+            run_dir = study_run(args, reg, seed)
             if run_dir is None:
                 continue
             task_ids, values = load(run_dir, tag)
@@ -264,10 +274,7 @@ def epsilon_rank_r_squared(args: Args) -> dict[str, tuple[float, int]]:
     pairs: dict[str, list[tuple[float, float]]] = {}
     for reg in args.regs:
         for seed in args.seeds:
-            directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
-            run_dir = finished_run(directory) if directory.exists() else None
-            if run_dir is None and args.partial and directory.exists():
-                run_dir = latest_run(directory)
+            run_dir = study_run(args, reg, seed)
             if run_dir is None:
                 continue
             acc_tasks, accuracy = load(run_dir, "cl/online_accuracy_per_task")
@@ -283,8 +290,7 @@ def epsilon_rank_r_squared(args: Args) -> dict[str, tuple[float, int]]:
     result = {}
     for eps, points in sorted(pairs.items(), key=lambda kv: float(kv[0])):
         x, y = np.array(points).T
-        r = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else np.nan
-        result[eps] = (float(r**2) if np.isfinite(r) else float("nan"), len(x))
+        result[eps] = (linear_fit(x, y)[2], len(x))
     return result
 
 
