@@ -85,25 +85,17 @@ void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out
   for (int64_t o = 0; o < out; ++o) {
     T* row = W + o * in;
     const T go = g[o];
-    if (go == T(0) && wd == T(0)) {
-      if (out_abs) {
+    // A row with no gradient and no decay does not move (a dead unit): skip its update
+    // but still count its weight magnitudes.
+    const bool moves = !(go == T(0) && wd == T(0));
+    if (moves) {
+      if (d) {
 #pragma omp simd
-        for (int64_t i = 0; i < in; ++i) out_abs[i] += std::abs(row[i]);
+        for (int64_t i = 0; i < in; ++i) d[i] += row[i] * go;
       }
-      if (in_abs) {
-        T s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < in; ++i) s += std::abs(row[i]);
-        in_abs[o] = s / T(in);
-      }
-      continue;
-    }
-    if (d) {
 #pragma omp simd
-      for (int64_t i = 0; i < in; ++i) d[i] += row[i] * go;
+      for (int64_t i = 0; i < in; ++i) row[i] = row[i] - lr * (go * h[i] + wd * row[i]);
     }
-#pragma omp simd
-    for (int64_t i = 0; i < in; ++i) row[i] = row[i] - lr * (go * h[i] + wd * row[i]);
     if (out_abs) {
 #pragma omp simd
       for (int64_t i = 0; i < in; ++i) out_abs[i] += std::abs(row[i]);
@@ -114,7 +106,7 @@ void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out
       for (int64_t i = 0; i < in; ++i) s += std::abs(row[i]);
       in_abs[o] = s / T(in);
     }
-    b[o] = b[o] - lr * (go + wd * b[o]);
+    if (moves) b[o] = b[o] - lr * (go + wd * b[o]);
   }
   if (out_abs) {
     for (int64_t i = 0; i < in; ++i) out_abs[i] /= T(out);
