@@ -430,6 +430,10 @@ if __name__ == "__main__":
         lr=args.learning_rate,
         momentum=args.momentum,
         weight_decay=args.optimizer_weight_decay,
+        # One kernel per step; --reg l2 adds its term inside it (clenv.methods.L2).
+        # Not with momentum: torch's fused SGD fails when a parameter gets its
+        # first gradient after the others (its momentum buffer is still None).
+        fused=device.type in ("cpu", "cuda") and args.momentum == 0,
     )
     # The ResNet is not one nn.Sequential: methods that act on units get its spec.
     hidden_spec = getattr(model, "hidden_layer_spec", lambda: None)()

@@ -200,6 +200,8 @@ def test_compose_calls_hooks_in_list_order_and_checks_state():
         (torch.optim.SGD, {"lr": 0.1}),
         (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
         (torch.optim.Adam, {"lr": 0.01, "betas": (0.99, 0.99)}),
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "fused": True}),
+        (torch.optim.Adam, {"lr": 0.01, "betas": (0.99, 0.99), "fused": True}),
     ],
 )
 @pytest.mark.parametrize("in_backward", [False, True])
@@ -234,6 +236,59 @@ def test_l2_in_backward_adds_at_every_backward_and_can_be_removed():
     nn.functional.cross_entropy(model(x), y).backward()
     for p, q in zip(model.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_l2_rides_in_a_fused_update_leaving_grad_and_checkpoints_alone():
+    x, y = batch()
+    ours, reference, plain = mlp(), mlp(), mlp()
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1, fused=True)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    method = L2(ours, opt, weight_decay=0.05)
+    assert method.fused and method.hyperparameters()["fused"]
+    ref_method = L2(reference, ref_opt, weight_decay=0.05)
+    assert not ref_method.fused  # foreach SGD: the after_backward pass
+    train_step(ours, opt, method, x, y)
+    train_step(reference, ref_opt, ref_method, x, y)
+    # .grad is the task gradient only; the optimizer's own weight_decay stays 0.
+    nn.functional.cross_entropy(plain(x), y).backward()
+    for p, q in zip(ours.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert opt.state_dict()["param_groups"][0]["weight_decay"] == 0
+    # A checkpoint from any run loads; the decay is still applied after it.
+    opt.load_state_dict(torch.optim.SGD(ours.parameters(), lr=0.1).state_dict())
+    train_step(ours, opt, method, x, y)
+    train_step(reference, ref_opt, ref_method, x, y)
+    for p, q in zip(ours.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    method.remove()
+    before = [p.detach().clone() for p in ours.parameters()]
+    for p in ours.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # no hook left: a zero gradient moves nothing
+    for p, q in zip(ours.parameters(), before, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, problem",
+    [
+        (lambda ps: torch.optim.AdamW(ps, fused=True), "decoupled"),
+        (lambda ps: torch.optim.RMSprop(ps), "not SGD or Adam"),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, fused=True, maximize=True), "maxim"),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=1e-3, fused=True), "own"),
+        (lambda ps: torch.optim.SGD(list(ps)[:-1], lr=0.1, fused=True), "exactly"),
+    ],
+)
+def test_l2_fuses_only_when_exact_and_says_why_not(make_optimizer, problem):
+    model = mlp()
+    opt = make_optimizer(model.parameters())
+    assert not L2(model, opt, weight_decay=0.1).fused  # falls back to after_backward
+    with pytest.raises(ValueError, match=problem):
+        L2(model, opt, weight_decay=0.1, fuse=True)
+    assert not L2(model, None).fused
+    fused_sgd = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+    assert not L2(model, fused_sgd, fuse=False).fused
+    assert not L2(model, fused_sgd, in_backward=True).fused
 
 
 def test_l2_adds_lambda_theta_to_every_gradient_biases_included():

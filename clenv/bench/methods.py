@@ -2,7 +2,8 @@
 
 Run ``python -m clenv.bench.methods`` (``--help`` for options). The network is SC's
 Permuted-MNIST MLP (784-1000-1000-1000-10, ReLU, Kaiming-uniform, zero bias) trained
-with SGD (lr 0.01) and cross-entropy on random inputs in [0, 1], at batch 1 (the
+with SGD (lr 0.01; ``fused=True``, so that L2 rides in the update, see
+:class:`clenv.methods.L2`; ``--optimizer foreach`` for torch's default) and cross-entropy on random inputs in [0, 1], at batch 1 (the
 papers' online setting) and batch 100. Every method gets its own copy of the network
 and optimizer; one *round* times a block of ``--block-steps`` steps of every method,
 in a rotating order, in one process, so machine load hits all of them alike. A
@@ -31,13 +32,18 @@ from torch import nn
 from clenv.methods import make_method, split_name
 
 TARGET = ("l2er", 1.25)
+# Where L2 adds its term (clenv.methods.L2); the default fuses it into the update.
+L2_VARIANTS = {
+    "after_backward": {"l2__fuse": False},
+    "in_backward": {"l2__in_backward": True},
+}
 DEFAULT_METHODS = (
     "bp",
     "l2",
-    "l2:in_backward",
+    "l2:after_backward",
     "er",
     "l2er",
-    "l2er:in_backward",
+    "l2er:after_backward",
     "cbp",
     "cbp+l2",
     "snp",
@@ -64,25 +70,29 @@ class Trainer:
     """One method with its own network and SGD optimizer.
 
     Args:
-        name: a ``--reg`` name, optionally ``:in_backward`` (L2 added inside
-            ``backward()``, see :class:`clenv.methods.L2`).
+        name: a ``--reg`` name, optionally ``:after_backward`` (L2 in its own pass
+            after ``backward()``) or ``:in_backward`` (inside ``backward()``); see
+            :class:`clenv.methods.L2`.
         width: hidden width.
         lr: SGD learning rate.
         interval: ER's U.
+        fused: ``SGD(fused=True)``, whose update adds L2 at no cost (see
+            :class:`clenv.methods.L2`); False: torch's default (foreach) SGD.
     """
 
-    def __init__(self, name: str, width: int, lr: float, interval: int):
+    def __init__(
+        self, name: str, width: int, lr: float, interval: int, fused: bool = True
+    ):
         self.name = name
         reg, _, variant = name.partition(":")
         self.model = pmnist_mlp(width)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, fused=fused)
         overrides = {"er__interval": interval} if "er" in split_name(reg) else {}
-        if variant == "in_backward":
-            overrides["l2__in_backward"] = True
-        elif variant:
+        if variant and variant not in L2_VARIANTS:
             raise ValueError(
-                f"unknown variant {variant!r} in {name!r}; known: in_backward"
+                f"unknown variant {variant!r} in {name!r}; known: {list(L2_VARIANTS)}"
             )
+        overrides.update(L2_VARIANTS.get(variant, {}))
         self.method = make_method(
             reg, self.model, self.optimizer, preset="pmnist", **overrides
         )
@@ -109,6 +119,7 @@ def time_methods(
     width: int,
     interval: int,
     lr: float = 0.01,
+    fused: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Median seconds per step and median ratio to BP of each method.
 
@@ -120,9 +131,10 @@ def time_methods(
         width: hidden width.
         interval: ER's U.
         lr: SGD learning rate.
+        fused: every method's SGD is ``fused=True`` (else torch's default).
     """
     names = ["bp"] + [n for n in names if n != "bp"]
-    trainers = [Trainer(name, width, lr, interval) for name in names]
+    trainers = [Trainer(name, width, lr, interval, fused) for name in names]
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(block_steps, batch_size, 784, generator=g)
     labels = torch.randint(10, (block_steps, batch_size), generator=g)
@@ -185,6 +197,13 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]
     )
     parser.add_argument("--width", type=int, default=1000, help="hidden width")
     parser.add_argument(
+        "--optimizer",
+        choices=("fused", "foreach"),
+        default="fused",
+        help="every method's SGD: fused=True (L2 is added inside its update) or "
+        "torch's default foreach implementation (L2 needs its own pass)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -207,11 +226,17 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]
         block_steps = -(-args.block_steps // interval) * interval
         print(
             f"batch {batch_size}: {num_rounds} rounds x {block_steps} steps per "
-            f"method, U={interval}, {threads} thread(s) ...",
+            f"method, U={interval}, {threads} thread(s), {args.optimizer} SGD ...",
             flush=True,
         )
         figures[batch_size] = time_methods(
-            names, batch_size, block_steps, num_rounds, args.width, interval
+            names,
+            batch_size,
+            block_steps,
+            num_rounds,
+            args.width,
+            interval,
+            fused=args.optimizer == "fused",
         )
     header = f"{'method':<18}" + "".join(
         f"{f'b{b} ms/step':>14}{f'b{b} x BP':>10}" for b in batch_sizes
@@ -224,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]
         )
         print(row)
     method, target = TARGET
-    for variant in (method, f"{method}:in_backward"):
+    for variant in [method] + [f"{method}:{v}" for v in L2_VARIANTS]:
         for b in batch_sizes if variant in figures[batch_sizes[0]] else ():
             ratio = figures[b][variant]["ratio"]
             verdict = "meets" if ratio <= target else "MISSES"
