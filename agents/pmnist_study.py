@@ -198,6 +198,12 @@ def plot(args: Args) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not per_method(args, "cl/online_accuracy_per_task"):
+        hint = "" if args.partial else " (--partial plots unfinished runs)"
+        raise SystemExit(
+            f"error: no finished run of {list(args.regs)} in {args.runs_dir}{hint}; "
+            "the <reg>_seed<k>.log files there say why a run stopped"
+        )
     fits = epsilon_rank_r_squared(args)
     if args.epsilon is None:
         finite = {e: v for e, v in fits.items() if np.isfinite(v[0])}
@@ -318,6 +324,12 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
             f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
         )
+    if not per_method(args, "cl/online_accuracy_per_task"):
+        hint = "" if args.partial else " (--partial plots unfinished runs)"
+        raise SystemExit(
+            f"error: no finished run of {list(args.regs)} in {args.runs_dir}{hint}; "
+            "the <reg>_seed<k>.log files there say why a run stopped"
+        )
     fits = epsilon_rank_r_squared(args)
     if fits:
         lines += ["", "R² of online accuracy on task k against the ε-rank at the start "
@@ -350,7 +362,8 @@ def main() -> None:
             for reg, seed, seconds, code in pool.map(
                 lambda rs: launch(args, *rs), order
             ):
-                status = "ok" if code == 0 else f"FAILED (exit {code})"
+                log = Path(args.runs_dir) / f"{reg}_seed{seed}.log"
+                status = "ok" if code == 0 else f"FAILED (exit {code}, see {log})"
                 print(f"{reg} seed {seed}: {status} in {seconds:.0f} s "
                       f"[{time.time() - start:.0f} s]", flush=True)  # fmt: skip
                 timings.append((reg, seed, seconds, code))
