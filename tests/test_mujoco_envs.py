@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import os
 import pickle
 import re
+import subprocess
+import sys
 import warnings
 
 import gymnasium as gym
@@ -482,3 +486,61 @@ def test_env_benchmark_runs_and_compares_identical_trajectories(capsys):
     )
     assert "bit-identical trajectories: True" in capsys.readouterr().out
     assert figures["layer_ratio_best"] > 0 and figures["ant_v5_us_per_step_best"] > 0
+
+
+# MuJoCo picks its GL backend when first imported, so rendering runs in a fresh process.
+RENDER_SCRIPT = """
+import warnings
+import gymnasium as gym, numpy as np
+from gymnasium.utils.passive_env_checker import env_render_passive_checker
+import clenv
+gym.register_envs(clenv)
+env = gym.make("clenv/SlipperyAnt-v0", render_mode="rgb_array", switch_every=20,
+               width=96, height=64)
+env.reset(seed=0)
+env_render_passive_checker(env.unwrapped)  # check_env's; its "human" mode needs X11
+first = env.render()
+env.action_space.seed(0)
+switched = False
+for _ in range(30):
+    *_, info = env.step(env.action_space.sample())
+    switched |= bool(info["task_switch"])
+later = env.render()
+print(first.shape, first.dtype, int(first.std() > 5), int(np.abs(
+    first.astype(int) - later.astype(int)).mean() > 0.1), int(switched))
+"""
+
+
+def run_render_script(backend: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY")}
+    if backend is not None:
+        env["MUJOCO_GL"] = backend
+    return subprocess.run(
+        [sys.executable, "-c", RENDER_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("backend", ["egl", "osmesa"])
+def test_slippery_ant_renders_frames_headless(backend):
+    result = run_render_script(backend)
+    if backend == "osmesa" and ctypes.util.find_library("OSMesa") is None:
+        assert "ImportError: import mujoco failed with MUJOCO_GL='osmesa'" in (
+            result.stderr
+        ), result.stderr[-2000:]
+        assert "apt install libosmesa6" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr[-2000:]
+    # frame size as asked, a non-blank image that moves, and a task switch on the way
+    assert result.stdout.split("\n")[-2] == "(64, 96, 3) uint8 1 1 1", result.stdout
+
+
+def test_render_without_a_gl_backend_says_which_to_set():
+    result = run_render_script(None)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: MuJoCo could not render with MUJOCO_GL=None")
+    assert "set MUJOCO_GL=egl" in last

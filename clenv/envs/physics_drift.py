@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 import gymnasium as gym
+
+try:
+    import mujoco
+except AttributeError as error:  # PyOpenGL found no OSMesa library
+    raise ImportError(
+        f"import mujoco failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: the "
+        "OSMesa library is not installed (Debian: apt install libosmesa6); or set "
+        "MUJOCO_GL=egl, or unset it when nothing is rendered"
+    ) from error
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco import MujocoEnv
@@ -264,7 +274,15 @@ class PhysicsDriftEnv(ContinualEnv, gym.Env, utils.EzPickle):
         return obs, reward, terminated, truncated, info
 
     def render(self):
-        return self._mujoco_env.render()
+        try:
+            return self._mujoco_env.render()
+        except mujoco.FatalError as error:
+            backend = os.environ.get("MUJOCO_GL")
+            raise RuntimeError(
+                f"MuJoCo could not render with MUJOCO_GL={backend!r}: {error}. On a "
+                "machine without a display, set MUJOCO_GL=egl (or osmesa) before "
+                "Python starts"
+            ) from None
 
     def close(self) -> None:
         self._mujoco_env.close()

@@ -117,7 +117,8 @@ class SlipperyAntEnv(PhysicsDriftEnv):
     | `reset_noise_scale` | **float** | `0.1` | Ant-v5 argument |
     | `exclude_current_positions_from_observation` | **bool** | `True` | Ant-v5 argument |
     | `include_cfrc_ext_in_observation` | **bool** | `True` | Ant-v5 argument |
-    | `render_mode` | **str \| None** | `None` | as Ant-v5 |
+    | `render_mode` | **str \| None** | `None` | as Ant-v5 (`"rgb_array"` needs `MUJOCO_GL=egl` or `osmesa` on a headless machine) |
+    | `width`, `height` | **int** | `480` | rendered frame size, as Ant-v5 |
 
     ```python
     import gymnasium as gym
@@ -155,6 +156,8 @@ class SlipperyAntEnv(PhysicsDriftEnv):
         exclude_current_positions_from_observation: bool = True,
         include_cfrc_ext_in_observation: bool = True,
         render_mode: str | None = None,
+        width: int = 480,
+        height: int = 480,
     ) -> None:
         ant_kwargs = dict(
             forward_reward_weight=forward_reward_weight,
@@ -169,6 +172,8 @@ class SlipperyAntEnv(PhysicsDriftEnv):
                 exclude_current_positions_from_observation
             ),
             include_cfrc_ext_in_observation=include_cfrc_ext_in_observation,
+            width=width,
+            height=height,
         )
         schedule_kwargs = dict(
             switch_every=switch_every,
