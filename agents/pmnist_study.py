@@ -324,12 +324,6 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
             f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
         )
-    if not per_method(args, "cl/online_accuracy_per_task"):
-        hint = "" if args.partial else " (--partial plots unfinished runs)"
-        raise SystemExit(
-            f"error: no finished run of {list(args.regs)} in {args.runs_dir}{hint}; "
-            "the <reg>_seed<k>.log files there say why a run stopped"
-        )
     fits = epsilon_rank_r_squared(args)
     if fits:
         lines += ["", "R² of online accuracy on task k against the ε-rank at the start "

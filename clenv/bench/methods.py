@@ -3,8 +3,9 @@
 Run ``python -m clenv.bench.methods`` (``--help`` for options). The network is SC's
 Permuted-MNIST MLP (784-1000-1000-1000-10, ReLU, Kaiming-uniform, zero bias) trained
 with SGD (lr 0.01; ``fused=True``, so that L2 rides in the update, see
-:class:`clenv.methods.L2`; ``--optimizer foreach`` for torch's default) and cross-entropy on random inputs in [0, 1], at batch 1 (the
-papers' online setting) and batch 100. Every method gets its own copy of the network
+:class:`clenv.methods.L2`; ``--optimizer foreach`` for torch's default) and
+cross-entropy on random inputs in [0, 1], at batch 1 (the papers' online setting) and
+batch 100. Every method gets its own copy of the network
 and optimizer; one *round* times a block of ``--block-steps`` steps of every method,
 in a rotating order, in one process, so machine load hits all of them alike. A
 method's ratio is its block time over BP's block time in the same round; the table

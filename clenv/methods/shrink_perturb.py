@@ -18,14 +18,16 @@ from clenv.methods.l2 import L2
 
 
 class ShrinkPerturb(L2):
-    """Weight decay in ``after_backward``, N(0, sigma^2) noise in ``after_step``.
+    """Weight decay as :class:`L2` does it, N(0, sigma^2) noise in ``after_step``.
+
+    The decay is L2's: inside a fused optimizer's update, else in ``after_backward``.
 
     The noise is drawn into buffers allocated once, with the method's own generator
     (its state is in :meth:`state_dict`, so a resumed run draws the same noise).
 
     Args:
         model: the network.
-        optimizer: unused; kept for a uniform signature.
+        optimizer: the optimizer; with a fused one the decay rides in its update.
         weight_decay: the shrink, coupled as L2 (LoP PMNIST 1e-4, ImageNet 1e-5).
         noise_std: sigma of the perturbation (LoP 1e-5).
         seed: seed of the noise generator.
