@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 import tyro
 
+from clenv.logger import complete_rows
 from clenv.plotting.stats import linear_fit
 
 AGENT = Path(__file__).with_name("supervised_l2er.py")
@@ -159,7 +160,8 @@ def load(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
         if tag not in f:
             return np.zeros(0, int), np.zeros(0)
-        return f[tag]["task_id"][:], f[tag]["value"][:]
+        rows = complete_rows(f[tag])  # a run killed mid-row
+        return f[tag]["task_id"][:rows], f[tag]["value"][:rows]
 
 
 def per_method(args: Args, tag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -47,6 +47,7 @@ import numpy as np
 from h5py import h5s
 
 METRICS_FILE = "metrics.h5"
+COLUMNS = ("step", "task_id", "value")  # of every series
 ARGS_FILE = "args.json"
 TAG_PREFIXES = ("charts/", "losses/", "cl/", "plasticity/", "curvature/", "eval/")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
@@ -76,10 +77,29 @@ def read_series(path: str | Path, tag: str) -> dict[str, np.ndarray]:
         if tag not in f:
             raise KeyError(f"no series {tag!r} in {path}; it has {list_series(f)}")
         group = f[tag]
-        out = {name: group[name][()] for name in ("step", "task_id", "value")}
+        rows = complete_rows(group)
+        out = {name: group[name][:rows] for name in COLUMNS}
         if "grid" in group.attrs:
             out["grid"] = np.asarray(group.attrs["grid"])
         return out
+
+
+def complete_rows(group: h5py.Group) -> int:
+    """Rows present in every column of a series.
+
+    A row is appended column by column; a run killed in between leaves one column a
+    row longer than the others. That row was never complete, so readers stop before it.
+    """
+    return min(group[name].shape[0] for name in COLUMNS)
+
+
+def _drop_incomplete_row(group: h5py.Group) -> int:
+    """Cut every column of a series to its complete rows; returns their number."""
+    rows = complete_rows(group)
+    for name in COLUMNS:
+        if group[name].shape[0] > rows:
+            group[name].resize(rows, axis=0)
+    return rows
 
 
 def list_series(file: h5py.File | h5py.Group) -> list[str]:
@@ -389,16 +409,17 @@ class RunLogger:
         return group
 
     def _truncate(self, step_limit: int) -> None:
-        """Keep only rows with ``step <= step_limit`` in every series."""
+        """Keep only complete rows with ``step <= step_limit`` in every series."""
         for tag in list_series(self._h5):
             group = self._h5[tag]
+            _drop_incomplete_row(group)
             steps = group["step"][()]
             keep = steps <= step_limit
             if keep.all():
                 continue
             kept = np.flatnonzero(keep)
             is_prefix = kept.size == 0 or kept[-1] == kept.size - 1
-            for name in ("step", "task_id", "value"):
+            for name in COLUMNS:
                 dataset = group[name]
                 if not is_prefix:
                     dataset[: kept.size] = dataset[()][kept]
@@ -414,8 +435,8 @@ class _SeriesWriter:
     """
 
     def __init__(self, group: h5py.Group) -> None:
-        self.datasets = [group[name].id for name in ("step", "task_id", "value")]
-        self.rows = group["step"].shape[0]
+        self.datasets = [group[name].id for name in COLUMNS]
+        self.rows = _drop_incomplete_row(group)
         self.shape = tuple(group["value"].shape[1:])
         self.grid = np.asarray(group.attrs["grid"]) if "grid" in group.attrs else None
         self._memory_spaces = [

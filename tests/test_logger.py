@@ -225,3 +225,31 @@ def test_update_args_rewrites_args_json_and_attribute(tmp_path):
     assert RunLogger.load_args(tmp_path / "r") == {"steps": 2}
     with h5py.File(tmp_path / "r" / METRICS_FILE, "r") as f:
         assert json.loads(f.attrs["args_json"]) == {"steps": 2}
+
+
+def test_a_row_half_written_by_a_kill_is_dropped_by_readers_and_writers(tmp_path):
+    logger = RunLogger(tmp_path, tensorboard=False)
+    for step in range(5):
+        logger.log_scalar("charts/x", float(step), step=step)
+    logger.close()
+    # What a kill between two columns' writes leaves: "step" has a row more.
+    with h5py.File(tmp_path / METRICS_FILE, "a") as f:
+        f["charts/x/step"].resize(6, axis=0)
+        f["charts/x/step"][5] = 5
+    series = read_series(tmp_path / METRICS_FILE, "charts/x")
+    assert series["step"].tolist() == [0, 1, 2, 3, 4]
+    assert series["value"].tolist() == [0, 1, 2, 3, 4]
+    # Reopened (plain append, and resume), the next row lands after the complete ones.
+    logger = RunLogger(tmp_path, tensorboard=False)
+    logger.log_scalar("charts/x", 5.0, step=5)
+    logger.close()
+    series = read_series(tmp_path / METRICS_FILE, "charts/x")
+    assert series["step"].tolist() == series["value"].tolist() == [0, 1, 2, 3, 4, 5]
+    with h5py.File(tmp_path / METRICS_FILE, "a") as f:
+        f["charts/x/value"].resize(7, axis=0)  # now "value" is the longer column
+    logger = RunLogger.resume(tmp_path, step=5, tensorboard=False)
+    logger.log_scalar("charts/x", 6.0, step=6)
+    logger.close()
+    series = read_series(tmp_path / METRICS_FILE, "charts/x")
+    assert series["step"].tolist() == series["value"].tolist() == list(range(7))
+    assert series["task_id"].size == 7
