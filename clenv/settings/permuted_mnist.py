@@ -1,0 +1,11 @@
+"""Permuted MNIST: settings of `agents/supervised_l2er.py` under `--protocol lop` and `--protocol sc`."""
+
+from __future__ import annotations
+
+from clenv.settings import Row, Value
+
+TITLE = "Permuted MNIST"
+AGENT = "agents/supervised_l2er.py"
+DEFAULT_PROTOCOL = "sc"
+
+ROWS: list[Row] = []

@@ -1,0 +1,11 @@
+"""Slippery Ant (PPO): settings of `agents/ppo_l2er.py` under `--protocol lop` and `--protocol sc`."""
+
+from __future__ import annotations
+
+from clenv.settings import Row, Value
+
+TITLE = "Slippery Ant (PPO)"
+AGENT = "agents/ppo_l2er.py"
+DEFAULT_PROTOCOL = "lop"
+
+ROWS: list[Row] = []
