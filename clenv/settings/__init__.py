@@ -34,8 +34,11 @@ REPOSITORIES = {
     "lop": "shibhansh/loss-of-plasticity",
     "sc": "KevinGuo27/lop-jax",
 }
-# The commits the sources were read at (filled in by whoever re-reads the code).
-COMMITS: dict[str, str] = {"lop": "", "sc": ""}
+# The commits the sources were read at.
+COMMITS: dict[str, str] = {
+    "lop": "63c35f3c758bbb713dd42c72d43dc192fde0d109",
+    "sc": "52ae3eb0702a9e6923f252c1f7cb29340eb5b3d5",
+}
 
 
 @dataclass(frozen=True)
