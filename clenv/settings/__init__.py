@@ -29,7 +29,12 @@ from typing import Any, Literal
 Paper = Literal["lop", "sc"]
 PAPERS: tuple[Paper, ...] = ("lop", "sc")
 # The benchmarks, each a module of this package holding a ROWS list.
-BENCHMARKS = ("slippery_ant", "permuted_mnist", "continual_imagenet", "incremental_cifar")
+BENCHMARKS = (
+    "slippery_ant",
+    "permuted_mnist",
+    "continual_imagenet",
+    "incremental_cifar",
+)
 REPOSITORIES = {
     "lop": "shibhansh/loss-of-plasticity",
     "sc": "KevinGuo27/lop-jax",
@@ -93,7 +98,8 @@ def rows(benchmark: str) -> list[Row]:
         raise ValueError(
             f"unknown benchmark {benchmark!r}; choose one of {list(BENCHMARKS)}"
         )
-    return list(importlib.import_module(f"clenv.settings.{benchmark}").ROWS)
+    module = importlib.import_module(f"clenv.settings.{benchmark}")
+    return [*module.ROWS, *module.METHOD_ROWS]
 
 
 def protocol_defaults(
@@ -146,7 +152,7 @@ def render_markdown() -> str:
             f"{bench.DEFAULT_PROTOCOL}`.\n\n"
             "| setting | LoP | SC | clenv option | test |\n|---|---|---|---|---|\n"
         )
-        for row in bench.ROWS:
+        for row in rows(benchmark):
             name = f"`{row.name}`" + (f" (in `{row.when}`)" if row.when else "")
             parts.append(
                 f"| {name}: {row.what} | {_cell(row.lop, 'LoP')} | "

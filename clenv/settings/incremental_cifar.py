@@ -8,4 +8,8 @@ TITLE = "Class-incremental CIFAR-100"
 AGENT = "agents/supervised_l2er.py"
 DEFAULT_PROTOCOL = "sc"
 
+# Agent, env and model settings.
 ROWS: list[Row] = []
+
+# Method settings (kind="method"): clenv.methods.presets builds its presets from them.
+METHOD_ROWS: list[Row] = []
