@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Literal
 
 Paper = Literal["lop", "sc"]
@@ -75,8 +76,9 @@ class Row:
         option: the clenv option that sets it, e.g. ``"--learning-rate"``.
         test: the test that pins it, ``"tests/<file>.py::<function>"``.
         kind: see ``name``.
-        when: for ``kind="method"``: the components that must all be present for this
-            value to apply (``"l2+er"``: inside L2-ER only); empty for the method alone.
+        when: the method components that must all be in ``--reg`` for this value to
+            apply (``"l2+er"``: inside L2-ER only; ``"l2"``: any method with L2); empty
+            for always. Agent rows may use it too (a step size tuned per method).
     """
 
     name: str
@@ -103,16 +105,30 @@ def rows(benchmark: str) -> list[Row]:
 
 
 def protocol_defaults(
-    benchmark: str, paper: Paper, kind: str = "agent"
+    benchmark: str,
+    paper: Paper,
+    kind: str = "agent",
+    components: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """``{name: value}`` of every ``kind`` row that ``paper`` sets (non-method kinds)."""
+    """``{name: value}`` of every ``kind`` row that ``paper`` sets (not methods).
+
+    A row with ``when`` (e.g. LoP's ImageNet step size with L2) applies only when every
+    component it names is in ``components`` (:func:`clenv.methods.split_name` of
+    ``--reg``), and then overrides the row without ``when``.
+    """
     if paper not in PAPERS:
         raise ValueError(f"unknown protocol {paper!r}; choose one of {list(PAPERS)}")
-    return {
-        row.name: row.value(paper).value
+    present = set(components)
+    selected = [
+        row
         for row in rows(benchmark)
-        if row.kind == kind and row.value(paper) is not None
-    }
+        if row.kind == kind
+        and row.value(paper) is not None
+        and set(filter(None, row.when.split("+"))) <= present
+    ]
+    # Rows without `when` first, so a matching `when` row wins.
+    selected.sort(key=lambda row: bool(row.when))
+    return {row.name: row.value(paper).value for row in selected}
 
 
 def method_preset(benchmark: str, paper: Paper) -> dict[str, dict[str, dict[str, Any]]]:
