@@ -23,8 +23,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Paper = Literal["lop", "sc"]
