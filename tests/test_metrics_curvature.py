@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import doctest
 import functools
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,23 +18,30 @@ from torch.func import functional_call, hessian
 
 import clenv.metrics.hessian
 import clenv.metrics.losses
+import clenv.metrics.spectral
 from clenv.metrics import (
+    DENSITY_GRID,
     HessianOperator,
     cross_entropy_loss,
     curvature_report,
     dead_unit_rank_bound,
     density_from_ritz,
+    density_on_grid,
     epsilon_rank,
+    epsilon_rank_trapezoid,
     hessian_eigenvalues,
     hessian_matrix,
     hessian_spectral_density,
     hessian_trace,
     kfac_rank,
     lanczos,
+    rebin_density,
     ritz_pairs,
     sampled_cross_entropy_loss,
+    smoothing_variance,
     split_batch,
     top_eigenvalues,
+    trapezoid_weights,
 )
 
 # torch's forward-mode AD (torch.func.hessian, jvp) scripts its decompositions on
@@ -160,9 +169,11 @@ def ppo_rollout(agent, n=64, seed=2):
     }
 
 
-@pytest.mark.parametrize("module", [clenv.metrics.losses, clenv.metrics.hessian])
+@pytest.mark.parametrize(
+    "module", [clenv.metrics.losses, clenv.metrics.hessian, clenv.metrics.spectral]
+)
 def test_docstring_examples(module):
-    globs = {"torch": torch, "nn": nn}
+    globs = {"torch": torch, "nn": nn, "np": np}
     assert doctest.testmod(module, extraglobs=globs).failed == 0
 
 
@@ -388,6 +399,101 @@ def test_slq_settings_grid_and_width_scaling():
     assert (narrow.sum() * (fixed[1] - fixed[0])).item() == pytest.approx(0.5, rel=1e-3)
 
 
+def _normal_cdf(x, mean, std):
+    return 0.5 * (1 + np.vectorize(math.erf)((x - mean) / (std * math.sqrt(2))))
+
+
+def test_density_grid_is_log_spaced_both_signs_and_zero():
+    positive = DENSITY_GRID[DENSITY_GRID > 0]
+    assert DENSITY_GRID.size == 2 * 551 + 1 and np.count_nonzero(DENSITY_GRID == 0) == 1
+    np.testing.assert_allclose(DENSITY_GRID[DENSITY_GRID < 0], -positive[::-1])
+    assert positive[0] == pytest.approx(1e-5) and positive[-1] == pytest.approx(1e6)
+    # 50 points per decade: each point is 10^(1/50) times the previous
+    np.testing.assert_allclose(positive[1:] / positive[:-1], 10 ** (1 / 50))
+    assert not DENSITY_GRID.flags.writeable
+
+
+def test_density_on_grid_is_the_gaussians_cdf_differences():
+    # one Ritz value: the binned mass of each grid point is the normal CDF difference
+    # between the midpoints to its neighbours (tails in the outer points)
+    mean, variance = 0.37, 1e-5
+    density = density_on_grid([mean], [1.0], variance)
+    mass = density * trapezoid_weights(DENSITY_GRID)
+    edges = np.concatenate(
+        [[-np.inf], (DENSITY_GRID[1:] + DENSITY_GRID[:-1]) / 2, [np.inf]]
+    )
+    expected = np.diff(_normal_cdf(edges, mean, math.sqrt(variance)))
+    np.testing.assert_allclose(mass, expected, atol=1e-12)
+    assert mass.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.trapezoid(density, DENSITY_GRID) == pytest.approx(1.0, abs=1e-12)
+    # a peak narrower than a bin keeps its mass: sampling the smooth density at the
+    # grid points would miss it (std 3e-5 at 12.3, where the spacing is ~0.57)
+    narrow = density_on_grid([12.3, -4.0], [3.0, 1.0], 1e-9)
+    weights = trapezoid_weights(DENSITY_GRID)
+    assert (narrow * weights)[DENSITY_GRID > 0].sum() == pytest.approx(0.75)
+    assert np.trapezoid(narrow, DENSITY_GRID) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="variance"):
+        density_on_grid([0.0], [1.0], 0.0)
+
+
+def test_rebin_density_conserves_mass_exactly():
+    # a density on a fine linear grid -> the log grid: the trapezoid mass is equal
+    fine = np.linspace(-3.0, 50.0, 20_001)
+    source = np.exp(-((fine - 20.0) ** 2) / 2e-2) + 0.3 * np.exp(-(fine**2) / 1e-4)
+    moved = rebin_density(fine, source)
+    assert np.trapezoid(moved, DENSITY_GRID) == pytest.approx(
+        np.trapezoid(source, fine), rel=1e-12
+    )
+    # the two peaks stay where they were: all mass near 0 stays within +-0.05
+    weights = trapezoid_weights(DENSITY_GRID)
+    near_zero = np.abs(DENSITY_GRID) < 0.05
+    assert (moved * weights)[near_zero].sum() == pytest.approx(
+        0.3 * math.sqrt(math.pi * 1e-4), rel=1e-3
+    )
+    # a linear density keeps its values at the inner points of the same grid
+    line = 2.0 + fine
+    np.testing.assert_allclose(rebin_density(fine, line, fine)[1:-1], line[1:-1])
+    with pytest.raises(ValueError, match="grid"):
+        rebin_density(fine, source[:-1])
+    with pytest.raises(ValueError, match="increasing"):
+        rebin_density(fine[::-1], source)
+
+
+def test_smoothing_variance_is_scs_range_scaled_formula():
+    # SC's eigv_to_density: sigma^2 * max(1, mean(max) + 0.01 - (mean(min) - 0.01))
+    probes = [torch.tensor([-2.0, 5.0]), torch.tensor([0.0, 9.0])]
+    assert smoothing_variance(probes, 1e-5) == pytest.approx(1e-5 * (7 - -1 + 0.02))
+    assert smoothing_variance(torch.tensor([0.1, 0.2]), 1e-5) == 1e-5  # width < 1
+    values = torch.tensor([-1.0, 3.0], dtype=torch.float64)
+    _, _, variance = density_from_ritz(values, torch.full((2,), 0.5).double())
+    assert variance == pytest.approx(smoothing_variance(values))
+
+
+def test_epsilon_rank_variants_against_hand_computations():
+    # exact share: two nodes, weights 0.25 at 0 and 0.75 at 1, std 0.1
+    nodes = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    weights = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    grid, density, variance = density_from_ritz(
+        nodes, weights, 1e-2, scale_by_width=False, num_points=4001, margin=1.0
+    )
+    spectral = clenv.metrics.SpectralDensity(
+        grid, density, nodes, weights, variance, 2, 1, 2
+    )
+    eps = 0.15
+    inside = lambda mean: _normal_cdf(eps, mean, 0.1) - _normal_cdf(-eps, mean, 0.1)  # noqa: E731
+    expected = 0.25 * (1 - inside(0.0)) + 0.75 * (1 - inside(1.0))
+    assert epsilon_rank(spectral, eps) == pytest.approx(float(expected), abs=1e-12)
+    # SC's trapezoid: 100 * trapz(density[|g| > eps], g[|g| > eps]) / trapz(density)
+    grid = np.array([-1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
+    values = np.array([0.0, 1.0, 4.0, 1.0, 2.0, 0.0])
+    # total: 0.25 + 1.25 + 1.25 + 0.75 + 0.5 = 4; outside |g| > 0.2 the points
+    # -1, -0.5, 0.5, 1, 1.5: 0.25 + (1 + 1) / 2 * 1.0 + 0.75 + 0.5 = 2.5
+    assert epsilon_rank_trapezoid(grid, values, 0.2) == pytest.approx(62.5)
+    assert epsilon_rank_trapezoid(grid, values, [0.2, 2.0]) == {0.2: 62.5, 2.0: 0.0}
+    with pytest.raises(ValueError, match="eps"):
+        epsilon_rank_trapezoid(grid, values, -1.0)
+
+
 def test_spectral_density_is_seeded_and_leaves_rng_and_mode_alone(ce_setup):
     model, data, _, _ = ce_setup
     model.train()
@@ -533,7 +639,23 @@ def test_curvature_report_follows_model_device(ce_setup, device):
     rank = torch.linalg.matrix_rank(torch.diag(exact)).item()
     assert rank <= report["dead_unit_rank_bound"] <= exact.numel()
     assert report["kfac_rank"] <= report["kfac_rank_max"]
-    assert report["spectral_density"].shape == report["spectral_density_grid"].shape
+    np.testing.assert_array_equal(report["spectral_density_grid"], DENSITY_GRID)
+    assert report["spectral_density"].shape == DENSITY_GRID.shape
+    mass = np.trapezoid(report["spectral_density"], DENSITY_GRID)
+    assert mass == pytest.approx(1.0, abs=1e-10)
+    # the logged density is SC's smoothing of the Ritz values, binned exactly
+    np.testing.assert_allclose(
+        report["spectral_density"],
+        density_on_grid(
+            report["ritz_values"], report["ritz_weights"], report["smoothing_variance"]
+        ),
+    )
+    # both epsilon-ranks, under their own names: a share and a percentage
+    slq = hessian_spectral_density(model, cross_entropy_loss, data, order=40)
+    for eps in (0.01, 0.1):
+        percent = epsilon_rank_trapezoid(slq.grid, slq.density, eps)
+        assert report[f"epsilon_rank_trapezoid/{eps}"] == pytest.approx(percent)
+        assert report[f"epsilon_rank/{eps}"] == pytest.approx(epsilon_rank(slq, eps))
     assert isinstance(report["trace"], float)
 
 

@@ -31,10 +31,17 @@ from clenv.metrics.rank import (
 )
 from clenv.metrics.report import curvature_report, representation_metrics
 from clenv.metrics.spectral import (
+    DENSITY_GRID,
     SpectralDensity,
     density_from_ritz,
+    density_on_grid,
     epsilon_rank,
+    epsilon_rank_trapezoid,
     hessian_spectral_density,
+    log_spaced_grid,
+    rebin_density,
+    smoothing_variance,
+    trapezoid_weights,
 )
 from clenv.metrics.units import (
     dead_unit_count,
@@ -82,7 +89,15 @@ __all__ = [
     "SpectralDensity",
     "hessian_spectral_density",
     "density_from_ritz",
+    "smoothing_variance",
     "epsilon_rank",
+    "epsilon_rank_trapezoid",
+    # curvature: the one logging grid of every density
+    "DENSITY_GRID",
+    "log_spaced_grid",
+    "trapezoid_weights",
+    "density_on_grid",
+    "rebin_density",
     # curvature: rank estimates
     "kfac_rank",
     "DeadUnitBound",

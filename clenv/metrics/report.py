@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +16,13 @@ from clenv.metrics.hessian import hessian_trace
 from clenv.metrics.kfac import kfac_rank
 from clenv.metrics.losses import LossFn
 from clenv.metrics.rank import rank_metrics
-from clenv.metrics.spectral import epsilon_rank, hessian_spectral_density
+from clenv.metrics.spectral import (
+    DENSITY_GRID,
+    density_on_grid,
+    epsilon_rank,
+    epsilon_rank_trapezoid,
+    hessian_spectral_density,
+)
 from clenv.metrics.units import (
     dead_unit_mask,
     dormant_unit_mask,
@@ -98,7 +105,7 @@ def curvature_report(
     order: int = 100,
     num_probes: int = 1,
     sigma_squared: float = 1e-5,
-    grid: torch.Tensor | None = None,
+    grid: np.ndarray = DENSITY_GRID,
     num_points: int = 10_000,
     trace_matvecs: int = 30,
     kfac: bool = True,
@@ -120,9 +127,12 @@ def curvature_report(
             :func:`~clenv.metrics.kfac_rank` for empirical vs sampled Fisher).
         data: List of batches (SC: 2000 samples of the current task).
         eps: Thresholds of the epsilon-rank (SC: PMNIST 0.01, ImageNet 0.03-0.1).
-        order, num_probes, sigma_squared, grid, num_points: SLQ settings, see
-            :func:`~clenv.metrics.hessian_spectral_density` (defaults as SC). Pass a
-            fixed ``grid`` to stack densities over tasks.
+        order, num_probes, sigma_squared, num_points: SLQ settings, see
+            :func:`~clenv.metrics.hessian_spectral_density` (defaults as SC;
+            ``num_points`` sizes SC's linear grid over the Ritz values, on which
+            ``epsilon_rank_trapezoid`` is computed as SC does).
+        grid: Grid of the returned ``spectral_density`` (default
+            :data:`~clenv.metrics.DENSITY_GRID`, which every agent logs as is).
         trace_matvecs: Hutch++ budget for the trace (0: skip).
         kfac: Compute the KFAC rank.
         dead_unit_bound: Compute the dead-unit rank bound.
@@ -137,12 +147,17 @@ def curvature_report(
 
     Returns:
         Floats ``top_eigenvalue`` and ``min_eigenvalue`` (extreme Ritz values of the
-        SLQ run, which converge first), ``trace``, ``epsilon_rank/<eps>`` (share of
-        the density's mass with |lambda| > eps), ``num_parameters``, ``kfac_rank``,
-        ``kfac_rank_max``, ``dead_units``, ``dead_unit_rank_bound``,
-        ``dead_unit_sc_bound``, ``seconds``; float64 numpy arrays
-        ``spectral_density`` and ``spectral_density_grid``, ``ritz_values`` and
-        ``ritz_weights``.
+        SLQ run, which converge first), ``trace``, ``epsilon_rank/<eps>`` (exact
+        share in [0, 1] of the smoothed density's mass with |lambda| > eps,
+        :func:`~clenv.metrics.epsilon_rank`), ``epsilon_rank_trapezoid/<eps>``
+        (SC's plotting computation, in percent,
+        :func:`~clenv.metrics.epsilon_rank_trapezoid`), ``num_parameters``,
+        ``kfac_rank``, ``kfac_rank_max``, ``dead_units``, ``dead_unit_rank_bound``,
+        ``dead_unit_sc_bound``, ``smoothing_variance``, ``seconds``; float64 numpy
+        arrays ``spectral_density`` (SC's smoothing as exact bin masses on
+        ``grid``, :func:`~clenv.metrics.density_on_grid`; integrates to 1 by the
+        trapezoid rule) and ``spectral_density_grid`` (``grid``), ``ritz_values``
+        and ``ritz_weights``.
     """
     start = time.perf_counter()
     batches = list(data)
@@ -153,7 +168,6 @@ def curvature_report(
         order=order,
         num_probes=num_probes,
         sigma_squared=sigma_squared,
-        grid=grid,
         num_points=num_points,
         seed=seed,
         reuse_graph=reuse_graph,
@@ -162,9 +176,15 @@ def curvature_report(
         "top_eigenvalue": float(density.ritz_values.max()),
         "min_eigenvalue": float(density.ritz_values.min()),
         "num_parameters": float(density.num_parameters),
+        "smoothing_variance": density.variance,
     }
     for threshold, share in epsilon_rank(density, list(eps)).items():
         report[f"epsilon_rank/{threshold:g}"] = share
+    percents = epsilon_rank_trapezoid(
+        density.grid.numpy(), density.density.numpy(), list(eps)
+    )
+    for threshold, percent in percents.items():
+        report[f"epsilon_rank_trapezoid/{threshold:g}"] = percent
     if trace_matvecs:
         report["trace"] = hessian_trace(
             model,
@@ -187,8 +207,10 @@ def curvature_report(
         report["dead_unit_rank_bound"] = float(bound.bound)
         report["dead_unit_sc_bound"] = float(bound.sc_bound)
     report |= {
-        "spectral_density": density.density.numpy(),
-        "spectral_density_grid": density.grid.numpy(),
+        "spectral_density": density_on_grid(
+            density.ritz_values, density.ritz_weights, density.variance, grid
+        ),
+        "spectral_density_grid": np.asarray(grid, dtype=np.float64),
         "ritz_values": density.ritz_values.numpy(),
         "ritz_weights": density.ritz_weights.numpy(),
         "seconds": time.perf_counter() - start,

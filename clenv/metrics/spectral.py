@@ -9,7 +9,18 @@ phi(lambda) = (1/P) sum_i delta(lambda - lambda_i); each delta is smoothed by a
 Gaussian. Defaults follow SC (Prakash et al. 2026, Diagnostics): order 100, full
 reorthogonalisation, sigma^2 = 1e-5 in Ghorbani et al.'s convention (the variance is
 sigma^2 * max(1, lambda_max - lambda_min), i.e. relative to the spectrum's width,
-as in their code and PyHessian).
+as in their code and PyHessian; see :func:`smoothing_variance`).
+
+Every logged density lives on one grid, :data:`DENSITY_GRID` (|lambda| from 1e-5 to
+1e6, 50 points per decade, both signs and 0), as exact bin masses
+(:func:`density_on_grid` from the Ritz values, :func:`rebin_density` from a density
+on another grid): densities of every task, run and agent stack, and a peak
+narrower than a bin keeps its mass.
+
+Two epsilon-ranks: :func:`epsilon_rank` (default; the exact mass of the smoothed
+density outside [-eps, eps], a share in [0, 1]) and :func:`epsilon_rank_trapezoid`
+(SC's plotting computation, a trapezoid over the grid points with |lambda| > eps,
+in percent).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,6 +43,175 @@ from clenv.metrics.hessian import (
 )
 from clenv.metrics.lanczos import lanczos, ritz_pairs
 from clenv.metrics.losses import LossFn
+
+
+def log_spaced_grid(low: float, high: float, per_decade: int) -> np.ndarray:
+    """An eigenvalue grid log-spaced in |lambda| on both sides of 0, and 0.
+
+    Args:
+        low: Smallest |lambda| > 0 on the grid.
+        high: Largest |lambda|.
+        per_decade: Points per factor of 10 (the relative resolution).
+
+    Returns:
+        A sorted float64 array ``[-high, ..., -low, 0, low, ..., high]``.
+
+    Example:
+        >>> log_spaced_grid(1.0, 100.0, 1).tolist()
+        [-100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0]
+    """
+    if not 0 < low < high or per_decade < 1:
+        raise ValueError(
+            f"log_spaced_grid needs 0 < low < high and per_decade >= 1, got "
+            f"low={low}, high={high}, per_decade={per_decade}"
+        )
+    count = round(per_decade * math.log10(high / low)) + 1
+    positive = np.logspace(math.log10(low), math.log10(high), count)
+    return np.concatenate([-positive[::-1], [0.0], positive])
+
+
+#: The one grid of every logged spectral density: |lambda| from 1e-5 to 1e6, 50
+#: points per decade, both signs and 0 (1103 points).
+DENSITY_GRID = log_spaced_grid(1e-5, 1e6, 50)
+DENSITY_GRID.flags.writeable = False
+
+
+def trapezoid_weights(grid: np.ndarray) -> np.ndarray:
+    """Weights w with ``sum(w * f) == np.trapezoid(f, grid)`` for any f on ``grid``.
+
+    Half the distance between each point's neighbours (half a spacing at the ends).
+
+    Example:
+        >>> trapezoid_weights(np.array([0.0, 1.0, 3.0])).tolist()
+        [0.5, 1.5, 1.0]
+    """
+    grid = _check_grid(grid)
+    spacing = np.diff(grid) / 2
+    weights = np.zeros_like(grid)
+    weights[:-1] += spacing
+    weights[1:] += spacing
+    return weights
+
+
+def _bin_edges(grid: np.ndarray) -> np.ndarray:
+    """Midpoints between neighbouring points; the outer bins reach to +-inf."""
+    return np.concatenate([[-np.inf], 0.5 * (grid[1:] + grid[:-1]), [np.inf]])
+
+
+def _check_grid(grid: Any) -> np.ndarray:
+    grid = np.asarray(grid, dtype=np.float64).reshape(-1)
+    if grid.size < 2 or not np.all(np.diff(grid) > 0):
+        raise ValueError(
+            f"a density grid must hold >= 2 strictly increasing points, got "
+            f"{grid.size} points{'' if grid.size < 2 else ' out of order'}; sort it "
+            "(np.unique) or use clenv.metrics.DENSITY_GRID"
+        )
+    return grid
+
+
+def density_on_grid(
+    ritz_values: Any,
+    ritz_weights: Any,
+    variance: float,
+    grid: np.ndarray = DENSITY_GRID,
+) -> np.ndarray:
+    """The Gaussian-smoothed quadrature as exact bin masses on ``grid``.
+
+    Grid point i gets the mixture's mass between the midpoints to its neighbours (the
+    outer points take the tails), computed from the normal CDF, divided by its
+    trapezoid weight (:func:`trapezoid_weights`). So ``np.trapezoid(result, grid)``
+    is the total weight (1 for SLQ) exactly, and a peak narrower than a bin keeps its
+    mass, unlike sampling the smooth density at the grid points.
+
+    Args:
+        ritz_values: Quadrature nodes (any shape, flattened).
+        ritz_weights: Their weights (normalised here to sum 1).
+        variance: Variance of each Gaussian bump, e.g. :attr:`SpectralDensity.variance`
+            or :func:`smoothing_variance` (SC's).
+        grid: Sorted evaluation grid (default :data:`DENSITY_GRID`).
+
+    Returns:
+        (G,) float64 density on ``grid``.
+    """
+    grid = _check_grid(grid)
+    values = torch.as_tensor(np.asarray(ritz_values, np.float64).reshape(-1))
+    weights = torch.as_tensor(np.asarray(ritz_weights, np.float64).reshape(-1))
+    if values.shape != weights.shape or weights.sum() <= 0 or variance <= 0:
+        raise ValueError(
+            "density_on_grid needs as many ritz_weights as ritz_values, a positive "
+            f"weight sum and a positive variance; got {values.numel()} values, "
+            f"{weights.numel()} weights summing to {float(weights.sum())}, "
+            f"variance {variance}"
+        )
+    edges = torch.as_tensor(_bin_edges(grid))
+    cdf = torch.special.ndtr((edges[:, None] - values[None, :]) / math.sqrt(variance))
+    mass = (torch.diff(cdf, dim=0) @ (weights / weights.sum())).numpy()
+    return mass / trapezoid_weights(grid)
+
+
+def rebin_density(
+    grid: np.ndarray, density: np.ndarray, target: np.ndarray = DENSITY_GRID
+) -> np.ndarray:
+    """Move a density from its own grid to ``target``, conserving mass exactly.
+
+    The mass (trapezoid rule on ``grid``) between the midpoints of neighbouring
+    target points goes to that point (the outer points take everything beyond),
+    divided by its trapezoid weight. So ``np.trapezoid(result, target) ==
+    np.trapezoid(density, grid)`` and a peak narrower than a target bin keeps its
+    mass, unlike interpolation. Within a source interval the mass is spread evenly.
+
+    Args:
+        grid: Sorted grid of ``density`` (e.g. :attr:`SpectralDensity.grid`).
+        density: (G,) values on ``grid``.
+        target: Sorted grid to move to (default :data:`DENSITY_GRID`).
+
+    Returns:
+        (T,) float64 density on ``target``.
+    """
+    grid, target = _check_grid(grid), _check_grid(target)
+    density = np.asarray(density, dtype=np.float64).reshape(-1)
+    if density.shape != grid.shape:
+        raise ValueError(
+            f"rebin_density got a density of {density.size} values on a grid of "
+            f"{grid.size} points; pass the grid the density was evaluated on"
+        )
+    cumulative = np.concatenate(
+        [[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))]
+    )
+    mass = np.diff(np.interp(_bin_edges(target), grid, cumulative))
+    return mass / trapezoid_weights(target)
+
+
+def smoothing_variance(
+    probe_ritz_values: Sequence[torch.Tensor] | torch.Tensor,
+    sigma_squared: float = 1e-5,
+    grid_expand: float = 1e-2,
+) -> float:
+    """SC's Gaussian smoothing variance, scaled by the spectrum's range.
+
+    ``sigma_squared * max(1, lambda_max - lambda_min)`` with ``lambda_max`` the mean
+    over probes of each probe's largest Ritz value plus ``grid_expand`` and
+    ``lambda_min`` the mean of the smallest minus ``grid_expand``: SC's
+    ``eigv_to_density`` (``permuted_mnist/utils/density.py:60-71``, identical in
+    ``imagenet/`` and ``incremental_cifar/utils/density.py``; Ghorbani et al. 2019,
+    whose code it copies).
+
+    Args:
+        probe_ritz_values: The Ritz values of each probe (a list), or of one probe.
+        sigma_squared: SC's sigma^2 (their default 1e-5, ``density.py:69``).
+        grid_expand: Padding of the range (SC's ``grid_expand=1e-2``).
+
+    Returns:
+        The variance of each Gaussian bump.
+    """
+    if isinstance(probe_ritz_values, torch.Tensor):
+        probe_ritz_values = [probe_ritz_values]
+    if not probe_ritz_values or any(p.numel() == 0 for p in probe_ritz_values):
+        raise ValueError("smoothing_variance needs the Ritz values of >= 1 probe")
+    highs = [float(values.max()) for values in probe_ritz_values]
+    lows = [float(values.min()) for values in probe_ritz_values]
+    width = (sum(highs) - sum(lows)) / len(highs) + 2 * grid_expand
+    return sigma_squared * max(1.0, width)
 
 
 @dataclass(frozen=True)
@@ -90,27 +271,39 @@ def density_from_ritz(
     grid: torch.Tensor | None = None,
     num_points: int = 10_000,
     margin: float = 0.01,
+    variance: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Gaussian-smoothed density of a quadrature (Ghorbani et al. 2019, Eq. 8).
+
+    Sampled at grid points (SC's ``eigv_to_density``); for a logged density use
+    :func:`density_on_grid`, which keeps the mass of peaks narrower than the grid.
 
     Args:
         ritz_values: Nodes.
         ritz_weights: Weights (summing to 1).
         sigma_squared: Smoothing variance; multiplied by
             ``max(1, max - min + 2 margin)`` of the nodes when ``scale_by_width``
-            (Ghorbani et al.'s and PyHessian's convention, which SC's 1e-5 refers to).
+            (:func:`smoothing_variance` of one probe: Ghorbani et al.'s, SC's and
+            PyHessian's convention, which SC's 1e-5 refers to).
         scale_by_width: See ``sigma_squared``; False uses it as an absolute variance.
         grid: Points to evaluate at; default ``num_points`` points from
-            min - margin to max + margin of the nodes (their ``overhead``).
+            min - margin to max + margin of the nodes (their ``grid_expand``).
         num_points: Size of the default grid.
         margin: Padding of the default grid.
+        variance: The variance to use, overriding ``sigma_squared`` (e.g.
+            :func:`smoothing_variance` over several probes).
 
     Returns:
         ``(grid, density, variance)``.
     """
     low = float(ritz_values.min()) - margin
     high = float(ritz_values.max()) + margin
-    variance = sigma_squared * (max(1.0, high - low) if scale_by_width else 1.0)
+    if variance is None:
+        variance = (
+            smoothing_variance(ritz_values, sigma_squared, margin)
+            if scale_by_width
+            else sigma_squared
+        )
     if grid is None:
         grid = torch.linspace(low, high, num_points, dtype=torch.float64)
     grid = grid.detach().to("cpu", torch.float64)
@@ -148,9 +341,9 @@ def hessian_spectral_density(
         order: Lanczos steps m per probe (SC: 100).
         num_probes: Random Rademacher start vectors (SC: 1; more lowers the variance
             of the weights, not the resolution).
-        sigma_squared: Gaussian smoothing (SC: 1e-5); see :func:`density_from_ritz`.
+        sigma_squared: Gaussian smoothing (SC: 1e-5); see :func:`smoothing_variance`.
         scale_by_width: Scale ``sigma_squared`` by the spectrum's width (SC,
-            Ghorbani et al.).
+            Ghorbani et al.): the mean over probes of each probe's range, as SC.
         grid: Fixed evaluation grid (e.g. to stack densities across tasks); default
             ``num_points`` points spanning the Ritz values.
         num_points: Size of the default grid (Ghorbani et al.: 10000).
@@ -191,8 +384,11 @@ def hessian_spectral_density(
         if progressbar:
             bar.close()
     ritz_values, ritz_weights = torch.cat(values), torch.cat(weights)
+    variance = (
+        smoothing_variance(values, sigma_squared) if scale_by_width else sigma_squared
+    )
     grid, density, variance = density_from_ritz(
-        ritz_values, ritz_weights, sigma_squared, scale_by_width, grid, num_points
+        ritz_values, ritz_weights, grid=grid, num_points=num_points, variance=variance
     )
     return SpectralDensity(
         grid=grid,
@@ -211,7 +407,9 @@ def epsilon_rank(
 ) -> float | dict[float, float]:
     """Share of the spectral density's mass outside [-eps, eps] (SC's epsilon-rank).
 
-    SC (Prakash et al. 2026, Sec. 4 / Diagnostics) relate it to trainability and pick
+    The exact definition, clenv's default: a share in [0, 1], computed in closed form
+    from the quadrature. SC's figures use :func:`epsilon_rank_trapezoid` (a grid
+    approximation, in percent). SC (Prakash et al. 2026, Sec. 4 / Diagnostics) relate it to trainability and pick
     eps after the fact (PMNIST eps = 0.01; ImageNet 0.03-0.1): report eps with it.
     Multiply by ``density.num_parameters`` for an estimated count of eigenvalues
     with |lambda| > eps.
@@ -242,3 +440,52 @@ def epsilon_rank(
         else:
             shares[threshold] = float(weights[nodes.abs() > threshold].sum())
     return shares[eps] if isinstance(eps, int | float) else shares
+
+
+def epsilon_rank_trapezoid(
+    grid: Any, density: Any, eps: float | Sequence[float]
+) -> float | dict[float, float]:
+    """SC's plotting epsilon-rank: percent of the density's trapezoid integral on the
+    grid points with |lambda| > eps.
+
+    ``100 * trapz(density[|grid| > eps], grid[|grid| > eps]) / trapz(density, grid)``
+    as SC's ``calculate_epsilon_hessian_rank`` (``analysis/plot_epsilon_rank.py:102-112``)
+    computes it on the saved ``eigv_to_density`` grid (10000 points spanning the Ritz
+    values, ``permuted_mnist/utils/density.py:60-65``). Kept as written, including
+    its quirks: the one trapezoid that joins the last point below -eps to the first
+    above +eps counts as outside, and nothing between a grid point and eps counts.
+    For the exact share use :func:`epsilon_rank`.
+
+    Args:
+        grid: Sorted grid (e.g. :attr:`SpectralDensity.grid`).
+        density: Density on ``grid``.
+        eps: One threshold or a list.
+
+    Returns:
+        A percentage in [0, 100] (a float), or ``{eps: percent}`` for a list.
+
+    Example:
+        >>> grid = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+        >>> epsilon_rank_trapezoid(grid, np.array([0.0, 1.0, 2.0, 1.0, 0.0]), 0.5)
+        75.0
+
+        (3 of the total 4: the trapezoid from -1 to 1 counts as outside.)
+    """
+    grid = _check_grid(grid)
+    density = np.asarray(density, dtype=np.float64).reshape(-1)
+    if density.shape != grid.shape:
+        raise ValueError(
+            f"epsilon_rank_trapezoid got {density.size} density values for "
+            f"{grid.size} grid points; pass the grid the density was evaluated on"
+        )
+    thresholds = [eps] if isinstance(eps, int | float) else list(eps)
+    if any(t < 0 for t in thresholds):
+        raise ValueError(f"eps must be >= 0, got {thresholds}")
+    total = np.trapezoid(density, grid)
+    percents = {}
+    for threshold in thresholds:
+        outside = np.abs(grid) > threshold
+        percents[threshold] = float(
+            100.0 * np.trapezoid(density[outside], grid[outside]) / total
+        )
+    return percents[eps] if isinstance(eps, int | float) else percents
