@@ -397,6 +397,72 @@ def test_er_epoch_schedule_and_forward_fn_for_a_ppo_agent():
     assert "actor_mean.4.weight" not in changed
 
 
+def test_er_by_network_objective_is_mean_actor_rank_plus_mean_critic_rank():
+    agent = Agent().double()
+    obs = torch.randn(32, 5, dtype=torch.float64)
+    er = EffectiveRankAscent(
+        agent, schedule="epoch", layer_groups="by_network", forward_fn=agent_forward
+    )
+    assert er.groups == ["critic", "actor_mean", "actor_mean"]
+    # By hand: SC's rlopt/ppo_nonstationary.py:87-93.
+    critic = effective_rank(torch.tanh(agent.critic[0](obs)))
+    a1 = torch.relu(agent.actor_mean[0](obs))
+    a2 = torch.relu(agent.actor_mean[2](a1))
+    actor = (effective_rank(a1) + effective_rank(a2)) / 2
+    torch.testing.assert_close(er.objective(obs), actor + critic)
+    flat = EffectiveRankAscent(agent, schedule="epoch", forward_fn=agent_forward)
+    torch.testing.assert_close(
+        flat.objective(obs), (effective_rank(a1) + effective_rank(a2) + critic) / 3
+    )
+    with pytest.raises(ValueError, match="layer_groups"):
+        EffectiveRankAscent(agent, layer_groups="per_layer")
+
+
+def test_er_before_timing_ascends_in_before_epoch_and_not_after_epoch():
+    agent = Agent().double()
+    obs = torch.randn(32, 5, dtype=torch.float64)
+    method = make_method(
+        "l2er",
+        agent,
+        None,
+        forward_fn=agent_forward,
+        er__schedule="epoch",
+        er__timing="before",
+        er__ascent_lr=1.0,
+    )
+    er = method["er"]
+    before = copy.deepcopy(agent.state_dict())
+    method.after_epoch(obs)
+    assert er.num_ascents == 0
+    assert all(torch.equal(v, agent.state_dict()[k]) for k, v in before.items())
+    method.before_epoch(obs)
+    assert er.num_ascents == 1
+    assert not torch.equal(before["actor_mean.0.weight"], agent.actor_mean[0].weight)
+    after = make_method("er", agent, None, forward_fn=agent_forward, schedule="epoch")
+    after.before_epoch(obs)
+    assert after.num_ascents == 0
+    after.after_epoch(obs)
+    assert after.num_ascents == 1
+    with pytest.raises(ValueError, match="schedule='epoch'"):
+        EffectiveRankAscent(agent, timing="before")
+    with pytest.raises(ValueError, match="before_epoch\\(inputs\\)"):
+        method.before_epoch(None)
+
+
+def test_make_method_takes_forward_fn_and_hidden_layers_for_every_name():
+    agent = Agent().double()
+    spec = [("actor_mean.0", "actor_mean.1", "actor_mean.2")]
+    for name in method_names():
+        method = make_method(
+            name, agent, None, forward_fn=agent_forward, hidden_layers=spec, seed=3
+        )
+        assert isinstance(method, PlasticityMethod), name
+    er = make_method("er", agent, None, forward_fn=agent_forward, hidden_layers=spec)
+    assert er.layer_names == ["actor_mean.1"] and er.forward_fn is agent_forward
+    cbp = make_method("cbp", agent, None, hidden_layers=spec)
+    assert [h.name for h in cbp.hidden] == ["actor_mean.1"]
+
+
 def test_er_keeps_batchnorm_statistics_and_rejects_shared_activations():
     model = nn.Sequential(
         nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)

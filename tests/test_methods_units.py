@@ -309,6 +309,63 @@ def test_full_reset_reinitialises_everything_and_clears_the_optimizer():
             assert torch.all(agent.state_dict()[key] == 0), key
 
 
+class SelfInitialising(nn.Module):
+    """A model that defines its own init (as every clenv.models network does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+        self.inits = 0
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        self.inits += 1
+        with torch.no_grad():
+            for layer in (self.net[0], self.net[2]):
+                layer.weight.copy_(
+                    torch.linspace(-1, 1, layer.weight.numel()).view_as(layer.weight)
+                )
+                layer.bias.fill_(0.5)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_full_reset_re_runs_the_models_own_init():
+    model = SelfInitialising()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    reset = FullReset(model, opt)
+    initial = copy.deepcopy(model.state_dict())
+    train_step(model, opt, reset, *batch())
+    assert not torch.equal(model.net[0].weight, initial["net.0.weight"])  # it trained
+    reset.on_task_switch(1)
+    assert model.inits == 2
+    for key, value in initial.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("reset_optimizer_state", [True, False])
+def test_resets_keep_or_clear_the_optimizer_state(reset_optimizer_state):
+    # LoP keeps the SGD momentum across its resets; SC builds a new optimizer state.
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    method = make_method(
+        "reset+head_reset",
+        model,
+        opt,
+        reset_optimizer_state=reset_optimizer_state,
+    )
+    train_step(model, opt, method, *batch())
+    momentum = {p: opt.state[p]["momentum_buffer"].clone() for p in model.parameters()}
+    method["head_reset"].on_task_switch(1)
+    assert (model[4].weight in opt.state) != reset_optimizer_state
+    method["reset"].on_task_switch(1)
+    assert (len(opt.state) == 0) == reset_optimizer_state
+    if not reset_optimizer_state:
+        for param, value in momentum.items():
+            assert torch.equal(opt.state[param]["momentum_buffer"], value)
+
+
 # --------------------------------------------------------------------------- composition
 
 

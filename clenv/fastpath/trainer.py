@@ -21,9 +21,10 @@ How each method runs here:
 
 * **L2**: fused into the update, ``W <- W - lr (g h^T + lambda W)`` (coupled, on biases
   too), with lambda read from the :class:`clenv.methods.L2` component.
-* **ER / L2-ER**: the trainer stops the kernel exactly at every U-th step, feeds the
-  :class:`clenv.methods.EffectiveRankAscent` component its buffer of the last U inputs
-  and calls its own ``ascend`` (autograd on the same parameter tensors), so the ascent
+* **ER / L2-ER**: the trainer stops the kernel exactly at every U-th step, hands the
+  :class:`clenv.methods.EffectiveRankAscent` component the chunk's inputs
+  (``record``) and, when due, lets it ascend on its buffer (``ascend_on_buffer``:
+  autograd on the same parameter tensors), so the ascent
   happens between the same two examples as in the autograd loop and the method's
   ``state_dict`` stays valid.
 * **CBP**: the :class:`clenv.methods.ContinualBackprop` component's statistics (ages,
@@ -214,15 +215,12 @@ class FastMLPTrainer:
         while position < count:
             stop = count
             if self.er is not None:
-                until_ascent = self.er.interval - self.er.num_steps % self.er.interval
-                stop = min(stop, position + until_ascent)
+                stop = min(stop, position + self.er.steps_until_ascent())
             done = self._run(inputs, labels, predictions, losses, position, stop)
-            if self.er is not None:
-                self.er.buffer.append(inputs[position:done].clone())
-                self.er.num_steps += done - position
-                if self.er.num_steps % self.er.interval == 0:
-                    self.er.ascend(torch.cat(self.er.buffer))
-                    self.er.buffer.clear()
+            if self.er is not None and self.er.record(
+                inputs[position:done], steps=done - position
+            ):
+                self.er.ascend_on_buffer()
             self.num_steps += done - position
             position = done
         return predictions, losses

@@ -1,12 +1,20 @@
 """The hook interface every plasticity method implements, and :class:`Compose`.
 
-A training loop drives a method with five calls, in this order::
+A training loop drives a method with these calls, in this order::
 
-    loss.backward();  method.after_backward()     # L2 adds lambda * theta to .grad
-    optimizer.step(); method.after_step(inputs)   # S&P noise, CBP, ReDo, ER ascent
-    method.after_epoch(inputs)                    # PPO: ER ascent once per epoch
     method.on_task_switch(task_id)                # head reset, full reset
+    # for each epoch (PPO: each pass over the rollout; SC's supervised L2-ER: each
+    # group of U minibatches):
+    method.before_epoch(inputs)                   # ER ascent with timing="before"
+    #   for each minibatch of the epoch:
+    loss.backward();  method.after_backward()     # L2 adds lambda * theta to .grad
+    optimizer.step(); method.after_step(inputs)   # S&P noise, CBP, ReDo, ER buffer
+    method.after_epoch(inputs)                    # ER ascent with timing="after"
     method.state_dict() / method.load_state_dict(state)
+
+``before_epoch`` gets the inputs the epoch is about to train on (PPO: the rollout's
+observations; SC's ImageNet and CIFAR: the next U minibatches' inputs, concatenated),
+``after_epoch`` those it has just trained on.
 
 Every hook is a no-op here, so a method overrides only what it needs, and plain
 backprop ("bp") is a :class:`Compose` of nothing.
@@ -30,6 +38,9 @@ class PlasticityMethod:
 
     name = "bp"
     order = 0
+
+    def before_epoch(self, inputs: Any = None) -> None:
+        """Called before an epoch's first minibatch with the inputs it will train on."""
 
     def after_backward(self) -> None:
         """Called after ``loss.backward()``, before ``optimizer.step()``."""
@@ -76,6 +87,10 @@ class Compose(PlasticityMethod):
     def __init__(self, methods: Iterable[PlasticityMethod]):
         self.methods = list(methods)
         self.name = "+".join(m.name for m in self.methods) or "bp"
+
+    def before_epoch(self, inputs: Any = None) -> None:
+        for method in self.methods:
+            method.before_epoch(inputs)
 
     def after_backward(self) -> None:
         for method in self.methods:

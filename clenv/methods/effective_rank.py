@@ -12,8 +12,23 @@ SC's L2-ER interleaves two updates instead of summing two losses:
    buffer of the last U minibatches' inputs, recomputed with the current weights and
    not centred; ``erank`` is :func:`clenv.metrics.effective_rank`.
 
-"ER only" is this class alone (lambda = 0). For PPO (Slippery Ant) the ascent runs once
-per PPO epoch on the whole rollout: ``schedule="epoch"`` and ``after_epoch(rollout_obs)``.
+"ER only" is this class alone (lambda = 0).
+
+When the ascent runs: ``schedule="step"`` buffers each ``after_step(inputs)`` and
+ascends after every U-th step on the buffer (SC's Permuted MNIST,
+permuted_mnist/train_permuted_mnist.py:323-337: the U minibatches, then the ascent).
+``schedule="epoch"`` ascends once per epoch on the inputs the loop hands over: with
+``timing="before"`` in ``before_epoch(inputs)`` on the inputs about to be trained on
+(SC's Slippery Ant, rlopt/ppo_nonstationary.py:513-520: the ascent, then the epoch's
+minibatches; SC's ImageNet, imagenet/train_imagenet.py:281-284, and CIFAR,
+incremental_cifar/train_incremental_cifar.py:294-302: the ascent on the next U
+minibatches, then training on them), with ``timing="after"`` in ``after_epoch(inputs)``.
+
+What is ascended: ``layer_groups="all"`` takes the mean effective rank over every ranked
+layer; ``layer_groups="by_network"`` sums, over the model's top-level submodules (a PPO
+agent's ``actor_mean`` and ``critic``), the mean effective rank of each one's ranked
+layers: SC's RL objective mean(actor layers) + mean(critic layers)
+(rlopt/ppo_nonstationary.py:87-93).
 """
 
 from __future__ import annotations
@@ -37,10 +52,12 @@ from clenv.metrics import effective_rank
 from clenv.metrics.activations import ForwardFn
 
 SCHEDULES = ("step", "epoch")
+TIMINGS = ("after", "before")
+LAYER_GROUPS = ("all", "by_network")
 
 
 class EffectiveRankAscent(PlasticityMethod):
-    """One gradient-ascent step on the mean effective rank of hidden features.
+    """One gradient-ascent step on the effective rank of hidden features.
 
     Args:
         model: the network.
@@ -49,8 +66,17 @@ class EffectiveRankAscent(PlasticityMethod):
         interval: U, minibatches between ascents, and the buffer length
             (``schedule="step"``).
         schedule: ``"step"``: buffer each ``after_step(inputs)`` and ascend every
-            ``interval`` steps on the buffer; ``"epoch"``: ascend once per
-            ``after_epoch(inputs)`` on the inputs given (PPO's rollout).
+            ``interval`` steps on the buffer; ``"epoch"``: ascend once per epoch on
+            the inputs given to the epoch hook that ``timing`` names (PPO's rollout;
+            SC's supervised loops: the U minibatches of a group).
+        timing: with ``schedule="epoch"``: ``"after"`` ascends in
+            ``after_epoch(inputs)``, ``"before"`` in ``before_epoch(inputs)`` (SC's
+            RL, ImageNet and CIFAR code). ``schedule="step"`` takes only ``"after"``.
+        layer_groups: ``"all"``: the objective is the mean effective rank over every
+            ranked layer; ``"by_network"``: the sum over the model's top-level
+            submodules of the mean over each one's ranked layers (SC's RL objective,
+            mean over actor layers + mean over critic layers). A ranked layer that is
+            itself a direct child of the model counts to the model's own group.
         layers: names (``model.named_modules()``) of the modules whose outputs are
             ranked; default: the activation of every hidden layer found by
             :func:`clenv.methods.find_hidden_layers`.
@@ -71,6 +97,8 @@ class EffectiveRankAscent(PlasticityMethod):
         ascent_lr: float = 1e-4,
         interval: int = 100,
         schedule: Literal["step", "epoch"] = "step",
+        timing: Literal["after", "before"] = "after",
+        layer_groups: Literal["all", "by_network"] = "all",
         layers: Sequence[str] | None = None,
         last_layers: int | None = None,
         hidden_layers: Sequence[HiddenLayer | tuple[str, str, str]] | None = None,
@@ -84,10 +112,23 @@ class EffectiveRankAscent(PlasticityMethod):
             )
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+        if timing == "before" and schedule != "epoch":
+            raise ValueError(
+                "timing='before' ascends in before_epoch(inputs), which only "
+                "schedule='epoch' uses; pass schedule='epoch' (or timing='after')"
+            )
+        if layer_groups not in LAYER_GROUPS:
+            raise ValueError(
+                f"layer_groups must be one of {LAYER_GROUPS}, got {layer_groups!r}"
+            )
         self.model = model
         self.ascent_lr = float(ascent_lr)
         self.interval = int(interval)
         self.schedule = schedule
+        self.timing = timing
+        self.layer_groups = layer_groups
         self.forward_fn = forward_fn or default_forward
         if layers is None:
             found = find_hidden_layers(model, hidden_layers)
@@ -104,34 +145,73 @@ class EffectiveRankAscent(PlasticityMethod):
                 )
             self.layer_names = self.layer_names[-last_layers:]
             self.feature_modules = self.feature_modules[-last_layers:]
+        # The group of each ranked layer: the top-level submodule that holds it.
+        self.groups = [
+            name.split(".", 1)[0] if "." in name else "" for name in self.layer_names
+        ]
         self.params = trainable_parameters(model)
         # to be filled in runtime
         self.num_steps = 0
         self.num_ascents = 0
         self.buffer: list[torch.Tensor] = []
 
-    def after_step(self, inputs: Any = None) -> None:
-        if self.schedule != "step":
-            return
+    def record(self, inputs: torch.Tensor, steps: int = 1) -> bool:
+        """Buffer the inputs of ``steps`` training steps (``schedule="step"``).
+
+        Args:
+            inputs: the steps' inputs, concatenated along the batch dim.
+            steps: how many optimizer steps they stand for (a fast path that runs
+                several batch-1 steps at once passes their count).
+
+        Returns:
+            Whether an ascent is due now (every ``interval`` steps): then call
+            :meth:`ascend_on_buffer`.
+        """
         if not torch.is_tensor(inputs):
             raise ValueError(
                 "ER needs the minibatch inputs: call method.after_step(inputs) with "
                 f"the tensor the model was trained on (got {type(inputs).__name__})"
             )
+        if steps > self.steps_until_ascent():
+            raise ValueError(
+                f"record(steps={steps}) runs past the next ascent, due in "
+                f"{self.steps_until_ascent()} steps; record at most that many at once"
+            )
         self.buffer.append(inputs.detach().clone())
-        self.num_steps += 1
-        if self.num_steps % self.interval == 0:
-            self.ascend(torch.cat(self.buffer))
-            self.buffer.clear()
+        self.num_steps += steps
+        return self.num_steps % self.interval == 0
+
+    def steps_until_ascent(self) -> int:
+        """Steps left until the next ascent (``schedule="step"``): 1..interval."""
+        return self.interval - self.num_steps % self.interval
+
+    def ascend_on_buffer(self) -> torch.Tensor:
+        """Ascend on the buffered inputs and empty the buffer."""
+        objective = self.ascend(torch.cat(self.buffer))
+        self.buffer.clear()
+        return objective
+
+    def after_step(self, inputs: Any = None) -> None:
+        if self.schedule == "step" and self.record(inputs):
+            self.ascend_on_buffer()
+
+    def before_epoch(self, inputs: Any = None) -> None:
+        if self.schedule == "epoch" and self.timing == "before":
+            self.ascend(self._epoch_inputs(inputs, "before_epoch"))
 
     def after_epoch(self, inputs: Any = None) -> None:
-        if self.schedule == "epoch":
-            if not torch.is_tensor(inputs):
-                raise ValueError(
-                    "ER with schedule='epoch' needs method.after_epoch(inputs) with the "
-                    "epoch's inputs (PPO: the rollout's observations)"
-                )
-            self.ascend(inputs)
+        if self.schedule == "epoch" and self.timing == "after":
+            self.ascend(self._epoch_inputs(inputs, "after_epoch"))
+
+    @staticmethod
+    def _epoch_inputs(inputs: Any, hook: str) -> torch.Tensor:
+        if not torch.is_tensor(inputs):
+            raise ValueError(
+                f"ER with schedule='epoch' needs method.{hook}(inputs) with the "
+                "epoch's inputs (PPO: the rollout's observations; supervised: the "
+                f"group's minibatch inputs), got {type(inputs).__name__}"
+            )
+        return inputs
 
     def features(self, inputs: Any) -> list[torch.Tensor]:
         """The ranked layers' features on ``inputs``, with their graph."""
@@ -140,7 +220,8 @@ class EffectiveRankAscent(PlasticityMethod):
         return features
 
     def objective(self, inputs: Any) -> torch.Tensor:
-        """mean_l erank(H_l) on ``inputs`` (differentiable)."""
+        """The ascended objective on ``inputs`` (differentiable): mean_l erank(H_l),
+        or with ``layer_groups="by_network"`` the sum over groups of that mean."""
         ranks = []
         for feature in self.features(inputs):
             matrix = feature.reshape(feature.shape[0], -1)
@@ -148,10 +229,15 @@ class EffectiveRankAscent(PlasticityMethod):
             # tall one (the buffer usually holds fewer samples than units).
             tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.mT
             ranks.append(effective_rank(tall))
-        return torch.stack(ranks).mean()
+        if self.layer_groups == "all":
+            return torch.stack(ranks).mean()
+        by_group: dict[str, list[torch.Tensor]] = {}
+        for group, rank in zip(self.groups, ranks, strict=True):
+            by_group.setdefault(group, []).append(rank)
+        return torch.stack([torch.stack(g).mean() for g in by_group.values()]).sum()
 
     def ascend(self, inputs: Any) -> torch.Tensor:
-        """One ascent step ``theta += ascent_lr * grad mean_l erank(H_l)``.
+        """One ascent step ``theta += ascent_lr * grad objective(inputs)``.
 
         Returns:
             The objective before the step (detached), e.g. for logging.
@@ -177,6 +263,8 @@ class EffectiveRankAscent(PlasticityMethod):
             "ascent_lr": self.ascent_lr,
             "interval": self.interval,
             "schedule": self.schedule,
+            "timing": self.timing,
+            "layer_groups": self.layer_groups,
             "layers": list(self.layer_names),
         }
 

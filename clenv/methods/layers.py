@@ -81,6 +81,10 @@ class HiddenLayer:
         return fan // self.num_units if isinstance(self.next_layer, nn.Linear) else 1
 
 
+# What ``hidden_layers=`` takes: None (discover), or HiddenLayer objects / module names.
+HiddenLayerSpec = Sequence[HiddenLayer | Sequence[str]] | None
+
+
 def _flatten_sequential(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
     leaves = []
     for child_name, child in seq.named_children():

@@ -12,10 +12,12 @@ from clenv.methods.base import Compose, PlasticityMethod
 from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
 from clenv.methods.l2 import L2
+from clenv.methods.layers import HiddenLayerSpec
 from clenv.methods.presets import preset_arguments
 from clenv.methods.redo import ReDo
 from clenv.methods.resets import FullReset, HeadReset
 from clenv.methods.shrink_perturb import ShrinkPerturb
+from clenv.metrics.activations import ForwardFn
 
 METHODS: dict[str, type[PlasticityMethod]] = {
     cls.name: cls
@@ -29,9 +31,6 @@ METHODS: dict[str, type[PlasticityMethod]] = {
         EffectiveRankAscent,
     )
 }
-# Arguments an agent can pass whatever --reg is: components that take them get them,
-# the others ignore them.
-SHARED_ARGUMENTS = frozenset({"seed", "forward_fn", "hidden_layers"})
 # Names that stand for a combination of methods.
 ALIASES: dict[str, tuple[str, ...]] = {"bp": (), "l2er": ("l2", "er")}
 
@@ -74,7 +73,11 @@ def make_method(
     name: str,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    *,
     preset: str | None = None,
+    forward_fn: ForwardFn | None = None,
+    hidden_layers: HiddenLayerSpec = None,
+    seed: int = 0,
     **overrides: Any,
 ) -> PlasticityMethod:
     """Build the method ``name`` (a ``--reg`` value) for ``model`` and ``optimizer``.
@@ -86,11 +89,17 @@ def make_method(
         optimizer: the optimizer whose state CBP, ReDo and resets keep consistent.
         preset: per-benchmark defaults (``pmnist``, ``imagenet``, ``cifar``, ``ant``, and
             ``*_lop``); ``None`` uses each method's own defaults.
+        forward_fn: ``forward_fn(model, inputs)`` for ER's forward (a PPO agent's
+            actor and critic); ignored by the components that make no forward.
+        hidden_layers: explicit hidden-layer spec (see
+            :func:`clenv.methods.find_hidden_layers`) for every component that finds
+            hidden layers; ignored by the others.
+        seed: seed of the random draws of CBP, S&P, ReDo and the resets.
         **overrides: constructor arguments. A plain key (``weight_decay=1e-4``) goes to
             every component that takes it; ``<method>__<key>`` (``cbp__replacement_rate``)
-            to one. ``seed``, ``forward_fn`` and ``hidden_layers`` may be passed
-            for any name (ignored by components that do not take them), so an agent
-            can build every ``--reg`` with one call.
+            to one. ``forward_fn``, ``hidden_layers`` and ``seed`` are passed for every
+            name, so an agent builds every ``--reg`` with one call and never inspects
+            a constructor.
 
     Returns:
         The single method, or a :class:`Compose` (``bp`` is an empty one) whose hooks
@@ -106,11 +115,19 @@ def make_method(
         'l2+er'
     """
     components = split_name(name)
+    shared = {"forward_fn": forward_fn, "hidden_layers": hidden_layers, "seed": seed}
     used: set[str] = set()
     methods = []
     for component in components:
         cls = METHODS[component]
         arguments = preset_arguments(preset, component, components)
+        arguments.update(
+            {
+                key: value
+                for key, value in shared.items()
+                if value is not None and _accepts(cls, key)
+            }
+        )
         for key, value in overrides.items():
             target, _, sub_key = key.rpartition("__")
             if target == component or (not target and _accepts(cls, sub_key)):
@@ -122,7 +139,7 @@ def make_method(
                 arguments[sub_key] = value
                 used.add(key)
         methods.append(cls(model, optimizer, **arguments))
-    unused = set(overrides) - used - SHARED_ARGUMENTS
+    unused = set(overrides) - used
     if unused:
         raise ValueError(
             f"no component of {name!r} ({components or ['bp']}) takes "

@@ -2,11 +2,19 @@
 
 Both act in ``on_task_switch(task_id)`` when the task id differs from the last one
 seen (the first task keeps its initial weights, so the protocol's ``task_switch`` at
-the first reset changes nothing), and clear the optimizer state of what they reset.
-Fresh weights are U(-b, b), b = gain * sqrt(3 / fan_in), biases 0 (LoP's init): gain 1
-for output layers, the activation's gain (ReLU: sqrt 2) for hidden layers. Pass
-``init_fn`` to use a model's own initialisation instead (e.g. PPO's orthogonal
-``layer_init``).
+the first reset changes nothing). A full reset re-runs the model's own initialisation,
+``model.reset_parameters()``, when the model defines one (every clenv.models network
+does); otherwise each layer gets fresh weights U(-b, b), b = gain * sqrt(3 / fan_in),
+biases 0 (LoP's init): gain 1 for output layers, the activation's gain (ReLU: sqrt 2)
+for hidden layers. Pass ``init_fn`` to use another initialisation (e.g. PPO's
+orthogonal ``layer_init``).
+
+``reset_optimizer_state`` says whether the optimizer state (momentum, Adam moments) of
+what is reset is cleared (SC: its CIFAR reset builds a new optimizer state,
+incremental_cifar/train_incremental_cifar.py:364-378) or kept (LoP: its CIFAR reset
+and ImageNet head reset leave the SGD momentum as it is,
+lop/incremental_cifar/incremental_cifar_experiment.py:466-469,
+lop/imagenet/single_expr.py:141-143).
 """
 
 from __future__ import annotations
@@ -21,13 +29,13 @@ from torch import nn
 from clenv.methods.base import PlasticityMethod, SeededGenerator
 from clenv.methods.layers import (
     WEIGHT_LAYERS,
+    HiddenLayerSpec,
     activation_gain,
     find_hidden_layers,
     find_output_layers,
     resolve_modules,
     uniform_bound,
 )
-from clenv.methods.units import HiddenLayerSpec
 
 HEAD_MODES = ("reinit", "zero")
 
@@ -47,10 +55,15 @@ class _TaskSwitchReset(PlasticityMethod):
     """Resets something when the task id changes; keeps the last id and the RNG."""
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, seed: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        reset_optimizer_state: bool,
+        seed: int,
     ):
         self.model = model
         self.optimizer = optimizer
+        self.reset_optimizer_state = bool(reset_optimizer_state)
         self.rng = SeededGenerator(next(model.parameters()).device, seed)
         # to be filled in runtime
         self.task_id = 0
@@ -91,6 +104,8 @@ class HeadReset(_TaskSwitchReset):
             layers feed (every head of a multi-head model such as a PPO agent).
         init_gain: gain of the fresh weights' bound (LoP: 1 for the output layer).
         init_fn: ``init_fn(module)`` to reinitialise a head instead.
+        reset_optimizer_state: clear the optimizer state of the head's parameters
+            (``False``: keep it, as LoP's code does).
         hidden_layers: explicit hidden-layer spec, to find the head.
         seed: seed of the generator for fresh weights.
     """
@@ -106,12 +121,13 @@ class HeadReset(_TaskSwitchReset):
         head: Sequence[str] | None = None,
         init_gain: float = 1.0,
         init_fn: Callable[[nn.Module], None] | None = None,
+        reset_optimizer_state: bool = True,
         hidden_layers: HiddenLayerSpec = None,
         seed: int = 0,
     ):
         if mode not in HEAD_MODES:
             raise ValueError(f"mode must be one of {HEAD_MODES}, got {mode!r}")
-        super().__init__(model, optimizer, seed)
+        super().__init__(model, optimizer, reset_optimizer_state, seed)
         self.mode = mode
         self.init_gain = float(init_gain)
         self.init_fn = init_fn
@@ -134,27 +150,34 @@ class HeadReset(_TaskSwitchReset):
                 self.init_fn(head)
             else:
                 reinitialize_layer(head, self.init_gain, self.rng.generator)
-            if self.optimizer is not None:
+            if self.optimizer is not None and self.reset_optimizer_state:
                 for param in head.parameters():
                     self.optimizer.state.pop(param, None)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"mode": self.mode, "init_gain": self.init_gain}
+        return {
+            "mode": self.mode,
+            "init_gain": self.init_gain,
+            "reset_optimizer_state": self.reset_optimizer_state,
+        }
 
 
 class FullReset(_TaskSwitchReset):
-    """Reinitialise the whole network and clear the optimizer state at each task.
+    """Reinitialise the whole network at each task.
 
-    Weight layers get fresh weights (hidden layers: their activation's gain; output
-    layers: 1; layers not in a discoverable hidden layer: ``default_gain``);
-    normalisation layers their ``reset_parameters()`` and running statistics; any
-    other parameter (e.g. PPO's ``actor_logstd``) goes back to its value when the
-    method was built.
+    A model that defines ``reset_parameters()`` (every clenv.models network: it
+    re-runs the model's own init) is reset by it. Otherwise weight layers get fresh
+    weights (hidden layers: their activation's gain; output layers: 1; layers not in a
+    discoverable hidden layer: ``default_gain``); normalisation layers their
+    ``reset_parameters()`` and running statistics; any other parameter (e.g. PPO's
+    ``actor_logstd``) goes back to its value when the method was built.
 
     Args:
         model: the network.
-        optimizer: whose whole state is cleared (Adam restarts at step 0).
+        optimizer: whose whole state is cleared (Adam restarts at step 0) when
+            ``reset_optimizer_state``.
         init_fn: ``init_fn(model)`` to reinitialise instead.
+        reset_optimizer_state: clear the optimizer state (SC) or keep it (LoP).
         default_gain: gain for weight layers outside the discovered hidden layers
             (sqrt 2: Kaiming for ReLU nets).
         hidden_layers: explicit hidden-layer spec, for the gains.
@@ -170,10 +193,11 @@ class FullReset(_TaskSwitchReset):
         optimizer: torch.optim.Optimizer | None = None,
         init_fn: Callable[[nn.Module], None] | None = None,
         default_gain: float = math.sqrt(2.0),
+        reset_optimizer_state: bool = True,
         hidden_layers: HiddenLayerSpec = None,
         seed: int = 0,
     ):
-        super().__init__(model, optimizer, seed)
+        super().__init__(model, optimizer, reset_optimizer_state, seed)
         self.init_fn = init_fn
         self.default_gain = float(default_gain)
         try:
@@ -197,6 +221,8 @@ class FullReset(_TaskSwitchReset):
     def reset(self) -> None:
         if self.init_fn is not None:
             self.init_fn(self.model)
+        elif callable(getattr(self.model, "reset_parameters", None)):
+            self.model.reset_parameters()
         else:
             for module in self.model.modules():
                 if isinstance(module, WEIGHT_LAYERS):
@@ -208,8 +234,11 @@ class FullReset(_TaskSwitchReset):
                         module.reset_running_stats()
             for param, value in self.initial_values:
                 param.copy_(value)
-        if self.optimizer is not None:
+        if self.optimizer is not None and self.reset_optimizer_state:
             self.optimizer.state.clear()
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"default_gain": self.default_gain}
+        return {
+            "default_gain": self.default_gain,
+            "reset_optimizer_state": self.reset_optimizer_state,
+        }

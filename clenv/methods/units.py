@@ -18,12 +18,11 @@ from clenv.methods.base import PlasticityMethod, SeededGenerator, reset_optimize
 from clenv.methods.layers import (
     FeatureRecorder,
     HiddenLayer,
+    HiddenLayerSpec,
     activation_gain,
     find_hidden_layers,
     uniform_bound,
 )
-
-HiddenLayerSpec = Sequence[HiddenLayer | Sequence[str]] | None
 
 
 class UnitMethod(PlasticityMethod):
