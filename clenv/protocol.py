@@ -10,7 +10,9 @@ holds the two pieces that make that uniform:
   only on ``task_seed``;
 * :class:`ContinualEnv`: a mixin for ``gymnasium.Env`` subclasses that owns a schedule,
   writes the protocol's ``info`` keys and implements ``task_id``, ``task``,
-  ``num_tasks``, ``set_task``, ``get_schedule_state`` and ``set_schedule_state``.
+  ``num_tasks``, ``set_task``, ``get_schedule_state`` and ``set_schedule_state``;
+* :func:`task_switches` and :func:`task_ids`: read the keys from one env's ``info`` or a
+  vector env's ``infos`` (arrays with a ``_<key>`` mask) as one array per sub-env.
 
 The ``info`` keys, at every ``reset`` and ``step``:
 
@@ -29,6 +31,7 @@ earned in the task the action was taken in, which is the previous task when
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -339,3 +342,69 @@ class ContinualEnv:
             self._announce = _REPORTED
         info["task"] = dict(self._task)
         return info
+
+
+def _per_env(
+    infos: Mapping[str, Any], key: str, num_envs: int | None, missing: Any, dtype: type
+) -> np.ndarray:
+    """``infos[key]`` as one value per sub-env; ``missing`` where it was not reported."""
+    if key not in infos:
+        if num_envs is None:
+            raise KeyError(
+                f"info has no {key!r} key: not a clenv env (a ContinualEnv writes it "
+                "at every reset and step), or an info of a vector env in which no "
+                "sub-env reported it; pass num_envs=... to read that as 'none'"
+            )
+        return np.full(num_envs, missing, dtype=dtype)
+    values = np.asarray(infos[key])
+    if values.ndim == 0:  # a single env's info
+        values = values.reshape(1)
+    values = values.astype(dtype)
+    mask = infos.get(f"_{key}")
+    if mask is not None:
+        values = np.where(np.asarray(mask, dtype=bool), values, missing).astype(dtype)
+    if num_envs is not None and values.shape != (num_envs,):
+        raise ValueError(
+            f"info[{key!r}] holds {values.shape[0]} values, expected num_envs="
+            f"{num_envs}; pass the infos of the env the count belongs to"
+        )
+    return values
+
+
+def task_switches(infos: Mapping[str, Any], num_envs: int | None = None) -> np.ndarray:
+    """Which sub-envs report a task switch in this ``info``.
+
+    Works on the ``info`` dict of a single env (``info["task_switch"]`` a bool) and on
+    the ``infos`` of a Gymnasium vector env (an array, with a ``_task_switch`` mask of
+    the sub-envs that reported it; a masked-out sub-env counts as no switch).
+
+    Args:
+        infos: The info of ``reset``/``step``.
+        num_envs: Number of sub-envs; when given, an info without the key reads as no
+            switch and the result's length is checked.
+
+    Returns:
+        A bool array with one entry per sub-env (length 1 for a single env).
+
+    Example:
+        >>> task_switches({"task_switch": True, "task_id": 3}).tolist()
+        [True]
+        >>> infos = {"task_switch": np.array([True, True, False]),
+        ...          "_task_switch": np.array([True, False, True])}
+        >>> task_switches(infos).tolist()
+        [True, False, False]
+    """
+    return _per_env(infos, "task_switch", num_envs, False, bool)
+
+
+def task_ids(infos: Mapping[str, Any], num_envs: int | None = None) -> np.ndarray:
+    """The task id of each sub-env in this ``info`` (-1 where it was not reported).
+
+    As :func:`task_switches`, for ``info["task_id"]``.
+
+    Example:
+        >>> task_ids({"task_id": np.array([2, 3]),
+        ...           "_task_id": np.array([True, False])}).tolist()
+        [2, -1]
+    """
+    return _per_env(infos, "task_id", num_envs, -1, np.int64)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from clenv.protocol import INFO_KEYS, ContinualEnv, TaskSchedule
+from clenv.protocol import (
+    INFO_KEYS,
+    ContinualEnv,
+    TaskSchedule,
+    task_ids,
+    task_switches,
+)
 
 
 class ToyContinualEnv(ContinualEnv, gym.Env):
@@ -206,3 +212,54 @@ def test_toy_env_passes_check_env_and_pickles():
         env.step(0)
     clone = pickle.loads(pickle.dumps(env))
     assert clone.step(0)[4] == env.step(0)[4]
+
+
+def test_task_switches_and_ids_of_single_and_vector_infos():
+    env = ToyContinualEnv(episode_length=100, switch_every=3)
+    info = env.reset(seed=0)[1]
+    assert task_switches(info).tolist() == [True]
+    assert task_ids(info).dtype == np.int64 and task_ids(info).tolist() == [0]
+    for _ in range(3):
+        info = env.step(0)[4]
+    assert task_switches(info).tolist() == [True] and task_ids(info).tolist() == [1]
+    assert task_switches(env.step(0)[4]).tolist() == [False]
+    # a vector env: arrays with a "_key" mask; the sub-envs switch at different steps
+    envs = gym.vector.SyncVectorEnv(
+        [
+            lambda: ToyContinualEnv(episode_length=100, switch_every=2),
+            lambda: ToyContinualEnv(episode_length=100, switch_every=3),
+        ]
+    )
+    infos = envs.reset(seed=0)[1]
+    assert task_switches(infos).tolist() == [True, True]
+    seen = [task_switches(envs.step(np.zeros(2, np.int64))[4]).tolist()]
+    for _ in range(5):
+        infos = envs.step(np.zeros(2, np.int64))[4]
+        seen.append(task_switches(infos, num_envs=2).tolist())
+    assert [s[0] for s in seen] == [step % 2 == 0 for step in range(1, 7)]
+    assert [s[1] for s in seen] == [step % 3 == 0 for step in range(1, 7)]
+    assert task_ids(infos).tolist() == [3, 2]
+    # the mask: a sub-env that did not report counts as no switch, task id -1
+    masked = {
+        "task_switch": np.array([True, True]),
+        "_task_switch": np.array([False, True]),
+        "task_id": np.array([4, 5]),
+        "_task_id": np.array([False, True]),
+    }
+    assert task_switches(masked).tolist() == [False, True]
+    assert task_ids(masked).tolist() == [-1, 5]
+    # no key at all: an error that says why, or "none" for a known count
+    with pytest.raises(KeyError, match="num_envs"):
+        task_switches({})
+    assert task_switches({}, num_envs=3).tolist() == [False] * 3
+    assert task_ids({}, num_envs=2).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="num_envs=3"):
+        task_switches(masked, num_envs=3)
+
+
+def test_protocol_docstring_examples():
+    import doctest
+
+    import clenv.protocol
+
+    assert doctest.testmod(clenv.protocol, extraglobs={"np": np}).failed == 0

@@ -30,6 +30,7 @@ from torch import nn
 import clenv
 from clenv.methods import make_method
 from clenv.metrics import capture_activations, representation_metrics
+from clenv.protocol import task_ids, task_switches
 
 gym.register_envs(clenv)
 
@@ -128,7 +129,7 @@ def main(args: Args) -> dict:
     returns_per_task: dict[int, list[float]] = {}
     global_step, start_time = 0, time.time()
     next_obs, infos = envs.reset(seed=args.seed)
-    env_task = np.array(infos["task_id"], dtype=np.int64)  # task of each sub-env
+    env_task = task_ids(infos)  # task of each sub-env
     task_id = int(env_task.max())
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
     next_done = torch.zeros(args.num_envs)
@@ -153,12 +154,14 @@ def main(args: Args) -> dict:
                 for i in np.flatnonzero(infos["_episode"]):
                     ret = float(infos["episode"]["r"][i])
                     returns_per_task.setdefault(int(env_task[i]), []).append(ret)
-            # (1) task switches: a vector env's infos hold arrays with a "_key" mask.
+            # (1) task switches: a vector env's infos hold arrays with a "_key" mask;
+            # clenv.protocol.task_switches/task_ids read them (one entry per sub-env).
             # In Gymnasium's default NEXT_STEP autoreset mode a reset takes one vector
             # step, so a sub-env that ended more episodes reaches the switch a few
             # vector steps later: track the task per sub-env.
-            for i in np.flatnonzero(infos["_task_switch"] & infos["task_switch"]):
-                env_task[i] = infos["task_id"][i]
+            switched = task_switches(infos, args.num_envs)
+            env_task[switched] = task_ids(infos, args.num_envs)[switched]
+            for i in np.flatnonzero(switched):
                 if env_task[i] > task_id:  # the first sub-env to enter a new task
                     task_id = int(env_task[i])
                     task = {k: float(v[i]) for k, v in infos["task"].items()
