@@ -47,6 +47,180 @@ def test_mlp_init_is_kaiming_uniform_with_zero_bias():
     assert model.head is model.linear_layers[-1]
 
 
+# -- initialisation, per paper, at construction and after reset_parameters() --------
+def _truncated(std):
+    """(std, bound) of JAX's truncated normal with variance std**2."""
+    return std, 2 * std / 0.87962566103423978
+
+
+def expected_init(model: nn.Module) -> list[tuple[str, nn.Module, str, float, float]]:
+    """Per weight layer: (name, module, distribution, std, bound) of the weights.
+
+    distribution: "uniform" (bound = b), "normal" (bound = inf) or "truncated".
+    """
+    expected = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        fan_in = module.weight[0].numel()
+        fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
+        if isinstance(model, PermutedMNISTMLP):
+            gain = 1.0 if model.init == "lop" and module is model.head else 2.0
+            bound = math.sqrt(3 * gain / fan_in)
+            expected.append((name, module, "uniform", bound / math.sqrt(3), bound))
+        elif isinstance(model, ContinualImageNetConvNet):
+            if model.init == "lop":  # torch's default
+                bound = 1 / math.sqrt(fan_in)
+                expected.append((name, module, "uniform", bound / math.sqrt(3), bound))
+            else:
+                expected.append((name, module, "truncated", *_truncated(fan_in**-0.5)))
+        elif model.init == "sc":  # the ResNet
+            scale = 2.0 if isinstance(module, nn.Conv2d) else 1.0
+            std = math.sqrt(scale / fan_out)
+            expected.append((name, module, "truncated", *_truncated(std)))
+        else:
+            scale = 2.0 if isinstance(module, nn.Conv2d) else 1.0
+            std = math.sqrt(scale / fan_in)
+            expected.append((name, module, "normal", std, math.inf))
+    return expected
+
+
+def assert_follows_init(model: nn.Module) -> None:
+    """Weights within the init's bounds with its std (on layers big enough to tell);
+    biases zero where the init zeroes them, else within torch's default bound."""
+    zero_bias = not (
+        isinstance(model, ContinualImageNetConvNet) and model.init == "lop"
+    )
+    for name, module, distribution, std, bound in expected_init(model):
+        weight = module.weight.detach()
+        assert weight.abs().max() <= bound * (1 + 1e-6), name
+        if distribution == "normal":
+            assert weight.abs().max() > 2.5 * std, name  # not truncated
+        elif weight.numel() >= 2000:
+            assert weight.abs().max() > 0.95 * bound, name  # fills the interval
+        if weight.numel() >= 2000:
+            assert weight.std().item() == pytest.approx(std, rel=0.06), name
+        if zero_bias:
+            assert torch.count_nonzero(module.bias) == 0, name
+        else:
+            assert 0 < module.bias.abs().max() <= 1 / math.sqrt(weight[0].numel())
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+            assert torch.all(module.running_mean == 0)
+            assert torch.all(module.running_var == 1)
+            assert module.num_batches_tracked == 0
+
+
+MODELS = {
+    "mlp-sc": lambda: PermutedMNISTMLP(width=300, init="sc"),
+    "mlp-lop": lambda: PermutedMNISTMLP(width=300, init="lop"),
+    "convnet-lop": lambda: ContinualImageNetConvNet(),
+    "convnet-sc": lambda: ContinualImageNetConvNet(padding="same", init="sc"),
+    "resnet-sc": lambda: IncrementalCIFARResNet18(base_channels=16, init="sc"),
+    "resnet-lop": lambda: IncrementalCIFARResNet18(
+        base_channels=16, extra_fc=0, init="lop"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_construction_follows_the_papers_init(name):
+    torch.manual_seed(1)
+    assert_follows_init(MODELS[name]())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_parameters_redraws_from_the_construction_init(name):
+    torch.manual_seed(2)
+    model = MODELS[name]()
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        model.train()
+        model(torch.rand(4, 3, 32, 32))  # running statistics move
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5)
+    model.reset_parameters()
+    assert_follows_init(model)
+    for key, value in model.named_parameters():
+        if "weight" in key and value.dim() > 1:
+            assert not torch.equal(value, before[key]), key  # new draws
+    # The draws come from torch's global generator, like construction's.
+    torch.manual_seed(3)
+    model.reset_parameters()
+    first = [p.clone() for p in model.parameters()]
+    torch.manual_seed(3)
+    model.reset_parameters()
+    assert all(
+        torch.equal(a, b) for a, b in zip(first, model.parameters(), strict=True)
+    )
+
+
+def test_mlp_head_gain_per_paper():
+    torch.manual_seed(0)
+    sc, lop = PermutedMNISTMLP(width=2000), PermutedMNISTMLP(width=2000, init="lop")
+    # SC: ReLU gain on the head too (bound sqrt(6/2000)); LoP: linear gain (sqrt(3/..)).
+    assert sc.head.weight.abs().max() > 0.95 * math.sqrt(6 / 2000)
+    assert lop.head.weight.abs().max() <= math.sqrt(3 / 2000)
+    assert lop.head.weight.abs().max() > 0.95 * math.sqrt(3 / 2000)
+    for a, b in zip(sc.linear_layers[:-1], lop.linear_layers[:-1], strict=True):
+        assert a.weight.abs().max() > 0.95 * math.sqrt(6 / 2000)
+        assert b.weight.abs().max() > 0.95 * math.sqrt(6 / 2000)
+
+
+def test_convnet_sc_variant_has_same_padding_and_2048_features():
+    model = ContinualImageNetConvNet(padding="same", init="sc")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (2048, 128),
+        (128, 128),
+        (128, 2),
+    ]
+    assert model(torch.rand(3, 3, 32, 32)).shape == (3, 2)
+    # SAME padding keeps the 32x32 map through the first conv.
+    assert model.layers[:2](torch.rand(1, 3, 32, 32)).shape == (1, 32, 32, 32)
+    lop = ContinualImageNetConvNet()
+    assert (lop.padding, lop.init) == ("valid", "lop")
+    assert lop.layers[:2](torch.rand(1, 3, 32, 32)).shape == (1, 32, 28, 28)
+    assert n_params(model) - n_params(lop) == (2048 - 512) * 128
+
+
+def test_resnet_init_per_paper():
+    torch.manual_seed(0)
+    sc = IncrementalCIFARResNet18(init="sc")
+    lop = IncrementalCIFARResNet18(extra_fc=0, init="lop")
+    # The widest conv: 512 x 512 x 3 x 3, fan_in = fan_out = 4608.
+    assert sc.stages[3][1].conv2.weight.std().item() == pytest.approx(
+        math.sqrt(2 / 4608), rel=0.01
+    )
+    # SC's linear layers scale with fan_out: the head (100 outputs) is wide.
+    assert sc.head.weight.std().item() == pytest.approx(math.sqrt(1 / 100), rel=0.03)
+    assert sc.fc[0].weight.std().item() == pytest.approx(math.sqrt(1 / 512), rel=0.02)
+    # LoP's stem conv: fan_in 27, fan_out 576, so fan_in gives the larger std.
+    stem = lop.stem[0].weight
+    assert stem.std().item() == pytest.approx(math.sqrt(2 / 27), rel=0.1)
+    assert lop.head.weight.std().item() == pytest.approx(math.sqrt(1 / 512), rel=0.03)
+    assert torch.count_nonzero(lop.head.bias) == torch.count_nonzero(sc.head.bias) == 0
+
+
+def test_every_model_names_its_hidden_layers():
+    from clenv.methods import find_hidden_layers
+
+    for model in (
+        PermutedMNISTMLP(width=20),
+        ContinualImageNetConvNet(),
+        ContinualImageNetConvNet(padding="same", init="sc"),
+    ):
+        spec = model.hidden_layer_spec()
+        assert [h.name for h in find_hidden_layers(model, spec)] == [
+            h.name for h in find_hidden_layers(model)
+        ]
+        assert find_hidden_layers(model, spec)[-1].next_layer is model.head
+    resnet = IncrementalCIFARResNet18(base_channels=8)
+    assert find_hidden_layers(resnet, resnet.hidden_layer_spec())[-1].name == "fc.3"
+
+
 def test_convnet_matches_lop_layout():
     model = ContinualImageNetConvNet(num_classes=2)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -149,7 +323,11 @@ def test_resnet_keeps_resolution_in_first_stage():
         lambda: PermutedMNISTMLP(width=0),
         lambda: ContinualImageNetConvNet(num_classes=0),
         lambda: ContinualImageNetConvNet(image_size=16),
+        lambda: ContinualImageNetConvNet(padding="full"),
+        lambda: ContinualImageNetConvNet(init="xavier"),
+        lambda: PermutedMNISTMLP(init="LoP"),
         lambda: IncrementalCIFARResNet18(extra_fc=-1),
+        lambda: IncrementalCIFARResNet18(init="torch"),
     ],
 )
 def test_bad_arguments_raise_value_error(factory):

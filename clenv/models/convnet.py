@@ -1,47 +1,76 @@
-"""LoP's ConvNet for Continual ImageNet (Dohare et al. 2024, Methods; ``conv_net.py``)."""
+"""The ConvNet of Continual ImageNet: LoP's (``lop/nets/conv_net.py``) or SC's
+(``imagenet/models.py``, Flax)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+from clenv.models.init import check_choice, lecun_normal_
+
+PADDINGS = ("valid", "same")
+INITS = ("lop", "sc")
 
 
 class ContinualImageNetConvNet(nn.Module):
     """conv5x5(32)-pool-conv3x3(64)-pool-conv3x3(128)-pool-FC128-FC128-classes, ReLU.
 
-    On 3x32x32 inputs the flattened features are 2x2x128 = 512. PyTorch's default
-    initialisation, as LoP's code. The whole net is one ``nn.Sequential``
-    (``self.layers``), so :func:`clenv.methods.find_hidden_layers` finds all five
-    hidden layers (the three convs and the two FC layers, SC's ER layers) in order;
-    ``self.head`` is its last module.
+    Two published variants of the same layers:
+
+    - LoP (the default): ``padding="valid"``, so 3x32x32 inputs flatten to 2x2x128 =
+      512 features; ``init="lop"``: PyTorch's default initialisation (weights and
+      biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), which LoP's ``ConvNet`` keeps.
+    - SC: ``padding="same"`` (Flax's default), so the features flatten to 4x4x128 =
+      2048; ``init="sc"``: Flax's defaults, LeCun-normal weights (normal truncated at
+      two standard deviations, variance ``1 / fan_in``) and zero biases.
+
+    The whole net is one ``nn.Sequential`` (``self.layers``), so
+    :func:`clenv.methods.find_hidden_layers` finds all five hidden layers (the three
+    convs and the two FC layers, SC's ER layers) in order; ``self.head`` is its last
+    module.
 
     Args:
         num_classes: output logits (2 for the binary tasks).
         in_channels: image channels.
         image_size: square input side (32).
+        padding: ``"valid"`` (LoP) or ``"same"`` (SC) for the three convolutions.
+        init: ``"lop"`` or ``"sc"`` (see above).
     """
 
     def __init__(
-        self, num_classes: int = 2, in_channels: int = 3, image_size: int = 32
+        self,
+        num_classes: int = 2,
+        in_channels: int = 3,
+        image_size: int = 32,
+        padding: Literal["valid", "same"] = "valid",
+        init: Literal["lop", "sc"] = "lop",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        side = ((image_size - 4) // 2 - 2) // 2
-        side = (side - 2) // 2
+        self.padding = check_choice("padding", padding, PADDINGS)
+        self.init = check_choice("init", init, INITS)
+        if padding == "valid":
+            side = ((((image_size - 4) // 2) - 2) // 2 - 2) // 2
+            smallest = 26
+        else:
+            side = image_size // 8
+            smallest = 8
         if side < 1:
             raise ValueError(
-                f"image_size={image_size} is too small for three conv+pool stages; "
-                "use >= 22"
+                f"image_size={image_size} is too small for three conv+pool stages "
+                f"with padding={padding!r}; use >= {smallest}"
             )
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5),
+            nn.Conv2d(in_channels, 32, 5, padding=padding),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 3),
+            nn.Conv2d(32, 64, 3, padding=padding),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, 3),
+            nn.Conv2d(64, 128, 3, padding=padding),
             nn.ReLU(),
             nn.MaxPool2d(2, 2),
             nn.Flatten(),
@@ -51,11 +80,36 @@ class ContinualImageNetConvNet(nn.Module):
             nn.ReLU(),
             nn.Linear(128, num_classes),
         )
+        if self.init == "sc":
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every weight and bias again from the construction's initialisation
+        (torch's global generator)."""
+        for module in self.layers:
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                if self.init == "lop":
+                    module.reset_parameters()
+                else:
+                    lecun_normal_(module.weight)
+                    nn.init.zeros_(module.bias)
 
     @property
     def head(self) -> nn.Linear:
         """The output layer."""
         return self.layers[-1]
+
+    def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
+        """``(layer, activation, next_layer)`` module names of the five hidden layers
+        (three convs, two FC), as :func:`clenv.methods.find_hidden_layers` finds
+        them."""
+        return [
+            ("layers.0", "layers.1", "layers.3"),
+            ("layers.3", "layers.4", "layers.6"),
+            ("layers.6", "layers.7", "layers.10"),
+            ("layers.10", "layers.11", "layers.12"),
+            ("layers.12", "layers.13", "layers.14"),
+        ]
 
     def fc_activation_names(self) -> list[str]:
         """Names of the two FC layers' ReLUs (SC's ER layers; cheap to rank)."""

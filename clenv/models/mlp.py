@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+from clenv.models.init import check_choice
+
+INITS = ("sc", "lop")
 
 
 class PermutedMNISTMLP(nn.Module):
@@ -13,15 +19,20 @@ class PermutedMNISTMLP(nn.Module):
     ``nn.ReLU``, so hidden layer ``l`` is ``layers[2 l]`` and its activation
     ``layers[2 l + 1]``; the output layer is ``layers[-1]`` (``self.head``).
 
-    Initialisation follows both reference codes: ``kaiming_uniform_(nonlinearity="relu")``
-    (bound ``sqrt(6 / fan_in)``) on every weight, the output layer included, and zero
-    biases.
+    Initialisation (``init``), zero biases in both:
+
+    - ``"sc"``: Kaiming-uniform with the ReLU gain (bound ``sqrt(6 / fan_in)``) on every
+      weight, the head included (SC: Flax's ``kaiming_uniform()`` on every layer).
+    - ``"lop"``: the same on the hidden layers, the head with the linear gain (bound
+      ``sqrt(3 / fan_in)``; LoP's ``DeepFFNN`` gives its output layer
+      ``act_type='linear'``).
 
     Args:
         input_dim: flattened input size (784 for MNIST).
         width: units per hidden layer (SC 1000, LoP 2000).
         depth: number of hidden layers (3 in both papers).
         num_classes: output logits.
+        init: ``"sc"`` or ``"lop"`` (see above).
     """
 
     def __init__(
@@ -30,6 +41,7 @@ class PermutedMNISTMLP(nn.Module):
         width: int = 1000,
         depth: int = 3,
         num_classes: int = 10,
+        init: Literal["sc", "lop"] = "sc",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -40,6 +52,7 @@ class PermutedMNISTMLP(nn.Module):
         ):
             if value < 1:
                 raise ValueError(f"PermutedMNISTMLP needs {name} >= 1, got {value}")
+        self.init = check_choice("init", init, INITS)
         modules: list[nn.Module] = []
         fan_in = input_dim
         for _ in range(depth):
@@ -47,9 +60,16 @@ class PermutedMNISTMLP(nn.Module):
             fan_in = width
         modules.append(nn.Linear(fan_in, num_classes))
         self.layers = nn.Sequential(*modules)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again from the construction's initialisation (torch's
+        global generator) and zero every bias."""
         for module in self.layers:
             if isinstance(module, nn.Linear):
-                nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+                head = module is self.head
+                gain = "linear" if head and self.init == "lop" else "relu"
+                nn.init.kaiming_uniform_(module.weight, nonlinearity=gain)
                 nn.init.zeros_(module.bias)
 
     @property
@@ -61,6 +81,15 @@ class PermutedMNISTMLP(nn.Module):
     def linear_layers(self) -> list[nn.Linear]:
         """Every ``nn.Linear`` in order, the head last."""
         return [m for m in self.layers if isinstance(m, nn.Linear)]
+
+    def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
+        """``(layer, activation, next_layer)`` module names of every hidden layer, in
+        order (what :func:`clenv.methods.find_hidden_layers` discovers too)."""
+        count = len(self.layers) // 2
+        return [
+            (f"layers.{2 * i}", f"layers.{2 * i + 1}", f"layers.{2 * i + 2}")
+            for i in range(count)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x.flatten(1))

@@ -8,8 +8,14 @@ units between the pooled features and the head (its ER layers).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+from clenv.models.init import check_choice, variance_scaling_
+
+INITS = ("sc", "lop")
 
 
 class BasicBlock(nn.Module):
@@ -42,8 +48,18 @@ class IncrementalCIFARResNet18(nn.Module):
     Layout: stem conv3x3(64)-BN-ReLU, four stages of two :class:`BasicBlock` (64, 128,
     256, 512 channels; stride 2 from the second stage), global average pooling, then
     optionally ``extra_fc`` hidden FC ReLU layers of ``fc_width`` units (SC: 2 of 512;
-    LoP: none), then the head. Convolutions use Kaiming-normal (fan-out, ReLU) weights
-    and zero biases, BatchNorm weight 1 and bias 0, as LoP's ``kaiming_init_resnet_module``.
+    LoP: none), then the head.
+
+    Initialisation (``init``); every bias zero, BatchNorm weight 1 and bias 0 in both:
+
+    - ``"sc"`` (SC's ``incremental_cifar/model.py``): convolutions from a normal
+      truncated at two standard deviations with variance ``2 / fan_out``, every linear
+      layer (the extra FC layers and the head) with variance ``1 / fan_out`` (JAX's
+      ``variance_scaling(2 or 1, "fan_out", "truncated_normal")``).
+    - ``"lop"`` (LoP's ``kaiming_init_resnet_module``, applied after construction):
+      convolutions Kaiming-normal with fan-in and the ReLU gain (std
+      ``sqrt(2 / fan_in)``), linear layers Kaiming-normal with fan-in and the linear
+      gain (std ``sqrt(1 / fan_in)``).
 
     Args:
         num_classes: output logits (100; the agent masks the unseen classes).
@@ -52,6 +68,7 @@ class IncrementalCIFARResNet18(nn.Module):
         in_channels: image channels.
         base_channels: channels of the first stage (64; the stages have 1, 2, 4, 8
             times as many). Smaller values give a narrow ResNet for quick runs.
+        init: ``"sc"`` or ``"lop"`` (see above).
     """
 
     def __init__(
@@ -61,6 +78,7 @@ class IncrementalCIFARResNet18(nn.Module):
         fc_width: int = 512,
         in_channels: int = 3,
         base_channels: int = 64,
+        init: Literal["sc", "lop"] = "sc",
     ) -> None:
         super().__init__()
         if num_classes < 1 or extra_fc < 0 or fc_width < 1 or base_channels < 1:
@@ -69,6 +87,7 @@ class IncrementalCIFARResNet18(nn.Module):
                 f"fc_width >= 1 and base_channels >= 1, got {num_classes}, {extra_fc}, "
                 f"{fc_width}, {base_channels}"
             )
+        self.init = check_choice("init", init, INITS)
         widths = [base_channels * k for k in (1, 2, 4, 8)]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=True),
@@ -93,15 +112,23 @@ class IncrementalCIFARResNet18(nn.Module):
             in_ch = fc_width
         self.fc = nn.Sequential(*fc)
         self.head = nn.Linear(in_ch, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every weight again from the construction's initialisation (torch's
+        global generator), zero the biases, and reset the BatchNorm layers (weight 1,
+        bias 0, fresh running statistics)."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(
-                    module.weight, mode="fan_out", nonlinearity="relu"
-                )
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                conv = isinstance(module, nn.Conv2d)
+                if self.init == "sc":
+                    variance_scaling_(module.weight, 2.0 if conv else 1.0, "fan_out")
+                else:
+                    gain = "relu" if conv else "linear"
+                    nn.init.kaiming_normal_(module.weight, nonlinearity=gain)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+                module.reset_parameters()  # weight 1, bias 0, running statistics
 
     def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
         """``(layer, activation, next_layer)`` names of the units a method may act on.
