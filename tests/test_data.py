@@ -389,6 +389,12 @@ def test_pixel_scaler_matches_formula_and_bounds():
     )
     with pytest.raises(ValueError, match="one value per channel"):
         data.PixelScaler(3, (0.5,), (0.2,))
+    # divisor=1 keeps the pixel values (Continual ImageNet as both papers feed it).
+    raw = data.PixelScaler(divisor=1)
+    np.testing.assert_array_equal(raw(pixels), pixels.astype(np.float32))
+    assert raw.bounds((1,))[1][0] == 255
+    with pytest.raises(ValueError, match="divisor must be positive"):
+        data.PixelScaler(divisor=0)
 
 
 # -- the real MNIST ------------------------------------------------------------------

@@ -450,7 +450,7 @@ def test_imagenet_pairs_follow_the_class_order(data_dir):
     # Held-out images are the last ones of each class file.
     classes = np.load(data_dir / "imagenet32" / "classes" / f"{pairs[1][1]}.npy")
     x, y = unwrapped.task_data(1, "test")
-    np.testing.assert_array_equal(x[4:], classes[10:14] / np.float32(255))
+    np.testing.assert_array_equal(x[4:], classes[10:14].astype(np.float32))
     assert y.tolist() == [0] * 4 + [1] * 4
     assert unwrapped.task_length(0) == 2 * 20 // 3 + 1  # ceil(2 epochs * 20 / 3)
 
@@ -462,7 +462,92 @@ def test_imagenet_epochs_in_info(data_dir):
     assert epochs == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 0]  # 4 steps/epoch, new task
 
 
+def test_imagenet_feeds_raw_pixel_values_or_unit_scale(data_dir):
+    raw = make("clenv/ContinualImageNet-v0", batch_size=6)
+    unit = make("clenv/ContinualImageNet-v0", batch_size=6, pixel_scale="unit")
+    x, _ = raw.reset(seed=0)
+    z, _ = unit.reset(seed=0)
+    # Both papers: the stored uint8 values as float32, not divided by 255.
+    assert raw.unwrapped.pixel_scale == "raw"
+    assert x.max() > 1 and np.array_equal(x, np.round(x))
+    assert raw.observation_space.high.max() == 255 and raw.observation_space.contains(x)
+    np.testing.assert_array_equal(z, x / np.float32(255))
+    assert unit.observation_space.high.max() == 1 and unit.observation_space.contains(z)
+    test_raw, _ = raw.unwrapped.task_data(0, "test")
+    np.testing.assert_array_equal(
+        unit.unwrapped.task_data(0, "test")[0], test_raw / np.float32(255)
+    )
+    with pytest.raises(ValueError, match="pixel_scale must be one of"):
+        make("clenv/ContinualImageNet-v0", pixel_scale="0-1")
+
+
 # -- Incremental CIFAR-100 -----------------------------------------------------------
+def test_cifar_sc_trains_on_every_image_without_validation(data_dir):
+    sc = make(
+        "clenv/IncrementalCIFAR100-v0", train_images_per_class=CIFAR_TRAIN_PER_CLASS
+    ).unwrapped
+    _, train_y = sc.task_data(1, "train")
+    active = sc.active_classes(1)
+    counts = np.bincount(train_y, minlength=100)[active]
+    assert counts.tolist() == [CIFAR_TRAIN_PER_CLASS] * 10
+    assert sc.task_length(0) == int(np.ceil(5 * CIFAR_TRAIN_PER_CLASS / 3))
+    with pytest.raises(ValueError, match="split must be one of"):
+        sc.task_data(1, "validation")
+    with pytest.raises(ValueError, match="must be <= 500"):
+        make("clenv/IncrementalCIFAR100-v0", train_images_per_class=501)
+
+
+@pytest.mark.parametrize("reshuffle", [True, False])
+def test_cifar_reshuffle_each_epoch_or_keep_the_task_order(data_dir, reshuffle):
+    env = make(
+        "clenv/IncrementalCIFAR100-v0",
+        batch_size=1,
+        epochs_per_task=3,
+        reshuffle_each_epoch=reshuffle,
+    )
+    shown = [env.reset(seed=0)[0].tobytes()]  # each step returns the next image
+    per_epoch = env.unwrapped.task_length(0) // 3
+    shown += [env.step(0)[0].tobytes() for _ in range(3 * per_epoch - 1)]
+    epochs = [shown[k * per_epoch : (k + 1) * per_epoch] for k in range(3)]
+    # Every epoch shows each training image of the task once ...
+    assert all(sorted(epoch) == sorted(epochs[0]) for epoch in epochs)
+    # ... in a new order (LoP) or in the order drawn at the task's start (SC).
+    assert [epoch == epochs[0] for epoch in epochs[1:]] == [not reshuffle] * 2
+    with pytest.raises(ValueError, match="reshuffle_each_epoch must be True or False"):
+        make("clenv/IncrementalCIFAR100-v0", reshuffle_each_epoch="no")
+
+
+PAPER_VARIANTS = {
+    "imagenet-unit": ("clenv/ContinualImageNet-v0", {"pixel_scale": "unit"}),
+    "cifar-sc": (
+        "clenv/IncrementalCIFAR100-v0",
+        {
+            "train_images_per_class": CIFAR_TRAIN_PER_CLASS,
+            "reshuffle_each_epoch": False,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", PAPER_VARIANTS)
+def test_paper_variants_check_env_determinism_and_pickle(data_dir, variant):
+    env_id, kwargs = PAPER_VARIANTS[variant]
+    env = make(env_id, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, skip_render_check=True)
+    assert not caught, [str(w.message) for w in caught]
+    steps = sum(env.unwrapped.task_length(k) for k in range(2)) + 3
+    first = rollout(make(env_id, **kwargs), steps, seed=5)
+    assert first[-1][4]["task_id"] == 2
+    assert_same(rollout(make(env_id, **kwargs), steps, seed=5), first)
+    env = make(env_id, **kwargs)
+    rollout(env, steps)
+    clone = pickle.loads(pickle.dumps(env))
+    action = np.ones(3, np.int64)
+    assert_same(clone.step(action), env.step(action))
+
+
 def test_cifar_classes_accumulate(data_dir):
     env = make("clenv/IncrementalCIFAR100-v0", batch_size=10)
     unwrapped = env.unwrapped

@@ -155,14 +155,17 @@ class PixelScaler:
 
     Computed in float32 (``x / 255`` is correctly rounded, so 255 maps to exactly 1).
     Arithmetic rather than a lookup table: numpy's gather from a table is several
-    times slower than a divide on these sizes.
+    times slower than a divide on these sizes. ``divisor=1`` keeps the pixel values
+    (0..255 as float32), as both papers feed Continual ImageNet's images.
 
     Args:
         channels: number of channels (1 for flat grey images such as MNIST).
-        mean: per-channel mean in [0, 1] units, or None for plain ``x / 255``.
+        mean: per-channel mean in ``x / divisor`` units, or None for plain
+            ``x / divisor``.
         std: per-channel standard deviation, or None.
         channel_axis: axis of the channel in a batch (1 for ``(B, C, H, W)``), counted
             from the end when negative (-3 for ``(..., C, H, W)``).
+        divisor: the pixels are divided by it first (255: values in [0, 1]).
     """
 
     def __init__(
@@ -171,7 +174,11 @@ class PixelScaler:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channel_axis: int = -3,
+        divisor: float = 255.0,
     ) -> None:
+        if not divisor > 0:
+            raise ValueError(f"divisor must be positive, got {divisor}")
+        self.divisor = np.float32(divisor)
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std for normalisation, or neither")
         self.normalize = mean is not None
@@ -192,7 +199,8 @@ class PixelScaler:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Scale a uint8 array (any shape; channels along ``channel_axis``)."""
         out = np.asarray(pixels).astype(np.float32)  # always a new array
-        out /= np.float32(255)
+        if self.divisor != 1:
+            out /= self.divisor
         if self.normalize:
             shape = [1] * out.ndim
             shape[self.channel_axis] = self.channels

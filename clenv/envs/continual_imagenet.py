@@ -24,6 +24,9 @@ from clenv.envs.supervised import (
     seeded_class_order,
 )
 
+# What the uint8 pixels are divided by.
+PIXEL_SCALES = {"raw": 1.0, "unit": 255.0}
+
 
 class ContinualImageNetEnv(SupervisedStreamEnv):
     """## Description
@@ -40,7 +43,11 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
 
     ## Observation Space
 
-    ``Box(0, 1, (batch_size, 3, 32, 32), float32)`` (channels first, pixels / 255);
+    ``Box(0, 255, (batch_size, 3, 32, 32), float32)``: channels first, the stored
+    pixel values 0..255 as float32, not divided by 255: both papers' code casts the
+    stored images to float and feeds them as they are
+    (``lop/imagenet/single_expr.py:136``, SC's ``imagenet/train_imagenet.py:184``).
+    ``pixel_scale="unit"`` divides by 255 instead (``Box(0, 1, ...)``).
     ``(3, 32, 32)`` for ``batch_size=1``.
 
     ## Rewards
@@ -84,6 +91,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
     | `num_classes` | 1000 | classes in the data (files `classes/0..N-1.npy`) |
     | `train_images_per_class` | 600 | leading images of a class file used for training |
     | `test_images_per_class` | 100 | following images held out |
+    | `pixel_scale` | "raw" | "raw": pixel values 0..255 (LoP, SC); "unit": / 255 |
     | `data_dir` | None | data root (else `$CLENV_DATA_DIR`, else `~/.cache/clenv`) |
 
     ```python
@@ -92,7 +100,9 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version. Observations are the raw 0..255 pixel values as in both
+      papers' code (before this was settled they were divided by 255, now
+      ``pixel_scale="unit"``).
     """
 
     def __init__(
@@ -107,8 +117,16 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
         train_images_per_class: int = 600,
         test_images_per_class: int = 100,
         data_dir: str | os.PathLike | None = None,
+        pixel_scale: str = "raw",
     ) -> None:
         check_positive_int("batch_size", batch_size)
+        self._pixel_scale = pixel_scale
+        if pixel_scale not in PIXEL_SCALES:
+            raise ValueError(
+                f"pixel_scale must be one of {list(PIXEL_SCALES)} ('raw': the stored "
+                f"0..255 values, as LoP and SC; 'unit': divided by 255), got "
+                f"{pixel_scale!r}"
+            )
         self._root = data_root(data_dir)
         self._train_per_class = check_positive_int(
             "train_images_per_class", train_images_per_class
@@ -141,9 +159,14 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
             num_tasks=num_tasks,
             task_seed=task_seed,
             switch_at=switch_at,
-            scaler=PixelScaler(),
+            scaler=PixelScaler(divisor=PIXEL_SCALES[pixel_scale]),
             eval_splits=("test", "train"),
         )
+
+    @property
+    def pixel_scale(self) -> str:
+        """``"raw"`` (observations are the pixel values 0..255) or ``"unit"`` (/ 255)."""
+        return self._pixel_scale
 
     @property
     def class_order(self) -> np.ndarray:

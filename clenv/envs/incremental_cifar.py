@@ -34,7 +34,9 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
     Class-incremental CIFAR-100 (LoP): the classes arrive 5 at a time in a per-seed
     order; task k trains for a number of epochs on the training images of all
     ``5 (k + 1)`` classes seen so far. Each class's 500 training images are split as
-    LoP does: the first 50 (in file order) for validation, the other 450 for training.
+    LoP does: the first 50 (in file order) for validation, the other 450 for training;
+    ``train_images_per_class=500`` trains on all of them with no validation split, as
+    SC's code does.
 
     ## Action Space
 
@@ -68,14 +70,18 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
 
     Task k lasts ``ceil(epochs_per_task * 450 * 5 (k + 1) / batch_size)`` steps, so tasks
     grow longer as classes are added (``switch_every`` fixes every task's length
-    instead). Each epoch is a fresh shuffle of the task's training images; a batch may
-    straddle two epochs when ``batch_size`` does not divide the task's images.
+    instead). Each epoch is a fresh shuffle of the task's training images (LoP's
+    shuffling data loader); with ``reshuffle_each_epoch=False`` the order drawn at the
+    task's start is kept for all its epochs (SC's code shuffles the data set once and
+    then walks it in the same order every epoch). A batch may straddle two epochs when
+    ``batch_size`` does not divide the task's images.
     ``info``: the protocol's keys with ``task = {"num_classes": 5 (k + 1),
     "new_classes": (...)}``, plus ``label``, ``epoch`` (epoch of the next batch, for lr
     schedules such as LoP's x0.2 at epochs 60/120/160) and ``active_classes`` (int64
     array of the classes seen so far). ``env.unwrapped.task_data(k, split)`` returns
-    the ``"validation"`` (50 per class, LoP's early stopping), ``"test"`` (the 100 test
-    images per class) or ``"train"`` images of task k's classes, never augmented.
+    the ``"validation"`` (50 per class, LoP's early stopping; absent with
+    ``train_images_per_class=500``), ``"test"`` (the 100 test images per class) or
+    ``"train"`` images of task k's classes, never augmented.
 
     With ``augment=True`` training batches are augmented as in LoP: horizontal flip
     (p = 0.5), 32x32 crop of the image padded by 4 (reflect), rotation by U[0, 15]
@@ -91,7 +97,8 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
     | `num_tasks` | 20 | tasks; at most 100 / `classes_per_task` |
     | `classes_per_task` | 5 | classes added per task |
     | `task_seed` | 0 | seeds the class order |
-    | `train_images_per_class` | 450 | training images per class; the rest validate |
+    | `train_images_per_class` | 450 | training images per class, the rest validate (LoP 450; SC 500, no validation) |
+    | `reshuffle_each_epoch` | True | new order every epoch (LoP) or one per task (SC) |
     | `augment` | False | LoP's augmentation (SC: none) |
     | `normalize` | False | LoP's per-channel normalisation |
     | `data_dir` | None | data root (else `$CLENV_DATA_DIR`, else `~/.cache/clenv`) |
@@ -100,6 +107,8 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
     ```python
     lop = gym.make("clenv/IncrementalCIFAR100-v0", batch_size=90, augment=True,
                    normalize=True)
+    sc = gym.make("clenv/IncrementalCIFAR100-v0", train_images_per_class=500,
+                  reshuffle_each_epoch=False)
     ```
 
     ## Version History
@@ -123,6 +132,7 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         normalize: bool = False,
         data_dir: str | os.PathLike | None = None,
         download: bool = False,
+        reshuffle_each_epoch: bool = True,
     ) -> None:
         check_positive_int("batch_size", batch_size)
         self._root = data_root(data_dir)
@@ -141,6 +151,11 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         self._train_per_class = check_positive_int(
             "train_images_per_class", train_images_per_class
         )
+        if self._train_per_class > IMAGES_PER_CLASS:
+            raise ValueError(
+                f"train_images_per_class must be <= {IMAGES_PER_CLASS} (CIFAR-100's "
+                f"training images per class), got {train_images_per_class}"
+            )
         self._class_order = seeded_class_order(task_seed, NUM_CLASSES)
         self._load_data()
         if epochs_per_task is None and switch_every is None:
@@ -156,6 +171,11 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         scaler = (
             PixelScaler(3, CIFAR100_MEAN, CIFAR100_STD) if normalize else PixelScaler()
         )
+        # Every training image trains (SC): there is no validation split.
+        has_validation = len(self._train.arrays[3]) > 0
+        splits = (
+            ("test", "validation", "train") if has_validation else ("test", "train")
+        )
         super().__init__(
             batch_size=batch_size,
             num_classes=NUM_CLASSES,
@@ -165,7 +185,8 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
             task_seed=task_seed,
             switch_at=switch_at,
             scaler=scaler,
-            eval_splits=("test", "validation", "train"),
+            eval_splits=splits,
+            reshuffle_each_epoch=reshuffle_each_epoch,
         )
 
     @property

@@ -83,6 +83,9 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         switch_at: must be ``"step"`` (kept for the protocol's signature).
         scaler: uint8 -> float32 conversion (and normalisation).
         eval_splits: names accepted by :meth:`task_data`.
+        reshuffle_each_epoch: draw a new order of the task's examples for every
+            epoch (True), or keep the order drawn at the task's start for all its
+            epochs (False).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -101,6 +104,7 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         switch_at: str,
         scaler: PixelScaler,
         eval_splits: tuple[str, ...],
+        reshuffle_each_epoch: bool = True,
     ) -> None:
         if switch_at != "step":
             raise ValueError(
@@ -109,6 +113,12 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
                 "task is one episode, so the switch always falls on an episode end"
             )
         self._batch_size = check_positive_int("batch_size", batch_size)
+        if not isinstance(reshuffle_each_epoch, bool | np.bool_):
+            raise ValueError(
+                f"reshuffle_each_epoch must be True or False, got "
+                f"{reshuffle_each_epoch!r}"
+            )
+        self._reshuffle = bool(reshuffle_each_epoch)
         self._num_classes = num_classes
         self._scaler = scaler
         self._eval_splits = eval_splits
@@ -347,7 +357,8 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         return obs
 
     def _new_epoch(self, size: int) -> None:
-        self._order = self.np_random.permutation(size)
+        if self._reshuffle:
+            self._order = self.np_random.permutation(size)
         self._position = 0
         self._epoch += 1
 
