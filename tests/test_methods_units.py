@@ -166,6 +166,102 @@ def test_cbp_resets_the_replaced_units_optimizer_moments(
         )
 
 
+def test_cbp_sc_code_variant_replaces_the_highest_utility_units():
+    """SC's code (imagenet/cbp.py:12-32,153-232): raw (not bias-corrected) utility
+    |mean h| * mean|w_out|, the highest ones replaced, outgoing weights re-drawn,
+    nothing absorbed into the next bias."""
+    model = mlp()
+    cbp = ContinualBackprop(
+        model, None, replacement_rate=0.0, maturity_threshold=0, variant="sc_code"
+    )
+    for s in range(3):
+        x, _ = batch(seed=s)
+        model(x)
+        cbp.after_step(x)
+    utility = cbp.utilities[0].clone()
+    x, _ = batch(seed=5)
+    with torch.no_grad():
+        h1 = torch.relu(model[0](x))
+    new = model[2].weight.abs().mean(0) * h1.mean(0).abs()
+    expected = 0.99 * utility + 0.01 * new  # no bias correction
+    top = set(torch.topk(expected, 2).indices.tolist())
+    bias_before = model[2].bias.clone()
+    cbp.replacement_rate = 2 / 16 + 1e-9
+    model(x)
+    cbp.after_step(x)
+    assert set(cbp.last_replaced[0].tolist()) == top  # the HIGHEST utilities
+    units = cbp.last_replaced[0]
+    assert torch.all(model[2].weight[:, units] != 0)  # outgoing weights re-drawn
+    assert model[2].weight[:, units].abs().max() <= math.sqrt(2) * math.sqrt(3 / 16)
+    expected_bias = bias_before.index_fill(0, cbp.last_replaced[1], 0)
+    assert torch.equal(model[2].bias, expected_bias)  # nothing absorbed
+    assert torch.all(cbp.ages[0][units] == 0)
+    default = ContinualBackprop(mlp(), None)
+    assert default.variant == "lop"
+    with pytest.raises(ValueError, match="variant"):
+        ContinualBackprop(mlp(), None, variant="sc")
+
+
+def test_cbp_replacement_count_all_counts_every_unit_of_the_layer():
+    """LoP's conv/ResNet CBP (convGnT.py:73-75,169; res_gnt.py:78,127): rr x #units."""
+    model = mlp()
+    for count, expected in (("eligible", 4 * 0.25), ("all", 16 * 0.25)):
+        cbp = ContinualBackprop(
+            model, None, replacement_rate=0.25, replacement_count=count
+        )
+        cbp.ages[0][:4] = 200  # 4 of the 16 units are mature
+        cbp.accumulate(0)
+        assert cbp.accumulated[0] == expected
+        assert cbp.select_units(0).numel() == min(int(expected), 4)
+
+
+def test_cbp_scores_post_pool_maps_when_asked():
+    """LoP's ConvNet hands CBP its pooled maps (lop/nets/conv_net.py:36-44)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 5), nn.ReLU(), nn.Linear(5, 2),
+    ).double()  # fmt: skip
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    pooled = ContinualBackprop(model, None, score_after_pool=True)
+    plain = ContinualBackprop(model, None)
+    model(x)
+    assert pooled.hidden[0].pool is model[2] and pooled.hidden[1].pool is None
+    assert pooled.recorder.features[0].shape == (2, 4, 3, 3)  # after the pool
+    assert plain.recorder.features[0].shape == (2, 4, 6, 6)
+    pooled.after_step(x)
+    with torch.no_grad():
+        maps = model[2](torch.relu(model[0](x)))
+    torch.testing.assert_close(
+        pooled.mean_activations[0], 0.01 * maps.mean(dim=(0, 2, 3))
+    )
+
+
+def test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain():
+    """LoP resets only its AdamGnT's state (gnt.py:211-225); its ImageNet bound is
+    sqrt(1/fan_in) (miscellaneous.py:128-133): init_gain = sqrt(1/3)."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    cbp = ContinualBackprop(
+        model,
+        opt,
+        replacement_rate=0.0,
+        maturity_threshold=0,
+        reset_optimizer_state=False,
+        init_gain=math.sqrt(1 / 3),
+    )
+    for s in range(3):
+        train_step(model, opt, cbp, *batch(seed=s))
+    momentum = opt.state[model[0].weight]["momentum_buffer"].clone()
+    cbp.replacement_rate = 0.5
+    model(batch(seed=9)[0])
+    cbp.after_step(None)
+    units = cbp.last_replaced[0]
+    assert units.numel() == 8
+    assert torch.equal(opt.state[model[0].weight]["momentum_buffer"], momentum)
+    assert model[0].weight[units].abs().max() <= math.sqrt(1 / 6)  # fan_in 6
+
+
 def test_cbp_records_only_training_forwards_and_works_on_a_ppo_agent():
     agent = Agent().double()
     cbp = make_method("cbp", agent, None, replacement_rate=0.5, maturity_threshold=0)

@@ -153,6 +153,14 @@ class FastMLPTrainer:
                         "the CBP component's hidden layers are not the MLP's; build it "
                         "on the same model"
                     )
+                if (component.variant, component.replacement_count) != (
+                    "lop",
+                    "eligible",
+                ):
+                    raise ValueError(
+                        "the fast path runs CBP with variant='lop' and "
+                        "replacement_count='eligible' only; use the autograd path"
+                    )
                 self.cbp = component
         reference = self.layers[0].weight
         self.method = method
@@ -274,27 +282,8 @@ class FastMLPTrainer:
         )  # fmt: skip
         if cbp is not None:
             cbp.accumulated = list(settings[0])
-            self._replace_due_units(cbp)
+            cbp.replace_due_units()
         return done
-
-    @staticmethod
-    @torch.no_grad()
-    def _replace_due_units(cbp: ContinualBackprop) -> None:
-        """The replacement half of ``ContinualBackprop.update`` (its statistics were
-        updated by the kernel, which stopped right after the step that made it due)."""
-        for index, hidden in enumerate(cbp.hidden):
-            count = int(cbp.accumulated[index])
-            if count < 1:
-                continue
-            cbp.accumulated[index] -= count
-            age = cbp.ages[index]
-            eligible = torch.nonzero(age > cbp.maturity_threshold).reshape(-1)
-            utility = cbp.utilities[index][eligible] / (
-                1 - cbp.decay_rate ** age[eligible]
-            )
-            units = eligible[torch.topk(-utility, count).indices]
-            cbp.last_replaced[index] = units
-            cbp._replace(index, hidden, units)
 
     # -- resume ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -9,15 +9,26 @@ average (decay 0.99, bias-corrected as Adam's moments) of
   / mean_j |w_in[i, j]|, with hbar_i the bias-corrected running mean of h_i.
 
 Among units older than ``maturity_threshold``, ``replacement_rate`` x (#eligible)
-units are replaced per step; fractions accumulate across steps, so a rate of 1e-6 on
-1000 units replaces one unit every 1000 steps. The ones replaced have the lowest
-bias-corrected utility. A replaced unit gets incoming weights ~ U(-b, b) with
-b = gain * sqrt(3 / fan_in), bias 0, zero outgoing weights, age 0, utility 0; the next
-layer's bias absorbs the unit's running mean contribution ``w_out * hbar`` so the
-output does not jump; its optimizer state (momentum, Adam moments) is zeroed.
+units are replaced per step (``replacement_count="all"``: x #units, as LoP's conv and
+ResNet code); fractions accumulate across steps, so a rate of 1e-6 on 1000 units
+replaces one unit every 1000 steps. The ones replaced have the lowest bias-corrected
+utility. A replaced unit gets incoming weights ~ U(-b, b) with b = gain * sqrt(3 /
+fan_in), bias 0, zero outgoing weights, age 0, utility 0; the next layer's bias
+absorbs the unit's running mean contribution ``w_out * hbar`` so the output does not
+jump; its optimizer state (momentum, Adam moments) is zeroed unless
+``reset_optimizer_state=False``.
 
 Unlike LoP's ``gnt.py``, which zeroes the running mean before adding it to the next
 bias (so nothing is absorbed), the mean is read before it is reset.
+
+``variant="sc_code"`` reproduces the CBP of SC's code (imagenet/cbp.py,
+incremental_cifar/cbp.py, permuted_mnist/cbp.py, rlopt/cbp.py), which SC's CBP curves
+were produced with and which differs from the paper's definition: the utility is
+``|mean_batch h_i| * mean_k |w_out[k, i]|`` averaged without bias correction
+(imagenet/cbp.py:153-154), the units replaced are those with the *highest* utility
+(``num_top_mask``, imagenet/cbp.py:12-32, 173), outgoing weights are re-drawn from
+U(-b', b') with b' the next layer's bound instead of zeroed, and nothing is absorbed
+into the next bias (imagenet/cbp.py:192-232).
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from clenv.methods.layers import HiddenLayer
+from clenv.methods.layers import HiddenLayer, uniform_bound
 from clenv.methods.units import (
     HiddenLayerSpec,
     UnitMethod,
@@ -39,6 +50,8 @@ from clenv.methods.units import (
 )
 
 UTILITIES = ("contribution", "adaptable_contribution")
+VARIANTS = ("lop", "sc_code")
+REPLACEMENT_COUNTS = ("eligible", "all")
 
 
 class ContinualBackprop(UnitMethod):
@@ -56,8 +69,25 @@ class ContinualBackprop(UnitMethod):
         maturity_threshold: steps a unit must live before it can be replaced.
         decay_rate: running-average decay of utility and mean activation (0.99).
         utility: ``"contribution"`` or ``"adaptable_contribution"``.
-        init_gain: gain of the fresh weights' bound; default per layer from its
-            activation (ReLU: sqrt 2), as LoP's Kaiming init.
+        init_gain: gain of the fresh weights' bound ``gain * sqrt(3 / fan_in)``;
+            default per layer from its activation (ReLU: sqrt 2), as LoP's Kaiming
+            init. LoP's ImageNet bound sqrt(1 / fan_in) is ``sqrt(1 / 3)``
+            (lop/utils/miscellaneous.py:128-133), its RL ("lecun") bound
+            sqrt(3 / fan_in) is ``1.0`` (lop/algos/gnt.py:71-72).
+        replacement_count: ``"eligible"``: ``replacement_rate`` x the number of
+            mature units per step (LoP's ``gnt.py``, the paper); ``"all"``: x the
+            layer's number of units, once any unit is mature (LoP's
+            ``convGnT.py:73-75,169`` and ``res_gnt.py:78,127``).
+        score_after_pool: score a hidden layer on the output of the pooling layer
+            that follows its activation (where there is one), as LoP's ConvNet hands
+            its post-pool maps to CBP (lop/nets/conv_net.py:36-44); default: the
+            activation's output.
+        reset_optimizer_state: zero the optimizer state of the replaced units'
+            weights; ``False`` keeps it (LoP resets only its own AdamGnT's state,
+            lop/algos/gnt.py:211-225, so its torch-Adam (RL) and SGD-momentum
+            (ImageNet) runs keep it).
+        variant: ``"lop"`` (the paper's CBP) or ``"sc_code"`` (the CBP of SC's code:
+            see the module docstring).
         hidden_layers: explicit hidden-layer spec (see :func:`find_hidden_layers`).
         seed: seed of the generator that draws fresh weights.
     """
@@ -74,6 +104,10 @@ class ContinualBackprop(UnitMethod):
         decay_rate: float = 0.99,
         utility: Literal["contribution", "adaptable_contribution"] = "contribution",
         init_gain: float | None = None,
+        replacement_count: Literal["eligible", "all"] = "eligible",
+        score_after_pool: bool = False,
+        reset_optimizer_state: bool = True,
+        variant: Literal["lop", "sc_code"] = "lop",
         hidden_layers: HiddenLayerSpec = None,
         seed: int = 0,
     ):
@@ -89,11 +123,34 @@ class ContinualBackprop(UnitMethod):
             raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
         if utility not in UTILITIES:
             raise ValueError(f"utility must be one of {UTILITIES}, got {utility!r}")
-        super().__init__(model, optimizer, init_gain, hidden_layers, seed)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if replacement_count not in REPLACEMENT_COUNTS:
+            raise ValueError(
+                f"replacement_count must be one of {REPLACEMENT_COUNTS}, got "
+                f"{replacement_count!r}"
+            )
+        if variant == "sc_code" and utility != "contribution":
+            raise ValueError(
+                "variant='sc_code' scores SC's contribution utility only; pass "
+                "utility='contribution'"
+            )
+        super().__init__(
+            model, optimizer, init_gain, hidden_layers, seed, score_after_pool
+        )
         self.replacement_rate = float(replacement_rate)
         self.maturity_threshold = int(maturity_threshold)
         self.decay_rate = float(decay_rate)
         self.utility = utility
+        self.replacement_count = replacement_count
+        self.score_after_pool = bool(score_after_pool)
+        self.reset_optimizer_state = bool(reset_optimizer_state)
+        self.variant = variant
+        # SC's code re-draws outgoing weights with the next layer's bound.
+        self.outgoing_bounds = [
+            uniform_bound(h.next_layer, b / uniform_bound(h.layer, 1.0))
+            for h, b in zip(self.hidden, self.bounds, strict=True)
+        ]
         zeros = self.new_unit_buffers()
         # to be filled in runtime
         self.ages = [z.clone() for z in zeros]
@@ -108,10 +165,8 @@ class ContinualBackprop(UnitMethod):
         with torch.no_grad():
             for index, hidden in enumerate(self.hidden):
                 self._update_utility(index, hidden, features[index])
-                units = self._units_to_replace(index)
-                self.last_replaced[index] = units
-                if units.numel():
-                    self._replace(index, hidden, units)
+                self.accumulate(index)
+                self.replace_units(index, self.select_units(index))
 
     def _update_utility(self, index: int, hidden: HiddenLayer, h: torch.Tensor) -> None:
         decay = self.decay_rate
@@ -119,7 +174,10 @@ class ContinualBackprop(UnitMethod):
         mean_act = self.mean_activations[index]
         mean_act.mul_(decay).add_(per_unit_mean(h).to(mean_act.dtype), alpha=1 - decay)
         h = h.to(mean_act.dtype)
-        if self.utility == "contribution":
+        if self.variant == "sc_code":
+            activity = per_unit_mean(h).abs()
+            new = outgoing_magnitude(hidden).to(h.dtype) * activity
+        elif self.utility == "contribution":
             activity = per_unit_mean(h.abs())
             new = outgoing_magnitude(hidden).to(h.dtype) * activity
         else:
@@ -133,31 +191,76 @@ class ContinualBackprop(UnitMethod):
             )
         self.utilities[index].mul_(decay).add_(new, alpha=1 - decay)
 
-    def _units_to_replace(self, index: int) -> torch.Tensor:
+    def accumulate(self, index: int) -> None:
+        """Add this step's replacements due in layer ``index`` to its accumulator."""
+        age = self.ages[index]
+        eligible = int((age > self.maturity_threshold).sum())
+        if eligible == 0:
+            return
+        units = eligible if self.replacement_count == "eligible" else age.numel()
+        self.accumulated[index] += self.replacement_rate * units
+
+    def select_units(self, index: int) -> torch.Tensor:
+        """Take the whole units due from layer ``index``'s accumulator and choose them.
+
+        Returns:
+            The indices of the mature units to replace: the lowest bias-corrected
+            utilities (``variant="sc_code"``: the highest raw utilities); empty when
+            none is due.
+        """
         age = self.ages[index]
         eligible = torch.nonzero(age > self.maturity_threshold).reshape(-1)
-        if eligible.numel() == 0 or self.replacement_rate == 0:
+        count = min(int(self.accumulated[index]), eligible.numel())
+        if count < 1:
             return eligible[:0]
-        self.accumulated[index] += self.replacement_rate * eligible.numel()
-        count = int(self.accumulated[index])
-        self.accumulated[index] -= count
-        if count == 0:
-            return eligible[:0]
+        self.accumulated[index] -= int(self.accumulated[index])
+        if self.variant == "sc_code":
+            utility = self.utilities[index][eligible]
+            return eligible[torch.topk(utility, count).indices]
         utility = self.utilities[index][eligible] / (
             1 - self.decay_rate ** age[eligible]
         )
         return eligible[torch.topk(-utility, count).indices]
 
-    def _replace(self, index: int, hidden: HiddenLayer, units: torch.Tensor) -> None:
+    @torch.no_grad()
+    def replace_units(self, index: int, units: torch.Tensor) -> None:
+        """Replace ``units`` of hidden layer ``index`` with fresh ones (see the module
+        docstring) and reset their age, utility and mean activation."""
+        self.last_replaced[index] = units
+        if units.numel() == 0:
+            return
+        hidden = self.hidden[index]
         age = self.ages[index][units]
-        mean = self.mean_activations[index][units] / (1 - self.decay_rate**age)
-        reinitialize_units(
-            hidden, units, self.bounds[index], self.rng.generator, self.optimizer, mean
-        )
+        optimizer = self.optimizer if self.reset_optimizer_state else None
+        if self.variant == "sc_code":
+            reinitialize_units(
+                hidden,
+                units,
+                self.bounds[index],
+                self.rng.generator,
+                optimizer,
+                outgoing_bound=self.outgoing_bounds[index],
+            )
+        else:
+            mean = self.mean_activations[index][units] / (1 - self.decay_rate**age)
+            reinitialize_units(
+                hidden, units, self.bounds[index], self.rng.generator, optimizer, mean
+            )
         self.ages[index][units] = 0
         self.utilities[index][units] = 0
         self.mean_activations[index][units] = 0
         self.num_replaced[index] += units.numel()
+
+    def replace_due_units(self) -> None:
+        """Replace, in every layer, the whole units its accumulator holds.
+
+        For a fast path that updated ages, utilities, mean activations and the
+        accumulators itself (the same statistics :meth:`update` keeps) and stopped
+        right after the step that made a replacement due.
+        """
+        for index in range(len(self.hidden)):
+            if self.accumulated[index] >= 1:
+                self.replace_units(index, self.select_units(index))
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -165,6 +268,10 @@ class ContinualBackprop(UnitMethod):
             "maturity_threshold": self.maturity_threshold,
             "decay_rate": self.decay_rate,
             "utility": self.utility,
+            "replacement_count": self.replacement_count,
+            "score_after_pool": self.score_after_pool,
+            "reset_optimizer_state": self.reset_optimizer_state,
+            "variant": self.variant,
             "layers": [h.name for h in self.hidden],
         }
 

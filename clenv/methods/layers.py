@@ -30,11 +30,15 @@ from torch import nn
 from clenv.metrics.activations import ACTIVATION_TYPES
 from clenv.metrics.bounds import WEIGHT_LAYER_TYPES, ZERO_PRESERVING
 
-WEIGHT_LAYERS = WEIGHT_LAYER_TYPES
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
-# Modules that may sit between an activation and the next weight layer without
-# mixing units (a unit/channel stays a unit/channel).
-PASS_THROUGH = ZERO_PRESERVING
+# Among the modules that may sit between an activation and the next weight layer
+# (ZERO_PRESERVING: a unit/channel stays a unit/channel), the pooling layers.
+POOLS = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
 
 
 def default_forward(model: nn.Module, inputs: Any) -> Any:
@@ -52,6 +56,8 @@ class HiddenLayer:
         activation: the module whose output are the features.
         next_layer: the ``Linear``/``Conv`` that reads the features.
         norm: an optional normalisation layer between ``layer`` and ``activation``.
+        pool: the last pooling layer between ``activation`` and ``next_layer``, if
+            any (its output is what ``next_layer`` reads, e.g. LoP's ConvNet).
     """
 
     name: str
@@ -59,6 +65,7 @@ class HiddenLayer:
     activation: nn.Module
     next_layer: nn.Module
     norm: nn.Module | None = None
+    pool: nn.Module | None = None
 
     @property
     def num_units(self) -> int:
@@ -111,7 +118,7 @@ def _top_level_sequentials(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
 def _scan_chain(leaves: list[tuple[str, nn.Module]]) -> list[HiddenLayer]:
     hidden = []
     for i, (_, layer) in enumerate(leaves):
-        if not isinstance(layer, WEIGHT_LAYERS):
+        if not isinstance(layer, WEIGHT_LAYER_TYPES):
             continue
         j, norm = i + 1, None
         while j < len(leaves) and isinstance(leaves[j][1], NORMS):
@@ -120,11 +127,15 @@ def _scan_chain(leaves: list[tuple[str, nn.Module]]) -> list[HiddenLayer]:
         if j >= len(leaves) or not isinstance(leaves[j][1], ACTIVATION_TYPES):
             continue
         act_name, activation = leaves[j]
-        k = j + 1
-        while k < len(leaves) and isinstance(leaves[k][1], PASS_THROUGH):
+        k, pool = j + 1, None
+        while k < len(leaves) and isinstance(leaves[k][1], ZERO_PRESERVING):
+            if isinstance(leaves[k][1], POOLS):
+                pool = leaves[k][1]
             k += 1
-        if k < len(leaves) and isinstance(leaves[k][1], WEIGHT_LAYERS):
-            hidden.append(HiddenLayer(act_name, layer, activation, leaves[k][1], norm))
+        if k < len(leaves) and isinstance(leaves[k][1], WEIGHT_LAYER_TYPES):
+            hidden.append(
+                HiddenLayer(act_name, layer, activation, leaves[k][1], norm, pool)
+            )
     return hidden
 
 
@@ -163,7 +174,7 @@ def find_hidden_layers(
     names = {id(module): name for name, module in model.named_modules()}
     return [
         HiddenLayer(
-            names[id(h.activation)], h.layer, h.activation, h.next_layer, h.norm
+            names[id(h.activation)], h.layer, h.activation, h.next_layer, h.norm, h.pool
         )
         for h in hidden
     ]
@@ -188,7 +199,7 @@ def _resolve(model: nn.Module, entry: HiddenLayer | Sequence[str]) -> HiddenLaye
             ) from error
     layer, *norm, activation, next_layer = modules
     for role, module in (("layer", layer), ("next_layer", next_layer)):
-        if not isinstance(module, WEIGHT_LAYERS):
+        if not isinstance(module, WEIGHT_LAYER_TYPES):
             raise ValueError(
                 f"hidden-layer spec {entry!r}: {role} must be Linear or Conv, got "
                 f"{type(module).__name__}"

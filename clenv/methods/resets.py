@@ -28,7 +28,6 @@ from torch import nn
 
 from clenv.methods.base import PlasticityMethod, SeededGenerator
 from clenv.methods.layers import (
-    WEIGHT_LAYERS,
     HiddenLayerSpec,
     activation_gain,
     find_hidden_layers,
@@ -36,6 +35,7 @@ from clenv.methods.layers import (
     resolve_modules,
     uniform_bound,
 )
+from clenv.metrics.bounds import WEIGHT_LAYER_TYPES
 
 HEAD_MODES = ("reinit", "zero")
 
@@ -210,7 +210,7 @@ class FullReset(_TaskSwitchReset):
         covered = {
             id(p)
             for m in model.modules()
-            if isinstance(m, WEIGHT_LAYERS) or hasattr(m, "reset_parameters")
+            if isinstance(m, WEIGHT_LAYER_TYPES) or hasattr(m, "reset_parameters")
             for p in m.parameters(recurse=False)
         }
         self.initial_values = [
@@ -225,7 +225,7 @@ class FullReset(_TaskSwitchReset):
             self.model.reset_parameters()
         else:
             for module in self.model.modules():
-                if isinstance(module, WEIGHT_LAYERS):
+                if isinstance(module, WEIGHT_LAYER_TYPES):
                     gain = self.gains.get(id(module), self.default_gain)
                     reinitialize_layer(module, gain, self.rng.generator)
                 elif hasattr(module, "reset_parameters"):

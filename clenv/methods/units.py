@@ -32,7 +32,9 @@ class UnitMethod(PlasticityMethod):
     forward hooks (forwards under ``torch.no_grad()`` are not recorded) and hands them
     to :meth:`update`; a fast path without module forwards calls :meth:`update`
     itself. Fresh incoming weights are U(-b, b), b = gain * sqrt(3 / fan_in), gain
-    from each layer's activation unless ``init_gain`` is given.
+    from each layer's activation unless ``init_gain`` is given. With
+    ``score_after_pool`` a hidden layer followed by a pooling layer is scored on the
+    pooling layer's output.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class UnitMethod(PlasticityMethod):
         init_gain: float | None,
         hidden_layers: HiddenLayerSpec,
         seed: int,
+        score_after_pool: bool = False,
     ):
         self.optimizer = optimizer
         self.hidden = find_hidden_layers(model, hidden_layers)
@@ -53,7 +56,12 @@ class UnitMethod(PlasticityMethod):
             for h in self.hidden
         ]
         self.rng = SeededGenerator(self.hidden[0].layer.weight.device, seed)
-        self.recorder = FeatureRecorder([h.activation for h in self.hidden])
+        self.recorder = FeatureRecorder(
+            [
+                h.pool if score_after_pool and h.pool is not None else h.activation
+                for h in self.hidden
+            ]
+        )
 
     def new_unit_buffers(self) -> list[torch.Tensor]:
         """One zero vector per hidden layer, on its device and dtype."""
@@ -116,6 +124,7 @@ def reinitialize_units(
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None,
     mean_activation: torch.Tensor | None = None,
+    outgoing_bound: float | None = None,
 ) -> None:
     """Give ``units`` fresh incoming weights and zero outgoing weights.
 
@@ -133,6 +142,8 @@ def reinitialize_units(
         generator: random generator for the new weights.
         optimizer: whose state to reset; ``None`` for none.
         mean_activation: per replaced unit, the mean activation to absorb.
+        outgoing_bound: draw the outgoing weights from U(-outgoing_bound, +...)
+            instead of zeroing them (SC's code).
     """
     if units.numel() == 0:
         return
@@ -143,7 +154,12 @@ def reinitialize_units(
             out_view.dtype
         )
         next_layer.bias.add_(contribution)
-    out_view[:, units, :] = 0
+    if outgoing_bound is None:
+        out_view[:, units, :] = 0
+    else:
+        out_view[:, units, :] = torch.empty_like(out_view[:, units, :]).uniform_(
+            -outgoing_bound, outgoing_bound, generator=generator
+        )
     fresh = torch.empty(
         (units.numel(), *layer.weight.shape[1:]),
         device=layer.weight.device,
