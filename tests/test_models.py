@@ -333,3 +333,37 @@ def test_resnet_keeps_resolution_in_first_stage():
 def test_bad_arguments_raise_value_error(factory):
     with pytest.raises(ValueError):
         factory()
+
+
+# -- each paper's model, as clenv.settings resolves it ------------------------------
+ROW_MODELS = {
+    "permuted_mnist": PermutedMNISTMLP,
+    "continual_imagenet": ContinualImageNetConvNet,
+    "incremental_cifar": IncrementalCIFARResNet18,
+}
+
+
+@pytest.mark.parametrize("paper", ["lop", "sc"])
+@pytest.mark.parametrize("benchmark", ROW_MODELS)
+def test_model_rows_build_each_papers_model(benchmark, paper):
+    from clenv.settings import protocol_defaults
+
+    kwargs = protocol_defaults(benchmark, paper, kind="model")
+    expected = {
+        "permuted_mnist": {"init": paper},
+        "continual_imagenet": {
+            "padding": {"lop": "valid", "sc": "same"}[paper],
+            "init": paper,
+        },
+        "incremental_cifar": {"init": paper},
+    }[benchmark]
+    assert kwargs == expected
+    torch.manual_seed(0)
+    if benchmark == "incremental_cifar":
+        kwargs = {**kwargs, "base_channels": 16}  # the init, at a quick size
+    model = ROW_MODELS[benchmark](**kwargs)
+    for key, value in expected.items():
+        assert getattr(model, key) == value
+    assert_follows_init(model)
+    if benchmark == "continual_imagenet":
+        assert model.layers[10].in_features == {"lop": 512, "sc": 2048}[paper]

@@ -609,3 +609,50 @@ def test_cifar_normalisation_and_augmentation(data_dir):
 def test_cifar_num_tasks_bounded(data_dir):
     with pytest.raises(ValueError, match="num_tasks must be <= 20"):
         make("clenv/IncrementalCIFAR100-v0", num_tasks=21)
+
+
+# -- each paper's env, as clenv.settings resolves it --------------------------------
+ROW_ENVS = {
+    "continual_imagenet": "clenv/ContinualImageNet-v0",
+    "incremental_cifar": "clenv/IncrementalCIFAR100-v0",
+    "permuted_mnist": "clenv/PermutedMNIST-v0",
+}
+# The papers' data sizes shrunk to the fixture data (same meaning, fewer images).
+FIXTURE_SIZES = {
+    "continual_imagenet": {"train_images_per_class": 10, "test_images_per_class": 4},
+    "incremental_cifar": {
+        "train_images_per_class": {"lop": 4, "sc": CIFAR_TRAIN_PER_CLASS}
+    },
+}
+
+
+@pytest.mark.parametrize("paper", ["lop", "sc"])
+@pytest.mark.parametrize("benchmark", ROW_ENVS)
+def test_env_rows_build_each_papers_env(data_dir, benchmark, paper):
+    from clenv.settings import protocol_defaults
+
+    kwargs = protocol_defaults(benchmark, paper, kind="env")
+    expected = {
+        "continual_imagenet": {
+            "pixel_scale": "raw",
+            "train_images_per_class": 600,
+            "test_images_per_class": 100,
+        },
+        "incremental_cifar": {
+            "train_images_per_class": {"lop": 450, "sc": 500}[paper],
+            "reshuffle_each_epoch": paper == "lop",
+        },
+        "permuted_mnist": {},
+    }[benchmark]
+    assert kwargs == expected
+    env_id = ROW_ENVS[benchmark]
+    for key, value in FIXTURE_SIZES.get(benchmark, {}).items():
+        kwargs[key] = value[paper] if isinstance(value, dict) else value
+    env = make(env_id, **kwargs).unwrapped
+    if benchmark == "continual_imagenet":
+        obs, _ = env.reset(seed=0)
+        assert env.pixel_scale == "raw" and obs.max() > 1  # not divided by 255
+    if benchmark == "incremental_cifar":
+        assert env._reshuffle == (paper == "lop")
+        # LoP keeps 2 of the fixture's 6 images per class apart; SC none.
+        assert ("validation" in env._eval_splits) == (paper == "lop")
