@@ -16,7 +16,10 @@ resumed run continues the very episode it was in: the base env's random generato
 MuJoCo env's whole ``MjData`` (positions, velocities, warm start and the derived
 quantities a reward reads before stepping), a classic-control env's ``state``, a clenv
 env's task schedule, and the counters of every wrapper (``TimeLimit``'s elapsed steps,
-...). It works through ``envs.call`` in sync and async vector envs.
+...). It works through ``envs.call`` in sync and async vector envs;
+:func:`capture_env_state` / :func:`restore_env_state` do that for a single env or a vector
+env, with the counters of a vector ``RecordEpisodeStatistics``. :mod:`clenv.run` puts all
+of it (and the model, optimizer and method) in one call.
 
 Example:
     >>> import tempfile, torch
@@ -44,6 +47,18 @@ import numpy as np
 import torch
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+#: The checkpoint directory inside a run directory.
+CHECKPOINT_DIR = "checkpoints"
+#: What a vector ``RecordEpisodeStatistics`` keeps between steps (its start times are
+#: wall-clock times of this process and restart on resume).
+EPISODE_STATISTICS_FIELDS = (
+    "episode_count",
+    "episode_returns",
+    "episode_lengths",
+    "prev_dones",
+    "return_queue",
+    "length_queue",
+)
 # Wrapper attributes that are configuration, rebuilt with the env, never state.
 _STATIC_TYPES = (gym.Space, gym.envs.registration.EnvSpec)
 
@@ -256,6 +271,90 @@ class RestorableEnv(gym.Wrapper):
         for wrapper, saved_vars in zip(chain, state["wrappers"], strict=True):
             for key, value in saved_vars.items():
                 setattr(wrapper, key, copy.deepcopy(value))
+
+
+def capture_env_state(envs: gym.Env | gym.vector.VectorEnv) -> dict[str, Any]:
+    """The state of a single env or of every sub-env of a vector env, for a checkpoint.
+
+    Each (sub-)env needs :class:`RestorableEnv` in its wrapper chain. For a vector env
+    the counters of every vector ``RecordEpisodeStatistics`` around it are included
+    (:data:`EPISODE_STATISTICS_FIELDS`), so episode returns continue across a resume.
+
+    Returns:
+        ``{"env_states": [one state per sub-env], "episode_statistics": [one dict per
+        vector RecordEpisodeStatistics, outermost first]}``.
+    """
+    if isinstance(envs, gym.vector.VectorEnv):
+        states = list(_vector_call(envs, "get_env_state"))
+        statistics = [
+            {k: copy.deepcopy(getattr(w, k)) for k in EPISODE_STATISTICS_FIELDS}
+            for w in _episode_statistics_wrappers(envs)
+        ]
+        return {"env_states": states, "episode_statistics": statistics}
+    return {
+        "env_states": [_env_method(envs, "get_env_state")()],
+        "episode_statistics": [],
+    }
+
+
+def restore_env_state(
+    envs: gym.Env | gym.vector.VectorEnv, state: dict[str, Any]
+) -> None:
+    """Restore what :func:`capture_env_state` returned into the same kind of env."""
+    if isinstance(envs, gym.vector.VectorEnv):
+        if len(state["env_states"]) != envs.num_envs:
+            raise ValueError(
+                f"the checkpoint holds {len(state['env_states'])} sub-env states, this "
+                f"vector env has {envs.num_envs}; resume with the same --num-envs"
+            )
+        _vector_call(envs, "set_env_state", state["env_states"])
+        wrappers = _episode_statistics_wrappers(envs)
+        if len(wrappers) != len(state["episode_statistics"]):
+            raise ValueError(
+                f"the checkpoint holds {len(state['episode_statistics'])} "
+                f"RecordEpisodeStatistics wrappers, this vector env {len(wrappers)}; "
+                "build the envs as the checkpointed run did"
+            )
+        for wrapper, fields in zip(wrappers, state["episode_statistics"], strict=True):
+            for key, value in fields.items():
+                setattr(wrapper, key, copy.deepcopy(value))
+        return
+    if len(state["env_states"]) != 1:
+        raise ValueError(
+            f"the checkpoint holds {len(state['env_states'])} sub-env states but this "
+            "is a single env; pass the vector env the run was checkpointed with"
+        )
+    _env_method(envs, "set_env_state")(state["env_states"])
+
+
+def _env_method(env: gym.Env, name: str) -> Any:
+    try:
+        return env.get_wrapper_attr(name)
+    except AttributeError:
+        raise ValueError(
+            f"{env} has no {name}(): wrap each env in clenv.checkpoint.RestorableEnv "
+            "(outermost) so its state can be checkpointed"
+        ) from None
+
+
+def _vector_call(envs: gym.vector.VectorEnv, name: str, *args: Any) -> Any:
+    try:
+        return envs.unwrapped.call(name, *args)
+    except AttributeError:
+        raise ValueError(
+            f"the sub-envs have no {name}(): wrap each in "
+            "clenv.checkpoint.RestorableEnv (outermost) so their state can be "
+            "checkpointed"
+        ) from None
+
+
+def _episode_statistics_wrappers(envs: gym.vector.VectorEnv) -> list[Any]:
+    found = []
+    while isinstance(envs, gym.vector.VectorWrapper):
+        if isinstance(envs, gym.wrappers.vector.RecordEpisodeStatistics):
+            found.append(envs)
+        envs = envs.env
+    return found
 
 
 def _wrapper_chain(env: gym.Env) -> list[gym.Wrapper]:

@@ -114,7 +114,9 @@ def list_series(file: h5py.File | h5py.Group) -> list[str]:
     return sorted(tags)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for run arguments: paths as strings, NumPy
+    scalars as numbers, anything else as its repr."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, np.generic):
@@ -209,7 +211,7 @@ class RunLogger:
                 f"{run_dir} already holds a run; pass another name, or resume it"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        args_json = json.dumps(dict(args), indent=2, default=_json_default)
+        args_json = json.dumps(dict(args), indent=2, default=json_default)
         (run_dir / ARGS_FILE).write_text(args_json + "\n")
         attrs = {
             "env_id": env_id,
@@ -254,7 +256,7 @@ class RunLogger:
 
     def update_args(self, args: Mapping[str, Any]) -> None:
         """Replace the saved arguments (e.g. a resumed run extended to more steps)."""
-        args_json = json.dumps(dict(args), indent=2, default=_json_default)
+        args_json = json.dumps(dict(args), indent=2, default=json_default)
         tmp = self.run_dir / (ARGS_FILE + ".tmp")
         tmp.write_text(args_json + "\n")
         tmp.replace(self.run_dir / ARGS_FILE)

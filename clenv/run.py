@@ -1,0 +1,442 @@
+"""The run lifecycle every clenv agent shares: start or resume, save, restore.
+
+A run is a directory ``<runs_dir>/<env>__<exp_name>__<seed>__<time>`` holding
+``args.json``, ``metrics.h5`` and TensorBoard events (:class:`clenv.logger.RunLogger`)
+and ``checkpoints/`` (:mod:`clenv.checkpoint`: atomic files, the last few kept).
+This module puts the pieces in one place so that every agent starts, resumes and
+checkpoints the same way:
+
+1. :func:`parse_args` reads the agent's tyro ``Args``; with ``--resume <run dir>`` it
+   loads the run's saved ``args.json`` instead (:func:`resume_args`: lists become
+   tuples again where the field is a tuple; only the fields named in ``overrides``,
+   e.g. ``total_timesteps``, take a value given on the command line).
+2. :func:`start` creates the run directory and its logger, or reopens the one being
+   resumed at its latest checkpoint (the log is cut back to that step).
+3. :meth:`Run.restore` loads the checkpoint into freshly built objects: model(s),
+   optimizer, method, any other object with ``state_dict``/``load_state_dict``, every
+   global RNG (:func:`~clenv.checkpoint.capture_rng_state`) and the environment
+   (:class:`~clenv.checkpoint.RestorableEnv` through a vector env's ``call``, or a
+   single env, plus a vector ``RecordEpisodeStatistics``'s counters). It returns the
+   agent's own ``extra`` values, or None for a fresh run.
+4. :meth:`Run.save` writes all of that in one atomic checkpoint, so a resumed run
+   continues bit for bit as if it had never stopped.
+
+Use in an agent::
+
+    args = clenv.run.parse_args(Args, overrides=("total_timesteps",))
+    ...  # seeding, envs (RestorableEnv outermost in each sub-env), model, optimizer
+    run = clenv.run.start(args, agent="ppo", extra_args={"method": repr(method)})
+    logger = run.logger
+    extra = run.restore(model=agent, optimizer=optimizer, method=method, envs=envs)
+    if extra is None:  # a fresh run
+        next_obs, _ = envs.reset(seed=args.seed)
+    else:
+        next_obs = extra["next_obs"]
+    ...
+    run.save(global_step, model=agent, optimizer=optimizer, method=method,
+             envs=envs, extra={"next_obs": next_obs})
+    ...
+    run.close()
+    run.print_paths()
+
+``Args`` needs the fields ``runs_dir``, ``exp_name``, ``seed``, ``resume`` (and
+``env_id``, ``reg`` unless passed to :func:`start`; ``keep_checkpoints`` is optional).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gymnasium as gym
+import torch
+
+from clenv.checkpoint import (
+    CHECKPOINT_DIR,
+    capture_env_state,
+    capture_rng_state,
+    load_latest_checkpoint,
+    restore_env_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from clenv.logger import (
+    ARGS_FILE,
+    METRICS_FILE,
+    RunLogger,
+    hparams_markdown,
+    json_default,
+)
+
+ArgsT = TypeVar("ArgsT")
+_MODEL, _OPTIMIZER, _METHOD = "model", "optimizer", "method"
+
+
+# ----------------------------------------------------------------- arguments
+def parse_args(
+    args_type: type[ArgsT],
+    overrides: Iterable[str] = (),
+    argv: Sequence[str] | None = None,
+) -> ArgsT:
+    """The agent's arguments: the command line, or with ``--resume`` the saved ones.
+
+    Args:
+        args_type: The agent's tyro ``Args`` dataclass (with a ``resume`` field).
+        overrides: Fields a resumed run takes from the command line when given there
+            (e.g. ``("total_timesteps",)`` to extend a run); every other field keeps
+            its saved value.
+        argv: The command line without the program (default ``sys.argv[1:]``).
+
+    Returns:
+        An ``args_type`` instance.
+    """
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = tyro.cli(args_type, args=argv)
+    if getattr(args, "resume", None) is None:
+        return args
+    return resume_args(args, overrides, argv)
+
+
+def resume_args(
+    args: ArgsT, overrides: Iterable[str] = (), argv: Sequence[str] | None = None
+) -> ArgsT:
+    """The arguments saved in the run ``args.resume``, as ``type(args)``.
+
+    Saved keys that are not fields of the dataclass (values an agent added, such as
+    ``env_kwargs_resolved``) are dropped; JSON lists become tuples again where the
+    field's type is a tuple. ``resume`` keeps its value, and each field in
+    ``overrides`` takes the value of ``args`` when its flag (``--total-timesteps``
+    for ``total_timesteps``) appears in ``argv``.
+
+    Raises:
+        FileNotFoundError: ``args.resume`` is not a run directory (no ``args.json``).
+        ValueError: ``overrides`` names a field ``type(args)`` does not have.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args_type = type(args)
+    fields = {field.name for field in dataclasses.fields(args_type)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"overrides {unknown} are not fields of {args_type.__name__}; "
+            f"choose among {sorted(fields)}"
+        )
+    saved = RunLogger.load_args(args.resume)
+    hints = typing.get_type_hints(args_type)
+    values = {
+        key: _as_field_type(value, hints.get(key))
+        for key, value in saved.items()
+        if key in fields
+    }
+    values["resume"] = args.resume
+    for name in overrides:
+        flag = "--" + name.replace("_", "-")
+        if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+            values[name] = getattr(args, name)
+    return args_type(**values)
+
+
+def _as_field_type(value: Any, hint: Any) -> Any:
+    """A JSON value back in the field's type: lists become tuples for tuple fields."""
+    if not isinstance(value, list) or hint is None:
+        return value
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    for option in options:
+        if option is tuple or typing.get_origin(option) is tuple:
+            return tuple(value)
+    return value
+
+
+# ----------------------------------------------------------------- the run
+@dataclasses.dataclass
+class Run:
+    """A started or resumed run: its directory, logger and latest checkpoint.
+
+    Attributes:
+        args: The run's arguments.
+        logger: The :class:`~clenv.logger.RunLogger` of ``run_dir``.
+        checkpoint: ``(global_step, state)`` of the checkpoint being resumed, or None
+            (a fresh run, or a resumed one that had not saved yet).
+        keep_checkpoints: How many checkpoints :meth:`save` keeps.
+        resumed: Whether ``--resume`` named this run.
+    """
+
+    args: Any
+    logger: RunLogger
+    checkpoint: tuple[int, dict[str, Any]] | None = None
+    keep_checkpoints: int = 3
+    resumed: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (wherever the run lives now, e.g. a copied run)."""
+        return self.logger.run_dir
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+    @property
+    def global_step(self) -> int:
+        """The step the run continues from: the checkpoint's, or 0."""
+        return 0 if self.checkpoint is None else self.checkpoint[0]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the checkpoint being resumed was saved with ``finished=True``."""
+        return self.checkpoint is not None and bool(
+            self.checkpoint[1].get("finished", False)
+        )
+
+    def restore(
+        self,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        method: Any = None,
+        envs: gym.Env | gym.vector.VectorEnv | None = None,
+        stateful: Mapping[str, Any] | None = None,
+        rng: bool = True,
+    ) -> dict[str, Any] | None:
+        """Load the checkpoint being resumed into these objects.
+
+        Pass the same objects as to :meth:`save`. ``model``, ``optimizer`` and
+        ``method`` are objects with ``load_state_dict`` (a model may also be a
+        ``{name: module}`` dict); ``stateful`` holds any others by name. The model
+        is restored before the optimizer (whose state refers to its parameters),
+        the global RNGs last.
+
+        Args:
+            model, optimizer, method: What to restore (None: skip).
+            envs: A vector env or single env to put back where it was.
+            stateful: Other objects with ``load_state_dict``, by the names given to
+                :meth:`save`.
+            rng: Restore the global random generators.
+
+        Returns:
+            The ``extra`` dict given to :meth:`save`, or None when there is no
+            checkpoint to resume (the caller starts fresh: ``envs.reset(seed=...)``).
+
+        Raises:
+            ValueError: The checkpoint lacks a part that was passed.
+        """
+        if self.checkpoint is None:
+            return None
+        step, state = self.checkpoint
+        objects = {
+            _MODEL: model,
+            _OPTIMIZER: optimizer,
+            _METHOD: method,
+            **(stateful or {}),
+        }
+        for name, target in objects.items():
+            if target is None:
+                continue
+            if name not in state["objects"]:
+                raise ValueError(
+                    f"the checkpoint of step {step} in {self.checkpoint_dir} holds no "
+                    f"{name!r} (it has {sorted(state['objects'])}); pass what the run "
+                    "saved"
+                )
+            _load(target, state["objects"][name])
+        if envs is not None:
+            if state.get("envs") is None:
+                raise ValueError(
+                    f"the checkpoint of step {step} holds no env state; it was saved "
+                    "without envs=..."
+                )
+            restore_env_state(envs, state["envs"])
+        if rng:
+            restore_rng_state(state["rng"])
+        return dict(state.get("extra") or {})
+
+    def save(
+        self,
+        global_step: int,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        method: Any = None,
+        envs: gym.Env | gym.vector.VectorEnv | None = None,
+        stateful: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        finished: bool = False,
+    ) -> Path:
+        """Write the whole training state as the checkpoint of ``global_step``.
+
+        Atomic (:func:`~clenv.checkpoint.save_checkpoint`); the newest
+        ``keep_checkpoints`` are kept. The global RNG states and the run's arguments
+        are always included.
+
+        Args:
+            global_step: The step the state belongs to (names the file).
+            model, optimizer, method: Objects with ``state_dict`` (a model may also be
+                a ``{name: module}`` dict).
+            envs: A vector or single env whose sub-envs have
+                :class:`~clenv.checkpoint.RestorableEnv`.
+            stateful: Other objects with ``state_dict``, by name.
+            extra: The agent's own values (tensors, numbers, lists, ...), returned
+                by :meth:`restore`.
+            finished: Mark the run finished (see :attr:`finished`).
+
+        Returns:
+            The checkpoint's path.
+        """
+        objects = {
+            _MODEL: model,
+            _OPTIMIZER: optimizer,
+            _METHOD: method,
+            **(stateful or {}),
+        }
+        state = {
+            "objects": {
+                name: _state_dict(target)
+                for name, target in objects.items()
+                if target is not None
+            },
+            "envs": None if envs is None else capture_env_state(envs),
+            "rng": capture_rng_state(),
+            "extra": dict(extra or {}),
+            "args": _plain_args(self.args),
+            "finished": bool(finished),
+        }
+        return save_checkpoint(
+            self.checkpoint_dir, state, global_step, self.keep_checkpoints
+        )
+
+    def close(self) -> None:
+        """Flush and close the logger."""
+        self.logger.close()
+
+    def paths(self) -> dict[str, str]:
+        """Where to find this run's logs, for the closing message."""
+        run_dir = self.run_dir
+        return {
+            "logs": f"{run_dir}  ({METRICS_FILE}, TensorBoard events, "
+            f"{CHECKPOINT_DIR}/)",
+            "TensorBoard": f"tensorboard --logdir {run_dir}",
+            "plots": f"clenv plot {run_dir} --out {run_dir / 'plots.png'}",
+        }
+
+    def print_paths(self) -> None:
+        """Print :meth:`paths`, one per line."""
+        for name, value in self.paths().items():
+            print(f"{name + ':':<13}{value}")
+
+
+def start(
+    args: Any,
+    *,
+    agent: str,
+    env_id: str | None = None,
+    reg: str | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    tensorboard: bool = True,
+    map_location: str | torch.device | None = "cpu",
+    unit: str = "step",
+) -> Run:
+    """Start a new run, or reopen the one ``args.resume`` names at its checkpoint.
+
+    A new run: ``<args.runs_dir>/<run_name>`` with ``args.json`` (``vars(args)`` and
+    ``extra_args``) and the HDF5 attributes (:meth:`RunLogger.create`). A resumed
+    run: the logger is cut back to the latest checkpoint's step (everything if there
+    is none: the run starts over); ``args.json`` is rewritten when the arguments
+    changed (e.g. ``--total-timesteps`` extended the run).
+
+    Args:
+        args: The agent's arguments (see the module docstring for the fields).
+        agent: Which agent writes the run (``"ppo"``, ``"supervised"``).
+        env_id: The env id (default ``args.env_id``).
+        reg: The plasticity method (default ``args.reg``).
+        extra_args: Values added to a new run's ``args.json`` (resolved env kwargs,
+            ``repr(method)``, ...); ignored when resuming.
+        tensorboard: Also write TensorBoard events.
+        map_location: Where the checkpoint's tensors are loaded.
+        unit: What a global step counts, for the messages (``"step"``,
+            ``"example"``).
+
+    Returns:
+        A :class:`Run`; call :meth:`Run.restore` next.
+    """
+    missing = [
+        name
+        for name in ("runs_dir", "exp_name", "seed", "resume")
+        if not hasattr(args, name)
+    ]
+    if missing:
+        raise ValueError(
+            f"clenv.run.start needs the argument fields {missing} on "
+            f"{type(args).__name__}; add them to the agent's Args"
+        )
+    keep = int(getattr(args, "keep_checkpoints", 3))
+    if args.resume is None:
+        logger = RunLogger.create(
+            args.runs_dir,
+            env_id=env_id if env_id is not None else args.env_id,
+            exp_name=args.exp_name,
+            seed=args.seed,
+            agent=agent,
+            reg=reg if reg is not None else args.reg,
+            args={**_plain_args(args), **(extra_args or {})},
+            tensorboard=tensorboard,
+        )
+        print(f"run directory: {logger.run_dir}")
+        return Run(args, logger, keep_checkpoints=keep)
+    run_dir = Path(args.resume)
+    if not (run_dir / ARGS_FILE).exists():
+        raise FileNotFoundError(
+            f"--resume {run_dir}: no {ARGS_FILE} there; pass a run directory made by "
+            "an earlier run (runs/<env>__<exp>__<seed>__<time>)"
+        )
+    checkpoint = load_latest_checkpoint(run_dir / CHECKPOINT_DIR, map_location)
+    if checkpoint is None:
+        logger = RunLogger.resume(run_dir, step=-1, tensorboard=tensorboard)
+        if logger.writer is not None:  # the purge dropped the table too
+            logger.writer.add_text("hyperparameters", hparams_markdown(vars(args)))
+        print(f"{run_dir} has no checkpoint yet: starting it over")
+    else:
+        logger = RunLogger.resume(run_dir, step=checkpoint[0], tensorboard=tensorboard)
+        print(f"resumed {run_dir} at {unit} {checkpoint[0]:,}")
+    saved = RunLogger.load_args(run_dir)
+    current = {**saved, **_plain_args(args), "resume": saved.get("resume")}
+    if current != saved:
+        logger.update_args(current)
+    print(f"run directory: {logger.run_dir}")
+    return Run(args, logger, checkpoint, keep, resumed=True)
+
+
+# ----------------------------------------------------------------- helpers
+def _state_dict(target: Any) -> Any:
+    if isinstance(target, Mapping):
+        return {name: _state_dict(part) for name, part in target.items()}
+    return target.state_dict()
+
+
+def _load(target: Any, state: Any) -> None:
+    if isinstance(target, Mapping):
+        if set(target) != set(state):
+            raise ValueError(
+                f"the checkpoint holds the parts {sorted(state)}, restore got "
+                f"{sorted(target)}; pass the same dict of objects as to save"
+            )
+        for name, part in target.items():
+            _load(part, state[name])
+        return
+    target.load_state_dict(state)
+
+
+def _plain_args(args: Any) -> dict[str, Any]:
+    """``vars(args)`` as JSON would give it back (tuples as lists)."""
+    return json.loads(json.dumps(vars(args), default=json_default))

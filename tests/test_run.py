@@ -1,0 +1,229 @@
+"""clenv.run: start, save, restore into new objects, resume a run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import clenv
+import clenv.run
+from clenv.checkpoint import RestorableEnv, list_checkpoints
+from clenv.methods import make_method
+
+gym.register_envs(clenv)
+
+ENV_ID = "clenv/SlipperyHopper-v0"
+
+
+@dataclasses.dataclass
+class Args:
+    runs_dir: str = "runs"
+    exp_name: str = "test_run"
+    seed: int = 3
+    resume: str | None = None
+    env_id: str = ENV_ID
+    reg: str = "cbp"
+    total_timesteps: int = 100
+    hidden_sizes: tuple[int, ...] = (16,)
+    betas: tuple[float, float] | None = (0.9, 0.999)
+    keep_checkpoints: int = 2
+
+
+class Parts:
+    """Everything a training loop holds, freshly built (same seed, same config)."""
+
+    def __init__(self, args: Args) -> None:
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        self.envs = gym.wrappers.vector.RecordEpisodeStatistics(
+            gym.vector.SyncVectorEnv(
+                [
+                    lambda i=i: RestorableEnv(
+                        gym.make(args.env_id, switch_every=15), index=i
+                    )
+                    for i in range(2)
+                ],
+                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            )
+        )
+        obs_dim = self.envs.single_observation_space.shape[0]
+        act_dim = self.envs.single_action_space.shape[0]
+        self.model = nn.Sequential(
+            nn.Linear(obs_dim, args.hidden_sizes[0]),
+            nn.ReLU(),
+            nn.Linear(args.hidden_sizes[0], act_dim),
+        ).double()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), betas=args.betas)
+        # a high replacement rate: the method's own RNG and counters matter
+        self.method = make_method(
+            "cbp",
+            self.model,
+            self.optimizer,
+            replacement_rate=0.05,
+            maturity_threshold=2,
+        )
+
+    def steps(self, obs: np.ndarray, count: int) -> tuple[list, np.ndarray]:
+        """``count`` env steps with a noisy policy and one update each; a trace."""
+        trace = []
+        for _ in range(count):
+            inputs = torch.as_tensor(obs)
+            action = self.model(inputs) + 0.1 * torch.randn(2, 3, dtype=torch.float64)
+            loss = (action**2).mean() + float(np.random.rand()) + random.random()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.method.after_backward()
+            self.optimizer.step()
+            self.method.after_step(inputs)
+            obs, reward, _, _, infos = self.envs.step(
+                action.detach().clamp(-1, 1).numpy()
+            )
+            trace.append((obs.copy(), reward.copy(), infos["task_id"].copy()))
+            if "episode" in infos:
+                trace.append(infos["episode"]["r"][infos["_episode"]].copy())
+        trace.append([p.detach().clone() for p in self.model.parameters()])
+        return trace, obs
+
+
+def assert_same(first, second) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        if isinstance(a, tuple | list):
+            assert_same(a, b)
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
+def test_fresh_start_save_restore_continues_bit_identically(tmp_path, capsys):
+    args = Args(runs_dir=str(tmp_path))
+    parts = Parts(args)
+    run = clenv.run.start(
+        args, agent="test", extra_args={"note": "x"}, tensorboard=False
+    )
+    assert run.restore(model=parts.model, envs=parts.envs) is None  # fresh
+    assert run.run_dir.parent == tmp_path and not run.resumed
+    saved_args = json.loads((run.run_dir / "args.json").read_text())
+    assert saved_args["hidden_sizes"] == [16] and saved_args["note"] == "x"
+    obs, _ = parts.envs.reset(seed=args.seed)
+    _, obs = parts.steps(obs, 25)  # crosses a task switch and some episodes
+    path = run.save(
+        25,
+        model=parts.model,
+        optimizer=parts.optimizer,
+        method=parts.method,
+        envs=parts.envs,
+        extra={"obs": obs, "note": [1, 2]},
+    )
+    assert path.exists() and run.global_step == 0
+    expected, _ = parts.steps(obs, 40)
+    parts.envs.close()
+
+    # a resumed run: new objects (their RNGs advanced differently), the same future
+    resumed_args = clenv.run.resume_args(Args(resume=str(run.run_dir)), argv=[])
+    assert resumed_args == dataclasses.replace(args, resume=str(run.run_dir))
+    assert isinstance(resumed_args.hidden_sizes, tuple)
+    fresh = Parts(resumed_args)
+    fresh.envs.reset(seed=99)
+    torch.rand(5), np.random.rand(), random.random()
+    resumed = clenv.run.start(resumed_args, agent="test", tensorboard=False)
+    assert resumed.resumed and resumed.global_step == 25 and not resumed.finished
+    extra = resumed.restore(
+        model=fresh.model,
+        optimizer=fresh.optimizer,
+        method=fresh.method,
+        envs=fresh.envs,
+    )
+    assert extra["note"] == [1, 2]
+    actual, _ = fresh.steps(extra["obs"], 40)
+    assert_same(actual, expected)
+    fresh.envs.close()
+    out = capsys.readouterr().out
+    assert f"resumed {run.run_dir} at step 25" in out
+
+
+def test_restore_into_new_objects_gives_identical_state(tmp_path):
+    args = Args(runs_dir=str(tmp_path))
+    parts = Parts(args)
+    run = clenv.run.start(args, agent="test", tensorboard=False)
+    obs, _ = parts.envs.reset(seed=args.seed)
+    _, obs = parts.steps(obs, 5)
+    run.save(5, model={"net": parts.model}, optimizer=parts.optimizer, envs=parts.envs)
+    draws = (torch.rand(3), np.random.rand(2), random.random())
+    stats = {k: getattr(parts.envs, k) for k in ("episode_returns", "episode_count")}
+    run.close()
+
+    resumed = clenv.run.start(
+        Args(runs_dir=str(tmp_path), resume=str(run.run_dir)),
+        agent="test",
+        tensorboard=False,
+    )
+    fresh = Parts(args)
+    fresh.envs.reset(seed=7)
+    resumed.restore(
+        model={"net": fresh.model}, optimizer=fresh.optimizer, envs=fresh.envs
+    )
+    for a, b in zip(parts.model.parameters(), fresh.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(
+        parts.optimizer.state.values(), fresh.optimizer.state.values(), strict=True
+    ):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(torch.rand(3), draws[0])
+    np.testing.assert_array_equal(np.random.rand(2), draws[1])
+    assert random.random() == draws[2]
+    np.testing.assert_array_equal(fresh.envs.episode_returns, stats["episode_returns"])
+    assert fresh.envs.episode_count == stats["episode_count"]
+    # the env's next step is the same
+    action = np.zeros((2, 3))
+    first, second = parts.envs.step(action), fresh.envs.step(action)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    # the checkpoint lacks the method: a clear error
+    with pytest.raises(ValueError, match="'method'"):
+        resumed.restore(method=fresh.method)
+    parts.envs.close()
+    fresh.envs.close()
+
+
+def test_resume_args_overrides_and_logs(tmp_path, capsys):
+    args = Args(runs_dir=str(tmp_path), hidden_sizes=(8, 8), betas=None)
+    run = clenv.run.start(args, agent="test", tensorboard=False)
+    run.logger.log_scalar("charts/x", 1.0, step=1)
+    run.logger.log_scalar("charts/x", 2.0, step=9)
+    run.save(5, extra={"a": 1})
+    run.save(9, extra={"a": 2}, finished=True)
+    run.save(7, extra={"a": 3})
+    assert [s for s, _ in list_checkpoints(run.checkpoint_dir)] == [7, 9]  # keep 2
+    run.close()
+    # the command line: only listed overrides given as flags change saved values
+    argv = ["--resume", str(run.run_dir), "--total-timesteps", "500", "--seed", "9"]
+    resumed_args = clenv.run.parse_args(Args, overrides=("total_timesteps",), argv=argv)
+    assert resumed_args.total_timesteps == 500 and resumed_args.seed == 3
+    assert resumed_args.hidden_sizes == (8, 8) and resumed_args.betas is None
+    with pytest.raises(ValueError, match="not fields"):
+        clenv.run.resume_args(resumed_args, overrides=("no_such",))
+    # a copied run resumes where it lives now and prints its own paths
+    copy = tmp_path / "elsewhere" / "copy"
+    copy.parent.mkdir()
+    run.run_dir.rename(copy)
+    resumed_args = dataclasses.replace(resumed_args, resume=str(copy))
+    resumed = clenv.run.start(resumed_args, agent="test", tensorboard=False)
+    assert resumed.run_dir == copy and resumed.global_step == 9 and resumed.finished
+    assert resumed.restore() == {"a": 2}
+    assert json.loads((copy / "args.json").read_text())["total_timesteps"] == 500
+    assert all(str(copy) in line for line in resumed.paths().values())
+    resumed.print_paths()
+    assert f"logs:        {copy}  (metrics.h5" in capsys.readouterr().out
+    resumed.close()
+    with pytest.raises(FileNotFoundError, match="args.json"):
+        clenv.run.start(Args(resume=str(tmp_path)), agent="test", tensorboard=False)
