@@ -46,6 +46,7 @@ from clenv.checkpoint import (
     save_checkpoint,
 )
 from clenv.cli_kwargs import parse_kwargs
+from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.logger import RunLogger, hparams_markdown
 from clenv.methods import METHODS, make_method, split_name
 from clenv.metrics import (
@@ -54,29 +55,15 @@ from clenv.metrics import (
     representation_metrics,
     weight_metrics,
 )
+from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
 
-# Settings that differ between the two papers' Slippery Ant runs (PROTOCOLS.md). A
-# field left at None takes its value from the chosen --protocol.
-PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lop": {
-        "total_timesteps": 20_000_000,
-        "num_minibatches": 16,
-        "ent_coef": 0.0,
-        "hidden_sizes": (256, 256),
-        "switch_at": "episode_end",
-        "method_preset": "ant_lop",
-    },
-    "sc": {
-        "total_timesteps": 10_000_000,
-        "num_minibatches": 128,
-        "ent_coef": 0.01,
-        "hidden_sizes": (256,),
-        "switch_at": "step",
-        "method_preset": "ant",
-    },
-}
+# Every option left at None takes its value from --protocol: the rows of
+# clenv/settings/slippery_ant.py (docs/protocols.md), read in resolve_args.
+BENCHMARK = "slippery_ant"
+# The clenv.methods preset of each protocol.
+METHOD_PRESETS = {"lop": "ant_lop", "sc": "ant"}
 
 
 @dataclass
@@ -106,55 +93,63 @@ class Args:
     env_kwargs: list[str] = field(default_factory=list)
     """keyword arguments of gym.make as key=value (Python literals), e.g. `--env-kwargs switch_every=50000 switch_at=step`"""
     protocol: Literal["lop", "sc"] = "lop"
-    """paper settings for every option left unset below: lop (Dohare et al. 2024: 2x256 nets, 16 minibatches, ent 0, switch at episode end, 20M steps) or sc (Prakash et al. 2026: 1x256, 128 minibatches, ent 0.01, switch mid-episode, 10M steps)"""
+    """paper whose settings fill every option left unset (each row, value and source: docs/protocols.md): lop (Dohare et al. 2024) or sc (Prakash et al. 2026)"""
     total_timesteps: int | None = None
-    """total timesteps of the experiment (default: 20M lop, 10M sc)"""
-    learning_rate: float = 1e-4
-    """the learning rate of the optimizer (both papers: 1e-4)"""
-    adam_betas: tuple[float, float] = (0.99, 0.99)
-    """Adam's betas; LoP's "proper Adam" uses (0.99, 0.99)"""
-    adam_eps: float = 1e-8
-    """Adam's epsilon"""
-    num_envs: int = 1
-    """the number of parallel game environments (the papers: 1)"""
+    """total timesteps of the experiment (default: from --protocol; docs/protocols.md: lop 20M, sc 10M)"""
+    learning_rate: float | None = None
+    """the learning rate of the optimizer (default: from --protocol; docs/protocols.md: lop 1e-4, sc 1e-4)"""
+    adam_betas: tuple[float, float] | None = None
+    """Adam's betas (default: from --protocol; docs/protocols.md: lop 0.99 0.99, sc 0.99 0.99)"""
+    adam_eps: float | None = None
+    """Adam's epsilon (default: from --protocol; docs/protocols.md: lop 1e-8, sc 1e-8)"""
+    weight_decay: float | None = None
+    """Adam's own weight decay, coupled (added to the gradient), apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp, sc 0)"""
+    num_envs: int | None = None
+    """the number of parallel game environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
     async_envs: bool = False
     """step the envs in subprocesses (gym.vector.AsyncVectorEnv)"""
-    num_steps: int = 2048
-    """the number of steps to run in each environment per policy rollout"""
-    anneal_lr: bool = False
-    """anneal the learning rate (off: a continual learner has no end to anneal to)"""
-    gamma: float = 0.99
-    """the discount factor gamma"""
-    gae_lambda: float = 0.95
-    """the lambda for the general advantage estimation"""
+    num_steps: int | None = None
+    """the number of steps to run in each environment per policy rollout (default: from --protocol; docs/protocols.md: lop 2048, sc 2048)"""
+    anneal_lr: bool | None = None
+    """anneal the learning rate (default: from --protocol; docs/protocols.md: lop False, sc False)"""
+    gamma: float | None = None
+    """the discount factor gamma (default: from --protocol; docs/protocols.md: lop 0.99, sc 0.99)"""
+    gae_lambda: float | None = None
+    """the lambda for the general advantage estimation (default: from --protocol; docs/protocols.md: lop 0.95, sc 0.95)"""
     num_minibatches: int | None = None
-    """the number of mini-batches (default: 16 lop, 128 sc)"""
-    update_epochs: int = 10
-    """the K epochs to update the policy"""
-    norm_adv: bool = True
-    """toggles advantages normalization (per minibatch)"""
-    clip_coef: float = 0.2
-    """the surrogate clipping coefficient"""
-    clip_vloss: bool = False
-    """toggles whether or not to use a clipped loss for the value function"""
+    """the number of mini-batches (default: from --protocol; docs/protocols.md: lop 16, sc 128)"""
+    update_epochs: int | None = None
+    """the K epochs to update the policy (default: from --protocol; docs/protocols.md: lop 10, sc 10)"""
+    norm_adv: Literal["batch", "minibatch", "none"] | None = None
+    """advantage normalisation: over the whole rollout, per minibatch, or none (default: from --protocol; docs/protocols.md: lop batch, sc minibatch)"""
+    clip_coef: float | None = None
+    """the surrogate clipping coefficient (default: from --protocol; docs/protocols.md: lop 0.2, sc 0.2)"""
+    clip_vloss: bool | None = None
+    """clip the value loss around the rollout's values by --clip-coef (default: from --protocol; docs/protocols.md: lop False, sc True)"""
     ent_coef: float | None = None
-    """coefficient of the entropy (default: 0 lop, 0.01 sc)"""
-    vf_coef: float = 1.0
-    """coefficient of the value function"""
+    """coefficient of the entropy (default: from --protocol; docs/protocols.md: lop 0, sc 0.01)"""
+    vf_coef: float | None = None
+    """coefficient of the value loss, the mean squared error without 1/2 (CleanRL's 1/2: --vf-coef 0.5) (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
     max_grad_norm: float | None = None
-    """the maximum norm for the gradient clipping (default: no clipping, as LoP)"""
+    """the maximum norm for the gradient clipping (default: from --protocol; docs/protocols.md: lop None, sc None: no clipping)"""
     target_kl: float | None = None
     """the target KL divergence threshold"""
     hidden_sizes: tuple[int, ...] | None = None
-    """hidden layer widths of the separate actor and critic ReLU MLPs (default: 256 256 lop, 256 sc)"""
-    bootstrap_truncated: bool = True
-    """add gamma * V(final obs) to the reward of a time-limit truncation instead of treating it as a terminal state"""
+    """hidden layer widths of the separate actor and critic ReLU MLPs (default: from --protocol; docs/protocols.md: lop 256 256, sc 256)"""
+    init: Literal["lecun_uniform", "orthogonal"] | None = None
+    """weight initialisation: lecun_uniform (U(+-sqrt(3/fan_in)) on every layer) or CleanRL's orthogonal (gain sqrt 2, outputs 0.01 actor / 1 critic); biases 0 (default: from --protocol; docs/protocols.md: lop lecun_uniform, sc lecun_uniform)"""
+    log_std_init: float | None = None
+    """initial state-independent log-std of the policy (default: from --protocol; docs/protocols.md: lop 0, sc 0)"""
+    bootstrap_truncated: bool | None = None
+    """add gamma * V(final obs) to the reward of a time-limit truncation instead of treating it as terminal (default: from --protocol; docs/protocols.md: lop False, sc False)"""
+    clip_actions: bool | None = None
+    """clip actions to the action space before env.step (the stored action and its log-prob stay unclipped) (default: from --protocol; docs/protocols.md: lop False, sc False)"""
 
     # Plasticity method
     reg: str = "l2er"
     """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as cbp+l2 (clenv.methods.make_method)"""
     method_preset: str | None = None
-    """hyperparameter preset of the method (default: ant_lop for lop, ant for sc)"""
+    """hyperparameter preset of the method (default: from --protocol: lop ant_lop, sc ant)"""
     method_kwargs: list[str] = field(default_factory=list)
     """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or `er__ascent_lr=1e-6` (see clenv.methods.make_method)"""
 
@@ -189,9 +184,14 @@ class Args:
 
 def resolve_args(args: Args) -> Args:
     """Fill every unset option from the protocol and check the arguments."""
-    for key, value in PROTOCOL_DEFAULTS[args.protocol].items():
-        if hasattr(args, key) and getattr(args, key) is None:
+    defaults = protocol_defaults(
+        BENCHMARK, args.protocol, components=split_name(args.reg)
+    )
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.method_preset is None:
+        args.method_preset = METHOD_PRESETS[args.protocol]
     positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches")
     for key in (*positive, "update_epochs", "num_threads", "keep_checkpoints"):
         if getattr(args, key) < 1:
@@ -228,7 +228,7 @@ def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
     """gym.make keyword arguments, and whether the env follows clenv's task protocol.
 
     A clenv env gets ``task_seed=seed`` and the protocol's ``switch_at`` unless they
-    are given. Unknown arguments and non-continuous action spaces fail here, with the
+    are given; Slippery Ant gets every env row of the protocol (docs/protocols.md). Unknown arguments and non-continuous action spaces fail here, with the
     env's own message, before anything else is built.
     """
     kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
@@ -249,16 +249,19 @@ def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
             "continuous (Box) action space"
         )
     if continual:
-        kwargs.setdefault("task_seed", args.seed)
-        kwargs.setdefault("switch_at", PROTOCOL_DEFAULTS[args.protocol]["switch_at"])
+        env_defaults = protocol_defaults(BENCHMARK, args.protocol, kind="env")
+        if not isinstance(probe.unwrapped, SlipperyAntEnv):
+            env_defaults = {"switch_at": env_defaults["switch_at"]}
+        kwargs = {"task_seed": args.seed, **env_defaults, **kwargs}
     return kwargs, continual
 
 
-def make_env(env_id, idx, env_kwargs):
+def make_env(env_id, idx, env_kwargs, clip_actions):
     def thunk():
         env = gym.make(env_id, **env_kwargs)
         env = gym.wrappers.FlattenObservation(env)
-        env = gym.wrappers.ClipAction(env)
+        if clip_actions:
+            env = gym.wrappers.ClipAction(env)
         # Outermost, so envs.call("get_env_state") reaches it (checkpoints, resume).
         env = RestorableEnv(env, index=idx)
         return env
@@ -266,30 +269,35 @@ def make_env(env_id, idx, env_kwargs):
     return thunk
 
 
-def layer_init(layer, std=2**0.5, bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
+def layer_init(layer, init="lecun_uniform", std=2**0.5, bias_const=0.0):
+    """LeCun-uniform (both papers; every layer) or CleanRL's orthogonal with ``std``."""
+    if init == "lecun_uniform":
+        bound = math.sqrt(3 / layer.in_features)
+        torch.nn.init.uniform_(layer.weight, -bound, bound)
+    else:
+        torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int, out_std):
+def mlp(in_features, hidden_sizes, out_features, init, out_std):
     layers: list[nn.Module] = []
     for width in hidden_sizes:
-        layers += [layer_init(nn.Linear(in_features, width)), nn.ReLU()]
+        layers += [layer_init(nn.Linear(in_features, width), init), nn.ReLU()]
         in_features = width
-    layers.append(layer_init(nn.Linear(in_features, out_features), std=out_std))
+    layers.append(layer_init(nn.Linear(in_features, out_features), init, std=out_std))
     return nn.Sequential(*layers)
 
 
 class Agent(nn.Module):
-    def __init__(self, envs, hidden_sizes):
+    def __init__(self, envs, hidden_sizes, init="lecun_uniform", log_std_init=0.0):
         super().__init__()
-        obs_dim = np.array(envs.single_observation_space.shape).prod()
-        act_dim = np.prod(envs.single_action_space.shape)
-        self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
-        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, out_std=0.01)
-        # State-independent log-std, initialised to 0 (both papers).
-        self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
+        obs_dim = int(np.array(envs.single_observation_space.shape).prod())
+        act_dim = int(np.prod(envs.single_action_space.shape))
+        self.critic = mlp(obs_dim, hidden_sizes, 1, init, out_std=1.0)
+        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, init, out_std=0.01)
+        # State-independent log-std.
+        self.actor_logstd = nn.Parameter(torch.full((1, act_dim), float(log_std_init)))
 
     def get_value(self, x):
         return self.critic(x)
@@ -311,21 +319,49 @@ class Agent(nn.Module):
         )
 
 
+def step_envs(envs, action: np.ndarray, agent: Agent, args: Args):
+    """``envs.step``; returns (next_obs, reward, done, infos).
+
+    A time-limit truncation ends the episode like a termination (both papers); with
+    ``--bootstrap-truncated`` its reward gets ``gamma * V(final obs)`` instead.
+    """
+    next_obs, reward, terminations, truncations, infos = envs.step(action)
+    if args.bootstrap_truncated and "_final_obs" in infos:
+        bootstrap = infos["_final_obs"] & truncations & ~terminations
+        if bootstrap.any():
+            final_obs = np.stack(infos["final_obs"][bootstrap]).astype(np.float32)
+            device = next(agent.parameters()).device
+            with torch.no_grad():
+                final_values = agent.get_value(
+                    torch.as_tensor(final_obs, device=device)
+                )
+            reward = reward.astype(np.float64)
+            reward[bootstrap] += args.gamma * final_values.flatten().cpu().numpy()
+    return next_obs, reward, np.logical_or(terminations, truncations), infos
+
+
 def actor_and_critic(agent: Agent, obs: torch.Tensor):
     """Runs every hidden layer (the forward_fn that methods and metrics need)."""
     return agent.actor_mean(obs), agent.critic(obs)
 
 
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
 def ppo_loss(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
-    """CleanRL's PPO loss of a (mini)batch; returns (loss, statistics)."""
+    """CleanRL's PPO loss of a (mini)batch; returns (loss, statistics).
+
+    The value loss is the mean squared error without CleanRL's 1/2 (both papers).
+    """
     _, newlogprob, entropy, newvalue = agent.get_action_and_value(
         batch["obs"], batch["actions"]
     )
     logratio = newlogprob - batch["logprobs"]
     ratio = logratio.exp()
     advantages = batch["advantages"]
-    if args.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    if args.norm_adv == "minibatch":  # "batch": normalised once per rollout
+        advantages = normalize_advantages(advantages)
 
     # Policy loss
     pg_loss1 = -advantages * ratio
@@ -340,9 +376,9 @@ def ppo_loss(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
             newvalue - batch["values"], -args.clip_coef, args.clip_coef
         )
         v_loss_clipped = (v_clipped - batch["returns"]) ** 2
-        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+        v_loss = torch.max(v_loss_unclipped, v_loss_clipped).mean()
     else:
-        v_loss = 0.5 * ((newvalue - batch["returns"]) ** 2).mean()
+        v_loss = ((newvalue - batch["returns"]) ** 2).mean()
 
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
@@ -490,17 +526,21 @@ if __name__ == "__main__":
         gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
     )
     envs = vector_env(
-        [make_env(args.env_id, i, env_kwargs) for i in range(args.num_envs)],
+        [
+            make_env(args.env_id, i, env_kwargs, args.clip_actions)
+            for i in range(args.num_envs)
+        ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
-    agent = Agent(envs, args.hidden_sizes).to(device)
+    agent = Agent(envs, args.hidden_sizes, args.init, args.log_std_init).to(device)
     optimizer = torch.optim.Adam(
         agent.parameters(),
         lr=args.learning_rate,
         betas=args.adam_betas,
         eps=args.adam_eps,
+        weight_decay=args.weight_decay,
     )
     try:
         method = make_method(
@@ -681,24 +721,9 @@ if __name__ == "__main__":
             logprobs[step] = logprob
 
             # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, reward, terminations, truncations, infos = envs.step(
-                action.cpu().numpy()
+            next_obs, reward, next_done, infos = step_envs(
+                envs, action.cpu().numpy(), agent, args
             )
-            if args.bootstrap_truncated and "_final_obs" in infos:
-                bootstrap = infos["_final_obs"] & truncations & ~terminations
-                if bootstrap.any():
-                    final_obs = np.stack(infos["final_obs"][bootstrap]).astype(
-                        np.float32
-                    )
-                    with torch.no_grad():
-                        final_values = agent.get_value(
-                            torch.as_tensor(final_obs, device=device)
-                        )
-                    reward = reward.astype(np.float64)
-                    reward[bootstrap] += (
-                        args.gamma * final_values.flatten().cpu().numpy()
-                    )
-            next_done = np.logical_or(terminations, truncations)
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = (
                 torch.Tensor(next_obs).to(device),
@@ -766,6 +791,8 @@ if __name__ == "__main__":
         b_logprobs = logprobs.reshape(-1)
         b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
         b_advantages = advantages.reshape(-1)
+        if args.norm_adv == "batch":
+            b_advantages = normalize_advantages(b_advantages)
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
         batch = {
@@ -789,6 +816,7 @@ if __name__ == "__main__":
         b_inds = np.arange(args.batch_size)
         clipfracs = []
         for _epoch in range(args.update_epochs):
+            method.before_epoch(b_obs)
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size

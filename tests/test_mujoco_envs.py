@@ -544,3 +544,39 @@ def test_render_without_a_gl_backend_says_which_to_set():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError: MuJoCo could not render with MUJOCO_GL=None")
     assert "set MUJOCO_GL=egl" in last
+
+
+def test_slippery_ant_without_contact_forces_is_brax_like_and_a_proper_env():
+    """use_contact_forces=False (SC's Brax ant): 27 dims, no contact term anywhere."""
+    make = lambda: gym.make(  # noqa: E731
+        "clenv/SlipperyAnt-v0", use_contact_forces=False, switch_every=25
+    )
+    env = make()
+    assert env.observation_space.shape == (27,)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, skip_render_check=True)
+    assert [w for w in caught if not KNOWN_WARNINGS.search(str(w.message))] == []
+    first, second = rollout(make(), 110, seed=3), rollout(make(), 110, seed=3)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        assert repr(a[1:]) == repr(b[1:])
+    assert max(r[-1]["task_id"] for r in first) == 4  # deterministic across switches
+    steps = [r for r in first if len(r) == 5]
+    for obs, reward, *_, info in steps:
+        assert obs.shape == (27,) and "reward_contact" not in info
+        terms = {k: v for k, v in info.items() if k.startswith("reward_")}
+        assert set(terms) == {"reward_forward", "reward_survive", "reward_ctrl"}
+        assert sum(terms.values()) == pytest.approx(reward, abs=1e-6)
+    # The 27 dims are the first 27 of the default observation (no contact forces).
+    full = rollout(gym.make("clenv/SlipperyAnt-v0", switch_every=25), 3, seed=3)
+    np.testing.assert_array_equal(full[0][0][:27], first[0][0])
+    clone = pickle.loads(pickle.dumps(make()))
+    assert clone.observation_space.shape == (27,)
+    pairs = zip(rollout(clone, 30, seed=2), rollout(make(), 30, seed=2), strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="use_contact_forces=False"):
+        gym.make(
+            "clenv/SlipperyAnt-v0", use_contact_forces=False, contact_cost_weight=1
+        )

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clenv.logger import list_series, read_series
+from clenv.methods import split_name
+from clenv.settings import PAPERS, rows
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "agents" / "ppo_l2er.py"
@@ -323,6 +330,265 @@ def test_protocol_defaults_and_validation(agent_module):
         agent_module.resolve_args(agent_module.Args(curvature_trace_matvecs=2))
     with pytest.raises(ValueError, match="num-steps"):
         agent_module.resolve_args(agent_module.Args(num_steps=0))
+
+
+# -- protocol rows (clenv/settings/slippery_ant.py, docs/protocols.md) --------------
+def agent_rows(kind="agent"):
+    return [row for row in rows("slippery_ant") if row.kind == kind]
+
+
+def test_protocol_rows_fill_unset_options(agent_module):
+    """Every agent row's value lands in Args; an explicit option wins; --help says so."""
+    for paper in PAPERS:
+        for reg in ("bp", "cbp", "l2er"):
+            args = agent_module.resolve_args(agent_module.Args(protocol=paper, reg=reg))
+            components = set(split_name(reg))
+            for row in agent_rows():
+                if (
+                    row.value(paper) is None
+                    or not set(filter(None, row.when.split("+"))) <= components
+                ):
+                    continue
+                if row.when or not any(
+                    other.name == row.name
+                    and other.when
+                    and set(other.when.split("+")) <= components
+                    for other in agent_rows()
+                ):
+                    assert getattr(args, row.name) == row.value(paper).value, (
+                        paper,
+                        reg,
+                        row.name,
+                    )
+    assert agent_module.resolve_args(agent_module.Args()).protocol == "lop"
+    explicit = agent_module.resolve_args(
+        agent_module.Args(protocol="sc", ent_coef=0.5, norm_adv="none", gamma=0.9)
+    )
+    assert (explicit.ent_coef, explicit.norm_adv, explicit.gamma) == (0.5, "none", 0.9)
+    fields = {f.name for f in dataclasses.fields(agent_module.Args)}
+    assert {row.name for row in agent_rows()} <= fields
+    # Every protocol-dependent option is unset by default and says where it comes from.
+    wide = subprocess.run(
+        [sys.executable, str(AGENT), "--help"],
+        env={**ENV, "COLUMNS": "1000"},  # one line per option
+        capture_output=True,
+        text=True,
+    )
+    help_text = re.sub(r"[│\s]+", " ", wide.stdout)
+    for row in agent_rows():
+        assert getattr(agent_module.Args(), row.name) is None, row.name
+        pattern = (
+            # the option's header, then its help up to the next header
+            re.escape(row.option) + r" \{None[^ ]* (?:(?!--[a-z-]+ \{).)*?"
+            r"\(default: from --protocol; "
+            r"docs/protocols\.md: lop [^,]+, sc "
+        )
+        assert re.search(pattern, help_text), row.option
+
+
+def test_protocol_env_rows_reach_gym_make(agent_module):
+    for paper in PAPERS:
+        args = agent_module.resolve_args(agent_module.Args(protocol=paper))
+        kwargs, continual = agent_module.env_kwargs_for(args)
+        assert continual and kwargs["task_seed"] == args.seed
+        for row in agent_rows("env"):
+            assert kwargs[row.name] == row.value(paper).value, (paper, row.name)
+        env = gym.make(args.env_id, **kwargs)
+        expected = (105,) if paper == "lop" else (27,)  # SC: Brax's ant, no contacts
+        assert env.observation_space.shape == expected
+    # --env-kwargs wins over the protocol; other continual envs get switch_at only.
+    args = agent_module.resolve_args(
+        agent_module.Args(protocol="sc", env_kwargs=["switch_at='episode_end'"])
+    )
+    assert agent_module.env_kwargs_for(args)[0]["switch_at"] == "episode_end"
+    args = agent_module.resolve_args(
+        agent_module.Args(env_id="clenv/SlipperyHalfCheetah-v0")
+    )
+    kwargs = agent_module.env_kwargs_for(args)[0]
+    assert kwargs["switch_at"] == "episode_end" and "use_contact_forces" not in kwargs
+
+
+class RecordingEnv(gym.Env):
+    """Box(-1, 1) actions; records what env.step receives; reward 1 per step."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    received: list[np.ndarray] = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        RecordingEnv.received.append(np.array(action))
+        return np.ones(2, np.float32), 1.0, False, False, {}
+
+
+gym.register("test/Recording-v0", entry_point=RecordingEnv, max_episode_steps=2)
+
+
+def recording_envs(agent_module, clip_actions):
+    envs = gym.vector.SyncVectorEnv(
+        [agent_module.make_env("test/Recording-v0", 0, {}, clip_actions)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.reset(seed=0)
+    return envs
+
+
+def test_unclipped_action_reaches_env_step(agent_module):
+    for clip_actions, expected in ((False, 5.0), (True, 1.0)):
+        args = agent_module.resolve_args(agent_module.Args(clip_actions=clip_actions))
+        envs = recording_envs(agent_module, clip_actions)
+        agent = agent_module.Agent(envs, (4,))
+        RecordingEnv.received.clear()
+        agent_module.step_envs(envs, np.array([[5.0]], np.float32), agent, args)
+        assert RecordingEnv.received[-1].tolist() == [expected]
+    assert agent_module.resolve_args(agent_module.Args()).clip_actions is False
+
+
+def test_truncation_is_terminal_unless_bootstrapped(agent_module):
+    action = np.zeros((1, 1), np.float32)
+    for bootstrap in (False, True):
+        args = agent_module.resolve_args(
+            agent_module.Args(bootstrap_truncated=bootstrap)
+        )
+        envs = recording_envs(agent_module, False)
+        agent = agent_module.Agent(envs, (4,))
+        torch.nn.init.constant_(agent.critic[-1].bias, 3.0)  # V(s) != 0
+        _, reward, done, _ = agent_module.step_envs(envs, action, agent, args)
+        assert reward.tolist() == [1.0] and done.tolist() == [False]
+        _, reward, done, _ = agent_module.step_envs(envs, action, agent, args)
+        assert done.tolist() == [True]  # the time limit ends the episode either way
+        value = agent.get_value(torch.ones(1, 2)).item()
+        expected = 1.0 + args.gamma * value if bootstrap else 1.0
+        assert reward[0] == pytest.approx(expected)
+    assert agent_module.resolve_args(agent_module.Args()).bootstrap_truncated is False
+
+
+def make_batch(agent, size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.randn(size, 3, generator=generator)
+    with torch.no_grad():
+        actions, logprobs, _, values = agent.get_action_and_value(obs)
+    return {
+        "obs": obs,
+        "actions": actions,
+        "logprobs": logprobs + 0.1 * torch.randn(size, generator=generator),
+        "advantages": 3.0 + 2.0 * torch.randn(size, generator=generator),
+        "returns": values.view(-1) + torch.randn(size, generator=generator),
+        "values": values.view(-1),
+    }
+
+
+def box_envs(obs_dim=3, act_dim=2):
+    return SimpleNamespace(
+        single_observation_space=gym.spaces.Box(-1, 1, (obs_dim,)),
+        single_action_space=gym.spaces.Box(-1, 1, (act_dim,)),
+    )
+
+
+def test_value_loss_is_mean_squared_error_without_half(agent_module):
+    torch.manual_seed(0)
+    agent = agent_module.Agent(box_envs(), (8,))
+    batch = make_batch(agent)
+    values = agent.get_value(batch["obs"]).view(-1).detach()
+    mse = ((values - batch["returns"]) ** 2).mean()
+    for paper in PAPERS:
+        args = agent_module.resolve_args(agent_module.Args(protocol=paper))
+        assert args.vf_coef == 1.0
+        _, (_, v_loss, *_) = agent_module.ppo_loss(agent, batch, args)
+        if args.clip_vloss:  # SC: the values have not moved, so clipping is inert
+            assert paper == "sc"
+        assert v_loss.item() == pytest.approx(mse.item(), rel=1e-6)  # no 1/2
+    # Clipped: once the values move beyond --clip-coef, the larger error counts.
+    with torch.no_grad():
+        agent.critic[-1].bias += 1.0
+    moved = agent.get_value(batch["obs"]).view(-1).detach()
+    clipped = batch["values"] + (moved - batch["values"]).clamp(-0.2, 0.2)
+    expected = torch.max(
+        (moved - batch["returns"]) ** 2, (clipped - batch["returns"]) ** 2
+    ).mean()
+    sc = agent_module.resolve_args(agent_module.Args(protocol="sc"))
+    _, (_, v_loss, *_) = agent_module.ppo_loss(agent, batch, sc)
+    assert v_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    lop = agent_module.resolve_args(agent_module.Args())
+    _, (_, v_loss, *_) = agent_module.ppo_loss(agent, batch, lop)
+    assert v_loss.item() == pytest.approx(((moved - batch["returns"]) ** 2).mean())
+
+
+def test_init_lecun_uniform_bounds_and_zero_bias(agent_module):
+    torch.manual_seed(0)
+    args = agent_module.resolve_args(agent_module.Args())
+    assert (args.init, args.log_std_init) == ("lecun_uniform", 0.0)
+    agent = agent_module.Agent(box_envs(40, 6), (300, 200), args.init, 0.0)
+    for net in (agent.actor_mean, agent.critic):
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 3  # the output layer too
+        for layer in linears:
+            bound = math.sqrt(3 / layer.in_features)
+            weight = layer.weight.detach()
+            assert weight.abs().max() <= bound
+            assert weight.abs().max() > 0.95 * bound  # uniform up to the bound
+            assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+            assert torch.all(layer.bias == 0)
+    assert torch.all(agent.actor_logstd == 0)
+    assert torch.all(
+        agent_module.Agent(box_envs(), (8,), log_std_init=-0.5).actor_logstd == -0.5
+    )
+    # CleanRL's orthogonal init stays available: orthonormal rows, small actor output.
+    agent = agent_module.Agent(box_envs(40, 6), (300, 200), "orthogonal")
+    out = agent.actor_mean[-1].weight.detach()
+    assert torch.allclose(out @ out.T, 1e-4 * torch.eye(6), atol=1e-6)
+
+
+def test_advantage_normalisation_batch_minibatch_none(agent_module):
+    torch.manual_seed(0)
+    agent = agent_module.Agent(box_envs(), (8,))
+    batch = make_batch(agent)
+    normalised = {
+        **batch,
+        "advantages": agent_module.normalize_advantages(batch["advantages"]),
+    }
+    assert normalised["advantages"].mean().abs() < 1e-6
+    assert normalised["advantages"].std().item() == pytest.approx(1.0, abs=1e-6)
+    loss = {}
+    for mode in ("batch", "minibatch", "none"):
+        args = agent_module.resolve_args(agent_module.Args(norm_adv=mode))
+        loss[mode, "raw"] = agent_module.ppo_loss(agent, batch, args)[1][0].item()
+        loss[mode, "norm"] = agent_module.ppo_loss(agent, normalised, args)[1][0].item()
+    # minibatch: ppo_loss normalises the advantages it is given...
+    assert loss["minibatch", "raw"] == pytest.approx(loss["none", "norm"], rel=1e-5)
+    # ...batch: the loop normalised the rollout once, ppo_loss leaves them be.
+    assert loss["batch", "raw"] == pytest.approx(loss["none", "raw"], rel=1e-6)
+    assert loss["batch", "raw"] != pytest.approx(loss["minibatch", "raw"], rel=1e-3)
+    lop = agent_module.resolve_args(agent_module.Args(protocol="lop"))
+    sc = agent_module.resolve_args(agent_module.Args(protocol="sc"))
+    assert (lop.norm_adv, sc.norm_adv) == ("batch", "minibatch")
+    # The loop normalises b_advantages before minibatching only in "batch" mode.
+    source = AGENT.read_text()
+    assert 'if args.norm_adv == "batch":\n' in source
+
+
+def test_weight_decay_is_adams_coupled_decay_with_cbp(agent_module):
+    resolve = agent_module.resolve_args
+    assert resolve(agent_module.Args(reg="bp")).weight_decay == 0.0
+    assert resolve(agent_module.Args(reg="cbp")).weight_decay == 1e-4  # LoP's CBP
+    assert resolve(agent_module.Args(reg="cbp+l2")).weight_decay == 1e-4
+    assert resolve(agent_module.Args(reg="cbp", protocol="sc")).weight_decay == 0.0
+    assert resolve(agent_module.Args(reg="cbp", weight_decay=0.0)).weight_decay == 0.0
+    # Coupled: Adam's step is the same as with lambda*theta added to the gradient.
+    torch.manual_seed(0)
+    weights = torch.randn(5)
+    decayed = weights.clone().requires_grad_()
+    coupled = weights.clone().requires_grad_()
+    gradient = torch.randn(5)
+    opt_decay = torch.optim.Adam([decayed], lr=0.1, weight_decay=1e-2)
+    opt_coupled = torch.optim.Adam([coupled], lr=0.1)
+    decayed.grad, coupled.grad = gradient.clone(), gradient + 1e-2 * weights
+    opt_decay.step()
+    opt_coupled.step()
+    assert torch.allclose(decayed, coupled)
 
 
 def test_unknown_reg_is_a_clear_error(smoke_runs):

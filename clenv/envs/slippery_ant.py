@@ -32,15 +32,17 @@ class SlipperyAntEnv(PhysicsDriftEnv):
     ## Observation Space
     `Box(-inf, inf, (105,), float64)`, as `Ant-v5`: 13 joint positions (torso x, y
     excluded), 14 joint velocities and 78 clipped external contact forces (13 bodies x
-    6). The friction is **not** observed: the agent must infer the change from the
-    dynamics.
+    6). With `use_contact_forces=False` (SC, Brax's `ant`): `(27,)`, the positions and
+    velocities only. The friction is **not** observed: the agent must infer the change
+    from the dynamics.
 
     ## Rewards
     As `Ant-v5` (the terms LoP used): `reward = reward_forward + reward_survive +
     reward_ctrl + reward_contact` with `reward_forward` = torso x velocity,
     `reward_survive` = 1 while healthy, `reward_ctrl` = -0.5 ||a||^2,
     `reward_contact` = -5e-4 ||clip(cfrc_ext, -1, 1)||^2. The four terms are in `info`
-    and add up to the reward.
+    and add up to the reward. With `use_contact_forces=False` (SC, Brax's `ant`) there
+    is no contact cost: three terms, no `reward_contact` key.
 
     ## Starting State
     As `Ant-v5`: the standing pose plus uniform noise of scale 0.1 on positions and
@@ -81,7 +83,7 @@ class SlipperyAntEnv(PhysicsDriftEnv):
       contact inputs and the contact cost were most likely zero. Gymnasium v5 computes
       them (`mj_rnePostConstraint`), so here they are real. To mimic what LoP's agent
       saw, pass `include_cfrc_ext_in_observation=False, contact_cost_weight=0.0`
-      (27 observation dims).
+      (27 observation dims), or `use_contact_forces=False`.
     - **Healthy reward on the terminal step.** Ant-v3 paid `healthy_reward` on every
       step, including the one where the ant became unhealthy; Ant-v5 pays it only while
       healthy, so a terminated episode's last reward is 1.0 lower.
@@ -109,14 +111,15 @@ class SlipperyAntEnv(PhysicsDriftEnv):
     | `drift_steps` | **int \| None** | `None` | steps of a gradual drift (`None` = `switch_every`) |
     | `forward_reward_weight` | **float** | `1.0` | Ant-v5 argument |
     | `ctrl_cost_weight` | **float** | `0.5` | Ant-v5 argument |
-    | `contact_cost_weight` | **float** | `5e-4` | Ant-v5 argument |
+    | `use_contact_forces` | **bool** | `True` | `False`: no contact forces in the observation (27 dims) and no contact cost, as SC's Brax `ant` |
+    | `contact_cost_weight` | **float \| None** | `None` | Ant-v5 argument; `None`: 5e-4 (0 without contact forces) |
     | `healthy_reward` | **float** | `1.0` | Ant-v5 argument |
     | `terminate_when_unhealthy` | **bool** | `True` | Ant-v5 argument |
     | `healthy_z_range` | **tuple** | `(0.2, 1.0)` | Ant-v5 argument |
     | `contact_force_range` | **tuple** | `(-1.0, 1.0)` | Ant-v5 argument |
     | `reset_noise_scale` | **float** | `0.1` | Ant-v5 argument |
     | `exclude_current_positions_from_observation` | **bool** | `True` | Ant-v5 argument |
-    | `include_cfrc_ext_in_observation` | **bool** | `True` | Ant-v5 argument |
+    | `include_cfrc_ext_in_observation` | **bool \| None** | `None` | Ant-v5 argument; `None`: `use_contact_forces` |
     | `render_mode` | **str \| None** | `None` | as Ant-v5 (`"rgb_array"` needs `MUJOCO_GL=egl` or `osmesa` on a headless machine) |
     | `width`, `height` | **int** | `480` | rendered frame size, as Ant-v5 |
 
@@ -128,10 +131,22 @@ class SlipperyAntEnv(PhysicsDriftEnv):
     env = gym.make("clenv/SlipperyAnt-v0")  # SC: switch every 2M steps
     lop = gym.make("clenv/SlipperyAnt-v0", switch_at="episode_end", task_seed=1)
     quick = gym.make("clenv/SlipperyAnt-v0", switch_every=1000)
+    sc = gym.make("clenv/SlipperyAnt-v0", use_contact_forces=False)  # 27 dims
     ```
 
+    ## Differences from SC's Brax `ant` (with `use_contact_forces=False`)
+    SC ran Brax's `ant` with the positional backend (lop-jax `rlopt/envs/wrappers.py`).
+    The observation (27 dims: `qpos[2:]`, `qvel`) and the reward terms (forward
+    velocity of the torso, 1.0 healthy, -0.5 ||a||^2, no contact cost) match; the
+    physics does not: Brax's positional (position-based dynamics) solver with its own
+    `ant.xml`, `dt = 0.005` x 10 substeps (here MuJoCo, 0.01 x 5; both 0.05 per step)
+    and actuator gear 200 (here 150); Brax pays the healthy reward on the terminal step
+    too; its friction schedule switches from a pre-generated file. Returns are
+    comparable in kind, not in value.
+
     ## Version History
-    * v0: initial version (Gymnasium Ant-v5, LoP/SC friction schedule).
+    * v0: initial version (Gymnasium Ant-v5, LoP/SC friction schedule);
+      `use_contact_forces` added (default `True`: unchanged).
     """
 
     _range_argument = "friction_range"
@@ -147,18 +162,34 @@ class SlipperyAntEnv(PhysicsDriftEnv):
         drift_steps: int | None = None,
         forward_reward_weight: float = 1.0,
         ctrl_cost_weight: float = 0.5,
-        contact_cost_weight: float = 5e-4,
+        use_contact_forces: bool = True,
+        contact_cost_weight: float | None = None,
         healthy_reward: float = 1.0,
         terminate_when_unhealthy: bool = True,
         healthy_z_range: tuple[float, float] = (0.2, 1.0),
         contact_force_range: tuple[float, float] = (-1.0, 1.0),
         reset_noise_scale: float = 0.1,
         exclude_current_positions_from_observation: bool = True,
-        include_cfrc_ext_in_observation: bool = True,
+        include_cfrc_ext_in_observation: bool | None = None,
         render_mode: str | None = None,
         width: int = 480,
         height: int = 480,
     ) -> None:
+        if not use_contact_forces and (
+            contact_cost_weight or include_cfrc_ext_in_observation
+        ):
+            raise ValueError(
+                "use_contact_forces=False means no contact forces in the observation "
+                "and no contact cost; leave contact_cost_weight and "
+                "include_cfrc_ext_in_observation unset (or 0 / False), got "
+                f"contact_cost_weight={contact_cost_weight}, "
+                f"include_cfrc_ext_in_observation={include_cfrc_ext_in_observation}"
+            )
+        self._use_contact_forces = use_contact_forces
+        if contact_cost_weight is None:
+            contact_cost_weight = 5e-4 if use_contact_forces else 0.0
+        if include_cfrc_ext_in_observation is None:
+            include_cfrc_ext_in_observation = use_contact_forces
         ant_kwargs = dict(
             forward_reward_weight=forward_reward_weight,
             ctrl_cost_weight=ctrl_cost_weight,
@@ -196,6 +227,14 @@ class SlipperyAntEnv(PhysicsDriftEnv):
             self,
             friction_range=friction_range,
             render_mode=render_mode,
+            use_contact_forces=use_contact_forces,
             **schedule_kwargs,
             **ant_kwargs,
         )
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if not self._use_contact_forces:
+            # No contact term at all (Brax's ant), not a term that is always 0.
+            del info["reward_contact"]
+        return obs, reward, terminated, truncated, info

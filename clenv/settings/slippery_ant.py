@@ -8,8 +8,340 @@ TITLE = "Slippery Ant (PPO)"
 AGENT = "agents/ppo_l2er.py"
 DEFAULT_PROTOCOL = "lop"
 
+T = "tests/test_ppo_agent.py::"
+RESOLVES = T + "test_protocol_rows_fill_unset_options"
+ENV_ROWS = T + "test_protocol_env_rows_reach_gym_make"
+
 # Agent, env and model settings.
-ROWS: list[Row] = []
+ROWS: list[Row] = [
+    Row(
+        name="total_timesteps",
+        what="environment steps of the run",
+        lop=Value(20_000_000, "lop/rl/cfg/sant/std.yml:3", "10 tasks of 2M"),
+        sc=Value(
+            10_000_000,
+            "rlopt/scripts/hyperparams/nonstationary/l2_er.py:19",
+            "5 tasks of 2M (SC's cbp.py alone runs 20M)",
+        ),
+        option="--total-timesteps",
+        test=RESOLVES,
+    ),
+    Row(
+        name="num_envs",
+        what="parallel environments",
+        lop=Value(1, "lop/rl/run_ppo.py:135", "one gym env, stepped in a loop"),
+        sc=Value(1, "rlopt/scripts/hyperparams/nonstationary/l2_er.py:20"),
+        option="--num-envs",
+        test=RESOLVES,
+    ),
+    Row(
+        name="num_steps",
+        what="rollout length per update (per env)",
+        lop=Value(2048, "lop/rl/cfg/sant/std.yml:8"),
+        sc=Value(2048, "rlopt/scripts/hyperparams/nonstationary/l2_er.py:22"),
+        option="--num-steps",
+        test=RESOLVES,
+    ),
+    Row(
+        name="update_epochs",
+        what="epochs over each rollout",
+        lop=Value(10, "lop/rl/cfg/sant/std.yml:9"),
+        sc=Value(10, "rlopt/scripts/hyperparams/nonstationary/l2_er.py:23"),
+        option="--update-epochs",
+        test=RESOLVES,
+    ),
+    Row(
+        name="num_minibatches",
+        what="minibatches per epoch",
+        lop=Value(16, "lop/rl/cfg/sant/std.yml:10", "16 of 128"),
+        sc=Value(
+            128,
+            "rlopt/scripts/hyperparams/nonstationary/l2_er.py:21",
+            "128 of 16 (SC's cbp.py alone: 16)",
+        ),
+        option="--num-minibatches",
+        test=RESOLVES,
+    ),
+    Row(
+        name="learning_rate",
+        what="Adam step size (constant)",
+        lop=Value(1e-4, "lop/rl/cfg/sant/std.yml:11"),
+        sc=Value(
+            1e-4,
+            "rlopt/scripts/hyperparams/nonstationary/l2_er.py:5",
+            "bp, l2 and cbp swept {1e-2, 1e-3, 1e-4}",
+        ),
+        option="--learning-rate",
+        test=RESOLVES,
+    ),
+    Row(
+        name="anneal_lr",
+        what="linear learning-rate annealing",
+        lop=Value(False, "lop/algos/rl/ppo.py:46", "one Adam, lr never changed"),
+        sc=Value(False, "rlopt/config.py:66"),
+        option="--anneal-lr",
+        test=RESOLVES,
+    ),
+    Row(
+        name="adam_betas",
+        what="Adam's betas",
+        lop=Value(
+            (0.99, 0.99),
+            "lop/rl/cfg/sant/ns.yml:17-18",
+            'LoP\'s "proper Adam" (also l2.yml, cbp.yml); its "Standard PPO" '
+            "std.yml keeps torch's (0.9, 0.999) (run_ppo.py:95-96): "
+            "`--adam-betas 0.9 0.999`",
+        ),
+        sc=Value(
+            (0.99, 0.99),
+            "rlopt/scripts/hyperparams/nonstationary/l2_er.py:31-32",
+            "SC's bp.py sets none, so its BP ran optax's (0.9, 0.999) "
+            "(rlopt/config.py:33-34): `--adam-betas 0.9 0.999`",
+        ),
+        option="--adam-betas",
+        test=RESOLVES,
+    ),
+    Row(
+        name="adam_eps",
+        what="Adam's epsilon",
+        lop=Value(1e-8, "lop/rl/run_ppo.py:97"),
+        sc=Value(1e-8, "rlopt/utils/optimizer.py:109"),
+        option="--adam-eps",
+        test=RESOLVES,
+    ),
+    Row(
+        name="weight_decay",
+        what="Adam's own (coupled) weight decay, apart from the L2 method",
+        lop=Value(0.0, "lop/rl/cfg/sant/std.yml:17"),
+        sc=Value(
+            0.0,
+            "rlopt/scripts/hyperparams/nonstationary/cbp.py:24",
+            "SC's weight decay is the L2 method's (optax.add_decayed_weights "
+            "before Adam, ppo_nonstationary.py:403)",
+        ),
+        option="--weight-decay",
+        test=T + "test_weight_decay_is_adams_coupled_decay_with_cbp",
+    ),
+    Row(
+        name="weight_decay",
+        what="Adam's weight decay in LoP's CBP",
+        lop=Value(
+            1e-4,
+            "lop/rl/cfg/sant/cbp.yml:23; lop/algos/rl/ppo.py:46",
+            "torch Adam(weight_decay=1e-4): coupled, on every parameter",
+        ),
+        sc=None,
+        option="--weight-decay",
+        test=T + "test_weight_decay_is_adams_coupled_decay_with_cbp",
+        when="cbp",
+    ),
+    Row(
+        name="gamma",
+        what="discount factor",
+        lop=Value(0.99, "lop/rl/cfg/sant/std.yml:5"),
+        sc=Value(0.99, "rlopt/config.py:21"),
+        option="--gamma",
+        test=RESOLVES,
+    ),
+    Row(
+        name="gae_lambda",
+        what="GAE lambda",
+        lop=Value(0.95, "lop/rl/cfg/sant/std.yml:6"),
+        sc=Value(0.95, "rlopt/scripts/hyperparams/nonstationary/l2_er.py:6"),
+        option="--gae-lambda",
+        test=RESOLVES,
+    ),
+    Row(
+        name="bootstrap_truncated",
+        what="bootstrap the 1000-step time limit with gamma V(final obs)",
+        lop=Value(
+            False,
+            "lop/rl/run_ppo.py:232; lop/algos/rl/ppo.py:98",
+            "gym's TimeLimit sets done, which GAE treats as terminal",
+        ),
+        sc=Value(
+            False,
+            "rlopt/envs/wrappers.py:175; rlopt/ppo_nonstationary.py:245",
+            "Brax's EpisodeWrapper sets done at 1000 steps; GAE treats it as terminal",
+        ),
+        option="--bootstrap-truncated",
+        test=T + "test_truncation_is_terminal_unless_bootstrapped",
+    ),
+    Row(
+        name="clip_actions",
+        what="clip actions to the action space before env.step",
+        lop=Value(
+            False,
+            "lop/rl/run_ppo.py:232",
+            "the raw Gaussian sample reaches env.step (and the control cost)",
+        ),
+        sc=Value(
+            False,
+            "rlopt/envs/__init__.py:45; rlopt/ppo_nonstationary.py:232",
+            "ClipAction commented out",
+        ),
+        option="--clip-actions",
+        test=T + "test_unclipped_action_reaches_env_step",
+    ),
+    Row(
+        name="norm_adv",
+        what="advantage normalisation",
+        lop=Value(
+            "batch",
+            "lop/algos/rl/ppo.py:102-104",
+            "over the whole rollout, before the epochs; LoP divides by the std "
+            "without the 1e-8 clenv adds",
+        ),
+        sc=Value("minibatch", "rlopt/ppo_nonstationary.py:114"),
+        option="--norm-adv",
+        test=T + "test_advantage_normalisation_batch_minibatch_none",
+    ),
+    Row(
+        name="clip_coef",
+        what="surrogate clipping epsilon",
+        lop=Value(0.2, "lop/rl/cfg/sant/std.yml:14"),
+        sc=Value(0.2, "rlopt/config.py:64"),
+        option="--clip-coef",
+        test=RESOLVES,
+    ),
+    Row(
+        name="clip_vloss",
+        what="clipped value loss (clipped by --clip-coef around the rollout's values)",
+        lop=Value(False, "lop/algos/rl/ppo.py:140"),
+        sc=Value(True, "rlopt/ppo_nonstationary.py:103-110"),
+        option="--clip-vloss",
+        test=T + "test_value_loss_is_mean_squared_error_without_half",
+    ),
+    Row(
+        name="vf_coef",
+        what="value-loss coefficient (the value loss is the MSE, no 1/2)",
+        lop=Value(1.0, "lop/algos/rl/ppo.py:140-142", "p_loss += MSE, no weight"),
+        sc=Value(
+            1.0,
+            "rlopt/scripts/hyperparams/nonstationary/l2_er.py:7; "
+            "rlopt/ppo_nonstationary.py:108-110",
+            "no 1/2 in the loss SC ran (rlopt/agents/ppo.py has one, unused)",
+        ),
+        option="--vf-coef",
+        test=T + "test_value_loss_is_mean_squared_error_without_half",
+    ),
+    Row(
+        name="ent_coef",
+        what="entropy bonus coefficient",
+        lop=Value(0.0, "lop/algos/rl/ppo.py:142", "no entropy term"),
+        sc=Value(0.01, "rlopt/config.py:63"),
+        option="--ent-coef",
+        test=RESOLVES,
+    ),
+    Row(
+        name="max_grad_norm",
+        what="gradient-norm clipping (None: none)",
+        lop=Value(None, "lop/rl/run_ppo.py:101", "1e9: never binds"),
+        sc=Value(None, "rlopt/config.py:65", "1e9: never binds"),
+        option="--max-grad-norm",
+        test=RESOLVES,
+    ),
+    Row(
+        name="hidden_sizes",
+        what="hidden widths of the separate actor and critic ReLU MLPs",
+        lop=Value((256, 256), "lop/rl/cfg/sant/std.yml:12"),
+        sc=Value((256,), "rlopt/models.py:20-30; rlopt/config.py:61"),
+        option="--hidden-sizes",
+        test=RESOLVES,
+    ),
+    Row(
+        name="init",
+        what="weight initialisation of every layer (outputs too), biases 0",
+        lop=Value(
+            "lecun_uniform",
+            "lop/rl/run_ppo.py:93; lop/utils/miscellaneous.py:87-97",
+            "U(+-sqrt(3/fan_in)) on hidden and output layers",
+        ),
+        sc=Value(
+            "lecun_uniform",
+            "rlopt/models.py:20; rlopt/models.py:30; "
+            "rlopt/models.py:50; rlopt/models.py:59",
+        ),
+        option="--init",
+        test=T + "test_init_lecun_uniform_bounds_and_zero_bias",
+    ),
+    Row(
+        name="log_std_init",
+        what="initial state-independent log-std of the policy",
+        lop=Value(0.0, "lop/nets/policies.py:36; lop/nets/policies.py:59"),
+        sc=Value(0.0, "rlopt/models.py:33"),
+        option="--log-std-init",
+        test=T + "test_init_lecun_uniform_bounds_and_zero_bias",
+    ),
+    # gym.make keywords of clenv/SlipperyAnt-v0.
+    Row(
+        name="switch_every",
+        what="steps per task",
+        lop=Value(2_000_000, "lop/rl/cfg/sant/std.yml:4"),
+        sc=Value(2_000_000, "rlopt/scripts/hyperparams/nonstationary/l2_er.py:26"),
+        option="--env-kwargs switch_every=N",
+        test=ENV_ROWS,
+        kind="env",
+    ),
+    Row(
+        name="switch_at",
+        what="when a due switch happens",
+        lop=Value(
+            "episode_end",
+            "lop/rl/run_ppo.py:264",
+            "first episode end after more than 2M steps in the task",
+        ),
+        sc=Value("step", "rlopt/envs/wrappers.py:195-197", "mid-episode"),
+        option="--env-kwargs switch_at=...",
+        test=ENV_ROWS,
+        kind="env",
+    ),
+    Row(
+        name="use_contact_forces",
+        what="contact forces in the observation and the contact cost in the reward",
+        lop=Value(
+            True,
+            "lop/envs/slippery_ant.py:41",
+            "gym Ant-v3 (111 dims, cost 5e-4); with mujoco-py 2 its contact "
+            "forces likely read 0 (docs/envs/slippery_ant.md)",
+        ),
+        sc=Value(
+            False,
+            "rlopt/envs/wrappers.py:173",
+            "Brax's ant: 27 dims, no contact cost (docs/envs/slippery_ant.md)",
+        ),
+        option="--env-kwargs use_contact_forces=...",
+        test=ENV_ROWS,
+        kind="env",
+    ),
+    Row(
+        name="healthy_z_range",
+        what="torso heights outside which the episode terminates",
+        lop=Value((0.2, 1.0), "lop/envs/slippery_ant.py:44"),
+        sc=Value((0.2, 1.0), "rlopt/envs/wrappers.py:173", "Brax ant's default"),
+        option="--env-kwargs healthy_z_range=(lo,hi)",
+        test=ENV_ROWS,
+        kind="env",
+    ),
+    Row(
+        name="ctrl_cost_weight",
+        what="weight of the control cost 0.5 ||a||^2",
+        lop=Value(0.5, "lop/envs/slippery_ant.py:40"),
+        sc=Value(0.5, "rlopt/envs/wrappers.py:173", "Brax ant's default"),
+        option="--env-kwargs ctrl_cost_weight=...",
+        test=ENV_ROWS,
+        kind="env",
+    ),
+    Row(
+        name="healthy_reward",
+        what="reward per healthy step",
+        lop=Value(1.0, "lop/envs/slippery_ant.py:42"),
+        sc=Value(1.0, "rlopt/envs/wrappers.py:173", "Brax ant's default"),
+        option="--env-kwargs healthy_reward=...",
+        test=ENV_ROWS,
+        kind="env",
+    ),
+]
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
 METHOD_ROWS: list[Row] = []
