@@ -218,7 +218,11 @@ def test_every_model_names_its_hidden_layers():
         ]
         assert find_hidden_layers(model, spec)[-1].next_layer is model.head
     resnet = IncrementalCIFARResNet18(base_channels=8)
-    assert find_hidden_layers(resnet, resnet.hidden_layer_spec())[-1].name == "fc.3"
+    hidden = find_hidden_layers(resnet, resnet.hidden_layer_spec())
+    assert hidden[-1].name == "fc.3"
+    # A block's units carry their BatchNorm, so a unit reset resets its entries too.
+    assert hidden[0].norm is resnet.stages[0][0].bn1
+    assert all(h.norm is None for h in hidden[-2:])
 
 
 def test_convnet_matches_lop_layout():

@@ -130,11 +130,14 @@ class IncrementalCIFARResNet18(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()  # weight 1, bias 0, running statistics
 
-    def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
-        """``(layer, activation, next_layer)`` names of the units a method may act on.
+    def hidden_layer_spec(self) -> list[tuple[str, ...]]:
+        """Module names of the units a method may act on, in forward order.
 
-        Each block's inner convolution (``conv1 -> relu1 -> conv2``; its output feeds
-        only ``conv2``), then the extra FC layers. The block outputs are left out:
+        Each block's inner convolution as ``(conv1, bn1, relu1, conv2)`` (its output
+        feeds only ``conv2``; the BatchNorm between is named so CBP and ReDo reset a
+        replaced unit's BatchNorm entries too, as LoP's ``ResGnT`` does), then the
+        extra FC layers as ``(layer, activation, next_layer)``. The block outputs are
+        left out:
         they are summed with the skip connection, so a unit there has no outgoing
         weights of its own. Pass it as ``hidden_layers=`` to
         :func:`clenv.methods.make_method` (ER's ``last_layers=2`` then picks SC's two
@@ -144,7 +147,11 @@ class IncrementalCIFARResNet18(nn.Module):
         for s, stage in enumerate(self.stages):
             for b in range(len(stage)):
                 block = f"stages.{s}.{b}"
-                spec.append((f"{block}.conv1", f"{block}.relu1", f"{block}.conv2"))
+                spec.append(
+                    tuple(
+                        f"{block}.{name}" for name in ("conv1", "bn1", "relu1", "conv2")
+                    )
+                )
         count = len(self.fc) // 2
         for index in range(count):
             nxt = f"fc.{2 * index + 2}" if index + 1 < count else "head"
