@@ -49,7 +49,6 @@ from h5py import h5s
 METRICS_FILE = "metrics.h5"
 COLUMNS = ("step", "task_id", "value")  # of every series
 ARGS_FILE = "args.json"
-TAG_PREFIXES = ("charts/", "losses/", "cl/", "plasticity/", "curvature/", "eval/")
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -110,7 +112,7 @@ def write_fixture_run(
                     )
             if curvature and task % 2 == 0:
                 for step in (start, end - 1):
-                    log.append("curvature/spectral_density", step, task,
+                    log.append("curvature/task_start/spectral_density", step, task,
                                _density(collapse), grid=GRID)  # fmt: skip
         log.write(f)
     return run_dir
@@ -210,7 +212,7 @@ def test_load_run_reads_layout(fixture_runs: list[Path]) -> None:
     run = load_run(fixture_runs[0])
     assert run.group_key == ("clenv/PermutedMNIST-v0", "supervised_l2er", "bp")
     assert run.seed == 1
-    density = run.series["curvature/spectral_density"]
+    density = run.series["curvature/task_start/spectral_density"]
     assert density.value.shape == (12, len(GRID))
     np.testing.assert_array_equal(density.attrs["grid"], GRID)
     per_task = run.series["cl/online_accuracy_per_task"]
@@ -349,3 +351,23 @@ def test_run_discovery_is_recursive_and_skips_failed_sweep_attempts(
     )
     found = expand_run_dirs([tmp_path / "runs"])
     assert found == [nested] and failed not in found
+
+
+def test_plotting_leaves_the_users_backend_and_pyplot_alone(
+    fixture_runs: list[Path], tmp_path: Path
+) -> None:
+    # a fresh interpreter with an interactive-style backend chosen by the user
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import sys\n"
+        "import matplotlib.pyplot as plt\n"
+        "from clenv.plotting import plot_runs\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        f"plot_runs({[str(p) for p in fixture_runs]!r}, {str(tmp_path / 'b.png')!r})\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert plt.get_fignums() == [], plt.get_fignums()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    _assert_png(tmp_path / "b.png")

@@ -12,9 +12,18 @@ lacks them is left out with a note printed under the figure):
 * **Hessian spectral density** per run group: mass of the density in bins of
   log10 |λ| (y) against task (x); collapse shows as mass sinking to the bottom row.
 * **ε-rank vs performance**: ε-rank at task start against that task's performance,
-  with the least-squares line, its R² and the ε used (SC picks ε to maximise R²).
+  with the least-squares line, its R² and the ε used (SC picks ε to maximise R²). The
+  ε-rank shown is the share of the logged density's mass with |λ| > ε
+  (:func:`~clenv.plotting.stats.epsilon_rank_from_density`, clenv's default
+  definition), not SC's trapezoid percentage; the axis label says so.
 
 Runs are grouped by (env_id, exp_name, reg); runs in a group differ by their seed.
+
+No matplotlib backend is selected at import: :func:`plot_runs` draws on a
+``matplotlib.figure.Figure`` that is not registered with pyplot (it saves through the
+file format's own canvas), so a user's interactive backend stays as it was;
+:func:`make_figure` returns a pyplot figure for interactive use (``pyplot=False``: a
+detached one).
 """
 
 from __future__ import annotations
@@ -24,15 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from clenv.plotting.runs import Run, Series, group_labels, group_runs, load_runs  # noqa: E402
-from clenv.plotting.stats import (  # noqa: E402
+from clenv.plotting.runs import Run, Series, group_labels, group_runs, load_runs
+from clenv.plotting.stats import (
     align_by_key,
     best_epsilon,
     binned_mean,
@@ -42,20 +49,18 @@ from clenv.plotting.stats import (  # noqa: E402
     mean_confidence_interval,
 )
 
-# Series each panel reads, most specific first (tag names: docs/tooling.md).
+# Series each panel reads, most specific first: the tags agents/ppo_l2er.py and
+# agents/supervised_l2er.py write (docs/tooling.md).
 PERFORMANCE_PER_TASK_TAGS = (
     "eval/test_accuracy_per_task",
-    "eval/test_accuracy",
     "cl/online_accuracy_per_task",
     "cl/mean_return_per_task",
 )
 PERFORMANCE_STEP_TAGS = (
     "charts/episodic_return",
     "cl/online_accuracy",
-    "charts/online_accuracy",
 )
 SPECTRAL_DENSITY_TAGS = (
-    "curvature/spectral_density",
     "curvature/task_start/spectral_density",
     "curvature/task_end/spectral_density",
 )
@@ -89,7 +94,7 @@ class _Group:
 @dataclass
 class _Panel:
     title: str
-    draw: Callable[[plt.Axes], None]
+    draw: Callable[[Axes], None]
     grid_lines: bool = True
 
 
@@ -101,7 +106,7 @@ def _first_tag(runs: Sequence[Run], tags: Sequence[str]) -> str | None:
     return None
 
 
-def _band(ax: plt.Axes, x, table: np.ndarray, group: _Group, marker: str = "") -> None:
+def _band(ax: Axes, x, table: np.ndarray, group: _Group, marker: str = "") -> None:
     """Mean line and shaded 95% CI of a (seeds × points) table."""
     mean, half, _ = mean_confidence_interval(table)
     ax.plot(x, mean, color=group.color, marker=marker, ms=3, lw=1.5,
@@ -134,8 +139,8 @@ def _layer_series(run: Run, metric: str) -> list[Series]:
 def _spectral_series(run: Run) -> Series | None:
     """A run's spectral densities as one series (task-start and task-end rows merged).
 
-    Agents log ``curvature/spectral_density`` or, at task start and end,
-    ``curvature/task_start/spectral_density`` and ``curvature/task_end/...``.
+    Agents log them at task start and end, ``curvature/task_start/spectral_density``
+    and ``curvature/task_end/spectral_density``, on ``clenv.metrics.DENSITY_GRID``.
     """
     parts = [
         run.series[tag]
@@ -185,7 +190,7 @@ class _FigurePlan:
         self.notes: list[str] = []
         grouped = group_runs(self.runs)
         labels = group_labels(list(grouped))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
         self.groups = [
             _Group(labels[key], colors[i % len(colors)], members)
             for i, (key, members) in enumerate(grouped.items())
@@ -222,7 +227,7 @@ class _FigurePlan:
             TITLE_PERFORMANCE, [r for r in self.runs if not r.find([tag])]
         )
 
-        def draw(ax: plt.Axes) -> None:
+        def draw(ax: Axes) -> None:
             for group in self.groups:
                 per_seed = [
                     r.series[tag].per_task_mean() for r in group.runs if r.find([tag])
@@ -246,7 +251,7 @@ class _FigurePlan:
             TITLE_PERFORMANCE_STEPS, [r for r in self.runs if not r.find([tag])]
         )
 
-        def draw(ax: plt.Axes) -> None:
+        def draw(ax: Axes) -> None:
             last = max(r.series[tag].step.max() for r in self.runs if r.find([tag]))
             # Few tasks: up to 400 bins, enough to show the learning curve within each
             # task. Many tasks: bins aligned with the first run's task switches (equal
@@ -294,7 +299,7 @@ class _FigurePlan:
         num_layers = max(len(series) for series in have.values())
         how = "summed over" if reduce == "sum" else "mean over"
 
-        def draw(ax: plt.Axes) -> None:
+        def draw(ax: Axes) -> None:
             for group in self.groups:
                 per_seed = [
                     _per_task_layer_total(have[id(r)], reduce)
@@ -330,8 +335,8 @@ class _FigurePlan:
                 self.panels.append(_Panel(title, drawer, grid_lines=False))
 
     @staticmethod
-    def _spectrum_drawer(members: list[Series]) -> Callable[[plt.Axes], None]:
-        def draw(ax: plt.Axes) -> None:
+    def _spectrum_drawer(members: list[Series]) -> Callable[[Axes], None]:
+        def draw(ax: Axes) -> None:
             # From the largest |λ| with mass down to the grid's resolution (at most
             # 6 decades): finer bins would be empty stripes between grid points.
             top, resolution = -np.inf, np.inf
@@ -421,7 +426,7 @@ class _FigurePlan:
         self.epsilon, self.r_squared = eps, r_squared
         title = f"{TITLE_EPSILON_RANK} (ε = {eps:.3g}, R² = {r_squared:.2f})"
 
-        def draw(ax: plt.Axes) -> None:
+        def draw(ax: Axes) -> None:
             seen: set[str] = set()
             for group, grid, densities, values in points:
                 label = None if group.label in seen else group.label
@@ -431,7 +436,10 @@ class _FigurePlan:
             if np.isfinite(slope):
                 xs = np.linspace(ranks.min(), ranks.max(), 2)
                 ax.plot(xs, slope * xs + intercept, color="k", lw=1, ls="--")
-            ax.set_xlabel(f"ε-rank at task start (ε = {eps:.3g}, {how})")
+            ax.set_xlabel(
+                f"ε-rank at task start: share of density mass with |λ| > ε\n"
+                f"(ε = {eps:.3g}, {how})"
+            )
             ax.set_ylabel(perf_tag)
 
         self.panels.append(_Panel(title, draw))
@@ -443,8 +451,16 @@ def make_figure(
     metric: str | None = None,
     eps: float | None = None,
     title: str | None = None,
-) -> tuple[plt.Figure, list[str], list[str]]:
+    pyplot: bool = True,
+) -> tuple[Figure, list[str], list[str]]:
     """Build the figure for already loaded runs.
+
+    Args:
+        runs: Loaded runs (:func:`~clenv.plotting.load_runs`).
+        metric, eps, title: See :func:`plot_runs`.
+        pyplot: Make the figure with ``matplotlib.pyplot`` (shown by the user's
+            backend; close it with ``plt.close``). False: a detached ``Figure`` that
+            only ``savefig`` renders, leaving pyplot and its backend untouched.
 
     Returns:
         ``(figure, panel_titles, notes)``.
@@ -464,9 +480,14 @@ def make_figure(
     columns = 2 if len(plan.panels) > 1 else 1
     rows = -(-len(plan.panels) // columns)
     note_height = 0.18 * len(plan.notes)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(6.4 * columns, 3.8 * rows + note_height), squeeze=False
-    )
+    figsize = (6.4 * columns, 3.8 * rows + note_height)
+    if pyplot:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=figsize)
+    else:
+        fig = Figure(figsize=figsize)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, panel in zip(axes.flat, plan.panels, strict=False):
         panel.draw(ax)
         ax.set_title(panel.title, fontsize=10)
@@ -535,7 +556,8 @@ def plot_runs(
         raise FileNotFoundError(
             f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist"
         )
-    fig, panels, notes = make_figure(runs, metric=metric, eps=eps, title=title)
+    fig, panels, notes = make_figure(
+        runs, metric=metric, eps=eps, title=title, pyplot=False
+    )
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
     return PlotResult(path=out, panels=panels, notes=notes)

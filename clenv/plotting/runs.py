@@ -16,7 +16,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-METRICS_FILE = "metrics.h5"
+from clenv.logger import METRICS_FILE
+
 RUN_ATTRS = ("env_id", "exp_name", "reg", "seed", "agent")
 
 
