@@ -22,6 +22,7 @@ from clenv.methods import (
     split_name,
 )
 from clenv.metrics import effective_rank
+from clenv.settings import rows as settings_rows
 
 # --------------------------------------------------------------------------- layers
 
@@ -149,6 +150,37 @@ def test_make_method_presets_and_overrides():
     with pytest.raises(ValueError, match="unknown preset"):
         make_method("l2", model, opt, preset="mnist")
     assert set(PRESETS) >= {"pmnist", "imagenet", "cifar", "ant", "ant_lop"}
+
+
+PRESET_OF = {
+    ("permuted_mnist", "sc"): "pmnist",
+    ("permuted_mnist", "lop"): "pmnist_lop",
+    ("continual_imagenet", "sc"): "imagenet",
+    ("continual_imagenet", "lop"): "imagenet_lop",
+    ("incremental_cifar", "sc"): "cifar",
+    ("incremental_cifar", "lop"): "cifar_lop",
+    ("slippery_ant", "sc"): "ant",
+    ("slippery_ant", "lop"): "ant_lop",
+}
+
+
+@pytest.mark.parametrize("benchmark, paper", sorted(PRESET_OF))
+def test_every_method_row_resolves_in_its_preset(benchmark, paper):
+    """Each kind="method" row of clenv.settings is the argument make_method gives."""
+    model = mlp((6, 8, 8, 8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    checked = 0
+    for row in settings_rows(benchmark):
+        value = row.value(paper)
+        if row.kind != "method" or value is None:
+            continue
+        component, argument = row.name.split(".", 1)
+        name = row.when or component
+        method = make_method(name, model, opt, preset=PRESET_OF[benchmark, paper])
+        built = method[component] if isinstance(method, Compose) else method
+        assert getattr(built, argument) == value.value, (row.name, row.when)
+        checked += 1
+    assert checked >= 5
 
 
 def test_every_preset_builds_every_method():
@@ -383,13 +415,15 @@ def test_er_epoch_schedule_and_forward_fn_for_a_ppo_agent():
     method = make_method("l2er", agent, None, preset="ant", forward_fn=agent_forward)
     er = method["er"]
     assert er.schedule == "epoch" and er.ascent_lr == 1e-6
+    # SC ascends before each epoch (rlopt/ppo_nonstationary.py:513-520)
+    assert er.timing == "before" and er.layer_groups == "by_network"
     assert er.layer_names == ["critic.1", "actor_mean.1", "actor_mean.3"]
     obs = torch.randn(32, 5, dtype=torch.float64)
     before = {n: p.clone() for n, p in agent.named_parameters()}
     method.after_step(obs)  # nothing buffered or ascended on steps
     assert er.num_ascents == 0 and not er.buffer
     er.ascent_lr = 1.0
-    method.after_epoch(obs)
+    method.before_epoch(obs)
     assert er.num_ascents == 1
     changed = {n for n, p in agent.named_parameters() if not torch.equal(p, before[n])}
     # The hidden layers of critic and actor move; the actor's output layer cannot.

@@ -128,6 +128,7 @@ class EffectiveRankAscent(PlasticityMethod):
         self.interval = int(interval)
         self.schedule = schedule
         self.timing = timing
+        self.last_layers = last_layers
         self.layer_groups = layer_groups
         self.forward_fn = forward_fn or default_forward
         if layers is None:

@@ -1,94 +1,68 @@
-"""Per-benchmark hyperparameters of each method, from PROTOCOLS.md.
+"""Per-benchmark hyperparameters of each method, built from :mod:`clenv.settings`.
 
 A preset maps each method name to its constructor arguments. Names: ``pmnist``,
 ``imagenet``, ``cifar``, ``ant`` follow SC (Prakash et al. 2026), clenv's default;
 ``pmnist_lop``, ``imagenet_lop``, ``cifar_lop``, ``ant_lop`` follow LoP (Dohare et al.
-2024) where it differs. A combination can have its own values: L2-ER's eta_ER is larger
-than ER-only's, and SC's CBP+L2 on Ant uses a much smaller replacement rate than CBP.
+2024). Every value is a ``kind="method"`` row of the benchmark's settings module (with
+its source in the paper's code; docs/protocols.md lists them); this module holds none.
 
-Values the protocols do not give (ReDo outside Ant, S&P on CIFAR and Ant) are the
-method's own defaults; docs/methods.md lists them.
+A combination can have its own values: L2-ER's eta_ER is larger than ER-only's, and
+SC's CBP+L2 on Ant uses a much smaller replacement rate than CBP. A method one paper
+never ran (ER in LoP, ReDo in SC) takes the other paper's values, so every ``--reg``
+runs under either protocol; values neither paper gives are the method's own defaults
+(docs/methods.md lists them).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from clenv.settings import Paper, method_preset
 
 Preset = dict[str, dict[str, Any]]
 
-# SC (clenv's defaults). "methods" holds each method alone ("er" is ER only);
-# "combinations" (keyed by the components joined with "+", any order) changes them in
-# every method that contains all those components: "l2+er" is L2-ER (also inside
-# "l2er+head_reset").
-_SC: dict[str, dict[str, Preset]] = {
-    "pmnist": {
-        "methods": {
-            "l2": {"weight_decay": 1e-3},
-            "er": {"ascent_lr": 1e-4, "interval": 100},
-            "cbp": {"replacement_rate": 1e-6, "maturity_threshold": 100},
-            "snp": {"weight_decay": 1e-4, "noise_std": 1e-5},
-        },
-        "combinations": {"l2+er": {"er": {"ascent_lr": 1e-2}}},
-    },
-    "imagenet": {
-        "methods": {
-            "l2": {"weight_decay": 1e-3},
-            "er": {"ascent_lr": 1e-5, "interval": 12, "last_layers": 2},
-            "cbp": {"replacement_rate": 1e-5, "maturity_threshold": 100},
-            "snp": {"weight_decay": 1e-5, "noise_std": 1e-5},
-        },
-        "combinations": {"l2+er": {"er": {"ascent_lr": 1e-4}}},
-    },
-    "cifar": {
-        "methods": {
-            "l2": {"weight_decay": 1e-3},
-            "er": {"ascent_lr": 1e-4, "interval": 5, "last_layers": 2},
-            "cbp": {"replacement_rate": 1e-5, "maturity_threshold": 1000},
-        },
-        "combinations": {"l2+er": {"er": {"ascent_lr": 1e-3}}},
-    },
-    "ant": {
-        "methods": {
-            "l2": {"weight_decay": 1e-3},
-            "er": {"ascent_lr": 1e-7, "schedule": "epoch"},
-            "cbp": {"replacement_rate": 1e-4, "maturity_threshold": 10_000},
-            "redo": {"threshold": 0.1, "interval": 100},
-        },
-        "combinations": {
-            "l2+er": {"er": {"ascent_lr": 1e-6}},
-            "cbp+l2": {"cbp": {"replacement_rate": 1e-7}},
-        },
-    },
-}
-
-# LoP, as differences from SC.
-_LOP_CHANGES: dict[str, dict[str, Preset]] = {
-    "pmnist": {"methods": {"l2": {"weight_decay": 1e-4}}},
-    "imagenet": {
-        "methods": {
-            "cbp": {"replacement_rate": 3e-4},
-            "head_reset": {"mode": "zero"},
-        }
-    },
-    "cifar": {},
-    "ant": {"combinations": {"cbp+l2": {}}},
+# Preset name -> the benchmark module of clenv.settings.
+BENCHMARKS = {
+    "pmnist": "permuted_mnist",
+    "imagenet": "continual_imagenet",
+    "cifar": "incremental_cifar",
+    "ant": "slippery_ant",
 }
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def _components(preset: dict[str, Preset]) -> set[str]:
+    named = set(preset["methods"])
+    for changes in preset["combinations"].values():
+        named |= set(changes)
+    return named
+
+
+def build_preset(benchmark: str, paper: Paper) -> dict[str, Preset]:
+    """``paper``'s method rows of ``benchmark``; a component ``paper`` has no row for
+    takes the other paper's rows (methods and combinations)."""
+    own = method_preset(benchmark, paper)
+    other = method_preset(benchmark, "sc" if paper == "lop" else "lop")
+    missing = _components(other) - _components(own)
+    preset: dict[str, Preset] = {
+        "methods": {
+            **{c: dict(a) for c, a in other["methods"].items() if c in missing},
+            **own["methods"],
+        },
+        "combinations": {},
+    }
+    for source in (other, own):
+        for key, changes in source["combinations"].items():
+            kept = {
+                c: dict(a) for c, a in changes.items() if source is own or c in missing
+            }
+            if kept:
+                preset["combinations"].setdefault(key, {}).update(kept)
+    return preset
 
 
 PRESETS: dict[str, dict[str, Preset]] = {
-    **_SC,
-    **{f"{name}_lop": _merge(_SC[name], _LOP_CHANGES[name]) for name in _SC},
+    **{name: build_preset(bench, "sc") for name, bench in BENCHMARKS.items()},
+    **{f"{name}_lop": build_preset(bench, "lop") for name, bench in BENCHMARKS.items()},
 }
 
 

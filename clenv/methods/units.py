@@ -47,6 +47,7 @@ class UnitMethod(PlasticityMethod):
         score_after_pool: bool = False,
     ):
         self.optimizer = optimizer
+        self.init_gain = init_gain
         self.hidden = find_hidden_layers(model, hidden_layers)
         self.bounds = [
             uniform_bound(
