@@ -146,6 +146,17 @@ def test_reset_parameters_redraws_from_the_construction_init(name):
     for key, value in model.named_parameters():
         if "weight" in key and value.dim() > 1:
             assert not torch.equal(value, before[key]), key  # new draws
+    # The head alone, from the same init; the rest untouched.
+    rest = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.head.weight.fill_(7.0)
+    model.reset_head_parameters()
+    assert_follows_init(model)
+    head = {f"{n}.{p}" for n, m in model.named_modules() if m is model.head for p in
+            ("weight", "bias")}  # fmt: skip
+    for key, value in model.state_dict().items():
+        if key not in head:
+            assert torch.equal(value, rest[key]), key
     # The draws come from torch's global generator, like construction's.
     torch.manual_seed(3)
     model.reset_parameters()

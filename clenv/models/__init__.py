@@ -8,6 +8,7 @@ methods find each hidden layer by name. Every model has the same interface:
 - an ``init`` keyword naming the paper whose initialisation it uses (and the ConvNet a
   ``padding`` one), see docs/protocols.md for each paper's value;
 - ``reset_parameters()``: draw all parameters again as at construction (a full reset);
+  ``reset_head_parameters()`` the output layer only (a head reset);
 - ``hidden_layer_spec()``: the ``(layer, activation, next_layer)`` module names of its
   hidden layers, for :func:`clenv.methods.make_method`'s ``hidden_layers``;
 - ``head``: the output layer.

@@ -88,11 +88,18 @@ class ContinualImageNetConvNet(nn.Module):
         (torch's global generator)."""
         for module in self.layers:
             if isinstance(module, nn.Conv2d | nn.Linear):
-                if self.init == "lop":
-                    module.reset_parameters()
-                else:
-                    lecun_normal_(module.weight)
-                    nn.init.zeros_(module.bias)
+                self._init_layer(module)
+
+    def reset_head_parameters(self) -> None:
+        """Draw the output layer again from the construction's initialisation."""
+        self._init_layer(self.head)
+
+    def _init_layer(self, module: nn.Conv2d | nn.Linear) -> None:
+        if self.init == "lop":
+            module.reset_parameters()
+        else:
+            lecun_normal_(module.weight)
+            nn.init.zeros_(module.bias)
 
     @property
     def head(self) -> nn.Linear:

@@ -67,10 +67,17 @@ class PermutedMNISTMLP(nn.Module):
         global generator) and zero every bias."""
         for module in self.layers:
             if isinstance(module, nn.Linear):
-                head = module is self.head
-                gain = "linear" if head and self.init == "lop" else "relu"
-                nn.init.kaiming_uniform_(module.weight, nonlinearity=gain)
-                nn.init.zeros_(module.bias)
+                self._init_linear(module)
+
+    def reset_head_parameters(self) -> None:
+        """Draw the output layer again from the construction's initialisation."""
+        self._init_linear(self.head)
+
+    def _init_linear(self, module: nn.Linear) -> None:
+        head = module is self.head
+        gain = "linear" if head and self.init == "lop" else "relu"
+        nn.init.kaiming_uniform_(module.weight, nonlinearity=gain)
+        nn.init.zeros_(module.bias)
 
     @property
     def head(self) -> nn.Linear:

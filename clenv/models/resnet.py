@@ -120,15 +120,24 @@ class IncrementalCIFARResNet18(nn.Module):
         bias 0, fresh running statistics)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
-                conv = isinstance(module, nn.Conv2d)
-                if self.init == "sc":
-                    variance_scaling_(module.weight, 2.0 if conv else 1.0, "fan_out")
-                else:
-                    gain = "relu" if conv else "linear"
-                    nn.init.kaiming_normal_(module.weight, nonlinearity=gain)
-                nn.init.zeros_(module.bias)
+                self._init_layer(module)
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()  # weight 1, bias 0, running statistics
+
+    def reset_head_parameters(self) -> None:
+        """Draw the output layer again from the construction's initialisation (LoP's
+        head reset re-runs ``kaiming_init_resnet_module`` on it)."""
+        self._init_layer(self.head)
+
+    def _init_layer(self, module: nn.Conv2d | nn.Linear) -> None:
+        conv = isinstance(module, nn.Conv2d)
+        if self.init == "sc":
+            variance_scaling_(module.weight, 2.0 if conv else 1.0, "fan_out")
+        else:
+            nn.init.kaiming_normal_(
+                module.weight, nonlinearity="relu" if conv else "linear"
+            )
+        nn.init.zeros_(module.bias)
 
     def hidden_layer_spec(self) -> list[tuple[str, ...]]:
         """Module names of the units a method may act on, in forward order.
