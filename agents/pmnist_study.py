@@ -1,11 +1,17 @@
 """A scaled-down Permuted MNIST study: does BP lose plasticity, does L2-ER keep it?
 
-Runs ``agents/supervised_l2er.py`` for every (method, seed) in parallel worker
-processes (one torch thread each), then draws one figure from the runs' ``metrics.h5``
-files: online accuracy per task, dead units, effective rank and ε-rank at task start
-(mean over seeds, with the min-max band), and writes a Markdown summary next to it.
-Runs that already finished are not rerun, so an interrupted study continues, and
-``--plot-only`` redraws the figure from existing runs.
+Runs ``agents/supervised_l2er.py`` for every (method, seed) as a trial of
+:mod:`clenv.sweep` (``run_trial``: one subprocess with one torch thread, its log and
+state under ``<runs-dir>/<reg>_seed<k>/sweeps/``; an interrupted run continues with the
+agent's ``--resume``), several at a time, then draws one figure from the runs
+(:func:`clenv.plotting.load_run`): online accuracy per task, dead units, effective rank
+and ε-rank at task start (mean over seeds, with the min-max band), and writes a
+Markdown summary next to it. The ε-rank is the share of the logged spectral density's
+mass with |λ| > ε (:func:`clenv.plotting.stats.epsilon_rank_from_density`), ε chosen as
+SC do by the largest R² against the task's online accuracy
+(:func:`clenv.plotting.stats.best_epsilon`) unless ``--epsilon`` is given. Runs that
+already finished are not rerun, so an interrupted study continues, and ``--plot-only``
+redraws the figure from existing runs.
 
     python agents/pmnist_study.py --data-dir ../shared/data
 
@@ -14,21 +20,21 @@ docs/results/README.md holds the exact command behind the committed figure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import tyro
 
-from clenv.logger import complete_rows
-from clenv.plotting.stats import linear_fit
+from clenv.plotting import Run, load_run
+from clenv.plotting.figure import EPSILON_CANDIDATES
+from clenv.plotting.stats import best_epsilon, epsilon_rank_from_density, linear_fit
+from clenv.sweep import SweepSpec, Trial, read_trial_state, run_trial
 
 AGENT = Path(__file__).with_name("supervised_l2er.py")
 COLORS = {"bp": "tab:red", "l2": "tab:blue", "l2er": "tab:green", "cbp": "tab:purple"}
@@ -77,155 +83,217 @@ class Args:
     """more arguments for every run of the agent"""
 
 
-def run_command(args: Args, reg: str, seed: int) -> list[str]:
+ACCURACY = "cl/online_accuracy_per_task"
+DENSITY = "curvature/task_start/spectral_density"
+
+
+def agent_args(args: Args) -> list[str]:
+    """The agent's arguments shared by every run (the sweep adds seed, reg, names)."""
     command = [
-        sys.executable, str(AGENT), "--reg", reg, "--seed", str(seed),
         "--width", str(args.width), "--num-tasks", str(args.num_tasks),
         "--examples-per-task", str(args.examples_per_task),
         "--learning-rate", str(args.learning_rate),
         "--curvature-every-tasks", str(args.curvature_every_tasks),
         "--plasticity-every-tasks", str(args.plasticity_every_tasks),
-        "--metric-samples", str(args.metric_samples),
-        "--runs-dir", str(Path(args.runs_dir) / f"{reg}_seed{seed}"),
-        "--exp-name", "pmnist_study", "--no-progress", *args.extra,
+        "--metric-samples", str(args.metric_samples), "--no-progress", *args.extra,
     ]  # fmt: skip
     if args.data_dir is not None:
         command += ["--data-dir", args.data_dir]
     return command
 
 
-def finished_run(directory: Path) -> Path | None:
-    """The run in ``directory`` whose last checkpoint marks it finished, if any."""
-    for run_dir in sorted(directory.glob("*/")):
-        if not (run_dir / "metrics.h5").exists():
-            continue
-        with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
-            tag = "cl/online_accuracy_per_task/task_id"
-            if tag in f and len(f[tag]) and f[tag][-1] + 1 >= _args_of(f)["num_tasks"]:
-                return run_dir
-    return None
+def trial_of(args: Args, reg: str, seed: int) -> tuple[Trial, SweepSpec, Path]:
+    """The sweep trial of (reg, seed): runs in ``<runs-dir>/<reg>_seed<seed>/``."""
+    spec = SweepSpec(
+        name="pmnist_study", agent=str(AGENT), seeds=[seed], regs=[reg], grid={},
+        agent_args=agent_args(args),
+        runs_dir=str(Path(args.runs_dir) / f"{reg}_seed{seed}"), workdir=str(Path.cwd()),
+    )  # fmt: skip
+    sweep_dir = Path(spec.workdir, spec.runs_dir, "sweeps", spec.name)
+    return spec.trials()[0], spec, sweep_dir
 
 
-def latest_run(directory: Path) -> Path | None:
-    """The run in ``directory`` with the most finished tasks (finished or not)."""
-    best, best_tasks = None, 0
-    for run_dir in sorted(directory.glob("*/")):
-        if not (run_dir / "metrics.h5").exists():
-            continue
-        with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
-            tag = "cl/online_accuracy_per_task/task_id"
-            tasks = len(f[tag]) if tag in f else 0
-        if tasks > best_tasks:
-            best, best_tasks = run_dir, tasks
-    return best
+def tasks_done(run_dir: Path) -> tuple[int, int]:
+    """``(tasks with an accuracy logged, tasks the run was started for)``."""
+    run = load_run(run_dir)
+    accuracy = run.find([ACCURACY])
+    done = 0 if accuracy is None else int(accuracy.task_id.max()) + 1
+    return done, int(json.loads(run.attrs["args_json"])["num_tasks"])
 
 
 def study_run(args: Args, reg: str, seed: int) -> Path | None:
-    """The run of (reg, seed) to report: the finished one, or with --partial the latest."""
+    """The run of (reg, seed) to report: the finished one, or with --partial the one
+    with the most tasks."""
     directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
-    if not directory.exists():
-        return None
-    run_dir = finished_run(directory)
-    if run_dir is None and args.partial:
-        run_dir = latest_run(directory)
-    return run_dir
-
-
-def _args_of(f: h5py.File) -> dict:
-    return json.loads(f.attrs["args_json"])
+    runs = sorted(p.parent for p in directory.glob("*/metrics.h5"))
+    progress = {run_dir: tasks_done(run_dir) for run_dir in runs}
+    for run_dir, (done, total) in progress.items():
+        if done >= total:
+            return run_dir
+    if args.partial and progress:
+        best = max(progress, key=lambda run_dir: progress[run_dir][0])
+        return best if progress[best][0] else None
+    return None
 
 
 def launch(args: Args, reg: str, seed: int) -> tuple[str, int, float, int]:
-    directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
-    command = run_command(args, reg, seed)
-    if directory.exists():
-        if finished_run(directory) is not None:
-            return reg, seed, 0.0, 0
-        interrupted = sorted(directory.glob("*/checkpoints/*.pt"))
-        if interrupted:  # continue a killed run where it stopped
-            command = [sys.executable, str(AGENT), "--resume",
-                       str(interrupted[-1].parents[1]), "--no-progress"]  # fmt: skip
-    start = time.time()
-    log = Path(args.runs_dir) / f"{reg}_seed{seed}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with log.open("w") as handle:
-        code = subprocess.call(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env
-        )
-    return reg, seed, time.time() - start, code
+    """Run the trial of (reg, seed) unless it finished: ``(reg, seed, s, exit code)``."""
+    if study_run(dataclasses.replace(args, partial=False), reg, seed) is not None:
+        return reg, seed, 0.0, 0
+    trial, spec, sweep_dir = trial_of(args, reg, seed)
+    for sub in ("trials", "logs"):
+        (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        state = run_trial(trial, spec, sweep_dir, threads=1)
+    except RuntimeError:
+        state = read_trial_state(sweep_dir, trial.trial_id)
+    return reg, seed, state.seconds or 0.0, state.returncode
 
 
-def load(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
-        if tag not in f:
-            return np.zeros(0, int), np.zeros(0)
-        rows = complete_rows(f[tag])  # a run killed mid-row
-        return f[tag]["task_id"][:rows], f[tag]["value"][:rows]
+def log_of(args: Args, reg: str, seed: int) -> str:
+    trial, _, sweep_dir = trial_of(args, reg, seed)
+    return read_trial_state(sweep_dir, trial.trial_id).log or str(sweep_dir / "logs")
 
 
-def per_method(args: Args, tag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{reg: (task_ids, values[seed, task])}`` over the seeds that have the series."""
+def per_method(args: Args, values_of) -> dict:
+    """``{reg: (task_ids, values[seed, task])}`` over the seeds whose run gives values,
+    cut to the tasks every seed reached; ``values_of(run)`` returns a run's
+    ``(task_ids, values)`` or None."""
     table = {}
     for reg in args.regs:
         rows, tasks = [], None
         for seed in args.seeds:
             run_dir = study_run(args, reg, seed)
-            if run_dir is None:
+            found = None if run_dir is None else values_of(load_run(run_dir))
+            if found is None or not len(found[0]):
                 continue
-            task_ids, values = load(run_dir, tag)
-            if not len(task_ids):
-                continue
-            if tasks is None or len(task_ids) < len(tasks):
-                tasks = task_ids
-            rows.append(values)
+            if tasks is None or len(found[0]) < len(tasks):
+                tasks = found[0]
+            rows.append(found[1])
         if rows:
             n = len(tasks)
             table[reg] = (tasks, np.stack([r[:n] for r in rows]))
     return table
 
 
-def total_over_layers(args: Args, metric: str, reduce) -> dict:
-    layers = [f"plasticity/layer{i}/{metric}" for i in range(3)]
-    parts = [per_method(args, tag) for tag in layers]
-    return {
-        reg: (parts[0][reg][0], reduce(np.stack([p[reg][1] for p in parts])))
-        for reg in parts[0]
-    }
+def per_task(tag: str):
+    """``values_of`` for :func:`per_method`: the per-task mean of one series."""
+
+    def values_of(run: Run):
+        series = run.find([tag])
+        return None if series is None else series.per_task_mean()
+
+    return values_of
+
+
+def over_layers(metric: str, reduce):
+    """``values_of``: a per-layer metric of the 3 hidden layers, reduced over them."""
+    tags = [f"plasticity/layer{i}/{metric}" for i in range(3)]
+
+    def values_of(run: Run):
+        if not all(run.find([tag]) for tag in tags):
+            return None
+        means = [run.series[tag].per_task_mean() for tag in tags]
+        return means[0][0], reduce(np.stack([values for _, values in means]))
+
+    return values_of
+
+
+def task_start_densities(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(task_ids, grid, densities)``: the first spectral density of every task."""
+    density = run.find([DENSITY])
+    if density is None:
+        return None
+    tasks, first = np.unique(density.task_id, return_index=True)
+    grid = np.asarray(density.attrs["grid"], dtype=np.float64)
+    return tasks, grid, density.value[first]
+
+
+def epsilon_rank_at_task_start(eps: float):
+    """``values_of``: the ε-rank (share of mass with |λ| > ε) at every task's start."""
+
+    def values_of(run: Run):
+        found = task_start_densities(run)
+        if found is None:
+            return None
+        tasks, grid, densities = found
+        return tasks, epsilon_rank_from_density(grid, densities, eps)
+
+    return values_of
+
+
+def epsilon_points(args: Args) -> tuple[list, np.ndarray]:
+    """Densities at task start paired with that task's online accuracy, pooled over
+    runs: ``([(grid, densities) per run], accuracies)``, as :func:`best_epsilon` takes."""
+    spectra, accuracy = [], []
+    for reg in args.regs:
+        for seed in args.seeds:
+            run_dir = study_run(args, reg, seed)
+            run = None if run_dir is None else load_run(run_dir)
+            found = None if run is None else task_start_densities(run)
+            online = None if run is None else run.find([ACCURACY])
+            if found is None or online is None:
+                continue
+            tasks, grid, densities = found
+            acc_tasks, acc_values = online.per_task_mean()
+            shared = np.isin(tasks, acc_tasks)
+            if shared.any():
+                spectra.append((grid, densities[shared]))
+                accuracy.append(acc_values[np.searchsorted(acc_tasks, tasks[shared])])
+    return spectra, np.concatenate(accuracy) if accuracy else np.zeros(0)
+
+
+def epsilon_fits(args: Args) -> dict[float, tuple[float, int]]:
+    """R² of a task's online accuracy against the ε-rank at its start, for each of
+    :data:`~clenv.plotting.figure.EPSILON_CANDIDATES` (SC's test, Sec. 4, pooling every
+    (run, task) with a spectrum): ``{ε: (R², points)}``."""
+    spectra, accuracy = epsilon_points(args)
+    if not spectra:
+        return {}
+    fits = {}
+    for eps in EPSILON_CANDIDATES:
+        ranks = np.concatenate(
+            [epsilon_rank_from_density(g, d, eps) for g, d in spectra]
+        )
+        fits[eps] = (linear_fit(ranks, accuracy)[2], len(accuracy))
+    return fits
 
 
 def plot(args: Args) -> dict:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not per_method(args, "cl/online_accuracy_per_task"):
+    accuracy = per_method(args, per_task(ACCURACY))
+    if not accuracy:
         hint = "" if args.partial else " (--partial plots unfinished runs)"
         raise SystemExit(
             f"error: no finished run of {list(args.regs)} in {args.runs_dir}{hint}; "
-            "the <reg>_seed<k>.log files there say why a run stopped"
+            "the logs under <runs-dir>/<reg>_seed<k>/sweeps/ say why a run stopped"
         )
-    fits = epsilon_rank_r_squared(args)
+    spectra, performance = epsilon_points(args)
+    chosen, r2 = (
+        best_epsilon(spectra, performance, EPSILON_CANDIDATES)
+        if len(performance) >= 3
+        else (float("nan"), float("nan"))
+    )
     if args.epsilon is None:
-        finite = {e: v for e, v in fits.items() if np.isfinite(v[0])}
-        args.epsilon = (
-            float(max(finite, key=lambda e: finite[e][0])) if finite else 0.01
-        )
-    r2 = fits.get(f"{args.epsilon:g}", (float("nan"), 0))[0]
-    eps_tag = f"curvature/task_start/epsilon_rank/{args.epsilon:g}"
+        args.epsilon = chosen if np.isfinite(chosen) else 0.01
+    elif len(performance) >= 3:
+        ranks = [epsilon_rank_from_density(g, d, args.epsilon) for g, d in spectra]
+        r2 = linear_fit(np.concatenate(ranks), performance)[2]
     panels = [
-        ("Online accuracy per task", per_method(args, "cl/online_accuracy_per_task"),
-         "online accuracy"),
+        ("Online accuracy per task", accuracy, "online accuracy"),
         (f"Dead units (all 3 layers, {args.metric_samples} samples)",
-         total_over_layers(args, "dead_units", lambda a: a.sum(0)), "dead units"),
+         per_method(args, over_layers("dead_units", lambda a: a.sum(0))),
+         "dead units"),
         ("Effective rank (mean over layers)",
-         total_over_layers(args, "effective_rank", lambda a: a.mean(0)),
+         per_method(args, over_layers("effective_rank", lambda a: a.mean(0))),
          "effective rank"),
         (f"Hessian ε-rank at task start (ε = {args.epsilon:g}, R² = {r2:.2f})",
-         per_method(args, eps_tag), "ε-rank (share of |λ| > ε)"),
+         per_method(args, epsilon_rank_at_task_start(args.epsilon)),
+         "ε-rank: share of density mass with |λ| > ε"),
     ]  # fmt: skip
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    fig = Figure(figsize=(12, 8), constrained_layout=True)
+    axes = fig.subplots(2, 2)
     summary: dict[str, dict[str, float]] = {}
     for ax, (title, table, ylabel) in zip(axes.flat, panels, strict=True):
         for reg, (tasks, values) in table.items():
@@ -248,7 +316,6 @@ def plot(args: Args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{args.name}.png", dpi=110)
-    accuracy = panels[0][1]
     for reg, (_, values) in accuracy.items():
         mean = values.mean(0)
         k = min(10, len(mean))
@@ -270,36 +337,6 @@ def plot(args: Args) -> dict:
                 entry[f"{key}_last"] = float(series[-1])
         summary[reg] = entry
     return summary
-
-
-def epsilon_rank_r_squared(args: Args) -> dict[str, tuple[float, int]]:
-    """R² of a task's online accuracy against the ε-rank at its start, per logged ε.
-
-    SC's test (Sec. 4): pools every (run, task) with a spectrum; SC picks the ε that
-    maximises R² after the fact (PMNIST: ε = 0.01, R² = 0.77). Returns
-    ``{ε: (R², points)}``.
-    """
-    pairs: dict[str, list[tuple[float, float]]] = {}
-    for reg in args.regs:
-        for seed in args.seeds:
-            run_dir = study_run(args, reg, seed)
-            if run_dir is None:
-                continue
-            acc_tasks, accuracy = load(run_dir, "cl/online_accuracy_per_task")
-            with h5py.File(run_dir / "metrics.h5", "r", locking=False) as f:
-                group = f.get("curvature/task_start/epsilon_rank")
-                names = list(group) if group is not None else []
-            for eps in names:
-                tasks, ranks = load(run_dir, f"curvature/task_start/epsilon_rank/{eps}")
-                for task, rank in zip(tasks, ranks, strict=True):
-                    hit = np.flatnonzero(acc_tasks == task)
-                    if hit.size:
-                        pairs.setdefault(eps, []).append((rank, accuracy[hit[0]]))
-    result = {}
-    for eps, points in sorted(pairs.items(), key=lambda kv: float(kv[0])):
-        x, y = np.array(points).T
-        result[eps] = (linear_fit(x, y)[2], len(x))
-    return result
 
 
 def _first_last(entry: dict, key: str, fmt: str) -> str:
@@ -326,13 +363,14 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
             f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
         )
-    fits = epsilon_rank_r_squared(args)
+    fits = epsilon_fits(args)
     if fits:
-        lines += ["", "R² of online accuracy on task k against the ε-rank at the start "
-                  "of task k, pooled over methods, seeds and tasks with a spectrum "
-                  "(SC, PMNIST: ε = 0.01, R² = 0.77):", "",
+        lines += ["", "R² of online accuracy on task k against the ε-rank (share of the "
+                  "density's mass with |λ| > ε) at the start of task k, pooled over "
+                  "methods, seeds and tasks with a spectrum (SC, PMNIST: ε = 0.01, "
+                  "R² = 0.77):", "",
                   "| ε | R² | points |", "|---|---|---|"]  # fmt: skip
-        lines += [f"| {eps} | {r2:.2f} | {n} |" for eps, (r2, n) in fits.items()]
+        lines += [f"| {eps:.3g} | {r2:.2f} | {n} |" for eps, (r2, n) in fits.items()]
     if timings:
         lines += ["", "Wall time per run (s): " + ", ".join(
             f"{reg}/{seed}: {seconds:.0f}" for reg, seed, seconds, _ in timings)]  # fmt: skip
@@ -358,8 +396,11 @@ def main() -> None:
             for reg, seed, seconds, code in pool.map(
                 lambda rs: launch(args, *rs), order
             ):
-                log = Path(args.runs_dir) / f"{reg}_seed{seed}.log"
-                status = "ok" if code == 0 else f"FAILED (exit {code}, see {log})"
+                status = (
+                    "ok"
+                    if code == 0
+                    else f"FAILED (exit {code}, see {log_of(args, reg, seed)})"
+                )
                 print(f"{reg} seed {seed}: {status} in {seconds:.0f} s "
                       f"[{time.time() - start:.0f} s]", flush=True)  # fmt: skip
                 timings.append((reg, seed, seconds, code))
