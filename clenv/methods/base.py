@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 
 class PlasticityMethod:
@@ -143,14 +142,6 @@ class Compose(PlasticityMethod):
 
     def __repr__(self) -> str:
         return f"Compose({self.methods!r})"
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of ``model`` that require grad (weights and biases alike)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no parameter that requires grad")
-    return params
 
 
 class SeededGenerator:

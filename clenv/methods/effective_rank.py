@@ -39,17 +39,20 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from clenv.methods.base import PlasticityMethod, trainable_parameters
+from clenv.methods.base import PlasticityMethod
 from clenv.methods.layers import (
     HiddenLayer,
     capture_features,
-    default_forward,
     find_hidden_layers,
-    norm_statistics_preserved,
-    resolve_modules,
 )
 from clenv.metrics import effective_rank
-from clenv.metrics.activations import ForwardFn
+from clenv.metrics.activations import (
+    ForwardFn,
+    default_forward,
+    preserved_training_state,
+    resolve_layers,
+)
+from clenv.metrics.hessian import trainable_parameters
 
 SCHEDULES = ("step", "epoch")
 TIMINGS = ("after", "before")
@@ -137,7 +140,9 @@ class EffectiveRankAscent(PlasticityMethod):
             self.feature_modules = [h.activation for h in found]
         else:
             self.layer_names = list(layers)
-            self.feature_modules = resolve_modules(model, self.layer_names)
+            self.feature_modules = list(
+                resolve_layers(model, self.layer_names).values()
+            )
         if last_layers is not None:
             if not 1 <= last_layers <= len(self.feature_modules):
                 raise ValueError(
@@ -243,9 +248,13 @@ class EffectiveRankAscent(PlasticityMethod):
         Returns:
             The objective before the step (detached), e.g. for logging.
         """
-        # BatchNorm running statistics are restored after the backward (which may
-        # still need them), so the ascent's forward leaves no trace but the step.
-        with torch.enable_grad(), norm_statistics_preserved(self.model):
+        # Buffers (BatchNorm running statistics) are restored after the backward
+        # (which may still need them), so the ascent's forward leaves no trace but
+        # the step; the modes stay the model's own.
+        with (
+            torch.enable_grad(),
+            preserved_training_state(self.model, None, fork_rng=False),
+        ):
             objective = self.objective(inputs)
             grads = torch.autograd.grad(objective, self.params, allow_unused=True)
         used = [

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from clenv.methods.base import PlasticityMethod, trainable_parameters
+from clenv.methods.base import PlasticityMethod
+from clenv.metrics.hessian import trainable_parameters
 
 
 class L2(PlasticityMethod):

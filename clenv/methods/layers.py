@@ -22,7 +22,6 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -39,11 +38,6 @@ POOLS = (
     nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
 )
-
-
-def default_forward(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)``: the forward used when no ``forward_fn`` is given."""
-    return model(inputs)
 
 
 @dataclass(frozen=True)
@@ -230,21 +224,6 @@ def find_output_layers(
     return outputs
 
 
-def resolve_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    """``model.get_submodule`` for each name, with an error that lists what exists."""
-    modules = []
-    for name in names:
-        try:
-            modules.append(model.get_submodule(name))
-        except AttributeError as error:
-            known = [n for n, _ in model.named_modules() if n][:20]
-            raise ValueError(
-                f"{type(model).__name__} has no module {name!r}; known names include "
-                f"{known}"
-            ) from error
-    return modules
-
-
 class _Recording:
     """Forward hooks that keep the output of chosen modules on every forward.
 
@@ -334,29 +313,6 @@ def capture_features(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor
                 "or pass explicit layers"
             )
         result.append(seen[0])
-
-
-@contextlib.contextmanager
-def norm_statistics_preserved(model: nn.Module) -> Iterator[None]:
-    """Restore BatchNorm running statistics after a forward a method makes."""
-    saved = [
-        (
-            m,
-            m.running_mean.clone(),
-            m.running_var.clone(),
-            m.num_batches_tracked.clone(),
-        )
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for module, mean, var, count in saved:
-                module.running_mean.copy_(mean)
-                module.running_var.copy_(var)
-                module.num_batches_tracked.copy_(count)
 
 
 def activation_gain(activation: nn.Module) -> float:

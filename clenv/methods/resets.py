@@ -32,9 +32,9 @@ from clenv.methods.layers import (
     activation_gain,
     find_hidden_layers,
     find_output_layers,
-    resolve_modules,
     uniform_bound,
 )
+from clenv.metrics.activations import resolve_layers
 from clenv.metrics.bounds import WEIGHT_LAYER_TYPES
 
 HEAD_MODES = ("reinit", "zero")
@@ -136,9 +136,8 @@ class HeadReset(_TaskSwitchReset):
                 model, find_hidden_layers(model, hidden_layers)
             )
         else:
-            self.heads = resolve_modules(
-                model, [head] if isinstance(head, str) else head
-            )
+            names = [head] if isinstance(head, str) else head
+            self.heads = list(resolve_layers(model, names).values())
 
     @torch.no_grad()
     def reset(self) -> None:

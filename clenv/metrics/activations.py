@@ -52,21 +52,41 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def default_forward(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``: the forward used when no ``forward_fn`` is given."""
+    return model(inputs)
+
+
 @contextlib.contextmanager
-def preserved_training_state(model: nn.Module, train_mode: bool) -> Iterator[None]:
+def preserved_training_state(
+    model: nn.Module, train_mode: bool | None, *, fork_rng: bool = True
+) -> Iterator[None]:
     """Run a forward pass in train or eval mode and leave no trace of it.
 
     Every module's ``training`` flag, every buffer (BatchNorm running statistics and
-    ``num_batches_tracked``, and any other buffer a forward updates) and the torch
-    RNG streams (dropout) of the CPU and the model's CUDA device are restored on exit.
+    ``num_batches_tracked``, and any other buffer a forward updates) and, with
+    ``fork_rng``, the torch RNG streams (dropout) of the CPU and the model's CUDA
+    device are restored on exit.
+
+    Args:
+        model: the model.
+        train_mode: the mode to run in; ``None`` keeps each module's own mode.
+        fork_rng: restore the RNG streams too (a plasticity method's forward, part
+            of training, passes ``False`` and consumes them as training does).
     """
     modes = [(module, module.training) for module in model.modules()]
     buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
     device = model_device(model)
     rng_devices = [device] if device.type == "cuda" else []
+    rng = (
+        torch.random.fork_rng(devices=rng_devices)
+        if fork_rng
+        else contextlib.nullcontext()
+    )
     try:
-        with torch.random.fork_rng(devices=rng_devices):
-            model.train(train_mode)
+        with rng:
+            if train_mode is not None:
+                model.train(train_mode)
             yield
     finally:
         for module, training in modes:
@@ -178,7 +198,7 @@ def capture_activations(
 
     if forward_fn is None:
         inputs = move_to_device(inputs, model_device(model))
-        forward_fn = _plain_forward
+        forward_fn = default_forward
     handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
     try:
         with torch.no_grad(), preserved_training_state(model, train_mode):
@@ -192,7 +212,3 @@ def capture_activations(
             "`layers` and `forward_fn`"
         )
     return captured
-
-
-def _plain_forward(model: nn.Module, inputs: Any) -> Any:
-    return model(inputs)

@@ -75,7 +75,8 @@ def _scalar(loss: Any) -> torch.Tensor:
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters with ``requires_grad`` (the Hessian's coordinates), in order."""
+    """Parameters with ``requires_grad`` (weights and biases alike), in order: the
+    Hessian's coordinates, and what L2 and ER act on (:mod:`clenv.methods`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
