@@ -60,11 +60,13 @@ from clenv.metrics import (
     representation_metrics,
     weight_metrics,
 )
+from clenv.metrics.activations import preserved_training_state
 from clenv.models import (
     ContinualImageNetConvNet,
     IncrementalCIFARResNet18,
     PermutedMNISTMLP,
 )
+from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
 
@@ -73,39 +75,21 @@ PMNIST, IMAGENET, CIFAR = (
     "clenv/ContinualImageNet-v0",
     "clenv/IncrementalCIFAR100-v0",
 )
-# Settings per benchmark and paper (PROTOCOLS.md). A field left at None takes its
-# value from here. LoP's ImageNet step size (0.01) and SC's CIFAR epochs (200, as LoP)
-# are not in PROTOCOLS.md; docs/agents/supervised.md says so.
-PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    PMNIST: {
-        "sc": dict(learning_rate=0.01, momentum=0.0, batch_size=1, width=1000,
-                   num_tasks=800, examples_per_task=60_000, method_preset="pmnist"),
-        "lop": dict(learning_rate=0.003, momentum=0.0, batch_size=1, width=2000,
-                    num_tasks=800, examples_per_task=60_000, method_preset="pmnist_lop"),
-    },
-    IMAGENET: {
-        "sc": dict(learning_rate=1e-3, momentum=0.9, batch_size=100, num_tasks=2000,
-                   epochs_per_task=20, zero_head_on_switch=False,
-                   method_preset="imagenet"),
-        "lop": dict(learning_rate=0.01, momentum=0.9, batch_size=100, num_tasks=2000,
-                    epochs_per_task=250, zero_head_on_switch=True,
-                    method_preset="imagenet_lop"),
-    },
-    CIFAR: {
-        "sc": dict(learning_rate=1e-2, momentum=0.9, batch_size=100, num_tasks=20,
-                   epochs_per_task=200, extra_fc=2, lr_milestones=(),
-                   optimizer_weight_decay=0.0, augment=False, normalize=False,
-                   restore_best_validation=False, method_preset="cifar"),
-        "lop": dict(learning_rate=0.1, momentum=0.9, batch_size=90, num_tasks=20,
-                    epochs_per_task=200, extra_fc=0, lr_milestones=(60, 120, 160),
-                    optimizer_weight_decay=5e-4, augment=True, normalize=True,
-                    restore_best_validation=True, method_preset="cifar_lop"),
-    },
-}  # fmt: skip
-GENERIC_DEFAULTS: dict[str, Any] = dict(
-    zero_head_on_switch=False, extra_fc=0, lr_milestones=(), lr_gamma=0.2,
+# The clenv.settings module of each benchmark: its rows hold both papers' settings.
+BENCHMARKS = {
+    PMNIST: "permuted_mnist",
+    IMAGENET: "continual_imagenet",
+    CIFAR: "incremental_cifar",
+}
+# The method preset of each benchmark (clenv.methods.presets); "_lop" under lop.
+PRESETS = {PMNIST: "pmnist", IMAGENET: "imagenet", CIFAR: "cifar"}
+# Where no paper's row sets an option (an option another benchmark uses, or a
+# diagnostic only SC specifies), its value is this.
+UNSET = dict(
+    momentum=0.0, zero_head_on_switch=False, extra_fc=0, lr_milestones=(),
     optimizer_weight_decay=0.0, augment=False, normalize=False,
-    restore_best_validation=False,
+    restore_best_validation=False, curvature_every_tasks=10, curvature_order=100,
+    metric_samples=2000, curvature_classes="all", curvature_batchnorm="eval",
 )  # fmt: skip
 
 
@@ -131,55 +115,55 @@ class Args:
 
     # Benchmark
     env_id: str = PMNIST
-    """clenv/PermutedMNIST-v0 (MLP), clenv/ContinualImageNet-v0 (LoP ConvNet) or
+    """clenv/PermutedMNIST-v0 (MLP), clenv/ContinualImageNet-v0 (ConvNet) or
     clenv/IncrementalCIFAR100-v0 (ResNet-18 variant)"""
     protocol: Literal["sc", "lop"] = "sc"
-    """paper settings for every option left unset: sc (Prakash et al. 2026) or lop
-    (Dohare et al. 2024); see PROTOCOL_DEFAULTS and docs/agents/supervised.md"""
+    """paper whose settings fill every option left unset: sc (Prakash et al. 2026) or
+    lop (Dohare et al. 2024); docs/protocols.md lists them with their sources"""
     data_dir: str | None = None
-    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv), e.g. ../shared/data"""
+    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv); `clenv download` fills it"""
     num_tasks: int | None = None
-    """tasks to train on (default: PMNIST 800, ImageNet 2000, CIFAR 20)"""
+    """tasks to train on (default: from --protocol; docs/protocols.md)"""
     examples_per_task: int | None = None
-    """Permuted MNIST: examples per task, one pass (default 60000)"""
+    """Permuted MNIST: examples per task, one pass (default: from --protocol; docs/protocols.md)"""
     epochs_per_task: int | None = None
-    """ImageNet/CIFAR: epochs per task (default: ImageNet 20 sc / 250 lop; CIFAR 200)"""
+    """ImageNet/CIFAR: epochs per task (default: from --protocol; docs/protocols.md)"""
     env_kwargs: list[str] = field(default_factory=list)
     """more gym.make arguments as key=value (Python literals), e.g.
     `--env-kwargs num_classes=10`"""
 
     # Network and optimizer
     width: int | None = None
-    """Permuted MNIST MLP: units per hidden layer (default: 1000 sc, 2000 lop)"""
+    """Permuted MNIST MLP: units per hidden layer (default: from --protocol; docs/protocols.md)"""
     depth: int = 3
     """Permuted MNIST MLP: hidden layers"""
     extra_fc: int | None = None
-    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: 2 sc, 0 lop)"""
+    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: from --protocol; docs/protocols.md)"""
     resnet_channels: int = 64
     """CIFAR ResNet: channels of the first stage (64 in both papers; less for quick
     runs)"""
     learning_rate: float | None = None
-    """SGD step size (default: PMNIST 0.01 sc / 0.003 lop; ImageNet 1e-3 sc / 0.01 lop;
-    CIFAR 0.01 sc / 0.1 lop)"""
+    """SGD step size; per method where a paper tuned it (default: from --protocol; docs/protocols.md)"""
     momentum: float | None = None
-    """SGD momentum (default: 0 PMNIST, 0.9 ImageNet and CIFAR)"""
+    """SGD momentum (default: from --protocol; docs/protocols.md)"""
     optimizer_weight_decay: float | None = None
-    """the optimizer's own weight decay, on top of --reg (default 0; LoP CIFAR 5e-4)"""
+    """the optimizer's own weight decay, on top of --reg (default: from --protocol; docs/protocols.md)"""
     batch_size: int | None = None
-    """minibatch size (default: PMNIST 1, ImageNet 100, CIFAR 100 sc / 90 lop)"""
+    """minibatch size (default: from --protocol; docs/protocols.md)"""
     lr_milestones: tuple[int, ...] | None = None
     """epochs of each task at which the step size is multiplied by --lr-gamma; it is
-    reset at every task start (default: LoP CIFAR 60 120 160, else none)"""
+    reset at every task start (default: from --protocol; docs/protocols.md)"""
     lr_gamma: float = 0.2
     """factor of --lr-milestones"""
     zero_head_on_switch: bool | None = None
-    """zero the output layer at every task start (default: LoP ImageNet only)"""
+    """zero the output layer at every task start, keeping the optimizer's momentum
+    (default: from --protocol; docs/protocols.md)"""
     augment: bool | None = None
-    """CIFAR: flip, padded crop and rotation (default: lop yes, sc no)"""
+    """CIFAR: flip, padded crop and rotation (default: from --protocol; docs/protocols.md)"""
     normalize: bool | None = None
-    """CIFAR: per-channel normalisation (default: lop yes, sc no)"""
+    """CIFAR: per-channel normalisation (default: from --protocol; docs/protocols.md)"""
     restore_best_validation: bool | None = None
-    """CIFAR: restore the weights of the best validation epoch at each task end (LoP)"""
+    """CIFAR: restore the weights of the best validation epoch at each task end (default: from --protocol; docs/protocols.md)"""
 
     # Plasticity method
     reg: str = "l2er"
@@ -200,14 +184,21 @@ class Args:
     # Logging
     log_every: int = 1000
     """log the running online accuracy (cl/online_accuracy) every this many examples"""
-    metric_samples: int = 2000
-    """samples of the task the plasticity and curvature metrics are computed on (SC)"""
+    metric_samples: int | None = None
+    """samples of the task the plasticity and curvature metrics are computed on
+    (default: from --protocol; docs/protocols.md)"""
     plasticity_every_tasks: int = 1
     """log plasticity/* at the end of every k-th task; 0: never"""
-    curvature_every_tasks: int = 10
-    """log curvature/* at the start and end of every k-th task (SC: 10); 0: never"""
-    curvature_order: int = 100
-    """Lanczos iterations of the spectral density (SC: 100)"""
+    curvature_every_tasks: int | None = None
+    """log curvature/* at the start and end of every k-th task; 0: never (default: from --protocol; docs/protocols.md)"""
+    curvature_order: int | None = None
+    """Lanczos iterations of the spectral density (default: from --protocol; docs/protocols.md)"""
+    curvature_classes: Literal["all", "new"] | None = None
+    """CIFAR: the curvature's samples come from every class seen (all) or the classes
+    the task adds (new) (default: from --protocol; docs/protocols.md)"""
+    curvature_batchnorm: Literal["eval", "train"] | None = None
+    """BatchNorm in the curvature's loss: running statistics (eval) or the samples'
+    batch statistics (train; running statistics left untouched) (default: from --protocol; docs/protocols.md)"""
     curvature_trace_matvecs: int = 0
     """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
     curvature_epsilons: tuple[float, ...] = (0.001, 0.01, 0.03, 0.1)
@@ -230,15 +221,23 @@ class Args:
 
 
 def resolve_args(args: Args) -> Args:
-    """Fill every unset option from the benchmark's protocol and check the arguments."""
-    if args.env_id not in PROTOCOL_DEFAULTS:
+    """Fill every unset option from the protocol's rows (clenv.settings, shown in
+    docs/protocols.md; a row tuned per method applies when --reg has its components),
+    then from UNSET, and check the arguments."""
+    if args.env_id not in BENCHMARKS:
         raise ValueError(
-            f"--env-id must be one of {list(PROTOCOL_DEFAULTS)}, got {args.env_id!r}"
+            f"--env-id must be one of {list(BENCHMARKS)}, got {args.env_id!r}"
         )
-    defaults = {**GENERIC_DEFAULTS, **PROTOCOL_DEFAULTS[args.env_id][args.protocol]}
-    for key, value in defaults.items():
-        if getattr(args, key, "missing") is None:
+    components = split_name(args.reg)
+    rows = protocol_defaults(
+        BENCHMARKS[args.env_id], args.protocol, components=components
+    )
+    for key, value in {**UNSET, **rows}.items():
+        if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.method_preset is None:
+        suffix = "_lop" if args.protocol == "lop" else ""
+        args.method_preset = PRESETS[args.env_id] + suffix
     for key in ("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
                 "keep_checkpoints", "metric_samples", "depth"):  # fmt: skip
         if getattr(args, key) < 1:
@@ -250,10 +249,6 @@ def resolve_args(args: Args) -> Args:
     if args.learning_rate <= 0:
         raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
     if args.env_id == PMNIST:
-        if args.examples_per_task is None:
-            args.examples_per_task = PROTOCOL_DEFAULTS[PMNIST][args.protocol][
-                "examples_per_task"
-            ]
         # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
         # one at a time. Larger minibatches: one minibatch per env step.
         args.env_batch_size = args.chunk if args.batch_size == 1 else args.batch_size
@@ -275,6 +270,8 @@ def env_kwargs_for(args: Args) -> dict[str, Any]:
     )
     if args.data_dir is not None:
         kwargs["data_dir"] = args.data_dir
+    # The env's own settings of the protocol (clenv.settings rows of kind "env").
+    kwargs.update(protocol_defaults(BENCHMARKS[args.env_id], args.protocol, "env"))
     if args.env_id == PMNIST:
         kwargs["examples_per_task"] = args.examples_per_task
     else:
@@ -295,12 +292,17 @@ def make_env(env_id: str, env_kwargs: dict[str, Any]) -> RestorableEnv:
 
 
 def make_model(args: Args) -> nn.Module:
+    # The model's settings of the protocol (variant, init: rows of kind "model").
+    kwargs = protocol_defaults(BENCHMARKS[args.env_id], args.protocol, "model")
     if args.env_id == PMNIST:
-        return PermutedMNISTMLP(784, args.width, args.depth, 10)
+        return PermutedMNISTMLP(784, args.width, args.depth, 10, **kwargs)
     if args.env_id == IMAGENET:
-        return ContinualImageNetConvNet(num_classes=2)
+        return ContinualImageNetConvNet(num_classes=2, **kwargs)
     return IncrementalCIFARResNet18(
-        num_classes=100, extra_fc=args.extra_fc, base_channels=args.resnet_channels
+        num_classes=100,
+        extra_fc=args.extra_fc,
+        base_channels=args.resnet_channels,
+        **kwargs,
     )
 
 
@@ -315,49 +317,19 @@ def masked(logits: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     return logits.masked_fill(~active, float("-inf"))
 
 
+def ascent_group_size(method: Any) -> int:
+    """U where a component ascends before each group of U minibatches, on their inputs
+    (ER with ``timing="before"``: SC's ImageNet and CIFAR), else 0."""
+    for component in getattr(method, "methods", [method]):
+        if getattr(component, "timing", "after") == "before":
+            return int(component.interval)
+    return 0
+
+
 def plasticity_layers(model: nn.Module) -> list[str] | None:
     """Layers whose features are ranked: every ReLU of the MLP, the FC layers of the
     conv nets (a conv map of 2000 samples is too large to rank every task)."""
     return getattr(model, "fc_activation_names", lambda: None)()
-
-
-def symmetric_log_grid(low: float, high: float, per_decade: int) -> np.ndarray:
-    """A fixed eigenvalue grid, log-spaced in |lambda| on both sides of 0, so the
-    densities of every task (and run) stack."""
-    positive = np.logspace(
-        np.log10(low), np.log10(high), int(per_decade * np.log10(high / low)) + 1
-    )
-    return np.concatenate([-positive[::-1], [0.0], positive])
-
-
-DENSITY_GRID = symmetric_log_grid(1e-5, 1e6, 25)
-
-
-def density_on_grid(
-    ritz_values: np.ndarray,
-    ritz_weights: np.ndarray,
-    grid: np.ndarray,
-    sigma_squared: float,
-) -> np.ndarray:
-    """SLQ density (Gaussian-smoothed Ritz mixture, SC) as exact bin masses on ``grid``.
-
-    Each grid point gets the mixture's mass between the midpoints to its neighbours
-    (the outer points take the tails), divided by its trapezoid weight, so a peak
-    narrower than the grid spacing keeps its mass and
-    ``sum(density * trapezoid weights) == 1``.
-    """
-    values = np.asarray(ritz_values, dtype=np.float64).reshape(-1)
-    weights = np.asarray(ritz_weights, dtype=np.float64).reshape(-1)
-    weights = weights / weights.sum()
-    edges = np.concatenate([[-np.inf], 0.5 * (grid[1:] + grid[:-1]), [np.inf]])
-    sigma = np.sqrt(sigma_squared)
-    z = (edges[:, None] - values[None, :]) / sigma
-    cdf = torch.special.ndtr(torch.from_numpy(z)).numpy()
-    mass = (np.diff(cdf, axis=0) * weights[None, :]).sum(axis=1)
-    widths = np.zeros_like(grid)
-    widths[:-1] += np.diff(grid) / 2
-    widths[1:] += np.diff(grid) / 2
-    return mass / widths
 
 
 @dataclass
@@ -458,6 +430,13 @@ if __name__ == "__main__":
         trainer = FastMLPTrainer(model, args.learning_rate, method=method)
     # Batch-1 Permuted MNIST: sequential updates within each env step (a chunk).
     per_example = args.env_id == PMNIST and args.batch_size == 1
+    group_size = ascent_group_size(method)
+    if group_size and (per_example or trainer is not None):
+        sys.exit(
+            f"error: --reg {args.reg}: an ascent before each group of minibatches "
+            "(timing='before') needs minibatch training (--batch-size > 1); at batch "
+            "1 use the ascent after them (er__timing=after, er__schedule=step)"
+        )
     metric_split = "train"
     num_classes = head_of(model).out_features
 
@@ -465,6 +444,9 @@ if __name__ == "__main__":
     global_step = 0  # examples seen
     stats = TaskStats()
     obs, info = None, None
+    # Minibatches stepped in the env but not trained on yet (grouped ascent):
+    # (inputs, info before the step, reward, truncated, info after the step).
+    pending: list[tuple[torch.Tensor, dict, float, bool, dict]] = []
     checkpoint = None
     if resume_dir is not None:
         checkpoint = load_latest_checkpoint(Path(resume_dir) / "checkpoints", device)
@@ -481,6 +463,7 @@ if __name__ == "__main__":
         env.set_env_state([state["env_state"]])
         obs, info = state["obs"], state["info"]
         stats = TaskStats(**state["stats"])
+        pending = state.get("pending", [])
         logger = RunLogger.resume(resume_dir, step=global_step)
         print(f"resumed {resume_dir} at example {global_step:,}")
     else:
@@ -539,14 +522,35 @@ if __name__ == "__main__":
         model.train(was_training)
         return correct / max(len(labels), 1)
 
-    def log_curvature(task_id: int, when: str, active) -> None:
-        inputs, labels = task_batch(task_id, metric_split, args.metric_samples)
+    def new_class_batch(task_id: int):
+        """SC's CIFAR curvature samples: those of the classes the task adds."""
+        inputs, labels = base.task_data(task_id, metric_split)
+        if hasattr(base, "active_classes"):
+            seen = base.active_classes(task_id - 1) if task_id > 0 else []
+            keep = ~np.isin(labels, seen)
+            inputs, labels = inputs[keep], labels[keep]
+        inputs, labels = inputs[: args.metric_samples], labels[: args.metric_samples]
+        return torch.as_tensor(inputs, device=device), torch.as_tensor(
+            labels, device=device
+        )
+
+    def log_curvature(task_id: int, when: str, task_info: dict[str, Any]) -> None:
+        active = active_mask(task_info)
+        inputs, labels = (
+            new_class_batch(task_id)
+            if args.curvature_classes == "new"
+            else task_batch(task_id, metric_split, args.metric_samples)
+        )
+        batchnorm_train = args.curvature_batchnorm == "train"
 
         def loss_fn(net, batch):
+            if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
+                net.train()
             return F.cross_entropy(masked(net(batch[0]), active), batch[1])
 
-        # A forked RNG: logging more or less never changes the training run.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # Every flag, buffer (BatchNorm running statistics) and RNG stream is
+        # restored afterwards: logging more or less never changes the training run.
+        with preserved_training_state(model, model.training):
             report = curvature_report(
                 model,
                 loss_fn,
@@ -560,11 +564,11 @@ if __name__ == "__main__":
         for key, value in report.items():
             if isinstance(value, int | float):
                 logger.log_scalar(prefix + key, value, global_step, task_id=task_id)
-        density = density_on_grid(
-            report["ritz_values"], report["ritz_weights"], DENSITY_GRID, 1e-5
-        )
-        logger.log_array(prefix + "spectral_density", density, global_step,
-                         grid=DENSITY_GRID, task_id=task_id)  # fmt: skip
+        # On clenv.metrics.DENSITY_GRID with SC's smoothing: every task, run and
+        # agent stacks.
+        logger.log_array(prefix + "spectral_density", report["spectral_density"],
+                         global_step, grid=report["spectral_density_grid"],
+                         task_id=task_id)  # fmt: skip
         # Fixed length (HDF5 rows): Lanczos stops early on a tiny model.
         for key, fill in (("ritz_values", np.nan), ("ritz_weights", 0.0)):
             row = np.full(args.curvature_order, fill)
@@ -593,18 +597,18 @@ if __name__ == "__main__":
         logger.set_task(task_id)
         if task_id > 0:
             method.on_task_switch(task_id)
-        if args.zero_head_on_switch:
+        if args.zero_head_on_switch:  # LoP's ImageNet: the momentum is kept
             with torch.no_grad():
                 for param in head_of(model).parameters():
                     param.zero_()
-                    optimizer.state.pop(param, None)
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate
         if curvature_due(task_id):
-            log_curvature(task_id, "task_start", active_mask(task_info))
+            log_curvature(task_id, "task_start", task_info)
 
-    def task_end(task_id: int, active) -> None:
+    def task_end(task_id: int, task_info: dict[str, Any]) -> None:
         """Per-task summaries, logged once with the step at the task's end."""
+        active = active_mask(task_info)
         if args.restore_best_validation and stats.best_state is not None:
             model.load_state_dict(stats.best_state)
         summary = {
@@ -622,7 +626,7 @@ if __name__ == "__main__":
         if every and task_id % every == 0:
             log_plasticity(task_id)
         if curvature_due(task_id):
-            log_curvature(task_id, "task_end", active)
+            log_curvature(task_id, "task_end", task_info)
 
     def save() -> None:
         state = {
@@ -635,6 +639,7 @@ if __name__ == "__main__":
             "obs": obs,
             "info": info,
             "stats": dataclasses.asdict(stats),
+            "pending": pending,
             "args": vars(args),
         }
         save_checkpoint(run_dir / "checkpoints", state, global_step,
@@ -651,12 +656,35 @@ if __name__ == "__main__":
     finished_all = False
     model.train()
     while not finished_all:
-        x = torch.as_tensor(obs, device=device)
-        if args.env_batch_size == 1:  # a single example comes without a batch axis
-            x = x.unsqueeze(0)
-        active = active_mask(info)
+        if group_size and not pending:
+            # SC's ImageNet/CIFAR L2-ER: step the env through the next U minibatches
+            # (answered with the current weights), ascend on their inputs
+            # (method.before_epoch), then train on them in order.
+            model.eval()  # the env's answers leave BatchNorm's statistics alone
+            while len(pending) < group_size:
+                x = torch.as_tensor(obs, device=device)
+                with torch.no_grad():
+                    action = masked(model(x), active_mask(info)).argmax(1)
+                next_obs, reward, _, truncated, next_info = env.step(
+                    action.cpu().numpy()
+                )
+                pending.append((x, info, reward, truncated, next_info))
+                obs, info = next_obs, next_info
+                # A group never spans two epochs or tasks.
+                if truncated or next_info["epoch"] != pending[0][1]["epoch"]:
+                    break
+            model.train()
+            method.before_epoch(torch.cat([step[0] for step in pending]))
+        if group_size:
+            x, step_info, reward, truncated, next_info = pending.pop(0)
+        else:
+            x = torch.as_tensor(obs, device=device)
+            if args.env_batch_size == 1:  # a single example comes without a batch axis
+                x = x.unsqueeze(0)
+            step_info = info
+        active = active_mask(step_info)
         if args.lr_milestones:
-            passed = sum(int(info["epoch"]) >= m for m in args.lr_milestones)
+            passed = sum(int(step_info["epoch"]) >= m for m in args.lr_milestones)
             for group in optimizer.param_groups:
                 group["lr"] = args.learning_rate * args.lr_gamma**passed
 
@@ -664,12 +692,14 @@ if __name__ == "__main__":
         if per_example:
             with torch.no_grad():
                 prediction = model(x).argmax(1)
-        else:
+        else:  # (grouped: the prediction at update time, the accuracy SC logs)
             logits = masked(model(x), active)
             prediction = logits.argmax(1)
-        action = prediction.cpu().numpy()
-        action = int(action[0]) if args.env_batch_size == 1 else action
-        next_obs, reward, _, truncated, next_info = env.step(action)
+        if not group_size:
+            action = prediction.cpu().numpy()
+            action = int(action[0]) if args.env_batch_size == 1 else action
+            next_obs, reward, _, truncated, next_info = env.step(action)
+            obs, info = next_obs, next_info
         labels = torch.as_tensor(
             np.atleast_1d(next_info["label"]), device=device, dtype=torch.int64
         )
@@ -724,24 +754,23 @@ if __name__ == "__main__":
                 stats.best_state = copy.deepcopy(model.state_dict())
         stats.epoch = int(next_info["epoch"])
 
-        obs, info = next_obs, next_info
         crossed = args.checkpoint_every and (
             global_step // args.checkpoint_every
             > (global_step - labels.numel()) // args.checkpoint_every
         )
         if truncated:  # the step that completes a task (docs/protocol.md)
             finished = stats.task_id
-            task_end(finished, active)
+            task_end(finished, step_info)
             finished_all = finished + 1 >= args.num_tasks
             if not finished_all:
                 stats = TaskStats(
-                    task_id=int(info["task_id"]),
-                    epoch=int(info["epoch"]),
+                    task_id=int(next_info["task_id"]),
+                    epoch=int(next_info["epoch"]),
                     # The running-accuracy window spans task boundaries.
                     window_examples=stats.window_examples,
                     window_correct=stats.window_correct,
                 )
-                task_start(stats.task_id, info)
+                task_start(stats.task_id, next_info)
                 every = args.checkpoint_every_tasks
                 crossed = crossed or (every and stats.task_id % every == 0)
         if crossed and not finished_all:

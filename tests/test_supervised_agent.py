@@ -285,24 +285,199 @@ def load_agent_module():
     return module
 
 
-def test_stored_density_keeps_the_mass_of_every_ritz_value():
-    """Closed form: a mixture of Gaussians of width sqrt(1e-5) at -2 and 3 (weights
-    1:3) puts mass 0.25 below zero and 0.75 above, however coarse the grid."""
+ROW_BENCHMARKS = {
+    "clenv/PermutedMNIST-v0": "permuted_mnist",
+    "clenv/ContinualImageNet-v0": "continual_imagenet",
+    "clenv/IncrementalCIFAR100-v0": "incremental_cifar",
+}
+
+
+@pytest.mark.parametrize("env_id", list(ROW_BENCHMARKS))
+@pytest.mark.parametrize("protocol", ["sc", "lop"])
+@pytest.mark.parametrize("reg", ["bp", "l2", "l2er", "cbp"])
+def test_protocol_rows_fill_unset_options(env_id, protocol, reg):
+    """Every agent row of clenv.settings lands in the resolved Args (a row tuned per
+    method only with its components), an option set on the command line wins, and
+    the env and model rows reach gym.make and the model."""
+    from clenv.methods import split_name
+    from clenv.settings import protocol_defaults, rows
+
     agent = load_agent_module()
-    grid = agent.DENSITY_GRID
-    density = agent.density_on_grid(
-        np.array([-2.0, 3.0]), np.array([0.5, 1.5]), grid, 1e-5
+    benchmark = ROW_BENCHMARKS[env_id]
+    args = agent.resolve_args(agent.Args(env_id=env_id, protocol=protocol, reg=reg))
+    expected = protocol_defaults(benchmark, protocol, components=split_name(reg))
+    assert expected  # the table has rows for this benchmark and paper
+    for name, value in expected.items():
+        assert getattr(args, name) == value, (name, getattr(args, name), value)
+    for row in rows(benchmark):
+        if row.kind == "agent" and row.value(protocol) is None:
+            assert getattr(args, row.name) is not None, row.name  # from UNSET
+    assert args.method_preset.endswith("_lop") == (protocol == "lop")
+    env_rows = protocol_defaults(benchmark, protocol, "env")
+    assert env_rows.items() <= agent.env_kwargs_for(args).items()
+    chosen = agent.resolve_args(
+        agent.Args(env_id=env_id, protocol=protocol, reg=reg, learning_rate=0.123)
     )
-    widths = np.zeros_like(grid)
-    widths[:-1] += np.diff(grid) / 2
-    widths[1:] += np.diff(grid) / 2
-    mass = density * widths
-    assert mass.sum() == pytest.approx(1.0, abs=1e-12)
-    assert mass[grid < 0].sum() == pytest.approx(0.25, abs=1e-9)
-    # Each peak sits in the bin of the grid point nearest to it.
-    assert mass[np.argmin(np.abs(grid - 3.0))] == pytest.approx(0.75, abs=1e-6)
-    # Ritz values at zero (the collapsed spectrum SC describes): the mass inside
-    # |lambda| <= 0.01 is the Gaussian's within 0.01 / sqrt(1e-5) = 3.16 sigma (0.9984),
-    # plus what the bin reaching just past 0.01 holds.
-    at_zero = agent.density_on_grid(np.zeros(3), np.ones(3), grid, 1e-5) * widths
-    assert 0.9984 <= at_zero[np.abs(grid) <= 0.01].sum() <= 0.9995
+    assert chosen.learning_rate == 0.123
+
+
+def test_protocol_values_read_from_the_official_code():
+    """Spot checks of values that differ by paper or by method (docs/protocols.md)."""
+    agent = load_agent_module()
+
+    def resolved(env_id, protocol, reg):
+        return agent.resolve_args(agent.Args(env_id=env_id, protocol=protocol, reg=reg))
+
+    imagenet, cifar, pmnist = (
+        "clenv/ContinualImageNet-v0",
+        "clenv/IncrementalCIFAR100-v0",
+        "clenv/PermutedMNIST-v0",
+    )
+    assert resolved(imagenet, "sc", "bp").learning_rate == 1e-3
+    assert resolved(imagenet, "sc", "l2er").learning_rate == 1e-4  # SC's L2-ER grid
+    assert resolved(imagenet, "sc", "l2").learning_rate == 1e-3
+    assert resolved(imagenet, "lop", "l2").learning_rate == 0.03  # LoP's cfg/l2.json
+    assert resolved(imagenet, "lop", "cbp").learning_rate == 0.01
+    assert resolved(imagenet, "lop", "bp").zero_head_on_switch is True
+    assert resolved(imagenet, "sc", "bp").zero_head_on_switch is False
+    sc_cifar = resolved(cifar, "sc", "l2er")
+    assert (sc_cifar.curvature_order, sc_cifar.curvature_every_tasks) == (16, 1)
+    assert (sc_cifar.curvature_classes, sc_cifar.curvature_batchnorm) == (
+        "new",
+        "train",
+    )
+    lop_cifar = resolved(cifar, "lop", "bp")
+    assert lop_cifar.lr_milestones == (60, 120, 160) and lop_cifar.batch_size == 90
+    assert lop_cifar.curvature_batchnorm == "eval" and lop_cifar.curvature_order == 100
+    assert resolved(pmnist, "lop", "bp").width == 2000
+    assert resolved(pmnist, "sc", "bp").width == 1000
+
+
+def test_help_says_where_protocol_defaults_come_from():
+    from clenv.settings import rows
+
+    result = subprocess.run(
+        [sys.executable, str(AGENT), "--help"],
+        env={**ENV, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [" ".join(line.strip("│ ").split()) for line in result.stdout.splitlines()]
+    options = {
+        row.option
+        for benchmark in ROW_BENCHMARKS.values()
+        for row in rows(benchmark)
+        if row.kind == "agent"
+    }
+    for option in options:
+        (index,) = [i for i, line in enumerate(lines) if line.startswith(option + " ")]
+        block = " ".join(lines[index : index + 4])
+        assert "(default: from --protocol; docs/protocols.md)" in block, option
+
+
+# Runs the agent with spies on the ER ascent, the training steps and the curvature
+# report; prints the events as JSON.
+SPY_DRIVER = textwrap.dedent(
+    """
+    import json, runpy, sys
+    import torch
+    import clenv.metrics
+    from clenv.methods.effective_rank import EffectiveRankAscent
+    agent, argv = sys.argv[1], json.loads(sys.argv[2])
+    events = []
+    ascend, after_step, report = (EffectiveRankAscent.ascend,
+        EffectiveRankAscent.after_step, clenv.metrics.curvature_report)
+
+    def spy_ascend(self, inputs):
+        events.append(["ascend", inputs.double().sum().item(), len(inputs)])
+        return ascend(self, inputs)
+
+    def spy_after_step(self, inputs=None):
+        events.append(["step", inputs.double().sum().item(), len(inputs)])
+        return after_step(self, inputs)
+
+    def spy_report(model, loss_fn, data, **kwargs):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        before = [m.running_mean.clone() for m in norms]
+        modes = []
+
+        def spied_loss(net, batch):
+            loss = loss_fn(net, batch)
+            modes.append(all(m.training for m in norms))
+            return loss
+
+        result = report(model, spied_loss, data, **kwargs)
+        events.append(["curvature", sorted(set(data[0][1].tolist())),
+                       all(modes), all(torch.equal(m.running_mean, b)
+                                       for m, b in zip(norms, before))])
+        return result
+
+    EffectiveRankAscent.ascend = spy_ascend
+    EffectiveRankAscent.after_step = spy_after_step
+    clenv.metrics.curvature_report = spy_report
+    sys.argv = [agent, *argv]
+    runpy.run_path(agent, run_name="__main__")
+    print("EVENTS " + json.dumps(events))
+    """
+)
+
+
+def run_spy(data_dir: Path, runs: Path, argv: list[str]) -> list:
+    driver = DRIVER.split("results = {}")[0] + (
+        "sys.argv = [sys.argv[0], agent, configs]\n" + SPY_DRIVER
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", driver, str(AGENT), str(data_dir), str(runs),
+         json.dumps([*argv, "--runs-dir", str(runs), "--data-dir", str(data_dir)])],
+        env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("EVENTS ")]
+    assert lines, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(lines[-1][len("EVENTS ") :])
+
+
+def test_sc_ascent_runs_before_the_minibatches_it_ascends_on(fake_data_dir, tmp_path):
+    """SC's ImageNet/CIFAR L2-ER (imagenet/train_imagenet.py:276-284): the ascent on
+    the next U minibatches' inputs, then the U training steps on them in order."""
+    interval = 3
+    events = run_spy(
+        fake_data_dir,
+        tmp_path,
+        [*IMAGENET, "--reg", "l2er", "--curvature-every-tasks", "0",
+         "--epochs-per-task", "2", "--method-kwargs", "er__schedule=epoch",
+         "er__timing=before", f"er__interval={interval}"],
+    )  # fmt: skip
+    # 2 classes x 10 images / batch 5 = 4 minibatches per epoch: groups of 3 and 1
+    # (a group never spans two epochs), 2 epochs, 2 tasks.
+    kinds = "".join("a" if e[0] == "ascend" else "s" for e in events)
+    assert kinds == "asssas" * 4, kinds
+    index = 0
+    while index < len(events):
+        ascent = events[index]
+        steps = []
+        index += 1
+        while index < len(events) and events[index][0] == "step":
+            steps.append(events[index])
+            index += 1
+        assert ascent[2] == sum(step[2] for step in steps)  # the same examples
+        assert ascent[1] == pytest.approx(sum(step[1] for step in steps), rel=1e-9)
+
+
+def test_sc_cifar_curvature_on_new_classes_in_train_mode(fake_data_dir, tmp_path):
+    """SC's CIFAR Hessian (incremental_cifar/train_incremental_cifar.py:91-98,
+    402-435): the newly added classes' samples, BatchNorm on their batch statistics,
+    the running statistics untouched."""
+    argv = [*CIFAR, "--reg", "bp", "--curvature-every-tasks", "1",
+            "--curvature-order", "3", "--epochs-per-task", "1"]  # fmt: skip
+    events = [e for e in run_spy(fake_data_dir, tmp_path, argv) if e[0] == "curvature"]
+    assert len(events) == 4  # start and end of 2 tasks
+    (_, first, *_), _, (_, second, *_), _ = events
+    # (The fixture holds no training image of some classes.)
+    assert 0 < len(first) <= 5 and 0 < len(second) <= 5
+    assert not set(first) & set(second)
+    assert all(train and untouched for _, _, train, untouched in events)
+    lop = [
+        e
+        for e in run_spy(fake_data_dir, tmp_path / "lop", [*argv, "--protocol", "lop"])
+        if e[0] == "curvature"
+    ]
+    assert len(lop[2][1]) > 5  # LoP has no such setting: every class seen
+    assert not any(train for _, _, train, _ in lop)

@@ -10,6 +10,119 @@ DEFAULT_PROTOCOL = "sc"
 
 # Agent, env and model settings.
 ROWS: list[Row] = [
+    # Agent settings (kind="agent": fields of agents/supervised_l2er.py's Args).
+    Row(
+        name="learning_rate",
+        what="SGD step size",
+        lop=Value(
+            0.01,
+            "lop/imagenet/cfg/cbp.json:16; lop/imagenet/cfg/snp.json:16",
+            "BP's sweep 0.01/0.001/0.0001: lop/imagenet/cfg/bp.json:16",
+        ),
+        sc=Value(
+            1e-3,
+            "imagenet/scripts/hyperparams/bp.py:5; imagenet/scripts/hyperparams/hessian/l2_er_hessian.py:5",
+            "the middle of SC's sweep 1e-2/1e-3/1e-4 (bp.py, l2.py, er.py, cbp.py line 5), the step size of its L2-ER spectrum runs",
+        ),
+        option="--learning-rate",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="learning_rate",
+        what="SGD step size with L2",
+        lop=Value(0.03, "lop/imagenet/cfg/l2.json:16"),
+        sc=None,
+        option="--learning-rate",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+        when="l2",
+    ),
+    Row(
+        name="learning_rate",
+        what="SGD step size of L2-ER",
+        lop=None,
+        sc=Value(
+            1e-4,
+            "imagenet/scripts/hyperparams/l2_er.py:5; imagenet/scripts/runs/runs_l2_er.txt:1",
+            "the accuracy runs: both the L2-ER grid and the launched commands fix 1e-4 (the commands' --er_batch 100 fails the assert at imagenet/train_imagenet.py:238, so they predate the grid's er_batch 12; the step size agrees). The Hessian-spectrum runs used 1e-3 (imagenet/scripts/hyperparams/hessian/l2_er_hessian.py:5): pass --learning-rate 1e-3 to reproduce that figure",
+        ),
+        option="--learning-rate",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+        when="l2+er",
+    ),
+    Row(
+        name="momentum",
+        what="SGD momentum",
+        lop=Value(0.9, "lop/imagenet/cfg/bp.json:17"),
+        sc=Value(0.9, "imagenet/config.py:28"),
+        option="--momentum",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="batch_size",
+        what="minibatch size",
+        lop=Value(100, "lop/imagenet/cfg/bp.json:11"),
+        sc=Value(100, "imagenet/config.py:23"),
+        option="--batch-size",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="num_tasks",
+        what="binary tasks",
+        lop=Value(
+            2000,
+            "lop/imagenet/cfg/bp.json:6",
+            "L2 ran 5000 (lop/imagenet/cfg/l2.json:6)",
+        ),
+        sc=Value(2000, "imagenet/config.py:26"),
+        option="--num-tasks",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="epochs_per_task",
+        what="epochs per task",
+        lop=Value(250, "lop/imagenet/cfg/bp.json:9"),
+        sc=Value(20, "imagenet/config.py:27"),
+        option="--epochs-per-task",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="zero_head_on_switch",
+        what="zero the output layer at every task start (momentum kept)",
+        lop=Value(
+            True,
+            "lop/imagenet/single_expr.py:58; lop/imagenet/single_expr.py:141-143",
+            "weights and bias multiplied by 0; the optimizer's momentum is left as it is",
+        ),
+        sc=Value(
+            False, "imagenet/train_imagenet.py:328-361", "the task loop resets nothing"
+        ),
+        option="--zero-head-on-switch",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_every_tasks",
+        what="Hessian spectrum every k-th task (start and end)",
+        lop=None,
+        sc=Value(10, "imagenet/scripts/hyperparams/hessian/l2_er_hessian.py:23"),
+        option="--curvature-every-tasks",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_order",
+        what="Lanczos iterations of the spectral density",
+        lop=None,
+        sc=Value(100, "imagenet/train_imagenet.py:340"),
+        option="--curvature-order",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="metric_samples",
+        what="samples of the task the curvature is computed on",
+        lop=None,
+        sc=Value(2000, "imagenet/config.py:52"),
+        option="--metric-samples",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
     # Env settings (kind="env": gym.make keywords of clenv/ContinualImageNet-v0).
     Row(
         name="pixel_scale",

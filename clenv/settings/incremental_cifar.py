@@ -10,6 +10,189 @@ DEFAULT_PROTOCOL = "sc"
 
 # Agent, env and model settings.
 ROWS: list[Row] = [
+    # Agent settings (kind="agent": fields of agents/supervised_l2er.py's Args).
+    Row(
+        name="learning_rate",
+        what="SGD step size (LoP: at each task start)",
+        lop=Value(0.1, "lop/incremental_cifar/cfg/base_deep_learning_system.json:11"),
+        sc=Value(
+            0.01,
+            "incremental_cifar/scripts/hyperparams/l2_er.py:5; incremental_cifar/scripts/hyperparams/hessian/bp_hessian.py:5",
+        ),
+        option="--learning-rate",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="momentum",
+        what="SGD momentum",
+        lop=Value(0.9, "lop/incremental_cifar/cfg/base_deep_learning_system.json:13"),
+        sc=Value(0.9, "incremental_cifar/config.py:30"),
+        option="--momentum",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="batch_size",
+        what="minibatch size",
+        lop=Value(90, "lop/incremental_cifar/incremental_cifar_experiment.py:96"),
+        sc=Value(100, "incremental_cifar/config.py:25"),
+        option="--batch-size",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="num_tasks",
+        what="tasks (5 new classes each)",
+        lop=Value(
+            20,
+            "lop/incremental_cifar/incremental_cifar_experiment.py:94; lop/incremental_cifar/incremental_cifar_experiment.py:130",
+            "4000 epochs, 5 classes added every 200",
+        ),
+        sc=Value(20, "incremental_cifar/config.py:28"),
+        option="--num-tasks",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="epochs_per_task",
+        what="epochs per task",
+        lop=Value(200, "lop/incremental_cifar/incremental_cifar_experiment.py:130"),
+        sc=Value(200, "incremental_cifar/config.py:29"),
+        option="--epochs-per-task",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="extra_fc",
+        what="hidden FC layers of 512 after pooling",
+        lop=Value(0, "lop/incremental_cifar/incremental_cifar_experiment.py:103"),
+        sc=Value(2, "incremental_cifar/model.py:170-186"),
+        option="--extra-fc",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="lr_milestones",
+        what="epochs of a task at which the step size is multiplied by 0.2",
+        lop=Value(
+            (60, 120, 160),
+            "lop/incremental_cifar/incremental_cifar_experiment.py:423-427",
+        ),
+        sc=Value(
+            (),
+            "incremental_cifar/train_incremental_cifar.py:220-223",
+            "a constant step size",
+        ),
+        option="--lr-milestones",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="optimizer_weight_decay",
+        what="the optimizer's own weight decay, on top of --reg",
+        lop=Value(
+            5e-4,
+            "lop/incremental_cifar/cfg/base_deep_learning_system.json:12; lop/incremental_cifar/incremental_cifar_experiment.py:107-108",
+        ),
+        sc=Value(
+            0.0,
+            "incremental_cifar/train_incremental_cifar.py:221",
+            "SC's weight_decay is the coupled L2 of its L2 methods: clenv's --reg l2",
+        ),
+        option="--optimizer-weight-decay",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="augment",
+        what="flip, padded crop and rotation",
+        lop=Value(
+            True, "lop/incremental_cifar/incremental_cifar_experiment.py:323-326"
+        ),
+        sc=Value(
+            False,
+            "incremental_cifar/train_incremental_cifar.py:391-393",
+            "the raw arrays",
+        ),
+        option="--augment",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="normalize",
+        what="per-channel normalisation",
+        lop=Value(
+            True, "lop/incremental_cifar/incremental_cifar_experiment.py:316-320"
+        ),
+        sc=Value(
+            False,
+            "incremental_cifar/train_incremental_cifar.py:391-393",
+            "the raw arrays",
+        ),
+        option="--normalize",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="restore_best_validation",
+        what="restore the best validation epoch's weights at each task end",
+        lop=Value(
+            True,
+            "lop/incremental_cifar/cfg/base_deep_learning_system.json:24",
+            "early_stopping",
+        ),
+        sc=Value(
+            False,
+            "incremental_cifar/train_incremental_cifar.py:441-452",
+            "trains every epoch and keeps the last weights",
+        ),
+        option="--restore-best-validation",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_every_tasks",
+        what="Hessian spectrum every k-th task (start and end)",
+        lop=None,
+        sc=Value(
+            1, "incremental_cifar/scripts/hyperparams/hessian/l2_er_hessian.py:21"
+        ),
+        option="--curvature-every-tasks",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_order",
+        what="Lanczos iterations of the spectral density",
+        lop=None,
+        sc=Value(
+            16,
+            "incremental_cifar/train_incremental_cifar.py:420; incremental_cifar/train_incremental_cifar.py:435",
+        ),
+        option="--curvature-order",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="metric_samples",
+        what="samples the curvature is computed on",
+        lop=None,
+        sc=Value(2000, "incremental_cifar/config.py:54"),
+        option="--metric-samples",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_classes",
+        what="the classes whose samples the curvature is computed on",
+        lop=None,
+        sc=Value(
+            "new",
+            "incremental_cifar/train_incremental_cifar.py:402-413",
+            "the 5 classes the task adds (the logits stay those of every class seen)",
+        ),
+        option="--curvature-classes",
+        test="tests/test_supervised_agent.py::test_sc_cifar_curvature_on_new_classes_in_train_mode",
+    ),
+    Row(
+        name="curvature_batchnorm",
+        what="BatchNorm mode of the Hessian's loss",
+        lop=None,
+        sc=Value(
+            "train",
+            "incremental_cifar/train_incremental_cifar.py:91-98",
+            "batch statistics of the curvature samples; the running statistics are left untouched",
+        ),
+        option="--curvature-batchnorm",
+        test="tests/test_supervised_agent.py::test_sc_cifar_curvature_on_new_classes_in_train_mode",
+    ),
     # Env settings (kind="env": gym.make keywords of clenv/IncrementalCIFAR100-v0).
     Row(
         name="train_images_per_class",

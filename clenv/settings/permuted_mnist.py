@@ -10,6 +10,93 @@ DEFAULT_PROTOCOL = "sc"
 
 # Agent, env and model settings.
 ROWS: list[Row] = [
+    # Agent settings (kind="agent": fields of agents/supervised_l2er.py's Args).
+    Row(
+        name="learning_rate",
+        what="SGD step size",
+        lop=Value(
+            0.003,
+            "lop/permuted_mnist/cfg/l2.json:16; lop/permuted_mnist/cfg/cbp.json:16",
+            "BP's sweep: lop/permuted_mnist/cfg/bp/std_net.json:16",
+        ),
+        sc=Value(
+            0.01,
+            "permuted_mnist/config.py:19; permuted_mnist/scripts/runs/runs_l2_er.txt:1",
+        ),
+        option="--learning-rate",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="momentum",
+        what="SGD momentum",
+        lop=Value(0.0, "lop/permuted_mnist/cfg/bp/std_net.json:13", "plain SGD"),
+        sc=Value(
+            0.0,
+            "permuted_mnist/train_permuted_mnist.py:275",
+            "optax.sgd without momentum",
+        ),
+        option="--momentum",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="batch_size",
+        what="examples per update",
+        lop=Value(1, "lop/permuted_mnist/online_expr.py:35"),
+        sc=Value(1, "permuted_mnist/config.py:28"),
+        option="--batch-size",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="width",
+        what="units per hidden layer of the MLP",
+        lop=Value(2000, "lop/permuted_mnist/cfg/bp/std_net.json:14"),
+        sc=Value(
+            1000,
+            "permuted_mnist/config.py:22; permuted_mnist/scripts/runs/runs_l2_er.txt:1",
+        ),
+        option="--width",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="num_tasks",
+        what="tasks (permutations)",
+        lop=Value(800, "lop/permuted_mnist/cfg/bp/std_net.json:6"),
+        sc=Value(800, "permuted_mnist/config.py:31"),
+        option="--num-tasks",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="examples_per_task",
+        what="examples per task, one pass",
+        lop=Value(60_000, "lop/permuted_mnist/online_expr.py:31"),
+        sc=Value(60_000, "permuted_mnist/config.py:23"),
+        option="--examples-per-task",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_every_tasks",
+        what="Hessian spectrum every k-th task (start and end)",
+        lop=None,
+        sc=Value(10, "permuted_mnist/scripts/hyperparams/hessian/l2_er_hessian.py:21"),
+        option="--curvature-every-tasks",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="curvature_order",
+        what="Lanczos iterations of the spectral density",
+        lop=None,
+        sc=Value(100, "permuted_mnist/train_permuted_mnist.py:428"),
+        option="--curvature-order",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
+    Row(
+        name="metric_samples",
+        what="samples of the task the curvature is computed on",
+        lop=None,
+        sc=Value(2000, "permuted_mnist/config.py:50"),
+        option="--metric-samples",
+        test="tests/test_supervised_agent.py::test_protocol_rows_fill_unset_options",
+    ),
     # Model settings (kind="model": keywords of clenv.models.PermutedMNISTMLP).
     Row(
         name="init",
