@@ -1,13 +1,15 @@
 """PPO for continual RL with plasticity methods and plasticity/curvature logging.
 
-CleanRL's ``ppo_continuous_action.py`` in structure, with the Slippery Ant settings of
-Dohare et al., *Loss of plasticity in deep continual learning* (Nature 2024, "LoP") by
-default and those of Prakash et al., *Spectral Collapse Drives Loss of Plasticity in
-Deep Continual Learning* (ICML 2026, "SC") behind ``--protocol sc``. A plasticity method
-from :mod:`clenv.methods` (``--reg``: bp, l2, er, l2er, cbp, snp, redo, cbp+l2, ...)
-is driven through its hooks; every series goes to TensorBoard and to ``metrics.h5``
-through :class:`clenv.logger.RunLogger`; ``--resume runs/<run>`` continues a killed run
-exactly. docs/agents/ppo.md has the flags, the logged series and the paper commands.
+CleanRL's ``ppo_continuous_action.py`` in structure (``Args``, ``make_env``, the
+networks, the loss, then the loop), with the Slippery Ant settings of Dohare et al.,
+*Loss of plasticity in deep continual learning* (Nature 2024, "LoP") by default and
+those of Prakash et al., *Spectral Collapse Drives Loss of Plasticity in Deep
+Continual Learning* (ICML 2026, "SC") behind ``--protocol sc`` (every value, with its
+source in each paper's code: docs/protocols.md). A plasticity method from
+:mod:`clenv.methods` (``--reg``: bp, l2, er, l2er, cbp, snp, redo, cbp+l2, ...) is
+driven through its hooks; every series goes to TensorBoard and to ``metrics.h5``;
+``--resume runs/<run>`` continues a killed run exactly (:mod:`clenv.run`).
+docs/agents/ppo.md has the flags, the logged series and the paper commands.
 
     python agents/ppo_l2er.py --reg l2er
     python agents/ppo_l2er.py --reg bp --env-kwargs switch_every=50000 \\
@@ -17,14 +19,11 @@ exactly. docs/agents/ppo.md has the flags, the logged series and the paper comma
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 import os
 import random
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,28 +32,22 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import tyro
 from torch.distributions.normal import Normal
 from tqdm import tqdm
 
 import clenv
-from clenv.checkpoint import (
-    RestorableEnv,
-    capture_rng_state,
-    load_latest_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+import clenv.run
+from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
 from clenv.envs.slippery_ant import SlipperyAntEnv
-from clenv.logger import RunLogger, hparams_markdown
-from clenv.methods import METHODS, make_method, split_name
+from clenv.methods import make_method, split_name
 from clenv.metrics import (
     capture_activations,
     curvature_report,
     representation_metrics,
     weight_metrics,
 )
+from clenv.protocol import task_ids, task_switches
 from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
@@ -224,12 +217,22 @@ def resolve_args(args: Args) -> Args:
     return args
 
 
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The command line, or with ``--resume`` the run's saved arguments, resolved.
+
+    A resumed run keeps its arguments; an explicit ``--total-timesteps`` extends it.
+    """
+    args = clenv.run.parse_args(Args, overrides=("total_timesteps",), argv=argv)
+    return resolve_args(args)
+
+
 def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
     """gym.make keyword arguments, and whether the env follows clenv's task protocol.
 
     A clenv env gets ``task_seed=seed`` and the protocol's ``switch_at`` unless they
-    are given; Slippery Ant gets every env row of the protocol (docs/protocols.md). Unknown arguments and non-continuous action spaces fail here, with the
-    env's own message, before anything else is built.
+    are given; Slippery Ant gets every env row of the protocol (docs/protocols.md).
+    Unknown arguments and non-continuous action spaces fail here, with the env's own
+    message, before anything else is built.
     """
     kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
     try:
@@ -241,6 +244,7 @@ def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
             f"--env-kwargs {kwargs} not accepted by {args.env_id}: {error}"
         ) from error
     continual = isinstance(probe.unwrapped, clenv.ContinualEnv)
+    slippery_ant = isinstance(probe.unwrapped, SlipperyAntEnv)
     action_space = probe.action_space
     probe.close()
     if not isinstance(action_space, gym.spaces.Box):
@@ -250,7 +254,7 @@ def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
         )
     if continual:
         env_defaults = protocol_defaults(BENCHMARK, args.protocol, kind="env")
-        if not isinstance(probe.unwrapped, SlipperyAntEnv):
+        if not slippery_ant:
             env_defaults = {"switch_at": env_defaults["switch_at"]}
         kwargs = {"task_seed": args.seed, **env_defaults, **kwargs}
     return kwargs, continual
@@ -319,30 +323,27 @@ class Agent(nn.Module):
         )
 
 
-def step_envs(envs, action: np.ndarray, agent: Agent, args: Args):
-    """``envs.step``; returns (next_obs, reward, done, infos).
-
-    A time-limit truncation ends the episode like a termination (both papers); with
-    ``--bootstrap-truncated`` its reward gets ``gamma * V(final obs)`` instead.
-    """
-    next_obs, reward, terminations, truncations, infos = envs.step(action)
-    if args.bootstrap_truncated and "_final_obs" in infos:
-        bootstrap = infos["_final_obs"] & truncations & ~terminations
-        if bootstrap.any():
-            final_obs = np.stack(infos["final_obs"][bootstrap]).astype(np.float32)
-            device = next(agent.parameters()).device
-            with torch.no_grad():
-                final_values = agent.get_value(
-                    torch.as_tensor(final_obs, device=device)
-                )
-            reward = reward.astype(np.float64)
-            reward[bootstrap] += args.gamma * final_values.flatten().cpu().numpy()
-    return next_obs, reward, np.logical_or(terminations, truncations), infos
-
-
 def actor_and_critic(agent: Agent, obs: torch.Tensor):
     """Runs every hidden layer (the forward_fn that methods and metrics need)."""
     return agent.actor_mean(obs), agent.critic(obs)
+
+
+def generalized_advantages(rewards, values, dones, next_value, next_done, args):
+    """GAE(gamma, lambda) of a rollout, as CleanRL computes it."""
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(args.num_steps)):
+        if t == args.num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = (
+            delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+        )
+    return advantages
 
 
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
@@ -385,129 +386,135 @@ def ppo_loss(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
     return loss, (pg_loss, v_loss, entropy_loss, logratio, ratio)
 
 
+def step_envs(envs, action: np.ndarray, agent: Agent, args: Args):
+    """``envs.step``; returns (next_obs, reward, done, infos).
+
+    A time-limit truncation ends the episode like a termination (both papers); with
+    ``--bootstrap-truncated`` its reward gets ``gamma * V(final obs)`` instead.
+    """
+    next_obs, reward, terminations, truncations, infos = envs.step(action)
+    if args.bootstrap_truncated and "_final_obs" in infos:
+        bootstrap = infos["_final_obs"] & truncations & ~terminations
+        if bootstrap.any():
+            final_obs = np.stack(infos["final_obs"][bootstrap]).astype(np.float32)
+            device = next(agent.parameters()).device
+            with torch.no_grad():
+                final_values = agent.get_value(
+                    torch.as_tensor(final_obs, device=device)
+                )
+            reward = reward.astype(np.float64)
+            reward[bootstrap] += args.gamma * final_values.flatten().cpu().numpy()
+    return next_obs, reward, np.logical_or(terminations, truncations), infos
+
+
+@dataclass
+class TaskTracker:
+    """The task the agent acts in (sub-env 0's), and what it keeps about tasks."""
+
+    task_id: int = 0
+    returns: list[float] = field(default_factory=list)
+    """returns of the episodes finished in the current task"""
+    recent_returns: list[float] = field(default_factory=list)
+    """the last 20 episodes' returns (progress bar)"""
+    start_pending: bool = True
+    """no curvature/task_start yet: taken on the first rollout wholly in the task"""
+    last_batch: dict[str, torch.Tensor] | None = None
+    """the last rollout wholly in a task, for curvature/task_end"""
+    last_batch_task: int = -1
+
+    def switch(self, task_id: int) -> tuple[int, list[float]]:
+        """Move on to ``task_id``; returns the finished task and its returns."""
+        finished, returns = self.task_id, self.returns
+        self.task_id, self.returns, self.start_pending = task_id, [], True
+        return finished, returns
+
+    def add_episode(self, episodic_return: float) -> None:
+        self.returns.append(episodic_return)
+        self.recent_returns = [*self.recent_returns[-19:], episodic_return]
+
+
+def log_episodes(logger, infos, step: int) -> list[float]:
+    """charts/episodic_* of the episodes that ended at this step; their returns."""
+    returns = []
+    for index in np.flatnonzero(infos.get("_episode", [])):
+        returns.append(float(infos["episode"]["r"][index]))
+        logger.log_scalar("charts/episodic_return", returns[-1], step)
+        logger.log_scalar("charts/episodic_length", infos["episode"]["l"][index], step)
+    return returns
+
+
+def curvature_due(task: int, args: Args) -> bool:
+    every = args.curvature_every_tasks
+    return every > 0 and task % every == 0
+
+
 def plasticity_metrics(agent: Agent, obs: torch.Tensor) -> dict[str, float]:
-    """plasticity/<actor|critic>/... of the hidden ReLU layers on ``obs``."""
-    metrics = {}
+    """<actor|critic>/... of the hidden ReLU layers on ``obs``, and the log-std."""
+    metrics = {"actor/log_std_mean": float(agent.actor_logstd.detach().mean())}
     for net_name, net in (("actor", agent.actor_mean), ("critic", agent.critic)):
-        activations = capture_activations(net, obs)
-        activations = {f"layer{i}": a for i, a in enumerate(activations.values())}
+        layers = capture_activations(net, obs).values()
+        activations = {f"layer{i}": a for i, a in enumerate(layers)}
         for key, value in representation_metrics(activations).items():
             metrics[f"{net_name}/{key}"] = value
         weights = weight_metrics(net)
-        metrics[f"{net_name}/weight_magnitude"] = weights["weight_magnitude"]
-        metrics[f"{net_name}/parameter_norm"] = weights["parameter_norm"]
-    metrics["actor/log_std_mean"] = float(agent.actor_logstd.detach().mean())
+        for key in ("weight_magnitude", "parameter_norm"):
+            metrics[f"{net_name}/{key}"] = weights[key]
     return metrics
 
 
-def log_spaced_grid(low: float, high: float, per_decade: int) -> np.ndarray:
-    """A fixed eigenvalue grid, log-spaced in |lambda| on both sides of 0.
+def log_curvature(logger, agent, batch, args, when: str, task: int, step: int):
+    """curvature/<when>/*: clenv.metrics.curvature_report of the PPO loss.
 
-    Spectral densities of different tasks (and runs) are stored on this one grid so
-    they stack; its resolution is relative, from ``low`` up to ``high``.
-    """
-    positive = np.logspace(
-        np.log10(low), np.log10(high), int(per_decade * np.log10(high / low)) + 1
-    )
-    return np.concatenate([-positive[::-1], [0.0], positive])
-
-
-def rebin_density(
-    grid: np.ndarray, density: np.ndarray, target: np.ndarray
-) -> np.ndarray:
-    """Move a density from its own (fine) grid to ``target``, conserving mass.
-
-    Mass between the midpoints of neighbouring target points goes to that point, so
-    ``sum(rebinned * trapezoid weights of target)`` equals the original mass (narrow
-    peaks that fall between target points are kept, unlike interpolation).
-    """
-    cumulative = np.concatenate(
-        [[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))]
-    )
-    edges = np.concatenate([[-np.inf], 0.5 * (target[1:] + target[:-1]), [np.inf]])
-    mass = np.diff(np.interp(edges, grid, cumulative))
-    widths = np.diff(np.concatenate([[target[0]], edges[1:-1], [target[-1]]]))
-    return mass / np.maximum(widths, 1e-300)
-
-
-# Every spectral density is stored on this grid: |lambda| from 1e-5 to 1e6, 50 points
-# per decade, both signs (docs/agents/ppo.md).
-DENSITY_GRID = log_spaced_grid(1e-5, 1e6, 50)
-
-
-def curvature_metrics(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
-    """clenv.metrics.curvature_report of the PPO loss on (part of) a rollout.
-
-    The loss is the one PPO minimises (clipped surrogate + value + entropy terms),
-    at the current weights, over the first ``args.curvature_samples`` samples.
+    The loss PPO minimises (clipped surrogate + value + entropy terms), at the current
+    weights, over the first ``--curvature-samples`` samples of ``batch``, in a forked
+    RNG (logging more or less never changes the training run).
     """
     size = min(args.curvature_samples, batch["obs"].shape[0])
     data = [{key: value[:size] for key, value in batch.items()}]
-    return curvature_report(
-        agent,
-        lambda model, minibatch: ppo_loss(model, minibatch, args)[0],
-        data,
-        eps=args.curvature_epsilons,
-        order=args.curvature_order,
-        trace_matvecs=args.curvature_trace_matvecs,
-        dead_unit_inputs=data[0]["obs"],
-        forward_fn=actor_and_critic,
-        seed=args.seed,
+    device = next(agent.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        report = curvature_report(
+            agent,
+            lambda model, minibatch: ppo_loss(model, minibatch, args)[0],
+            data,
+            eps=args.curvature_epsilons,
+            order=args.curvature_order,
+            trace_matvecs=args.curvature_trace_matvecs,
+            dead_unit_inputs=data[0]["obs"],
+            forward_fn=actor_and_critic,
+            seed=args.seed,
+        )
+    prefix = f"curvature/{when}/"
+    for key, value in report.items():
+        if isinstance(value, int | float):
+            logger.log_scalar(prefix + key, value, step, task_id=task)
+    grid = report["spectral_density_grid"]  # clenv.metrics.DENSITY_GRID
+    density = report["spectral_density"]
+    logger.log_array(
+        prefix + "spectral_density", density, step, grid=grid, task_id=task
     )
+    for key in ("ritz_values", "ritz_weights"):
+        logger.log_array(prefix + key, report[key], step, task_id=task)
 
 
-def method_overrides(reg: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The --method-kwargs, plus actor_and_critic for the methods that run the nets."""
-    takes_forward_fn = any(
-        "forward_fn" in inspect.signature(METHODS[name].__init__).parameters
-        for name in split_name(reg)
-    )
-    if takes_forward_fn:
-        return {"forward_fn": actor_and_critic, **method_kwargs}
-    return method_kwargs
+def plot_run(run_dir: Path) -> None:
+    """plots.png of the run (clenv.plotting); a failed plot never hides the run."""
+    try:
+        from clenv.plotting import plot_runs
 
-
-class TaskTracker:
-    """Which task the agent acts in, and the returns of the episodes finished in it."""
-
-    def __init__(self):
-        self.task_id = 0
-        self.returns: list[float] = []
-
-    def state_dict(self):
-        return {"task_id": self.task_id, "returns": list(self.returns)}
-
-    def load_state_dict(self, state):
-        self.task_id = int(state["task_id"])
-        self.returns = list(state["returns"])
-
-
-def resume_args(args: Args) -> Args:
-    """For ``--resume``: the run's saved arguments (an explicit --total-timesteps wins)."""
-    saved = RunLogger.load_args(args.resume)
-    known = {f.name for f in dataclasses.fields(Args)}
-    resumed = Args(**{key: value for key, value in saved.items() if key in known})
-    for key in ("adam_betas", "hidden_sizes", "curvature_epsilons"):
-        if getattr(resumed, key) is not None:
-            setattr(resumed, key, tuple(getattr(resumed, key)))
-    resumed.resume = args.resume
-    if "--total-timesteps" in sys.argv:
-        resumed.total_timesteps = args.total_timesteps
-    return resumed
+        figure = plot_runs([run_dir], run_dir / "plots.png").path
+        print(f"{'plots.png:':<13}{figure}")
+    except Exception as error:
+        print(f"{'plots.png:':<13}not drawn ({type(error).__name__}: {error})")
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
     try:
-        if args.resume is not None:
-            args = resume_args(args)
-        args = resolve_args(args)
-        split_name(args.reg)
+        args = parse_args()
         env_kwargs, continual = env_kwargs_for(args)
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    resume_dir = args.resume
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -548,147 +555,42 @@ if __name__ == "__main__":
             agent,
             optimizer,
             preset=args.method_preset,
-            **method_overrides(args.reg, method_kwargs),
+            forward_fn=actor_and_critic,
+            **method_kwargs,
         )
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
 
     # ALGO Logic: Storage setup
-    obs = torch.zeros(
-        (args.num_steps, args.num_envs) + envs.single_observation_space.shape
-    ).to(device)
-    actions = torch.zeros(
-        (args.num_steps, args.num_envs) + envs.single_action_space.shape
-    ).to(device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    shape = (args.num_steps, args.num_envs)
+    obs = torch.zeros(shape + envs.single_observation_space.shape, device=device)
+    actions = torch.zeros(shape + envs.single_action_space.shape, device=device)
+    logprobs, rewards, dones, values = (
+        torch.zeros(shape, device=device) for _ in "1234"
+    )
 
-    # TRY NOT TO MODIFY: start the game
-    global_step = 0
-    start_iteration = 1
-    next_obs, infos = envs.reset(seed=args.seed)
-    next_obs = torch.Tensor(next_obs).to(device)
-    next_done = torch.zeros(args.num_envs).to(device)
-    tracker = TaskTracker()
-    recent_returns: deque[float] = deque(maxlen=20)
-    # Curvature is taken on the first rollout that lies wholly in a task (task start)
-    # and, when the task ends, on the last such rollout with the weights reached
-    # (task end); last_batch keeps that rollout.
-    task_start_pending = True
-    rollout_task = 0
-    last_batch: dict[str, torch.Tensor] | None = None
-    last_batch_task = -1
-
-    checkpoint = None
-    if resume_dir is not None:
-        checkpoint = load_latest_checkpoint(Path(resume_dir) / "checkpoints", device)
-    if checkpoint is not None:
-        global_step, state = checkpoint
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        method.load_state_dict(state["method"])
-        restore_rng_state(state["rng"])
-        envs.unwrapped.call("set_env_state", state["env_states"])
-        for key, value in state["episode_statistics"].items():
-            setattr(envs, key, value)
-        next_obs = state["next_obs"].to(device)
-        next_done = state["next_done"].to(device)
-        tracker.load_state_dict(state["tracker"])
-        recent_returns.extend(state["recent_returns"])
-        task_start_pending = state["task_start_pending"]
-        last_batch = state["last_batch"]
-        last_batch_task = state["last_batch_task"]
-        start_iteration = state["iteration"] + 1
-        logger = RunLogger.resume(resume_dir, step=global_step)
-        saved_args = RunLogger.load_args(resume_dir)
-        if saved_args["total_timesteps"] != args.total_timesteps:  # extended
-            logger.update_args({**saved_args, **vars(args), "resume": None})
-        print(f"resumed {resume_dir} at step {global_step:,}")
-    elif resume_dir is not None:
-        logger = RunLogger.resume(resume_dir, step=-1)
-        if logger.writer is not None:  # the purge dropped the table too
-            logger.writer.add_text("hyperparameters", hparams_markdown(vars(args)))
-        print(f"{resume_dir} has no checkpoint yet: starting it over")
-    else:
-        logger = RunLogger.create(
-            args.runs_dir,
-            env_id=args.env_id,
-            exp_name=args.exp_name,
-            seed=args.seed,
-            agent="ppo",
-            reg=args.reg,
-            args={
-                **vars(args),
-                "env_kwargs_resolved": env_kwargs,
-                "method": repr(method),
-            },
-        )
-    run_dir = logger.run_dir
-    logger.set_task(tracker.task_id)
-    print(f"run directory: {run_dir}")
-
-    def save(iteration: int) -> None:
-        episode_statistics = {
-            key: getattr(envs, key)
-            for key in (
-                "episode_count",
-                "episode_returns",
-                "episode_lengths",
-                "prev_dones",
-            )
-        }
+    # TRY NOT TO MODIFY: start the game (or resume it where the checkpoint left it)
+    run = clenv.run.start(
+        args,
+        agent="ppo",
+        extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method)},
+        map_location=device,
+    )
+    logger = run.logger
+    state = run.restore(model=agent, optimizer=optimizer, method=method, envs=envs)
+    if state is None:  # a fresh run
+        next_obs, _ = envs.reset(seed=args.seed)
         state = {
-            "agent": agent.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(),
-            "rng": capture_rng_state(),
-            "env_states": envs.unwrapped.call("get_env_state"),
-            "schedule_states": envs.unwrapped.call("get_schedule_state")
-            if continual
-            else None,
-            "episode_statistics": episode_statistics,
-            "next_obs": next_obs.cpu(),
-            "next_done": next_done.cpu(),
-            "tracker": tracker.state_dict(),
-            "recent_returns": list(recent_returns),
-            "task_start_pending": task_start_pending,
-            "last_batch": last_batch,
-            "last_batch_task": last_batch_task,
-            "iteration": iteration,
-            "args": vars(args),
+            "next_obs": torch.Tensor(next_obs),
+            "next_done": torch.zeros(args.num_envs),
+            "iteration": 0,
+            "tasks": {},
         }
-        save_checkpoint(
-            run_dir / "checkpoints", state, global_step, args.keep_checkpoints
-        )
-
-    def log_curvature(batch: dict[str, torch.Tensor], when: str, task_id: int) -> None:
-        # A forked RNG: logging more or less never changes the training run.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            report = curvature_metrics(agent, batch, args)
-        prefix = f"curvature/{when}/"
-        for key, value in report.items():
-            if isinstance(value, int | float):
-                logger.log_scalar(prefix + key, value, global_step, task_id=task_id)
-        logger.log_array(
-            prefix + "spectral_density",
-            rebin_density(
-                report["spectral_density_grid"],
-                report["spectral_density"],
-                DENSITY_GRID,
-            ),
-            global_step,
-            grid=DENSITY_GRID,
-            task_id=task_id,
-        )
-        for key in ("ritz_values", "ritz_weights"):
-            logger.log_array(prefix + key, report[key], global_step, task_id=task_id)
-
-    def curvature_due(task_id: int) -> bool:
-        return (
-            args.curvature_every_tasks > 0 and task_id % args.curvature_every_tasks == 0
-        )
+    global_step = run.global_step
+    next_obs = state["next_obs"].to(device)
+    next_done = state["next_done"].to(device)
+    tasks = TaskTracker(**state["tasks"])
+    logger.set_task(tasks.task_id)
 
     start_time = time.time()
     start_step = global_step
@@ -699,14 +601,14 @@ if __name__ == "__main__":
         disable=not args.progress,
         dynamic_ncols=True,
     )
-    for iteration in range(start_iteration, args.num_iterations + 1):
+    for iteration in range(state["iteration"] + 1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             lrnow = frac * args.learning_rate
             optimizer.param_groups[0]["lr"] = lrnow
 
-        rollout_task = tracker.task_id
+        rollout_task = tasks.task_id
         switched_tasks: list[int] = []
         for step in range(0, args.num_steps):
             global_step += args.num_envs
@@ -731,36 +633,25 @@ if __name__ == "__main__":
             )
 
             # Episodes that ended here were played in the task the action was taken in.
-            if "episode" in infos:
-                for env_index in np.flatnonzero(infos["_episode"]):
-                    episodic_return = float(infos["episode"]["r"][env_index])
-                    logger.log_scalar(
-                        "charts/episodic_return", episodic_return, global_step
-                    )
-                    logger.log_scalar(
-                        "charts/episodic_length",
-                        infos["episode"]["l"][env_index],
-                        global_step,
-                    )
-                    tracker.returns.append(episodic_return)
-                    recent_returns.append(episodic_return)
+            for episodic_return in log_episodes(logger, infos, global_step):
+                tasks.add_episode(episodic_return)
 
-            # The info now describes the task of the next action (docs/protocol.md).
-            if continual and int(infos["task_id"][0]) != tracker.task_id:
-                finished, new_task = tracker.task_id, int(infos["task_id"][0])
-                if tracker.returns:
+            # The info now describes the task of the next action (docs/protocol.md);
+            # the agent follows sub-env 0's.
+            if task_switches(infos, args.num_envs)[0]:
+                finished, returns = tasks.switch(int(task_ids(infos, args.num_envs)[0]))
+                if returns:
                     logger.log_scalar(
-                        "cl/mean_return_per_task",
-                        np.mean(tracker.returns),
-                        global_step,
+                        "cl/mean_return_per_task", np.mean(returns), global_step,
                         task_id=finished,
-                    )
-                if curvature_due(finished) and last_batch_task == finished:
-                    log_curvature(last_batch, "task_end", finished)
-                tracker.task_id, tracker.returns = new_task, []
-                logger.set_task(new_task)
-                switched_tasks.append(new_task)
-                task_start_pending = True
+                    )  # fmt: skip
+                if curvature_due(finished, args) and tasks.last_batch_task == finished:
+                    log_curvature(
+                        logger, agent, tasks.last_batch, args, "task_end", finished,
+                        global_step,
+                    )  # fmt: skip
+                logger.set_task(tasks.task_id)
+                switched_tasks.append(tasks.task_id)
 
         # A task switch during the rollout: the method reacts before the next update.
         for new_task in switched_tasks:
@@ -769,48 +660,35 @@ if __name__ == "__main__":
         # bootstrap value if not done
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = torch.zeros_like(rewards).to(device)
-            lastgaelam = 0
-            for t in reversed(range(args.num_steps)):
-                if t == args.num_steps - 1:
-                    nextnonterminal = 1.0 - next_done
-                    nextvalues = next_value
-                else:
-                    nextnonterminal = 1.0 - dones[t + 1]
-                    nextvalues = values[t + 1]
-                delta = (
-                    rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                )
-                advantages[t] = lastgaelam = (
-                    delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-                )
+            advantages = generalized_advantages(
+                rewards, values, dones, next_value, next_done, args
+            )
             returns = advantages + values
 
         # flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
         b_advantages = advantages.reshape(-1)
         if args.norm_adv == "batch":
             b_advantages = normalize_advantages(b_advantages)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
         batch = {
             "obs": b_obs,
-            "actions": b_actions,
-            "logprobs": b_logprobs,
+            "actions": actions.reshape((-1,) + envs.single_action_space.shape),
+            "logprobs": logprobs.reshape(-1),
             "advantages": b_advantages,
-            "returns": b_returns,
-            "values": b_values,
+            "returns": returns.reshape(-1),
+            "values": values.reshape(-1),
         }
-        whole_rollout_in_task = not switched_tasks and rollout_task == tracker.task_id
-        if task_start_pending and whole_rollout_in_task:
-            if curvature_due(tracker.task_id):
-                log_curvature(batch, "task_start", tracker.task_id)
-            task_start_pending = False
+        whole_rollout_in_task = not switched_tasks and rollout_task == tasks.task_id
+        if tasks.start_pending and whole_rollout_in_task:
+            if curvature_due(tasks.task_id, args):
+                log_curvature(
+                    logger, agent, batch, args, "task_start", tasks.task_id,
+                    global_step,
+                )  # fmt: skip
+            tasks.start_pending = False
         if whole_rollout_in_task:
-            last_batch = {key: value.clone() for key, value in batch.items()}
-            last_batch_task = tracker.task_id
+            tasks.last_batch = {key: value.clone() for key, value in batch.items()}
+            tasks.last_batch_task = tasks.task_id
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -846,7 +724,7 @@ if __name__ == "__main__":
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
@@ -863,7 +741,7 @@ if __name__ == "__main__":
                 "losses/clipfrac": np.mean(clipfracs),
                 "losses/explained_variance": explained_var,
                 "charts/SPS": sps,
-                "cl/task_id": tracker.task_id,
+                "cl/task_id": tasks.task_id,
             },
             global_step,
         )
@@ -876,34 +754,38 @@ if __name__ == "__main__":
                 plasticity_metrics(agent, b_obs), global_step, prefix="plasticity/"
             )
 
+        # A checkpoint after the update that crosses a multiple of --checkpoint-every.
         last_iteration = iteration == args.num_iterations
-        crossed = args.checkpoint_every and (
-            global_step // args.checkpoint_every
-            > (global_step - args.batch_size) // args.checkpoint_every
-        )
-        if crossed or last_iteration:
-            save(iteration)
+        crossed = global_step % args.checkpoint_every < args.batch_size
+        if (args.checkpoint_every and crossed) or last_iteration:
+            run.save(
+                global_step,
+                model=agent,
+                optimizer=optimizer,
+                method=method,
+                envs=envs,
+                extra={
+                    "next_obs": next_obs.cpu(),
+                    "next_done": next_done.cpu(),
+                    "iteration": iteration,
+                    "tasks": vars(tasks),
+                },
+                finished=last_iteration,
+            )
 
         progress.update(args.batch_size)
         progress.set_postfix(
-            task=tracker.task_id,
+            task=tasks.task_id,
             SPS=sps,
-            ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-",
+            ret=f"{np.mean(tasks.recent_returns):.1f}" if tasks.recent_returns else "-",
             refresh=False,
         )
 
     progress.close()
     envs.close()
-    logger.close()
+    run.close()
     print(f"done: {global_step:,} steps")
-    print(f"logs:        {run_dir}  (metrics.h5, TensorBoard events, checkpoints/)")
-    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+    run.print_paths()
     if args.plot:
-        try:
-            from clenv.plotting import plot_runs
-
-            figure = plot_runs([run_dir], run_dir / "plots.png").path
-            print(f"plots:       {figure}")
-        except Exception as error:  # the run is saved; a failed plot must not hide it
-            print(f"plots:       not drawn ({type(error).__name__}: {error})")
+        plot_run(run.run_dir)
     print(f"compare runs: clenv plot {Path(args.runs_dir)}/<run>... --out fig.png")

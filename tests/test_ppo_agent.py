@@ -25,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from clenv.logger import list_series, read_series
 from clenv.methods import split_name
+from clenv.metrics.spectral import log_spaced_grid, rebin_density
 from clenv.settings import PAPERS, rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -600,18 +601,18 @@ def test_unknown_reg_is_a_clear_error(smoke_runs):
 
 def test_resume_of_a_missing_directory_is_a_clear_error(agent_module, tmp_path):
     with pytest.raises(FileNotFoundError, match="args.json"):
-        agent_module.resume_args(agent_module.Args(resume=str(tmp_path / "absent")))
+        agent_module.parse_args(["--resume", str(tmp_path / "absent")])
 
 
-# -- spectral density storage ---------------------------------------------------------
-def test_rebinned_density_keeps_mass_and_narrow_peaks(agent_module):
+# -- spectral density storage (clenv.metrics.spectral, which the agent logs with) -----
+def test_rebinned_density_keeps_mass_and_narrow_peaks():
     fine = np.linspace(-50.0, 50.0, 200_001)
     # Mass 0.7 in a broad bump at 0, 0.3 in a narrow spike at 12.34 (between points
     # of the coarse grid, which interpolation would miss).
     density = 0.7 * np.exp(-(fine**2) / 2) / np.sqrt(2 * np.pi)
     density += 0.3 * np.exp(-((fine - 12.34) ** 2) / (2 * 1e-4)) / np.sqrt(2e-4 * np.pi)
-    grid = agent_module.log_spaced_grid(1e-3, 1e3, 20)
-    rebinned = agent_module.rebin_density(fine, density, grid)
+    grid = log_spaced_grid(1e-3, 1e3, 20)
+    rebinned = rebin_density(fine, density, grid)
     widths = np.diff(
         np.concatenate([[grid[0]], (grid[1:] + grid[:-1]) / 2, [grid[-1]]])
     )
