@@ -450,7 +450,7 @@ def test_imagenet_pairs_follow_the_class_order(data_dir):
     # Held-out images are the last ones of each class file.
     classes = np.load(data_dir / "imagenet32" / "classes" / f"{pairs[1][1]}.npy")
     x, y = unwrapped.task_data(1, "test")
-    np.testing.assert_array_equal(x[4:], classes[10:14].astype(np.float32))
+    np.testing.assert_array_equal(x[4:], classes[10:14] / np.float32(255))
     assert y.tolist() == [0] * 4 + [1] * 4
     assert unwrapped.task_length(0) == 2 * 20 // 3 + 1  # ceil(2 epochs * 20 / 3)
 
@@ -463,8 +463,10 @@ def test_imagenet_epochs_in_info(data_dir):
 
 
 def test_imagenet_feeds_raw_pixel_values_or_unit_scale(data_dir):
-    raw = make("clenv/ContinualImageNet-v0", batch_size=6)
-    unit = make("clenv/ContinualImageNet-v0", batch_size=6, pixel_scale="unit")
+    raw = make("clenv/ContinualImageNet-v0", batch_size=6, pixel_scale="raw")
+    unit = make("clenv/ContinualImageNet-v0", batch_size=6)
+    # v0 as released divides by 255; "raw" is opt-in (the protocols pass it).
+    assert unit.unwrapped.pixel_scale == "unit"
     x, _ = raw.reset(seed=0)
     z, _ = unit.reset(seed=0)
     # Both papers: the stored uint8 values as float32, not divided by 255.

@@ -43,12 +43,13 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
 
     ## Observation Space
 
-    ``Box(0, 255, (batch_size, 3, 32, 32), float32)``: channels first, the stored
-    pixel values 0..255 as float32, not divided by 255: both papers' code casts the
-    stored images to float and feeds them as they are
-    (``lop/imagenet/single_expr.py:136``, SC's ``imagenet/train_imagenet.py:184``).
-    ``pixel_scale="unit"`` divides by 255 instead (``Box(0, 1, ...)``).
-    ``(3, 32, 32)`` for ``batch_size=1``.
+    ``Box(0, 1, (batch_size, 3, 32, 32), float32)``: channels first, the stored pixel
+    values divided by 255 (``pixel_scale="unit"``, v0's released behaviour).
+    ``pixel_scale="raw"`` gives the values 0..255 as float32 (``Box(0, 255, ...)``),
+    which is what both papers' code feeds: it casts the stored images to float without
+    dividing (``lop/imagenet/single_expr.py:136``, SC's
+    ``imagenet/train_imagenet.py:184``); ``agents/supervised_l2er.py`` passes it under
+    both protocols (docs/protocols.md). ``(3, 32, 32)`` for ``batch_size=1``.
 
     ## Rewards
 
@@ -91,7 +92,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
     | `num_classes` | 1000 | classes in the data (files `classes/0..N-1.npy`) |
     | `train_images_per_class` | 600 | leading images of a class file used for training |
     | `test_images_per_class` | 100 | following images held out |
-    | `pixel_scale` | "raw" | "raw": pixel values 0..255 (LoP, SC); "unit": / 255 |
+    | `pixel_scale` | "unit" | "unit": / 255; "raw": pixel values 0..255 (LoP, SC) |
     | `data_dir` | None | data root (else `$CLENV_DATA_DIR`, else `~/.cache/clenv`) |
 
     ```python
@@ -100,9 +101,9 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
 
     ## Version History
 
-    * v0: initial version. Observations are the raw 0..255 pixel values as in both
-      papers' code (before this was settled they were divided by 255, now
-      ``pixel_scale="unit"``).
+    * v0: initial version. Observations divided by 255; ``pixel_scale="raw"`` (added
+      later, default off so v0 observations stay as released) gives the papers'
+      0..255 values.
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
         train_images_per_class: int = 600,
         test_images_per_class: int = 100,
         data_dir: str | os.PathLike | None = None,
-        pixel_scale: str = "raw",
+        pixel_scale: str = "unit",
     ) -> None:
         check_positive_int("batch_size", batch_size)
         self._pixel_scale = pixel_scale
