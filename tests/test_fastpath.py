@@ -179,6 +179,14 @@ def test_rejects_models_and_inputs_it_cannot_run():
         trainer.train(torch.rand(2, 30), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="lr must be > 0"):
         FastMLPTrainer(model, 0.0)
+    for option in ({"variant": "sc_code"}, {"replacement_count": "all"}):
+        cbp = make_method("cbp", model, None, **option)
+        with pytest.raises(ValueError, match="variant='lop'"):
+            FastMLPTrainer(model, 0.01, method=cbp)
+        cbp.remove()
+    er = make_method("er", model, None, schedule="epoch", timing="before")
+    with pytest.raises(ValueError, match="schedule='step'"):
+        FastMLPTrainer(model, 0.01, method=er)
 
 
 def test_resume_mid_stream_reproduces_the_run():

@@ -533,6 +533,22 @@ def test_er_needs_inputs_and_valid_arguments():
     assert EffectiveRankAscent(model, last_layers=1).layer_names == ["3"]
 
 
+def test_er_record_counts_steps_for_a_loop_that_runs_several_at_once():
+    model = mlp()
+    er = EffectiveRankAscent(model, ascent_lr=0.1, interval=5)
+    x, _ = batch(n=5)
+    assert er.steps_until_ascent() == 5
+    assert not er.record(x[:3], steps=3) and er.steps_until_ascent() == 2
+    with pytest.raises(ValueError, match="past the next ascent"):
+        er.record(x[3:], steps=3)
+    assert er.record(x[3:], steps=2)  # due now
+    before = model[0].weight.clone()
+    er.ascend_on_buffer()
+    assert er.num_ascents == 1 and not er.buffer
+    assert not torch.equal(model[0].weight, before)
+    assert er.steps_until_ascent() == 5
+
+
 def test_l2er_state_round_trip_resumes_identically():
     inputs = [batch(n=4, seed=s) for s in range(10)]
 
