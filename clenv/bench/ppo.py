@@ -1,37 +1,39 @@
-"""Speed of agents/ppo_l2er.py next to a minimal CleanRL PPO loop, in one run.
+"""Speed of the PPO agent next to a minimal CleanRL PPO loop, in one run.
 
-Run ``OMP_NUM_THREADS=1 python -m clenv.bench.ppo`` (``--help`` for options).
+Run ``OMP_NUM_THREADS=1 python -m clenv.bench.ppo --agent agents/ppo_l2er.py``
+(``--help`` for options).
 
-Three programs train PPO with the same hyperparameters (LoP's Slippery Ant settings:
-2x256 ReLU actor and critic, rollout 2048, 10 epochs of 16 minibatches, Adam 1e-4
-betas (0.99, 0.99)) on the same env (clenv/SlipperyAnt-v0), each in its own process,
+Three programs train PPO with the same settings (the agent's ``--protocol lop`` rows
+of :mod:`clenv.settings.slippery_ant`: 2x256 ReLU actor and critic with LeCun-uniform
+init, rollout 2048, 10 epochs of 16 minibatches, Adam 1e-4 betas (0.99, 0.99),
+advantages normalised per rollout, MSE value loss, unclipped actions) on the same env
+(clenv/SlipperyAnt-v0 with the protocol's env arguments), each in its own process,
 taking turns round after round so that load from other processes hits them alike:
 
 * **reference**: :func:`reference_ppo` below, CleanRL's ``ppo_continuous_action.py``
   loop reduced to the algorithm (no logging, no checkpoints, no methods);
-* **bp**: ``agents/ppo_l2er.py --reg bp`` with its logging (TensorBoard + HDF5 per
-  episode and update), task tracking and the end-of-run checkpoint;
+* **bp**: ``<agent> --reg bp`` with its logging (TensorBoard + HDF5 per episode and
+  update), task tracking and the end-of-run checkpoint;
 * **l2er**: the same with ``--reg l2er`` (L2 on every minibatch, one effective-rank
   ascent per epoch on the whole rollout).
 
-Steps per second are steady-state figures: steps from the end of the first update to
-the end of the last over the time between them (start-up and the first rollout
-excluded), read at the same point of each program (the agent runs in the worker
-process through ``runpy``, its clocks read when it logs ``charts/SPS``). The headline
-uses CPU seconds of the process (``time.process_time``): on a machine shared with other
-jobs, wall time mostly measures the others' load; wall-clock figures are printed too.
-The curvature diagnostics (``--curvature-every-tasks``) run at task
-boundaries only and are switched off here; their cost per call is printed in the
-logs as ``curvature/*/seconds``. Targets: bp >= 0.95x reference, l2er >= 0.9x bp.
+Each program is a black box: a subprocess, timed from the outside. Steps per second are
+steady-state figures: each program runs twice per round, for 1 update and for
+``--iterations`` updates, and the rate is the extra steps over the extra seconds
+(start-up, the first rollout and the end-of-run work cancel). The headline uses the
+CPU seconds of the process (``resource.getrusage`` of the children): on a machine
+shared with other jobs, wall time mostly measures the others' load; wall-clock
+figures are printed too. The curvature diagnostics (``--curvature-every-tasks``) run at
+task boundaries only and are switched off here; their cost per call is in the logs as
+``curvature/*/seconds``. Targets: bp >= 0.95x reference, l2er >= 0.9x bp.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,20 +42,22 @@ from pathlib import Path
 
 import numpy as np
 
-AGENT = Path(__file__).resolve().parents[2] / "agents" / "ppo_l2er.py"
+from clenv.settings import protocol_defaults
+
+PROTOCOL = "lop"
+STEPS_PER_UPDATE = 2048
 PROGRAMS = ["reference", "bp", "l2er"]
 RATIOS = {"bp / reference": ("bp", "reference"), "l2er / bp": ("l2er", "bp")}
 TARGETS = {"bp / reference": 0.95, "l2er / bp": 0.9}
 
 
-def reference_ppo(
-    env_id: str, iterations: int, seed: int = 1
-) -> dict[str, list[float]]:
-    """CleanRL's PPO loop with the agent's defaults; clocks at the end of each update.
+def reference_ppo(env_id: str, iterations: int, seed: int = 1) -> None:
+    """CleanRL's PPO loop with the agent's ``--protocol lop`` settings.
 
-    Same env wrappers, autoreset mode, network, initialisation, optimizer and update
-    as ``agents/ppo_l2er.py --reg bp``; nothing else.
+    Same env arguments and wrappers, autoreset mode, network, initialisation,
+    optimizer and update as the agent's ``--reg bp``; nothing else.
     """
+    import math
     import random
 
     import gymnasium as gym
@@ -64,34 +68,40 @@ def reference_ppo(
     import clenv
 
     gym.register_envs(clenv)
-    num_envs, num_steps, num_minibatches, update_epochs = 1, 2048, 16, 10
-    gamma, gae_lambda, clip_coef, vf_coef = 0.99, 0.95, 0.2, 1.0
+    settings = protocol_defaults("slippery_ant", PROTOCOL)
+    num_envs, num_steps = settings["num_envs"], settings["num_steps"]
+    num_minibatches, update_epochs = (
+        settings["num_minibatches"],
+        settings["update_epochs"],
+    )
+    gamma, gae_lambda = settings["gamma"], settings["gae_lambda"]
+    clip_coef, vf_coef = settings["clip_coef"], settings["vf_coef"]
     batch_size = num_envs * num_steps
     minibatch_size = batch_size // num_minibatches
+    env_kwargs = agent_env_kwargs(env_id, seed)
 
     def make_env():
-        env = gym.make(env_id, **agent_env_kwargs(env_id, seed))
-        env = gym.wrappers.FlattenObservation(env)
-        return gym.wrappers.ClipAction(env)
+        env = gym.make(env_id, **env_kwargs)
+        return gym.wrappers.FlattenObservation(env)  # no ClipAction (both papers)
 
-    def layer_init(layer, std=2**0.5):
-        torch.nn.init.orthogonal_(layer.weight, std)
+    def layer_init(layer):  # LeCun-uniform, zero bias (both papers)
+        bound = math.sqrt(3 / layer.in_features)
+        torch.nn.init.uniform_(layer.weight, -bound, bound)
         torch.nn.init.constant_(layer.bias, 0.0)
         return layer
+
+    def mlp(sizes):
+        layers = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [layer_init(nn.Linear(fan_in, fan_out)), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
 
     class Agent(nn.Module):
         def __init__(self, obs_dim, act_dim):
             super().__init__()
-            self.critic = nn.Sequential(
-                layer_init(nn.Linear(obs_dim, 256)), nn.ReLU(),
-                layer_init(nn.Linear(256, 256)), nn.ReLU(),
-                layer_init(nn.Linear(256, 1), std=1.0),
-            )  # fmt: skip
-            self.actor_mean = nn.Sequential(
-                layer_init(nn.Linear(obs_dim, 256)), nn.ReLU(),
-                layer_init(nn.Linear(256, 256)), nn.ReLU(),
-                layer_init(nn.Linear(256, act_dim), std=0.01),
-            )  # fmt: skip
+            hidden = list(settings["hidden_sizes"])
+            self.critic = mlp([obs_dim, *hidden, 1])
+            self.actor_mean = mlp([obs_dim, *hidden, act_dim])
             self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
 
         def get_value(self, x):
@@ -110,6 +120,7 @@ def reference_ppo(
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(1)
+
     envs = gym.vector.SyncVectorEnv(
         [make_env for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
@@ -120,7 +131,13 @@ def reference_ppo(
         envs.single_action_space.shape,
     )
     agent = Agent(int(np.prod(obs_shape)), int(np.prod(act_shape)))
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-4, betas=(0.99, 0.99))
+    optimizer = torch.optim.Adam(
+        agent.parameters(),
+        lr=settings["learning_rate"],
+        betas=settings["adam_betas"],
+        eps=settings["adam_eps"],
+    )
+
     obs = torch.zeros((num_steps, num_envs) + obs_shape)
     actions = torch.zeros((num_steps, num_envs) + act_shape)
     logprobs, rewards, dones, values = (
@@ -128,7 +145,6 @@ def reference_ppo(
     )
     next_obs, _ = envs.reset(seed=seed)
     next_obs, next_done = torch.Tensor(next_obs), torch.zeros(num_envs)
-    stamps: dict[str, list[float]] = {"wall": [], "cpu": []}
     for _iteration in range(iterations):
         for step in range(num_steps):
             obs[step], dones[step] = next_obs, next_done
@@ -142,6 +158,7 @@ def reference_ppo(
             rewards[step] = torch.tensor(reward).view(-1)
             next_obs = torch.Tensor(next_obs)
             next_done = torch.Tensor(np.logical_or(terminations, truncations))
+
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
             advantages = torch.zeros_like(rewards)
@@ -155,9 +172,14 @@ def reference_ppo(
                 lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
                 advantages[t] = lastgaelam
             returns = advantages + values
+
         b_obs = obs.reshape((-1,) + obs_shape)
         b_logprobs, b_actions = logprobs.reshape(-1), actions.reshape((-1,) + act_shape)
         b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
+        # Normalised once per rollout (LoP).
+        b_advantages = (b_advantages - b_advantages.mean()) / (
+            b_advantages.std() + 1e-8
+        )
         b_inds = np.arange(batch_size)
         for _epoch in range(update_epochs):
             np.random.shuffle(b_inds)
@@ -168,22 +190,16 @@ def reference_ppo(
                 )
                 ratio = (newlogprob - b_logprobs[mb_inds]).exp()
                 mb_advantages = b_advantages[mb_inds]
-                mb_advantages = (mb_advantages - mb_advantages.mean()) / (
-                    mb_advantages.std() + 1e-8
-                )
                 pg_loss = torch.max(
                     -mb_advantages * ratio,
                     -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef),
                 ).mean()
-                v_loss = 0.5 * ((newvalue.view(-1) - b_returns[mb_inds]) ** 2).mean()
+                v_loss = ((newvalue.view(-1) - b_returns[mb_inds]) ** 2).mean()
                 loss = pg_loss + v_loss * vf_coef
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        stamps["wall"].append(time.perf_counter())
-        stamps["cpu"].append(time.process_time())
     envs.close()
-    return stamps
 
 
 def agent_env_kwargs(env_id: str, seed: int) -> dict[str, object]:
@@ -192,63 +208,66 @@ def agent_env_kwargs(env_id: str, seed: int) -> dict[str, object]:
     import gymnasium as gym
 
     import clenv
+    from clenv.envs.slippery_ant import SlipperyAntEnv
 
     gym.register_envs(clenv)
     probe = gym.make(env_id)
     continual = isinstance(probe.unwrapped, clenv.ContinualEnv)
+    slippery_ant = isinstance(probe.unwrapped, SlipperyAntEnv)
     probe.close()
-    return {"task_seed": seed, "switch_at": "episode_end"} if continual else {}
+    if not continual:
+        return {}
+    env_rows = protocol_defaults("slippery_ant", PROTOCOL, kind="env")
+    if not slippery_ant:
+        env_rows = {"switch_at": env_rows["switch_at"]}
+    return {"task_seed": seed, **env_rows}
 
 
-def steady_sps(stamps: list[float], steps_per_update: int) -> float:
-    """Steps per second from the end of the first update to the end of the last."""
-    if len(stamps) < 2:
-        raise ValueError("need at least 2 updates to measure a steady-state rate")
-    return steps_per_update * (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
-
-def agent_ppo(reg: str, env_id: str, iterations: int) -> dict[str, list[float]]:
-    """Run agents/ppo_l2er.py here; clocks at the end of each update.
-
-    The agent logs ``charts/SPS`` once per update, right after the update; a wrapper
-    around :meth:`RunLogger.log_scalars` reads the clocks at that moment.
-    """
-    import runpy
-
-    from clenv.logger import RunLogger
-
-    stamps: dict[str, list[float]] = {"wall": [], "cpu": []}
-    log_scalars = RunLogger.log_scalars
-
-    def timed_log_scalars(self, values, step, **kwargs):
-        if "charts/SPS" in values:
-            stamps["wall"].append(time.perf_counter())
-            stamps["cpu"].append(time.process_time())
-        return log_scalars(self, values, step, **kwargs)
-
-    RunLogger.log_scalars = timed_log_scalars
-    with tempfile.TemporaryDirectory() as runs:
-        sys.argv = [
-            str(AGENT), "--reg", reg, "--env-id", env_id,
-            "--total-timesteps", str(iterations * 2048), "--runs-dir", runs,
-            "--curvature-every-tasks", "0", "--no-progress", "--no-plot",
-        ]  # fmt: skip
-        with contextlib.redirect_stdout(io.StringIO()):
-            runpy.run_path(str(AGENT), run_name="__main__")
-    return stamps
-
-
-def run_worker(program: str, env_id: str, iterations: int) -> dict[str, float]:
-    """One program in a fresh process; its steady-state steps per wall / CPU second."""
-    done = subprocess.run(
-        [sys.executable, "-m", "clenv.bench.ppo", "--worker", program,
-         "--env-id", env_id, "--iterations", str(iterations)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+def process_seconds(command: list[str]) -> dict[str, float]:
+    """Run ``command``; its wall seconds and CPU seconds (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
-        raise RuntimeError(f"{program} failed:\n{done.stderr[-3000:]}")
-    stamps = json.loads(done.stdout.strip().splitlines()[-1])
-    return {clock: steady_sps(stamps[clock], 2048) for clock in ("wall", "cpu")}
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu}
+
+
+def program_command(
+    program: str, agent: Path, env_id: str, iterations: int, runs_dir: str
+) -> list[str]:
+    """The command line of one program for ``iterations`` PPO updates."""
+    if program == "reference":
+        return [
+            sys.executable, "-m", "clenv.bench.ppo", "--worker", "reference",
+            "--env-id", env_id, "--iterations", str(iterations),
+        ]  # fmt: skip
+    return [
+        sys.executable, str(agent), "--reg", program, "--env-id", env_id,
+        "--protocol", PROTOCOL, "--total-timesteps", str(iterations * STEPS_PER_UPDATE),
+        "--runs-dir", runs_dir, "--curvature-every-tasks", "0", "--no-progress",
+        "--no-plot",
+    ]  # fmt: skip
+
+
+def steady_sps(
+    program: str, agent: Path, env_id: str, iterations: int
+) -> dict[str, float]:
+    """Steady-state steps per wall / CPU second of one program.
+
+    Two runs, of 1 update and of ``iterations`` updates: the extra
+    ``(iterations - 1) * 2048`` steps over the extra seconds.
+    """
+    with tempfile.TemporaryDirectory() as runs_dir:
+        short = process_seconds(program_command(program, agent, env_id, 1, runs_dir))
+        long = process_seconds(
+            program_command(program, agent, env_id, iterations, runs_dir)
+        )
+    steps = (iterations - 1) * STEPS_PER_UPDATE
+    return {clock: steps / (long[clock] - short[clock]) for clock in ("wall", "cpu")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -256,24 +275,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--agent",
+        type=Path,
+        default=Path("agents/ppo_l2er.py"),
+        help="path of the PPO agent script (default: agents/ppo_l2er.py, relative to "
+        "the working directory: run from the repository root)",
+    )
     parser.add_argument("--env-id", default="clenv/SlipperyAnt-v0")
     parser.add_argument(
         "--iterations",
         type=int,
         default=4,
-        help="PPO updates per run (2048 steps each)",
+        help="PPO updates of the long run (2048 steps each; a 1-update run is "
+        "subtracted)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="runs of each program")
-    parser.add_argument("--worker", choices=PROGRAMS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["reference"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.iterations < 2:
-        parser.error("--iterations must be >= 2 (the first update is warm-up)")
     if args.worker == "reference":
-        print(json.dumps(reference_ppo(args.env_id, args.iterations)))
+        reference_ppo(args.env_id, args.iterations)
         return {}
-    if args.worker:
-        print(json.dumps(agent_ppo(args.worker, args.env_id, args.iterations)))
-        return {}
+    if args.iterations < 2:
+        parser.error("--iterations must be >= 2 (a 1-update run is subtracted)")
+    if not args.agent.is_file():
+        parser.error(
+            f"--agent {args.agent}: no such file; pass the path of agents/ppo_l2er.py "
+            "(or run from the repository root)"
+        )
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(
@@ -285,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for round_index in range(args.rounds):
         shift = round_index % len(PROGRAMS)
         for name in PROGRAMS[shift:] + PROGRAMS[:shift]:
-            rates = run_worker(name, args.env_id, args.iterations)
+            rates = steady_sps(name, args.agent, args.env_id, args.iterations)
             for clock, value in rates.items():
                 sps[clock][name].append(value)
             print(
