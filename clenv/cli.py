@@ -15,14 +15,18 @@ status 2 (1 for a failed download); set ``CLENV_DEBUG=1`` to see the traceback.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import tyro
+
+from clenv.cli_kwargs import run_command
+from clenv.data import DATASETS
 
 # Constructor arguments that make up an env's task schedule, shown by ``clenv list``.
 SCHEDULE_ARGUMENTS = (
@@ -108,7 +112,15 @@ def _format_value(value: Any) -> str:
     return repr(value)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+@dataclass
+class ListArgs:
+    """Every env id with a one-line description and its task schedule."""
+
+    json: bool = False
+    """machine-readable output"""
+
+
+def cmd_list(args: ListArgs) -> int:
     from clenv.registration import ENV_IDS
 
     described = [describe_env(env_id) for env_id in ENV_IDS]
@@ -132,7 +144,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- clenv download ------------------------------------------------------------------
-def cmd_download(args: argparse.Namespace) -> int:
+DatasetName = Literal[DATASETS]
+
+
+@dataclass
+class DownloadArgs:
+    """Fetch a dataset into the data root (md5-verified, atomic); imagenet32 needs
+    Imagenet32_train.zip under <data-dir>/imagenet32/ first (an image-net.org login)."""
+
+    dataset: tyro.conf.Positional[DatasetName]
+    """the dataset"""
+    data_dir: str | None = None
+    """data root (default: $CLENV_DATA_DIR, else ~/.cache/clenv)"""
+    mirror: str | None = None
+    """base URL to fetch from instead of the canonical hosts"""
+
+
+def cmd_download(args: DownloadArgs) -> int:
     from clenv.data import download
 
     try:
@@ -147,11 +175,32 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 # -- clenv plot ----------------------------------------------------------------------
-def cmd_plot(args: argparse.Namespace) -> int:
+@dataclass
+class PlotArgs:
+    """Figure from run directories' metrics.h5: performance per task, dead units,
+    effective rank, spectral density and ε-rank vs performance (docs/tooling.md)."""
+
+    run_dirs: tyro.conf.Positional[tuple[str, ...]]
+    """run directories (or runs/ itself)"""
+    out: str
+    """image to write, e.g. fig.png"""
+    metric: str | None = None
+    """per-task performance tag (default: first found)"""
+    eps: float | None = None
+    """ε of the ε-rank panel (default: the ε maximising R², as SC)"""
+    title: str | None = None
+    """figure title"""
+
+
+def cmd_plot(args: PlotArgs) -> int:
     from clenv.plotting import plot_runs
 
     result = plot_runs(
-        args.run_dirs, args.out, metric=args.metric, eps=args.eps, title=args.title
+        list(args.run_dirs),
+        args.out,
+        metric=args.metric,
+        eps=args.eps,
+        title=args.title,
     )
     print(f"wrote {result.path} with {len(result.panels)} panel(s):")
     for title in result.panels:
@@ -161,124 +210,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- delegating commands -------------------------------------------------------------
-def cmd_bench(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    from clenv.bench.__main__ import main as bench_main
+# -- the command --------------------------------------------------------------------
+def subcommands() -> dict[str, type]:
+    """``{command: its tyro Args}``; bench and sweep parse their own arguments."""
+    from clenv.bench.__main__ import BenchArgs
+    from clenv.sweep import SweepArgs
 
-    return bench_main(list(rest))
-
-
-def cmd_sweep(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    from clenv.sweep import main as sweep_main
-
-    try:
-        return sweep_main(list(rest))
-    except ImportError as error:  # Ray is an optional dependency
-        print(f"clenv sweep: error: {error}", file=sys.stderr)
-        return 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clenv",
-        description="Continual-learning environments and plasticity tools.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("::")[1].split("``clenv")[0],
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    listing = commands.add_parser(
-        "list", help="every env id with a one-line description and its task schedule"
-    )
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-
-    from clenv.data import DATASETS
-
-    download = commands.add_parser(
-        "download",
-        help="fetch a dataset into the data root (md5-verified, atomic)",
-        description="Download MNIST or CIFAR-100 (md5-verified, written atomically), "
-        "or convert downsampled ImageNet 32x32 (which needs an image-net.org login, so "
-        "put Imagenet32_train.zip under <data-dir>/imagenet32/ first) to LoP's layout.",
-    )
-    download.add_argument("dataset", choices=DATASETS)
-    download.add_argument(
-        "--data-dir",
-        default=None,
-        help="data root (default: $CLENV_DATA_DIR, else ~/.cache/clenv)",
-    )
-    download.add_argument(
-        "--mirror",
-        default=None,
-        help="base URL to fetch from instead of the canonical hosts",
-    )
-
-    plot = commands.add_parser(
-        "plot",
-        help="figure from run directories' metrics.h5",
-        description="Plot run directories: performance per task (mean ± 95%% CI over "
-        "seeds; runs with the same env, exp_name and reg are seeds of one group), "
-        "dead units and effective rank over tasks, the Hessian spectral density as a "
-        "heatmap of log|λ| against task, and ε-rank against performance with R². "
-        "Panels whose series no run logged are skipped with a note.",
-    )
-    plot.add_argument(
-        "run_dirs",
-        nargs="+",
-        metavar="RUN_DIR",
-        help="run directories (or runs/ itself)",
-    )
-    plot.add_argument("--out", required=True, help="image to write, e.g. fig.png")
-    plot.add_argument(
-        "--metric", default=None, help="per-task performance tag (default: first found)"
-    )
-    plot.add_argument(
-        "--eps",
-        type=float,
-        default=None,
-        help="ε of the ε-rank panel (default: the ε maximising R², as SC)",
-    )
-    plot.add_argument("--title", default=None, help="figure title")
-
-    commands.add_parser(
-        "bench",
-        help="run the benchmark scripts, one table (clenv bench --help)",
-        add_help=False,
-    )
-    commands.add_parser(
-        "sweep",
-        help="seeds x methods x hyperparameters on Ray Tune (clenv sweep --help)",
-        add_help=False,
-    )
-    return parser
+    return {
+        "list": ListArgs,
+        "download": DownloadArgs,
+        "plot": PlotArgs,
+        "bench": BenchArgs,
+        "sweep": SweepArgs,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clenv`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # bench and sweep parse their own arguments (their --help is theirs).
-    if argv and argv[0] in ("bench", "sweep"):
-        args, rest = argparse.Namespace(command=argv[0]), argv[1:]
-    else:
-        args, rest = parser.parse_args(argv), []
-    handlers = {
-        "list": lambda: cmd_list(args),
-        "download": lambda: cmd_download(args),
-        "plot": lambda: cmd_plot(args),
-        "bench": lambda: cmd_bench(args, rest),
-        "sweep": lambda: cmd_sweep(args, rest),
-    }
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return handlers[args.command]()
-    except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("CLENV_DEBUG"):
-            raise
-        print(f"clenv {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    # bench and sweep parse their own arguments (sweep passes what follows -- on).
+    if argv and argv[0] == "bench":
+        from clenv.bench.__main__ import main as bench_main
+
+        return run_command("clenv bench", lambda: bench_main(argv[1:]))
+    if argv and argv[0] == "sweep":
+        from clenv.sweep import SWEEP_ERRORS
+        from clenv.sweep import main as sweep_main
+
+        return run_command("clenv sweep", lambda: sweep_main(argv[1:]), SWEEP_ERRORS)
+    args = tyro.extras.subcommand_cli_from_dict(
+        subcommands(),
+        prog="clenv",
+        description="Continual-learning environments and plasticity tools."
+        + __doc__.split("::")[1].split("``clenv")[0].rstrip(),
+        args=argv,
+    )
+    handlers = {ListArgs: cmd_list, DownloadArgs: cmd_download, PlotArgs: cmd_plot}
+    name = next(k for k, v in subcommands().items() if isinstance(args, v))
+    return run_command(f"clenv {name}", lambda: handlers[type(args)](args))
 
 
 if __name__ == "__main__":

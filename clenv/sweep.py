@@ -36,7 +36,6 @@ system every node shares, and the same Python environment must exist on every no
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -49,7 +48,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import tyro
+
+from clenv.cli_kwargs import run_command
 
 MANIFEST = "manifest.json"
 STATUSES = ("pending", "running", "done", "failed")
@@ -434,55 +437,53 @@ def _print_summary(manifest: dict, sweep_dir: Path) -> None:
         print("run the same command again to retry the unfinished trials")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clenv sweep",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "agent", nargs="?", help="agent script, e.g. agents/supervised_l2er.py"
-    )
-    parser.add_argument(
-        "agent_args", nargs="*", help="after --: arguments for every trial"
-    )
-    parser.add_argument("--name", help="sweep name (default: agent name + time)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds")
-    parser.add_argument("--reg", nargs="+", default=["l2er"], help="methods (--reg)")
-    parser.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="hyperparameter values, e.g. learning-rate=1e-3,1e-4 (repeatable)",
-    )
-    parser.add_argument("--runs-dir", default="runs", help="where run directories go")
-    parser.add_argument(
-        "--resume", metavar="SWEEP_DIR", help="rerun the unfinished trials of a sweep"
-    )
-    parser.add_argument(
-        "--max-retries", type=int, default=1, help="retries of a failing trial"
-    )
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray CPUs")
-    parser.add_argument("--num-cpus", type=int, default=None, help="local Ray CPUs")
-    parser.add_argument(
-        "--max-concurrent", type=int, default=None, help="trials at once"
-    )
-    parser.add_argument(
-        "--no-agent-resume",
-        action="store_true",
-        help="rerun an interrupted trial from scratch instead of with the agent's --resume",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print the trials only")
-    return parser
+@dataclass
+class SweepArgs:
+    """A grid of seeds x methods x hyperparameters for an agent, on Ray Tune; the
+    arguments after -- go to every trial (a run of the agent script in runs/). Rerun
+    the same command, or --resume SWEEP_DIR, to finish the unfinished trials."""
+
+    agent: Annotated[
+        tyro.conf.Positional[str | None], tyro.conf.arg(metavar="AGENT")
+    ] = None
+    """agent script, e.g. agents/supervised_l2er.py"""
+    agent_args: Annotated[
+        tyro.conf.Positional[tuple[str, ...]], tyro.conf.arg(metavar="AGENT_ARGS")
+    ] = ()
+    """after --: arguments for every trial"""
+    name: str | None = None
+    """sweep name (default: agent name + time)"""
+    seeds: list[int] = field(default_factory=lambda: [1])
+    """seeds"""
+    reg: list[str] = field(default_factory=lambda: ["l2er"])
+    """methods (--reg)"""
+    grid: Annotated[
+        tyro.conf.UseAppendAction[list[str]], tyro.conf.arg(metavar="KEY=V1,V2")
+    ] = field(default_factory=list)
+    """hyperparameter values, e.g. learning-rate=1e-3,1e-4"""
+    runs_dir: str = "runs"
+    """where run directories go"""
+    resume: Annotated[str | None, tyro.conf.arg(metavar="SWEEP_DIR")] = None
+    """rerun the unfinished trials of a sweep"""
+    max_retries: int = 1
+    """retries of a failing trial"""
+    cpus_per_trial: float = 1.0
+    """Ray CPUs per trial"""
+    num_cpus: int | None = None
+    """local Ray CPUs"""
+    max_concurrent: int | None = None
+    """trials at once"""
+    agent_resume: bool = True
+    """continue an interrupted trial with the agent's --resume (--no-agent-resume:
+    rerun it from scratch)"""
+    dry_run: bool = False
+    """print the trials only"""
 
 
-def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+def spec_from_args(args: SweepArgs) -> SweepSpec:
     """Build the sweep definition from parsed arguments (checks them)."""
     if args.resume:
-        spec = load_spec(args.resume)
-        return spec
+        return load_spec(args.resume)
     if not args.agent:
         raise ValueError("name the agent script (e.g. agents/ppo_l2er.py) or --resume")
     agent = Path(args.agent)
@@ -506,7 +507,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         agent_args=list(args.agent_args),
         runs_dir=args.runs_dir,
         workdir=str(Path.cwd()),
-        resume_flag=None if args.no_agent_resume else "--resume",
+        resume_flag="--resume" if args.agent_resume else None,
     )
 
 
@@ -524,16 +525,8 @@ def _check_same_definition(spec: SweepSpec) -> None:
             )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``clenv sweep``; exit status 1 when a trial is still unfinished at the end."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after "--" goes to the agent untouched.
-    agent_args: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, agent_args = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
-    args.agent_args = list(args.agent_args) + agent_args
+def run(args: SweepArgs) -> int:
+    """Run (or dry-run) the sweep; 1 when a trial is still unfinished at the end."""
     spec = spec_from_args(args)
     if not args.resume:
         _check_same_definition(spec)
@@ -552,9 +545,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if unfinished else 0
 
 
+def parse_args(argv: Sequence[str] | None = None) -> SweepArgs:
+    """``clenv sweep``'s arguments; everything after ``--`` goes to the agent."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    agent_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, agent_args = argv[:cut], argv[cut + 1 :]
+    args = tyro.cli(SweepArgs, args=argv, prog="clenv sweep")
+    args.agent_args = (*args.agent_args, *agent_args)
+    return args
+
+
+#: What ``clenv sweep`` reports as a one-line error (status 2): Ray is optional.
+SWEEP_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clenv sweep``; exit status 1 when a trial is still unfinished at the end."""
+    return run(parse_args(argv))
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"clenv sweep: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command("clenv sweep", main, SWEEP_ERRORS))

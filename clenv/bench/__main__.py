@@ -16,7 +16,6 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pkgutil
@@ -27,8 +26,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 import clenv.bench
+from clenv.cli_kwargs import run_command
 
 RESULT_MARKER = "@@clenv-bench-result@@"
 # Runs main() with the given argv and prints what it returned after a marker line.
@@ -150,41 +153,39 @@ def _parse_bench_args(
     return parsed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@dataclass
+class BenchArgs:
+    """Run the benchmark scripts (clenv.bench.<name>), each in its own process, and
+    collect their figures into one Markdown table; exit status 1 if any failed."""
+
+    benchmarks: Annotated[
+        tyro.conf.Positional[tuple[str, ...]],
+        tyro.conf.arg(
+            metavar="NAME",
+            help="benchmarks to run (default: all): "
+            + (", ".join(available_benchmarks()) or "(none installed)"),
+        ),
+    ] = ()
+    args: tyro.conf.UseAppendAction[list[str]] = field(default_factory=list)
+    """arguments for one benchmark, NAME=ARGS, e.g. --args 'envs=--repeats 3'"""
+    timeout: float | None = None
+    """seconds allowed per benchmark"""
+    json: Path | None = None
+    """also write the results"""
+    list_benchmarks: Annotated[bool, tyro.conf.arg(name="list")] = False
+    """list the benchmarks and exit"""
+
+
+def run(args: BenchArgs) -> int:
     """Run the chosen benchmarks and print one table; 1 if any failed."""
     names = available_benchmarks()
-    parser = argparse.ArgumentParser(
-        prog="clenv bench",
-        description=__doc__.split("\n\n")[1],
-        epilog=f"benchmarks: {', '.join(names) or '(none installed)'}",
-    )
-    parser.add_argument(
-        "benchmarks", nargs="*", metavar="NAME", help="benchmarks to run (default: all)"
-    )
-    parser.add_argument(
-        "--args",
-        action="append",
-        default=[],
-        metavar="NAME=ARGS",
-        help='arguments for one benchmark, e.g. --args "envs=--repeats 3" (repeatable)',
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds allowed per benchmark"
-    )
-    parser.add_argument(
-        "--json", type=Path, default=None, help="also write the results"
-    )
-    parser.add_argument(
-        "--list", action="store_true", help="list the benchmarks and exit"
-    )
-    args = parser.parse_args(argv)
-    if args.list:
+    if args.list_benchmarks:
         print("\n".join(names))
         return 0
     unknown = [name for name in args.benchmarks if name not in names]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; available: {names}")
-    chosen = args.benchmarks or names
+    chosen = list(args.benchmarks) or names
     extra = _parse_bench_args(args.args, names)
     results = []
     for index, name in enumerate(chosen, 1):
@@ -200,9 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clenv bench``: run the benchmarks ``argv`` names; 1 if any failed."""
+    return run(tyro.cli(BenchArgs, args=argv, prog="clenv bench"))
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as error:
-        print(f"clenv bench: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command("clenv bench", main))
