@@ -273,6 +273,25 @@ def make_env(env_id, idx, env_kwargs, clip_actions):
     return thunk
 
 
+def make_envs(args: Args, env_kwargs: dict[str, Any]) -> gym.vector.VectorEnv:
+    """The vector env, with episode statistics, in SAME_STEP autoreset mode.
+
+    Deliberately: a finished episode's sub-env resets inside the step that ended it,
+    so every vector step is an interaction (sub-envs switch tasks in lockstep,
+    docs/protocol.md), final_obs of truncated episodes is at hand for bootstrapping,
+    and no pending reset has to be checkpointed.
+    """
+    vector_env = (
+        gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    )
+    thunks = [
+        make_env(args.env_id, i, env_kwargs, args.clip_actions)
+        for i in range(args.num_envs)
+    ]
+    envs = vector_env(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
 def layer_init(layer, init="lecun_uniform", std=2**0.5, bias_const=0.0):
     """LeCun-uniform (both papers; every layer) or CleanRL's orthogonal with ``std``."""
     if init == "lecun_uniform":
@@ -525,21 +544,8 @@ if __name__ == "__main__":
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env setup: SAME_STEP autoreset, deliberately: a finished episode's sub-env resets
-    # inside the step that ended it, so every vector step is an interaction (sub-envs
-    # switch tasks in lockstep, docs/protocol.md), final_obs of truncated episodes is
-    # at hand for bootstrapping, and no pending reset has to be checkpointed.
-    vector_env = (
-        gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    )
-    envs = vector_env(
-        [
-            make_env(args.env_id, i, env_kwargs, args.clip_actions)
-            for i in range(args.num_envs)
-        ],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    # env setup
+    envs = make_envs(args, env_kwargs)
 
     agent = Agent(envs, args.hidden_sizes, args.init, args.log_std_init).to(device)
     optimizer = torch.optim.Adam(
