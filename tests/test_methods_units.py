@@ -210,9 +210,26 @@ def test_cbp_replacement_count_all_counts_every_unit_of_the_layer():
             model, None, replacement_rate=0.25, replacement_count=count
         )
         cbp.ages[0][:4] = 200  # 4 of the 16 units are mature
-        cbp.accumulate(0)
+        cbp.count_due(0)
         assert cbp.accumulated[0] == expected
         assert cbp.select_units(0).numel() == min(int(expected), 4)
+
+
+def test_cbp_without_accumulate_replaces_one_unit_by_chance():
+    """LoP's gnt.py without accumulate (its PPO): r < 1 due units -> one with
+    probability r, nothing carried over (lop/algos/gnt.py:151-158)."""
+    cbp = ContinualBackprop(mlp(), None, replacement_rate=0.25 / 16, accumulate=False)
+    cbp.ages[0][:] = 200  # all 16 mature: r = 0.25 per step
+    counts = []
+    for _ in range(400):
+        cbp.count_due(0)
+        counts.append(cbp.accumulated[0])
+        cbp.select_units(0)
+    assert set(counts) == {0.0, 1.0}
+    assert abs(sum(counts) / 400 - 0.25) < 0.06
+    cbp.replacement_rate = 2.5 / 16  # r >= 1: its whole part
+    cbp.count_due(0)
+    assert cbp.accumulated[0] == 2.0
 
 
 def test_cbp_scores_post_pool_maps_when_asked():

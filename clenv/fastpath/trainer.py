@@ -153,13 +153,15 @@ class FastMLPTrainer:
                         "the CBP component's hidden layers are not the MLP's; build it "
                         "on the same model"
                     )
-                if (component.variant, component.replacement_count) != (
-                    "lop",
-                    "eligible",
-                ):
+                if (
+                    component.variant,
+                    component.replacement_count,
+                    component.accumulate,
+                ) != ("lop", "eligible", True):
                     raise ValueError(
-                        "the fast path runs CBP with variant='lop' and "
-                        "replacement_count='eligible' only; use the autograd path"
+                        "the fast path runs CBP with variant='lop', "
+                        "replacement_count='eligible' and accumulate=True only; use "
+                        "the autograd path"
                     )
                 self.cbp = component
         reference = self.layers[0].weight

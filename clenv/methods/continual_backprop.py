@@ -86,6 +86,10 @@ class ContinualBackprop(UnitMethod):
             weights; ``False`` keeps it (LoP resets only its own AdamGnT's state,
             lop/algos/gnt.py:211-225, so its torch-Adam (RL) and SGD-momentum
             (ImageNet) runs keep it).
+        accumulate: carry fractions of a unit across steps (the paper, LoP's
+            supervised runs, SC); ``False``: a step due ``r < 1`` units replaces one
+            with probability ``r``, as LoP's ``gnt.py`` does without ``accumulate``
+            (lop/algos/gnt.py:151-158), which its PPO uses (lop/algos/rl/ppo.py:65-71).
         variant: ``"lop"`` (the paper's CBP) or ``"sc_code"`` (the CBP of SC's code:
             see the module docstring).
         hidden_layers: explicit hidden-layer spec (see :func:`find_hidden_layers`).
@@ -107,6 +111,7 @@ class ContinualBackprop(UnitMethod):
         replacement_count: Literal["eligible", "all"] = "eligible",
         score_after_pool: bool = False,
         reset_optimizer_state: bool = True,
+        accumulate: bool = True,
         variant: Literal["lop", "sc_code"] = "lop",
         hidden_layers: HiddenLayerSpec = None,
         seed: int = 0,
@@ -145,6 +150,7 @@ class ContinualBackprop(UnitMethod):
         self.replacement_count = replacement_count
         self.score_after_pool = bool(score_after_pool)
         self.reset_optimizer_state = bool(reset_optimizer_state)
+        self.accumulate = bool(accumulate)
         self.variant = variant
         # SC's code re-draws outgoing weights with the next layer's bound.
         self.outgoing_bounds = [
@@ -165,7 +171,7 @@ class ContinualBackprop(UnitMethod):
         with torch.no_grad():
             for index, hidden in enumerate(self.hidden):
                 self._update_utility(index, hidden, features[index])
-                self.accumulate(index)
+                self.count_due(index)
                 self.replace_units(index, self.select_units(index))
 
     def _update_utility(self, index: int, hidden: HiddenLayer, h: torch.Tensor) -> None:
@@ -191,14 +197,22 @@ class ContinualBackprop(UnitMethod):
             )
         self.utilities[index].mul_(decay).add_(new, alpha=1 - decay)
 
-    def accumulate(self, index: int) -> None:
+    def count_due(self, index: int) -> None:
         """Add this step's replacements due in layer ``index`` to its accumulator."""
         age = self.ages[index]
         eligible = int((age > self.maturity_threshold).sum())
         if eligible == 0:
             return
         units = eligible if self.replacement_count == "eligible" else age.numel()
-        self.accumulated[index] += self.replacement_rate * units
+        due = self.replacement_rate * units
+        if not self.accumulate:
+            # LoP's gnt.py without accumulate: whole units now, a fraction by chance.
+            if due < 1:
+                draw = torch.rand((), generator=self.rng.generator, device=age.device)
+                due = 1.0 if float(draw) <= due else 0.0
+            self.accumulated[index] = float(int(due))
+            return
+        self.accumulated[index] += due
 
     def select_units(self, index: int) -> torch.Tensor:
         """Take the whole units due from layer ``index``'s accumulator and choose them.
@@ -271,6 +285,7 @@ class ContinualBackprop(UnitMethod):
             "replacement_count": self.replacement_count,
             "score_after_pool": self.score_after_pool,
             "reset_optimizer_state": self.reset_optimizer_state,
+            "accumulate": self.accumulate,
             "variant": self.variant,
             "layers": [h.name for h in self.hidden],
         }

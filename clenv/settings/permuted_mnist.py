@@ -204,6 +204,15 @@ METHOD_ROWS: list[Row] = [
         kind="method",
     ),
     Row(
+        name='cbp.accumulate',
+        what='carry fractions of a unit across steps',
+        lop=Value(True, 'lop/permuted_mnist/cfg/cbp.json:17'),
+        sc=Value(True, 'permuted_mnist/cbp.py:143-153'),
+        option='--method-kwargs cbp__accumulate=...',
+        test='tests/test_methods_units.py::test_cbp_without_accumulate_replaces_one_unit_by_chance',
+        kind="method",
+    ),
+    Row(
         name='cbp.variant',
         what="CBP's definition",
         lop=Value('lop', 'lop/algos/gnt.py:166-203'),

@@ -465,6 +465,15 @@ METHOD_ROWS: list[Row] = [
         kind="method",
     ),
     Row(
+        name='cbp.accumulate',
+        what='carry fractions of a unit across steps (else: one unit with probability r)',
+        lop=Value(False, 'lop/algos/rl/ppo.py:65-71; lop/algos/gnt.py:151-158', "LoP's PPO builds GnT without accumulate"),
+        sc=Value(True, 'rlopt/cbp.py:143-153'),
+        option='--method-kwargs cbp__accumulate=...',
+        test='tests/test_methods_units.py::test_cbp_without_accumulate_replaces_one_unit_by_chance',
+        kind="method",
+    ),
+    Row(
         name='cbp.variant',
         what="CBP's definition",
         lop=Value('lop', 'lop/algos/gnt.py:166-203'),
