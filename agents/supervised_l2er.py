@@ -1,22 +1,23 @@
 """Online supervised continual learning on clenv's streams, with plasticity methods.
 
-One learner for the three supervised benchmarks of PROTOCOLS.md, in CleanRL's
-structure: Permuted MNIST (the SC/LoP MLP, batch 1, one pass per task), Continual
-ImageNet (LoP's ConvNet, binary tasks, epochs of minibatches) and class-incremental
-CIFAR-100 (the ResNet-18 variant, logits masked to the classes seen so far). Settings
-follow Prakash et al., *Spectral Collapse Drives Loss of Plasticity* (ICML 2026, "SC",
-the default) or Dohare et al., *Loss of plasticity in deep continual learning* (Nature
-2024, "LoP") with ``--protocol lop``. A plasticity method from :mod:`clenv.methods`
-(``--reg``: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, cbp+l2, ...) is
-driven through its hooks. The learner sees only what the env reveals: it predicts a
-batch (the action), gets the accuracy (the reward), reads ``info["label"]`` and
-updates. Batch-1 MLP training runs on :class:`clenv.fastpath.FastMLPTrainer` (same
-result as the autograd loop, ~10-60x faster). docs/agents/supervised.md has the flags,
-the logged series and the paper commands.
+One learner for the three supervised benchmarks, in CleanRL's structure: Permuted
+MNIST (an MLP, batch 1, one pass per task), Continual ImageNet (a ConvNet, binary
+tasks, epochs of minibatches) and class-incremental CIFAR-100 (a ResNet-18 variant,
+logits masked to the classes seen so far). Every option left unset takes the value of
+Prakash et al., *Spectral Collapse Drives Loss of Plasticity* (ICML 2026, "SC", the
+default) or Dohare et al., *Loss of plasticity in deep continual learning* (Nature
+2024, "LoP", ``--protocol lop``): docs/protocols.md lists them with their sources in
+the papers' code. A plasticity method from :mod:`clenv.methods` (``--reg``: bp, l2,
+er, l2er, cbp, snp, redo, head_reset, reset, cbp+l2, ...) is driven through its hooks.
+The learner sees only what the env reveals: it predicts a batch (the action), gets the
+accuracy (the reward), reads ``info["label"]`` and updates. Batch-1 MLP training runs
+on :class:`clenv.fastpath.FastMLPTrainer` (the same run as the autograd loop, ~10-60x
+faster). docs/agents/supervised.md has the flags, the logged series and the papers'
+commands.
 
-    python agents/supervised_l2er.py --reg l2er --data-dir ../shared/data
+    python agents/supervised_l2er.py --reg l2er
     python agents/supervised_l2er.py --reg bp --width 100 --num-tasks 50 \\
-        --examples-per-task 6000 --data-dir ../shared/data
+        --examples-per-task 6000
     python agents/supervised_l2er.py --env-id clenv/ContinualImageNet-v0 --reg l2er
     python agents/supervised_l2er.py --resume runs/clenv_PermutedMNIST-v0__supervised_l2er__1__1700000000
 """
@@ -25,35 +26,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-import tyro
 from torch import nn
 from tqdm import tqdm
 
 import clenv
-from clenv.checkpoint import (
-    RestorableEnv,
-    capture_rng_state,
-    load_latest_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+import clenv.run
+from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
 from clenv.fastpath import FastMLPTrainer, fast_path_supports
-from clenv.logger import RunLogger
-from clenv.methods import METHODS, make_method, split_name
+from clenv.methods import make_method, split_name
 from clenv.metrics import (
     capture_activations,
     curvature_report,
@@ -66,6 +58,7 @@ from clenv.models import (
     IncrementalCIFARResNet18,
     PermutedMNISTMLP,
 )
+from clenv.protocol import task_switches
 from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
@@ -306,15 +299,20 @@ def make_model(args: Args) -> nn.Module:
     )
 
 
-def head_of(model: nn.Module) -> nn.Linear:
-    return model.head
-
-
 def masked(logits: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     """Logits of classes not yet seen set to -inf (incremental CIFAR)."""
     if active is None:
         return logits
     return logits.masked_fill(~active, float("-inf"))
+
+
+def active_mask(info: dict[str, Any], num_classes: int, device) -> torch.Tensor | None:
+    """The classes seen so far as a mask over the logits (None: every class)."""
+    if "active_classes" not in info:
+        return None
+    mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(info["active_classes"], device=device)] = True
+    return mask
 
 
 def ascent_group_size(method: Any) -> int:
@@ -326,10 +324,114 @@ def ascent_group_size(method: Any) -> int:
     return 0
 
 
-def plasticity_layers(model: nn.Module) -> list[str] | None:
-    """Layers whose features are ranked: every ReLU of the MLP, the FC layers of the
-    conv nets (a conv map of 2000 samples is too large to rank every task)."""
-    return getattr(model, "fc_activation_names", lambda: None)()
+def learn_minibatch(model, optimizer, method, x, labels, logits) -> float:
+    """One SGD step on the minibatch's cross-entropy, with the method's hooks."""
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad()
+    loss.backward()
+    method.after_backward()
+    optimizer.step()
+    method.after_step(x)
+    return loss.item() * labels.numel()
+
+
+def learn_one_at_a_time(model, optimizer, method, x, labels):
+    """The papers' batch-1 loop: predict one example, then update on it."""
+    predictions, loss_sum = torch.empty_like(labels), 0.0
+    for k in range(x.shape[0]):
+        logits = model(x[k : k + 1])
+        predictions[k] = logits.detach().argmax(1)[0]
+        loss_sum += learn_minibatch(
+            model, optimizer, method, x[k : k + 1], labels[k : k + 1], logits
+        )
+    return predictions, loss_sum
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs, labels, active) -> float:
+    """Accuracy in eval mode, in chunks of 1000."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), 1000):
+        logits = masked(model(inputs[start : start + 1000]), active)
+        correct += int((logits.argmax(1) == labels[start : start + 1000]).sum())
+    model.train(was_training)
+    return correct / max(len(labels), 1)
+
+
+def task_batch(base, task_id: int, split: str, count: int | None, device):
+    """``count`` held-out examples of a task (its fixed subset), as tensors."""
+    inputs, labels = base.task_data(task_id, split, max_examples=count)
+    return torch.as_tensor(inputs, device=device), torch.as_tensor(
+        labels, device=device
+    )
+
+
+def curvature_batch(base, task_id: int, args: Args, device):
+    """The curvature's samples: the task's, or (SC's CIFAR) those of the classes the
+    task adds (incremental_cifar/train_incremental_cifar.py:402-413)."""
+    if args.curvature_classes == "all" or not hasattr(base, "active_classes"):
+        return task_batch(base, task_id, "train", args.metric_samples, device)
+    inputs, labels = base.task_data(task_id, "train")
+    seen = base.active_classes(task_id - 1) if task_id > 0 else []
+    keep = np.flatnonzero(~np.isin(labels, seen))[: args.metric_samples]
+    return torch.as_tensor(inputs[keep], device=device), torch.as_tensor(
+        labels[keep], device=device
+    )
+
+
+def log_curvature(logger, model, batch, active, args, step, task_id, when) -> None:
+    """curvature/<when>/*: SC's diagnostics (clenv.metrics.curvature_report), the
+    density on clenv.metrics.DENSITY_GRID with SC's smoothing, both epsilon-ranks
+    (epsilon_rank: exact; epsilon_rank_trapezoid: SC's plotting variant)."""
+    batchnorm_train = args.curvature_batchnorm == "train"
+
+    def loss_fn(net, data):
+        if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
+            net.train()
+        return F.cross_entropy(masked(net(data[0]), active), data[1])
+
+    # Every flag, buffer (BatchNorm running statistics) and RNG stream is restored
+    # afterwards: logging more or less never changes the training run.
+    with preserved_training_state(model, model.training):
+        report = curvature_report(
+            model,
+            loss_fn,
+            [batch],
+            eps=args.curvature_epsilons,
+            order=args.curvature_order,
+            trace_matvecs=args.curvature_trace_matvecs,
+            seed=args.seed,
+        )
+    prefix = f"curvature/{when}/"
+    for key, value in report.items():
+        if isinstance(value, int | float):
+            logger.log_scalar(prefix + key, value, step, task_id=task_id)
+    logger.log_array(prefix + "spectral_density", report["spectral_density"], step,
+                     grid=report["spectral_density_grid"], task_id=task_id)  # fmt: skip
+    # Fixed length (HDF5 rows): Lanczos stops early on a tiny model.
+    for key, fill in (("ritz_values", np.nan), ("ritz_weights", 0.0)):
+        row = np.full(args.curvature_order, fill)
+        values = np.asarray(report[key], dtype=np.float64).reshape(-1)
+        row[: min(len(values), len(row))] = values[: len(row)]
+        logger.log_array(prefix + key, row, step, task_id=task_id)
+
+
+def log_plasticity(logger, model, inputs, trainer, step, task_id) -> None:
+    """plasticity/*: representation metrics of the ranked layers (every ReLU of the
+    MLP, the FC layers of the conv nets: a conv map of 2000 samples is too large to
+    rank every task) and the weights' magnitude."""
+    layers = getattr(model, "fc_activation_names", lambda: None)()
+    activations = capture_activations(model, inputs, layers)
+    named = {f"layer{i}": a for i, a in enumerate(activations.values())}
+    metrics = representation_metrics(named)
+    weights = weight_metrics(model)
+    metrics["weight_magnitude"] = weights["weight_magnitude"]
+    metrics["parameter_norm"] = weights["parameter_norm"]
+    if trainer is not None and trainer.cbp is not None:
+        metrics["cbp_units_replaced"] = float(sum(trainer.cbp.num_replaced))
+    logger.log_scalars(metrics, step, prefix="plasticity/", task_id=task_id)
 
 
 @dataclass
@@ -350,31 +452,19 @@ class TaskStats:
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    resume_dir = args.resume
-    if resume_dir is not None:
-        if not (Path(resume_dir) / "args.json").exists():
-            sys.exit(f"error: --resume {resume_dir}: no args.json there (not a run)")
-        saved = RunLogger.load_args(resume_dir)
-        names = {f.name for f in dataclasses.fields(Args)}
-        tuples = ("lr_milestones", "curvature_epsilons")
-        saved = {k: tuple(v) if k in tuples and v is not None else v
-                 for k, v in saved.items() if k in names}  # fmt: skip
-        args = dataclasses.replace(Args(**saved), resume=resume_dir,
-                                   progress=args.progress)  # fmt: skip
     try:
+        args = clenv.run.parse_args(Args, overrides=("progress",))
         args = resolve_args(args)
         env_kwargs = env_kwargs_for(args)
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
-        components = split_name(args.reg)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     fast_ok = (
         args.env_id == PMNIST
         and args.batch_size == 1
         and args.momentum == 0
         and args.optimizer_weight_decay == 0
-        and fast_path_supports(components)
+        and fast_path_supports(split_name(args.reg))
     )
     if args.fast_path == "on" and not fast_ok:
         sys.exit(
@@ -407,20 +497,13 @@ if __name__ == "__main__":
         # first gradient after the others (its momentum buffer is still None).
         fused=device.type in ("cpu", "cuda") and args.momentum == 0,
     )
-    # The ResNet is not one nn.Sequential: methods that act on units get its spec.
-    hidden_spec = getattr(model, "hidden_layer_spec", lambda: None)()
-    if not any(
-        "hidden_layers" in inspect.signature(METHODS[name].__init__).parameters
-        for name in components
-    ):
-        hidden_spec = None
     try:
         method = make_method(
             args.reg,
             model,
             optimizer,
             preset=args.method_preset,
-            **({"hidden_layers": hidden_spec} if hidden_spec else {}),
+            hidden_layers=model.hidden_layer_spec(),
             **method_kwargs,
         )
     except ValueError as error:
@@ -437,156 +520,42 @@ if __name__ == "__main__":
             "(timing='before') needs minibatch training (--batch-size > 1); at batch "
             "1 use the ascent after them (er__timing=after, er__schedule=step)"
         )
-    metric_split = "train"
-    num_classes = head_of(model).out_features
-
-    # to be filled in runtime
-    global_step = 0  # examples seen
-    stats = TaskStats()
-    obs, info = None, None
-    # Minibatches stepped in the env but not trained on yet (grouped ascent):
-    # (inputs, info before the step, reward, truncated, info after the step).
-    pending: list[tuple[torch.Tensor, dict, float, bool, dict]] = []
-    checkpoint = None
-    if resume_dir is not None:
-        checkpoint = load_latest_checkpoint(Path(resume_dir) / "checkpoints", device)
-    if checkpoint is not None and checkpoint[1].get("finished", False):
-        sys.exit(f"{resume_dir} has already finished ({checkpoint[0]:,} examples)")
-    if checkpoint is not None:
-        global_step, state = checkpoint
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        method.load_state_dict(state["method"])
-        if trainer is not None:
-            trainer.load_state_dict(state["trainer"])
-        restore_rng_state(state["rng"])
-        env.set_env_state([state["env_state"]])
-        obs, info = state["obs"], state["info"]
-        stats = TaskStats(**state["stats"])
-        pending = state.get("pending", [])
-        logger = RunLogger.resume(resume_dir, step=global_step)
-        print(f"resumed {resume_dir} at example {global_step:,}")
-    else:
-        if resume_dir is not None:
-            logger = RunLogger.resume(resume_dir, step=-1)
-            print(f"{resume_dir} has no checkpoint yet: starting it over")
-        else:
-            logger = RunLogger.create(
-                args.runs_dir,
-                env_id=args.env_id,
-                exp_name=args.exp_name,
-                seed=args.seed,
-                agent="supervised",
-                reg=args.reg,
-                args={
-                    **vars(args),
-                    "env_kwargs_resolved": env_kwargs,
-                    "method": repr(method),
-                    "fast_path_used": trainer is not None,
-                },
-            )
-        obs, info = env.reset(seed=args.seed)
-    run_dir = logger.run_dir
-    if not args.total_examples:
+    num_classes = model.head.out_features
+    if not args.total_examples:  # full batches: a batch may run into the next epoch
         args.total_examples = sum(
             base.task_length(k) * args.env_batch_size for k in range(args.num_tasks)
         )
-    print(f"run directory: {run_dir}")
+
+    run = clenv.run.start(
+        args,
+        agent="supervised",
+        unit="example",
+        extra_args={
+            "env_kwargs_resolved": env_kwargs,
+            "method": repr(method),
+            "fast_path_used": trainer is not None,
+        },
+    )
+    if run.finished:
+        sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
+    logger = run.logger
+    trainer_state = {"trainer": trainer} if trainer is not None else None
+    restored = run.restore(model=model, optimizer=optimizer, method=method, envs=env,
+                           stateful=trainer_state)  # fmt: skip
+    global_step = run.global_step  # examples seen
+    if restored is None:
+        obs, info = env.reset(seed=args.seed)
+        stats = TaskStats(task_id=int(info["task_id"]))
+        # Minibatches stepped in the env but not trained on yet (grouped ascent):
+        # (inputs, info before the step, reward, info after the step).
+        pending: list[tuple[torch.Tensor, dict, float, dict]] = []
+    else:
+        obs, info, pending = restored["obs"], restored["info"], restored["pending"]
+        stats = TaskStats(**restored["stats"])
     print(
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; "
         f"{'fast path (' + trainer.backend + ')' if trainer else 'autograd'} on {device}"
     )
-
-    def active_mask(task_info: dict[str, Any]) -> torch.Tensor | None:
-        if "active_classes" not in task_info:
-            return None
-        mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
-        mask[torch.as_tensor(task_info["active_classes"], device=device)] = True
-        return mask
-
-    def task_batch(task_id: int, split: str, count: int | None):
-        inputs, labels = base.task_data(task_id, split, max_examples=count)
-        return (
-            torch.as_tensor(inputs, device=device),
-            torch.as_tensor(labels, device=device),
-        )
-
-    @torch.no_grad()
-    def accuracy(inputs, labels, active) -> float:
-        was_training = model.training
-        model.eval()
-        correct = 0
-        for start in range(0, len(labels), 1000):
-            logits = masked(model(inputs[start : start + 1000]), active)
-            correct += int((logits.argmax(1) == labels[start : start + 1000]).sum())
-        model.train(was_training)
-        return correct / max(len(labels), 1)
-
-    def new_class_batch(task_id: int):
-        """SC's CIFAR curvature samples: those of the classes the task adds."""
-        inputs, labels = base.task_data(task_id, metric_split)
-        if hasattr(base, "active_classes"):
-            seen = base.active_classes(task_id - 1) if task_id > 0 else []
-            keep = ~np.isin(labels, seen)
-            inputs, labels = inputs[keep], labels[keep]
-        inputs, labels = inputs[: args.metric_samples], labels[: args.metric_samples]
-        return torch.as_tensor(inputs, device=device), torch.as_tensor(
-            labels, device=device
-        )
-
-    def log_curvature(task_id: int, when: str, task_info: dict[str, Any]) -> None:
-        active = active_mask(task_info)
-        inputs, labels = (
-            new_class_batch(task_id)
-            if args.curvature_classes == "new"
-            else task_batch(task_id, metric_split, args.metric_samples)
-        )
-        batchnorm_train = args.curvature_batchnorm == "train"
-
-        def loss_fn(net, batch):
-            if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
-                net.train()
-            return F.cross_entropy(masked(net(batch[0]), active), batch[1])
-
-        # Every flag, buffer (BatchNorm running statistics) and RNG stream is
-        # restored afterwards: logging more or less never changes the training run.
-        with preserved_training_state(model, model.training):
-            report = curvature_report(
-                model,
-                loss_fn,
-                [(inputs, labels)],
-                eps=args.curvature_epsilons,
-                order=args.curvature_order,
-                trace_matvecs=args.curvature_trace_matvecs,
-                seed=args.seed,
-            )
-        prefix = f"curvature/{when}/"
-        for key, value in report.items():
-            if isinstance(value, int | float):
-                logger.log_scalar(prefix + key, value, global_step, task_id=task_id)
-        # On clenv.metrics.DENSITY_GRID with SC's smoothing: every task, run and
-        # agent stacks.
-        logger.log_array(prefix + "spectral_density", report["spectral_density"],
-                         global_step, grid=report["spectral_density_grid"],
-                         task_id=task_id)  # fmt: skip
-        # Fixed length (HDF5 rows): Lanczos stops early on a tiny model.
-        for key, fill in (("ritz_values", np.nan), ("ritz_weights", 0.0)):
-            row = np.full(args.curvature_order, fill)
-            values = np.asarray(report[key], dtype=np.float64).reshape(-1)
-            row[: min(len(values), len(row))] = values[: len(row)]
-            logger.log_array(prefix + key, row, global_step, task_id=task_id)
-
-    def log_plasticity(task_id: int) -> None:
-        inputs, _ = task_batch(task_id, metric_split, args.metric_samples)
-        activations = capture_activations(model, inputs, plasticity_layers(model))
-        named = {f"layer{i}": a for i, a in enumerate(activations.values())}
-        metrics = representation_metrics(named)
-        weights = weight_metrics(model)
-        metrics["weight_magnitude"] = weights["weight_magnitude"]
-        metrics["parameter_norm"] = weights["parameter_norm"]
-        if trainer is not None and trainer.cbp is not None:
-            metrics["cbp_units_replaced"] = float(sum(trainer.cbp.num_replaced))
-        logger.log_scalars(metrics, global_step, prefix="plasticity/", task_id=task_id)
 
     def curvature_due(task_id: int) -> bool:
         every = args.curvature_every_tasks
@@ -599,16 +568,19 @@ if __name__ == "__main__":
             method.on_task_switch(task_id)
         if args.zero_head_on_switch:  # LoP's ImageNet: the momentum is kept
             with torch.no_grad():
-                for param in head_of(model).parameters():
+                for param in model.head.parameters():
                     param.zero_()
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate
         if curvature_due(task_id):
-            log_curvature(task_id, "task_start", task_info)
+            batch = curvature_batch(base, task_id, args, device)
+            active = active_mask(task_info, num_classes, device)
+            log_curvature(logger, model, batch, active, args, global_step, task_id,
+                          "task_start")  # fmt: skip
 
     def task_end(task_id: int, task_info: dict[str, Any]) -> None:
         """Per-task summaries, logged once with the step at the task's end."""
-        active = active_mask(task_info)
+        active = active_mask(task_info, num_classes, device)
         if args.restore_best_validation and stats.best_state is not None:
             model.load_state_dict(stats.best_state)
         summary = {
@@ -619,34 +591,21 @@ if __name__ == "__main__":
             / max(time.time() - start_time, 1e-9),
         }
         if args.env_id != PMNIST:
-            inputs, labels = task_batch(task_id, "test", None)
-            summary["eval/test_accuracy_per_task"] = accuracy(inputs, labels, active)
+            inputs, labels = task_batch(base, task_id, "test", None, device)
+            summary["eval/test_accuracy_per_task"] = accuracy(
+                model, inputs, labels, active
+            )
         logger.log_scalars(summary, global_step, task_id=task_id)
         every = args.plasticity_every_tasks
         if every and task_id % every == 0:
-            log_plasticity(task_id)
+            inputs, _ = task_batch(base, task_id, "train", args.metric_samples, device)
+            log_plasticity(logger, model, inputs, trainer, global_step, task_id)
         if curvature_due(task_id):
-            log_curvature(task_id, "task_end", task_info)
+            batch = curvature_batch(base, task_id, args, device)
+            log_curvature(logger, model, batch, active, args, global_step, task_id,
+                          "task_end")  # fmt: skip
 
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(),
-            "trainer": None if trainer is None else trainer.state_dict(),
-            "rng": capture_rng_state(),
-            "env_state": env.get_env_state(),
-            "obs": obs,
-            "info": info,
-            "stats": dataclasses.asdict(stats),
-            "pending": pending,
-            "args": vars(args),
-        }
-        save_checkpoint(run_dir / "checkpoints", state, global_step,
-                        args.keep_checkpoints)  # fmt: skip
-
-    if checkpoint is None:
-        stats = TaskStats(task_id=int(info["task_id"]))
+    if restored is None:
         task_start(stats.task_id, info)
     logger.set_task(stats.task_id)
     start_time = time.time()
@@ -664,25 +623,27 @@ if __name__ == "__main__":
             while len(pending) < group_size:
                 x = torch.as_tensor(obs, device=device)
                 with torch.no_grad():
-                    action = masked(model(x), active_mask(info)).argmax(1)
-                next_obs, reward, _, truncated, next_info = env.step(
-                    action.cpu().numpy()
-                )
-                pending.append((x, info, reward, truncated, next_info))
+                    logits = model(x)
+                active = active_mask(info, num_classes, device)
+                action = masked(logits, active).argmax(1).cpu().numpy()
+                next_obs, reward, _, _, next_info = env.step(action)
+                pending.append((x, info, reward, next_info))
                 obs, info = next_obs, next_info
                 # A group never spans two epochs or tasks.
-                if truncated or next_info["epoch"] != pending[0][1]["epoch"]:
+                if next_info["epoch"] != pending[0][1]["epoch"]:
+                    break
+                if task_switches(next_info)[0]:
                     break
             model.train()
             method.before_epoch(torch.cat([step[0] for step in pending]))
         if group_size:
-            x, step_info, reward, truncated, next_info = pending.pop(0)
+            x, step_info, reward, next_info = pending.pop(0)
         else:
             x = torch.as_tensor(obs, device=device)
             if args.env_batch_size == 1:  # a single example comes without a batch axis
                 x = x.unsqueeze(0)
             step_info = info
-        active = active_mask(step_info)
+        active = active_mask(step_info, num_classes, device)
         if args.lr_milestones:
             passed = sum(int(step_info["epoch"]) >= m for m in args.lr_milestones)
             for group in optimizer.param_groups:
@@ -698,8 +659,8 @@ if __name__ == "__main__":
         if not group_size:
             action = prediction.cpu().numpy()
             action = int(action[0]) if args.env_batch_size == 1 else action
-            next_obs, reward, _, truncated, next_info = env.step(action)
-            obs, info = next_obs, next_info
+            obs, reward, _, _, next_info = env.step(action)
+            info = next_info
         labels = torch.as_tensor(
             np.atleast_1d(next_info["label"]), device=device, dtype=torch.int64
         )
@@ -707,28 +668,12 @@ if __name__ == "__main__":
             online_predictions, losses = trainer.train(x, labels)
             loss_sum = float(losses.sum())
         elif per_example:
-            # The papers' loop: predict one example, then update on it.
-            online_predictions = torch.empty_like(labels)
-            loss_sum = 0.0
-            for k in range(x.shape[0]):
-                logits = model(x[k : k + 1])
-                loss = F.cross_entropy(logits, labels[k : k + 1])
-                online_predictions[k] = logits.detach().argmax(1)[0]
-                optimizer.zero_grad()
-                loss.backward()
-                method.after_backward()
-                optimizer.step()
-                method.after_step(x[k : k + 1])
-                loss_sum += loss.item()
+            online_predictions, loss_sum = learn_one_at_a_time(
+                model, optimizer, method, x, labels
+            )
         else:
-            loss = F.cross_entropy(logits, labels)
             online_predictions = prediction
-            optimizer.zero_grad()
-            loss.backward()
-            method.after_backward()
-            optimizer.step()
-            method.after_step(x)
-            loss_sum = loss.item() * labels.numel()
+            loss_sum = learn_minibatch(model, optimizer, method, x, labels, logits)
         correct = int((online_predictions == labels).sum())
         global_step += labels.numel()
         stats.examples += labels.numel()
@@ -742,12 +687,18 @@ if __name__ == "__main__":
             logger.log_scalar("cl/online_accuracy",
                               stats.window_correct / stats.window_examples, global_step)  # fmt: skip
             stats.window_examples = stats.window_correct = 0
+        # The step that completes a task: the next info announces a switch, or the
+        # run's last example (after the last task the env stays in it).
+        task_ended = bool(task_switches(next_info)[0]) or (
+            global_step >= args.total_examples
+        )
 
         # An epoch of the task ended: LoP's best-validation bookkeeping.
-        epoch_ended = truncated or int(next_info["epoch"]) != stats.epoch
+        epoch_ended = task_ended or int(next_info["epoch"]) != stats.epoch
         if args.restore_best_validation and epoch_ended:
-            inputs, val_labels = task_batch(stats.task_id, "validation", None)
-            val_accuracy = accuracy(inputs, val_labels, active)
+            inputs, val_labels = task_batch(base, stats.task_id, "validation", None,
+                                            device)  # fmt: skip
+            val_accuracy = accuracy(model, inputs, val_labels, active)
             logger.log_scalar("eval/validation_accuracy", val_accuracy, global_step)
             if val_accuracy > stats.best_validation:
                 stats.best_validation = val_accuracy
@@ -758,7 +709,7 @@ if __name__ == "__main__":
             global_step // args.checkpoint_every
             > (global_step - labels.numel()) // args.checkpoint_every
         )
-        if truncated:  # the step that completes a task (docs/protocol.md)
+        if task_ended:
             finished = stats.task_id
             task_end(finished, step_info)
             finished_all = finished + 1 >= args.num_tasks
@@ -774,7 +725,10 @@ if __name__ == "__main__":
                 every = args.checkpoint_every_tasks
                 crossed = crossed or (every and stats.task_id % every == 0)
         if crossed and not finished_all:
-            save()
+            run.save(global_step, model=model, optimizer=optimizer, method=method,
+                     envs=env, stateful=trainer_state,
+                     extra={"obs": obs, "info": info, "pending": pending,
+                            "stats": dataclasses.asdict(stats)})  # fmt: skip
         progress.update(labels.numel())
         progress.set_postfix(
             task=stats.task_id,
@@ -783,17 +737,10 @@ if __name__ == "__main__":
             refresh=False,
         )
 
-    save_checkpoint(
-        run_dir / "checkpoints",
-        {"model": model.state_dict(), "method": method.state_dict(),
-         "args": vars(args), "finished": True, "stats": dataclasses.asdict(stats)},
-        global_step,
-        args.keep_checkpoints,
-    )  # fmt: skip
+    run.save(global_step, model=model, method=method, finished=True,
+             extra={"stats": dataclasses.asdict(stats)})  # fmt: skip
     progress.close()
     env.close()
-    logger.close()
+    run.close()
     print(f"done: {global_step:,} examples, {args.num_tasks} tasks")
-    print(f"logs:        {run_dir}  (metrics.h5, TensorBoard events, checkpoints/)")
-    print(f"TensorBoard: tensorboard --logdir {Path(args.runs_dir)}")
-    print(f"plots:       clenv plot {run_dir} --out {run_dir / 'plots.png'}")
+    run.print_paths()
