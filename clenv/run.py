@@ -235,15 +235,7 @@ class Run:
         if self.checkpoint is None:
             return None
         step, state = self.checkpoint
-        objects = {
-            _MODEL: model,
-            _OPTIMIZER: optimizer,
-            _METHOD: method,
-            **(stateful or {}),
-        }
-        for name, target in objects.items():
-            if target is None:
-                continue
+        for name, target in _objects(model, optimizer, method, stateful).items():
             if name not in state["objects"]:
                 raise ValueError(
                     f"the checkpoint of step {step} in {self.checkpoint_dir} holds no "
@@ -294,18 +286,9 @@ class Run:
         Returns:
             The checkpoint's path.
         """
-        objects = {
-            _MODEL: model,
-            _OPTIMIZER: optimizer,
-            _METHOD: method,
-            **(stateful or {}),
-        }
+        objects = _objects(model, optimizer, method, stateful)
         state = {
-            "objects": {
-                name: _state_dict(target)
-                for name, target in objects.items()
-                if target is not None
-            },
+            "objects": {name: _state_dict(obj) for name, obj in objects.items()},
             "envs": None if envs is None else capture_env_state(envs),
             "rng": capture_rng_state(),
             "extra": dict(extra or {}),
@@ -418,6 +401,21 @@ def start(
 
 
 # ----------------------------------------------------------------- helpers
+def _objects(
+    model: Any, optimizer: Any, method: Any, stateful: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The objects given to save/restore by checkpoint name (None left out)."""
+    named = {_MODEL: model, _OPTIMIZER: optimizer, _METHOD: method}
+    overlap = set(named) & set(stateful or {})
+    if overlap:
+        raise ValueError(
+            f"stateful names {sorted(overlap)} are taken by the model, optimizer and "
+            "method arguments; name those objects otherwise"
+        )
+    named |= dict(stateful or {})
+    return {name: obj for name, obj in named.items() if obj is not None}
+
+
 def _state_dict(target: Any) -> Any:
     if isinstance(target, Mapping):
         return {name: _state_dict(part) for name, part in target.items()}

@@ -109,6 +109,20 @@ def _check_grid(grid: Any) -> np.ndarray:
     return grid
 
 
+def _check_density(
+    grid: Any, density: Any, caller: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(grid, density)`` as float64 arrays, checked to match."""
+    grid = _check_grid(grid)
+    density = np.asarray(density, dtype=np.float64).reshape(-1)
+    if density.shape != grid.shape:
+        raise ValueError(
+            f"{caller} got {density.size} density values for {grid.size} grid "
+            "points; pass the grid the density was evaluated on"
+        )
+    return grid, density
+
+
 def density_on_grid(
     ritz_values: Any,
     ritz_weights: Any,
@@ -168,13 +182,8 @@ def rebin_density(
     Returns:
         (T,) float64 density on ``target``.
     """
-    grid, target = _check_grid(grid), _check_grid(target)
-    density = np.asarray(density, dtype=np.float64).reshape(-1)
-    if density.shape != grid.shape:
-        raise ValueError(
-            f"rebin_density got a density of {density.size} values on a grid of "
-            f"{grid.size} points; pass the grid the density was evaluated on"
-        )
+    grid, density = _check_density(grid, density, "rebin_density")
+    target = _check_grid(target)
     cumulative = np.concatenate(
         [[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))]
     )
@@ -471,13 +480,7 @@ def epsilon_rank_trapezoid(
 
         (3 of the total 4: the trapezoid from -1 to 1 counts as outside.)
     """
-    grid = _check_grid(grid)
-    density = np.asarray(density, dtype=np.float64).reshape(-1)
-    if density.shape != grid.shape:
-        raise ValueError(
-            f"epsilon_rank_trapezoid got {density.size} density values for "
-            f"{grid.size} grid points; pass the grid the density was evaluated on"
-        )
+    grid, density = _check_density(grid, density, "epsilon_rank_trapezoid")
     thresholds = [eps] if isinstance(eps, int | float) else list(eps)
     if any(t < 0 for t in thresholds):
         raise ValueError(f"eps must be >= 0, got {thresholds}")
