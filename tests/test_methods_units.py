@@ -252,6 +252,10 @@ def test_cbp_scores_post_pool_maps_when_asked():
     torch.testing.assert_close(
         pooled.mean_activations[0], 0.01 * maps.mean(dim=(0, 2, 3))
     )
+    # An explicit spec (what clenv.models' hidden_layer_spec() gives) finds it too.
+    spec = [("0", "1", "4"), ("4", "5", "6")]
+    explicit = ContinualBackprop(model, None, score_after_pool=True, hidden_layers=spec)
+    assert [h.pool for h in explicit.hidden] == [model[2], None]
 
 
 def test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain():

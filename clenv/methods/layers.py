@@ -204,7 +204,32 @@ def _resolve(model: nn.Module, entry: HiddenLayer | Sequence[str]) -> HiddenLaye
             f"normalisation layer ({', '.join(t.__name__ for t in NORMS)}), got "
             f"{type(norm[0]).__name__}"
         )
-    return HiddenLayer(entry[-2], layer, activation, next_layer, *norm)
+    pool = _pool_between(model, activation, next_layer)
+    return HiddenLayer(
+        entry[-2], layer, activation, next_layer, norm[0] if norm else None, pool
+    )
+
+
+def _pool_between(
+    model: nn.Module, activation: nn.Module, next_layer: nn.Module
+) -> nn.Module | None:
+    """The last pooling layer between ``activation`` and ``next_layer`` when both sit,
+    in that order, in one ``nn.Sequential`` chain with only pass-through layers
+    between (else None)."""
+    for _, seq in _top_level_sequentials(model):
+        leaves = [module for _, module in _flatten_sequential(seq, "")]
+        starts = [i for i, m in enumerate(leaves) if m is activation]
+        if not starts:
+            continue
+        pool = None
+        for module in leaves[starts[0] + 1 :]:
+            if module is next_layer:
+                return pool
+            if not isinstance(module, ZERO_PRESERVING):
+                return None
+            if isinstance(module, POOLS):
+                pool = module
+    return None
 
 
 def find_output_layers(
