@@ -29,6 +29,7 @@ from clenv.metrics import (
     unit_mean_abs_activation,
     weight_metrics,
 )
+from clenv.metrics.activations import preserved_training_state
 
 
 def _matrix_with_singular_values(sigma, rows=12, seed=0):
@@ -198,6 +199,22 @@ def test_capture_leaves_batchnorm_mode_rng_untouched(training, train_mode):
     after = net.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_preserved_state_can_keep_modes_and_leave_the_rng_to_training():
+    """What a plasticity method's own forward uses (ER's ascent): buffers restored,
+    each module's mode kept, the RNG streams consumed as training would."""
+    torch.manual_seed(0)
+    net = _BatchNormDropoutNet().train()
+    net.body[1].eval()  # a mixed-mode model keeps its modes
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    rng = torch.get_rng_state()
+    with preserved_training_state(net, None, fork_rng=False):
+        assert net.training and not net.body[1].training
+        net(torch.randn(16, 5) * 3 + 1)
+    assert all(torch.equal(buffers[k], v) for k, v in net.named_buffers())
+    assert not net.body[1].training and net.training
+    assert not torch.equal(torch.get_rng_state(), rng)  # randn and dropout drew
 
 
 def test_capture_eval_mode_is_deterministic_and_matches_manual_forward():
