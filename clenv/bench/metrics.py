@@ -25,13 +25,14 @@ implementations are timed alternately (``--hvps`` each) for a fine-grained ratio
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
@@ -121,35 +122,39 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, objec
     return time.perf_counter() - start, result
 
 
+@dataclass
+class MetricsBenchArgs:
+    """Arguments of ``python -m clenv.bench.metrics``."""
+
+    device: str = "cpu"
+    """where the model lives (default: cuda when available, else cpu)"""
+    samples: int = 2000
+    """SC: 2000"""
+    order: int = 100
+    """Lanczos steps (SC: 100)"""
+    width: int = 1000
+    """hidden width (SC: 1000)"""
+    repeats: int = 1
+    """rounds of full SLQ runs"""
+    hvps: int = 10
+    """single products per side"""
+    threads: int | None = None
+    """torch CPU threads"""
+    curvlinops: bool = False
+    """also time that backend"""
+    products_only: bool = False
+    """skip the full densities; only the alternating single products"""
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the benchmark; return its figures (seconds and ratios vs plain torch.func)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="where the model lives (default: cuda when available)",
+    args = tyro.cli(
+        MetricsBenchArgs,
+        args=argv,
+        prog="python -m clenv.bench.metrics",
+        description=__doc__.split("\n\n")[0],
+        default=MetricsBenchArgs(device="cuda" if torch.cuda.is_available() else "cpu"),
     )
-    parser.add_argument("--samples", type=int, default=2000, help="SC: 2000")
-    parser.add_argument(
-        "--order", type=int, default=100, help="Lanczos steps (SC: 100)"
-    )
-    parser.add_argument(
-        "--width", type=int, default=1000, help="hidden width (SC: 1000)"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="rounds of full SLQ runs"
-    )
-    parser.add_argument("--hvps", type=int, default=10, help="single products per side")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--curvlinops", action="store_true", help="also time that backend"
-    )
-    parser.add_argument(
-        "--products-only",
-        action="store_true",
-        help="skip the full densities; only the alternating single products",
-    )
-    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
