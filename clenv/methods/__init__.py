@@ -3,8 +3,10 @@
 Build one by its ``--reg`` name and drive it with the hooks::
 
     method = make_method("l2er", model, optimizer, preset="pmnist")
+    method.before_epoch(inputs)           # epoch-wise loops, before an epoch
     loss.backward(); method.after_backward()
     optimizer.step(); method.after_step(inputs)
+    method.after_epoch(inputs)            # epoch-wise loops, after an epoch
     method.on_task_switch(task_id)        # when info["task_switch"]
 
 See docs/methods.md.
