@@ -349,7 +349,7 @@ METHOD_ROWS: list[Row] = [
         name='snp.weight_decay',
         what='S&P shrink (coupled weight decay)',
         lop=Value(1e-05, 'lop/imagenet/cfg/snp.json:18'),
-        sc=Value(0.0, 'imagenet/scripts/hyperparams/snp.py:14', "SC's S&P only perturbs; its snp_l2 (imagenet/scripts/hyperparams/snp_l2.py) is --reg snp+l2"),
+        sc=Value(0.0, 'imagenet/scripts/hyperparams/snp.py:14', "SC's S&P only perturbs; its snp_l2 (imagenet/scripts/hyperparams/snp_l2.py) is --reg snp+l2. This script launches the Permuted MNIST trainer (imagenet/scripts/hyperparams/snp.py:10), so SC's ImageNet S&P runs are its snp_l2 runs"),
         option='--method-kwargs snp__weight_decay=...',
         test='tests/test_methods.py::test_every_method_row_resolves_in_its_preset',
         kind="method",
