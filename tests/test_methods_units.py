@@ -444,8 +444,32 @@ class SelfInitialising(nn.Module):
                 )
                 layer.bias.fill_(0.5)
 
+    def reset_head_parameters(self):
+        self.head_inits = getattr(self, "head_inits", 0) + 1
+        with torch.no_grad():
+            self.net[2].weight.fill_(0.125)
+            self.net[2].bias.fill_(0.5)
+
     def forward(self, x):
         return self.net(x)
+
+
+def test_head_reset_re_runs_the_models_own_head_init():
+    model = SelfInitialising()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    reset = HeadReset(model, opt)
+    train_step(model, opt, reset, *batch())
+    body = model.net[0].weight.clone()
+    reset.on_task_switch(1)
+    assert model.head_inits == 1
+    assert torch.all(model.net[2].weight == 0.125)
+    assert torch.equal(model.net[0].weight, body)
+    assert model.net[2].weight not in opt.state and model.net[0].weight in opt.state
+    # An explicit head or mode="zero" do not use the model's init.
+    HeadReset(model, opt, mode="zero").on_task_switch(1)
+    assert torch.all(model.net[2].weight == 0) and model.head_inits == 1
+    HeadReset(model, opt, head="net.2").on_task_switch(1)
+    assert model.head_inits == 1 and not torch.all(model.net[2].weight == 0)
 
 
 def test_full_reset_re_runs_the_models_own_init():

@@ -3,8 +3,8 @@
 Both act in ``on_task_switch(task_id)`` when the task id differs from the last one
 seen (the first task keeps its initial weights, so the protocol's ``task_switch`` at
 the first reset changes nothing). A full reset re-runs the model's own initialisation,
-``model.reset_parameters()``, when the model defines one (every clenv.models network
-does); otherwise each layer gets fresh weights U(-b, b), b = gain * sqrt(3 / fan_in),
+``model.reset_parameters()``, and a head reset ``model.reset_head_parameters()``, when
+the model defines them (every clenv.models network does); otherwise each layer gets fresh weights U(-b, b), b = gain * sqrt(3 / fan_in),
 biases 0 (LoP's init): gain 1 for output layers, the activation's gain (ReLU: sqrt 2)
 for hidden layers. Pass ``init_fn`` to use another initialisation (e.g. PPO's
 orthogonal ``layer_init``).
@@ -99,7 +99,12 @@ class HeadReset(_TaskSwitchReset):
     Args:
         model: the network.
         optimizer: whose state of the head's parameters is cleared.
-        mode: ``"reinit"`` (fresh weights, gain ``init_gain``) or ``"zero"``.
+        mode: ``"reinit"`` or ``"zero"``. ``"reinit"`` re-runs the model's own
+            head init, ``model.reset_head_parameters()``, when the model defines it
+            (every clenv.models network; LoP's CIFAR head reset re-runs its ResNet
+            init on ``fc``, lop/incremental_cifar/incremental_cifar_experiment.py:
+            466-467) and ``head`` is not given; otherwise fresh weights with gain
+            ``init_gain``.
         head: module names of the output layers; default: the layers the last hidden
             layers feed (every head of a multi-head model such as a PPO agent).
         init_gain: gain of the fresh weights' bound (LoP: 1 for the output layer).
@@ -131,6 +136,7 @@ class HeadReset(_TaskSwitchReset):
         self.mode = mode
         self.init_gain = float(init_gain)
         self.init_fn = init_fn
+        self.explicit_head = head is not None
         if head is None:
             self.heads = find_output_layers(
                 model, find_hidden_layers(model, hidden_layers)
@@ -141,13 +147,21 @@ class HeadReset(_TaskSwitchReset):
 
     @torch.no_grad()
     def reset(self) -> None:
+        own_init = (
+            self.mode == "reinit"
+            and self.init_fn is None
+            and not self.explicit_head
+            and callable(getattr(self.model, "reset_head_parameters", None))
+        )
+        if own_init:
+            self.model.reset_head_parameters()
         for head in self.heads:
             if self.mode == "zero":
                 for param in head.parameters():
                     param.zero_()
             elif self.init_fn is not None:
                 self.init_fn(head)
-            else:
+            elif not own_init:
                 reinitialize_layer(head, self.init_gain, self.rng.generator)
             if self.optimizer is not None and self.reset_optimizer_state:
                 for param in head.parameters():
