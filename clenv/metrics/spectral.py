@@ -109,6 +109,13 @@ def _check_grid(grid: Any) -> np.ndarray:
     return grid
 
 
+def _float64_cpu(values: Any) -> torch.Tensor:
+    """A flat float64 CPU tensor of a tensor (any device) or an array-like."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to("cpu", torch.float64).reshape(-1)
+    return torch.from_numpy(np.asarray(values, dtype=np.float64).reshape(-1))
+
+
 def _check_density(
     grid: Any, density: Any, caller: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -148,8 +155,7 @@ def density_on_grid(
         (G,) float64 density on ``grid``.
     """
     grid = _check_grid(grid)
-    values = torch.as_tensor(np.asarray(ritz_values, np.float64).reshape(-1))
-    weights = torch.as_tensor(np.asarray(ritz_weights, np.float64).reshape(-1))
+    values, weights = (_float64_cpu(x) for x in (ritz_values, ritz_weights))
     if values.shape != weights.shape or weights.sum() <= 0 or variance <= 0:
         raise ValueError(
             "density_on_grid needs as many ritz_weights as ritz_values, a positive "
