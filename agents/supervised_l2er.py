@@ -275,6 +275,17 @@ def env_kwargs_for(args: Args) -> dict[str, Any]:
     return kwargs
 
 
+def fast_path_applies(args: Args) -> bool:
+    """Whether clenv.fastpath computes the same run as the autograd loop."""
+    return (
+        args.env_id == PMNIST
+        and args.batch_size == 1
+        and args.momentum == 0
+        and args.optimizer_weight_decay == 0
+        and fast_path_supports(split_name(args.reg))
+    )
+
+
 def make_env(env_id: str, env_kwargs: dict[str, Any]) -> RestorableEnv:
     try:
         env = gym.make(env_id, **env_kwargs)
@@ -322,6 +333,27 @@ def ascent_group_size(method: Any) -> int:
         if getattr(component, "timing", "after") == "before":
             return int(component.interval)
     return 0
+
+
+@torch.no_grad()
+def step_through_group(env, model, obs, info, size: int, num_classes: int, device):
+    """Step the env through the next ``size`` minibatches (at most to the end of the
+    epoch or task), answered with the current weights in eval mode (BatchNorm's
+    statistics untouched). Returns the steps ``(inputs, info before, reward, info
+    after)`` and the env's latest ``obs, info``."""
+    steps = []
+    model.eval()
+    while len(steps) < size:
+        x = torch.as_tensor(obs, device=device)
+        active = active_mask(info, num_classes, device)
+        action = masked(model(x), active).argmax(1).cpu().numpy()
+        next_obs, reward, _, _, next_info = env.step(action)
+        steps.append((x, info, reward, next_info))
+        obs, info = next_obs, next_info
+        if next_info["epoch"] != steps[0][1]["epoch"] or task_switches(next_info)[0]:
+            break
+    model.train()
+    return steps, obs, info
 
 
 def learn_minibatch(model, optimizer, method, x, labels, logits) -> float:
@@ -459,13 +491,7 @@ if __name__ == "__main__":
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    fast_ok = (
-        args.env_id == PMNIST
-        and args.batch_size == 1
-        and args.momentum == 0
-        and args.optimizer_weight_decay == 0
-        and fast_path_supports(split_name(args.reg))
-    )
+    fast_ok = fast_path_applies(args)
     if args.fast_path == "on" and not fast_ok:
         sys.exit(
             "error: --fast-path on needs Permuted MNIST at batch 1, plain SGD (momentum "
@@ -619,22 +645,9 @@ if __name__ == "__main__":
             # SC's ImageNet/CIFAR L2-ER: step the env through the next U minibatches
             # (answered with the current weights), ascend on their inputs
             # (method.before_epoch), then train on them in order.
-            model.eval()  # the env's answers leave BatchNorm's statistics alone
-            while len(pending) < group_size:
-                x = torch.as_tensor(obs, device=device)
-                with torch.no_grad():
-                    logits = model(x)
-                active = active_mask(info, num_classes, device)
-                action = masked(logits, active).argmax(1).cpu().numpy()
-                next_obs, reward, _, _, next_info = env.step(action)
-                pending.append((x, info, reward, next_info))
-                obs, info = next_obs, next_info
-                # A group never spans two epochs or tasks.
-                if next_info["epoch"] != pending[0][1]["epoch"]:
-                    break
-                if task_switches(next_info)[0]:
-                    break
-            model.train()
+            pending, obs, info = step_through_group(
+                env, model, obs, info, group_size, num_classes, device
+            )
             method.before_epoch(torch.cat([step[0] for step in pending]))
         if group_size:
             x, step_info, reward, next_info = pending.pop(0)
