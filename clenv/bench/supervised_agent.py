@@ -23,19 +23,20 @@ one ``lax.scan``) measured on the project's 2-core machine: width 1000, 1,060 ex
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import tyro
 
 from clenv.fastpath import FastMLPTrainer, load_kernel
 from clenv.methods import make_method
 from clenv.models import PermutedMNISTMLP
 
-SC_JAX = {1000: (1060, 515), 100: (37_000, 10_200)}  # (bp, l2er) ex/s, brief
+SC_JAX = {1000: (1060, 515), 100: (37_000, 10_200)}  # (bp, l2er) ex/s, see above
 LR = 0.01
 
 
@@ -116,23 +117,24 @@ def measure(
     }
 
 
+@dataclass
+class Args:
+    widths: list[int] = field(default_factory=lambda: [100, 1000])
+    """hidden widths of the MLP to time"""
+    rounds: int = 9
+    """interleaved blocks"""
+    seconds: float = 0.5
+    """target time per runner per block"""
+    chunk: int = 100
+    """examples per call"""
+    methods: list[str] = field(default_factory=lambda: ["bp", "l2", "l2er", "cbp"])
+    """fast-path --reg names to time"""
+    autograd_l2er: bool = False
+    """also time the autograd loop with clenv.methods' L2-ER hooks"""
+
+
 def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, float]]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved blocks")
-    parser.add_argument(
-        "--seconds", type=float, default=0.5, help="target time per runner per block"
-    )
-    parser.add_argument("--chunk", type=int, default=100, help="examples per call")
-    parser.add_argument(
-        "--methods", nargs="+", default=["bp", "l2", "l2er", "cbp"],
-        help="fast-path --reg names to time",
-    )  # fmt: skip
-    parser.add_argument(
-        "--autograd-l2er", action="store_true",
-        help="also time the autograd loop with clenv.methods' L2-ER hooks",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
+    args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
     torch.set_num_threads(1)
     if load_kernel() is None:
         raise SystemExit("the native kernel did not build (no C++ compiler?)")
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, floa
             print(f"{name:<22}{cpu:>10,.0f}{cpu / eager_cpu:>9.2f}"
                   f"{wall:>11,.0f}{wall / eager_wall:>9.2f}")  # fmt: skip
         if sc_bp:
-            print(f"(SC JAX on this machine, from the brief: bp {sc_bp:,}, "
+            print(f"(SC's JAX code on the project's machine: bp {sc_bp:,}, "
                   f"l2er {sc_l2er:,} ex/s)")  # fmt: skip
         fast_bp = rates.get("fast bp")
         if fast_bp is not None and width == 1000:
