@@ -348,7 +348,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='l2.weight_decay',
         what="L2 coefficient lambda (coupled: Adam's weight_decay in LoP)",
-        lop=Value(0.001, 'lop/rl/cfg/ant/l2.yml:18; lop/algos/rl/ppo.py:46'),
+        lop=Value(0.001, 'lop/rl/cfg/sant/l2.yml:19; lop/algos/rl/ppo.py:46'),
         sc=Value(0.001, 'rlopt/scripts/hyperparams/nonstationary/l2_er.py:10', "from SC's grid 1e-3/1e-4/1e-5; the value SC reports"),
         option='--method-kwargs l2__weight_decay=...',
         test='tests/test_methods.py::test_every_method_row_resolves_in_its_preset',
@@ -403,7 +403,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='cbp.replacement_rate',
         what='units replaced per eligible unit per step',
-        lop=Value(0.0001, 'lop/rl/cfg/ant/cbp.yml:16'),
+        lop=Value(0.0001, 'lop/rl/cfg/sant/cbp.yml:17'),
         sc=Value(0.0001, 'rlopt/scripts/hyperparams/nonstationary/cbp.py:8', "from SC's grid 1e-4/1e-5/1e-6; the value SC reports"),
         option='--method-kwargs cbp__replacement_rate=...',
         test='tests/test_methods.py::test_every_method_row_resolves_in_its_preset',
@@ -422,7 +422,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='cbp.maturity_threshold',
         what='steps before a unit can be replaced',
-        lop=Value(10000, 'lop/rl/cfg/ant/cbp.yml:17'),
+        lop=Value(10000, 'lop/rl/cfg/sant/cbp.yml:18'),
         sc=Value(10000, 'rlopt/scripts/hyperparams/nonstationary/cbp.py:23'),
         option='--method-kwargs cbp__maturity_threshold=...',
         test='tests/test_methods.py::test_every_method_row_resolves_in_its_preset',
@@ -440,7 +440,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='cbp.utility',
         what="CBP's utility (actor and critic)",
-        lop=Value('contribution', 'lop/rl/cfg/ant/cbp.yml:18-19'),
+        lop=Value('contribution', 'lop/rl/cfg/sant/cbp.yml:19-20'),
         sc=Value('contribution', 'rlopt/cbp.py:136'),
         option='--method-kwargs cbp__utility=...',
         test='tests/test_methods_units.py::test_cbp_adaptable_contribution_matches_its_formula',
@@ -458,7 +458,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='cbp.reset_optimizer_state',
         what="zero the replaced units' optimizer state",
-        lop=Value(False, 'lop/algos/gnt.py:207-211; lop/rl/run_ppo.py:149', "LoP resets only its AdamGnT's state; its PPO uses torch's Adam. LoP's CBP run also has Adam weight decay 1e-4 (lop/rl/cfg/ant/cbp.yml:22), an agent setting"),
+        lop=Value(False, 'lop/algos/gnt.py:207-211; lop/rl/run_ppo.py:149', "LoP resets only its AdamGnT's state; its PPO uses torch's Adam. LoP's CBP run also has Adam weight decay 1e-4 (lop/rl/cfg/sant/cbp.yml:23), an agent setting"),
         sc=Value(True, 'rlopt/cbp.py:223-230', "Adam's moments of the replaced units are zeroed"),
         option='--method-kwargs cbp__reset_optimizer_state=...',
         test='tests/test_methods_units.py::test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain',
@@ -485,7 +485,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='redo.threshold',
         what="ReDo's dormancy threshold tau",
-        lop=Value(0.1, 'lop/rl/cfg/ant/redo.yml:17'),
+        lop=Value(0.1, 'lop/rl/cfg/ant/redo.yml:17', 'LoP ran ReDo on stationary Ant only (cfg/ant; cfg/sant has no ReDo)'),
         sc=None,
         option='--method-kwargs redo__threshold=...',
         test='tests/test_methods.py::test_every_method_row_resolves_in_its_preset',
@@ -494,7 +494,7 @@ METHOD_ROWS: list[Row] = [
     Row(
         name='redo.interval',
         what='steps between ReDo resets',
-        lop=Value(100, 'lop/rl/cfg/ant/redo.yml:18'),
+        lop=Value(100, 'lop/rl/cfg/ant/redo.yml:18', 'LoP ran ReDo on stationary Ant only (cfg/ant; cfg/sant has no ReDo)'),
         sc=None,
         option='--method-kwargs redo__interval=...',
         test='tests/test_methods.py::test_every_method_row_resolves_in_its_preset',
