@@ -381,6 +381,7 @@ SPY_DRIVER = textwrap.dedent(
     import torch
     import clenv.metrics
     from clenv.methods.effective_rank import EffectiveRankAscent
+    from clenv.methods.resets import _TaskSwitchReset
     agent, argv = sys.argv[1], json.loads(sys.argv[2])
     events = []
     ascend, after_step, report = (EffectiveRankAscent.ascend,
@@ -410,6 +411,15 @@ SPY_DRIVER = textwrap.dedent(
                                        for m, b in zip(norms, before))])
         return result
 
+    switch = _TaskSwitchReset.on_task_switch
+
+    def spy_switch(self, task_id):
+        momenta = lambda: sum(len(v) for v in self.optimizer.state.values())
+        before = momenta()
+        switch(self, task_id)
+        events.append(["reset", task_id, before, momenta()])
+
+    _TaskSwitchReset.on_task_switch = spy_switch
     EffectiveRankAscent.ascend = spy_ascend
     EffectiveRankAscent.after_step = spy_after_step
     clenv.metrics.curvature_report = spy_report
@@ -481,3 +491,20 @@ def test_sc_cifar_curvature_on_new_classes_in_train_mode(fake_data_dir, tmp_path
     ]
     assert len(lop[2][1]) > 5  # LoP has no such setting: every class seen
     assert not any(train for _, _, train, _ in lop)
+
+
+def test_resets_keep_or_recreate_the_agents_optimizer_state(fake_data_dir, tmp_path):
+    """A full reset at a task switch acts on the agent's own optimizer: SC re-creates
+    its state (incremental_cifar/train_incremental_cifar.py:364-378), LoP keeps the
+    momentum (lop/incremental_cifar/incremental_cifar_experiment.py:466-469)."""
+    argv = [*CIFAR, "--reg", "reset", "--epochs-per-task", "1"]
+    sc = [e for e in run_spy(fake_data_dir, tmp_path, argv) if e[0] == "reset"]
+    lop = [
+        e
+        for e in run_spy(fake_data_dir, tmp_path / "lop", [*argv, "--protocol", "lop"])
+        if e[0] == "reset"
+    ]
+    for events in (sc, lop):
+        assert [e[1] for e in events] == [1] and events[0][2] > 0  # momentum built
+    assert sc[0][3] == 0  # SC: a fresh optimizer state
+    assert lop[0][3] == lop[0][2]  # LoP: the momentum is kept
