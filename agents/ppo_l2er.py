@@ -41,12 +41,7 @@ from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
 from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.methods import make_method, split_name
-from clenv.metrics import (
-    capture_activations,
-    curvature_report,
-    representation_metrics,
-    weight_metrics,
-)
+from clenv.metrics import curvature_report, plasticity_report
 from clenv.protocol import task_ids, task_switches
 from clenv.settings import protocol_defaults
 
@@ -70,23 +65,23 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     num_threads: int = 1
-    """torch CPU threads; 1 is fastest for these small MLPs and keeps results identical across machines with different core counts"""
+    """torch CPU threads (1: fastest for these MLPs, same numbers on any machine)"""
     runs_dir: str = "runs"
     """where run directories are created"""
     resume: str | None = None
-    """continue the run in this directory (runs/<run>) from its latest checkpoint; its saved arguments are used (an explicit --total-timesteps extends the run)"""
+    """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it)"""
     progress: bool = True
     """show a progress bar (step, task, SPS, recent return)"""
     plot: bool = True
-    """draw plots.png in the run directory at the end (clenv.plotting; also `clenv plot RUN_DIR... --out fig.png` for several runs)"""
+    """draw plots.png in the run directory at the end (clenv.plotting)"""
 
     # Algorithm specific arguments
     env_id: str = "clenv/SlipperyAnt-v0"
-    """the id of the environment: any continuous-action Gymnasium env, clenv or not"""
+    """the id of the environment: any continuous-action Gymnasium env"""
     env_kwargs: list[str] = field(default_factory=list)
-    """keyword arguments of gym.make as key=value (Python literals), e.g. `--env-kwargs switch_every=50000 switch_at=step`"""
+    """gym.make keyword arguments as key=value (Python literals), e.g. `switch_every=50000`"""
     protocol: Literal["lop", "sc"] = "lop"
-    """paper whose settings fill every option left unset (each row, value and source: docs/protocols.md): lop (Dohare et al. 2024) or sc (Prakash et al. 2026)"""
+    """paper whose settings fill every unset option (docs/protocols.md): lop (Dohare et al. 2024) or sc (Prakash et al. 2026)"""
     total_timesteps: int | None = None
     """total timesteps of the experiment (default: from --protocol; docs/protocols.md: lop 20M, sc 10M)"""
     learning_rate: float | None = None
@@ -96,73 +91,73 @@ class Args:
     adam_eps: float | None = None
     """Adam's epsilon (default: from --protocol; docs/protocols.md: lop 1e-8, sc 1e-8)"""
     weight_decay: float | None = None
-    """Adam's own weight decay, coupled (added to the gradient), apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp, sc 0)"""
+    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp, sc 0)"""
     num_envs: int | None = None
-    """the number of parallel game environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
+    """the number of parallel environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
     async_envs: bool = False
     """step the envs in subprocesses (gym.vector.AsyncVectorEnv)"""
     num_steps: int | None = None
-    """the number of steps to run in each environment per policy rollout (default: from --protocol; docs/protocols.md: lop 2048, sc 2048)"""
+    """steps per environment per rollout (default: from --protocol; docs/protocols.md: lop 2048, sc 2048)"""
     anneal_lr: bool | None = None
     """anneal the learning rate (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     gamma: float | None = None
     """the discount factor gamma (default: from --protocol; docs/protocols.md: lop 0.99, sc 0.99)"""
     gae_lambda: float | None = None
-    """the lambda for the general advantage estimation (default: from --protocol; docs/protocols.md: lop 0.95, sc 0.95)"""
+    """the lambda of GAE (default: from --protocol; docs/protocols.md: lop 0.95, sc 0.95)"""
     num_minibatches: int | None = None
     """the number of mini-batches (default: from --protocol; docs/protocols.md: lop 16, sc 128)"""
     update_epochs: int | None = None
     """the K epochs to update the policy (default: from --protocol; docs/protocols.md: lop 10, sc 10)"""
     norm_adv: Literal["batch", "minibatch", "none"] | None = None
-    """advantage normalisation: over the whole rollout, per minibatch, or none (default: from --protocol; docs/protocols.md: lop batch, sc minibatch)"""
+    """advantage normalisation per rollout, per minibatch or none (default: from --protocol; docs/protocols.md: lop batch, sc minibatch)"""
     clip_coef: float | None = None
     """the surrogate clipping coefficient (default: from --protocol; docs/protocols.md: lop 0.2, sc 0.2)"""
     clip_vloss: bool | None = None
-    """clip the value loss around the rollout's values by --clip-coef (default: from --protocol; docs/protocols.md: lop False, sc True)"""
+    """clip the value loss around the rollout's values (default: from --protocol; docs/protocols.md: lop False, sc True)"""
     ent_coef: float | None = None
     """coefficient of the entropy (default: from --protocol; docs/protocols.md: lop 0, sc 0.01)"""
     vf_coef: float | None = None
-    """coefficient of the value loss, the mean squared error without 1/2 (CleanRL's 1/2: --vf-coef 0.5) (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
+    """coefficient of the value loss, an MSE without 1/2 (CleanRL's: 0.5) (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
     max_grad_norm: float | None = None
     """the maximum norm for the gradient clipping (default: from --protocol; docs/protocols.md: lop None, sc None: no clipping)"""
     target_kl: float | None = None
     """the target KL divergence threshold"""
     hidden_sizes: tuple[int, ...] | None = None
-    """hidden layer widths of the separate actor and critic ReLU MLPs (default: from --protocol; docs/protocols.md: lop 256 256, sc 256)"""
+    """hidden widths of the separate actor and critic ReLU MLPs (default: from --protocol; docs/protocols.md: lop 256 256, sc 256)"""
     init: Literal["lecun_uniform", "orthogonal"] | None = None
-    """weight initialisation: lecun_uniform (U(+-sqrt(3/fan_in)) on every layer) or CleanRL's orthogonal (gain sqrt 2, outputs 0.01 actor / 1 critic); biases 0 (default: from --protocol; docs/protocols.md: lop lecun_uniform, sc lecun_uniform)"""
+    """weight init, biases 0: lecun_uniform or CleanRL's orthogonal (default: from --protocol; docs/protocols.md: lop lecun_uniform, sc lecun_uniform)"""
     log_std_init: float | None = None
     """initial state-independent log-std of the policy (default: from --protocol; docs/protocols.md: lop 0, sc 0)"""
     bootstrap_truncated: bool | None = None
-    """add gamma * V(final obs) to the reward of a time-limit truncation instead of treating it as terminal (default: from --protocol; docs/protocols.md: lop False, sc False)"""
+    """add gamma * V(final obs) to a truncation's reward instead of ending it (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     clip_actions: bool | None = None
-    """clip actions to the action space before env.step (the stored action and its log-prob stay unclipped) (default: from --protocol; docs/protocols.md: lop False, sc False)"""
+    """clip the actions the env receives, not the stored ones (default: from --protocol; docs/protocols.md: lop False, sc False)"""
 
     # Plasticity method
     reg: str = "l2er"
-    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as cbp+l2 (clenv.methods.make_method)"""
+    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as cbp+l2"""
     method_preset: str | None = None
     """hyperparameter preset of the method (default: from --protocol: lop ant_lop, sc ant)"""
     method_kwargs: list[str] = field(default_factory=list)
-    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or `er__ascent_lr=1e-6` (see clenv.methods.make_method)"""
+    """method arguments as key=value over the preset, e.g. `er__ascent_lr=1e-6`"""
 
     # Logging
     plasticity_every: int = 10
-    """log plasticity/* (effective rank, dead/dormant units, weights) every this many updates, on the rollout's observations; 0: never"""
+    """log plasticity/* every this many updates, on the rollout's observations; 0: never"""
     curvature_every_tasks: int = 1
-    """log curvature/* at the start and end of every k-th task (SC: at task start and end); 0: never"""
+    """log curvature/* at the start and end of every k-th task (SC: 1); 0: never"""
     curvature_order: int = 100
     """Lanczos iterations of the spectral density (SC: 100)"""
     curvature_trace_matvecs: int = 30
     """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
     curvature_samples: int = 2048
-    """rollout samples the Hessian is taken over (SC: 2000; default the whole rollout)"""
+    """rollout samples the Hessian is taken over (SC: 2000)"""
     curvature_epsilons: tuple[float, ...] = (0.01, 0.03, 0.1)
-    """epsilons of the epsilon-rank (share of spectral mass with |lambda| > eps)"""
+    """thresholds of the epsilon-rank (share of spectral mass with |lambda| > eps)"""
 
     # Checkpoints
     checkpoint_every: int = 100_000
-    """save a checkpoint after the update that crosses every multiple of this many steps (and at the end); 0: only at the end"""
+    """checkpoint after the update crossing each multiple of this many steps, and at the end; 0: only at the end"""
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
 
@@ -177,23 +172,17 @@ class Args:
 
 def resolve_args(args: Args) -> Args:
     """Fill every unset option from the protocol and check the arguments."""
-    defaults = protocol_defaults(
-        BENCHMARK, args.protocol, components=split_name(args.reg)
-    )
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    components = split_name(args.reg)
+    defaults = protocol_defaults(BENCHMARK, args.protocol, components=components)
+    clenv.run.fill_unset(args, defaults)
     if args.method_preset is None:
         args.method_preset = METHOD_PRESETS[args.protocol]
-    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches")
-    for key in (*positive, "update_epochs", "num_threads", "keep_checkpoints"):
-        if getattr(args, key) < 1:
-            raise ValueError(
-                f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}"
-            )
-    for key in ("plasticity_every", "curvature_every_tasks", "checkpoint_every"):
-        if getattr(args, key) < 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 0 (0 turns it off)")
+    clenv.run.check_counts(
+        args,
+        positive=("total_timesteps", "num_envs", "num_steps", "num_minibatches",
+                  "update_epochs", "num_threads", "keep_checkpoints"),
+        non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every"),
+    )  # fmt: skip
     if not args.hidden_sizes or min(args.hidden_sizes) < 1:
         raise ValueError(
             f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
@@ -231,32 +220,20 @@ def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
 
     A clenv env gets ``task_seed=seed`` and the protocol's ``switch_at`` unless they
     are given; Slippery Ant gets every env row of the protocol (docs/protocols.md).
-    Unknown arguments and non-continuous action spaces fail here, with the env's own
-    message, before anything else is built.
     """
     kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
-    try:
-        probe = gym.make(args.env_id, **kwargs)
-    except gym.error.Error as error:
-        raise ValueError(f"--env-id {args.env_id!r}: {error}") from error
-    except TypeError as error:
+    env = clenv.run.probe_env(args.env_id, kwargs)
+    if not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError(
-            f"--env-kwargs {kwargs} not accepted by {args.env_id}: {error}"
-        ) from error
-    continual = isinstance(probe.unwrapped, clenv.ContinualEnv)
-    slippery_ant = isinstance(probe.unwrapped, SlipperyAntEnv)
-    action_space = probe.action_space
-    probe.close()
-    if not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(
-            f"{args.env_id} has action space {action_space}; this PPO needs a "
+            f"{args.env_id} has action space {env.action_space}; this PPO needs a "
             "continuous (Box) action space"
         )
+    continual = isinstance(env.unwrapped, clenv.ContinualEnv)
     if continual:
-        env_defaults = protocol_defaults(BENCHMARK, args.protocol, kind="env")
-        if not slippery_ant:
-            env_defaults = {"switch_at": env_defaults["switch_at"]}
-        kwargs = {"task_seed": args.seed, **env_defaults, **kwargs}
+        names = None if isinstance(env.unwrapped, SlipperyAntEnv) else ["switch_at"]
+        kwargs = clenv.run.protocol_env_kwargs(
+            BENCHMARK, args.protocol, kwargs, seed=args.seed, names=names
+        )
     return kwargs, continual
 
 
@@ -467,18 +444,20 @@ def curvature_due(task: int, args: Args) -> bool:
     return every > 0 and task % every == 0
 
 
-def plasticity_metrics(agent: Agent, obs: torch.Tensor) -> dict[str, float]:
-    """<actor|critic>/... of the hidden ReLU layers on ``obs``, and the log-std."""
-    metrics = {"actor/log_std_mean": float(agent.actor_logstd.detach().mean())}
-    for net_name, net in (("actor", agent.actor_mean), ("critic", agent.critic)):
-        layers = capture_activations(net, obs).values()
-        activations = {f"layer{i}": a for i, a in enumerate(layers)}
-        for key, value in representation_metrics(activations).items():
-            metrics[f"{net_name}/{key}"] = value
-        weights = weight_metrics(net)
-        for key in ("weight_magnitude", "parameter_norm"):
-            metrics[f"{net_name}/{key}"] = weights[key]
-    return metrics
+def end_task(logger, tasks, new_task: int, agent, args: Args, step: int) -> None:
+    """Moves ``tasks`` on to ``new_task``; logs what closes the task that ended.
+
+    cl/mean_return_per_task of its episodes and curvature/task_end on its last
+    rollout wholly in it; values that follow are stamped with ``new_task``.
+    """
+    finished, returns = tasks.switch(new_task)
+    if returns:
+        logger.log_scalar(
+            "cl/mean_return_per_task", np.mean(returns), step, task_id=finished
+        )
+    if curvature_due(finished, args) and tasks.last_batch_task == finished:
+        log_curvature(logger, agent, tasks.last_batch, args, "task_end", finished, step)
+    logger.set_task(new_task)
 
 
 def log_curvature(logger, agent, batch, args, when: str, task: int, step: int):
@@ -503,28 +482,7 @@ def log_curvature(logger, agent, batch, args, when: str, task: int, step: int):
             forward_fn=actor_and_critic,
             seed=args.seed,
         )
-    prefix = f"curvature/{when}/"
-    for key, value in report.items():
-        if isinstance(value, int | float):
-            logger.log_scalar(prefix + key, value, step, task_id=task)
-    grid = report["spectral_density_grid"]  # clenv.metrics.DENSITY_GRID
-    density = report["spectral_density"]
-    logger.log_array(
-        prefix + "spectral_density", density, step, grid=grid, task_id=task
-    )
-    for key in ("ritz_values", "ritz_weights"):
-        logger.log_array(prefix + key, report[key], step, task_id=task)
-
-
-def plot_run(run_dir: Path) -> None:
-    """plots.png of the run (clenv.plotting); a failed plot never hides the run."""
-    try:
-        from clenv.plotting import plot_runs
-
-        figure = plot_runs([run_dir], run_dir / "plots.png").path
-        print(f"{'plots.png:':<13}{figure}")
-    except Exception as error:
-        print(f"{'plots.png:':<13}not drawn ({type(error).__name__}: {error})")
+    logger.log_report(f"curvature/{when}/", report, step, task_id=task)
 
 
 if __name__ == "__main__":
@@ -566,6 +524,8 @@ if __name__ == "__main__":
         )
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
+    # What a checkpoint holds besides the RNGs and the loop's own state.
+    checkpointed = dict(model=agent, optimizer=optimizer, method=method, envs=envs)
 
     # ALGO Logic: Storage setup
     shape = (args.num_steps, args.num_envs)
@@ -583,7 +543,7 @@ if __name__ == "__main__":
         map_location=device,
     )
     logger = run.logger
-    state = run.restore(model=agent, optimizer=optimizer, method=method, envs=envs)
+    state = run.restore(**checkpointed)
     if state is None:  # a fresh run
         next_obs, _ = envs.reset(seed=args.seed)
         state = {
@@ -600,13 +560,8 @@ if __name__ == "__main__":
 
     start_time = time.time()
     start_step = global_step
-    progress = tqdm(
-        total=args.num_iterations * args.batch_size,
-        initial=global_step,
-        unit="step",
-        disable=not args.progress,
-        dynamic_ncols=True,
-    )
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step,
+                    unit="step", disable=not args.progress, dynamic_ncols=True)  # fmt: skip
     for iteration in range(state["iteration"] + 1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
@@ -645,19 +600,9 @@ if __name__ == "__main__":
             # The info now describes the task of the next action (docs/protocol.md);
             # the agent follows sub-env 0's.
             if task_switches(infos, args.num_envs)[0]:
-                finished, returns = tasks.switch(int(task_ids(infos, args.num_envs)[0]))
-                if returns:
-                    logger.log_scalar(
-                        "cl/mean_return_per_task", np.mean(returns), global_step,
-                        task_id=finished,
-                    )  # fmt: skip
-                if curvature_due(finished, args) and tasks.last_batch_task == finished:
-                    log_curvature(
-                        logger, agent, tasks.last_batch, args, "task_end", finished,
-                        global_step,
-                    )  # fmt: skip
-                logger.set_task(tasks.task_id)
-                switched_tasks.append(tasks.task_id)
+                new_task = int(task_ids(infos, args.num_envs)[0])
+                end_task(logger, tasks, new_task, agent, args, global_step)
+                switched_tasks.append(new_task)
 
         # A task switch during the rollout: the method reacts before the next update.
         for new_task in switched_tasks:
@@ -684,15 +629,13 @@ if __name__ == "__main__":
             "returns": returns.reshape(-1),
             "values": values.reshape(-1),
         }
-        whole_rollout_in_task = not switched_tasks and rollout_task == tasks.task_id
-        if tasks.start_pending and whole_rollout_in_task:
-            if curvature_due(tasks.task_id, args):
+        # Curvature is taken on rollouts wholly in one task (task_start: the first).
+        if not switched_tasks and rollout_task == tasks.task_id:
+            if tasks.start_pending and curvature_due(tasks.task_id, args):
                 log_curvature(
-                    logger, agent, batch, args, "task_start", tasks.task_id,
-                    global_step,
-                )  # fmt: skip
+                    logger, agent, batch, args, "task_start", tasks.task_id, global_step
+                )
             tasks.start_pending = False
-        if whole_rollout_in_task:
             tasks.last_batch = {key: value.clone() for key, value in batch.items()}
             tasks.last_batch_task = tasks.task_id
 
@@ -756,20 +699,18 @@ if __name__ == "__main__":
                 if not key.startswith("_") and np.issubdtype(value.dtype, np.number):
                     logger.log_scalar(f"cl/{key}", float(value[0]), global_step)
         if args.plasticity_every and iteration % args.plasticity_every == 0:
-            logger.log_scalars(
-                plasticity_metrics(agent, b_obs), global_step, prefix="plasticity/"
-            )
+            nets = {"actor": agent.actor_mean, "critic": agent.critic}
+            log_std = {"actor/log_std_mean": float(agent.actor_logstd.detach().mean())}
+            metrics = log_std | plasticity_report(nets, b_obs)
+            logger.log_scalars(metrics, global_step, prefix="plasticity/")
 
         # A checkpoint after the update that crosses a multiple of --checkpoint-every.
         last_iteration = iteration == args.num_iterations
-        crossed = global_step % args.checkpoint_every < args.batch_size
-        if (args.checkpoint_every and crossed) or last_iteration:
+        every = args.checkpoint_every
+        if (every and global_step % every < args.batch_size) or last_iteration:
             run.save(
                 global_step,
-                model=agent,
-                optimizer=optimizer,
-                method=method,
-                envs=envs,
+                **checkpointed,
                 extra={
                     "next_obs": next_obs.cpu(),
                     "next_done": next_done.cpu(),
@@ -793,5 +734,5 @@ if __name__ == "__main__":
     print(f"done: {global_step:,} steps")
     run.print_paths()
     if args.plot:
-        plot_run(run.run_dir)
+        run.plot()
     print(f"compare runs: clenv plot {Path(args.runs_dir)}/<run>... --out fig.png")

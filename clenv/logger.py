@@ -333,6 +333,38 @@ class RunLogger:
             global_step=int(step),
         )
 
+    def log_report(
+        self,
+        prefix: str,
+        report: Mapping[str, Any],
+        step: int,
+        *,
+        task_id: int | None = None,
+        array_length: int | None = None,
+    ) -> None:
+        """Every entry of a report (e.g. :func:`clenv.metrics.curvature_report`).
+
+        Numbers are scalars ``prefix + key``; arrays are :meth:`log_array` series, an
+        array ``key`` on its grid when the report has ``key + "_grid"`` (the grid
+        itself is not logged). ``array_length`` pads (NaN, or 0 for a ``*_weights``
+        array) or cuts the arrays without a grid to that length, so every row of a
+        series has one shape even when, say, Lanczos stops early on a tiny model.
+        """
+        for key, value in report.items():
+            if isinstance(value, int | float):
+                self.log_scalar(prefix + key, value, step, task_id=task_id)
+        for key, value in report.items():
+            is_grid = key.endswith("_grid") and key[: -len("_grid")] in report
+            if not isinstance(value, np.ndarray) or is_grid:
+                continue
+            grid = report.get(key + "_grid")
+            if grid is None and array_length is not None:
+                row = np.full(array_length, 0.0 if key.endswith("_weights") else np.nan)
+                value = np.asarray(value, dtype=np.float64).reshape(-1)[:array_length]
+                row[: len(value)] = value
+                value = row
+            self.log_array(prefix + key, value, step, grid=grid, task_id=task_id)
+
     def flush(self) -> None:
         self._h5.flush()
         if self.writer is not None:

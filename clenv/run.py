@@ -73,6 +73,7 @@ from clenv.logger import (
     hparams_markdown,
     json_default,
 )
+from clenv.settings import protocol_defaults
 
 ArgsT = TypeVar("ArgsT")
 _MODEL, _OPTIMIZER, _METHOD = "model", "optimizer", "method"
@@ -144,6 +145,41 @@ def resume_args(
     return args_type(**values)
 
 
+def fill_unset(args: ArgsT, defaults: Mapping[str, Any]) -> ArgsT:
+    """Set each field of ``args`` that is None to its value in ``defaults``.
+
+    The agents' options left at None take the protocol's value this way, e.g.
+    ``fill_unset(args, clenv.settings.protocol_defaults(benchmark, args.protocol))``.
+    """
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def check_counts(
+    args: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = ()
+) -> None:
+    """Raise a ValueError naming the flag of the first field out of range.
+
+    Args:
+        args: The agent's arguments.
+        positive: Fields that must be >= 1 (sizes, counts).
+        non_negative: Fields that must be >= 0 (intervals where 0 turns it off).
+    """
+    for key in positive:
+        if getattr(args, key) < 1:
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}"
+            )
+    for key in non_negative:
+        if getattr(args, key) < 0:
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be >= 0 (0 turns it off), got "
+                f"{getattr(args, key)}"
+            )
+
+
 def _as_field_type(value: Any, hint: Any) -> Any:
     """A JSON value back in the field's type: lists become tuples for tuple fields."""
     if not isinstance(value, list) or hint is None:
@@ -157,6 +193,48 @@ def _as_field_type(value: Any, hint: Any) -> Any:
         if option is tuple or typing.get_origin(option) is tuple:
             return tuple(value)
     return value
+
+
+# ----------------------------------------------------------------- the env
+def probe_env(env_id: str, env_kwargs: Mapping[str, Any]) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)`` once, closed: its spaces and ``unwrapped``.
+
+    Unknown ids and arguments fail here, with the env's own message, before anything
+    else is built.
+
+    Raises:
+        ValueError: ``env_id`` is not registered or rejects ``env_kwargs``.
+    """
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except gym.error.Error as error:
+        raise ValueError(f"--env-id {env_id!r}: {error}") from error
+    except TypeError as error:
+        raise ValueError(
+            f"--env-kwargs {dict(env_kwargs)} not accepted by {env_id}: {error}"
+        ) from error
+    env.close()
+    return env
+
+
+def protocol_env_kwargs(
+    benchmark: str,
+    protocol: str,
+    env_kwargs: Mapping[str, Any],
+    *,
+    seed: int,
+    names: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """A clenv env's ``gym.make`` arguments under a paper's protocol.
+
+    ``task_seed=seed``, then the benchmark's env rows for ``protocol``
+    (:func:`clenv.settings.protocol_defaults`, docs/protocols.md; only ``names`` if
+    given), then ``env_kwargs`` (given explicitly, so they win).
+    """
+    rows = protocol_defaults(benchmark, protocol, kind="env")
+    if names is not None:
+        rows = {key: rows[key] for key in names}
+    return {"task_seed": seed, **rows, **env_kwargs}
 
 
 # ----------------------------------------------------------------- the run
@@ -317,6 +395,19 @@ class Run:
         """Print :meth:`paths`, one per line."""
         for name, value in self.paths().items():
             print(f"{name + ':':<13}{value}")
+
+    def plot(self) -> None:
+        """Draw ``plots.png`` of the run (:mod:`clenv.plotting`) and print its path.
+
+        A failed plot is printed, never raised: it must not hide a finished run.
+        """
+        try:
+            from clenv.plotting import plot_runs
+
+            figure = plot_runs([self.run_dir], self.run_dir / "plots.png").path
+            print(f"{'plots.png:':<13}{figure}")
+        except Exception as error:
+            print(f"{'plots.png:':<13}not drawn ({type(error).__name__}: {error})")
 
 
 def start(

@@ -109,6 +109,52 @@ def test_array_series_with_grid_goes_to_hdf5_and_tensorboard(tmp_path):
     assert len(tb_events(tmp_path).Histograms("plasticity/activations")) == 1
 
 
+def test_log_report_writes_scalars_arrays_on_their_grid_and_pads(tmp_path):
+    grid = np.linspace(0.0, 1.0, 4)
+    report = {
+        "top_eigenvalue": 2.5,
+        "epsilon_rank/0.01": 0.25,
+        "spectral_density": np.array([0.1, 0.2, 0.3, 0.4]),
+        "spectral_density_grid": grid,
+        "ritz_values": np.array([0.5, 2.5]),  # Lanczos stopped after 2 of 3
+        "ritz_weights": np.array([0.4, 0.6]),
+        "seconds": 0.1,
+    }
+    with RunLogger(tmp_path) as logger:
+        logger.set_task(4)
+        logger.log_report("curvature/task_end/", report, 100, task_id=3)
+        logger.log_report("curvature/task_start/", report, 100, array_length=3)
+    path = tmp_path / METRICS_FILE
+    prefix = "curvature/task_end/"
+    with h5py.File(path, "r") as file:
+        logged = set(list_series(file))
+    assert logged == {
+        f"curvature/{when}/{key}"
+        for when in ("task_end", "task_start")
+        for key in report
+        if key != "spectral_density_grid"
+    }
+    top = read_series(path, prefix + "top_eigenvalue")
+    assert top["value"].tolist() == [2.5] and top["task_id"].tolist() == [3]
+    assert read_series(path, prefix + "epsilon_rank/0.01")["value"].tolist() == [0.25]
+    density = read_series(path, prefix + "spectral_density")
+    np.testing.assert_array_equal(density["value"], [report["spectral_density"]])
+    np.testing.assert_array_equal(density["grid"], grid)
+    np.testing.assert_array_equal(
+        read_series(path, prefix + "ritz_values")["value"], [[0.5, 2.5]]
+    )
+    # array_length pads the arrays without a grid: values NaN, weights 0.
+    padded = read_series(path, "curvature/task_start/ritz_values")
+    np.testing.assert_array_equal(padded["value"], [[0.5, 2.5, np.nan]])
+    assert padded["task_id"].tolist() == [4]  # set_task's
+    weights = read_series(path, "curvature/task_start/ritz_weights")["value"]
+    np.testing.assert_array_equal(weights, [[0.4, 0.6, 0.0]])
+    density = read_series(path, "curvature/task_start/spectral_density")["value"]
+    assert density.shape == (1, 4)  # on its grid: never padded
+    histograms = tb_events(tmp_path).Histograms(prefix + "spectral_density")
+    assert histograms[0].histogram_value.bucket_limit == grid.tolist()
+
+
 def test_bad_input_raises_value_error(tmp_path):
     with RunLogger(tmp_path, tensorboard=False) as logger:
         with pytest.raises(ValueError, match="tag"):

@@ -35,13 +35,16 @@ from clenv.metrics import (
     hessian_trace,
     kfac_rank,
     lanczos,
+    plasticity_report,
     rebin_density,
+    representation_metrics,
     ritz_pairs,
     sampled_cross_entropy_loss,
     smoothing_variance,
     split_batch,
     top_eigenvalues,
     trapezoid_weights,
+    weight_metrics,
 )
 
 # torch's forward-mode AD (torch.func.hessian, jvp) scripts its decompositions on
@@ -679,3 +682,35 @@ def test_curvature_report_on_ppo_rollout():
     assert report["dead_unit_rank_bound"] >= torch.linalg.matrix_rank(torch.diag(exact))
     with pytest.raises(ValueError, match="dead_unit_inputs"):
         curvature_report(agent, ppo_loss, [rollout], order=5, trace_matvecs=0)
+
+
+def test_plasticity_report_is_each_nets_representation_and_weight_metrics():
+    torch.manual_seed(0)
+    actor = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU())
+    critic = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    with torch.no_grad():
+        actor[0].bias[:2] = -100.0  # two dead units in the actor's first layer
+    obs = torch.randn(50, 4)
+    report = plasticity_report({"actor": actor, "critic": critic}, obs)
+
+    hidden = torch.relu(actor[0](obs))
+    by_hand = {"layer0": hidden, "layer1": torch.relu(actor[2](hidden))}
+    expected = representation_metrics(by_hand)
+    for key, value in expected.items():
+        assert report[f"actor/{key}"] == pytest.approx(value), key
+    assert report["actor/layer0/dead_units"] == 2.0
+    critic_expected = representation_metrics({"layer0": torch.relu(critic[0](obs))})
+    assert report["critic/layer0/effective_rank"] == pytest.approx(
+        critic_expected["layer0/effective_rank"]
+    )
+    assert "critic/layer1/units" not in report  # one ReLU: one layer
+    for name, net in (("actor", actor), ("critic", critic)):
+        weights = weight_metrics(net)
+        for key in ("weight_magnitude", "parameter_norm"):
+            assert report[f"{name}/{key}"] == pytest.approx(weights[key])
+
+    # A net named "" gives plain keys; `layers` picks the captured modules.
+    plain = plasticity_report({"": actor}, obs, layers={"": ["3"]})
+    last = representation_metrics({"layer0": by_hand["layer1"]})
+    assert plain["units"] == 5.0
+    assert plain["mean_effective_rank"] == pytest.approx(last["mean_effective_rank"])

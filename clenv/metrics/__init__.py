@@ -29,7 +29,11 @@ from clenv.metrics.rank import (
     rank_metrics,
     stable_rank,
 )
-from clenv.metrics.report import curvature_report, representation_metrics
+from clenv.metrics.report import (
+    curvature_report,
+    plasticity_report,
+    representation_metrics,
+)
 from clenv.metrics.spectral import (
     DENSITY_GRID,
     SpectralDensity,
@@ -73,6 +77,7 @@ __all__ = [
     "capture_activations",
     "representation_metrics",
     "weight_metrics",
+    "plasticity_report",
     # curvature: loss closures and data
     "cross_entropy_loss",
     "sampled_cross_entropy_loss",

@@ -1,4 +1,4 @@
-"""One-call summaries the agents log: representation and curvature reports."""
+"""One-call summaries the agents log: representation, plasticity and curvature reports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clenv.metrics.activations import ForwardFn
+from clenv.metrics.activations import ForwardFn, capture_activations
 from clenv.metrics.bounds import dead_unit_rank_bound
 from clenv.metrics.hessian import hessian_trace
 from clenv.metrics.kfac import kfac_rank
@@ -28,6 +28,7 @@ from clenv.metrics.units import (
     dormant_unit_mask,
     unit_mean_abs_activation,
 )
+from clenv.metrics.weights import weight_metrics
 
 
 def representation_metrics(
@@ -93,6 +94,45 @@ def representation_metrics(
         "mean_abs_activation": weighted_activity / total_units,
         "mean_effective_rank": sum(ranks) / len(ranks),
     }
+    return metrics
+
+
+def plasticity_report(
+    nets: Mapping[str, nn.Module],
+    inputs: Any,
+    *,
+    layers: Mapping[str, Sequence[str | nn.Module]] | None = None,
+    dormant_threshold: float = 0.025,
+) -> dict[str, float]:
+    """Representation and weight metrics of named networks on one batch of inputs.
+
+    For each net, :func:`representation_metrics` of its activations on ``inputs``
+    (:func:`~clenv.metrics.capture_activations`, renamed ``layer0``, ``layer1``, ... in
+    call order) and ``weight_magnitude`` and ``parameter_norm`` of
+    :func:`~clenv.metrics.weight_metrics`, keyed ``"<net>/<metric>"``; a net named
+    ``""`` gives plain ``"<metric>"`` keys (a model that is one network).
+
+    Args:
+        nets: ``{name: module}``, e.g. ``{"actor": agent.actor_mean, "critic":
+            agent.critic}``; each is called as ``module(inputs)``.
+        inputs: The batch every net sees (e.g. a rollout's observations).
+        layers: ``{name: layers}`` to capture for some nets (see
+            :func:`~clenv.metrics.capture_activations`); default every activation
+            module.
+        dormant_threshold: ReDo's tau.
+
+    Returns:
+        ``{key: float}``.
+    """
+    metrics: dict[str, float] = {}
+    for name, net in nets.items():
+        prefix = f"{name}/" if name else ""
+        captured = capture_activations(net, inputs, (layers or {}).get(name))
+        activations = {f"layer{i}": a for i, a in enumerate(captured.values())}
+        report = representation_metrics(activations, dormant_threshold)
+        weights = weight_metrics(net)
+        report |= {key: weights[key] for key in ("weight_magnitude", "parameter_norm")}
+        metrics |= {prefix + key: value for key, value in report.items()}
     return metrics
 
 
