@@ -16,6 +16,7 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv, list_checkpoints
 from clenv.methods import make_method
+from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
 
@@ -227,3 +228,51 @@ def test_resume_args_overrides_and_logs(tmp_path, capsys):
     resumed.close()
     with pytest.raises(FileNotFoundError, match="args.json"):
         clenv.run.start(Args(resume=str(tmp_path)), agent="test", tensorboard=False)
+
+
+def test_fill_unset_and_check_counts_name_the_flag():
+    args = Args(betas=None, keep_checkpoints=0)
+    clenv.run.fill_unset(args, {"betas": (0.5, 0.6), "seed": 99})
+    assert args.betas == (0.5, 0.6) and args.seed == 3  # only unset fields
+    clenv.run.check_counts(args, positive=("seed",), non_negative=("keep_checkpoints",))
+    with pytest.raises(ValueError, match=r"^--keep-checkpoints must be >= 1, got 0$"):
+        clenv.run.check_counts(args, positive=("seed", "keep_checkpoints"))
+    args.total_timesteps = -1
+    with pytest.raises(ValueError, match=r"--total-timesteps must be >= 0 \(0 turns"):
+        clenv.run.check_counts(
+            args, non_negative=("keep_checkpoints", "total_timesteps")
+        )
+
+
+def test_probe_env_and_protocol_env_kwargs():
+    env = clenv.run.probe_env(ENV_ID, {"switch_every": 15})
+    assert isinstance(env.unwrapped, clenv.ContinualEnv)
+    assert isinstance(env.action_space, gym.spaces.Box)
+    with pytest.raises(ValueError, match="not_a_kwarg"):
+        clenv.run.probe_env(ENV_ID, {"not_a_kwarg": 1})
+    with pytest.raises(ValueError, match="NoSuchEnv"):
+        clenv.run.probe_env("NoSuchEnv-v0", {})
+    for paper in ("lop", "sc"):
+        rows = protocol_defaults("slippery_ant", paper, kind="env")
+        assert rows  # the benchmark has env rows
+        given = {"switch_at": "given", "extra": 1}
+        kwargs = clenv.run.protocol_env_kwargs("slippery_ant", paper, given, seed=7)
+        assert kwargs == {"task_seed": 7, **rows, **given}
+        only = clenv.run.protocol_env_kwargs(
+            "slippery_ant", paper, {}, seed=7, names=["switch_at"]
+        )
+        assert only == {"task_seed": 7, "switch_at": rows["switch_at"]}
+
+
+def test_plot_draws_plots_png_and_never_raises(tmp_path, capsys):
+    empty = clenv.run.start(Args(runs_dir=str(tmp_path / "a")), agent="test")
+    empty.close()
+    empty.plot()  # nothing logged: reported, not raised
+    assert "plots.png:   not drawn (" in capsys.readouterr().out
+    run = clenv.run.start(Args(runs_dir=str(tmp_path / "b")), agent="test")
+    for step in range(1, 4):
+        run.logger.log_scalar("charts/episodic_return", float(step), step)
+    run.close()
+    run.plot()
+    assert (run.run_dir / "plots.png").stat().st_size > 0
+    assert f"plots.png:   {run.run_dir / 'plots.png'}" in capsys.readouterr().out
