@@ -114,11 +114,13 @@ class Args:
     """paper whose settings fill every option left unset: sc (Prakash et al. 2026) or
     lop (Dohare et al. 2024); docs/protocols.md lists them with their sources"""
     data_dir: str | None = None
-    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv); `clenv download` fills it"""
+    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv); `clenv download` fills
+    it"""
     num_tasks: int | None = None
     """tasks to train on (default: from --protocol; docs/protocols.md)"""
     examples_per_task: int | None = None
-    """Permuted MNIST: examples per task, one pass (default: from --protocol; docs/protocols.md)"""
+    """Permuted MNIST: examples per task, one pass (default: from --protocol;
+    docs/protocols.md)"""
     epochs_per_task: int | None = None
     """ImageNet/CIFAR: epochs per task (default: from --protocol; docs/protocols.md)"""
     env_kwargs: list[str] = field(default_factory=list)
@@ -127,20 +129,24 @@ class Args:
 
     # Network and optimizer
     width: int | None = None
-    """Permuted MNIST MLP: units per hidden layer (default: from --protocol; docs/protocols.md)"""
+    """Permuted MNIST MLP: units per hidden layer (default: from --protocol;
+    docs/protocols.md)"""
     depth: int = 3
     """Permuted MNIST MLP: hidden layers"""
     extra_fc: int | None = None
-    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: from --protocol; docs/protocols.md)"""
+    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: from --protocol;
+    docs/protocols.md)"""
     resnet_channels: int = 64
     """CIFAR ResNet: channels of the first stage (64 in both papers; less for quick
     runs)"""
     learning_rate: float | None = None
-    """SGD step size; per method where a paper tuned it (default: from --protocol; docs/protocols.md)"""
+    """SGD step size; per method where a paper tuned it (default: from --protocol;
+    docs/protocols.md)"""
     momentum: float | None = None
     """SGD momentum (default: from --protocol; docs/protocols.md)"""
     optimizer_weight_decay: float | None = None
-    """the optimizer's own weight decay, on top of --reg (default: from --protocol; docs/protocols.md)"""
+    """the optimizer's own weight decay, on top of --reg (default: from --protocol;
+    docs/protocols.md)"""
     batch_size: int | None = None
     """minibatch size (default: from --protocol; docs/protocols.md)"""
     lr_milestones: tuple[int, ...] | None = None
@@ -152,18 +158,21 @@ class Args:
     """zero the output layer at every task start, keeping the optimizer's momentum
     (default: from --protocol; docs/protocols.md)"""
     augment: bool | None = None
-    """CIFAR: flip, padded crop and rotation (default: from --protocol; docs/protocols.md)"""
+    """CIFAR: flip, padded crop and rotation (default: from --protocol;
+    docs/protocols.md)"""
     normalize: bool | None = None
     """CIFAR: per-channel normalisation (default: from --protocol; docs/protocols.md)"""
     restore_best_validation: bool | None = None
-    """CIFAR: restore the weights of the best validation epoch at each task end (default: from --protocol; docs/protocols.md)"""
+    """CIFAR: restore the weights of the best validation epoch at each task end
+    (default: from --protocol; docs/protocols.md)"""
 
     # Plasticity method
     reg: str = "l2er"
     """plasticity method: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, or a
     combination such as cbp+l2 (clenv.methods.make_method)"""
     method_preset: str | None = None
-    """hyperparameters of the method (default: pmnist, imagenet, cifar; *_lop for lop)"""
+    """hyperparameters of the method (default: pmnist, imagenet, cifar; *_lop for
+    lop)"""
     method_kwargs: list[str] = field(default_factory=list)
     """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or
     `er__ascent_lr=1e-3`"""
@@ -183,15 +192,18 @@ class Args:
     plasticity_every_tasks: int = 1
     """log plasticity/* at the end of every k-th task; 0: never"""
     curvature_every_tasks: int | None = None
-    """log curvature/* at the start and end of every k-th task; 0: never (default: from --protocol; docs/protocols.md)"""
+    """log curvature/* at the start and end of every k-th task; 0: never (default: from
+    --protocol; docs/protocols.md)"""
     curvature_order: int | None = None
-    """Lanczos iterations of the spectral density (default: from --protocol; docs/protocols.md)"""
+    """Lanczos iterations of the spectral density (default: from --protocol;
+    docs/protocols.md)"""
     curvature_classes: Literal["all", "new"] | None = None
     """CIFAR: the curvature's samples come from every class seen (all) or the classes
     the task adds (new) (default: from --protocol; docs/protocols.md)"""
     curvature_batchnorm: Literal["eval", "train"] | None = None
     """BatchNorm in the curvature's loss: running statistics (eval) or the samples'
-    batch statistics (train; running statistics left untouched) (default: from --protocol; docs/protocols.md)"""
+    batch statistics (train; running statistics left untouched) (default: from
+    --protocol; docs/protocols.md)"""
     curvature_trace_matvecs: int = 0
     """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
     curvature_epsilons: tuple[float, ...] = (0.001, 0.01, 0.03, 0.1)
@@ -202,7 +214,8 @@ class Args:
     """save a checkpoint at the start of every k-th task (and at the end); 0: only at
     the end"""
     checkpoint_every: int = 0
-    """also save one every this many examples within a task (long CIFAR tasks); 0: off"""
+    """also save one every this many examples within a task (long CIFAR tasks); 0:
+    off"""
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
 
@@ -436,18 +449,10 @@ def log_curvature(logger, model, batch, active, args, step, task_id, when) -> No
             trace_matvecs=args.curvature_trace_matvecs,
             seed=args.seed,
         )
-    prefix = f"curvature/{when}/"
-    for key, value in report.items():
-        if isinstance(value, int | float):
-            logger.log_scalar(prefix + key, value, step, task_id=task_id)
-    logger.log_array(prefix + "spectral_density", report["spectral_density"], step,
-                     grid=report["spectral_density_grid"], task_id=task_id)  # fmt: skip
-    # Fixed length (HDF5 rows): Lanczos stops early on a tiny model.
-    for key, fill in (("ritz_values", np.nan), ("ritz_weights", 0.0)):
-        row = np.full(args.curvature_order, fill)
-        values = np.asarray(report[key], dtype=np.float64).reshape(-1)
-        row[: min(len(values), len(row))] = values[: len(row)]
-        logger.log_array(prefix + key, row, step, task_id=task_id)
+    # Scalars, the density on its grid, the Ritz values and weights at a fixed length
+    # (HDF5 rows: Lanczos stops early on a tiny model).
+    logger.log_report(f"curvature/{when}/", report, step, task_id=task_id,
+                      array_length=args.curvature_order)  # fmt: skip
 
 
 def log_plasticity(logger, model, inputs, trainer, step, task_id) -> None:
@@ -697,8 +702,8 @@ if __name__ == "__main__":
         stats.window_examples += labels.numel()
         stats.window_correct += correct
         if stats.window_examples >= args.log_every:
-            logger.log_scalar("cl/online_accuracy",
-                              stats.window_correct / stats.window_examples, global_step)  # fmt: skip
+            window_accuracy = stats.window_correct / stats.window_examples
+            logger.log_scalar("cl/online_accuracy", window_accuracy, global_step)
             stats.window_examples = stats.window_correct = 0
         # The step that completes a task: the next info announces a switch, or the
         # run's last example (after the last task the env stays in it).

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from clenv.logger import list_series, read_series
+from clenv.metrics import DENSITY_GRID
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "agents" / "supervised_l2er.py"
@@ -160,13 +161,15 @@ def test_pmnist_logs_every_series_per_task(smoke_runs):
             assert f"plasticity/layer{layer}/{metric}" in tags
     # Curvature at the start and end of tasks 0 and 2 (every 2nd task).
     for when in ("task_start", "task_end"):
-        for key in ("epsilon_rank/0.01", "top_eigenvalue", "kfac_rank",
-                    "dead_unit_rank_bound"):  # fmt: skip
+        for key in ("epsilon_rank/0.01", "epsilon_rank_trapezoid/0.01",
+                    "top_eigenvalue", "kfac_rank", "dead_unit_rank_bound",
+                    "smoothing_variance"):  # fmt: skip
             logged = series(run_dir, f"curvature/{when}/{key}")
             assert logged["task_id"].tolist() == [0, 2], key
         density = series(run_dir, f"curvature/{when}/spectral_density")
         with h5py.File(run_dir / "metrics.h5", "r") as f:
             grid = f[f"curvature/{when}/spectral_density"].attrs["grid"]
+        assert np.array_equal(grid, DENSITY_GRID)  # the one grid of every agent
         # The stored density integrates to one on its grid (trapezoid weights).
         widths = np.zeros_like(grid)
         widths[:-1] += np.diff(grid) / 2
