@@ -581,7 +581,8 @@ if __name__ == "__main__":
         # (inputs, info before the step, reward, info after the step).
         pending: list[tuple[torch.Tensor, dict, float, dict]] = []
     else:
-        obs, info, pending = restored["obs"], restored["info"], restored["pending"]
+        obs, info = restored["obs"], restored["info"]
+        pending = [(x.to(device), *rest) for x, *rest in restored["pending"]]
         stats = TaskStats(**restored["stats"])
     print(
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; "

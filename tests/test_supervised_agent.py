@@ -511,3 +511,44 @@ def test_resets_keep_or_recreate_the_agents_optimizer_state(fake_data_dir, tmp_p
         assert [e[1] for e in events] == [1] and events[0][2] > 0  # momentum built
     assert sc[0][3] == 0  # SC: a fresh optimizer state
     assert lop[0][3] == lop[0][2]  # LoP: the momentum is kept
+
+
+def test_resume_inside_an_ascent_group_reproduces_the_run(fake_data_dir, tmp_path):
+    """A checkpoint taken while minibatches of SC's grouped ascent wait to be trained
+    on (the env already stepped past them) resumes to the same run."""
+    import shutil
+
+    import torch
+
+    from clenv.checkpoint import list_checkpoints
+
+    argv = [*IMAGENET, "--reg", "l2er", "--curvature-every-tasks", "0",
+            "--method-kwargs", "er__schedule=epoch", "er__timing=before",
+            "er__interval=3", "--checkpoint-every", "5", "--keep-checkpoints",
+            "100"]  # fmt: skip
+    results, _ = run_driver(fake_data_dir, tmp_path / "whole", {"run": argv})
+    assert results["run"] == "ok", results["run"]
+    whole = only_run(tmp_path / "whole" / "run")
+    copy = tmp_path / "copy"
+    shutil.copytree(whole, copy)
+    checkpoints = list_checkpoints(copy / "checkpoints")
+    # The first checkpoint with waiting minibatches (5 examples: one of three).
+    waiting = [
+        step
+        for step, path in checkpoints
+        if not torch.load(path, weights_only=False).get("finished")
+        and torch.load(path, weights_only=False)["extra"]["pending"]
+    ]
+    assert waiting, [step for step, _ in checkpoints]
+    for step, path in checkpoints:
+        if step > waiting[0]:
+            path.unlink()
+    resumed, _ = run_driver(
+        fake_data_dir, tmp_path / "unused", {"resume": ["--resume", str(copy)]}
+    )
+    assert resumed["resume"] == "ok", resumed["resume"]
+    for tag in ("cl/online_accuracy_per_task", "losses/train_loss_per_task",
+                "eval/test_accuracy_per_task", "cl/env_reward_per_task"):  # fmt: skip
+        expected, got = series(whole, tag), series(copy, tag)
+        assert got["step"].tolist() == expected["step"].tolist(), tag
+        assert np.array_equal(got["value"], expected["value"]), tag
