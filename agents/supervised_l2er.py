@@ -426,10 +426,18 @@ def curvature_batch(base, task_id: int, args: Args, device):
     )
 
 
-def log_curvature(logger, model, batch, active, args, step, task_id, when) -> None:
+def curvature_due(args: Args, task_id: int) -> bool:
+    every = args.curvature_every_tasks
+    return every > 0 and task_id % every == 0
+
+
+def log_curvature(logger, model, base, task_info, args, step, task_id, when) -> None:
     """curvature/<when>/*: SC's diagnostics (clenv.metrics.curvature_report), the
     density on clenv.metrics.DENSITY_GRID with SC's smoothing, both epsilon-ranks
     (epsilon_rank: exact; epsilon_rank_trapezoid: SC's plotting variant)."""
+    device = next(model.parameters()).device
+    batch = curvature_batch(base, task_id, args, device)
+    active = active_mask(task_info, model.head.out_features, device)
     batchnorm_train = args.curvature_batchnorm == "train"
 
     def loss_fn(net, data):
@@ -589,10 +597,6 @@ if __name__ == "__main__":
         f"{'fast path (' + trainer.backend + ')' if trainer else 'autograd'} on {device}"
     )
 
-    def curvature_due(task_id: int) -> bool:
-        every = args.curvature_every_tasks
-        return every > 0 and task_id % every == 0
-
     def task_start(task_id: int, task_info: dict[str, Any]) -> None:
         """What the protocol does before the first prediction of a task."""
         logger.set_task(task_id)
@@ -604,10 +608,8 @@ if __name__ == "__main__":
                     param.zero_()
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate
-        if curvature_due(task_id):
-            batch = curvature_batch(base, task_id, args, device)
-            active = active_mask(task_info, num_classes, device)
-            log_curvature(logger, model, batch, active, args, global_step, task_id,
+        if curvature_due(args, task_id):
+            log_curvature(logger, model, base, task_info, args, global_step, task_id,
                           "task_start")  # fmt: skip
 
     def task_end(task_id: int, task_info: dict[str, Any]) -> None:
@@ -632,9 +634,8 @@ if __name__ == "__main__":
         if every and task_id % every == 0:
             inputs, _ = task_batch(base, task_id, "train", args.metric_samples, device)
             log_plasticity(logger, model, inputs, trainer, global_step, task_id)
-        if curvature_due(task_id):
-            batch = curvature_batch(base, task_id, args, device)
-            log_curvature(logger, model, batch, active, args, global_step, task_id,
+        if curvature_due(args, task_id):
+            log_curvature(logger, model, base, task_info, args, global_step, task_id,
                           "task_end")  # fmt: skip
 
     if restored is None:
