@@ -721,12 +721,8 @@ if __name__ == "__main__":
             )
 
         progress.update(args.batch_size)
-        progress.set_postfix(
-            task=tasks.task_id,
-            SPS=sps,
-            ret=f"{np.mean(tasks.recent_returns):.1f}" if tasks.recent_returns else "-",
-            refresh=False,
-        )
+        ret = f"{np.mean(tasks.recent_returns):.1f}" if tasks.recent_returns else "-"
+        progress.set_postfix(task=tasks.task_id, SPS=sps, ret=ret, refresh=False)
 
     progress.close()
     envs.close()
