@@ -1,23 +1,19 @@
 """Online supervised continual learning on clenv's streams, with plasticity methods.
 
-One learner for the three supervised benchmarks, in CleanRL's structure: Permuted
-MNIST (an MLP, batch 1, one pass per task), Continual ImageNet (a ConvNet, binary
-tasks, epochs of minibatches) and class-incremental CIFAR-100 (a ResNet-18 variant,
-logits masked to the classes seen so far). Every option left unset takes the value of
-Prakash et al., *Spectral Collapse Drives Loss of Plasticity* (ICML 2026, "SC", the
-default) or Dohare et al., *Loss of plasticity in deep continual learning* (Nature
-2024, "LoP", ``--protocol lop``): docs/protocols.md lists them with their sources in
-the papers' code. A plasticity method from :mod:`clenv.methods` (``--reg``: bp, l2,
-er, l2er, cbp, snp, redo, head_reset, reset, cbp+l2, ...) is driven through its hooks.
-The learner sees only what the env reveals: it predicts a batch (the action), gets the
-accuracy (the reward), reads ``info["label"]`` and updates. Batch-1 MLP training runs
-on :class:`clenv.fastpath.FastMLPTrainer` (the same run as the autograd loop, ~10-60x
-faster). docs/agents/supervised.md has the flags, the logged series and the papers'
-commands.
+CleanRL's structure (``Args``, ``make_env``, the network, the loss, then the loop) for
+the three supervised benchmarks: Permuted MNIST (an MLP, batch 1, one pass per task),
+Continual ImageNet (a ConvNet, binary tasks, epochs of minibatches) and incremental
+CIFAR-100 (a ResNet-18 variant, logits masked to the classes seen so far). Unset options
+take the values of Prakash et al., *Spectral Collapse Drives Loss of Plasticity* (ICML
+2026, "SC", the default) or Dohare et al., *Loss of plasticity in deep continual
+learning* (Nature 2024, "LoP", ``--protocol lop``); docs/protocols.md lists them with
+their sources. A :mod:`clenv.methods` method (``--reg``) is driven through its hooks.
+The learner predicts a batch (the action), gets the accuracy (the reward), reads
+``info["label"]`` and updates; batch-1 MLP training runs on
+:class:`clenv.fastpath.FastMLPTrainer` (the same run, ~10-60x faster).
+docs/agents/supervised.md has the flags, the logged series and the papers' commands.
 
     python agents/supervised_l2er.py --reg l2er
-    python agents/supervised_l2er.py --reg bp --width 100 --num-tasks 50 \\
-        --examples-per-task 6000
     python agents/supervised_l2er.py --env-id clenv/ContinualImageNet-v0 --reg l2er
     python agents/supervised_l2er.py --resume runs/clenv_PermutedMNIST-v0__supervised_l2er__1__1700000000
 """
@@ -44,14 +40,10 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
+from clenv.evaluation import accuracy, active_class_mask, masked_logits, task_tensors
 from clenv.fastpath import FastMLPTrainer, fast_path_supports
 from clenv.methods import make_method, split_name
-from clenv.metrics import (
-    capture_activations,
-    curvature_report,
-    representation_metrics,
-    weight_metrics,
-)
+from clenv.metrics import curvature_report, plasticity_report
 from clenv.metrics.activations import preserved_training_state
 from clenv.models import (
     ContinualImageNetConvNet,
@@ -101,109 +93,83 @@ class Args:
     runs_dir: str = "runs"
     """where run directories are created"""
     resume: str | None = None
-    """continue the run in this directory (runs/<run>) from its latest checkpoint, with
-    its saved arguments"""
+    """continue the run in this directory (runs/<run>) from its latest checkpoint, with its saved arguments"""
     progress: bool = True
     """show a progress bar (examples, task, accuracy, examples/s)"""
 
     # Benchmark
     env_id: str = PMNIST
-    """clenv/PermutedMNIST-v0 (MLP), clenv/ContinualImageNet-v0 (ConvNet) or
-    clenv/IncrementalCIFAR100-v0 (ResNet-18 variant)"""
+    """clenv/PermutedMNIST-v0 (MLP), clenv/ContinualImageNet-v0 (ConvNet) or clenv/IncrementalCIFAR100-v0 (ResNet-18 variant)"""
     protocol: Literal["sc", "lop"] = "sc"
-    """paper whose settings fill every option left unset: sc (Prakash et al. 2026) or
-    lop (Dohare et al. 2024); docs/protocols.md lists them with their sources"""
+    """paper whose settings fill every unset option: sc (Prakash et al. 2026) or lop (Dohare et al. 2024); docs/protocols.md"""
     data_dir: str | None = None
-    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv); `clenv download` fills
-    it"""
+    """data root (else $CLENV_DATA_DIR, else ~/.cache/clenv); `clenv download` fills it"""
     num_tasks: int | None = None
     """tasks to train on (default: from --protocol; docs/protocols.md)"""
     examples_per_task: int | None = None
-    """Permuted MNIST: examples per task, one pass (default: from --protocol;
-    docs/protocols.md)"""
+    """Permuted MNIST: examples per task, one pass (default: from --protocol; docs/protocols.md)"""
     epochs_per_task: int | None = None
     """ImageNet/CIFAR: epochs per task (default: from --protocol; docs/protocols.md)"""
     env_kwargs: list[str] = field(default_factory=list)
-    """more gym.make arguments as key=value (Python literals), e.g.
-    `--env-kwargs num_classes=10`"""
+    """more gym.make arguments as key=value (Python literals), e.g. `--env-kwargs num_classes=10`"""
 
     # Network and optimizer
     width: int | None = None
-    """Permuted MNIST MLP: units per hidden layer (default: from --protocol;
-    docs/protocols.md)"""
+    """Permuted MNIST MLP: units per hidden layer (default: from --protocol; docs/protocols.md)"""
     depth: int = 3
     """Permuted MNIST MLP: hidden layers"""
     extra_fc: int | None = None
-    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: from --protocol;
-    docs/protocols.md)"""
+    """CIFAR ResNet: hidden FC layers of 512 after pooling (default: from --protocol; docs/protocols.md)"""
     resnet_channels: int = 64
-    """CIFAR ResNet: channels of the first stage (64 in both papers; less for quick
-    runs)"""
+    """CIFAR ResNet: channels of the first stage (64 in both papers; less for quick runs)"""
     learning_rate: float | None = None
-    """SGD step size; per method where a paper tuned it (default: from --protocol;
-    docs/protocols.md)"""
+    """SGD step size, per method where a paper tuned it (default: from --protocol; docs/protocols.md)"""
     momentum: float | None = None
     """SGD momentum (default: from --protocol; docs/protocols.md)"""
     optimizer_weight_decay: float | None = None
-    """the optimizer's own weight decay, on top of --reg (default: from --protocol;
-    docs/protocols.md)"""
+    """the optimizer's own weight decay, on top of --reg (default: from --protocol; docs/protocols.md)"""
     batch_size: int | None = None
     """minibatch size (default: from --protocol; docs/protocols.md)"""
     lr_milestones: tuple[int, ...] | None = None
-    """epochs of each task at which the step size is multiplied by --lr-gamma; it is
-    reset at every task start (default: from --protocol; docs/protocols.md)"""
+    """epochs of each task at which the step size is multiplied by --lr-gamma, reset at every task start (default: from --protocol; docs/protocols.md)"""
     lr_gamma: float = 0.2
     """factor of --lr-milestones"""
     zero_head_on_switch: bool | None = None
-    """zero the output layer at every task start, keeping the optimizer's momentum
-    (default: from --protocol; docs/protocols.md)"""
+    """zero the output layer at every task start, keeping the optimizer's momentum (default: from --protocol; docs/protocols.md)"""
     augment: bool | None = None
-    """CIFAR: flip, padded crop and rotation (default: from --protocol;
-    docs/protocols.md)"""
+    """CIFAR: flip, padded crop and rotation (default: from --protocol; docs/protocols.md)"""
     normalize: bool | None = None
     """CIFAR: per-channel normalisation (default: from --protocol; docs/protocols.md)"""
     restore_best_validation: bool | None = None
-    """CIFAR: restore the weights of the best validation epoch at each task end
-    (default: from --protocol; docs/protocols.md)"""
+    """CIFAR: restore the weights of the best validation epoch at each task end (default: from --protocol; docs/protocols.md)"""
 
     # Plasticity method
     reg: str = "l2er"
-    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, or a
-    combination such as cbp+l2 (clenv.methods.make_method)"""
+    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, or a combination such as cbp+l2 (clenv.methods.make_method)"""
     method_preset: str | None = None
-    """hyperparameters of the method (default: pmnist, imagenet, cifar; *_lop for
-    lop)"""
+    """hyperparameters of the method (default: pmnist, imagenet, cifar; *_lop for lop)"""
     method_kwargs: list[str] = field(default_factory=list)
-    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or
-    `er__ascent_lr=1e-3`"""
+    """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or `er__ascent_lr=1e-3`"""
     fast_path: Literal["auto", "on", "off"] = "auto"
-    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it
-    computes the same run (MLP, plain SGD, methods bp/l2/er/l2er/cbp/resets)"""
+    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it computes the same run (MLP, plain SGD, methods bp/l2/er/l2er/cbp/resets)"""
     chunk: int = 100
-    """Permuted MNIST at batch 1: examples per env step; the learner still updates
-    after every example (docs/agents/supervised.md: what the logged accuracies mean)"""
+    """Permuted MNIST at batch 1: examples per env step; the learner still updates after every example (docs/agents/supervised.md)"""
 
     # Logging
     log_every: int = 1000
     """log the running online accuracy (cl/online_accuracy) every this many examples"""
     metric_samples: int | None = None
-    """samples of the task the plasticity and curvature metrics are computed on
-    (default: from --protocol; docs/protocols.md)"""
+    """samples of the task the plasticity and curvature metrics see (default: from --protocol; docs/protocols.md)"""
     plasticity_every_tasks: int = 1
     """log plasticity/* at the end of every k-th task; 0: never"""
     curvature_every_tasks: int | None = None
-    """log curvature/* at the start and end of every k-th task; 0: never (default: from
-    --protocol; docs/protocols.md)"""
+    """log curvature/* at the start and end of every k-th task; 0: never (default: from --protocol; docs/protocols.md)"""
     curvature_order: int | None = None
-    """Lanczos iterations of the spectral density (default: from --protocol;
-    docs/protocols.md)"""
+    """Lanczos iterations of the spectral density (default: from --protocol; docs/protocols.md)"""
     curvature_classes: Literal["all", "new"] | None = None
-    """CIFAR: the curvature's samples come from every class seen (all) or the classes
-    the task adds (new) (default: from --protocol; docs/protocols.md)"""
+    """CIFAR: curvature samples from every class seen (all) or the task's new classes (new) (default: from --protocol; docs/protocols.md)"""
     curvature_batchnorm: Literal["eval", "train"] | None = None
-    """BatchNorm in the curvature's loss: running statistics (eval) or the samples'
-    batch statistics (train; running statistics left untouched) (default: from
-    --protocol; docs/protocols.md)"""
+    """BatchNorm in the curvature's loss: running statistics (eval) or the samples' own, running ones untouched (train) (default: from --protocol; docs/protocols.md)"""
     curvature_trace_matvecs: int = 0
     """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
     curvature_epsilons: tuple[float, ...] = (0.001, 0.01, 0.03, 0.1)
@@ -211,11 +177,9 @@ class Args:
 
     # Checkpoints
     checkpoint_every_tasks: int = 10
-    """save a checkpoint at the start of every k-th task (and at the end); 0: only at
-    the end"""
+    """save a checkpoint at the start of every k-th task (and at the end); 0: only at the end"""
     checkpoint_every: int = 0
-    """also save one every this many examples within a task (long CIFAR tasks); 0:
-    off"""
+    """also save one every this many examples within a task (long CIFAR tasks); 0: off"""
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
 
@@ -227,31 +191,26 @@ class Args:
 
 
 def resolve_args(args: Args) -> Args:
-    """Fill every unset option from the protocol's rows (clenv.settings, shown in
-    docs/protocols.md; a row tuned per method applies when --reg has its components),
-    then from UNSET, and check the arguments."""
+    """Fill unset options from the protocol's rows (docs/protocols.md; a row tuned per
+    method applies when --reg has its components), then from UNSET; check them."""
     if args.env_id not in BENCHMARKS:
         raise ValueError(
             f"--env-id must be one of {list(BENCHMARKS)}, got {args.env_id!r}"
         )
-    components = split_name(args.reg)
     rows = protocol_defaults(
-        BENCHMARKS[args.env_id], args.protocol, components=components
+        BENCHMARKS[args.env_id], args.protocol, components=split_name(args.reg)
     )
-    for key, value in {**UNSET, **rows}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    clenv.run.fill_unset(args, {**UNSET, **rows})
     if args.method_preset is None:
         suffix = "_lop" if args.protocol == "lop" else ""
         args.method_preset = PRESETS[args.env_id] + suffix
-    for key in ("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
-                "keep_checkpoints", "metric_samples", "depth"):  # fmt: skip
-        if getattr(args, key) < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1")
-    for key in ("plasticity_every_tasks", "curvature_every_tasks",
-                "checkpoint_every_tasks", "checkpoint_every"):  # fmt: skip
-        if getattr(args, key) < 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 0 (0 turns it off)")
+    clenv.run.check_counts(
+        args,
+        positive=("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
+                  "keep_checkpoints", "metric_samples", "depth"),
+        non_negative=("plasticity_every_tasks", "curvature_every_tasks",
+                      "checkpoint_every_tasks", "checkpoint_every"),
+    )  # fmt: skip
     if args.learning_rate <= 0:
         raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
     if args.env_id == PMNIST:
@@ -270,14 +229,31 @@ def resolve_args(args: Args) -> Args:
     return args
 
 
+def use_fast_path(args: Args) -> bool:
+    """Whether clenv.fastpath trains: where it computes the same run as autograd."""
+    applies = (
+        args.env_id == PMNIST
+        and args.batch_size == 1
+        and args.momentum == 0
+        and args.optimizer_weight_decay == 0
+        and fast_path_supports(split_name(args.reg))
+    )
+    if args.fast_path == "on" and not applies:
+        raise ValueError(
+            "--fast-path on needs Permuted MNIST at batch 1, plain SGD (momentum 0, no "
+            "optimizer weight decay) and methods among bp/l2/er/cbp/resets; got --reg "
+            f"{args.reg}"
+        )
+    return applies and args.fast_path != "off"
+
+
 def env_kwargs_for(args: Args) -> dict[str, Any]:
+    """gym.make arguments: the agent's, the protocol's env rows, then --env-kwargs."""
     kwargs: dict[str, Any] = dict(
-        batch_size=args.env_batch_size, num_tasks=args.num_tasks, task_seed=args.seed
+        batch_size=args.env_batch_size, num_tasks=args.num_tasks
     )
     if args.data_dir is not None:
         kwargs["data_dir"] = args.data_dir
-    # The env's own settings of the protocol (clenv.settings rows of kind "env").
-    kwargs.update(protocol_defaults(BENCHMARKS[args.env_id], args.protocol, "env"))
     if args.env_id == PMNIST:
         kwargs["examples_per_task"] = args.examples_per_task
     else:
@@ -285,17 +261,8 @@ def env_kwargs_for(args: Args) -> dict[str, Any]:
     if args.env_id == CIFAR:
         kwargs.update(augment=args.augment, normalize=args.normalize)
     kwargs.update(parse_kwargs(args.env_kwargs, "--env-kwargs"))
-    return kwargs
-
-
-def fast_path_applies(args: Args) -> bool:
-    """Whether clenv.fastpath computes the same run as the autograd loop."""
-    return (
-        args.env_id == PMNIST
-        and args.batch_size == 1
-        and args.momentum == 0
-        and args.optimizer_weight_decay == 0
-        and fast_path_supports(split_name(args.reg))
+    return clenv.run.protocol_env_kwargs(
+        BENCHMARKS[args.env_id], args.protocol, kwargs, seed=args.seed
     )
 
 
@@ -316,57 +283,9 @@ def make_model(args: Args) -> nn.Module:
     if args.env_id == IMAGENET:
         return ContinualImageNetConvNet(num_classes=2, **kwargs)
     return IncrementalCIFARResNet18(
-        num_classes=100,
-        extra_fc=args.extra_fc,
-        base_channels=args.resnet_channels,
+        num_classes=100, extra_fc=args.extra_fc, base_channels=args.resnet_channels,
         **kwargs,
-    )
-
-
-def masked(logits: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
-    """Logits of classes not yet seen set to -inf (incremental CIFAR)."""
-    if active is None:
-        return logits
-    return logits.masked_fill(~active, float("-inf"))
-
-
-def active_mask(info: dict[str, Any], num_classes: int, device) -> torch.Tensor | None:
-    """The classes seen so far as a mask over the logits (None: every class)."""
-    if "active_classes" not in info:
-        return None
-    mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
-    mask[torch.as_tensor(info["active_classes"], device=device)] = True
-    return mask
-
-
-def ascent_group_size(method: Any) -> int:
-    """U where a component ascends before each group of U minibatches, on their inputs
-    (ER with ``timing="before"``: SC's ImageNet and CIFAR), else 0."""
-    for component in getattr(method, "methods", [method]):
-        if getattr(component, "timing", "after") == "before":
-            return int(component.interval)
-    return 0
-
-
-@torch.no_grad()
-def step_through_group(env, model, obs, info, size: int, num_classes: int, device):
-    """Step the env through the next ``size`` minibatches (at most to the end of the
-    epoch or task), answered with the current weights in eval mode (BatchNorm's
-    statistics untouched). Returns the steps ``(inputs, info before, reward, info
-    after)`` and the env's latest ``obs, info``."""
-    steps = []
-    model.eval()
-    while len(steps) < size:
-        x = torch.as_tensor(obs, device=device)
-        active = active_mask(info, num_classes, device)
-        action = masked(model(x), active).argmax(1).cpu().numpy()
-        next_obs, reward, _, _, next_info = env.step(action)
-        steps.append((x, info, reward, next_info))
-        obs, info = next_obs, next_info
-        if next_info["epoch"] != steps[0][1]["epoch"] or task_switches(next_info)[0]:
-            break
-    model.train()
-    return steps, obs, info
+    )  # fmt: skip
 
 
 def learn_minibatch(model, optimizer, method, x, labels, logits) -> float:
@@ -392,38 +311,33 @@ def learn_one_at_a_time(model, optimizer, method, x, labels):
     return predictions, loss_sum
 
 
+def ascent_group_size(method: Any) -> int:
+    """U where a component ascends before each group of U minibatches, on their inputs
+    (ER with ``timing="before"``: SC's ImageNet and CIFAR), else 0."""
+    for component in getattr(method, "methods", [method]):
+        if getattr(component, "timing", "after") == "before":
+            return int(component.interval)
+    return 0
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs, labels, active) -> float:
-    """Accuracy in eval mode, in chunks of 1000."""
-    was_training = model.training
+def step_through_group(env, model, obs, info, size: int, num_classes: int, device):
+    """Step the env through the next ``size`` minibatches (at most to the end of the
+    epoch or task), answered with the current weights in eval mode. Returns the steps
+    ``(inputs, info before, reward, info after)`` and the env's latest ``obs, info``."""
+    steps = []
     model.eval()
-    correct = 0
-    for start in range(0, len(labels), 1000):
-        logits = masked(model(inputs[start : start + 1000]), active)
-        correct += int((logits.argmax(1) == labels[start : start + 1000]).sum())
-    model.train(was_training)
-    return correct / max(len(labels), 1)
-
-
-def task_batch(base, task_id: int, split: str, count: int | None, device):
-    """``count`` held-out examples of a task (its fixed subset), as tensors."""
-    inputs, labels = base.task_data(task_id, split, max_examples=count)
-    return torch.as_tensor(inputs, device=device), torch.as_tensor(
-        labels, device=device
-    )
-
-
-def curvature_batch(base, task_id: int, args: Args, device):
-    """The curvature's samples: the task's, or (SC's CIFAR) those of the classes the
-    task adds (incremental_cifar/train_incremental_cifar.py:402-413)."""
-    if args.curvature_classes == "all" or not hasattr(base, "active_classes"):
-        return task_batch(base, task_id, "train", args.metric_samples, device)
-    inputs, labels = base.task_data(task_id, "train")
-    seen = base.active_classes(task_id - 1) if task_id > 0 else []
-    keep = np.flatnonzero(~np.isin(labels, seen))[: args.metric_samples]
-    return torch.as_tensor(inputs[keep], device=device), torch.as_tensor(
-        labels[keep], device=device
-    )
+    while len(steps) < size:
+        x = torch.as_tensor(obs, device=device)
+        active = active_class_mask(info, num_classes, device)
+        action = masked_logits(model(x), active).argmax(1).cpu().numpy()
+        next_obs, reward, _, _, next_info = env.step(action)
+        steps.append((x, info, reward, next_info))
+        obs, info = next_obs, next_info
+        if next_info["epoch"] != steps[0][1]["epoch"] or task_switches(next_info)[0]:
+            break
+    model.train()
+    return steps, obs, info
 
 
 def curvature_due(args: Args, task_id: int) -> bool:
@@ -432,51 +346,31 @@ def curvature_due(args: Args, task_id: int) -> bool:
 
 
 def log_curvature(logger, model, base, task_info, args, step, task_id, when) -> None:
-    """curvature/<when>/*: SC's diagnostics (clenv.metrics.curvature_report), the
-    density on clenv.metrics.DENSITY_GRID with SC's smoothing, both epsilon-ranks
-    (epsilon_rank: exact; epsilon_rank_trapezoid: SC's plotting variant)."""
+    """curvature/<when>/*: SC's diagnostics (clenv.metrics.curvature_report) on the
+    task's samples, or (SC's CIFAR) those of its new classes
+    (incremental_cifar/train_incremental_cifar.py:402-413)."""
     device = next(model.parameters()).device
-    batch = curvature_batch(base, task_id, args, device)
-    active = active_mask(task_info, model.head.out_features, device)
+    batch = task_tensors(base, task_id, "train", args.metric_samples, device,
+                         new_classes_only=args.curvature_classes == "new")  # fmt: skip
+    active = active_class_mask(task_info, model.head.out_features, device)
     batchnorm_train = args.curvature_batchnorm == "train"
 
     def loss_fn(net, data):
         if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
             net.train()
-        return F.cross_entropy(masked(net(data[0]), active), data[1])
+        return F.cross_entropy(masked_logits(net(data[0]), active), data[1])
 
     # Every flag, buffer (BatchNorm running statistics) and RNG stream is restored
     # afterwards: logging more or less never changes the training run.
     with preserved_training_state(model, model.training):
         report = curvature_report(
-            model,
-            loss_fn,
-            [batch],
-            eps=args.curvature_epsilons,
-            order=args.curvature_order,
-            trace_matvecs=args.curvature_trace_matvecs,
+            model, loss_fn, [batch], eps=args.curvature_epsilons,
+            order=args.curvature_order, trace_matvecs=args.curvature_trace_matvecs,
             seed=args.seed,
-        )
-    # Scalars, the density on its grid, the Ritz values and weights at a fixed length
-    # (HDF5 rows: Lanczos stops early on a tiny model).
+        )  # fmt: skip
+    # Ritz values and weights at a fixed length (HDF5 rows: Lanczos may stop early).
     logger.log_report(f"curvature/{when}/", report, step, task_id=task_id,
                       array_length=args.curvature_order)  # fmt: skip
-
-
-def log_plasticity(logger, model, inputs, trainer, step, task_id) -> None:
-    """plasticity/*: representation metrics of the ranked layers (every ReLU of the
-    MLP, the FC layers of the conv nets: a conv map of 2000 samples is too large to
-    rank every task) and the weights' magnitude."""
-    layers = getattr(model, "fc_activation_names", lambda: None)()
-    activations = capture_activations(model, inputs, layers)
-    named = {f"layer{i}": a for i, a in enumerate(activations.values())}
-    metrics = representation_metrics(named)
-    weights = weight_metrics(model)
-    metrics["weight_magnitude"] = weights["weight_magnitude"]
-    metrics["parameter_norm"] = weights["parameter_norm"]
-    if trainer is not None and trainer.cbp is not None:
-        metrics["cbp_units_replaced"] = float(sum(trainer.cbp.num_replaced))
-    logger.log_scalars(metrics, step, prefix="plasticity/", task_id=task_id)
 
 
 @dataclass
@@ -498,19 +392,12 @@ class TaskStats:
 
 if __name__ == "__main__":
     try:
-        args = clenv.run.parse_args(Args, overrides=("progress",))
-        args = resolve_args(args)
+        args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",)))
         env_kwargs = env_kwargs_for(args)
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
+        fast_path = use_fast_path(args)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    fast_ok = fast_path_applies(args)
-    if args.fast_path == "on" and not fast_ok:
-        sys.exit(
-            "error: --fast-path on needs Permuted MNIST at batch 1, plain SGD (momentum "
-            "0, no optimizer weight decay) and methods among bp/l2/er/cbp/resets; "
-            f"got --reg {args.reg}"
-        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -537,23 +424,17 @@ if __name__ == "__main__":
         fused=device.type in ("cpu", "cuda") and args.momentum == 0,
     )
     try:
-        method = make_method(
-            args.reg,
-            model,
-            optimizer,
-            preset=args.method_preset,
-            hidden_layers=model.hidden_layer_spec(),
-            **method_kwargs,
-        )
+        method = make_method(args.reg, model, optimizer, preset=args.method_preset,
+                             hidden_layers=model.hidden_layer_spec(), **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
-    trainer = None
-    if fast_ok and args.fast_path != "off":
-        trainer = FastMLPTrainer(model, args.learning_rate, method=method)
+    trainer = (
+        FastMLPTrainer(model, args.learning_rate, method=method) if fast_path else None
+    )
     # Batch-1 Permuted MNIST: sequential updates within each env step (a chunk).
     per_example = args.env_id == PMNIST and args.batch_size == 1
     group_size = ascent_group_size(method)
-    if group_size and (per_example or trainer is not None):
+    if group_size and per_example:
         sys.exit(
             f"error: --reg {args.reg}: an ascent before each group of minibatches "
             "(timing='before') needs minibatch training (--batch-size > 1); at batch "
@@ -566,28 +447,22 @@ if __name__ == "__main__":
         )
 
     run = clenv.run.start(
-        args,
-        agent="supervised",
-        unit="example",
-        extra_args={
-            "env_kwargs_resolved": env_kwargs,
-            "method": repr(method),
-            "fast_path_used": trainer is not None,
-        },
-    )
+        args, agent="supervised", unit="example",
+        extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method),
+                    "fast_path_used": trainer is not None},
+    )  # fmt: skip
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
-    trainer_state = {"trainer": trainer} if trainer is not None else None
-    restored = run.restore(model=model, optimizer=optimizer, method=method, envs=env,
-                           stateful=trainer_state)  # fmt: skip
+    saved = dict(model=model, optimizer=optimizer, method=method, envs=env,
+                 stateful={"trainer": trainer} if trainer is not None else None)  # fmt: skip
+    restored = run.restore(**saved)
     global_step = run.global_step  # examples seen
+    # pending: minibatches stepped in the env but not trained on yet (grouped ascent),
+    # as (inputs, info before the step, reward, info after the step).
     if restored is None:
         obs, info = env.reset(seed=args.seed)
-        stats = TaskStats(task_id=int(info["task_id"]))
-        # Minibatches stepped in the env but not trained on yet (grouped ascent):
-        # (inputs, info before the step, reward, info after the step).
-        pending: list[tuple[torch.Tensor, dict, float, dict]] = []
+        stats, pending = TaskStats(task_id=int(info["task_id"])), []
     else:
         obs, info = restored["obs"], restored["info"]
         pending = [(x.to(device), *rest) for x, *rest in restored["pending"]]
@@ -614,7 +489,6 @@ if __name__ == "__main__":
 
     def task_end(task_id: int, task_info: dict[str, Any]) -> None:
         """Per-task summaries, logged once with the step at the task's end."""
-        active = active_mask(task_info, num_classes, device)
         if args.restore_best_validation and stats.best_state is not None:
             model.load_state_dict(stats.best_state)
         summary = {
@@ -625,15 +499,26 @@ if __name__ == "__main__":
             / max(time.time() - start_time, 1e-9),
         }
         if args.env_id != PMNIST:
-            inputs, labels = task_batch(base, task_id, "test", None, device)
+            inputs, labels = task_tensors(base, task_id, "test", device=device)
+            active = active_class_mask(task_info, num_classes, device)
             summary["eval/test_accuracy_per_task"] = accuracy(
                 model, inputs, labels, active
             )
         logger.log_scalars(summary, global_step, task_id=task_id)
         every = args.plasticity_every_tasks
         if every and task_id % every == 0:
-            inputs, _ = task_batch(base, task_id, "train", args.metric_samples, device)
-            log_plasticity(logger, model, inputs, trainer, global_step, task_id)
+            # The ranked layers: every ReLU of the MLP, the FC layers of the conv nets
+            # (a conv map of 2000 samples is too large to rank every task).
+            layers = getattr(model, "fc_activation_names", lambda: None)()
+            inputs, _ = task_tensors(
+                base, task_id, "train", args.metric_samples, device
+            )
+            metrics = plasticity_report({"": model}, inputs, layers={"": layers})
+            if trainer is not None and trainer.cbp is not None:
+                metrics["cbp_units_replaced"] = float(sum(trainer.cbp.num_replaced))
+            logger.log_scalars(
+                metrics, global_step, prefix="plasticity/", task_id=task_id
+            )
         if curvature_due(args, task_id):
             log_curvature(logger, model, base, task_info, args, global_step, task_id,
                           "task_end")  # fmt: skip
@@ -641,8 +526,7 @@ if __name__ == "__main__":
     if restored is None:
         task_start(stats.task_id, info)
     logger.set_task(stats.task_id)
-    start_time = time.time()
-    start_step = global_step
+    start_time, start_step = time.time(), global_step
     progress = tqdm(total=args.total_examples, initial=global_step, unit="ex",
                     disable=not args.progress, dynamic_ncols=True)  # fmt: skip
     finished_all = False
@@ -663,7 +547,7 @@ if __name__ == "__main__":
             if args.env_batch_size == 1:  # a single example comes without a batch axis
                 x = x.unsqueeze(0)
             step_info = info
-        active = active_mask(step_info, num_classes, device)
+        active = active_class_mask(step_info, num_classes, device)
         if args.lr_milestones:
             passed = sum(int(step_info["epoch"]) >= m for m in args.lr_milestones)
             for group in optimizer.param_groups:
@@ -674,7 +558,7 @@ if __name__ == "__main__":
             with torch.no_grad():
                 prediction = model(x).argmax(1)
         else:  # (grouped: the prediction at update time, the accuracy SC logs)
-            logits = masked(model(x), active)
+            logits = masked_logits(model(x), active)
             prediction = logits.argmax(1)
         if not group_size:
             action = prediction.cpu().numpy()
@@ -714,10 +598,11 @@ if __name__ == "__main__":
         )
 
         # An epoch of the task ended: LoP's best-validation bookkeeping.
-        epoch_ended = task_ended or int(next_info["epoch"]) != stats.epoch
-        if args.restore_best_validation and epoch_ended:
-            inputs, val_labels = task_batch(base, stats.task_id, "validation", None,
-                                            device)  # fmt: skip
+        if args.restore_best_validation and (
+            task_ended or int(next_info["epoch"]) != stats.epoch
+        ):
+            inputs, val_labels = task_tensors(base, stats.task_id, "validation",
+                                              device=device)  # fmt: skip
             val_accuracy = accuracy(model, inputs, val_labels, active)
             logger.log_scalar("eval/validation_accuracy", val_accuracy, global_step)
             if val_accuracy > stats.best_validation:
@@ -745,8 +630,7 @@ if __name__ == "__main__":
                 every = args.checkpoint_every_tasks
                 crossed = crossed or (every and stats.task_id % every == 0)
         if crossed and not finished_all:
-            run.save(global_step, model=model, optimizer=optimizer, method=method,
-                     envs=env, stateful=trainer_state,
+            run.save(global_step, **saved,
                      extra={"obs": obs, "info": info, "pending": pending,
                             "stats": dataclasses.asdict(stats)})  # fmt: skip
         progress.update(labels.numel())
