@@ -91,7 +91,7 @@ class Args:
     adam_eps: float | None = None
     """Adam's epsilon (default: from --protocol; docs/protocols.md: lop 1e-8, sc 1e-8)"""
     weight_decay: float | None = None
-    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp, sc 0)"""
+    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0, 1e-4 with cbp or redo; sc 0)"""
     num_envs: int | None = None
     """the number of parallel environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
     async_envs: bool = False

@@ -578,6 +578,10 @@ def test_weight_decay_is_adams_coupled_decay_with_cbp(agent_module):
     assert resolve(agent_module.Args(reg="cbp+l2")).weight_decay == 1e-4
     assert resolve(agent_module.Args(reg="cbp", protocol="sc")).weight_decay == 0.0
     assert resolve(agent_module.Args(reg="cbp", weight_decay=0.0)).weight_decay == 0.0
+    # LoP's ReDo (lop/rl/cfg/ant/redo.yml:21) also decays; SC has no ReDo row.
+    assert resolve(agent_module.Args(reg="redo")).weight_decay == 1e-4
+    assert resolve(agent_module.Args(reg="redo+l2")).weight_decay == 1e-4
+    assert resolve(agent_module.Args(reg="redo", protocol="sc")).weight_decay == 0.0
     # Coupled: Adam's step is the same as with lambda*theta added to the gradient.
     torch.manual_seed(0)
     weights = torch.randn(5)

@@ -136,6 +136,20 @@ ROWS: list[Row] = [
         when="cbp",
     ),
     Row(
+        name="weight_decay",
+        what="Adam's weight decay in LoP's ReDo",
+        lop=Value(
+            1e-4,
+            "lop/rl/cfg/ant/redo.yml:21; lop/algos/rl/ppo.py:46",
+            "LoP ran ReDo on stationary Ant only (cfg/ant, no sant/redo.yml); its "
+            "Adam weight decay carried over to Slippery Ant",
+        ),
+        sc=None,
+        option="--weight-decay",
+        test=T + "test_weight_decay_is_adams_coupled_decay_with_cbp",
+        when="redo",
+    ),
+    Row(
         name="gamma",
         what="discount factor",
         lop=Value(0.99, "lop/rl/cfg/sant/std.yml:5"),
