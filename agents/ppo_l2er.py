@@ -69,7 +69,7 @@ class Args:
     runs_dir: str = "runs"
     """where run directories are created"""
     resume: str | None = None
-    """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it)"""
+    """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it; --[no-]progress, --[no-]plot apply)"""
     progress: bool = True
     """show a progress bar (step, task, SPS, recent return)"""
     plot: bool = True
@@ -209,9 +209,11 @@ def resolve_args(args: Args) -> Args:
 def parse_args(argv: list[str] | None = None) -> Args:
     """The command line, or with ``--resume`` the run's saved arguments, resolved.
 
-    A resumed run keeps its arguments; an explicit ``--total-timesteps`` extends it.
+    A resumed run keeps its arguments; an explicit ``--total-timesteps`` extends it,
+    and the display flags (``--no-progress``, ``--no-plot``) apply.
     """
-    args = clenv.run.parse_args(Args, overrides=("total_timesteps",), argv=argv)
+    overrides = ("total_timesteps", "progress", "plot")
+    args = clenv.run.parse_args(Args, overrides=overrides, argv=argv)
     return resolve_args(args)
 
 

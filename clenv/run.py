@@ -61,6 +61,7 @@ from clenv.checkpoint import (
     CHECKPOINT_DIR,
     capture_env_state,
     capture_rng_state,
+    checkpoint_path,
     load_latest_checkpoint,
     restore_env_state,
     restore_rng_state,
@@ -77,6 +78,8 @@ from clenv.settings import protocol_defaults
 
 ArgsT = TypeVar("ArgsT")
 _MODEL, _OPTIMIZER, _METHOD = "model", "optimizer", "method"
+# The keys every checkpoint of Run.save holds.
+_LAYOUT = ("objects", "envs", "rng", "extra")
 
 
 # ----------------------------------------------------------------- arguments
@@ -115,7 +118,8 @@ def resume_args(
     ``env_kwargs_resolved``) are dropped; JSON lists become tuples again where the
     field's type is a tuple. ``resume`` keeps its value, and each field in
     ``overrides`` takes the value of ``args`` when its flag (``--total-timesteps``
-    for ``total_timesteps``) appears in ``argv``.
+    for ``total_timesteps``; ``--progress`` or ``--no-progress`` for a boolean
+    ``progress``) appears in ``argv``.
 
     Raises:
         FileNotFoundError: ``args.resume`` is not a run directory (no ``args.json``).
@@ -139,8 +143,9 @@ def resume_args(
     }
     values["resume"] = args.resume
     for name in overrides:
-        flag = "--" + name.replace("_", "-")
-        if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+        flag = name.replace("_", "-")
+        flags = (f"--{flag}", f"--no-{flag}")
+        if any(arg.split("=", 1)[0] in flags for arg in argv):
             values[name] = getattr(args, name)
     return args_type(**values)
 
@@ -308,11 +313,20 @@ class Run:
             checkpoint to resume (the caller starts fresh: ``envs.reset(seed=...)``).
 
         Raises:
-            ValueError: The checkpoint lacks a part that was passed.
+            ValueError: The checkpoint lacks a part that was passed, or was written
+                in another layout (by an agent from before :mod:`clenv.run`).
         """
         if self.checkpoint is None:
             return None
         step, state = self.checkpoint
+        missing = [key for key in _LAYOUT if key not in state]
+        if missing:
+            raise ValueError(
+                f"{checkpoint_path(self.checkpoint_dir, step)} is not a clenv.run "
+                f"checkpoint (no {missing}; it holds {sorted(state)}): it was written "
+                "by an older clenv. Start the run afresh (without --resume), or "
+                "resume it with the clenv version that wrote it"
+            )
         for name, target in _objects(model, optimizer, method, stateful).items():
             if name not in state["objects"]:
                 raise ValueError(

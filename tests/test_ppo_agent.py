@@ -603,6 +603,17 @@ def test_unknown_reg_is_a_clear_error(smoke_runs):
     assert not (runs / "nope").exists()
 
 
+def test_resume_takes_display_flags_and_total_timesteps_only(agent_module, smoke_runs):
+    runs, _ = smoke_runs
+    run_dir = str(only_run(runs / "l2"))  # saved with --no-progress --no-plot
+    saved = agent_module.parse_args(["--resume", run_dir, "--seed", "7"])
+    assert (saved.progress, saved.plot, saved.seed) == (False, False, 1)
+    shown = agent_module.parse_args(["--resume", run_dir, "--progress", "--plot"])
+    assert shown.progress and shown.plot and shown.total_timesteps == 256
+    extended = agent_module.parse_args(["--resume", run_dir, "--total-timesteps=512"])
+    assert extended.total_timesteps == 512 and not extended.progress
+
+
 def test_resume_of_a_missing_directory_is_a_clear_error(agent_module, tmp_path):
     with pytest.raises(FileNotFoundError, match="args.json"):
         agent_module.parse_args(["--resume", str(tmp_path / "absent")])

@@ -14,7 +14,7 @@ from torch import nn
 
 import clenv
 import clenv.run
-from clenv.checkpoint import RestorableEnv, list_checkpoints
+from clenv.checkpoint import RestorableEnv, list_checkpoints, save_checkpoint
 from clenv.methods import make_method
 from clenv.settings import protocol_defaults
 
@@ -35,6 +35,7 @@ class Args:
     hidden_sizes: tuple[int, ...] = (16,)
     betas: tuple[float, float] | None = (0.9, 0.999)
     keep_checkpoints: int = 2
+    progress: bool = True
 
 
 class Parts:
@@ -213,6 +214,13 @@ def test_resume_args_overrides_and_logs(tmp_path, capsys):
     assert resumed_args.hidden_sizes == (8, 8) and resumed_args.betas is None
     with pytest.raises(ValueError, match="not fields"):
         clenv.run.resume_args(resumed_args, overrides=("no_such",))
+    # a boolean override in its --no-<flag> form, and only when it is given
+    for flags, progress in (["--no-progress"], False), ([], True):
+        resumed_args = clenv.run.parse_args(
+            Args, overrides=("total_timesteps", "progress"), argv=argv + flags
+        )
+        assert resumed_args.progress is progress
+        assert resumed_args.total_timesteps == 500 and resumed_args.seed == 3
     # a copied run resumes where it lives now and prints its own paths
     copy = tmp_path / "elsewhere" / "copy"
     copy.parent.mkdir()
@@ -228,6 +236,27 @@ def test_resume_args_overrides_and_logs(tmp_path, capsys):
     resumed.close()
     with pytest.raises(FileNotFoundError, match="args.json"):
         clenv.run.start(Args(resume=str(tmp_path)), agent="test", tensorboard=False)
+
+
+def test_restore_of_an_older_checkpoint_layout_is_a_clear_error(tmp_path):
+    args = Args(runs_dir=str(tmp_path))
+    run = clenv.run.start(args, agent="test", tensorboard=False)
+    # what the agents saved before clenv.run: their objects at the top level
+    model = nn.Linear(2, 1)
+    save_checkpoint(run.checkpoint_dir, {"agent": model.state_dict()}, 4)
+    run.close()
+    resumed = clenv.run.start(
+        Args(runs_dir=str(tmp_path), resume=str(run.run_dir)),
+        agent="test",
+        tensorboard=False,
+    )
+    with pytest.raises(ValueError) as error:
+        resumed.restore(model=model)
+    message = str(error.value)
+    assert "ckpt_000000000004.pt is not a clenv.run checkpoint" in message
+    assert "['agent', 'global_step']" in message
+    assert "afresh (without --resume)" in message
+    resumed.close()
 
 
 def test_fill_unset_and_check_counts_name_the_flag():
