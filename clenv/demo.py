@@ -7,11 +7,13 @@ the friction announced in ``info`` and the friction actually held by the MuJoCo 
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
+import tyro
 
 import clenv
 
@@ -24,24 +26,33 @@ def model_friction(env: gym.Env) -> float:
     return float(frictions[0])
 
 
+@dataclass
+class DemoArgs:
+    """Arguments of ``python -m clenv.demo``."""
+
+    steps: int = 3000
+    """env steps to take"""
+    switch_every: int = 1000
+    """steps per task (paper: 2M)"""
+    switch_at: Literal["step", "episode_end"] = "step"
+    """'step': exactly every --switch-every steps (SC); 'episode_end': at the first episode end after that (LoP)"""
+    seed: int = 0
+    """seed of env and tasks"""
+
+    def __post_init__(self) -> None:
+        # tyro reports a ValueError here as a usage error (no traceback).
+        if self.steps <= 0:
+            raise ValueError(f"--steps must be positive, got {self.steps}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the demo and print one line per task."""
-    parser = argparse.ArgumentParser(prog="python -m clenv.demo", description=__doc__)
-    parser.add_argument("--steps", type=int, default=3000, help="env steps to take")
-    parser.add_argument(
-        "--switch-every", type=int, default=1000, help="steps per task (paper: 2M)"
+    args = tyro.cli(
+        DemoArgs,
+        args=argv,
+        prog="python -m clenv.demo",
+        description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--switch-at",
-        choices=("step", "episode_end"),
-        default="step",
-        help="'step': exactly every --switch-every steps (SC); 'episode_end': at the "
-        "first episode end after that (LoP)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of env and tasks")
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error("--steps must be positive")
 
     gym.register_envs(clenv)
     env = gym.make(

@@ -26,12 +26,13 @@ there: its ratio is physics, not overhead.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+import tyro
 
 import clenv
 
@@ -108,29 +109,36 @@ def layer_microseconds(steps: int = 20_000) -> float:
     return 1e6 * (best["layer"] - best["stub"])
 
 
+@dataclass
+class EnvsBenchArgs:
+    """Arguments of ``python -m clenv.bench.envs``."""
+
+    block_steps: int = 1000
+    """env steps per timed block"""
+    repeats: int = 15
+    """timed blocks (one ratio each)"""
+    stub_steps: int = 20_000
+    """steps per timing of the layer with MuJoCo stubbed out"""
+    seed: int = 0
+    """seed of envs and actions"""
+
+    def __post_init__(self) -> None:
+        # tyro reports a ValueError here as a usage error (no traceback).
+        if min(self.block_steps, self.repeats, self.stub_steps) <= 0:
+            raise ValueError(
+                "--block-steps, --repeats and --stub-steps must be positive, got "
+                f"{self.block_steps}, {self.repeats} and {self.stub_steps}"
+            )
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the benchmark, print a table, and return its figures by name."""
-    parser = argparse.ArgumentParser(
+    args = tyro.cli(
+        EnvsBenchArgs,
+        args=argv,
         prog="python -m clenv.bench.envs",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--block-steps", type=int, default=1000, help="env steps per timed block"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=15, help="timed blocks (one ratio each)"
-    )
-    parser.add_argument(
-        "--stub-steps",
-        type=int,
-        default=20_000,
-        help="steps per timing of the layer with MuJoCo stubbed out",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of envs and actions")
-    args = parser.parse_args(argv)
-    if min(args.block_steps, args.repeats, args.stub_steps) <= 0:
-        parser.error("--block-steps, --repeats and --stub-steps must be positive")
 
     gym.register_envs(clenv)
     envs = {}
