@@ -26,11 +26,13 @@ before it, so no batch-100 figure can come near it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import tyro
 from torch import nn
 
 from clenv.methods import make_method, split_name
@@ -159,67 +161,101 @@ def time_methods(
     return results
 
 
-def _per_batch_size(
-    parser: argparse.ArgumentParser, flag: str, text: str, count: int
-) -> list[int]:
-    values = [int(v) for v in text.split(",")]
-    values = values * count if len(values) == 1 else values
-    if len(values) != count or min(values) < 1:
-        parser.error(f"{flag} needs one positive value or one per batch size")
+def _positive_ints(flag: str, text: str) -> list[int]:
+    """``"1,100"`` -> ``[1, 100]``; a ValueError naming ``flag`` for anything else."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(
+            f"{flag} takes comma-separated positive integers such as 1,100, got {text!r}"
+        )
     return values
+
+
+def _per_batch_size(flag: str, text: str, count: int) -> list[int]:
+    """One positive value per batch size from ``text`` (one value, or ``count``)."""
+    values = _positive_ints(flag, text)
+    values = values * count if len(values) == 1 else values
+    if len(values) != count:
+        raise ValueError(
+            f"{flag} needs one positive value or one per batch size ({count}), "
+            f"got {text!r}"
+        )
+    return values
+
+
+@dataclass
+class MethodsBenchArgs:
+    """Arguments of ``python -m clenv.bench.methods``."""
+
+    methods: str = ",".join(DEFAULT_METHODS)
+    """comma-separated --reg names"""
+    batch_sizes: str = "1,100"
+    """comma-separated batch sizes"""
+    intervals: str = "100"
+    """ER's U per batch size (one value, or one per --batch-sizes entry); SC uses 100 on PMNIST (batch 1), 12 on ImageNet and 5 on CIFAR (batch 100)"""
+    block_steps: int = 100
+    """steps per timed block (rounded up to a multiple of U)"""
+    rounds: str = "8,2"
+    """timed rounds per batch size (one value, or one per --batch-sizes entry)"""
+    width: int = 1000
+    """hidden width"""
+    optimizer: Literal["fused", "foreach"] = "fused"
+    """every method's SGD: fused=True (L2 is added inside its update) or torch's default foreach implementation (L2 needs its own pass)"""
+    threads: int = 1
+    """torch threads for batch sizes > 1 (batch 1 always uses one)"""
+
+    def __post_init__(self) -> None:
+        # tyro reports a ValueError here as a usage error (no traceback).
+        for name in self.method_names():
+            reg, _, variant = name.partition(":")
+            try:
+                split_name(reg)
+            except ValueError as error:
+                raise ValueError(f"--methods: {error}") from None
+            if variant and variant not in L2_VARIANTS:
+                raise ValueError(
+                    f"--methods: unknown variant {variant!r} in {name!r}; known: "
+                    f"{list(L2_VARIANTS)}"
+                )
+        self.rounds_per_batch_size()
+        self.intervals_per_batch_size()
+        if self.block_steps < 1:
+            raise ValueError(f"--block-steps must be positive, got {self.block_steps}")
+
+    def method_names(self) -> list[str]:
+        """The ``--methods`` entries."""
+        return [n.strip() for n in self.methods.split(",") if n.strip()]
+
+    def batch_size_list(self) -> list[int]:
+        """The ``--batch-sizes`` entries."""
+        return _positive_ints("--batch-sizes", self.batch_sizes)
+
+    def rounds_per_batch_size(self) -> list[int]:
+        """Timed rounds for each batch size."""
+        return _per_batch_size("--rounds", self.rounds, len(self.batch_size_list()))
+
+    def intervals_per_batch_size(self) -> list[int]:
+        """ER's U for each batch size."""
+        return _per_batch_size(
+            "--intervals", self.intervals, len(self.batch_size_list())
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict[str, dict[str, float]]]:
     """Run the benchmark, print one table, and return the figures per batch size."""
-    parser = argparse.ArgumentParser(
-        prog="python -m clenv.bench.methods", description=__doc__.split("\n\n")[0]
+    args = tyro.cli(
+        MethodsBenchArgs,
+        args=argv,
+        prog="python -m clenv.bench.methods",
+        description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help="comma-separated --reg names",
-    )
-    parser.add_argument(
-        "--batch-sizes", default="1,100", help="comma-separated batch sizes"
-    )
-    parser.add_argument(
-        "--intervals",
-        default="100",
-        help="ER's U per batch size (one value, or one per --batch-sizes entry); "
-        "SC uses 100 on PMNIST (batch 1), 12 on ImageNet and 5 on CIFAR (batch 100)",
-    )
-    parser.add_argument(
-        "--block-steps",
-        type=int,
-        default=100,
-        help="steps per timed block (rounded up to a multiple of U)",
-    )
-    parser.add_argument(
-        "--rounds",
-        default="8,2",
-        help="timed rounds per batch size (one value, or one per --batch-sizes entry)",
-    )
-    parser.add_argument("--width", type=int, default=1000, help="hidden width")
-    parser.add_argument(
-        "--optimizer",
-        choices=("fused", "foreach"),
-        default="fused",
-        help="every method's SGD: fused=True (L2 is added inside its update) or "
-        "torch's default foreach implementation (L2 needs its own pass)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads for batch sizes > 1 (batch 1 always uses one)",
-    )
-    args = parser.parse_args(argv)
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rounds = _per_batch_size(parser, "--rounds", args.rounds, len(batch_sizes))
-    intervals = _per_batch_size(parser, "--intervals", args.intervals, len(batch_sizes))
-    if args.block_steps < 1:
-        parser.error("--block-steps must be positive")
+    names = args.method_names()
+    batch_sizes = args.batch_size_list()
+    rounds = args.rounds_per_batch_size()
+    intervals = args.intervals_per_batch_size()
 
     figures = {}
     for batch_size, num_rounds, interval in zip(
