@@ -389,6 +389,16 @@ class TaskStats:
     best_validation: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
 
+    def record(self, examples: int, correct: int, loss_sum: float, reward) -> None:
+        """Counts one env step (the window of cl/online_accuracy included)."""
+        self.examples += examples
+        self.correct += correct
+        self.loss_sum += loss_sum
+        self.env_reward_sum += float(reward)
+        self.env_steps += 1
+        self.window_examples += examples
+        self.window_correct += correct
+
 
 if __name__ == "__main__":
     try:
@@ -580,13 +590,7 @@ if __name__ == "__main__":
             loss_sum = learn_minibatch(model, optimizer, method, x, labels, logits)
         correct = int((online_predictions == labels).sum())
         global_step += labels.numel()
-        stats.examples += labels.numel()
-        stats.correct += correct
-        stats.loss_sum += loss_sum
-        stats.env_reward_sum += float(reward)
-        stats.env_steps += 1
-        stats.window_examples += labels.numel()
-        stats.window_correct += correct
+        stats.record(labels.numel(), correct, loss_sum, reward)
         if stats.window_examples >= args.log_every:
             window_accuracy = stats.window_correct / stats.window_examples
             logger.log_scalar("cl/online_accuracy", window_accuracy, global_step)
@@ -634,11 +638,10 @@ if __name__ == "__main__":
                      extra={"obs": obs, "info": info, "pending": pending,
                             "stats": dataclasses.asdict(stats)})  # fmt: skip
         progress.update(labels.numel())
+        speed = (global_step - start_step) / max(time.time() - start_time, 1e-9)
+        accuracy_so_far = f"{stats.correct / max(stats.examples, 1):.3f}"
         progress.set_postfix(
-            task=stats.task_id,
-            acc=f"{stats.correct / max(stats.examples, 1):.3f}",
-            ex_s=int((global_step - start_step) / max(time.time() - start_time, 1e-9)),
-            refresh=False,
+            task=stats.task_id, acc=accuracy_so_far, ex_s=int(speed), refresh=False
         )
 
     run.save(global_step, model=model, method=method, finished=True,
