@@ -42,7 +42,15 @@ from clenv.cli_kwargs import parse_kwargs
 from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.methods import make_method, split_name
 from clenv.metrics import curvature_report, plasticity_report
-from clenv.protocol import task_ids, task_switches
+from clenv.protocol import (
+    TaskTracker,
+    end_task,
+    log_episodes,
+    task_due,
+    task_ids,
+    task_params,
+    task_switches,
+)
 from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
@@ -405,70 +413,16 @@ def step_envs(envs, action: np.ndarray, agent: Agent, args: Args):
     return next_obs, reward, np.logical_or(terminations, truncations), infos
 
 
-@dataclass
-class TaskTracker:
-    """The task the agent acts in (sub-env 0's), and what it keeps about tasks."""
-
-    task_id: int = 0
-    returns: list[float] = field(default_factory=list)
-    """returns of the episodes finished in the current task"""
-    recent_returns: list[float] = field(default_factory=list)
-    """the last 20 episodes' returns (progress bar)"""
-    start_pending: bool = True
-    """no curvature/task_start yet: taken on the first rollout wholly in the task"""
-    last_batch: dict[str, torch.Tensor] | None = None
-    """the last rollout wholly in a task, for curvature/task_end"""
-    last_batch_task: int = -1
-
-    def switch(self, task_id: int) -> tuple[int, list[float]]:
-        """Move on to ``task_id``; returns the finished task and its returns."""
-        finished, returns = self.task_id, self.returns
-        self.task_id, self.returns, self.start_pending = task_id, [], True
-        return finished, returns
-
-    def add_episode(self, episodic_return: float) -> None:
-        self.returns.append(episodic_return)
-        self.recent_returns = [*self.recent_returns[-19:], episodic_return]
-
-
-def log_episodes(logger, infos, step: int) -> list[float]:
-    """charts/episodic_* of the episodes that ended at this step; their returns."""
-    returns = []
-    for index in np.flatnonzero(infos.get("_episode", [])):
-        returns.append(float(infos["episode"]["r"][index]))
-        logger.log_scalar("charts/episodic_return", returns[-1], step)
-        logger.log_scalar("charts/episodic_length", infos["episode"]["l"][index], step)
-    return returns
-
-
-def curvature_due(task: int, args: Args) -> bool:
-    every = args.curvature_every_tasks
-    return every > 0 and task % every == 0
-
-
-def end_task(logger, tasks, new_task: int, agent, args: Args, step: int) -> None:
-    """Moves ``tasks`` on to ``new_task``; logs what closes the task that ended.
-
-    cl/mean_return_per_task of its episodes and curvature/task_end on its last
-    rollout wholly in it; values that follow are stamped with ``new_task``.
-    """
-    finished, returns = tasks.switch(new_task)
-    if returns:
-        logger.log_scalar(
-            "cl/mean_return_per_task", np.mean(returns), step, task_id=finished
-        )
-    if curvature_due(finished, args) and tasks.last_batch_task == finished:
-        log_curvature(logger, agent, tasks.last_batch, args, "task_end", finished, step)
-    logger.set_task(new_task)
-
-
 def log_curvature(logger, agent, batch, args, when: str, task: int, step: int):
     """curvature/<when>/*: clenv.metrics.curvature_report of the PPO loss.
 
     The loss PPO minimises (clipped surrogate + value + entropy terms), at the current
     weights, over the first ``--curvature-samples`` samples of ``batch``, in a forked
-    RNG (logging more or less never changes the training run).
+    RNG (logging more or less never changes the training run). Only for every
+    ``--curvature-every-tasks``-th task, on a rollout wholly in it (not None).
     """
+    if batch is None or not task_due(task, args.curvature_every_tasks):
+        return
     size = min(args.curvature_samples, batch["obs"].shape[0])
     data = [{key: value[:size] for key, value in batch.items()}]
     device = next(agent.parameters()).device
@@ -600,10 +554,13 @@ if __name__ == "__main__":
                 tasks.add_episode(episodic_return)
 
             # The info now describes the task of the next action (docs/protocol.md);
-            # the agent follows sub-env 0's.
+            # the agent follows sub-env 0's. curvature/task_end: the ended task's last
+            # rollout wholly in it.
             if task_switches(infos, args.num_envs)[0]:
                 new_task = int(task_ids(infos, args.num_envs)[0])
-                end_task(logger, tasks, new_task, agent, args, global_step)
+                ended, last_batch = end_task(logger, tasks, new_task, global_step)
+                log_curvature(logger, agent, last_batch, args, "task_end", ended,
+                              global_step)  # fmt: skip
                 switched_tasks.append(new_task)
 
         # A task switch during the rollout: the method reacts before the next update.
@@ -633,13 +590,10 @@ if __name__ == "__main__":
         }
         # Curvature is taken on rollouts wholly in one task (task_start: the first).
         if not switched_tasks and rollout_task == tasks.task_id:
-            if tasks.start_pending and curvature_due(tasks.task_id, args):
+            if tasks.keep_rollout({key: v.clone() for key, v in batch.items()}):
                 log_curvature(
                     logger, agent, batch, args, "task_start", tasks.task_id, global_step
                 )
-            tasks.start_pending = False
-            tasks.last_batch = {key: value.clone() for key, value in batch.items()}
-            tasks.last_batch_task = tasks.task_id
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -697,9 +651,7 @@ if __name__ == "__main__":
             global_step,
         )
         if continual:
-            for key, value in infos["task"].items():
-                if not key.startswith("_") and np.issubdtype(value.dtype, np.number):
-                    logger.log_scalar(f"cl/{key}", float(value[0]), global_step)
+            logger.log_scalars(task_params(infos), global_step, prefix="cl/")
         if args.plasticity_every and iteration % args.plasticity_every == 0:
             nets = {"actor": agent.actor_mean, "critic": agent.critic}
             log_std = {"actor/log_std_mean": float(agent.actor_logstd.detach().mean())}
@@ -708,8 +660,9 @@ if __name__ == "__main__":
 
         # A checkpoint after the update that crosses a multiple of --checkpoint-every.
         last_iteration = iteration == args.num_iterations
-        every = args.checkpoint_every
-        if (every and global_step % every < args.batch_size) or last_iteration:
+        if last_iteration or clenv.run.crossed_multiple(
+            global_step, args.checkpoint_every, args.batch_size
+        ):
             run.save(
                 global_step,
                 **checkpointed,

@@ -12,7 +12,10 @@ holds the two pieces that make that uniform:
   writes the protocol's ``info`` keys and implements ``task_id``, ``task``,
   ``num_tasks``, ``set_task``, ``get_schedule_state`` and ``set_schedule_state``;
 * :func:`task_switches` and :func:`task_ids`: read the keys from one env's ``info`` or a
-  vector env's ``infos`` (arrays with a ``_<key>`` mask) as one array per sub-env.
+  vector env's ``infos`` (arrays with a ``_<key>`` mask) as one array per sub-env;
+* the bookkeeping any continual RL loop needs on top (CleanRL- or SB3-style):
+  :class:`TaskTracker` (returns per task, the last rollout wholly in a task),
+  :func:`log_episodes`, :func:`end_task`, :func:`task_params`, :func:`task_due`.
 
 The ``info`` keys, at every ``reset`` and ``step``:
 
@@ -32,6 +35,7 @@ earned in the task the action was taken in, which is the previous task when
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -408,3 +412,132 @@ def task_ids(infos: Mapping[str, Any], num_envs: int | None = None) -> np.ndarra
         [2, -1]
     """
     return _per_env(infos, "task_id", num_envs, -1, np.int64)
+
+
+# ---------------------------------------------------------------- a loop's task bookkeeping
+def task_params(infos: Mapping[str, Any], index: int = 0) -> dict[str, float]:
+    """The numeric parameters of sub-env ``index``'s task in this ``info``.
+
+    ``info["task"]`` of a single env (``index`` 0) or of a vector env (each parameter
+    an array over the sub-envs), e.g. for logging ``cl/friction``.
+
+    Example:
+        >>> task_params({"task": {"friction": np.array([0.5, 0.5]), "name": "a"}})
+        {'friction': 0.5}
+    """
+    params = {}
+    for key, value in infos["task"].items():
+        value = np.asarray(value)
+        if not key.startswith("_") and np.issubdtype(value.dtype, np.number):
+            params[key] = float(value.reshape(-1)[index])
+    return params
+
+
+def task_due(task_id: int, every: int) -> bool:
+    """Whether a measurement taken every ``every``-th task (0: never) is due now.
+
+    Example:
+        >>> [task_due(task, 2) for task in range(4)], task_due(0, 0)
+        ([True, False, True, False], False)
+    """
+    return every > 0 and task_id % every == 0
+
+
+def log_episodes(logger: Any, infos: Mapping[str, Any], step: int) -> list[float]:
+    """``charts/episodic_return`` and ``_length`` of the episodes ended at ``step``.
+
+    Reads a vector ``RecordEpisodeStatistics``'s ``infos["episode"]`` with its
+    ``_episode`` mask; ``logger`` has ``log_scalar(tag, value, step)``
+    (:class:`clenv.logger.RunLogger`). Returns the returns, for a
+    :class:`TaskTracker` (the episodes were played in the task the action was taken
+    in, not the one a switch in this ``infos`` announces).
+    """
+    returns = []
+    for index in np.flatnonzero(infos.get("_episode", [])):
+        returns.append(float(infos["episode"]["r"][index]))
+        logger.log_scalar("charts/episodic_return", returns[-1], step)
+        logger.log_scalar("charts/episodic_length", infos["episode"]["l"][index], step)
+    return returns
+
+
+@dataclass
+class TaskTracker:
+    """What a continual RL loop keeps about the task it acts in.
+
+    The returns of the episodes finished in the current task (for
+    ``cl/mean_return_per_task``, :func:`end_task`), the last 20 returns (a progress
+    bar), and the last rollout that lay wholly in one task, so that measurements can
+    be taken on a task's first and last whole rollouts (:meth:`keep_rollout`). A
+    plain dataclass: ``vars(tracker)`` goes into a checkpoint, ``TaskTracker(**saved)``
+    restores it.
+
+    Example:
+        >>> tasks = TaskTracker()
+        >>> tasks.add_episode(1.0); tasks.add_episode(3.0)
+        >>> tasks.keep_rollout("rollout of task 0")  # its first whole rollout
+        True
+        >>> tasks.switch(1)
+        (0, [1.0, 3.0])
+        >>> tasks.returns, tasks.recent_returns, tasks.last_rollout_of(0)
+        ([], [1.0, 3.0], 'rollout of task 0')
+    """
+
+    task_id: int = 0
+    returns: list[float] = field(default_factory=list)
+    """returns of the episodes finished in the current task"""
+    recent_returns: list[float] = field(default_factory=list)
+    """the last 20 episodes' returns"""
+    start_pending: bool = True
+    """the current task has had no whole rollout yet"""
+    last_batch: Any = None
+    """the last rollout wholly in a task (:meth:`keep_rollout`)"""
+    last_batch_task: int = -1
+    """the task of ``last_batch``"""
+
+    def switch(self, task_id: int) -> tuple[int, list[float]]:
+        """Move on to ``task_id``; returns the finished task and its returns."""
+        finished, returns = self.task_id, self.returns
+        self.task_id, self.returns, self.start_pending = task_id, [], True
+        return finished, returns
+
+    def add_episode(self, episodic_return: float) -> None:
+        """An episode finished in the current task."""
+        self.returns.append(episodic_return)
+        self.recent_returns = [*self.recent_returns[-19:], episodic_return]
+
+    def keep_rollout(self, rollout: Any) -> bool:
+        """Keep ``rollout``, which lay wholly in the current task, as its last one.
+
+        Pass a copy where the loop reuses its buffers. Returns True for the task's
+        first whole rollout (where a task-start measurement belongs).
+        """
+        first = self.start_pending
+        self.start_pending = False
+        self.last_batch, self.last_batch_task = rollout, self.task_id
+        return first
+
+    def last_rollout_of(self, task_id: int) -> Any:
+        """The last whole rollout kept if it was in ``task_id``, else None."""
+        return self.last_batch if self.last_batch_task == task_id else None
+
+
+def end_task(
+    logger: Any, tasks: TaskTracker, new_task: int, step: int
+) -> tuple[int, Any]:
+    """Move ``tasks`` on to ``new_task`` at ``step``, logging the task that ended.
+
+    Logs ``cl/mean_return_per_task`` of its episodes (if any ended in it), stamped
+    with the finished task, then stamps what follows with ``new_task``
+    (``logger.set_task``; :class:`clenv.logger.RunLogger`).
+
+    Returns:
+        The finished task and its last whole rollout (:meth:`TaskTracker.keep_rollout`),
+        or None when it had none: where a task-end measurement belongs.
+    """
+    finished, returns = tasks.switch(new_task)
+    if returns:
+        logger.log_scalar(
+            "cl/mean_return_per_task", np.mean(returns), step, task_id=finished
+        )
+    logger.set_task(new_task)
+    return finished, tasks.last_rollout_of(finished)

@@ -242,6 +242,19 @@ def protocol_env_kwargs(
     return {"task_seed": seed, **rows, **env_kwargs}
 
 
+# ----------------------------------------------------------------- the loop
+def crossed_multiple(step: int, every: int, advanced: int) -> bool:
+    """Whether the last ``advanced`` steps, ending at ``step``, crossed a multiple
+    of ``every`` (0: never): when an interval such as ``--checkpoint-every`` is due
+    in a loop that advances by a batch at a time.
+
+    Example:
+        >>> [crossed_multiple(step, 100, 64) for step in (64, 128, 192, 256)]
+        [False, True, False, True]
+    """
+    return every > 0 and step // every > (step - advanced) // every
+
+
 # ----------------------------------------------------------------- the run
 @dataclasses.dataclass
 class Run:

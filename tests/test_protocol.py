@@ -13,7 +13,12 @@ from clenv.protocol import (
     INFO_KEYS,
     ContinualEnv,
     TaskSchedule,
+    TaskTracker,
+    end_task,
+    log_episodes,
+    task_due,
     task_ids,
+    task_params,
     task_switches,
 )
 
@@ -255,6 +260,73 @@ def test_task_switches_and_ids_of_single_and_vector_infos():
     assert task_ids({}, num_envs=2).tolist() == [-1, -1]
     with pytest.raises(ValueError, match="num_envs=3"):
         task_switches(masked, num_envs=3)
+
+
+class ListLogger:
+    """The RunLogger calls a loop's task bookkeeping makes, recorded."""
+
+    def __init__(self):
+        self.task_id, self.calls = 0, []
+
+    def log_scalar(self, tag, value, step, *, task_id=None):
+        task = self.task_id if task_id is None else task_id
+        self.calls.append((tag, float(value), step, task))
+
+    def set_task(self, task_id):
+        self.task_id = task_id
+
+
+def test_task_bookkeeping_of_a_vector_loop():
+    """A CleanRL-style loop over a vector toy env with episode statistics: returns
+    belong to the task the action was taken in, the mean per task is logged at the
+    switch with the ended task's id, whole rollouts are kept per task."""
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(
+        gym.vector.SyncVectorEnv(
+            [lambda: ToyContinualEnv(episode_length=2, switch_every=4)] * 2,
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+    )
+    logger, tasks = ListLogger(), TaskTracker()
+    infos = envs.reset(seed=0)[1]
+    assert task_params(infos) == {"offset": pytest.approx(infos["task"]["offset"][0])}
+    ended_tasks, rollout_starts = [], []
+    for step in range(1, 13):  # rollouts of 2 steps; a task lasts 4 steps
+        if step % 2 == 1:
+            rollout_task = tasks.task_id
+        infos = envs.step(np.zeros(2, np.int64))[4]
+        for episodic_return in log_episodes(logger, infos, step):
+            tasks.add_episode(episodic_return + step)  # tell the episodes apart
+        if task_switches(infos, 2)[0]:
+            ended, rollout = end_task(logger, tasks, int(task_ids(infos, 2)[0]), step)
+            ended_tasks.append((ended, rollout))
+        if step % 2 == 0 and rollout_task == tasks.task_id:
+            rollout_starts.append(tasks.keep_rollout(f"rollout {step}"))
+    # two sub-envs, episodes of 2 steps: two episodes end every other step
+    episodic = [c for c in logger.calls if c[0] == "charts/episodic_return"]
+    assert [c[2] for c in episodic] == [2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12]
+    assert [c[3] for c in episodic] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    means = [c for c in logger.calls if c[0] == "cl/mean_return_per_task"]
+    assert [(c[1], c[2], c[3]) for c in means] == [
+        (3.0, 4, 0),
+        (7.0, 8, 1),
+        (11.0, 12, 2),
+    ]
+    assert logger.task_id == tasks.task_id == 3 and tasks.returns == []
+    assert tasks.recent_returns == [2.0, 2.0, 4.0, 4.0, 6.0, 6.0, 8.0, 8.0, 10.0,
+                                    10.0, 12.0, 12.0]  # fmt: skip
+    # the rollout of steps 3-4 ends in task 1 (the switch at step 4): not whole
+    assert ended_tasks == [(0, "rollout 2"), (1, "rollout 6"), (2, "rollout 10")]
+    assert rollout_starts == [True, True, True]
+    # a task without a whole rollout has none to end with
+    assert tasks.switch(4) == (3, []) and tasks.last_rollout_of(3) is None
+    # the tracker's state round-trips through a checkpoint's plain dict
+    assert TaskTracker(**vars(tasks)) == tasks
+    envs.close()
+
+
+def test_task_due_every_kth_task():
+    assert [task_due(task, 3) for task in range(7)] == [1, 0, 0, 1, 0, 0, 1]
+    assert not any(task_due(task, 0) for task in range(5))
 
 
 def test_protocol_docstring_examples():

@@ -259,6 +259,21 @@ def test_restore_of_an_older_checkpoint_layout_is_a_clear_error(tmp_path):
     resumed.close()
 
 
+def test_crossed_multiple_is_due_once_per_interval():
+    # a loop advancing 64 steps at a time, an interval of 100: due after the batch
+    # that reaches or passes 100, 200, ...
+    due = [
+        step for step in range(64, 641, 64) if clenv.run.crossed_multiple(step, 100, 64)
+    ]
+    assert due == [128, 256, 320, 448, 512, 640]
+    # what the PPO loop tested before: step % every < batch
+    for every, batch in ((100, 64), (64, 64), (50, 128), (7, 3)):
+        for step in range(batch, 20 * batch, batch):
+            expected = step % every < batch
+            assert clenv.run.crossed_multiple(step, every, batch) == expected
+    assert not clenv.run.crossed_multiple(640, 0, 64)  # 0: never
+
+
 def test_fill_unset_and_check_counts_name_the_flag():
     args = Args(betas=None, keep_checkpoints=0)
     clenv.run.fill_unset(args, {"betas": (0.5, 0.6), "seed": 99})
