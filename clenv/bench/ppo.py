@@ -30,7 +30,6 @@ task boundaries only and are switched off here; their cost per call is in the lo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -38,9 +37,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import tyro
 
 from clenv.settings import protocol_defaults
 
@@ -270,39 +272,58 @@ def steady_sps(
     return {clock: steps / (long[clock] - short[clock]) for clock in ("wall", "cpu")}
 
 
+@dataclass
+class PPOBenchArgs:
+    """Arguments of ``python -m clenv.bench.ppo``."""
+
+    agent: Path = Path("agents/ppo_l2er.py")
+    """path of the PPO agent script, relative to the working directory: run from the repository root"""
+    env_id: str = "clenv/SlipperyAnt-v0"
+    """the env every program trains on"""
+    iterations: int = 4
+    """PPO updates of the long run (2048 steps each; a 1-update run is subtracted)"""
+    rounds: int = 3
+    """runs of each program"""
+
+    def __post_init__(self) -> None:
+        # tyro reports a ValueError here as a usage error (no traceback).
+        if self.iterations < 2:
+            raise ValueError(
+                "--iterations must be >= 2 (a 1-update run is subtracted), got "
+                f"{self.iterations}"
+            )
+        if not self.agent.is_file():
+            raise ValueError(
+                f"--agent {self.agent}: no such file; pass the path of "
+                "agents/ppo_l2er.py (or run from the repository root)"
+            )
+
+
+@dataclass
+class WorkerArgs:
+    """Internal: one program's run, started by the benchmark (``--worker``)."""
+
+    worker: Literal["reference"]
+    """the program to run"""
+    env_id: str = "clenv/SlipperyAnt-v0"
+    """the env it trains on"""
+    iterations: int = 4
+    """PPO updates"""
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--agent",
-        type=Path,
-        default=Path("agents/ppo_l2er.py"),
-        help="path of the PPO agent script (default: agents/ppo_l2er.py, relative to "
-        "the working directory: run from the repository root)",
-    )
-    parser.add_argument("--env-id", default="clenv/SlipperyAnt-v0")
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        default=4,
-        help="PPO updates of the long run (2048 steps each; a 1-update run is "
-        "subtracted)",
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each program")
-    parser.add_argument("--worker", choices=["reference"], help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker == "reference":
-        reference_ppo(args.env_id, args.iterations)
+    """Run the benchmark (or, with ``--worker``, one program); return the ratios."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--worker" or arg.startswith("--worker=") for arg in argv):
+        worker = tyro.cli(WorkerArgs, args=argv, prog="python -m clenv.bench.ppo")
+        reference_ppo(worker.env_id, worker.iterations)
         return {}
-    if args.iterations < 2:
-        parser.error("--iterations must be >= 2 (a 1-update run is subtracted)")
-    if not args.agent.is_file():
-        parser.error(
-            f"--agent {args.agent}: no such file; pass the path of agents/ppo_l2er.py "
-            "(or run from the repository root)"
-        )
+    args = tyro.cli(
+        PPOBenchArgs,
+        args=argv,
+        prog="python -m clenv.bench.ppo",
+        description=__doc__.split("\n\n")[0],
+    )
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(
