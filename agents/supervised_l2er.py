@@ -464,9 +464,9 @@ if __name__ == "__main__":
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
-    saved = dict(model=model, optimizer=optimizer, method=method, envs=env,
-                 stateful={"trainer": trainer} if trainer is not None else None)  # fmt: skip
-    restored = run.restore(**saved)
+    checkpointed = dict(model=model, optimizer=optimizer, method=method, envs=env,
+                        stateful={"trainer": trainer} if trainer is not None else None)  # fmt: skip
+    restored = run.restore(**checkpointed)
     global_step = run.global_step  # examples seen
     # pending: minibatches stepped in the env but not trained on yet (grouped ascent),
     # as (inputs, info before the step, reward, info after the step).
@@ -477,9 +477,9 @@ if __name__ == "__main__":
         obs, info = restored["obs"], restored["info"]
         pending = [(x.to(device), *rest) for x, *rest in restored["pending"]]
         stats = TaskStats(**restored["stats"])
+    how = f"fast path ({trainer.backend})" if trainer else "autograd"
     print(
-        f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; "
-        f"{'fast path (' + trainer.backend + ')' if trainer else 'autograd'} on {device}"
+        f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; {how} on {device}"
     )
 
     def task_start(task_id: int, task_info: dict[str, Any]) -> None:
@@ -634,7 +634,7 @@ if __name__ == "__main__":
                 every = args.checkpoint_every_tasks
                 crossed = crossed or (every and stats.task_id % every == 0)
         if crossed and not finished_all:
-            run.save(global_step, **saved,
+            run.save(global_step, **checkpointed,
                      extra={"obs": obs, "info": info, "pending": pending,
                             "stats": dataclasses.asdict(stats)})  # fmt: skip
         progress.update(labels.numel())

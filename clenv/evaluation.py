@@ -2,9 +2,9 @@
 
 A supervised clenv env (Permuted MNIST, Continual ImageNet, incremental CIFAR-100)
 serves any task's held-out examples through ``env.unwrapped.task_data`` and, where
-only some classes are live (incremental CIFAR), names them in ``info["active_classes"]``.
-These functions turn both into tensors and score a model on them, for any training
-loop:
+only some classes are live (incremental CIFAR), names them in
+``info["active_classes"]``. These functions turn both into tensors and score a model
+on them, for any training loop:
 
     active = active_class_mask(info, num_classes, device)
     inputs, labels = task_tensors(env.unwrapped, task_id, "test", device=device)
