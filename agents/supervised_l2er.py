@@ -50,7 +50,7 @@ from clenv.models import (
     IncrementalCIFARResNet18,
     PermutedMNISTMLP,
 )
-from clenv.protocol import task_switches
+from clenv.protocol import task_due, task_switches
 from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
@@ -340,11 +340,6 @@ def step_through_group(env, model, obs, info, size: int, num_classes: int, devic
     return steps, obs, info
 
 
-def curvature_due(args: Args, task_id: int) -> bool:
-    every = args.curvature_every_tasks
-    return every > 0 and task_id % every == 0
-
-
 def log_curvature(logger, model, base, task_info, args, step, task_id, when) -> None:
     """curvature/<when>/*: SC's diagnostics (clenv.metrics.curvature_report) on the
     task's samples, or (SC's CIFAR) those of its new classes
@@ -493,7 +488,7 @@ if __name__ == "__main__":
                     param.zero_()
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate
-        if curvature_due(args, task_id):
+        if task_due(task_id, args.curvature_every_tasks):
             log_curvature(logger, model, base, task_info, args, global_step, task_id,
                           "task_start")  # fmt: skip
 
@@ -515,8 +510,7 @@ if __name__ == "__main__":
                 model, inputs, labels, active
             )
         logger.log_scalars(summary, global_step, task_id=task_id)
-        every = args.plasticity_every_tasks
-        if every and task_id % every == 0:
+        if task_due(task_id, args.plasticity_every_tasks):
             # The ranked layers: every ReLU of the MLP, the FC layers of the conv nets
             # (a conv map of 2000 samples is too large to rank every task).
             layers = getattr(model, "fc_activation_names", lambda: None)()
@@ -529,7 +523,7 @@ if __name__ == "__main__":
             logger.log_scalars(
                 metrics, global_step, prefix="plasticity/", task_id=task_id
             )
-        if curvature_due(args, task_id):
+        if task_due(task_id, args.curvature_every_tasks):
             log_curvature(logger, model, base, task_info, args, global_step, task_id,
                           "task_end")  # fmt: skip
 
@@ -614,9 +608,8 @@ if __name__ == "__main__":
                 stats.best_state = copy.deepcopy(model.state_dict())
         stats.epoch = int(next_info["epoch"])
 
-        crossed = args.checkpoint_every and (
-            global_step // args.checkpoint_every
-            > (global_step - labels.numel()) // args.checkpoint_every
+        crossed = clenv.run.crossed_multiple(
+            global_step, args.checkpoint_every, labels.numel()
         )
         if task_ended:
             finished = stats.task_id
@@ -631,8 +624,7 @@ if __name__ == "__main__":
                     window_correct=stats.window_correct,
                 )
                 task_start(stats.task_id, next_info)
-                every = args.checkpoint_every_tasks
-                crossed = crossed or (every and stats.task_id % every == 0)
+                crossed |= task_due(stats.task_id, args.checkpoint_every_tasks)
         if crossed and not finished_all:
             run.save(global_step, **checkpointed,
                      extra={"obs": obs, "info": info, "pending": pending,
