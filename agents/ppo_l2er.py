@@ -99,7 +99,7 @@ class Args:
     adam_eps: float | None = None
     """Adam's epsilon (default: from --protocol; docs/protocols.md: lop 1e-8, sc 1e-8)"""
     weight_decay: float | None = None
-    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0, 1e-4 with cbp or redo; sc 0)"""
+    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp or redo, sc 0)"""
     num_envs: int | None = None
     """the number of parallel environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
     async_envs: bool = False
@@ -261,22 +261,16 @@ def make_env(env_id, idx, env_kwargs, clip_actions):
 
 
 def make_envs(args: Args, env_kwargs: dict[str, Any]) -> gym.vector.VectorEnv:
-    """The vector env, with episode statistics, in SAME_STEP autoreset mode.
+    """Sub-envs in lockstep, with episode statistics (clenv.run.vector_env).
 
-    Deliberately: a finished episode's sub-env resets inside the step that ended it,
-    so every vector step is an interaction (sub-envs switch tasks in lockstep,
-    docs/protocol.md), final_obs of truncated episodes is at hand for bootstrapping,
-    and no pending reset has to be checkpointed.
+    SAME_STEP autoreset, deliberately: every vector step is an interaction, and
+    final_obs of a truncated episode is at hand for --bootstrap-truncated.
     """
-    vector_env = (
-        gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    )
     thunks = [
         make_env(args.env_id, i, env_kwargs, args.clip_actions)
         for i in range(args.num_envs)
     ]
-    envs = vector_env(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    return clenv.run.vector_env(thunks, asynchronous=args.async_envs)
 
 
 def layer_init(layer, init="lecun_uniform", std=2**0.5, bias_const=0.0):

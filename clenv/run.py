@@ -50,7 +50,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -220,6 +220,28 @@ def probe_env(env_id: str, env_kwargs: Mapping[str, Any]) -> gym.Env:
         ) from error
     env.close()
     return env
+
+
+def vector_env(
+    env_fns: Sequence[Callable[[], gym.Env]], asynchronous: bool = False
+) -> gym.vector.VectorEnv:
+    """A vector env of ``env_fns`` in SAME_STEP autoreset mode, with episode statistics.
+
+    SAME_STEP, deliberately: a finished episode's sub-env resets inside the step that
+    ended it, so every vector step is an interaction (the sub-envs of a clenv env
+    switch tasks in lockstep, docs/protocol.md), ``final_obs`` of a truncated episode
+    is at hand for bootstrapping, and no pending reset has to be checkpointed. Episode
+    statistics come from a vector ``RecordEpisodeStatistics``: read them with
+    :func:`clenv.protocol.log_episodes`, which :meth:`Run.save` checkpoints.
+
+    Args:
+        env_fns: One thunk per sub-env (``RestorableEnv`` outermost in each, for
+            checkpoints).
+        asynchronous: Step the sub-envs in subprocesses (``AsyncVectorEnv``).
+    """
+    vector = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    envs = vector(list(env_fns), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
 def protocol_env_kwargs(

@@ -259,6 +259,21 @@ def test_restore_of_an_older_checkpoint_layout_is_a_clear_error(tmp_path):
     resumed.close()
 
 
+def test_vector_env_resets_in_the_step_that_ends_an_episode():
+    envs = clenv.run.vector_env([lambda: gym.make("Pendulum-v1")] * 2)
+    assert isinstance(envs.env, gym.vector.SyncVectorEnv)
+    obs, _ = envs.reset(seed=0)
+    for _ in range(200):  # Pendulum truncates after 200 steps
+        obs, _, _, truncations, infos = envs.step(np.zeros((2, 1), np.float32))
+    # SAME_STEP: the step that ends the episodes returns the reset observations and
+    # carries the final ones, and the episode statistics
+    assert truncations.all() and infos["_final_obs"].all()
+    assert not np.array_equal(np.stack(infos["final_obs"]), obs)
+    assert infos["_episode"].all() and (infos["episode"]["l"] == 200).all()
+    assert envs.episode_count == 2
+    envs.close()
+
+
 def test_crossed_multiple_is_due_once_per_interval():
     # a loop advancing 64 steps at a time, an interval of 100: due after the batch
     # that reaches or passes 100, 200, ...
