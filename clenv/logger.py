@@ -70,9 +70,24 @@ def hparams_markdown(args: Mapping[str, Any]) -> str:
     return f"|param|value|\n|-|-|\n{rows}"
 
 
+def open_metrics(path: str | Path) -> h5py.File:
+    """Open a ``metrics.h5`` for reading, also while its run is still writing it."""
+    try:
+        return h5py.File(path, "r")
+    except BlockingIOError:
+        # Another process (the run's logger) holds HDF5's file lock: read without it.
+        # Not the first choice, as HDF5 refuses to open a file twice in one process
+        # with different locking flags.
+        return h5py.File(path, "r", locking=False)
+
+
 def read_series(path: str | Path, tag: str) -> dict[str, np.ndarray]:
-    """Load one series of a ``metrics.h5`` file as ``{"step", "task_id", "value"}``."""
-    with h5py.File(path, "r") as f:
+    """Load one series of a ``metrics.h5`` file as ``{"step", "task_id", "value"}``.
+
+    Works on the file of a run that is still running (rows it has not finished
+    writing are left out).
+    """
+    with open_metrics(path) as f:
         if tag not in f:
             raise KeyError(f"no series {tag!r} in {path}; it has {list_series(f)}")
         group = f[tag]

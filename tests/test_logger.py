@@ -299,3 +299,23 @@ def test_a_row_half_written_by_a_kill_is_dropped_by_readers_and_writers(tmp_path
     series = read_series(tmp_path / METRICS_FILE, "charts/x")
     assert series["step"].tolist() == series["value"].tolist() == list(range(7))
     assert series["task_id"].size == 7
+
+
+def test_read_series_reads_the_file_of_a_run_still_writing_it(tmp_path):
+    # A study reads a live run's metrics.h5 from another process; HDF5's file lock
+    # must not refuse it.
+    reader = (
+        "import sys; from clenv.logger import read_series; "
+        "s = read_series(sys.argv[1], 'charts/episodic_return'); "
+        "print(s['step'].tolist(), s['value'].tolist())"
+    )
+    with RunLogger(tmp_path, tensorboard=False) as logger:
+        logger.log_scalar("charts/episodic_return", 12.5, step=1000)
+        logger.flush()
+        result = subprocess.run(
+            [sys.executable, "-c", reader, str(tmp_path / METRICS_FILE)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[1000] [12.5]"

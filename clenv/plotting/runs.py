@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from clenv.logger import METRICS_FILE
+from clenv.logger import METRICS_FILE, open_metrics
 
 RUN_ATTRS = ("env_id", "exp_name", "reg", "seed", "agent")
 
@@ -100,14 +100,6 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _open(path: Path) -> h5py.File:
-    # locking=False lets us read the file of a run that is still writing it.
-    try:
-        return h5py.File(path, "r", locking=False)
-    except TypeError:  # h5py built without the locking argument
-        return h5py.File(path, "r")
-
-
 def load_run(run_dir: str | Path) -> Run:
     """Read every series of a run directory.
 
@@ -135,7 +127,7 @@ def load_run(run_dir: str | Path) -> Run:
         )
     series: dict[str, Series] = {}
     try:
-        with _open(h5_path) as f:
+        with open_metrics(h5_path) as f:
             attrs = {key: _decode(val) for key, val in f.attrs.items()}
 
             def visit(name: str, obj: Any) -> None:
