@@ -483,6 +483,30 @@ def test_er_before_timing_ascends_in_before_epoch_and_not_after_epoch():
         method.before_epoch(None)
 
 
+def test_ascent_group_size_is_u_only_for_er_ascending_before_each_group():
+    """The grouped ascent a supervised loop must drive (SC's ImageNet and CIFAR: ER
+    with timing="before" on the next U minibatches) is asked of the method, whatever
+    components it is composed of."""
+    model = mlp()
+    assert make_method("bp", model, None).ascent_group_size is None
+    assert make_method("cbp+l2", model, None).ascent_group_size is None
+    assert make_method("l2er", model, None, preset="pmnist").ascent_group_size is None
+    for preset, interval in (("imagenet", 12), ("cifar", 5)):
+        method = make_method("l2er", model, None, preset=preset)
+        assert method["er"].interval == interval
+        assert method.ascent_group_size == interval
+    grouped = make_method(
+        "er", model, None, schedule="epoch", timing="before", interval=7
+    )
+    assert grouped.ascent_group_size == 7
+    after = EffectiveRankAscent(model, schedule="epoch", interval=7)
+    assert after.ascent_group_size is None  # ascends after the loop's own epochs
+    assert Compose([grouped, after]).ascent_group_size == 7
+    other = EffectiveRankAscent(model, schedule="epoch", timing="before", interval=3)
+    with pytest.raises(ValueError, match="different ascent groups"):
+        _ = Compose([grouped, other]).ascent_group_size
+
+
 def test_make_method_takes_forward_fn_and_hidden_layers_for_every_name():
     agent = Agent().double()
     spec = [("actor_mean.0", "actor_mean.1", "actor_mean.2")]

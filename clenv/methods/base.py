@@ -14,7 +14,10 @@ A training loop drives a method with these calls, in this order::
 
 ``before_epoch`` gets the inputs the epoch is about to train on (PPO: the rollout's
 observations; SC's ImageNet and CIFAR: the next U minibatches' inputs, concatenated),
-``after_epoch`` those it has just trained on.
+``after_epoch`` those it has just trained on. A supervised loop asks
+``method.ascent_group_size`` how many minibatches make such a group: U where a method
+ascends in ``before_epoch`` on the next U minibatches, ``None`` where the loop's own
+epochs will do.
 
 Every hook is a no-op here, so a method overrides only what it needs, and plain
 backprop ("bp") is a :class:`Compose` of nothing.
@@ -38,8 +41,21 @@ class PlasticityMethod:
     name = "bp"
     order = 0
 
+    @property
+    def ascent_group_size(self) -> int | None:
+        """U, when ``before_epoch`` wants the inputs of the next U minibatches.
+
+        A supervised loop then steps through U minibatches (answered with the current
+        weights), calls ``before_epoch`` on their inputs, concatenated, and trains on
+        them (SC's grouped ascent on ImageNet and CIFAR: ER with ``timing="before"``).
+        ``None`` (here, and for every method but that ER) where ``before_epoch`` takes
+        the loop's own epochs; a PPO loop passes its rollout and needs no answer.
+        """
+        return None
+
     def before_epoch(self, inputs: Any = None) -> None:
-        """Called before an epoch's first minibatch with the inputs it will train on."""
+        """Called before an epoch's first minibatch with the inputs it will train on
+        (a group of :attr:`ascent_group_size` minibatches where that is not None)."""
 
     def after_backward(self) -> None:
         """Called after ``loss.backward()``, before ``optimizer.step()``."""
@@ -86,6 +102,17 @@ class Compose(PlasticityMethod):
     def __init__(self, methods: Iterable[PlasticityMethod]):
         self.methods = list(methods)
         self.name = "+".join(m.name for m in self.methods) or "bp"
+
+    @property
+    def ascent_group_size(self) -> int | None:
+        """The one group size the components ask for (None when none asks)."""
+        sizes = {m.ascent_group_size for m in self.methods} - {None}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"{self.name}: components ask for different ascent groups "
+                f"{sorted(sizes)}; give them the same interval"
+            )
+        return sizes.pop() if sizes else None
 
     def before_epoch(self, inputs: Any = None) -> None:
         for method in self.methods:

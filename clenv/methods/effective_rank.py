@@ -201,6 +201,15 @@ class EffectiveRankAscent(PlasticityMethod):
         if self.schedule == "step" and self.record(inputs):
             self.ascend_on_buffer()
 
+    @property
+    def ascent_group_size(self) -> int | None:
+        """U (``interval``) with ``schedule="epoch"`` and ``timing="before"``: the
+        ascent on the next U minibatches, then training on them (SC's ImageNet and
+        CIFAR); else None."""
+        if self.schedule == "epoch" and self.timing == "before":
+            return self.interval
+        return None
+
     def before_epoch(self, inputs: Any = None) -> None:
         if self.schedule == "epoch" and self.timing == "before":
             self.ascend(self._epoch_inputs(inputs, "before_epoch"))
