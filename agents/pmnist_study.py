@@ -13,7 +13,8 @@ SC do by the largest R² against the task's online accuracy
 already finished are not rerun, so an interrupted study continues, and ``--plot-only``
 redraws the figure from existing runs.
 
-    python agents/pmnist_study.py --data-dir ../shared/data
+    clenv download mnist   # once: into $CLENV_DATA_DIR, else ~/.cache/clenv
+    python agents/pmnist_study.py
 
 docs/results/README.md holds the exact command behind the committed figure.
 """

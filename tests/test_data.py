@@ -401,7 +401,7 @@ def test_pixel_scaler_matches_formula_and_bounds():
 
 
 @pytest.mark.skipif(
-    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in ../shared/data"
+    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in REAL_DATA_DIR"
 )
 def test_real_mnist_files_match_published_md5():
     for spec in mnist.FILES.values():

@@ -395,7 +395,7 @@ def test_missing_data_error_names_files_directory_and_fix(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in ../shared/data"
+    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in REAL_DATA_DIR"
 )
 def test_permuted_mnist_on_the_real_mnist():
     env = gym.make("clenv/PermutedMNIST-v0", batch_size=256, data_dir=REAL_DATA_DIR)
@@ -418,7 +418,7 @@ def test_permuted_mnist_on_the_real_mnist():
 
 
 @pytest.mark.skipif(
-    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in ../shared/data"
+    not (REAL_DATA_DIR / "mnist").is_dir(), reason="real MNIST not in REAL_DATA_DIR"
 )
 def test_real_permuted_mnist_task_shows_every_image_once():
     env = gym.make("clenv/PermutedMNIST-v0", batch_size=1000, data_dir=REAL_DATA_DIR)

@@ -9,7 +9,8 @@ Gymnasium's checker and order-enforcing wrappers) and unwrapped.
 
 Run on the real MNIST::
 
-    CLENV_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python -m clenv.bench.supervised
+    clenv download mnist   # once
+    OMP_NUM_THREADS=1 python -m clenv.bench.supervised
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Files live under a data root: the ``root`` argument, else ``$CLENV_DATA_DIR``, e
 
 Example:
     >>> from clenv.data import load_mnist
-    >>> images, labels = load_mnist("train", root="/work/shared/data")  # doctest: +SKIP
+    >>> images, labels = load_mnist("train")  # after `clenv download mnist`  # doctest: +SKIP
     >>> images.shape, images.dtype
     ((60000, 784), dtype('uint8'))
 """

@@ -95,7 +95,7 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
     ```python
     import gymnasium as gym, clenv
     gym.register_envs(clenv)
-    env = gym.make("clenv/PermutedMNIST-v0", batch_size=1, data_dir="../shared/data")
+    env = gym.make("clenv/PermutedMNIST-v0", batch_size=1)  # `clenv download mnist`
     ```
 
     ## Version History
