@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clenv.fastpath import FastMLPTrainer, load_kernel, mlp_linear_layers
+from clenv.fastpath import (
+    FastMLPTrainer,
+    fast_path_supports,
+    load_kernel,
+    mlp_linear_layers,
+)
 from clenv.methods import make_method
 from clenv.models import PermutedMNISTMLP
 
@@ -187,6 +192,43 @@ def test_rejects_models_and_inputs_it_cannot_run():
     er = make_method("er", model, None, schedule="epoch", timing="before")
     with pytest.raises(ValueError, match="schedule='step'"):
         FastMLPTrainer(model, 0.01, method=er)
+
+
+def test_fast_path_supports_says_which_condition_fails():
+    """Every condition the trainer needs, with the reason it is not met; a supported
+    run is also one the trainer accepts."""
+    model = small_model()
+
+    def sgd(**options):
+        return torch.optim.SGD(model.parameters(), lr=0.01, **options)
+
+    def reason(**kwargs):
+        support = fast_path_supports(kwargs.pop("model", model), **kwargs)
+        assert not support and not support.supported
+        return support.reason
+
+    for reg in ("bp", "l2", "er", "l2er", "cbp", "cbp+l2", "head_reset", "reset"):
+        method = make_method(reg, model, None, preset="pmnist")
+        support = fast_path_supports(model, sgd(), method, batch_size=1)
+        assert support and support == (True, ""), (reg, support)
+        FastMLPTrainer(model, 0.01, method=method)  # accepted
+        method.remove()
+    assert reason(batch_size=32) == "batch size 32 (batch 1 only)"
+    assert reason(optimizer=sgd(momentum=0.9)) == "momentum 0.9 (plain SGD only)"
+    assert "optimizer weight decay 0.001" in reason(optimizer=sgd(weight_decay=1e-3))
+    adam = torch.optim.Adam(model.parameters())
+    assert reason(optimizer=adam) == "optimizer Adam (plain SGD only)"
+    tanh = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    assert "Linear-ReLU" in reason(model=tanh)
+    assert "cannot run 'snp'" in reason(method=make_method("snp", model, None))
+    er = make_method("er", model, None, schedule="epoch", timing="before")
+    assert reason(method=er) == "the fast path runs ER with schedule='step' only"
+    for option in ({"variant": "sc_code"}, {"accumulate": False}):
+        cbp = make_method("cbp", model, None, **option)
+        assert "variant='lop'" in reason(method=cbp), option
+        cbp.remove()
+    other = make_method("cbp", small_model(seed=1), None)
+    assert "hidden layers are not the MLP's" in reason(method=other)
 
 
 def test_resume_mid_stream_reproduces_the_run():

@@ -11,6 +11,7 @@ from clenv.fastpath.reference import train_chunk_torch
 from clenv.fastpath.trainer import (
     SUPPORTED_COMPONENTS,
     FastMLPTrainer,
+    FastPathSupport,
     fast_path_supports,
     mlp_linear_layers,
 )
@@ -18,6 +19,7 @@ from clenv.fastpath.trainer import (
 __all__ = [
     "FastMLPTrainer",
     "fast_path_supports",
+    "FastPathSupport",
     "mlp_linear_layers",
     "SUPPORTED_COMPONENTS",
     # building blocks

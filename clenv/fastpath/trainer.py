@@ -37,7 +37,8 @@ How each method runs here:
   units' outgoing columns zeroed), the kernel with those before it (one term of a
   0.99-decayed average); the default ``"contribution"`` is exact.
 * Anything else (S&P, ReDo, Adam, momentum) needs the autograd path:
-  :func:`fast_path_supports` says whether a ``--reg`` name can use this one.
+  :func:`fast_path_supports` says whether a run (batch size, model, optimizer, method)
+  can use this one, and if not, why.
 
 Predictions are made before the update on each example, and after the updates on the
 examples before it in the chunk, so ``predictions == labels`` is the true sequential
@@ -47,8 +48,7 @@ online accuracy.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -62,9 +62,110 @@ SUPPORTED_COMPONENTS = frozenset({"l2", "er", "cbp", "head_reset", "reset"})
 Backend = Literal["auto", "native", "torch"]
 
 
-def fast_path_supports(components: Sequence[str]) -> bool:
-    """Whether a method made of ``components`` (e.g. ``["l2", "er"]``) runs here."""
-    return set(components) <= SUPPORTED_COMPONENTS
+class FastPathSupport(NamedTuple):
+    """Whether the fast path computes a run exactly; ``reason`` says why not.
+
+    True or false as ``supported`` is, and unpacks as ``supported, reason``.
+    """
+
+    supported: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.supported
+
+
+def fast_path_supports(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    method: Any = None,
+    *,
+    batch_size: int = 1,
+) -> FastPathSupport:
+    """Whether :class:`FastMLPTrainer` computes the same run as the autograd loop.
+
+    It does for batch-1 training of a Linear-ReLU-...-Linear MLP by plain SGD
+    (momentum 0, no optimizer weight decay: L2 comes from the method) with a method
+    made of :data:`SUPPORTED_COMPONENTS` in the option values the kernel implements
+    (ER with ``schedule="step"``; CBP with ``variant="lop"``,
+    ``replacement_count="eligible"``, ``accumulate=True``, on the model's layers).
+
+    Args:
+        model: the network to train.
+        optimizer: the optimizer the autograd loop would step (``None``: plain SGD).
+        method: a :func:`clenv.methods.make_method` object; ``None`` for backprop.
+        batch_size: examples per update.
+
+    Returns:
+        ``FastPathSupport(True, "")``, or ``FastPathSupport(False, reason)`` naming
+        the first condition that fails.
+
+    Example:
+        >>> from clenv.models import PermutedMNISTMLP
+        >>> model = PermutedMNISTMLP(width=8)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        >>> fast_path_supports(model, optimizer)
+        FastPathSupport(supported=False, reason='momentum 0.9 (plain SGD only)')
+    """
+    if batch_size != 1:
+        return FastPathSupport(False, f"batch size {batch_size} (batch 1 only)")
+    if optimizer is not None:
+        reason = _optimizer_unsupported(optimizer)
+        if reason:
+            return FastPathSupport(False, reason)
+    try:
+        layers = mlp_linear_layers(model)
+    except ValueError as error:
+        return FastPathSupport(False, str(error))
+    reason = _method_unsupported(method, layers)
+    return FastPathSupport(not reason, reason)
+
+
+def _optimizer_unsupported(optimizer: torch.optim.Optimizer) -> str:
+    if type(optimizer) is not torch.optim.SGD:
+        return f"optimizer {type(optimizer).__name__} (plain SGD only)"
+    for group in optimizer.param_groups:
+        if group["momentum"]:
+            return f"momentum {group['momentum']} (plain SGD only)"
+        if group["weight_decay"]:
+            return (
+                f"optimizer weight decay {group['weight_decay']} (none; the L2 "
+                "method's is fused into the update)"
+            )
+        if group.get("maximize"):
+            return "a maximizing SGD (descent only)"
+    return ""
+
+
+def _method_unsupported(method: Any, layers: list[nn.Linear]) -> str:
+    """Why the trainer cannot run ``method`` exactly on ``layers`` ("" if it can)."""
+    for component in _components(method):
+        name = getattr(component, "name", type(component).__name__)
+        if name not in SUPPORTED_COMPONENTS:
+            return (
+                f"the fast path cannot run {name!r} exactly (supported: "
+                f"{sorted(SUPPORTED_COMPONENTS)}); use the autograd path"
+            )
+        if name == "er" and component.schedule != "step":
+            return "the fast path runs ER with schedule='step' only"
+        if name == "cbp":
+            if [h.layer for h in component.hidden] != layers[:-1]:
+                return (
+                    "the CBP component's hidden layers are not the MLP's; build it "
+                    "on the same model"
+                )
+            options = (
+                component.variant,
+                component.replacement_count,
+                component.accumulate,
+            )
+            if options != ("lop", "eligible", True):
+                return (
+                    "the fast path runs CBP with variant='lop', "
+                    "replacement_count='eligible' and accumulate=True only; use "
+                    "the autograd path"
+                )
+    return ""
 
 
 def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
@@ -134,35 +235,16 @@ class FastMLPTrainer:
         self.weight_decay = 0.0
         self.er = None
         self.cbp: ContinualBackprop | None = None
+        reason = _method_unsupported(method, self.layers)
+        if reason:
+            raise ValueError(reason)
         for component in _components(method):
             name = getattr(component, "name", type(component).__name__)
-            if name not in SUPPORTED_COMPONENTS:
-                raise ValueError(
-                    f"the fast path cannot run {name!r} exactly (supported: "
-                    f"{sorted(SUPPORTED_COMPONENTS)}); use the autograd path"
-                )
             if name == "l2":
                 self.weight_decay = float(component.weight_decay)
             elif name == "er":
-                if component.schedule != "step":
-                    raise ValueError("the fast path runs ER with schedule='step' only")
                 self.er = component
             elif name == "cbp":
-                if [h.layer for h in component.hidden] != self.layers[:-1]:
-                    raise ValueError(
-                        "the CBP component's hidden layers are not the MLP's; build it "
-                        "on the same model"
-                    )
-                if (
-                    component.variant,
-                    component.replacement_count,
-                    component.accumulate,
-                ) != ("lop", "eligible", True):
-                    raise ValueError(
-                        "the fast path runs CBP with variant='lop', "
-                        "replacement_count='eligible' and accumulate=True only; use "
-                        "the autograd path"
-                    )
                 self.cbp = component
         reference = self.layers[0].weight
         self.method = method
