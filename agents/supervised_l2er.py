@@ -229,22 +229,19 @@ def resolve_args(args: Args) -> Args:
     return args
 
 
-def use_fast_path(args: Args) -> bool:
-    """Whether clenv.fastpath trains: where it computes the same run as autograd."""
-    applies = (
-        args.env_id == PMNIST
-        and args.batch_size == 1
-        and args.momentum == 0
-        and args.optimizer_weight_decay == 0
-        and fast_path_supports(split_name(args.reg))
+def use_fast_path(args: Args, model, optimizer, method) -> bool:
+    """Whether clenv.fastpath trains: where it computes the same run as autograd
+    (clenv.fastpath.fast_path_supports)."""
+    supported, reason = fast_path_supports(
+        model, optimizer, method, batch_size=args.batch_size
     )
-    if args.fast_path == "on" and not applies:
+    if args.fast_path == "on" and not supported:
         raise ValueError(
-            "--fast-path on needs Permuted MNIST at batch 1, plain SGD (momentum 0, no "
-            "optimizer weight decay) and methods among bp/l2/er/cbp/resets; got --reg "
-            f"{args.reg}"
+            "--fast-path on needs a run the fast path computes exactly (Permuted "
+            "MNIST at batch 1, plain SGD, methods among bp/l2/er/cbp/resets); here: "
+            f"{reason}. Use --fast-path auto or off"
         )
-    return applies and args.fast_path != "off"
+    return supported and args.fast_path != "off"
 
 
 def env_kwargs_for(args: Args) -> dict[str, Any]:
@@ -309,15 +306,6 @@ def learn_one_at_a_time(model, optimizer, method, x, labels):
             model, optimizer, method, x[k : k + 1], labels[k : k + 1], logits
         )
     return predictions, loss_sum
-
-
-def ascent_group_size(method: Any) -> int:
-    """U where a component ascends before each group of U minibatches, on their inputs
-    (ER with ``timing="before"``: SC's ImageNet and CIFAR), else 0."""
-    for component in getattr(method, "methods", [method]):
-        if getattr(component, "timing", "after") == "before":
-            return int(component.interval)
-    return 0
 
 
 @torch.no_grad()
@@ -400,7 +388,6 @@ if __name__ == "__main__":
         args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",)))
         env_kwargs = env_kwargs_for(args)
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
-        fast_path = use_fast_path(args)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
 
@@ -412,11 +399,6 @@ if __name__ == "__main__":
     torch.set_num_threads(args.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    try:
-        env = make_env(args.env_id, env_kwargs)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-    base = env.unwrapped
     model = make_model(args).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -433,12 +415,21 @@ if __name__ == "__main__":
                              hidden_layers=model.hidden_layer_spec(), **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
+    try:
+        fast_path = use_fast_path(args, model, optimizer, method)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     trainer = (
         FastMLPTrainer(model, args.learning_rate, method=method) if fast_path else None
     )
+    try:
+        env = make_env(args.env_id, env_kwargs)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    base = env.unwrapped
     # Batch-1 Permuted MNIST: sequential updates within each env step (a chunk).
     per_example = args.env_id == PMNIST and args.batch_size == 1
-    group_size = ascent_group_size(method)
+    group_size = method.ascent_group_size  # U of SC's grouped ascent, or None
     if group_size and per_example:
         sys.exit(
             f"error: --reg {args.reg}: an ascent before each group of minibatches "

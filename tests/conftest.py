@@ -1,18 +1,22 @@
-"""Data fixtures: small datasets written in the real file formats.
+"""Data fixtures: small datasets written in the real file formats; agent imports.
 
 The files hold random pixels, so their md5s differ from the published ones; the
 fixtures register the fixtures' md5s in the loaders' tables (monkeypatch) for the
-duration of a test, and point ``CLENV_DATA_DIR`` at them.
+duration of a test, and point ``CLENV_DATA_DIR`` at them. Tests import the plain
+functions (``from conftest import load_agent_module``).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import pickle
 import struct
+import sys
 import tarfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -123,3 +127,19 @@ def data_dir(fake_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     register_md5(monkeypatch, fake_data_dir)
     monkeypatch.setenv("CLENV_DATA_DIR", str(fake_data_dir))
     return fake_data_dir
+
+
+def load_agent_module(path: Path) -> ModuleType:
+    """Import an agent script (e.g. agents/supervised_l2er.py) as a module named
+    after its file, without running its ``__main__`` block.
+
+    The module is put in ``sys.modules`` first: its dataclasses look it up there.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no agent script at {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import load_agent_module
 
 from clenv.logger import list_series, read_series
 from clenv.metrics import DENSITY_GRID
@@ -224,6 +225,7 @@ def test_bad_arguments_exit_with_a_message(tmp_path):
         ("--examples-per-task", "50", "--chunk", "20"): "must be a multiple of",
         ("--reg", "nope"): "unknown method",
         ("--reg", "snp", "--fast-path", "on"): "--fast-path on needs",
+        ("--momentum", "0.9", "--fast-path", "on"): "here: momentum 0.9",
     }
     for argv, message in cases.items():
         result = subprocess.run(
@@ -240,6 +242,34 @@ def test_bad_arguments_exit_with_a_message(tmp_path):
     )  # fmt: skip
     assert missing.returncode != 0 and "mnist" in missing.stderr.lower()
     assert "Traceback" not in missing.stderr
+
+
+def test_use_fast_path_follows_fast_path_supports_and_the_flag():
+    """auto trains on the fast path exactly where clenv.fastpath.fast_path_supports
+    says it computes the same run; on refuses the rest with its reason; off never."""
+    import torch
+
+    from clenv.methods import make_method
+
+    agent = load_agent_module(AGENT)
+
+    def decide(fast_path, **options):
+        args = agent.resolve_args(agent.Args(width=16, fast_path=fast_path, **options))
+        model = agent.make_model(args)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.learning_rate, momentum=args.momentum
+        )
+        method = make_method(args.reg, model, optimizer, preset=args.method_preset)
+        return agent.use_fast_path(args, model, optimizer, method)
+
+    assert decide("auto", reg="l2er") and decide("on", reg="cbp")
+    assert not decide("off", reg="l2er")
+    assert not decide("auto", reg="snp") and not decide("auto", momentum=0.9)
+    assert not decide("auto", env_id="clenv/ContinualImageNet-v0", reg="bp")
+    with pytest.raises(ValueError, match="here: batch size 4 \\(batch 1 only\\)"):
+        decide("on", batch_size=4)
+    with pytest.raises(ValueError, match="cannot run 'redo' exactly"):
+        decide("on", reg="redo")
 
 
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(
@@ -278,16 +308,6 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(
         assert np.allclose(got["value"], expected["value"], rtol=1e-5), tag
 
 
-def load_agent_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("supervised_l2er", AGENT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
-
-
 ROW_BENCHMARKS = {
     "clenv/PermutedMNIST-v0": "permuted_mnist",
     "clenv/ContinualImageNet-v0": "continual_imagenet",
@@ -305,7 +325,7 @@ def test_protocol_rows_fill_unset_options(env_id, protocol, reg):
     from clenv.methods import split_name
     from clenv.settings import protocol_defaults, rows
 
-    agent = load_agent_module()
+    agent = load_agent_module(AGENT)
     benchmark = ROW_BENCHMARKS[env_id]
     args = agent.resolve_args(agent.Args(env_id=env_id, protocol=protocol, reg=reg))
     expected = protocol_defaults(benchmark, protocol, components=split_name(reg))
@@ -326,7 +346,7 @@ def test_protocol_rows_fill_unset_options(env_id, protocol, reg):
 
 def test_protocol_values_read_from_the_official_code():
     """Spot checks of values that differ by paper or by method (docs/protocols.md)."""
-    agent = load_agent_module()
+    agent = load_agent_module(AGENT)
 
     def resolved(env_id, protocol, reg):
         return agent.resolve_args(agent.Args(env_id=env_id, protocol=protocol, reg=reg))
