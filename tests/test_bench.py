@@ -29,6 +29,8 @@ def test_ppo_bench_refuses_bad_arguments(capsys):
     assert "--agent nope.py: no such file" in message
     assert "agents/ppo_l2er.py" in message  # says what to pass instead
     assert "--worker" in usage_error(ppo.main, ["--worker", "bp"], capsys)
+    message = usage_error(ppo.main, ["--rounds", "0"], capsys)
+    assert "--rounds must be >= 1" in message and "got 0" in message
 
 
 def test_ppo_bench_parses_good_arguments_and_the_worker_path(monkeypatch):

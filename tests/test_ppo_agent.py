@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import load_agent_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from clenv.logger import list_series, read_series
@@ -50,14 +50,6 @@ ANT = [
     "--curvature-trace-matvecs", "3", "--curvature-samples", "64",
     "--reg", "l2er", "--no-progress", "--no-plot",
 ]  # fmt: skip
-
-
-def load_agent_module():
-    spec = importlib.util.spec_from_file_location("ppo_l2er", AGENT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_agent(args, **kwargs):
@@ -287,7 +279,7 @@ def test_task_bookkeeping_follows_the_env(ant_runs):
 # -- arguments ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def agent_module():
-    return load_agent_module()
+    return load_agent_module(AGENT)
 
 
 def test_env_kwargs_are_parsed_as_literals(agent_module):

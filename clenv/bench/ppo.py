@@ -292,6 +292,8 @@ class PPOBenchArgs:
                 "--iterations must be >= 2 (a 1-update run is subtracted), got "
                 f"{self.iterations}"
             )
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if not self.agent.is_file():
             raise ValueError(
                 f"--agent {self.agent}: no such file; pass the path of "
