@@ -3,9 +3,14 @@
 Checkpoints are ``<dir>/ckpt_<global step, 12 digits>.pt`` files written by
 :func:`save_checkpoint`: to a temporary file in the same directory, fsynced, then
 ``os.replace``-d into place, so a run killed at any moment leaves either the old or the
-new checkpoint, never half a file. Only the last ``keep_last`` are kept.
-:func:`load_latest_checkpoint` returns the newest one that loads (an unreadable newest
-file is skipped with a warning rather than ending the resume).
+new checkpoint, never half a file. Each file carries the SHA-256 of its contents
+(:func:`load_checkpoint` checks it), so a file that still unpickles but was damaged on
+disk is caught and named. Only the newest ``keep_last`` good checkpoints are kept;
+damaged ones are removed first, so pruning never deletes a good checkpoint while
+keeping a bad one. :func:`load_latest_checkpoint` returns the newest good checkpoint
+(each damaged newer file is named in a warning); when there are checkpoints but none
+is good it raises :class:`CheckpointError` naming every file, never returning None as
+if the run had none.
 
 :func:`capture_rng_state` / :func:`restore_rng_state` cover Python's ``random``, NumPy's
 legacy global generator, torch's CPU generator and every CUDA device's generator, which
@@ -33,6 +38,8 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import os
 import pickle
 import random
@@ -47,6 +54,12 @@ import numpy as np
 import torch
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
+#: The format tag of a checksummed checkpoint: the file is ``torch.save`` of
+#: ``{FORMAT_KEY: 2, "sha256": hex digest of payload, "payload": torch.save bytes of the
+#: state}`` (readable with ``weights_only=True``; the state itself is unpickled only
+#: after its checksum matched). Files of earlier clenv versions hold the state itself.
+FORMAT_KEY = "clenv_checkpoint"
+FORMAT_VERSION = 2
 #: The checkpoint directory inside a run directory.
 CHECKPOINT_DIR = "checkpoints"
 #: What a vector ``RecordEpisodeStatistics`` keeps between steps (its start times are
@@ -102,12 +115,26 @@ def save_checkpoint(
             f"keep_last must be >= 1 (checkpoints to keep), got {keep_last}"
         )
     directory = Path(directory)
+    payload = io.BytesIO()
+    torch.save({**state, "global_step": int(step)}, payload)
+    payload = payload.getvalue()
+    wrapped = io.BytesIO()
+    torch.save(
+        {
+            FORMAT_KEY: FORMAT_VERSION,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload": payload,
+        },
+        wrapped,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(directory, step)
     fd, tmp_name = tempfile.mkstemp(prefix=".ckpt_", suffix=".tmp", dir=directory)
     try:
+        # Serialised in memory first, so a full disk surfaces here as a plain
+        # OSError (errno ENOSPC) from the write, not inside torch's zip writer.
         with os.fdopen(fd, "wb") as handle:
-            torch.save({**state, "global_step": int(step)}, handle)
+            handle.write(wrapped.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -115,28 +142,148 @@ def save_checkpoint(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
-    for _, old in list_checkpoints(directory)[:-keep_last]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(directory, keep_last)
     return target
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is damaged, or a directory holds checkpoints but none is good.
+
+    Attributes:
+        problems: ``(path, reason)`` of every damaged file found.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[Path, str]]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device | None = "cpu"
+) -> dict[str, Any]:
+    """The state saved in one checkpoint file, after checking its SHA-256.
+
+    Checkpoints hold RNG states and optimizer state (not only tensors), so the state is
+    unpickled with ``weights_only=False`` (only once its checksum matched): load only
+    checkpoints you wrote. A file of an earlier clenv version (no checksum) is loaded
+    as it is.
+
+    Raises:
+        CheckpointError: the file does not load, or its checksum does not match.
+    """
+    path = Path(path)
+    try:
+        outer = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # truncated or overwritten: not a zip torch can read
+        raise CheckpointError(
+            f"{path} is unreadable ({type(error).__name__}: {error})",
+            [(path, f"unreadable ({type(error).__name__})")],
+        ) from error
+    if not (isinstance(outer, dict) and outer.get(FORMAT_KEY) == FORMAT_VERSION):
+        return outer  # written before checksums
+    payload = outer.get("payload")
+    digest = outer.get("sha256")
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(
+            f"{path} is damaged: its contents do not match the SHA-256 saved with them",
+            [(path, "checksum mismatch")],
+        )
+    try:
+        return torch.load(
+            io.BytesIO(payload), map_location=map_location, weights_only=False
+        )
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} passed its checksum but does not load ({error}); it was written "
+            "by an incompatible torch or clenv version",
+            [(path, f"does not load ({type(error).__name__})")],
+        ) from error
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None if ``path`` is a good checkpoint, else why not (for pruning and listing).
+
+    Checks the SHA-256 without unpickling the state; a file from before checksums is
+    good when it loads.
+    """
+    path = Path(path)
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:  # an older, unchecksummed checkpoint holds more than tensors
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:
+            return f"unreadable ({type(error).__name__})"
+        return None
+    if isinstance(outer, dict) and outer.get(FORMAT_KEY) == FORMAT_VERSION:
+        payload = outer.get("payload")
+        if not isinstance(payload, bytes) or (
+            hashlib.sha256(payload).hexdigest() != outer.get("sha256")
+        ):
+            return "checksum mismatch"
+    return None
+
+
+def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` good checkpoints, damaged ones first.
+
+    A damaged file never survives while a good one is deleted: every damaged
+    checkpoint is removed (with a warning naming it), then good ones beyond the newest
+    ``keep_last``.
+
+    Returns:
+        The files deleted.
+    """
+    good: list[Path] = []
+    removed: list[Path] = []
+    for _, path in reversed(list_checkpoints(directory)):
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            warnings.warn(
+                f"removing damaged checkpoint {path} ({problem})", stacklevel=3
+            )
+        elif len(good) < keep_last:
+            good.append(path)
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def load_latest_checkpoint(
     directory: str | Path, map_location: str | torch.device | None = "cpu"
 ) -> tuple[int, dict[str, Any]] | None:
-    """The newest readable checkpoint as ``(step, state)``, or None if there is none.
+    """The newest good checkpoint as ``(step, state)``, or None if there is none.
 
-    Checkpoints hold RNG states and optimizer state (not only tensors), so they are
-    loaded with ``weights_only=False``: load only checkpoints you wrote.
+    Damaged newer files (unreadable, or failing their checksum) are skipped, each
+    named in a warning, and the newest good one is returned (see
+    :func:`load_checkpoint` on trusting the files).
+
+    Raises:
+        CheckpointError: ``directory`` holds checkpoints but none of them is good; the
+            message names every file and why it failed.
     """
+    problems: list[tuple[Path, str]] = []
     for step, path in reversed(list_checkpoints(directory)):
         try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as error:  # a truncated file from a full disk, say
-            warnings.warn(
-                f"skipping unreadable checkpoint {path}: {error}", stacklevel=2
-            )
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as error:
+            problems.extend(error.problems)
             continue
+        for bad, reason in problems:
+            warnings.warn(
+                f"skipping unreadable checkpoint {bad} ({reason}); using {path}",
+                stacklevel=2,
+            )
         return step, state
+    if problems:
+        listed = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+        raise CheckpointError(
+            f"no good checkpoint in {directory}; every one is damaged:\n{listed}\n"
+            "Nothing was loaded. Restore the files from a backup, or start the run "
+            "afresh on purpose (without --resume: a new run directory)",
+            problems,
+        )
     return None
 
 

@@ -18,7 +18,8 @@ event files      TensorBoard (scalars, histograms, the hyperparameter table)
 spectral density on a fixed grid, whose grid is the group attribute ``grid``).
 
 The file is flushed after every write, so a run killed with SIGKILL keeps everything it
-logged. :meth:`RunLogger.resume` truncates every series to ``step <= checkpoint step``
+logged. A write that fails (a full disk: ``ENOSPC``) raises :class:`StorageError` after
+the logger has closed the file, so it stays readable with every row written before. :meth:`RunLogger.resume` truncates every series to ``step <= checkpoint step``
 and reopens TensorBoard with ``purge_step`` so a resumed run has no gap and no
 duplicate.
 
@@ -35,9 +36,13 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,85 @@ METRICS_FILE = "metrics.h5"
 COLUMNS = ("step", "task_id", "value")  # of every series
 ARGS_FILE = "args.json"
 _TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+class StorageError(OSError):
+    """A run's files could not be written: a full disk, no permission, a read-only
+    filesystem. The message names the path and the fix; ``errno`` is the cause's."""
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+#: A run stops with :class:`StorageError` before a write when its disk has less free
+#: space than this: HDF5 does not recover from a write that fails half way (the
+#: library's state is left inconsistent), so the logger and the checkpoints never let
+#: the disk fill that far.
+MIN_FREE_BYTES = 16 << 20
+#: How often (seconds) the logger looks at the free space while appending rows.
+SPACE_CHECK_SECONDS = 0.5
+
+
+def free_bytes(path: str | Path) -> int:
+    """The bytes an unprivileged process may still write on ``path``'s filesystem."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def ensure_free_space(path: str | Path, needed: int = 0, what: str = "writing") -> None:
+    """Raise :class:`StorageError` (``ENOSPC``) unless ``needed`` bytes plus
+    :data:`MIN_FREE_BYTES` are free on ``path``'s filesystem."""
+    try:
+        free = free_bytes(path)
+    except (OSError, AttributeError):  # no statvfs: rely on the write's own error
+        return
+    if free < needed + MIN_FREE_BYTES:
+        error = OSError(
+            errno.ENOSPC,
+            f"only {free / 2**20:.1f} MiB free, clenv stops below "
+            f"{(needed + MIN_FREE_BYTES) / 2**20:.1f} MiB so that metrics.h5 and the "
+            "checkpoints stay intact",
+        )
+        raise storage_error(what, path, error)
+
+
+def storage_error(what: str, path: str | Path, error: BaseException) -> StorageError:
+    """A :class:`StorageError` for ``error`` while ``what`` (e.g. "writing metrics"),
+    naming ``path`` and the fix for its cause."""
+    code = getattr(error, "errno", None)
+    if code is None and "No space left" in str(error):  # HDF5 reports it in text
+        code = errno.ENOSPC
+    if code in _NO_SPACE:
+        fix = (
+            "The disk is full: free space there (or choose another --runs-dir), then "
+            "continue the run with --resume"
+        )
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = (
+            "It is not writable: fix its permissions (chmod u+w) or choose another "
+            "--runs-dir"
+        )
+    else:
+        fix = "Check the disk and the path, then continue the run with --resume"
+    problem = StorageError(f"{what} failed at {path}: {error}. {fix}")
+    problem.errno = code
+    return problem
+
+
+def check_writable(directory: str | Path, what: str = "run directory") -> Path:
+    """Create ``directory`` if needed and write a probe file there, or raise
+    :class:`StorageError` naming it and the fix (before a run has written anything).
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=directory)
+        try:
+            os.write(fd, b"clenv")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        raise storage_error(f"writing to the {what}", directory, error) from error
+    return directory
 
 
 def run_name(
@@ -163,26 +247,32 @@ class RunLogger:
         tensorboard: bool = True,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = check_writable(run_dir)
         self.task_id = 0
+        self._next_space_check = 0.0
         self._series: dict[str, _SeriesWriter] = {}
         path = self.run_dir / METRICS_FILE
         try:
             self._h5 = h5py.File(path, "a")
         except OSError as error:
+            if path.exists() and not os.access(path, os.W_OK):
+                raise storage_error("opening metrics", path, error) from error
             raise OSError(
                 f"{path} cannot be opened ({error}); it may have been damaged by a kill "
                 "in the middle of a write. Checkpoints are separate and intact: move "
-                "the file aside (mv metrics.h5 metrics.h5.damaged) to resume with a "
-                "fresh log, or copy what h5py can still read from it"
+                f"the file aside (mv {path} {path}.damaged) and resume again, which "
+                "starts a fresh metrics.h5 at the checkpoint's step"
             ) from error
-        if attrs:
-            for key, value in attrs.items():
-                self._h5.attrs[key] = value
-        if step_limit is not None:
-            self._truncate(int(step_limit))
-        self._h5.flush()
+        try:
+            if attrs:
+                for key, value in attrs.items():
+                    self._h5.attrs[key] = value
+            if step_limit is not None:
+                self._truncate(int(step_limit))
+            self._h5.flush()
+        except OSError as error:
+            self._abandon()
+            raise storage_error("writing metrics", path, error) from error
         self.writer = None
         if tensorboard:
             # Imported lazily: it pulls in tensorboard (slow) and a reader of
@@ -219,14 +309,18 @@ class RunLogger:
             tensorboard: also write TensorBoard event files.
             name: the run directory's name; default :func:`run_name`.
         """
+        check_writable(root, "runs directory")
         run_dir = Path(root) / (name or run_name(env_id, exp_name, seed))
         if (run_dir / METRICS_FILE).exists():
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass another name, or resume it"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir)
         args_json = json.dumps(dict(args), indent=2, default=json_default)
-        (run_dir / ARGS_FILE).write_text(args_json + "\n")
+        try:
+            (run_dir / ARGS_FILE).write_text(args_json + "\n")
+        except OSError as error:
+            raise storage_error("writing args.json", run_dir, error) from error
         attrs = {
             "env_id": env_id,
             "exp_name": exp_name,
@@ -243,19 +337,40 @@ class RunLogger:
 
     @classmethod
     def resume(
-        cls, run_dir: str | Path, step: int, *, tensorboard: bool = True
+        cls,
+        run_dir: str | Path,
+        step: int,
+        *,
+        tensorboard: bool = True,
+        attrs: Mapping[str, Any] | None = None,
     ) -> RunLogger:
         """Reopen a run at a checkpoint's global ``step``; drops what was logged after.
 
+        Args:
+            run_dir: the run directory.
+            step: the checkpoint's global step.
+            tensorboard: also write TensorBoard event files.
+            attrs: the root attributes for a fresh ``metrics.h5`` when the run
+                directory has none (its log was moved aside after damage); without
+                them a missing file is an error.
+
         Raises:
-            FileNotFoundError: ``run_dir`` has no ``metrics.h5``.
+            FileNotFoundError: ``run_dir`` has no ``metrics.h5`` and no ``attrs``.
         """
         run_dir = Path(run_dir)
         if not (run_dir / METRICS_FILE).exists():
-            raise FileNotFoundError(
-                f"{run_dir / METRICS_FILE} not found: --resume expects a run directory "
-                "made by an earlier run (runs/<env>__<exp>__<seed>__<time>)"
+            if attrs is None:
+                raise FileNotFoundError(
+                    f"{run_dir / METRICS_FILE} not found: --resume expects a run "
+                    "directory made by an earlier run (runs/<env>__<exp>__<seed>__"
+                    "<time>)"
+                )
+            warnings.warn(
+                f"{run_dir / METRICS_FILE} not found: starting a fresh one, which "
+                f"holds the rows from step {step + 1} on",
+                stacklevel=2,
             )
+            return cls(run_dir, step_limit=step, tensorboard=tensorboard, attrs=attrs)
         return cls(run_dir, step_limit=step, tensorboard=tensorboard)
 
     @staticmethod
@@ -272,10 +387,13 @@ class RunLogger:
         """Replace the saved arguments (e.g. a resumed run extended to more steps)."""
         args_json = json.dumps(dict(args), indent=2, default=json_default)
         tmp = self.run_dir / (ARGS_FILE + ".tmp")
-        tmp.write_text(args_json + "\n")
-        tmp.replace(self.run_dir / ARGS_FILE)
-        self._h5.attrs["args_json"] = args_json
-        self._h5.flush()
+        try:
+            tmp.write_text(args_json + "\n")
+            tmp.replace(self.run_dir / ARGS_FILE)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise storage_error("writing args.json", tmp, error) from error
+        self._write(lambda: self._h5.attrs.__setitem__("args_json", args_json))
 
     # -- state -----------------------------------------------------------------------
     def set_task(self, task_id: int) -> None:
@@ -289,7 +407,7 @@ class RunLogger:
         """One scalar at global ``step``; ``task_id`` defaults to :meth:`set_task`'s."""
         self._append(tag, np.float64(value), step, task_id)
         if self.writer is not None:
-            self.writer.add_scalar(tag, float(value), int(step))
+            self._write(lambda: self.writer.add_scalar(tag, float(value), int(step)))
 
     def log_scalars(
         self,
@@ -332,10 +450,13 @@ class RunLogger:
         if self.writer is None:
             return
         if grid is None:
-            self.writer.add_histogram(tag, values, int(step))
+            self._write(lambda: self.writer.add_histogram(tag, values, int(step)))
             return
         weights = np.clip(values, 0.0, None)
         total = float(weights.sum())
+        self._write(lambda: self._histogram(tag, grid, weights, total, step))
+
+    def _histogram(self, tag, grid, weights, total, step) -> None:
         self.writer.add_histogram_raw(
             tag,
             min=float(grid[0]),
@@ -381,17 +502,60 @@ class RunLogger:
             self.log_array(prefix + key, value, step, grid=grid, task_id=task_id)
 
     def flush(self) -> None:
-        self._h5.flush()
+        self._write(self._h5.flush)
         if self.writer is not None:
-            self.writer.flush()
+            self._write(self.writer.flush)
 
     def close(self) -> None:
         if self._h5.id.valid:
-            self._h5.flush()
+            self._write(self._h5.flush)
             self._h5.close()
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def _write(self, write: Any) -> Any:
+        """Run one write; on an OSError (a full disk) close everything and raise
+        :class:`StorageError`, leaving ``metrics.h5`` as its last flush left it."""
+        try:
+            return write()
+        except (OSError, RuntimeError) as error:
+            # h5py reports some failed writes as RuntimeError ("Can't flush cache
+            # (file write failed ... No space left on device)").
+            if not isinstance(error, OSError) and "write failed" not in str(error):
+                raise
+            self._abandon()
+            raise storage_error(
+                "writing the run's logs", self.run_dir / METRICS_FILE, error
+            ) from error
+
+    def _check_space(self) -> None:
+        """Close the log cleanly and raise :class:`StorageError` when the disk is
+        nearly full (looked at every :data:`SPACE_CHECK_SECONDS`)."""
+        now = time.monotonic()
+        if now < self._next_space_check:
+            return
+        self._next_space_check = now + SPACE_CHECK_SECONDS
+        try:
+            ensure_free_space(self.run_dir, what="writing the run's logs")
+        except StorageError:
+            self.close()
+            raise
+
+    def _abandon(self) -> None:
+        """Close the files after a failed write, never raising: the last complete
+        flush is what stays on disk."""
+        try:
+            if self._h5.id.valid:
+                self._h5.close()
+        except Exception:  # closing flushes again, which may fail the same way
+            pass
+        writer, self.writer = getattr(self, "writer", None), None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
 
     def __enter__(self) -> RunLogger:
         return self
@@ -411,7 +575,8 @@ class RunLogger:
         value = np.asarray(value, dtype=np.float64)
         series = self._series.get(tag)
         if series is None:
-            series = self._series[tag] = self._open_series(tag, value.shape, grid)
+            series = self._write(lambda: self._open_series(tag, value.shape, grid))
+            self._series[tag] = series
         if series.shape != value.shape:
             raise ValueError(
                 f"{tag}: every value of a series must have shape {series.shape}, got "
@@ -420,8 +585,8 @@ class RunLogger:
         if grid is not None and not np.array_equal(series.grid, grid):
             raise ValueError(f"{tag}: the grid must be the same for every row")
         task = self.task_id if task_id is None else int(task_id)
-        series.append(int(step), task, value)
-        self._h5.flush()
+        self._check_space()
+        self._write(lambda: (series.append(int(step), task, value), self._h5.flush()))
 
     def _open_series(
         self, tag: str, shape: tuple[int, ...], grid: np.ndarray | None

@@ -18,8 +18,16 @@ checkpoints the same way:
    (:class:`~clenv.checkpoint.RestorableEnv` through a vector env's ``call``, or a
    single env, plus a vector ``RecordEpisodeStatistics``'s counters). It returns the
    agent's own ``extra`` values, or None for a fresh run.
-4. :meth:`Run.save` writes all of that in one atomic checkpoint, so a resumed run
-   continues bit for bit as if it had never stopped.
+4. :meth:`Run.save` writes all of that in one atomic, checksummed checkpoint, so a
+   resumed run continues bit for bit as if it had never stopped. It refuses a state
+   with a NaN or infinite tensor (:class:`NonFiniteStateError`), so a diverged run
+   never replaces good checkpoints, and stops before the disk is full
+   (:class:`~clenv.logger.StorageError`).
+
+A resume that cannot resume stops: when every checkpoint of the run is damaged,
+:func:`start` raises :class:`~clenv.checkpoint.CheckpointError` naming the files
+(a damaged newest file alone is skipped with a warning, and the newest good one is
+used). docs/reliability.md lists every guarantee.
 
 Use in an agent::
 
@@ -59,6 +67,7 @@ import torch
 
 from clenv.checkpoint import (
     CHECKPOINT_DIR,
+    CheckpointError,
     capture_env_state,
     capture_rng_state,
     checkpoint_path,
@@ -71,10 +80,30 @@ from clenv.logger import (
     ARGS_FILE,
     METRICS_FILE,
     RunLogger,
+    StorageError,
+    check_writable,
+    ensure_free_space,
     hparams_markdown,
     json_default,
+    storage_error,
 )
 from clenv.settings import protocol_defaults
+
+__all__ = [
+    "CheckpointError",
+    "NonFiniteStateError",
+    "Run",
+    "StorageError",
+    "check_counts",
+    "crossed_multiple",
+    "fill_unset",
+    "parse_args",
+    "probe_env",
+    "protocol_env_kwargs",
+    "resume_args",
+    "start",
+    "vector_env",
+]
 
 ArgsT = TypeVar("ArgsT")
 _MODEL, _OPTIMIZER, _METHOD = "model", "optimizer", "method"
@@ -278,6 +307,27 @@ def crossed_multiple(step: int, every: int, advanced: int) -> bool:
 
 
 # ----------------------------------------------------------------- the run
+class NonFiniteStateError(FloatingPointError):
+    """:meth:`Run.save` found a NaN or infinite value in the state it was given.
+
+    Nothing was written: the run's checkpoints are those of its last finite state.
+
+    Attributes:
+        name: The first non-finite tensor, e.g. ``"optimizer/state/0/exp_avg"``.
+        step: The global step of the refused save.
+    """
+
+    def __init__(self, name: str, step: int, directory: Path) -> None:
+        super().__init__(
+            f"refusing to checkpoint step {step}: {name} holds NaN or infinite values "
+            f"(the run diverged). Nothing was written; the checkpoints in {directory} "
+            "are those of the last finite state. Lower the learning rate or pick "
+            "another seed, then resume from them with --resume or start afresh"
+        )
+        self.name = name
+        self.step = step
+
+
 @dataclasses.dataclass
 class Run:
     """A started or resumed run: its directory, logger and latest checkpoint.
@@ -414,17 +464,32 @@ class Run:
             The checkpoint's path.
         """
         objects = _objects(model, optimizer, method, stateful)
+        states = {name: _state_dict(obj) for name, obj in objects.items()}
+        for name in (_MODEL, _OPTIMIZER, _METHOD):
+            bad = _first_non_finite(states.get(name), name)
+            if bad is not None:
+                raise NonFiniteStateError(bad, int(global_step), self.checkpoint_dir)
         state = {
-            "objects": {name: _state_dict(obj) for name, obj in objects.items()},
+            "objects": states,
             "envs": None if envs is None else capture_env_state(envs),
             "rng": capture_rng_state(),
             "extra": dict(extra or {}),
             "args": _plain_args(self.args),
             "finished": bool(finished),
         }
-        return save_checkpoint(
-            self.checkpoint_dir, state, global_step, self.keep_checkpoints
-        )
+        try:
+            ensure_free_space(self.run_dir, what=f"checkpointing step {global_step}")
+            return save_checkpoint(
+                self.checkpoint_dir, state, global_step, self.keep_checkpoints
+            )
+        except StorageError:
+            self.logger.close()
+            raise
+        except OSError as error:  # the write itself failed; the old files are intact
+            self.logger.close()
+            raise storage_error(
+                f"checkpointing step {global_step}", self.checkpoint_dir, error
+            ) from error
 
     def close(self) -> None:
         """Flush and close the logger."""
@@ -492,6 +557,12 @@ def start(
 
     Returns:
         A :class:`Run`; call :meth:`Run.restore` next.
+
+    Raises:
+        StorageError: The runs directory (or the run being resumed) is not writable,
+            or its disk is full; nothing was started.
+        CheckpointError: The run being resumed has checkpoints, but every one is
+            damaged (the message names them and how to start afresh on purpose).
     """
     missing = [
         name
@@ -505,6 +576,8 @@ def start(
         )
     keep = int(getattr(args, "keep_checkpoints", 3))
     if args.resume is None:
+        check_writable(args.runs_dir, "runs directory (--runs-dir)")
+        ensure_free_space(args.runs_dir, what="starting a run")
         logger = RunLogger.create(
             args.runs_dir,
             env_id=env_id if env_id is not None else args.env_id,
@@ -523,16 +596,37 @@ def start(
             f"--resume {run_dir}: no {ARGS_FILE} there; pass a run directory made by "
             "an earlier run (runs/<env>__<exp>__<seed>__<time>)"
         )
-    checkpoint = load_latest_checkpoint(run_dir / CHECKPOINT_DIR, map_location)
+    check_writable(run_dir, "run directory (--resume)")
+    ensure_free_space(run_dir, what="resuming the run")
+    try:
+        checkpoint = load_latest_checkpoint(run_dir / CHECKPOINT_DIR, map_location)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"--resume {run_dir} cannot resume: {error}; or delete "
+            f"{run_dir / CHECKPOINT_DIR} to start this run over from step 0 in place",
+            error.problems,
+        ) from None
+    saved = RunLogger.load_args(run_dir)
+    attrs = {
+        "env_id": str(env_id if env_id is not None else saved.get("env_id", "")),
+        "exp_name": str(saved.get("exp_name", "")),
+        "reg": str(reg if reg is not None else saved.get("reg", "")),
+        "seed": int(saved.get("seed", 0)),
+        "agent": agent,
+        "args_json": json.dumps(saved, indent=2),
+    }
     if checkpoint is None:
-        logger = RunLogger.resume(run_dir, step=-1, tensorboard=tensorboard)
+        logger = RunLogger.resume(
+            run_dir, step=-1, tensorboard=tensorboard, attrs=attrs
+        )
         if logger.writer is not None:  # the purge dropped the table too
             logger.writer.add_text("hyperparameters", hparams_markdown(vars(args)))
         print(f"{run_dir} has no checkpoint yet: starting it over")
     else:
-        logger = RunLogger.resume(run_dir, step=checkpoint[0], tensorboard=tensorboard)
+        logger = RunLogger.resume(
+            run_dir, step=checkpoint[0], tensorboard=tensorboard, attrs=attrs
+        )
         print(f"resumed {run_dir} at {unit} {checkpoint[0]:,}")
-    saved = RunLogger.load_args(run_dir)
     current = {**saved, **_plain_args(args), "resume": saved.get("resume")}
     if current != saved:
         logger.update_args(current)
@@ -554,6 +648,25 @@ def _objects(
         )
     named |= dict(stateful or {})
     return {name: obj for name, obj in named.items() if obj is not None}
+
+
+def _first_non_finite(state: Any, name: str) -> str | None:
+    """The path of the first floating tensor in ``state`` with a NaN or inf."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            return None if bool(torch.isfinite(state).all()) else name
+        return None
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        bad = _first_non_finite(value, f"{name}/{key}")
+        if bad is not None:
+            return bad
+    return None
 
 
 def _state_dict(target: Any) -> Any:
