@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
 import pickle
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -410,3 +412,98 @@ def test_real_mnist_files_match_published_md5():
     assert images.shape == (60000, 784) and labels.shape == (60000,)
     assert labels[:5].tolist() == [5, 0, 4, 1, 9]
     assert data.load_mnist("test", REAL_DATA_DIR)[0].shape == (10000, 784)
+
+
+# -- concurrent access ----------------------------------------------------------------
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``payload`` in ten pieces over ~0.5 s and counts the requests."""
+
+    payload = b""
+    requests = None  # a multiprocessing-safe counter, set by the test
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        with self.requests.get_lock():
+            self.requests.value += 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        step = len(self.payload) // 10 + 1
+        for start in range(0, len(self.payload), step):
+            self.wfile.write(self.payload[start : start + step])
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def log_message(self, *args):
+        pass
+
+
+def _download_when_released(spec, directory, url, barrier, results):
+    barrier.wait()
+    path = data.download_file(spec, directory, [url], progress=False)
+    results.put(md5sum(path))
+
+
+def test_two_processes_downloading_at_once_end_with_one_verified_copy(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    payload = np.random.default_rng(0).bytes(200_000)
+    _SlowHandler.payload = payload
+    _SlowHandler.requests = context.Value("i", 0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/blob.bin"
+        spec = FileSpec("blob.bin", hashlib.md5(payload).hexdigest())
+        directory = tmp_path / "dataset"
+        barrier, results = context.Barrier(2), context.Queue()
+        workers = [
+            context.Process(
+                target=_download_when_released,
+                args=(spec, directory, url, barrier, results),
+            )
+            for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert [worker.exitcode for worker in workers] == [0, 0]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [results.get(timeout=5) for _ in range(2)] == [spec.md5] * 2
+    # The second process waited for the lock, found the verified file, and used it.
+    assert _SlowHandler.requests.value == 1
+    assert [p.name for p in directory.iterdir()] == ["blob.bin"]  # no temporary file
+
+
+def test_conversion_waits_for_another_and_reuses_its_result(tmp_path, capsys):
+    from clenv.data.files import directory_lock
+
+    write_official_batches(tmp_path / "raw")
+    out_dir = tmp_path / "imagenet32"
+    finished = threading.Event()
+
+    def convert():
+        data.convert_imagenet32(tmp_path / "raw", tmp_path, 4, 4, progress=True)
+        finished.set()
+
+    with directory_lock(out_dir):  # another process converting right now
+        worker = threading.Thread(target=convert)
+        worker.start()
+        assert not finished.wait(0.5), "the conversion did not wait for the lock"
+    worker.join(timeout=30)
+    assert finished.is_set()
+    capsys.readouterr()
+    manifest = (out_dir / "classes" / "MANIFEST.json").stat().st_mtime_ns
+    # A second conversion with the same parameters finds the complete one and keeps it.
+    data.convert_imagenet32(tmp_path / "raw", tmp_path, 4, 4, progress=True)
+    assert "convert imagenet32" not in capsys.readouterr().err
+    assert (out_dir / "classes" / "MANIFEST.json").stat().st_mtime_ns == manifest
+    # Other parameters convert again.
+    data.convert_imagenet32(tmp_path / "raw", tmp_path, 3, 4, progress=False)
+    assert data.load_imagenet32_class(0, tmp_path, 3).shape == (3, 3, 32, 32)

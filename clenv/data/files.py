@@ -7,17 +7,20 @@ check is never parsed: the loader raises :class:`CorruptFileError` instead.
 
 Downloads go to a temporary file in the target directory and are renamed into place
 only after the md5 matched, so an interrupted or corrupted download never leaves a file
-that looks complete.
+that looks complete. A download holds an exclusive lock on its directory
+(:func:`directory_lock`), so processes fetching the same dataset at once (sweep trials)
+take turns: the first downloads, the others find its verified file and use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +88,29 @@ def check_md5(path: Path, spec: FileSpec) -> None:
         )
 
 
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``directory`` (created if missing).
+
+    Processes that download or convert into the same dataset directory take turns
+    (``flock`` on the directory itself, so no lock file is left behind; the lock is
+    released when the holder exits, even by a kill). Where ``flock`` is unavailable
+    (Windows) nothing is locked; the writes stay atomic.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def missing_files_error(
     dataset: str, directory: Path, filenames: Sequence[str], how_to_get: str
 ) -> FileNotFoundError:
@@ -106,6 +132,8 @@ def download_file(
 ) -> Path:
     """Download one file into ``directory``, verify its md5, then move it into place.
 
+    Holds :func:`directory_lock` throughout; a file with the right md5 already there
+    (put by a process that held the lock first) is returned without downloading.
     Each URL is tried in turn. The bytes go to a temporary file in ``directory`` that
     is renamed to ``spec.filename`` only after its md5 matched; on any failure the
     temporary file is removed, so no partial or corrupt file is ever left behind.
@@ -127,8 +155,21 @@ def download_file(
     urls = list(spec.urls if urls is None else urls)
     if not urls:
         raise ValueError(f"no download URL known for {spec.filename}")
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / spec.filename
+    with directory_lock(directory):
+        target = directory / spec.filename
+        if target.is_file():
+            try:
+                check_md5(target, spec)
+                return target
+            except CorruptFileError:
+                pass  # replaced below
+        return _download_unlocked(spec, target, urls, progress, timeout)
+
+
+def _download_unlocked(
+    spec: FileSpec, target: Path, urls: list[str], progress: bool, timeout: float
+) -> Path:
+    directory = target.parent
     failures: list[str] = []
     corrupt = False
     for url in urls:

@@ -30,7 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from clenv.data.files import CorruptFileError, data_root, missing_files_error
+from clenv.data.files import (
+    CorruptFileError,
+    data_root,
+    directory_lock,
+    missing_files_error,
+)
 
 NUM_CLASSES = 1000
 IMAGES_PER_CLASS = 700
@@ -182,8 +187,11 @@ def convert_imagenet32(
     (``train_data_batch_1`` first) and writes ``classes/<label - 1>.npy`` as
     ``(images_per_class, 3, 32, 32)`` uint8. The files are filled in a temporary
     directory that is renamed to ``classes/`` only when every class is complete, so an
-    interrupted conversion leaves nothing half-written. Memory use stays around two
-    batches (under 1 GB; the outputs are memory-mapped).
+    interrupted conversion leaves nothing half-written. Processes converting at once
+    take turns (:func:`~clenv.data.files.directory_lock`); one that finds a complete
+    conversion with the same ``images_per_class`` and ``num_classes`` returns it
+    without converting again. Memory use stays around two batches (under 1 GB; the
+    outputs are memory-mapped).
 
     Args:
         source: the extracted batches' directory or ``Imagenet32_train.zip``; default
@@ -214,7 +222,25 @@ def convert_imagenet32(
             ["Imagenet32_train.zip, or train_data_batch_1 ... train_data_batch_10"],
             HOW_TO_GET,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out_dir):
+        final = out_dir / "classes"
+        manifest = {"images_per_class": images_per_class, "num_classes": num_classes}
+        try:
+            if json.loads((final / MANIFEST).read_text()) == manifest:
+                return final  # converted by another process while this one waited
+        except (OSError, ValueError):
+            pass
+        return _convert(batches, out_dir, manifest, progress)
+
+
+def _convert(
+    batches: list[tuple[str, object]],
+    out_dir: Path,
+    manifest: dict[str, int],
+    progress: bool,
+) -> Path:
+    images_per_class = manifest["images_per_class"]
+    num_classes = manifest["num_classes"]
     tmp_dir = Path(tempfile.mkdtemp(prefix=".classes-", dir=out_dir))
     try:
         arrays = [
@@ -260,7 +286,6 @@ def convert_imagenet32(
         for array in arrays:
             array.flush()
         del arrays
-        manifest = {"images_per_class": images_per_class, "num_classes": num_classes}
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest))
         final = out_dir / "classes"
         if final.exists():
