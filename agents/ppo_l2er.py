@@ -39,6 +39,12 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
+from clenv.divergence import (
+    DivergenceError,
+    DivergenceGuard,
+    clear_divergence,
+    record_divergence,
+)
 from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.methods import make_method, split_name
 from clenv.metrics import curvature_report, plasticity_report
@@ -169,6 +175,14 @@ class Args:
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
 
+    # Divergence (clenv.divergence)
+    on_divergence: Literal["fail", "stop"] = "fail"
+    """a non-finite loss, gradient or parameter: fail (exit 1 naming the step, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
+    divergence_check_every: int = 1
+    """check the gradients and parameters for nan/inf every this many optimizer steps (the loss: every step; parameters also before each checkpoint); 0: only before checkpoints"""
+    check_args: bool = False
+    """check the arguments and the env's, print them resolved and exit (clenv sweep runs it for every trial)"""
+
     # to be filled in runtime
     batch_size: int = 0
     """the batch size (computed in runtime)"""
@@ -189,8 +203,10 @@ def resolve_args(args: Args) -> Args:
         args,
         positive=("total_timesteps", "num_envs", "num_steps", "num_minibatches",
                   "update_epochs", "num_threads", "keep_checkpoints"),
-        non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every"),
+        non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every",
+                      "divergence_check_every"),
     )  # fmt: skip
+    check_values(args)
     if not args.hidden_sizes or min(args.hidden_sizes) < 1:
         raise ValueError(
             f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
@@ -204,6 +220,12 @@ def resolve_args(args: Args) -> Args:
                 f"splits it in three), got {args.curvature_trace_matvecs}"
             )
     args.batch_size = int(args.num_envs * args.num_steps)
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise ValueError(
+            f"--num-envs {args.num_envs} x --num-steps {args.num_steps} = "
+            f"{args.batch_size:,} samples per rollout; at most {MAX_BATCH_SIZE:,} fit "
+            "the rollout buffers"
+        )
     if args.batch_size % args.num_minibatches:
         raise ValueError(
             f"num_envs * num_steps = {args.batch_size} is not divisible by "
@@ -212,6 +234,46 @@ def resolve_args(args: Args) -> Args:
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = max(1, math.ceil(args.total_timesteps / args.batch_size))
     return args
+
+
+# The largest rollout the buffers and numpy's index arrays take (int32 indices).
+MAX_BATCH_SIZE = 2**31 - 1
+
+
+def check_values(args: Args) -> None:
+    """Raise a ValueError naming the first flag whose value is out of range (before
+    anything is built)."""
+    checks = [
+        ("learning_rate", args.learning_rate, "a finite number > 0", lambda v: v > 0),
+        ("adam_eps", args.adam_eps, "a finite number >= 0", lambda v: v >= 0),
+        ("weight_decay", args.weight_decay, "a finite number >= 0", lambda v: v >= 0),
+        ("gamma", args.gamma, "in [0, 1]", lambda v: 0 <= v <= 1),
+        ("gae_lambda", args.gae_lambda, "in [0, 1]", lambda v: 0 <= v <= 1),
+        ("clip_coef", args.clip_coef, "a finite number > 0", lambda v: v > 0),
+        ("ent_coef", args.ent_coef, "a finite number", lambda v: True),
+        ("vf_coef", args.vf_coef, "a finite number >= 0", lambda v: v >= 0),
+        ("log_std_init", args.log_std_init, "a finite number", lambda v: True),
+    ]
+    optional = [
+        ("max_grad_norm", args.max_grad_norm, "> 0 (or unset: no clipping)"),
+        ("target_kl", args.target_kl, "> 0 (or unset: no early stop)"),
+    ]
+    checks += [(k, v, f"a finite number {d}", lambda v: v > 0) for k, v, d in optional
+               if v is not None]  # fmt: skip
+    for key, value, allowed, ok in checks:
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be {allowed}, got {value}"
+            )
+    if len(args.adam_betas) != 2 or not all(0 <= b < 1 for b in args.adam_betas):
+        raise ValueError(
+            f"--adam-betas takes two numbers in [0, 1), got {args.adam_betas}"
+        )
+    if not all(math.isfinite(e) and e > 0 for e in args.curvature_epsilons):
+        raise ValueError(
+            "--curvature-epsilons must be finite numbers > 0 (thresholds on "
+            f"|eigenvalue|), got {args.curvature_epsilons}"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -223,6 +285,21 @@ def parse_args(argv: list[str] | None = None) -> Args:
     overrides = ("total_timesteps", "progress", "plot")
     args = clenv.run.parse_args(Args, overrides=overrides, argv=argv)
     return resolve_args(args)
+
+
+def check_args(argv: list[str] | None = None) -> Args:
+    """The resolved arguments of a command line, checked as far as they can be
+    without training: flags, values, the env's arguments (one ``gym.make``) and
+    ``--method-kwargs``' syntax (``clenv sweep`` calls it for every trial).
+
+    Raises:
+        ValueError, FileNotFoundError: what is wrong, naming the flag. A flag tyro
+            does not know exits with its usage message (SystemExit 2).
+    """
+    args = parse_args(argv)
+    env_kwargs_for(args)
+    parse_kwargs(args.method_kwargs, "--method-kwargs")
+    return args
 
 
 def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
@@ -442,6 +519,9 @@ if __name__ == "__main__":
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    if args.check_args:
+        print(f"arguments ok: {args.env_id} {env_kwargs}, --reg {args.reg}")
+        sys.exit(0)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -493,6 +573,8 @@ if __name__ == "__main__":
         map_location=device,
     )
     logger = run.logger
+    if run.resumed:  # back at the last good checkpoint, before any divergence
+        clear_divergence(logger)
     state = run.restore(**checkpointed)
     if state is None:  # a fresh run
         next_obs, _ = envs.reset(seed=args.seed)
@@ -512,6 +594,28 @@ if __name__ == "__main__":
     start_step = global_step
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step,
                     unit="step", disable=not args.progress, dynamic_ncols=True)  # fmt: skip
+
+    def end_diverged(error: DivergenceError) -> None:
+        """--on-divergence: record the event, close the run (no checkpoint: the last
+        one on disk is the last good state), then exit 1 (fail) or 0 (stop)."""
+        record_divergence(logger, error.event, args.on_divergence)
+        progress.close()
+        envs.close()
+        run.close()
+        resume = f"python {sys.argv[0]} --resume {run.run_dir}"
+        if args.on_divergence == "fail":
+            sys.exit(
+                f"error: {error}. No checkpoint was written after it; the last one in "
+                f"{run.checkpoint_dir} is the last good state ({resume} continues "
+                "from it). Lower --learning-rate, or pass --on-divergence stop to record the "
+                "divergence and end the run cleanly"
+            )
+        print(f"stopped (--on-divergence stop): {error}; recorded in args.json and "
+              "charts/diverged")  # fmt: skip
+        run.print_paths()
+        sys.exit(0)
+
+    guard = DivergenceGuard(agent, args.divergence_check_every, handler=end_diverged)
     for iteration in range(state["iteration"] + 1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
@@ -553,6 +657,7 @@ if __name__ == "__main__":
             if task_switches(infos, args.num_envs)[0]:
                 new_task = int(task_ids(infos, args.num_envs)[0])
                 ended, last_batch = end_task(logger, tasks, new_task, global_step)
+                guard.check_parameters(global_step, ended, force=True)
                 log_curvature(logger, agent, last_batch, args, "task_end", ended,
                               global_step)  # fmt: skip
                 switched_tasks.append(new_task)
@@ -585,6 +690,7 @@ if __name__ == "__main__":
         # Curvature is taken on rollouts wholly in one task (task_start: the first).
         if not switched_tasks and rollout_task == tasks.task_id:
             if tasks.keep_rollout({key: v.clone() for key, v in batch.items()}):
+                guard.check_parameters(global_step, tasks.task_id, force=True)
                 log_curvature(
                     logger, agent, batch, args, "task_start", tasks.task_id, global_step
                 )
@@ -602,6 +708,7 @@ if __name__ == "__main__":
                 loss, (pg_loss, v_loss, entropy_loss, logratio, ratio) = ppo_loss(
                     agent, minibatch, args
                 )
+                guard.check_loss(loss, global_step, tasks.task_id)
 
                 with torch.no_grad():
                     # calculate approx_kl http://joschu.net/blog/kl-approx.html
@@ -614,10 +721,12 @@ if __name__ == "__main__":
                 optimizer.zero_grad()
                 loss.backward()
                 method.after_backward()
+                guard.check_gradients(global_step, tasks.task_id)
                 if args.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
                 method.after_step(minibatch["obs"])
+                guard.check_parameters(global_step, tasks.task_id)
             method.after_epoch(b_obs)
 
             if args.target_kl is not None and approx_kl > args.target_kl:
@@ -647,6 +756,7 @@ if __name__ == "__main__":
         if continual:
             logger.log_scalars(task_params(infos), global_step, prefix="cl/")
         if args.plasticity_every and iteration % args.plasticity_every == 0:
+            guard.check_parameters(global_step, tasks.task_id, force=True)
             nets = {"actor": agent.actor_mean, "critic": agent.critic}
             log_std = {"actor/log_std_mean": float(agent.actor_logstd.detach().mean())}
             metrics = log_std | plasticity_report(nets, b_obs)
@@ -657,6 +767,7 @@ if __name__ == "__main__":
         if last_iteration or clenv.run.crossed_multiple(
             global_step, args.checkpoint_every, args.batch_size
         ):
+            guard.check_parameters(global_step, tasks.task_id, force=True)
             run.save(
                 global_step,
                 **checkpointed,

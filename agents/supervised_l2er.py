@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -40,6 +41,12 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
+from clenv.divergence import (
+    DivergenceError,
+    DivergenceGuard,
+    clear_divergence,
+    record_divergence,
+)
 from clenv.evaluation import accuracy, active_class_mask, masked_logits, task_tensors
 from clenv.fastpath import FastMLPTrainer, fast_path_supports
 from clenv.methods import make_method, split_name
@@ -183,6 +190,14 @@ class Args:
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
 
+    # Divergence (clenv.divergence)
+    on_divergence: Literal["fail", "stop"] = "fail"
+    """a non-finite loss, gradient or parameter: fail (exit 1 naming the example, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
+    divergence_check_every: int = 1
+    """check the gradients and parameters for nan/inf every this many updates (env steps on the batch-1 fast path; the loss: every update; parameters also before each checkpoint and task-end metric); 0: only before those"""
+    check_args: bool = False
+    """check the arguments, print them resolved and exit (clenv sweep runs it for every trial)"""
+
     # to be filled in runtime
     env_batch_size: int = 0
     """examples per env step (computed in runtime)"""
@@ -209,10 +224,10 @@ def resolve_args(args: Args) -> Args:
         positive=("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
                   "keep_checkpoints", "metric_samples", "depth"),
         non_negative=("plasticity_every_tasks", "curvature_every_tasks",
-                      "checkpoint_every_tasks", "checkpoint_every"),
+                      "checkpoint_every_tasks", "checkpoint_every",
+                      "divergence_check_every"),
     )  # fmt: skip
-    if args.learning_rate <= 0:
-        raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
+    check_values(args)
     if args.env_id == PMNIST:
         # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
         # one at a time. Larger minibatches: one minibatch per env step.
@@ -226,6 +241,81 @@ def resolve_args(args: Args) -> Args:
         args.total_examples = args.num_tasks * args.examples_per_task
     else:
         args.env_batch_size = args.batch_size
+    return args
+
+
+# The largest minibatch or chunk numpy's index arrays and torch's tensors take here.
+MAX_BATCH_SIZE = 2**31 - 1
+# Agent flags that set a gym.make argument: --env-kwargs must not set it too.
+ENV_FLAGS = {
+    "num_tasks": "--num-tasks",
+    "examples_per_task": "--examples-per-task",
+    "epochs_per_task": "--epochs-per-task",
+    "batch_size": "--batch-size (or --chunk at batch 1)",
+    "data_dir": "--data-dir",
+    "augment": "--augment",
+    "normalize": "--normalize",
+}
+
+
+def check_values(args: Args) -> None:
+    """Raise a ValueError naming the first flag whose value is out of range (before
+    anything is built)."""
+    checks = [
+        ("learning_rate", args.learning_rate, "a finite number > 0", lambda v: v > 0),
+        ("momentum", args.momentum, "in [0, 1)", lambda v: 0 <= v < 1),
+        ("optimizer_weight_decay", args.optimizer_weight_decay,
+         "a finite number >= 0", lambda v: v >= 0),
+        ("lr_gamma", args.lr_gamma, "a finite number > 0", lambda v: v > 0),
+    ]  # fmt: skip
+    for key, value, allowed, ok in checks:
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be {allowed}, got {value}"
+            )
+    if not all(math.isfinite(e) and e > 0 for e in args.curvature_epsilons):
+        raise ValueError(
+            "--curvature-epsilons must be finite numbers > 0 (thresholds on "
+            f"|eigenvalue|), got {args.curvature_epsilons}"
+        )
+    for key in ("batch_size", "chunk"):
+        if getattr(args, key) > MAX_BATCH_SIZE:
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be at most {MAX_BATCH_SIZE:,}, got "
+                f"{getattr(args, key):,}"
+            )
+    if args.fast_path == "on":
+        # The reasons of clenv.fastpath.fast_path_supports, known from the flags alone.
+        reason = ""
+        if args.batch_size != 1:
+            reason = f"batch size {args.batch_size} (batch 1 only), from --batch-size"
+        elif args.momentum != 0:
+            reason = f"momentum {args.momentum} (plain SGD only), from --momentum"
+        elif args.optimizer_weight_decay != 0:
+            reason = (
+                f"optimizer weight decay {args.optimizer_weight_decay} (none; the L2 "
+                "method's is fused into the update), from --optimizer-weight-decay"
+            )
+        if reason:
+            raise ValueError(
+                "--fast-path on needs a run the fast path computes exactly (Permuted "
+                "MNIST at batch 1, plain SGD, methods among bp/l2/er/cbp/resets); "
+                f"here: {reason}. Use --fast-path auto or off"
+            )
+
+
+def check_args(argv: list[str] | None = None) -> Args:
+    """The resolved arguments of a command line, checked as far as they can be
+    without data or training: flags, values, the env's arguments and
+    ``--method-kwargs``' syntax (``clenv sweep`` calls it for every trial).
+
+    Raises:
+        ValueError, FileNotFoundError: what is wrong, naming the flag. A flag tyro
+            does not know exits with its usage message (SystemExit 2).
+    """
+    args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",), argv=argv))
+    env_kwargs_for(args)
+    parse_kwargs(args.method_kwargs, "--method-kwargs")
     return args
 
 
@@ -257,7 +347,16 @@ def env_kwargs_for(args: Args) -> dict[str, Any]:
         kwargs["epochs_per_task"] = args.epochs_per_task
     if args.env_id == CIFAR:
         kwargs.update(augment=args.augment, normalize=args.normalize)
-    kwargs.update(parse_kwargs(args.env_kwargs, "--env-kwargs"))
+    extra = parse_kwargs(args.env_kwargs, "--env-kwargs")
+    both = [key for key in extra if key in kwargs and key in ENV_FLAGS]
+    if both:
+        key = both[0]
+        raise ValueError(
+            f"--env-kwargs {key}={extra[key]!r} and {ENV_FLAGS[key]} both set the "
+            f"env's {key} (the flag gives {kwargs[key]!r}); set it with "
+            f"{ENV_FLAGS[key].split(' ')[0]} only"
+        )
+    kwargs.update(extra)
     return clenv.run.protocol_env_kwargs(
         BENCHMARKS[args.env_id], args.protocol, kwargs, seed=args.seed
     )
@@ -285,26 +384,40 @@ def make_model(args: Args) -> nn.Module:
     )  # fmt: skip
 
 
-def learn_minibatch(model, optimizer, method, x, labels, logits) -> float:
-    """One SGD step on the minibatch's cross-entropy, with the method's hooks."""
+def learn_minibatch(
+    model, optimizer, method, x, labels, logits, guard=None, step=0, task_id=None
+) -> float:
+    """One SGD step on the minibatch's cross-entropy, with the method's hooks; a
+    :class:`~clenv.divergence.DivergenceGuard` checks the loss, gradients and
+    parameters (at ``step``, the example count at the minibatch's end)."""
     loss = F.cross_entropy(logits, labels)
+    if guard is not None:
+        guard.check_loss(loss, step, task_id)
     optimizer.zero_grad()
     loss.backward()
     method.after_backward()
+    if guard is not None:
+        guard.check_gradients(step, task_id)
     optimizer.step()
     method.after_step(x)
+    if guard is not None:
+        guard.check_parameters(step, task_id)
     return loss.item() * labels.numel()
 
 
-def learn_one_at_a_time(model, optimizer, method, x, labels):
-    """The papers' batch-1 loop: predict one example, then update on it."""
+def learn_one_at_a_time(
+    model, optimizer, method, x, labels, guard=None, step=0, task_id=None
+):
+    """The papers' batch-1 loop: predict one example, then update on it (example
+    ``k`` is the run's ``step + k + 1``-th, for the guard)."""
     predictions, loss_sum = torch.empty_like(labels), 0.0
     for k in range(x.shape[0]):
         logits = model(x[k : k + 1])
         predictions[k] = logits.detach().argmax(1)[0]
         loss_sum += learn_minibatch(
-            model, optimizer, method, x[k : k + 1], labels[k : k + 1], logits
-        )
+            model, optimizer, method, x[k : k + 1], labels[k : k + 1], logits,
+            guard, step + k + 1, task_id,
+        )  # fmt: skip
     return predictions, loss_sum
 
 
@@ -390,6 +503,9 @@ if __name__ == "__main__":
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    if args.check_args:
+        print(f"arguments ok: {args.env_id} {env_kwargs}, --reg {args.reg}")
+        sys.exit(0)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -450,6 +566,8 @@ if __name__ == "__main__":
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
+    if run.resumed:  # back at the last good checkpoint, before any divergence
+        clear_divergence(logger)
     checkpointed = dict(model=model, optimizer=optimizer, method=method, envs=env,
                         stateful={"trainer": trainer} if trainer is not None else None)  # fmt: skip
     restored = run.restore(**checkpointed)
@@ -468,6 +586,30 @@ if __name__ == "__main__":
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; {how} on {device}"
     )
 
+    def end_diverged(error: DivergenceError) -> None:
+        """--on-divergence: record the event, close the run (no checkpoint: the last
+        one on disk is the last good state), then exit 1 (fail) or 0 (stop)."""
+        record_divergence(logger, error.event, args.on_divergence)
+        progress.close()
+        env.close()
+        run.close()
+        resume = f"python {sys.argv[0]} --resume {run.run_dir}"
+        if args.on_divergence == "fail":
+            sys.exit(
+                f"error: {error}. No checkpoint was written after it; the last one in "
+                f"{run.checkpoint_dir} is the last good state ({resume} continues "
+                "from it). Lower --learning-rate, or pass --on-divergence stop to "
+                "record the divergence and end the run cleanly"
+            )
+        print(f"stopped (--on-divergence stop): {error}; recorded in args.json and "
+              "charts/diverged")  # fmt: skip
+        run.print_paths()
+        sys.exit(0)
+
+    guard = DivergenceGuard(
+        model, args.divergence_check_every, unit="example", handler=end_diverged
+    )
+
     def task_start(task_id: int, task_info: dict[str, Any]) -> None:
         """What the protocol does before the first prediction of a task."""
         logger.set_task(task_id)
@@ -480,11 +622,14 @@ if __name__ == "__main__":
         for group in optimizer.param_groups:
             group["lr"] = args.learning_rate
         if task_due(task_id, args.curvature_every_tasks):
+            guard.check_parameters(global_step, task_id, force=True)
             log_curvature(logger, model, base, task_info, args, global_step, task_id,
                           "task_start")  # fmt: skip
 
     def task_end(task_id: int, task_info: dict[str, Any]) -> None:
         """Per-task summaries, logged once with the step at the task's end."""
+        # Before any metric: an SVD or a Hessian of NaN weights would fail inside.
+        guard.check_parameters(global_step, task_id, force=True)
         if args.restore_best_validation and stats.best_state is not None:
             model.load_state_dict(stats.best_state)
         summary = {
@@ -565,14 +710,20 @@ if __name__ == "__main__":
         )
         if trainer is not None:
             online_predictions, losses = trainer.train(x, labels)
+            # The kernel exposes each example's loss and the weights it updated.
+            guard.check_loss(losses, global_step + 1, stats.task_id)
+            guard.check_parameters(global_step + labels.numel(), stats.task_id)
             loss_sum = float(losses.sum())
         elif per_example:
             online_predictions, loss_sum = learn_one_at_a_time(
-                model, optimizer, method, x, labels
+                model, optimizer, method, x, labels, guard, global_step, stats.task_id
             )
         else:
             online_predictions = prediction
-            loss_sum = learn_minibatch(model, optimizer, method, x, labels, logits)
+            loss_sum = learn_minibatch(
+                model, optimizer, method, x, labels, logits,
+                guard, global_step + labels.numel(), stats.task_id,
+            )  # fmt: skip
         correct = int((online_predictions == labels).sum())
         global_step += labels.numel()
         stats.record(labels.numel(), correct, loss_sum, reward)
@@ -617,6 +768,7 @@ if __name__ == "__main__":
                 task_start(stats.task_id, next_info)
                 crossed |= task_due(stats.task_id, args.checkpoint_every_tasks)
         if crossed and not finished_all:
+            guard.check_parameters(global_step, stats.task_id, force=True)
             run.save(global_step, **checkpointed,
                      extra={"obs": obs, "info": info, "pending": pending,
                             "stats": dataclasses.asdict(stats)})  # fmt: skip
@@ -627,6 +779,7 @@ if __name__ == "__main__":
             task=stats.task_id, acc=accuracy_so_far, ex_s=int(speed), refresh=False
         )
 
+    guard.check_parameters(global_step, stats.task_id, force=True)
     run.save(global_step, model=model, method=method, finished=True,
              extra={"stats": dataclasses.asdict(stats)})  # fmt: skip
     progress.close()

@@ -9,7 +9,7 @@ Example::
 
     clenv sweep agents/supervised_l2er.py --name pmnist-small \\
         --seeds 1 2 3 --reg bp l2 l2er --grid learning-rate=0.01,0.003 \\
-        -- --env-id clenv/PermutedMNIST-v0 --env-kwargs examples_per_task=2000
+        -- --env-id clenv/PermutedMNIST-v0 --examples-per-task 2000
 
 The sweep directory ``<runs-dir>/sweeps/<name>/`` holds
 

@@ -572,3 +572,121 @@ def test_resume_inside_an_ascent_group_reproduces_the_run(fake_data_dir, tmp_pat
         expected, got = series(whole, tag), series(copy, tag)
         assert got["step"].tolist() == expected["step"].tolist(), tag
         assert np.array_equal(got["value"], expected["value"]), tag
+
+
+# -- divergence (clenv.divergence) and bad arguments ---------------------------------
+# SGD.step wrapped to put a NaN into the first weight at its 50th call (example 50,
+# task 1 of PMNIST's 40-example tasks): a divergence after a checkpoint.
+INJECT_NAN = textwrap.dedent(
+    """
+    import torch
+    _step, _calls = torch.optim.SGD.step, [0]
+    def _nan_step(self, *args, **kwargs):
+        out = _step(self, *args, **kwargs)
+        _calls[0] += 1
+        if _calls[0] == 50:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+    torch.optim.SGD.step = _nan_step
+    """
+)
+DIVERGE = [*PMNIST, "--reg", "bp", "--checkpoint-every-tasks", "1"]
+
+
+def test_nan_stops_the_run_naming_it_and_resume_starts_from_a_finite_checkpoint(
+    fake_data_dir, tmp_path
+):
+    import torch
+
+    from clenv.checkpoint import list_checkpoints, load_latest_checkpoint
+
+    result = subprocess.run(
+        [sys.executable, "-c", INJECT_NAN + DRIVER, str(AGENT), str(fake_data_dir),
+         str(tmp_path), json.dumps({"run": [*DIVERGE, "--fast-path", "off"]})],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")]
+    outcome = json.loads(line[len("RESULTS ") :])["run"]
+    assert outcome.startswith("exit error: training diverged: non-finite parameter "
+                              "'layers.0.weight' (nan) at example 50, task 1"), outcome  # fmt: skip
+    assert "--on-divergence stop" in outcome
+    run_dir = only_run(tmp_path / "run")
+    assert series(run_dir, "charts/diverged")["step"].tolist() == [50]
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["diverged"]["tensor"] == "layers.0.weight"
+    assert saved["diverged"]["action"] == "fail"
+    # The last checkpoint is the one of task 1's start (40 examples), finite.
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    assert [step for step, _ in checkpoints] == [40]
+    step, state = load_latest_checkpoint(run_dir / "checkpoints")
+    model = state["objects"]["model"]
+    assert step == 40 and all(torch.isfinite(v).all() for v in model.values())
+    # Resumed without the injected NaN, it finishes; the event is gone from the log.
+    resumed, _ = run_driver(
+        fake_data_dir, tmp_path / "unused", {"resume": ["--resume", str(run_dir)]}
+    )
+    assert resumed["resume"] == "ok", resumed["resume"]
+    assert "diverged" not in json.loads((run_dir / "args.json").read_text())
+    assert series(run_dir, "charts/diverged")["step"].size == 0  # cut at step 40
+    assert series(run_dir, "cl/online_accuracy_per_task")["step"].tolist() == [
+        40, 80, 120
+    ]  # fmt: skip
+
+
+def test_large_learning_rate_stops_cleanly_on_the_fast_path(fake_data_dir, tmp_path):
+    """--on-divergence stop: exit 0, charts/diverged in metrics.h5, before any SVD of
+    the task-end metrics (which would fail on NaN weights)."""
+    argv = [*DIVERGE, "--learning-rate", "1e6", "--on-divergence", "stop"]
+    results, result = run_driver(fake_data_dir, tmp_path, {"run": argv})
+    assert results["run"] == "ok", results["run"]
+    assert "stopped (--on-divergence stop): training diverged: non-finite" in (
+        result.stdout
+    )
+    run_dir = only_run(tmp_path / "run")
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["diverged"]["action"] == "stop" and saved["fast_path_used"]
+    assert series(run_dir, "charts/diverged")["value"].tolist() == [1.0]
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        assert not any(tag.startswith("plasticity/") for tag in list_series(f))
+    assert not list((run_dir / "checkpoints").glob("*.pt"))
+
+
+BAD_VALUES = {
+    ("--learning-rate", "-0.1"): "--learning-rate must be a finite number > 0",
+    ("--learning-rate", "nan"): "--learning-rate must be a finite number > 0",
+    ("--momentum", "1.5"): "--momentum must be in [0, 1)",
+    ("--optimizer-weight-decay", "-1"): "--optimizer-weight-decay must be",
+    ("--curvature-epsilons", "-0.1", "0.1"): "--curvature-epsilons must be finite",
+    ("--batch-size", str(2**63)): "--batch-size must be at most",
+    (
+        "--momentum",
+        "0.9",
+        "--fast-path",
+        "on",
+    ): "here: momentum 0.9 (plain SGD only), from --momentum",
+    ("--num-tasks", "4", "--env-kwargs", "num_tasks=2"): (
+        "--env-kwargs num_tasks=2 and --num-tasks both set the env's num_tasks"
+    ),
+    ("--env-kwargs", "examples_per_task=20"): "--examples-per-task both set",
+    ("--divergence-check-every", "-1"): "--divergence-check-every must be >= 0",
+}
+
+
+@pytest.mark.parametrize("argv", list(BAD_VALUES), ids=" ".join)
+def test_bad_values_are_argument_errors(argv):
+    agent = load_agent_module(AGENT)
+    with pytest.raises(ValueError) as error:
+        agent.check_args([*argv, "--data-dir", "/nonexistent"])
+    assert BAD_VALUES[argv] in str(error.value)
+
+
+def test_check_args_exits_before_anything_is_built(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(AGENT), "--check-args", "--runs-dir", str(tmp_path),
+         "--data-dir", str(tmp_path / "nothing"), "--num-tasks", "2"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "arguments ok" in result.stdout and "'num_tasks': 2" in result.stdout
+    assert not any(tmp_path.iterdir())

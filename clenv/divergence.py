@@ -1,0 +1,251 @@
+"""Divergence guard: stop a training run at its first non-finite loss, gradient or
+parameter, with a message naming the step, the task and the tensor.
+
+A diverging run (too large a learning rate) otherwise logs ever larger losses, then
+NaN, writes checkpoints full of NaN over the good ones, and a ``--resume`` loads them
+and fails again. :class:`DivergenceGuard` checks
+
+- the loss of every optimizer step (:meth:`~DivergenceGuard.check_loss`: one
+  ``isfinite`` of a scalar, or of a vector of per-example losses),
+- the gradients and the parameters of the model every ``every`` steps
+  (:meth:`~DivergenceGuard.check_gradients`, :meth:`~DivergenceGuard.check_parameters`:
+  one fused ``torch._foreach_norm`` over all tensors and one ``isfinite`` reduction of
+  the norms; the tensor is named only after a failure),
+- the parameters before anything that must not see NaN (a checkpoint, an SVD):
+  :meth:`~DivergenceGuard.check_parameters` with ``force=True``.
+
+A failed check raises :class:`DivergenceError`, whose :class:`DivergenceEvent` says
+what diverged; :func:`record_divergence` logs it (``charts/diverged`` in TensorBoard
+and ``metrics.h5``, the event in ``args.json`` under ``"diverged"``). The agents turn
+it into ``--on-divergence fail`` (exit 1 with the message) or ``stop`` (record it and
+end the run cleanly, exit 0); either way no checkpoint is written after it, so the
+last checkpoint on disk is the last good state and ``--resume`` starts from it.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> guard = DivergenceGuard(model)
+    >>> guard.check_loss(torch.tensor(0.5), step=10, task_id=0)
+    >>> try:
+    ...     guard.check_loss(torch.tensor(float("nan")), step=11, task_id=0)
+    ... except DivergenceError as error:
+    ...     print(error.event.kind, error.event.tensor, error.event.step)
+    loss loss 11
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ON_DIVERGENCE",
+    "DivergenceError",
+    "DivergenceEvent",
+    "DivergenceGuard",
+    "clear_divergence",
+    "first_nonfinite",
+    "record_divergence",
+]
+
+#: The choices of the agents' ``--on-divergence``.
+ON_DIVERGENCE = ("fail", "stop")
+#: The key of a diverged run's event in ``args.json``.
+ARGS_KEY = "diverged"
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergenceEvent:
+    """What diverged, where.
+
+    Attributes:
+        step: The global step of the check.
+        task_id: The task the run was in (None where the run has no tasks).
+        kind: ``"loss"``, ``"gradient"`` or ``"parameter"``.
+        tensor: The tensor's name (``"loss"``, a parameter name such as
+            ``"critic.0.weight"``).
+        value: The offending value: the loss, or the tensor's norm (nan or inf).
+    """
+
+    step: int
+    task_id: int | None
+    kind: str
+    tensor: str
+    value: float
+
+    def message(self, unit: str = "step") -> str:
+        """One sentence: ``non-finite gradient 'critic.0.weight' (nan) at step 512,
+        task 3``."""
+        where = f"{unit} {self.step:,}"
+        if self.task_id is not None:
+            where += f", task {self.task_id}"
+        return f"non-finite {self.kind} {self.tensor!r} ({self.value}) at {where}"
+
+
+class DivergenceError(RuntimeError):
+    """A non-finite loss, gradient or parameter; ``event`` says which."""
+
+    def __init__(self, event: DivergenceEvent, unit: str = "step") -> None:
+        super().__init__(f"training diverged: {event.message(unit)}")
+        self.event = event
+
+
+def _named(
+    model: nn.Module | Mapping[str, nn.Module],
+) -> list[tuple[str, nn.Parameter]]:
+    if isinstance(model, Mapping):
+        return [
+            (f"{prefix}.{name}" if prefix else name, param)
+            for prefix, module in model.items()
+            for name, param in module.named_parameters()
+        ]
+    return list(model.named_parameters())
+
+
+def first_nonfinite(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+) -> tuple[str, float] | None:
+    """The first tensor holding a nan or inf, as ``(name, norm)``; None if all are
+    finite.
+
+    One fused ``torch._foreach_norm`` and one ``isfinite`` reduction over the norms
+    while all is well (a norm is non-finite when the tensor holds a nan or inf); the
+    tensors are scanned one by one only after that, so a finite tensor whose norm
+    merely overflows float32 is not reported.
+    """
+    named = [(name, t) for name, t in named_tensors if t is not None and t.numel()]
+    if not named:
+        return None
+    tensors = [t.detach() for _, t in named]
+    norms = torch._foreach_norm(tensors)
+    if bool(torch.isfinite(torch.stack(norms)).all()):
+        return None
+    for (name, tensor), norm in zip(named, norms, strict=True):
+        if not bool(torch.isfinite(tensor).all()):
+            return name, float(norm)
+    return None
+
+
+class DivergenceGuard:
+    """Checks a model's loss, gradients and parameters for nan and inf.
+
+    Args:
+        model: The model, or ``{name: module}`` (tensor names get the prefix).
+        every: Check gradients and parameters at every this many calls of
+            :meth:`check_gradients` / :meth:`check_parameters` (1: every step; the
+            loss is checked at every call). 0 turns those checks off except forced
+            ones.
+        unit: What a step counts, for the message (``"step"``, ``"example"``).
+        handler: Called with the :class:`DivergenceError` instead of raising it (an
+            agent's way to record the event and end the run); if it returns, the
+            error is raised.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Mapping[str, nn.Module],
+        every: int = 1,
+        unit: str = "step",
+        handler: Callable[[DivergenceError], Any] | None = None,
+    ) -> None:
+        if every < 0:
+            raise ValueError(f"every must be >= 0 (0: only forced checks), got {every}")
+        self.params = _named(model)
+        self.every = int(every)
+        self.unit = unit
+        self.handler = handler
+        self._gradient_calls = 0
+        self._parameter_calls = 0
+
+    def _fail(self, step, task_id, kind, tensor, value) -> None:
+        event = DivergenceEvent(int(step), task_id, kind, tensor, float(value))
+        error = DivergenceError(event, self.unit)
+        if self.handler is not None:
+            self.handler(error)
+        raise error
+
+    def check_loss(
+        self,
+        loss: torch.Tensor | float,
+        step: int,
+        task_id: int | None = None,
+        name: str = "loss",
+    ) -> None:
+        """Raise :class:`DivergenceError` if ``loss`` holds a nan or inf.
+
+        ``loss`` is a scalar, or a vector of per-example losses whose first belongs
+        to ``step`` (the event's step is that of the first non-finite one).
+        """
+        if isinstance(loss, torch.Tensor):
+            if bool(torch.isfinite(loss).all()):
+                return
+            flat = loss.detach().flatten()
+            index = int((~torch.isfinite(flat)).nonzero()[0, 0])
+            step, value = step + index, float(flat[index])
+        else:
+            if math.isfinite(loss):
+                return
+            value = float(loss)
+        self._fail(step, task_id, "loss", name, value)
+
+    def _due(self, counter: str, force: bool) -> bool:
+        calls = getattr(self, counter) + 1
+        setattr(self, counter, calls)
+        return force or (self.every > 0 and calls % self.every == 0)
+
+    def check_gradients(
+        self, step: int, task_id: int | None = None, force: bool = False
+    ) -> None:
+        """Raise :class:`DivergenceError` naming the first parameter whose gradient
+        holds a nan or inf (every ``every``-th call, or when ``force``)."""
+        if not self._due("_gradient_calls", force):
+            return
+        found = first_nonfinite((name, p.grad) for name, p in self.params)
+        if found is not None:
+            self._fail(step, task_id, "gradient", *found)
+
+    def check_parameters(
+        self, step: int, task_id: int | None = None, force: bool = False
+    ) -> None:
+        """Raise :class:`DivergenceError` naming the first parameter holding a nan
+        or inf (every ``every``-th call, or when ``force``)."""
+        if not self._due("_parameter_calls", force):
+            return
+        found = first_nonfinite(self.params)
+        if found is not None:
+            self._fail(step, task_id, "parameter", *found)
+
+
+def record_divergence(logger: Any, event: DivergenceEvent, action: str) -> None:
+    """Log a divergence: ``charts/diverged`` = 1 at its step (TensorBoard and
+    ``metrics.h5``), the message as TensorBoard text, and the event with the action
+    taken (``"fail"`` or ``"stop"``) in ``args.json`` under ``"diverged"``.
+
+    Args:
+        logger: The run's :class:`~clenv.logger.RunLogger`.
+        event: What diverged.
+        action: What the run did about it (``--on-divergence``).
+    """
+    logger.log_scalar("charts/diverged", 1.0, event.step, task_id=event.task_id)
+    if logger.writer is not None:
+        logger.writer.add_text("charts/diverged", event.message(), event.step)
+    saved = logger.load_args(logger.run_dir)
+    saved[ARGS_KEY] = {**dataclasses.asdict(event), "action": action}
+    logger.update_args(saved)
+    logger.flush()
+
+
+def clear_divergence(logger: Any) -> bool:
+    """Drop a recorded divergence from ``args.json`` (a resumed run starts from the
+    last good checkpoint, before it); returns whether there was one."""
+    saved = logger.load_args(logger.run_dir)
+    if ARGS_KEY not in saved:
+        return False
+    del saved[ARGS_KEY]
+    logger.update_args(saved)
+    return True
