@@ -306,6 +306,56 @@ class ContinualEnv:
         self._apply_task(self._task)
         self._announce = _NONE
 
+    @property
+    def schedule_state(self) -> dict[str, Any]:
+        """:meth:`get_schedule_state` as an attribute; assigning it restores a state.
+
+        So a vector env restores one state per sub-env with
+        ``envs.set_attr("schedule_state", states)``.
+        """
+        return self.get_schedule_state()
+
+    @schedule_state.setter
+    def schedule_state(self, state: dict[str, Any]) -> None:
+        self.set_schedule_state(state)
+
+    # -- an external clock (clenv.vector) --------------------------------------------
+    def _clock_state(self) -> dict[str, Any]:
+        """The clock alone: the schedule's counters, the pinned task and its steps."""
+        state = self._schedule.get_state()
+        state["pinned_task_id"] = self._pinned_task_id
+        state["pinned_steps"] = self._pinned_steps
+        return state
+
+    def _follow_clock(self, clock: dict[str, Any]) -> dict[str, Any] | None:
+        """Move this env's clock to ``clock`` (another env's :meth:`_clock_state`).
+
+        Called between two steps by :class:`clenv.vector.ContinualVectorEnv`, which
+        owns the one clock of its sub-envs: after a step in which this sub-env only
+        reset (Gymnasium's ``NEXT_STEP`` autoreset) while others acted, or when a due
+        ``switch_at="episode_end"`` switch met another sub-env's episode end. A new
+        task takes effect from the next action, as when a step switches it.
+
+        Returns:
+            The info entries that describe the env now (the protocol keys and the
+            env's own, e.g. ``physics``), or None when it already was at ``clock``.
+        """
+        if self._clock_state() == clock:
+            return None
+        previous = self.task_id
+        self._schedule.set_state(clock)
+        self._pinned_task_id = clock["pinned_task_id"]
+        self._pinned_steps = int(clock["pinned_steps"])
+        if self.task_id != previous:
+            self._switch_to(self.task_id)
+        else:
+            self._clock_moved()
+        return self._fill_info({})
+
+    def _clock_moved(self) -> None:
+        """Hook: the clock moved within the task (a subclass whose task changes
+        gradually with ``task_step`` catches up here)."""
+
     # -- for subclasses --------------------------------------------------------------
     def _task_params(self, task_id: int) -> dict[str, Any]:
         return self._make_task(task_id, self._schedule.task_rng(task_id))

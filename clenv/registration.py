@@ -1,8 +1,16 @@
-"""Registers every clenv environment id with Gymnasium (run on ``import clenv``)."""
+"""Registers every clenv environment id with Gymnasium (run on ``import clenv``).
+
+Each id also gets a ``vector_entry_point``: ``gym.make_vec(id, num_envs=N)`` builds a
+:class:`clenv.vector.ContinualVectorEnv`, whose sub-envs share one task clock.
+"""
 
 from __future__ import annotations
 
+import functools
+
 from gymnasium.envs.registration import register, registry
+
+from clenv.vector import ContinualVectorEnv
 
 # -- continual RL: MuJoCo with drifting physics --------------------------------------
 MUJOCO_ENVS: dict[str, dict] = {
@@ -54,4 +62,8 @@ ENV_IDS = (*MUJOCO_ENVS, *SUPERVISED_ENVS)
 def register_all() -> None:
     for env_id, spec in {**MUJOCO_ENVS, **SUPERVISED_ENVS}.items():
         if env_id not in registry:
-            register(id=env_id, **spec)
+            register(
+                id=env_id,
+                vector_entry_point=functools.partial(ContinualVectorEnv, env_id),
+                **spec,
+            )

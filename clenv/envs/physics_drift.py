@@ -308,6 +308,17 @@ class PhysicsDriftEnv(ContinualEnv, gym.Env, utils.EzPickle):
         else:
             self._set_value(target)
 
+    def _clock_moved(self) -> None:
+        # A lockstep vector env moved the clock (clenv.vector): catch up the drift.
+        if self._drifting:
+            self._advance_drift()
+
+    def _follow_clock(self, clock: dict[str, Any]) -> dict[str, Any] | None:
+        info = super()._follow_clock(clock)
+        if info is not None:
+            info["physics"] = {self._task_key: self._value_now}
+        return info
+
     def _advance_drift(self) -> None:
         fraction = self._schedule.task_step / self._drift_steps
         if fraction >= 1.0:
