@@ -235,7 +235,9 @@ def record_divergence(logger: Any, event: DivergenceEvent, action: str) -> None:
     if logger.writer is not None:
         logger.writer.add_text("charts/diverged", event.message(), event.step)
     saved = logger.load_args(logger.run_dir)
-    saved[ARGS_KEY] = {**dataclasses.asdict(event), "action": action}
+    # nan/inf as text: args.json stays strict JSON.
+    value = event.value if math.isfinite(event.value) else str(event.value)
+    saved[ARGS_KEY] = {**dataclasses.asdict(event), "value": value, "action": action}
     logger.update_args(saved)
     logger.flush()
 

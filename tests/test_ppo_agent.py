@@ -631,3 +631,102 @@ def test_rebinned_density_keeps_mass_and_narrow_peaks():
     inner = 0.7 * math.erf(edge / math.sqrt(2))
     assert mass[np.abs(grid) <= 1.0].sum() == pytest.approx(inner, abs=1e-4)
     assert np.all(np.diff(grid) > 0) and grid[0] == -1e3 and 0.0 in grid
+
+
+# -- divergence (clenv.divergence) and bad arguments ---------------------------------
+# Runs the agent in-process after wrapping Adam.step to put a NaN into the first
+# parameter (actor_logstd) at its 6th call: the second update, after the
+# checkpoint of step 128.
+NAN_DRIVER = textwrap.dedent(
+    """
+    import runpy, sys, torch
+    _step, _calls = torch.optim.Adam.step, [0]
+    def _nan_step(self, *args, **kwargs):
+        out = _step(self, *args, **kwargs)
+        _calls[0] += 1
+        if _calls[0] == 6:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+    torch.optim.Adam.step = _nan_step
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+DIVERGE = [*SMOKE, "--total-timesteps", "512", "--checkpoint-every", "128",
+           "--plasticity-every", "0"]  # fmt: skip
+
+
+def test_nan_stops_the_run_naming_it_and_resume_starts_from_a_finite_checkpoint(
+    tmp_path,
+):
+    from clenv.checkpoint import list_checkpoints, load_latest_checkpoint
+
+    done = subprocess.run(
+        [sys.executable, "-c", NAN_DRIVER, str(AGENT), *DIVERGE,
+         "--runs-dir", str(tmp_path)],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    message = "training diverged: non-finite parameter 'actor_logstd' (nan) at step 256"
+    assert f"error: {message}, task 0" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    run_dir = only_run(tmp_path)
+    assert read_series(run_dir / "metrics.h5", "charts/diverged")["step"].tolist() == [
+        256
+    ]
+    diverged = json.loads((run_dir / "args.json").read_text())["diverged"]
+    assert (diverged["kind"], diverged["tensor"], diverged["action"]) == (
+        "parameter", "actor_logstd", "fail"
+    )  # fmt: skip
+    assert [step for step, _ in list_checkpoints(run_dir / "checkpoints")] == [128]
+    step, state = load_latest_checkpoint(run_dir / "checkpoints")
+    assert step == 128
+    assert all(torch.isfinite(v).all() for v in state["objects"]["model"].values())
+    # Resumed without the injected NaN from the finite checkpoint, it finishes.
+    resumed = run_agent(["--resume", str(run_dir), "--no-progress", "--no-plot"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stdout and "at step 128" in resumed.stdout
+    assert "diverged" not in json.loads((run_dir / "args.json").read_text())
+    steps = read_series(run_dir / "metrics.h5", "losses/value_loss")["step"]
+    assert steps.tolist() == [128, 256, 384, 512]
+
+
+def test_large_learning_rate_stops_cleanly(tmp_path):
+    """--learning-rate 1e3: the first update sends the log-std to +-1000, the next
+    loss is NaN; --on-divergence stop ends the run with exit 0 and logs it."""
+    done = run_agent(
+        [*DIVERGE, "--learning-rate", "1e3", "--on-divergence", "stop",
+         "--runs-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    message = "training diverged: non-finite loss 'loss' (nan) at step 128, task 0"
+    assert f"stopped (--on-divergence stop): {message}" in done.stdout, done.stdout
+    run_dir = only_run(tmp_path)
+    metrics = run_dir / "metrics.h5"
+    assert read_series(metrics, "charts/diverged")["value"].tolist() == [1.0]
+    assert json.loads((run_dir / "args.json").read_text())["diverged"]["action"] == (
+        "stop"
+    )
+    assert not list((run_dir / "checkpoints").glob("*.pt"))
+
+
+BAD_VALUES = {
+    ("--learning-rate", "-1e-3"): "--learning-rate must be a finite number > 0",
+    ("--learning-rate", "nan"): "--learning-rate must be a finite number > 0",
+    ("--adam-betas", "0.9", "1.5"): "--adam-betas takes two numbers in [0, 1)",
+    ("--gamma", "5"): "--gamma must be in [0, 1], got 5.0",
+    ("--gae-lambda", "-0.1"): "--gae-lambda must be in [0, 1]",
+    ("--adam-eps", "-1"): "--adam-eps must be a finite number >= 0",
+    ("--max-grad-norm", "0"): "--max-grad-norm must be a finite number > 0",
+    ("--curvature-epsilons", "-0.01", "0.1"): "--curvature-epsilons must be finite",
+    ("--num-steps", str(2**40)): "samples per rollout; at most",
+    ("--divergence-check-every", "-1"): "--divergence-check-every must be >= 0",
+}
+
+
+@pytest.mark.parametrize("argv", list(BAD_VALUES), ids=" ".join)
+def test_bad_values_are_argument_errors(agent_module, argv):
+    with pytest.raises(ValueError) as error:
+        agent_module.check_args([*argv, "--env-id", "Pendulum-v1"])
+    assert BAD_VALUES[argv] in str(error.value)
