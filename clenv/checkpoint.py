@@ -3,9 +3,10 @@
 Checkpoints are ``<dir>/ckpt_<global step, 12 digits>.pt`` files written by
 :func:`save_checkpoint`: to a temporary file in the same directory, fsynced, then
 ``os.replace``-d into place, so a run killed at any moment leaves either the old or the
-new checkpoint, never half a file. Each file carries the SHA-256 of its contents
-(:func:`load_checkpoint` checks it), so a file that still unpickles but was damaged on
-disk is caught and named. Only the newest ``keep_last`` good checkpoints are kept;
+new checkpoint, never half a file. Each file is ``torch.save``'s zip archive, which
+carries a CRC-32 checksum of every member; :func:`load_checkpoint` checks them all
+before unpickling (``torch.load`` itself does not), so a file that still loads but was
+damaged on disk is caught and named. Only the newest ``keep_last`` good checkpoints are kept;
 damaged ones are removed first, so pruning never deletes a good checkpoint while
 keeping a bad one. :func:`load_latest_checkpoint` returns the newest good checkpoint
 (each damaged newer file is named in a warning); when there are checkpoints but none
@@ -38,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import os
 import pickle
@@ -46,6 +46,7 @@ import random
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,6 @@ import numpy as np
 import torch
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
-#: The format tag of a checksummed checkpoint: the file is ``torch.save`` of
-#: ``{FORMAT_KEY: 2, "sha256": hex digest of payload, "payload": torch.save bytes of the
-#: state}`` (readable with ``weights_only=True``; the state itself is unpickled only
-#: after its checksum matched). Files of earlier clenv versions hold the state itself.
-FORMAT_KEY = "clenv_checkpoint"
-FORMAT_VERSION = 2
 #: The checkpoint directory inside a run directory.
 CHECKPOINT_DIR = "checkpoints"
 #: What a vector ``RecordEpisodeStatistics`` keeps between steps (its start times are
@@ -115,18 +110,8 @@ def save_checkpoint(
             f"keep_last must be >= 1 (checkpoints to keep), got {keep_last}"
         )
     directory = Path(directory)
-    payload = io.BytesIO()
-    torch.save({**state, "global_step": int(step)}, payload)
-    payload = payload.getvalue()
-    wrapped = io.BytesIO()
-    torch.save(
-        {
-            FORMAT_KEY: FORMAT_VERSION,
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "payload": payload,
-        },
-        wrapped,
-    )
+    archive = io.BytesIO()
+    torch.save({**state, "global_step": int(step)}, archive)
     directory.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(directory, step)
     fd, tmp_name = tempfile.mkstemp(prefix=".ckpt_", suffix=".tmp", dir=directory)
@@ -134,7 +119,7 @@ def save_checkpoint(
         # Serialised in memory first, so a full disk surfaces here as a plain
         # OSError (errno ENOSPC) from the write, not inside torch's zip writer.
         with os.fdopen(fd, "wb") as handle:
-            handle.write(wrapped.getbuffer())
+            handle.write(archive.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -161,66 +146,45 @@ class CheckpointError(ValueError):
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device | None = "cpu"
 ) -> dict[str, Any]:
-    """The state saved in one checkpoint file, after checking its SHA-256.
+    """The state saved in one checkpoint file, after checking its checksums.
 
-    Checkpoints hold RNG states and optimizer state (not only tensors), so the state is
-    unpickled with ``weights_only=False`` (only once its checksum matched): load only
-    checkpoints you wrote. A file of an earlier clenv version (no checksum) is loaded
-    as it is.
+    Checkpoints hold RNG states and optimizer state (not only tensors), so they are
+    loaded with ``weights_only=False``: load only checkpoints you wrote.
 
     Raises:
-        CheckpointError: the file does not load, or its checksum does not match.
+        CheckpointError: the file is damaged (:func:`verify_checkpoint`) or does not
+            load.
     """
     path = Path(path)
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"{path} is damaged: {problem}", [(path, problem)])
     try:
-        outer = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # truncated or overwritten: not a zip torch can read
-        raise CheckpointError(
-            f"{path} is unreadable ({type(error).__name__}: {error})",
-            [(path, f"unreadable ({type(error).__name__})")],
-        ) from error
-    if not (isinstance(outer, dict) and outer.get(FORMAT_KEY) == FORMAT_VERSION):
-        return outer  # written before checksums
-    payload = outer.get("payload")
-    digest = outer.get("sha256")
-    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != digest:
-        raise CheckpointError(
-            f"{path} is damaged: its contents do not match the SHA-256 saved with them",
-            [(path, "checksum mismatch")],
-        )
-    try:
-        return torch.load(
-            io.BytesIO(payload), map_location=map_location, weights_only=False
-        )
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:
-        raise CheckpointError(
-            f"{path} passed its checksum but does not load ({error}); it was written "
-            "by an incompatible torch or clenv version",
-            [(path, f"does not load ({type(error).__name__})")],
-        ) from error
+        reason = f"does not load ({type(error).__name__}: {error})"
+        raise CheckpointError(f"{path} {reason}", [(path, reason)]) from error
 
 
 def verify_checkpoint(path: str | Path) -> str | None:
-    """None if ``path`` is a good checkpoint, else why not (for pruning and listing).
+    """None if ``path`` is an intact checkpoint, else what is wrong with it.
 
-    Checks the SHA-256 without unpickling the state; a file from before checksums is
-    good when it loads.
+    Reads the whole zip archive and checks the CRC-32 of every member (the pickled
+    structure and every tensor's bytes) without unpickling anything.
     """
-    path = Path(path)
     try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:  # an older, unchecksummed checkpoint holds more than tensors
-            torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:
-            return f"unreadable ({type(error).__name__})"
-        return None
-    if isinstance(outer, dict) and outer.get(FORMAT_KEY) == FORMAT_VERSION:
-        payload = outer.get("payload")
-        if not isinstance(payload, bytes) or (
-            hashlib.sha256(payload).hexdigest() != outer.get("sha256")
-        ):
-            return "checksum mismatch"
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            bad = archive.testzip()
+    except Exception as error:  # BadZipFile, EOFError, ... from a damaged directory
+        return (
+            "unreadable, not a complete checkpoint archive "
+            f"({type(error).__name__}: {error})"
+        )
+    if bad is not None:
+        return f"checksum mismatch in {bad}"
+    if not any(name.endswith("/data.pkl") for name in names):
+        return "unreadable, no data.pkl in the archive"
     return None
 
 

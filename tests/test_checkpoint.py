@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import random
 
@@ -12,13 +14,16 @@ import torch
 
 import clenv
 from clenv.checkpoint import (
+    CheckpointError,
     RestorableEnv,
     capture_rng_state,
     checkpoint_path,
     list_checkpoints,
+    load_checkpoint,
     load_latest_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 gym.register_envs(clenv)
@@ -158,3 +163,102 @@ def test_restorable_env_in_a_vector_env_restores_each_sub_env():
     np.testing.assert_array_equal(envs.step(actions)[0], expected)
     with pytest.raises(ValueError, match="num-envs"):
         envs.call("set_env_state", states[:1])
+
+
+# -- integrity: checksums, fallbacks, pruning ------------------------------------------
+
+
+def flip_tensor_byte(path, value):
+    """Flip one bit of a stored float32 ``value`` in place: the file still loads."""
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).rindex(np.float32(value).tobytes())
+    raw[at + 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_file_that_still_loads_is_caught_and_named(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.ones(3)}, step=1)
+    save_checkpoint(tmp_path, {"w": torch.full((3,), 2.0)}, step=2)
+    damaged = checkpoint_path(tmp_path, 2)
+    flip_tensor_byte(damaged, 2.0)
+    # torch.load alone returns the damaged value without complaint
+    assert torch.load(damaged, weights_only=True)["w"][2] != 2.0
+    assert verify_checkpoint(damaged).startswith("checksum mismatch in ")
+    with pytest.raises(
+        CheckpointError, match="is damaged: checksum mismatch"
+    ) as caught:
+        load_checkpoint(damaged)
+    assert str(damaged) in str(caught.value)
+    with pytest.warns(UserWarning, match=f"{damaged}.*checksum mismatch"):
+        step, state = load_latest_checkpoint(tmp_path)
+    assert step == 1 and state["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_flipped_byte_anywhere_is_never_loaded_silently(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.arange(64.0)}, step=1)
+    path = checkpoint_path(tmp_path, 1)
+    clean = path.read_bytes()
+    for offset in range(0, len(clean), max(1, len(clean) // 97)):
+        damaged = bytearray(clean)
+        damaged[offset] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        # zip padding and metadata outside the payload may change harmlessly
+        assert state["w"].tolist() == list(range(64)), offset
+
+
+def test_no_good_checkpoint_is_an_error_naming_every_file(tmp_path):
+    for step in (1, 2):
+        save_checkpoint(tmp_path, {"x": torch.full((2,), float(step))}, step=step)
+    checkpoint_path(tmp_path, 1).write_bytes(b"truncated")
+    flip_tensor_byte(checkpoint_path(tmp_path, 2), 2.0)
+    with pytest.raises(CheckpointError) as caught:
+        load_latest_checkpoint(tmp_path)
+    message = str(caught.value)
+    assert f"{checkpoint_path(tmp_path, 1)}: unreadable" in message
+    assert f"{checkpoint_path(tmp_path, 2)}: checksum mismatch" in message
+    assert "without --resume" in message
+    assert [path for path, _ in caught.value.problems] == [
+        checkpoint_path(tmp_path, 2),
+        checkpoint_path(tmp_path, 1),
+    ]
+
+
+def test_pruning_removes_damaged_checkpoints_before_good_ones(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, {"x": torch.full((2,), 3.0)}, step=step, keep_last=3)
+    checkpoint_path(tmp_path, 2).write_bytes(b"")
+    flip_tensor_byte(checkpoint_path(tmp_path, 3), 3.0)
+    with pytest.warns(UserWarning, match="removing damaged checkpoint"):
+        save_checkpoint(tmp_path, {"x": 4}, step=4, keep_last=2)
+    # the damaged 2 and 3 are gone, the good 1 is kept as the second newest good
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 4]
+    save_checkpoint(tmp_path, {"x": 5}, step=5, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
+
+
+def test_a_checkpoint_is_a_plain_torch_save_archive(tmp_path):
+    path = save_checkpoint(tmp_path, {"x": 7}, step=3)  # users may torch.load it
+    assert torch.load(path, weights_only=False) == {"x": 7, "global_step": 3}
+    torch.save({"x": 8, "global_step": 4}, checkpoint_path(tmp_path, 4))
+    assert verify_checkpoint(checkpoint_path(tmp_path, 4)) is None
+    assert load_latest_checkpoint(tmp_path)[1]["x"] == 8
+
+
+def test_full_disk_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"x": 1}, step=1)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(tmp_path, {"x": 2}, step=2)
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert not list(tmp_path.glob(".ckpt_*"))
+    assert load_latest_checkpoint(tmp_path)[1]["x"] == 1

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import json
+import os
 import random
+import tempfile
 
 import gymnasium as gym
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -15,7 +20,9 @@ from torch import nn
 import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv, list_checkpoints, save_checkpoint
+from clenv.logger import read_series
 from clenv.methods import make_method
+from clenv.run import CheckpointError, NonFiniteStateError, StorageError
 from clenv.settings import protocol_defaults
 
 gym.register_envs(clenv)
@@ -335,3 +342,165 @@ def test_plot_draws_plots_png_and_never_raises(tmp_path, capsys):
     run.plot()
     assert (run.run_dir / "plots.png").stat().st_size > 0
     assert f"plots.png:   {run.run_dir / 'plots.png'}" in capsys.readouterr().out
+
+
+# -- faults: damaged checkpoints, divergence, full or unwritable disks -----------------
+
+
+def started_run(tmp_path, steps=(5, 9)):
+    run = clenv.run.start(Args(runs_dir=str(tmp_path)), agent="test", tensorboard=False)
+    for step in range(1, 11):
+        run.logger.log_scalar("charts/x", float(step), step=step)
+    for step in steps:
+        run.save(step, model=nn.Linear(2, 1), extra={"step": step})
+    run.close()
+    return run.run_dir
+
+
+def resume(run_dir, **changes):
+    args = Args(runs_dir=str(run_dir.parent), resume=str(run_dir), **changes)
+    return clenv.run.start(args, agent="test", tensorboard=False)
+
+
+def test_resume_with_every_checkpoint_damaged_stops_and_keeps_the_logs(tmp_path):
+    run_dir = started_run(tmp_path)
+    files = [path for _, path in list_checkpoints(run_dir / "checkpoints")]
+    for path in files:  # what a new user tried: corrupt every file, then --resume
+        path.write_bytes(b"\0" * 100)
+    before = (run_dir / "metrics.h5").read_bytes()
+    with pytest.raises(CheckpointError) as caught:
+        resume(run_dir)
+    message = str(caught.value)
+    assert message.startswith(f"--resume {run_dir} cannot resume")
+    assert all(str(path) in message for path in files)
+    assert "without --resume" in message and "start this run over" in message
+    # nothing was started over: the log is untouched
+    assert (run_dir / "metrics.h5").read_bytes() == before
+
+
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, capsys):
+    run_dir = started_run(tmp_path)
+    newest = list_checkpoints(run_dir / "checkpoints")[-1][1]
+    newest.write_bytes(newest.read_bytes()[:-200])  # truncated by a full disk
+    with pytest.warns(UserWarning, match=f"skipping unreadable checkpoint {newest}"):
+        resumed = resume(run_dir)
+    assert resumed.global_step == 5 and resumed.restore(model=nn.Linear(2, 1)) == {
+        "step": 5
+    }
+    assert read_series(run_dir / "metrics.h5", "charts/x")["step"].tolist() == [
+        1, 2, 3, 4, 5
+    ]  # fmt: skip
+    resumed.close()
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer", "method"])
+def test_save_refuses_a_non_finite_state_and_keeps_the_checkpoints(tmp_path, where):
+    parts = Parts(Args())
+    run = clenv.run.start(Args(runs_dir=str(tmp_path)), agent="test", tensorboard=False)
+    save = functools.partial(
+        run.save, model=parts.model, optimizer=parts.optimizer, method=parts.method
+    )
+    parts.steps(parts.envs.reset(seed=0)[0], 3)
+    save(3)
+    with torch.no_grad():
+        if where == "model":
+            parts.model[2].bias[1] = float("nan")
+            name = "model/2.bias"
+        elif where == "optimizer":
+            parts.optimizer.state[parts.model[0].weight]["exp_avg"][0, 0] = float("inf")
+            name = "optimizer/state/0/exp_avg"
+        else:
+            state = parts.method.state_dict()  # CBP: per-layer unit utilities
+            state["utilities"][0][0] = float("nan")
+            parts.method.load_state_dict(state)
+            name = "method/utilities/0"
+    with pytest.raises(NonFiniteStateError) as caught:
+        save(6)
+    assert caught.value.name.startswith(name) and caught.value.step == 6
+    assert "Nothing was written" in str(caught.value)
+    assert [step for step, _ in list_checkpoints(run.checkpoint_dir)] == [3]
+    run.close()
+
+
+def test_unwritable_runs_dir_fails_at_start_with_the_path_and_fix(
+    tmp_path, monkeypatch
+):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", denied)
+        with pytest.raises(StorageError) as caught:
+            clenv.run.start(Args(runs_dir=str(tmp_path / "runs")), agent="test")
+    assert caught.value.errno == errno.EACCES
+    assert str(tmp_path / "runs") in str(caught.value)
+    assert "--runs-dir" in str(caught.value) and "chmod" in str(caught.value)
+    assert not list((tmp_path / "runs").iterdir())  # no half-made run
+
+
+def test_read_only_runs_dir_fails_at_start(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as root: a chmod does not make a directory read-only")
+    with pytest.raises(StorageError, match="not writable"):
+        clenv.run.start(Args(runs_dir=str(locked)), agent="test")
+
+
+def test_full_disk_during_a_run_stops_it_with_every_row_intact(tmp_path, monkeypatch):
+    import clenv.logger
+
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(clenv.logger, "free_bytes", lambda path: free["bytes"])
+    monkeypatch.setattr(clenv.logger, "SPACE_CHECK_SECONDS", 0.0)
+    run = clenv.run.start(Args(runs_dir=str(tmp_path)), agent="test", tensorboard=False)
+    for step in range(1, 21):
+        run.logger.log_scalar("charts/x", float(step), step=step)
+    run.save(20, model=nn.Linear(2, 1))
+    # the checkpoint write itself fails: the old one and the log stay
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+        )
+        with pytest.raises(StorageError) as caught:
+            run.save(21, model=nn.Linear(2, 1))
+    assert caught.value.errno == errno.ENOSPC
+    assert "checkpointing step 21" in str(caught.value)
+    assert "--resume" in str(caught.value)
+    assert [step for step, _ in list_checkpoints(run.checkpoint_dir)] == [20]
+    assert read_series(run.run_dir / "metrics.h5", "charts/x")["step"].size == 20
+    # the disk fills while logging: the run stops before HDF5 fails a write
+    run = resume(run.run_dir)
+    for step in range(21, 31):
+        run.logger.log_scalar("charts/x", float(step), step=step)
+    free["bytes"] = 1 << 20
+    with pytest.raises(StorageError, match="disk is full") as caught:
+        run.logger.log_scalar("charts/x", 31.0, step=31)
+    assert caught.value.errno == errno.ENOSPC
+    assert read_series(run.run_dir / "metrics.h5", "charts/x")["value"].tolist() == [
+        float(step) for step in range(1, 31)
+    ]
+    # space freed again: the run resumes from its checkpoint
+    free["bytes"] = 1 << 40
+    resumed = resume(run.run_dir)
+    assert resumed.global_step == 20
+    resumed.close()
+
+
+def test_truncated_metrics_file_advice_leads_to_a_working_resume(tmp_path):
+    run_dir = started_run(tmp_path)
+    metrics = run_dir / "metrics.h5"
+    metrics.write_bytes(metrics.read_bytes()[:1000])
+    with pytest.raises(OSError) as caught:
+        resume(run_dir)
+    message = str(caught.value)
+    assert f"mv {metrics} {metrics}.damaged" in message
+    metrics.rename(run_dir / "metrics.h5.damaged")  # following the advice
+    with pytest.warns(UserWarning, match="starting a fresh one"):
+        resumed = resume(run_dir)
+    assert resumed.global_step == 9
+    resumed.logger.log_scalar("charts/x", 10.0, step=10)
+    resumed.close()
+    with h5py.File(metrics, "r") as f:
+        assert f.attrs["agent"] == "test" and f.attrs["env_id"] == ENV_ID
+    assert read_series(metrics, "charts/x")["step"].tolist() == [10]
