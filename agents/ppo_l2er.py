@@ -768,17 +768,20 @@ if __name__ == "__main__":
             global_step, args.checkpoint_every, args.batch_size
         ):
             guard.check_parameters(global_step, tasks.task_id, force=True)
-            run.save(
-                global_step,
-                **checkpointed,
-                extra={
-                    "next_obs": next_obs.cpu(),
-                    "next_done": next_done.cpu(),
-                    "iteration": iteration,
-                    "tasks": vars(tasks),
-                },
-                finished=last_iteration,
-            )
+            try:
+                run.save(
+                    global_step,
+                    **checkpointed,
+                    extra={
+                        "next_obs": next_obs.cpu(),
+                        "next_done": next_done.cpu(),
+                        "iteration": iteration,
+                        "tasks": vars(tasks),
+                    },
+                    finished=last_iteration,
+                )
+            except clenv.run.NonFiniteStateError as error:  # e.g. Adam's moments
+                guard.diverged(global_step, tasks.task_id, "state", error.name)
 
         progress.update(args.batch_size)
         ret = f"{np.mean(tasks.recent_returns):.1f}" if tasks.recent_returns else "-"

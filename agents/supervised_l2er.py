@@ -610,6 +610,15 @@ if __name__ == "__main__":
         model, args.divergence_check_every, unit="example", handler=end_diverged
     )
 
+    def save(**parts: Any) -> None:
+        """run.save once the guard found the weights finite; an optimizer or method
+        tensor that Run.save refuses as non-finite is a divergence too."""
+        guard.check_parameters(global_step, stats.task_id, force=True)
+        try:
+            run.save(global_step, **parts)
+        except clenv.run.NonFiniteStateError as error:
+            guard.diverged(global_step, stats.task_id, "state", error.name)
+
     def task_start(task_id: int, task_info: dict[str, Any]) -> None:
         """What the protocol does before the first prediction of a task."""
         logger.set_task(task_id)
@@ -768,10 +777,8 @@ if __name__ == "__main__":
                 task_start(stats.task_id, next_info)
                 crossed |= task_due(stats.task_id, args.checkpoint_every_tasks)
         if crossed and not finished_all:
-            guard.check_parameters(global_step, stats.task_id, force=True)
-            run.save(global_step, **checkpointed,
-                     extra={"obs": obs, "info": info, "pending": pending,
-                            "stats": dataclasses.asdict(stats)})  # fmt: skip
+            save(**checkpointed, extra={"obs": obs, "info": info, "pending": pending,
+                                        "stats": dataclasses.asdict(stats)})  # fmt: skip
         progress.update(labels.numel())
         speed = (global_step - start_step) / max(time.time() - start_time, 1e-9)
         accuracy_so_far = f"{stats.correct / max(stats.examples, 1):.3f}"
@@ -779,9 +786,8 @@ if __name__ == "__main__":
             task=stats.task_id, acc=accuracy_so_far, ex_s=int(speed), refresh=False
         )
 
-    guard.check_parameters(global_step, stats.task_id, force=True)
-    run.save(global_step, model=model, method=method, finished=True,
-             extra={"stats": dataclasses.asdict(stats)})  # fmt: skip
+    save(model=model, method=method, finished=True,
+         extra={"stats": dataclasses.asdict(stats)})  # fmt: skip
     progress.close()
     env.close()
     run.close()

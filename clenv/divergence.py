@@ -66,7 +66,8 @@ class DivergenceEvent:
     Attributes:
         step: The global step of the check.
         task_id: The task the run was in (None where the run has no tasks).
-        kind: ``"loss"``, ``"gradient"`` or ``"parameter"``.
+        kind: ``"loss"``, ``"gradient"``, ``"parameter"`` or (a checkpoint's
+            optimizer or method tensor) ``"state"``.
         tensor: The tensor's name (``"loss"``, a parameter name such as
             ``"critic.0.weight"``).
         value: The offending value: the loss, or the tensor's norm (nan or inf).
@@ -162,7 +163,16 @@ class DivergenceGuard:
         self._gradient_calls = 0
         self._parameter_calls = 0
 
-    def _fail(self, step, task_id, kind, tensor, value) -> None:
+    def diverged(
+        self,
+        step: int,
+        task_id: int | None,
+        kind: str,
+        tensor: str,
+        value: float = math.nan,
+    ) -> None:
+        """Report a divergence found elsewhere (e.g. a checkpoint's state refused by
+        :meth:`clenv.run.Run.save`): the handler, then :class:`DivergenceError`."""
         event = DivergenceEvent(int(step), task_id, kind, tensor, float(value))
         error = DivergenceError(event, self.unit)
         if self.handler is not None:
@@ -191,7 +201,7 @@ class DivergenceGuard:
             if math.isfinite(loss):
                 return
             value = float(loss)
-        self._fail(step, task_id, "loss", name, value)
+        self.diverged(step, task_id, "loss", name, value)
 
     def _due(self, counter: str, force: bool) -> bool:
         calls = getattr(self, counter) + 1
@@ -207,7 +217,7 @@ class DivergenceGuard:
             return
         found = first_nonfinite((name, p.grad) for name, p in self.params)
         if found is not None:
-            self._fail(step, task_id, "gradient", *found)
+            self.diverged(step, task_id, "gradient", *found)
 
     def check_parameters(
         self, step: int, task_id: int | None = None, force: bool = False
@@ -218,7 +228,7 @@ class DivergenceGuard:
             return
         found = first_nonfinite(self.params)
         if found is not None:
-            self._fail(step, task_id, "parameter", *found)
+            self.diverged(step, task_id, "parameter", *found)
 
 
 def record_divergence(logger: Any, event: DivergenceEvent, action: str) -> None:

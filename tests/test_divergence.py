@@ -132,3 +132,11 @@ def test_record_and_clear_divergence(tmp_path):
     assert clear_divergence(logger) and not clear_divergence(logger)
     assert "diverged" not in json.loads((logger.run_dir / "args.json").read_text())
     logger.close()
+
+
+def test_a_divergence_found_elsewhere_goes_through_the_handler():
+    seen = []
+    guard = DivergenceGuard(small_model(), handler=seen.append)
+    with pytest.raises(DivergenceError, match="non-finite state 'optimizer/exp_avg'"):
+        guard.diverged(9, 1, "state", "optimizer/exp_avg")
+    assert seen[0].event.task_id == 1
