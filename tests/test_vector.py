@@ -169,7 +169,7 @@ def test_async_sub_envs_share_one_task(autoreset_mode, switch_at):
     try:
         assert run_lockstep(envs, switch_at, autoreset_mode, steps=40) >= 3
         with pytest.raises(AttributeError, match="other processes"):
-            envs.envs
+            _ = envs.envs
     finally:
         envs.close()
 
