@@ -36,6 +36,9 @@ system every node shares, and the same Python environment must exist on every no
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import itertools
 import json
 import os
@@ -477,7 +480,7 @@ class SweepArgs:
     """continue an interrupted trial with the agent's --resume (--no-agent-resume:
     rerun it from scratch)"""
     dry_run: bool = False
-    """print the trials only"""
+    """check every trial's arguments with the agent and print the trials only"""
 
 
 def spec_from_args(args: SweepArgs) -> SweepSpec:
@@ -511,6 +514,76 @@ def spec_from_args(args: SweepArgs) -> SweepSpec:
     )
 
 
+def check_trial_args(spec: SweepSpec) -> int:
+    """Run the agent's own argument checks on every point of the grid before any trial
+    starts; returns how many argument lists were checked (0: the agent has none).
+
+    An agent script that defines ``check_args(argv)`` (both clenv agents do: it parses
+    and resolves the arguments as a run would, and checks the env's) is imported once
+    and called with each (method, hyperparameters) point's arguments, with the first
+    seed. An unknown flag or a bad value then fails the sweep here, naming the trial,
+    its arguments and the agent's message, instead of failing every trial with the
+    cause in an attempt log.
+
+    Raises:
+        ValueError: a trial's arguments are rejected by the agent.
+    """
+    agent = Path(spec.agent)
+    if "def check_args(" not in agent.read_text():
+        return 0
+    module_name = f"_clenv_sweep_agent_{agent.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, agent)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # (its dataclasses look the module up there)
+    try:
+        module_spec.loader.exec_module(module)
+        checked: set[tuple[str, ...]] = set()
+        for trial in spec.trials():
+            argv = trial.command[2:]
+            key = (trial.reg, *sorted(trial.params.items()))
+            if key in checked:  # the seeds of a point share its arguments
+                continue
+            checked.add(key)
+            problem = _agent_rejects(module.check_args, argv)
+            if problem:
+                raise ValueError(
+                    f"trial {trial.trial_id}: {agent.name} rejects its arguments "
+                    f"({shlex.join(argv)}): {problem}. Fix the --grid values or the "
+                    "arguments after --; no trial was started"
+                )
+    finally:
+        sys.modules.pop(module_name, None)
+    return len(checked)
+
+
+def _agent_rejects(check_args: Any, argv: list[str]) -> str:
+    """The agent's message for ``argv`` ("" if accepted): its ValueError, or the
+    usage error tyro prints before exiting."""
+    stderr = io.StringIO()
+    try:
+        with (
+            contextlib.redirect_stderr(stderr),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            check_args(argv)
+    except (ValueError, FileNotFoundError) as error:
+        return str(error)
+    except SystemExit as exit:
+        if exit.code in (None, 0):
+            return ""
+        # tyro's box: keep its text, drop rules, the help pointer and the title
+        # its next line repeats.
+        lines = [line.strip(" │╭╰╮╯─-") for line in stderr.getvalue().splitlines()]
+        lines = [line for line in lines if line and not line.startswith("For full")]
+        kept = [
+            a
+            for a, b in zip(lines, [*lines[1:], ""], strict=True)
+            if not b.startswith(a)
+        ]
+        return " ".join(kept) or f"exit {exit.code}"
+    return ""
+
+
 def _check_same_definition(spec: SweepSpec) -> None:
     manifest = Path(spec.workdir, spec.runs_dir, "sweeps", spec.name, MANIFEST)
     if not manifest.is_file():
@@ -530,6 +603,11 @@ def run(args: SweepArgs) -> int:
     spec = spec_from_args(args)
     if not args.resume:
         _check_same_definition(spec)
+    checked = check_trial_args(spec)
+    if checked:
+        print(
+            f"arguments of {checked} grid point(s) accepted by {Path(spec.agent).name}"
+        )
     if args.dry_run:
         for trial in spec.trials():
             print(f"{trial.trial_id}: {shlex.join(trial.command)}")

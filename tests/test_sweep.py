@@ -220,3 +220,56 @@ def test_sweep_of_the_real_supervised_agent_then_plot(
     result = plot_runs(run_dirs, workspace / "tiny.png")
     assert TITLE_PERFORMANCE in result.panels and TITLE_DEAD_UNITS in result.panels
     assert "Hessian spectral density (tiny-l2er)" in result.panels
+
+
+# An agent with check_args (as agents/*.py have): the sweep calls it in-process for
+# every grid point before any trial; running it as a trial would fail loudly.
+CHECKED_AGENT = """
+import argparse, sys
+
+def check_args(argv):
+    parser = argparse.ArgumentParser()
+    for flag in ("--seed", "--reg", "--exp-name", "--runs-dir"):
+        parser.add_argument(flag)
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    if args.learning_rate <= 0:
+        raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
+    return args
+
+if __name__ == "__main__":
+    sys.exit("a trial was started")
+"""
+
+
+def test_trial_arguments_are_checked_before_any_trial(
+    workspace: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (workspace / "checked_agent.py").write_text(CHECKED_AGENT)
+    base = ["checked_agent.py", "--name", "c", "--seeds", "1", "2", "--reg", "bp"]
+    assert sweep.main([*base, "--grid", "learning-rate=0.1,0.2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "arguments of 2 grid point(s) accepted by checked_agent.py" in out
+    assert len([line for line in out.splitlines() if "__seed=" in line]) == 4
+    # A bad value: the sweep (not only the dry run) stops before its first trial.
+    with pytest.raises(ValueError) as error:
+        sweep.main([*base, "--grid", "learning-rate=0.1,-1"])
+    message = str(error.value)
+    assert message.startswith("trial c-bp-learning-rate=-1__seed=1: checked_agent.py "
+                              "rejects its arguments (--learning-rate -1 ")  # fmt: skip
+    assert "--learning-rate must be > 0, got -1.0" in message
+    assert "no trial was started" in message
+    assert not (workspace / "runs" / "sweeps" / "c").exists()
+    # An option the agent does not know: its usage error, not a buried attempt log.
+    with pytest.raises(ValueError, match="unrecognized arguments: --bogus 3"):
+        sweep.main([*base, "--dry-run", "--", "--bogus", "3"])
+
+
+def test_real_agents_check_their_arguments_in_a_dry_run(workspace: Path) -> None:
+    agent = str(REPO / "agents" / "supervised_l2er.py")
+    base = [agent, "--name", "r", "--reg", "bp", "--dry-run", "--"]
+    with pytest.raises(ValueError, match="Unrecognized options: --no-such-flag"):
+        sweep.main([*base, "--no-such-flag", "3"])
+    with pytest.raises(ValueError, match="--momentum must be in \\[0, 1\\), got 5.0"):
+        sweep.main([*base, "--momentum", "5"])
+    assert sweep.main([*base, "--num-tasks", "2"]) == 0
