@@ -192,6 +192,21 @@ def load_returns(runs_dir: Path, arm: str) -> tuple[np.ndarray, np.ndarray] | No
     return series["step"], series["value"]
 
 
+def switch_steps(runs_dir: Path, arm: str) -> list[int]:
+    """Steps at which a clenv arm's task id changed (its friction switches)."""
+    from clenv.logger import read_series
+
+    run_dir = existing_run(runs_dir / arm)
+    if arm.startswith("sb3") or run_dir is None:
+        return []
+    try:
+        series = read_series(run_dir / "metrics.h5", "cl/task_id")
+    except (KeyError, OSError):
+        return []
+    changed = np.flatnonzero(np.diff(series["value"]) != 0) + 1
+    return [int(series["step"][i]) for i in changed]
+
+
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     kernel = np.ones(min(window, len(values))) / min(window, len(values))
     return np.convolve(values, kernel, mode="valid")
@@ -213,7 +228,9 @@ def plot(args: Plot) -> None:
         steps, returns = data
         axis = axes[0] if arm.endswith("-ant") else axes[1]
         smooth = moving_average(returns, args.window)
-        axis.plot(steps[len(steps) - len(smooth) :], smooth, label=LABELS[arm])
+        line = axis.plot(steps[len(steps) - len(smooth) :], smooth, label=LABELS[arm])
+        for step in switch_steps(runs_dir, arm):
+            axis.axvline(step, color=line[0].get_color(), ls=":", lw=1)
         per_200k = {}
         for start in range(0, int(steps[-1]) + 1, 200_000):
             inside = (steps > start) & (steps <= start + 200_000)
@@ -228,7 +245,7 @@ def plot(args: Plot) -> None:
             "last_20_episodes": round(float(returns[-20:].mean()), 1),
         }
     axes[0].set_title("Stationary Ant-v5: clenv PPO vs Stable-Baselines3")
-    axes[1].set_title("Slippery Ant, friction switch every 200k steps")
+    axes[1].set_title("Slippery Ant, friction switch every 200k steps (dotted)")
     for axis in axes:
         axis.set_xlabel("environment steps")
         axis.grid(alpha=0.3)
