@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -319,3 +320,70 @@ def test_read_series_reads_the_file_of_a_run_still_writing_it(tmp_path):
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "[1000] [12.5]"
+
+
+# -- a full disk ------------------------------------------------------------------------
+
+FILL_DISK = """
+import sys
+import numpy as np
+import clenv.logger
+from clenv.logger import RunLogger, StorageError
+clenv.logger.MIN_FREE_BYTES = int(sys.argv[2])
+clenv.logger.SPACE_CHECK_SECONDS = 0.0
+logger = RunLogger(sys.argv[1], tensorboard=False, attrs={"env_id": "test"})
+written = 0
+try:
+    for step in range(10**6):
+        logger.log_scalar("charts/x", float(step), step=step)
+        logger.log_array("spectrum/density", np.full(50, float(step)), step=step)
+        written = step + 1
+except StorageError as error:
+    print("STOPPED", error.errno, written, flush=True)
+"""
+
+
+@pytest.mark.parametrize("margin", [1 << 20, 0], ids=["guard", "hdf5-hits-enospc"])
+def test_a_full_small_filesystem_stops_the_log_with_every_row_intact(tmp_path, margin):
+    """A 2 MiB tmpfs (mounted in a user namespace) fills up while a run logs. With the
+    free-space guard the logger stops before HDF5 fails a write; without it (another
+    process filled the disk) HDF5's own ENOSPC is still a StorageError. Either way a
+    fresh process reads every row written before."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(FILL_DISK)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {mount}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs unshare -rm)")
+    run = mount / "run"
+    read = (
+        "from clenv.logger import read_series as r; "
+        f"print('ROWS', len(r('{run}/metrics.h5', 'charts/x')['value']), "
+        f"len(r('{run}/metrics.h5', 'spectrum/density')['value']), "
+        f"r('{run}/metrics.h5', 'charts/x')['value'].tolist() == "
+        f"list(map(float, range(len(r('{run}/metrics.h5', 'charts/x')['value'])))))"
+    )
+    shell = (
+        f"mount -t tmpfs -o size=2m tmpfs {mount} && "
+        f"{sys.executable} {script} {run} {margin}; "
+        f'{sys.executable} -c "{read}"'
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    lines = result.stdout.splitlines()
+    (stopped,) = [line.split() for line in lines if line.startswith("STOPPED")]
+    (rows,) = [line.split() for line in lines if line.startswith("ROWS")]
+    written = int(stopped[2])
+    assert stopped[1] == str(errno.ENOSPC) and written > 100
+    # every row written before the stop, in order (the failed row may be complete too)
+    assert written <= int(rows[1]) <= written + 1 and rows[3] == "True"
+    assert int(rows[2]) == int(rows[1])
