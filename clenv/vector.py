@@ -236,7 +236,9 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
         return self._envs.render()
 
     def close_extras(self, **kwargs: Any) -> None:
-        self._envs.close(**kwargs)
+        envs = getattr(self, "_envs", None)  # None: __init__ failed before building
+        if envs is not None:
+            envs.close(**kwargs)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call ``name`` on every sub-env; ``set_task`` and ``set_schedule_state``
@@ -250,7 +252,10 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
         return self._envs.get_attr(name)
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | object) -> None:
-        if name == "schedule_state":  # one state per sub-env; sub-env 0's clock
+        if name == "schedule_state":  # through the clock, like set_schedule_state
+            if not isinstance(values, list | tuple):
+                self.set_schedule_state(values)  # one state for every sub-env
+                return
             clock = {"pinned_task_id": None, "pinned_steps": 0, **values[0]}
             self.set_schedule_state({"clock": clock, "sub_envs": list(values)})
             return
