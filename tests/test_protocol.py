@@ -187,6 +187,46 @@ def run_step(env):
     return repr(info)
 
 
+def test_schedule_state_attribute_gets_and_restores_the_state():
+    env = ToyContinualEnv(episode_length=5, switch_every=7)
+    run(env, 16)
+    fresh = ToyContinualEnv(episode_length=5, switch_every=7)
+    fresh.reset(seed=0)
+    fresh.schedule_state = env.schedule_state  # e.g. vector.set_attr(...)
+    assert fresh.get_schedule_state() == env.get_schedule_state()
+    assert fresh.task_id == env.task_id == 2 and fresh.task == env.task
+
+
+def test_follow_clock_moves_an_env_onto_another_clock():
+    """The hook of clenv.vector's lockstep vector env: a tick within a task moves
+    the counters only; crossing a boundary switches, announced in the next info."""
+    leader, follower = (
+        ToyContinualEnv(episode_length=100, switch_every=5) for _ in "ab"
+    )
+    leader.reset(seed=0)
+    follower.reset(seed=0)
+    for _ in range(4):
+        leader.step(0)
+        follower.step(0)
+    assert follower._follow_clock(leader._clock_state()) is None  # already there
+    leader.step(0)  # step 5: task 1; the follower stays at step 4 (e.g. it reset)
+    applied = list(follower.applied)
+    info = follower._follow_clock(leader._clock_state())
+    assert info["task_id"] == 1 and info["task_switch"] and info["task_step"] == 0
+    assert follower.applied == [*applied, follower.task_params(1)["offset"]]
+    assert follower.get_schedule_state() == leader.get_schedule_state()
+    assert not follower.step(0)[4]["task_switch"]  # announced once
+    leader.step(0)
+    leader.step(0)
+    info = follower._follow_clock(leader._clock_state())  # a tick, no switch
+    assert info["task_step"] == 2 and not info["task_switch"]
+    assert follower.applied[-1] == follower.task_params(1)["offset"]
+    leader.set_task(3)  # a pin and its steps move across too
+    leader.step(0)
+    info = follower._follow_clock(leader._clock_state())
+    assert info["task_id"] == 3 and info["task_step"] == 1 and follower.task_id == 3
+
+
 def test_state_from_other_schedule_is_refused():
     state = ToyContinualEnv(switch_every=7).get_schedule_state()
     with pytest.raises(ValueError, match="switch_every=7"):
