@@ -139,14 +139,14 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
             )
         try:
             schedules = self._envs.get_attr("schedule")
-            if not all(isinstance(s, TaskSchedule) for s in schedules):
-                raise ValueError(
-                    f"{env_id} is not a clenv continual env (its env has no task "
-                    "schedule); ContinualVectorEnv runs envs that follow clenv.protocol"
-                )
-        except BaseException:
+        except Exception:  # an env without the attribute
+            schedules = (None,)
+        if not all(isinstance(s, TaskSchedule) for s in schedules):
             self._envs.close()
-            raise
+            raise ValueError(
+                f"{env_id} is not a clenv continual env (it has no task schedule); "
+                "ContinualVectorEnv runs envs that follow clenv.protocol (ContinualEnv)"
+            )
         self._clock = _Clock(copy.deepcopy(schedules[0]))  # sync: sub-env 0's own
         self._asynchronous = bool(asynchronous)
         self.env_id = env_id

@@ -327,6 +327,8 @@ def test_bad_arguments_and_seeds_are_refused():
         gym.make_vec("clenv/SlipperyAnt-v0", 2, autoreset_mode="sometimes")
     with pytest.raises(ValueError, match="asynchronous=True"):
         gym.make_vec("clenv/SlipperyAnt-v0", 2, context="spawn")
+    with pytest.raises(ValueError, match="not a clenv continual env"):
+        ContinualVectorEnv("CartPole-v1", 2)
     envs = make_mujoco_vec("clenv/SlipperyAnt-v0")
     with pytest.raises(ValueError, match="give every sub-env a seed"):
         envs.reset(seed=[1, None, 2])
