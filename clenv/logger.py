@@ -136,6 +136,22 @@ def check_writable(directory: str | Path, what: str = "run directory") -> Path:
     return directory
 
 
+def _is_write_failure(error: BaseException) -> bool:
+    code = getattr(error, "errno", None)
+    return code in (*_NO_SPACE, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO) or (
+        "write failed" in str(error)
+    )
+
+
+def _damaged(path: Path, error: BaseException) -> OSError:
+    return OSError(
+        f"{path} cannot be read ({type(error).__name__}: {error}); it may have been "
+        "damaged by a kill in the middle of a write or by the disk. Checkpoints are "
+        f"separate and intact: move the file aside (mv {path} {path}.damaged) and "
+        "resume again, which starts a fresh metrics.h5 at the checkpoint's step"
+    )
+
+
 def run_name(
     env_id: str, exp_name: str, seed: int, timestamp: int | None = None
 ) -> str:
@@ -254,15 +270,10 @@ class RunLogger:
         path = self.run_dir / METRICS_FILE
         try:
             self._h5 = h5py.File(path, "a")
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
             if path.exists() and not os.access(path, os.W_OK):
                 raise storage_error("opening metrics", path, error) from error
-            raise OSError(
-                f"{path} cannot be opened ({error}); it may have been damaged by a kill "
-                "in the middle of a write. Checkpoints are separate and intact: move "
-                f"the file aside (mv {path} {path}.damaged) and resume again, which "
-                "starts a fresh metrics.h5 at the checkpoint's step"
-            ) from error
+            raise _damaged(path, error) from error
         try:
             if attrs:
                 for key, value in attrs.items():
@@ -270,9 +281,11 @@ class RunLogger:
             if step_limit is not None:
                 self._truncate(int(step_limit))
             self._h5.flush()
-        except OSError as error:
+        except (OSError, RuntimeError, KeyError) as error:
             self._abandon()
-            raise storage_error("writing metrics", path, error) from error
+            if _is_write_failure(error):
+                raise storage_error("writing metrics", path, error) from error
+            raise _damaged(path, error) from error
         self.writer = None
         if tensorboard:
             # Imported lazily: it pulls in tensorboard (slow) and a reader of
@@ -522,7 +535,7 @@ class RunLogger:
         except (OSError, RuntimeError) as error:
             # h5py reports some failed writes as RuntimeError ("Can't flush cache
             # (file write failed ... No space left on device)").
-            if not isinstance(error, OSError) and "write failed" not in str(error):
+            if not isinstance(error, OSError) and not _is_write_failure(error):
                 raise
             self._abandon()
             raise storage_error(

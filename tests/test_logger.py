@@ -387,3 +387,39 @@ def test_a_full_small_filesystem_stops_the_log_with_every_row_intact(tmp_path, m
     # every row written before the stop, in order (the failed row may be complete too)
     assert written <= int(rows[1]) <= written + 1 and rows[3] == "True"
     assert int(rows[2]) == int(rows[1])
+
+
+# -- a damaged metrics.h5 -----------------------------------------------------------------
+
+
+def test_a_damaged_metrics_file_is_a_clear_error_in_plot_and_resume(tmp_path, capsys):
+    """Bytes of the HDF5 metadata overwritten at several places: ``clenv plot`` and a
+    resume each end with one message naming the file (never a raw traceback)."""
+    from clenv.cli import main
+
+    clean_dir = tmp_path / "clean"
+    with RunLogger(clean_dir, tensorboard=False, attrs={"env_id": "test"}) as logger:
+        for step in range(300):
+            logger.log_scalar("charts/episodic_return", float(step), step=step)
+            logger.log_array("spectrum/density", np.ones(40), step=step)
+    clean = (clean_dir / METRICS_FILE).read_bytes()
+    refused = 0
+    for offset in (0, 96, 800, 2000, 4000, 8000):
+        run_dir = tmp_path / f"damaged_at_{offset}"
+        run_dir.mkdir()
+        damaged = bytearray(clean)
+        damaged[offset : offset + 4096] = b"\x5a" * len(damaged[offset : offset + 4096])
+        (run_dir / METRICS_FILE).write_bytes(bytes(damaged))
+        status = main(["plot", str(run_dir), "--out", str(tmp_path / "plot.png")])
+        err = capsys.readouterr().err
+        if status != 0:
+            refused += 1
+            assert status == 2 and err.startswith("clenv plot: error: cannot read")
+            assert str(run_dir / METRICS_FILE) in err
+        try:
+            RunLogger.resume(run_dir, step=100, tensorboard=False).close()
+        except OSError as error:
+            message = str(error)
+            assert message.startswith(f"{run_dir / METRICS_FILE} cannot be read")
+            assert f"mv {run_dir / METRICS_FILE} " in message
+    assert refused >= 4  # most of these places hold metadata a reader needs

@@ -148,7 +148,7 @@ def load_run(run_dir: str | Path) -> Run:
                     )
 
             f.visititems(visit)
-    except OSError as err:
+    except (OSError, RuntimeError, KeyError) as err:  # h5py's errors on damage
         raise ValueError(
             f"cannot read {str(h5_path)!r} as HDF5 ({err}); the file is corrupt or "
             "not a clenv metrics file"
