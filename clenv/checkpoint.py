@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import os
 import pickle
@@ -90,7 +91,11 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(
-    directory: str | Path, state: dict[str, Any], step: int, keep_last: int = 3
+    directory: str | Path,
+    state: dict[str, Any],
+    step: int,
+    keep_last: int = 3,
+    reserve_bytes: int = 0,
 ) -> Path:
     """Write ``state`` atomically as the checkpoint of ``step``; keep the last few.
 
@@ -99,8 +104,11 @@ def save_checkpoint(
         state: anything ``torch.save`` can pickle (state dicts, RNG states, ...). The
             global step is stored with it under ``"global_step"``.
         step: the global step this state belongs to; names the file.
-        keep_last: how many checkpoints to keep (older ones are deleted after the new
-            one is in place); must be >= 1.
+        keep_last: how many good checkpoints to keep (older ones, and damaged ones,
+            are deleted after the new one is in place); must be >= 1.
+        reserve_bytes: free space to leave on the disk: with less than the
+            checkpoint's size plus this free, nothing is written and an ``OSError``
+            (``ENOSPC``) is raised.
 
     Returns:
         The checkpoint's path.
@@ -113,6 +121,17 @@ def save_checkpoint(
     archive = io.BytesIO()
     torch.save({**state, "global_step": int(step)}, archive)
     directory.mkdir(parents=True, exist_ok=True)
+    if reserve_bytes > 0 and hasattr(os, "statvfs"):
+        stat = os.statvfs(directory)
+        free = stat.f_bavail * stat.f_frsize
+        size = archive.getbuffer().nbytes
+        if free < size + reserve_bytes:
+            raise OSError(
+                errno.ENOSPC,
+                f"the checkpoint needs {size / 2**20:.1f} MiB plus "
+                f"{reserve_bytes / 2**20:.1f} MiB kept free, only "
+                f"{free / 2**20:.1f} MiB are free",
+            )
     target = checkpoint_path(directory, step)
     fd, tmp_name = tempfile.mkstemp(prefix=".ckpt_", suffix=".tmp", dir=directory)
     try:

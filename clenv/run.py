@@ -65,6 +65,7 @@ from typing import Any, TypeVar
 import gymnasium as gym
 import torch
 
+import clenv.logger
 from clenv.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
@@ -478,13 +479,13 @@ class Run:
             "finished": bool(finished),
         }
         try:
-            ensure_free_space(self.run_dir, what=f"checkpointing step {global_step}")
             return save_checkpoint(
-                self.checkpoint_dir, state, global_step, self.keep_checkpoints
+                self.checkpoint_dir,
+                state,
+                global_step,
+                self.keep_checkpoints,
+                reserve_bytes=clenv.logger.MIN_FREE_BYTES,
             )
-        except StorageError:
-            self.logger.close()
-            raise
         except OSError as error:  # the write itself failed; the old files are intact
             self.logger.close()
             raise storage_error(

@@ -262,3 +262,12 @@ def test_full_disk_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeyp
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
     assert not list(tmp_path.glob(".ckpt_*"))
     assert load_latest_checkpoint(tmp_path)[1]["x"] == 1
+
+
+def test_a_checkpoint_that_would_fill_the_disk_is_not_written(tmp_path):
+    save_checkpoint(tmp_path, {"x": 1}, step=1)
+    with pytest.raises(OSError, match="kept free") as caught:
+        save_checkpoint(tmp_path, {"x": 2}, step=2, reserve_bytes=1 << 60)
+    assert caught.value.errno == errno.ENOSPC
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert not list(tmp_path.glob(".ckpt_*"))

@@ -457,6 +457,11 @@ def test_full_disk_during_a_run_stops_it_with_every_row_intact(tmp_path, monkeyp
     for step in range(1, 21):
         run.logger.log_scalar("charts/x", float(step), step=step)
     run.save(20, model=nn.Linear(2, 1))
+    # too little space for the checkpoint and the reserve: nothing is written
+    with monkeypatch.context() as patch:
+        patch.setattr(clenv.logger, "MIN_FREE_BYTES", 1 << 60)
+        with pytest.raises(StorageError, match="checkpointing step 21.*kept free"):
+            run.save(21, model=nn.Linear(2, 1))
     # the checkpoint write itself fails: the old one and the log stay
     with monkeypatch.context() as patch:
         patch.setattr(
