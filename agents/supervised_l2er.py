@@ -193,7 +193,7 @@ class Args:
     # Divergence (clenv.divergence)
     on_divergence: Literal["fail", "stop"] = "fail"
     """a non-finite loss, gradient or parameter: fail (exit 1 naming the example, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
-    divergence_check_every: int = 1
+    divergence_check_every: int = 100
     """check the gradients and parameters for nan/inf every this many updates (env steps on the batch-1 fast path; the loss: every update; parameters also before each checkpoint and task-end metric); 0: only before those"""
     check_args: bool = False
     """check the arguments, print them resolved and exit (clenv sweep runs it for every trial)"""

@@ -5,12 +5,12 @@ A diverging run (too large a learning rate) otherwise logs ever larger losses, t
 NaN, writes checkpoints full of NaN over the good ones, and a ``--resume`` loads them
 and fails again. :class:`DivergenceGuard` checks
 
-- the loss of every optimizer step (:meth:`~DivergenceGuard.check_loss`: one
-  ``isfinite`` of a scalar, or of a vector of per-example losses),
+- the loss of every optimizer step (:meth:`~DivergenceGuard.check_loss`: one read of
+  a scalar, or of the sum of a vector of per-example losses),
 - the gradients and the parameters of the model every ``every`` steps
   (:meth:`~DivergenceGuard.check_gradients`, :meth:`~DivergenceGuard.check_parameters`:
-  one fused ``torch._foreach_norm`` over all tensors and one ``isfinite`` reduction of
-  the norms; the tensor is named only after a failure),
+  one fused ``torch._foreach_norm`` over all tensors and one read of the norms' sum;
+  the tensor is named only after a failure),
 - the parameters before anything that must not see NaN (a checkpoint, an SVD):
   :meth:`~DivergenceGuard.check_parameters` with ``force=True``.
 
@@ -114,8 +114,8 @@ def first_nonfinite(
     """The first tensor holding a nan or inf, as ``(name, norm)``; None if all are
     finite.
 
-    One fused ``torch._foreach_norm`` and one ``isfinite`` reduction over the norms
-    while all is well (a norm is non-finite when the tensor holds a nan or inf); the
+    One fused ``torch._foreach_norm`` and one sum of the norms while all is well (a
+    norm is non-finite when the tensor holds a nan or inf); the
     tensors are scanned one by one only after that, so a finite tensor whose norm
     merely overflows float32 is not reported.
     """
@@ -124,7 +124,7 @@ def first_nonfinite(
         return None
     tensors = [t.detach() for _, t in named]
     norms = torch._foreach_norm(tensors)
-    if bool(torch.isfinite(torch.stack(norms)).all()):
+    if math.isfinite(float(torch.stack(norms).sum())):
         return None
     for (name, tensor), norm in zip(named, norms, strict=True):
         if not bool(torch.isfinite(tensor).all()):
@@ -192,10 +192,16 @@ class DivergenceGuard:
         to ``step`` (the event's step is that of the first non-finite one).
         """
         if isinstance(loss, torch.Tensor):
-            if bool(torch.isfinite(loss).all()):
-                return
+            # One reduction and one read while all is well (a sum is non-finite when
+            # a term is); the examples are scanned only after that.
             flat = loss.detach().flatten()
-            index = int((~torch.isfinite(flat)).nonzero()[0, 0])
+            total = float(flat[0] if flat.numel() == 1 else flat.sum())
+            if math.isfinite(total):
+                return
+            bad = (~torch.isfinite(flat)).nonzero()
+            if not bad.numel():  # finite terms whose sum overflows
+                return
+            index = int(bad[0, 0])
             step, value = step + index, float(flat[index])
         else:
             if math.isfinite(loss):

@@ -654,6 +654,7 @@ NAN_DRIVER = textwrap.dedent(
     """
 )
 DIVERGE = [*SMOKE, "--total-timesteps", "512", "--checkpoint-every", "128",
+           "--divergence-check-every", "1",
            "--plasticity-every", "0"]  # fmt: skip
 
 

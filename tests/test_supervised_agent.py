@@ -591,7 +591,8 @@ INJECT_NAN = textwrap.dedent(
     torch.optim.SGD.step = _nan_step
     """
 )
-DIVERGE = [*PMNIST, "--reg", "bp", "--checkpoint-every-tasks", "1"]
+DIVERGE = [*PMNIST, "--reg", "bp", "--checkpoint-every-tasks", "1",
+           "--divergence-check-every", "1"]  # fmt: skip
 
 
 def test_nan_stops_the_run_naming_it_and_resume_starts_from_a_finite_checkpoint(
