@@ -22,6 +22,12 @@ The sweep directory ``<runs-dir>/sweeps/<name>/`` holds
 ``ray/``           Ray Tune's own experiment state
 ================== ==================================================================
 
+Before any trial starts (and in ``--dry-run``), each grid point's arguments go through
+the agent's own ``check_args(argv)`` when the script defines one (both agents in
+``agents/`` do: the argument parsing, resolution and value checks of a run): an unknown
+option or a bad value fails the sweep there, naming the trial, its arguments and the
+agent's message, instead of failing every trial with the cause in an attempt log.
+
 A trial's identity is deterministic: ``exp_name = <sweep>-<reg>[-<key>=<value>...]``
 and its seed; its run directory is ``<runs-dir>/<env>__<exp_name>__<seed>__<time>``.
 Run the same command again (or ``clenv sweep --resume <sweep dir>``) and trials that
