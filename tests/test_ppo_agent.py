@@ -693,6 +693,27 @@ def test_nan_stops_the_run_naming_it_and_resume_starts_from_a_finite_checkpoint(
     assert steps.tolist() == [128, 256, 384, 512]
 
 
+def test_a_non_finite_optimizer_state_is_a_divergence_too(tmp_path):
+    """Weights finite, an Adam moment NaN at the checkpoint of step 128: Run.save
+    refuses it (clenv.run.NonFiniteStateError) and the guard reports it by name."""
+    driver = NAN_DRIVER.replace("_calls[0] == 6", "_calls[0] == 4").replace(
+        'self.param_groups[0]["params"][0].fill_',
+        'self.state[self.param_groups[0]["params"][0]]["exp_avg"].fill_',
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver, str(AGENT), *DIVERGE,
+         "--runs-dir", str(tmp_path)],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "training diverged: non-finite state 'optimizer" in done.stderr
+    assert "at step 128, task 0" in done.stderr, done.stderr[-2000:]
+    run_dir = only_run(tmp_path)
+    assert not list((run_dir / "checkpoints").glob("*.pt"))
+    diverged = json.loads((run_dir / "args.json").read_text())["diverged"]
+    assert diverged["kind"] == "state" and diverged["step"] == 128
+
+
 def test_large_learning_rate_stops_cleanly(tmp_path):
     """--learning-rate 1e3: the first update sends the log-std to +-1000, the next
     loss is NaN; --on-divergence stop ends the run with exit 0 and logs it."""
