@@ -106,7 +106,9 @@ def storage_error(what: str, path: str | Path, error: BaseException) -> StorageE
             "The disk is full: free space there (or choose another --runs-dir), then "
             "continue the run with --resume"
         )
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif code == errno.EROFS:
+        fix = "Its filesystem is mounted read-only: choose another --runs-dir"
+    elif code in (errno.EACCES, errno.EPERM):
         fix = (
             "It is not writable: fix its permissions (chmod u+w) or choose another "
             "--runs-dir"

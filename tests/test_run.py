@@ -8,6 +8,8 @@ import functools
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 
 import gymnasium as gym
@@ -438,13 +440,41 @@ def test_unwritable_runs_dir_fails_at_start_with_the_path_and_fix(
     assert not list((tmp_path / "runs").iterdir())  # no half-made run
 
 
+READ_ONLY_START = """
+import dataclasses, sys
+import clenv.run
+@dataclasses.dataclass
+class Args:
+    runs_dir: str = sys.argv[1]
+    exp_name: str = "x"
+    seed: int = 0
+    resume: str | None = None
+    env_id: str = "Pendulum-v1"
+    reg: str = "bp"
+try:
+    clenv.run.start(Args(), agent="test", tensorboard=False)
+except clenv.run.StorageError as error:
+    print("STORAGE", error.errno, error)
+"""
+
+
 def test_read_only_runs_dir_fails_at_start(tmp_path):
+    """A directory without write permission, or (as root, whom permissions do not
+    bind) a read-only bind mount in a user namespace."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    if os.access(locked, os.W_OK):
-        pytest.skip("running as root: a chmod does not make a directory read-only")
-    with pytest.raises(StorageError, match="not writable"):
-        clenv.run.start(Args(runs_dir=str(locked)), agent="test")
+    script = [sys.executable, "-c", READ_ONLY_START, str(locked / "runs")]
+    if os.access(locked, os.W_OK):  # root: make the filesystem itself read-only
+        mount = f"mount --bind {locked} {locked} && mount -o remount,bind,ro {locked}"
+        if subprocess.run(["unshare", "-rm", "sh", "-c", mount]).returncode != 0:
+            pytest.skip("as root without unshare -rm nothing here is read-only")
+        script = ["unshare", "-rm", "sh", "-c", f'{mount} && exec "$0" "$@"', *script]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("STORAGE "), result.stdout + result.stderr
+    _, code, message = result.stdout.split(" ", 2)
+    assert int(code) in (errno.EACCES, errno.EROFS)
+    assert str(locked / "runs") in message and "--runs-dir" in message
+    assert not list(locked.iterdir())
 
 
 def test_full_disk_during_a_run_stops_it_with_every_row_intact(tmp_path, monkeypatch):
