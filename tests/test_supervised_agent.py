@@ -691,3 +691,19 @@ def test_check_args_exits_before_anything_is_built(tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
     assert "arguments ok" in result.stdout and "'num_tasks': 2" in result.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_default_interval_catches_the_nan_at_the_next_loss(fake_data_dir, tmp_path):
+    """With --divergence-check-every 100 (the default) the weights are not read after
+    every update, but NaN weights make the next example's loss NaN: caught there."""
+    argv = [*PMNIST, "--reg", "bp", "--checkpoint-every-tasks", "1", "--fast-path",
+            "off"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", INJECT_NAN + DRIVER, str(AGENT), str(fake_data_dir),
+         str(tmp_path), json.dumps({"run": argv})],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")]
+    outcome = json.loads(line[len("RESULTS ") :])["run"]
+    assert outcome.startswith("exit error: training diverged: non-finite loss 'loss' "
+                              "(nan) at example 51, task 1"), outcome  # fmt: skip
