@@ -39,12 +39,7 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
-from clenv.divergence import (
-    DivergenceError,
-    DivergenceGuard,
-    clear_divergence,
-    record_divergence,
-)
+from clenv.divergence import DivergenceGuard, clear_divergence, end_diverged
 from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.methods import make_method, split_name
 from clenv.metrics import curvature_report, plasticity_report
@@ -206,7 +201,11 @@ def resolve_args(args: Args) -> Args:
         non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every",
                       "divergence_check_every"),
     )  # fmt: skip
-    check_values(args)
+    clenv.run.check_ranges(args, VALUE_RANGES)
+    if len(args.adam_betas) != 2 or not all(0 <= b < 1 for b in args.adam_betas):
+        raise ValueError(
+            f"--adam-betas takes two numbers in [0, 1), got {args.adam_betas}"
+        )
     if not args.hidden_sizes or min(args.hidden_sizes) < 1:
         raise ValueError(
             f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
@@ -238,42 +237,15 @@ def resolve_args(args: Args) -> Args:
 
 # The largest rollout the buffers and numpy's index arrays take (int32 indices).
 MAX_BATCH_SIZE = 2**31 - 1
-
-
-def check_values(args: Args) -> None:
-    """Raise a ValueError naming the first flag whose value is out of range (before
-    anything is built)."""
-    checks = [
-        ("learning_rate", args.learning_rate, "a finite number > 0", lambda v: v > 0),
-        ("adam_eps", args.adam_eps, "a finite number >= 0", lambda v: v >= 0),
-        ("weight_decay", args.weight_decay, "a finite number >= 0", lambda v: v >= 0),
-        ("gamma", args.gamma, "in [0, 1]", lambda v: 0 <= v <= 1),
-        ("gae_lambda", args.gae_lambda, "in [0, 1]", lambda v: 0 <= v <= 1),
-        ("clip_coef", args.clip_coef, "a finite number > 0", lambda v: v > 0),
-        ("ent_coef", args.ent_coef, "a finite number", lambda v: True),
-        ("vf_coef", args.vf_coef, "a finite number >= 0", lambda v: v >= 0),
-        ("log_std_init", args.log_std_init, "a finite number", lambda v: True),
-    ]
-    optional = [
-        ("max_grad_norm", args.max_grad_norm, "> 0 (or unset: no clipping)"),
-        ("target_kl", args.target_kl, "> 0 (or unset: no early stop)"),
-    ]
-    checks += [(k, v, f"a finite number {d}", lambda v: v > 0) for k, v, d in optional
-               if v is not None]  # fmt: skip
-    for key, value, allowed, ok in checks:
-        if not (math.isfinite(value) and ok(value)):
-            raise ValueError(
-                f"--{key.replace('_', '-')} must be {allowed}, got {value}"
-            )
-    if len(args.adam_betas) != 2 or not all(0 <= b < 1 for b in args.adam_betas):
-        raise ValueError(
-            f"--adam-betas takes two numbers in [0, 1), got {args.adam_betas}"
-        )
-    if not all(math.isfinite(e) and e > 0 for e in args.curvature_epsilons):
-        raise ValueError(
-            "--curvature-epsilons must be finite numbers > 0 (thresholds on "
-            f"|eigenvalue|), got {args.curvature_epsilons}"
-        )
+# The range of each value (clenv.run.check_ranges), checked before anything is built.
+VALUE_RANGES = {
+    "learning_rate": "> 0", "adam_eps": ">= 0", "weight_decay": ">= 0",
+    "gamma": "[0, 1]", "gae_lambda": "[0, 1]", "clip_coef": "> 0",
+    "ent_coef": "finite", "vf_coef": ">= 0", "log_std_init": "finite",
+    "max_grad_norm": "> 0 (or unset: no clipping)",
+    "target_kl": "> 0 (or unset: no early stop)",
+    "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
+}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -513,12 +485,10 @@ def log_curvature(logger, agent, batch, args, when: str, task: int, step: int):
 
 
 if __name__ == "__main__":
-    try:
+    with clenv.run.exit_on_error(ValueError, FileNotFoundError):
         args = parse_args()
         env_kwargs, continual = env_kwargs_for(args)
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
     if args.check_args:
         print(f"arguments ok: {args.env_id} {env_kwargs}, --reg {args.reg}")
         sys.exit(0)
@@ -566,12 +536,13 @@ if __name__ == "__main__":
     )
 
     # TRY NOT TO MODIFY: start the game (or resume it where the checkpoint left it)
-    run = clenv.run.start(
-        args,
-        agent="ppo",
-        extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method)},
-        map_location=device,
-    )
+    with clenv.run.exit_on_error():  # every checkpoint damaged, a full disk
+        run = clenv.run.start(
+            args,
+            agent="ppo",
+            extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method)},
+            map_location=device,
+        )
     logger = run.logger
     if run.resumed:  # back at the last good checkpoint, before any divergence
         clear_divergence(logger)
@@ -595,27 +566,14 @@ if __name__ == "__main__":
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step,
                     unit="step", disable=not args.progress, dynamic_ncols=True)  # fmt: skip
 
-    def end_diverged(error: DivergenceError) -> None:
-        """--on-divergence: record the event, close the run (no checkpoint: the last
-        one on disk is the last good state), then exit 1 (fail) or 0 (stop)."""
-        record_divergence(logger, error.event, args.on_divergence)
-        progress.close()
-        envs.close()
-        run.close()
-        resume = f"python {sys.argv[0]} --resume {run.run_dir}"
-        if args.on_divergence == "fail":
-            sys.exit(
-                f"error: {error}. No checkpoint was written after it; the last one in "
-                f"{run.checkpoint_dir} is the last good state ({resume} continues "
-                "from it). Lower --learning-rate, or pass --on-divergence stop to record the "
-                "divergence and end the run cleanly"
-            )
-        print(f"stopped (--on-divergence stop): {error}; recorded in args.json and "
-              "charts/diverged")  # fmt: skip
-        run.print_paths()
-        sys.exit(0)
-
-    guard = DivergenceGuard(agent, args.divergence_check_every, handler=end_diverged)
+    # --on-divergence: record it, close the run without a checkpoint, exit 1 or 0.
+    guard = DivergenceGuard(
+        agent,
+        args.divergence_check_every,
+        handler=lambda error: end_diverged(
+            error, run, args.on_divergence, close=(progress, envs)
+        ),
+    )
     for iteration in range(state["iteration"] + 1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
@@ -767,10 +725,12 @@ if __name__ == "__main__":
         if last_iteration or clenv.run.crossed_multiple(
             global_step, args.checkpoint_every, args.batch_size
         ):
-            guard.check_parameters(global_step, tasks.task_id, force=True)
-            try:
-                run.save(
+            # Finite weights and state (Adam's moments too), or a divergence.
+            with clenv.run.exit_on_error():  # a full disk: error: <message>
+                guard.save(
+                    run,
                     global_step,
+                    tasks.task_id,
                     **checkpointed,
                     extra={
                         "next_obs": next_obs.cpu(),
@@ -780,8 +740,6 @@ if __name__ == "__main__":
                     },
                     finished=last_iteration,
                 )
-            except clenv.run.NonFiniteStateError as error:  # e.g. Adam's moments
-                guard.diverged(global_step, tasks.task_id, "state", error.name)
 
         progress.update(args.batch_size)
         ret = f"{np.mean(tasks.recent_returns):.1f}" if tasks.recent_returns else "-"

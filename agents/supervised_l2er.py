@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import random
 import sys
@@ -41,12 +40,7 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
-from clenv.divergence import (
-    DivergenceError,
-    DivergenceGuard,
-    clear_divergence,
-    record_divergence,
-)
+from clenv.divergence import DivergenceGuard, clear_divergence, end_diverged
 from clenv.evaluation import accuracy, active_class_mask, masked_logits, task_tensors
 from clenv.fastpath import FastMLPTrainer, fast_path_supports
 from clenv.methods import make_method, split_name
@@ -227,7 +221,9 @@ def resolve_args(args: Args) -> Args:
                       "checkpoint_every_tasks", "checkpoint_every",
                       "divergence_check_every"),
     )  # fmt: skip
-    check_values(args)
+    clenv.run.check_ranges(args, VALUE_RANGES)
+    if args.fast_path == "on" and (reason := fast_path_refusal(args)):
+        raise ValueError(FAST_PATH_ON.format(reason))
     if args.env_id == PMNIST:
         # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
         # one at a time. Larger minibatches: one minibatch per env step.
@@ -246,6 +242,17 @@ def resolve_args(args: Args) -> Args:
 
 # The largest minibatch or chunk numpy's index arrays and torch's tensors take here.
 MAX_BATCH_SIZE = 2**31 - 1
+# The range of each value (clenv.run.check_ranges), checked before anything is built.
+VALUE_RANGES = {
+    "learning_rate": "> 0", "momentum": "[0, 1)", "optimizer_weight_decay": ">= 0",
+    "lr_gamma": "> 0", "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
+    "batch_size": f"<= {MAX_BATCH_SIZE}", "chunk": f"<= {MAX_BATCH_SIZE}",
+}  # fmt: skip
+FAST_PATH_ON = (
+    "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
+    "batch 1, plain SGD, methods among bp/l2/er/cbp/resets); here: {}. Use "
+    "--fast-path auto or off"
+)
 # Agent flags that set a gym.make argument: --env-kwargs must not set it too.
 ENV_FLAGS = {
     "num_tasks": "--num-tasks",
@@ -258,50 +265,19 @@ ENV_FLAGS = {
 }
 
 
-def check_values(args: Args) -> None:
-    """Raise a ValueError naming the first flag whose value is out of range (before
-    anything is built)."""
-    checks = [
-        ("learning_rate", args.learning_rate, "a finite number > 0", lambda v: v > 0),
-        ("momentum", args.momentum, "in [0, 1)", lambda v: 0 <= v < 1),
-        ("optimizer_weight_decay", args.optimizer_weight_decay,
-         "a finite number >= 0", lambda v: v >= 0),
-        ("lr_gamma", args.lr_gamma, "a finite number > 0", lambda v: v > 0),
-    ]  # fmt: skip
-    for key, value, allowed, ok in checks:
-        if not (math.isfinite(value) and ok(value)):
-            raise ValueError(
-                f"--{key.replace('_', '-')} must be {allowed}, got {value}"
-            )
-    if not all(math.isfinite(e) and e > 0 for e in args.curvature_epsilons):
-        raise ValueError(
-            "--curvature-epsilons must be finite numbers > 0 (thresholds on "
-            f"|eigenvalue|), got {args.curvature_epsilons}"
+def fast_path_refusal(args: Args) -> str:
+    """Why ``--fast-path on`` cannot compute this run, as far as the flags tell
+    (the reasons of clenv.fastpath.fast_path_supports), or ""."""
+    if args.batch_size != 1:
+        return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
+    if args.momentum != 0:
+        return f"momentum {args.momentum} (plain SGD only), from --momentum"
+    if args.optimizer_weight_decay != 0:
+        return (
+            f"optimizer weight decay {args.optimizer_weight_decay} (none; the L2 "
+            "method's is fused into the update), from --optimizer-weight-decay"
         )
-    for key in ("batch_size", "chunk"):
-        if getattr(args, key) > MAX_BATCH_SIZE:
-            raise ValueError(
-                f"--{key.replace('_', '-')} must be at most {MAX_BATCH_SIZE:,}, got "
-                f"{getattr(args, key):,}"
-            )
-    if args.fast_path == "on":
-        # The reasons of clenv.fastpath.fast_path_supports, known from the flags alone.
-        reason = ""
-        if args.batch_size != 1:
-            reason = f"batch size {args.batch_size} (batch 1 only), from --batch-size"
-        elif args.momentum != 0:
-            reason = f"momentum {args.momentum} (plain SGD only), from --momentum"
-        elif args.optimizer_weight_decay != 0:
-            reason = (
-                f"optimizer weight decay {args.optimizer_weight_decay} (none; the L2 "
-                "method's is fused into the update), from --optimizer-weight-decay"
-            )
-        if reason:
-            raise ValueError(
-                "--fast-path on needs a run the fast path computes exactly (Permuted "
-                "MNIST at batch 1, plain SGD, methods among bp/l2/er/cbp/resets); "
-                f"here: {reason}. Use --fast-path auto or off"
-            )
+    return ""
 
 
 def check_args(argv: list[str] | None = None) -> Args:
@@ -326,11 +302,7 @@ def use_fast_path(args: Args, model, optimizer, method) -> bool:
         model, optimizer, method, batch_size=args.batch_size
     )
     if args.fast_path == "on" and not supported:
-        raise ValueError(
-            "--fast-path on needs a run the fast path computes exactly (Permuted "
-            "MNIST at batch 1, plain SGD, methods among bp/l2/er/cbp/resets); here: "
-            f"{reason}. Use --fast-path auto or off"
-        )
+        raise ValueError(FAST_PATH_ON.format(reason))
     return supported and args.fast_path != "off"
 
 
@@ -497,12 +469,10 @@ class TaskStats:
 
 
 if __name__ == "__main__":
-    try:
+    with clenv.run.exit_on_error(ValueError, FileNotFoundError):
         args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",)))
         env_kwargs = env_kwargs_for(args)
         method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
     if args.check_args:
         print(f"arguments ok: {args.env_id} {env_kwargs}, --reg {args.reg}")
         sys.exit(0)
@@ -558,11 +528,12 @@ if __name__ == "__main__":
             base.task_length(k) * args.env_batch_size for k in range(args.num_tasks)
         )
 
-    run = clenv.run.start(
-        args, agent="supervised", unit="example",
-        extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method),
-                    "fast_path_used": trainer is not None},
-    )  # fmt: skip
+    with clenv.run.exit_on_error():  # every checkpoint damaged, a full disk
+        run = clenv.run.start(
+            args, agent="supervised", unit="example",
+            extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method),
+                        "fast_path_used": trainer is not None},
+        )  # fmt: skip
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
@@ -586,38 +557,21 @@ if __name__ == "__main__":
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; {how} on {device}"
     )
 
-    def end_diverged(error: DivergenceError) -> None:
-        """--on-divergence: record the event, close the run (no checkpoint: the last
-        one on disk is the last good state), then exit 1 (fail) or 0 (stop)."""
-        record_divergence(logger, error.event, args.on_divergence)
-        progress.close()
-        env.close()
-        run.close()
-        resume = f"python {sys.argv[0]} --resume {run.run_dir}"
-        if args.on_divergence == "fail":
-            sys.exit(
-                f"error: {error}. No checkpoint was written after it; the last one in "
-                f"{run.checkpoint_dir} is the last good state ({resume} continues "
-                "from it). Lower --learning-rate, or pass --on-divergence stop to "
-                "record the divergence and end the run cleanly"
-            )
-        print(f"stopped (--on-divergence stop): {error}; recorded in args.json and "
-              "charts/diverged")  # fmt: skip
-        run.print_paths()
-        sys.exit(0)
-
+    # --on-divergence: record it, close the run without a checkpoint, exit 1 or 0.
     guard = DivergenceGuard(
-        model, args.divergence_check_every, unit="example", handler=end_diverged
+        model,
+        args.divergence_check_every,
+        unit="example",
+        handler=lambda error: end_diverged(
+            error, run, args.on_divergence, close=(progress, env)
+        ),
     )
 
     def save(**parts: Any) -> None:
-        """run.save once the guard found the weights finite; an optimizer or method
-        tensor that Run.save refuses as non-finite is a divergence too."""
-        guard.check_parameters(global_step, stats.task_id, force=True)
-        try:
-            run.save(global_step, **parts)
-        except clenv.run.NonFiniteStateError as error:
-            guard.diverged(global_step, stats.task_id, "state", error.name)
+        """run.save of finite weights and state (else a divergence); a full disk
+        ends the run with error: <message>."""
+        with clenv.run.exit_on_error():
+            guard.save(run, global_step, stats.task_id, **parts)
 
     def task_start(task_id: int, task_info: dict[str, Any]) -> None:
         """What the protocol does before the first prediction of a task."""

@@ -18,7 +18,8 @@ A failed check raises :class:`DivergenceError`, whose :class:`DivergenceEvent` s
 what diverged; :func:`record_divergence` logs it (``charts/diverged`` in TensorBoard
 and ``metrics.h5``, the event in ``args.json`` under ``"diverged"``). The agents turn
 it into ``--on-divergence fail`` (exit 1 with the message) or ``stop`` (record it and
-end the run cleanly, exit 0); either way no checkpoint is written after it, so the
+end the run cleanly, exit 0) with :func:`end_diverged`, and checkpoint through
+:meth:`DivergenceGuard.save`; either way no checkpoint is written after it, so the
 last checkpoint on disk is the last good state and ``--resume`` starts from it.
 
 Example:
@@ -37,11 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
+
+from clenv.run import NonFiniteStateError
 
 __all__ = [
     "ON_DIVERGENCE",
@@ -49,6 +53,7 @@ __all__ = [
     "DivergenceEvent",
     "DivergenceGuard",
     "clear_divergence",
+    "end_diverged",
     "first_nonfinite",
     "record_divergence",
 ]
@@ -179,6 +184,17 @@ class DivergenceGuard:
             self.handler(error)
         raise error
 
+    def save(self, run: Any, step: int, task_id: int | None, **parts: Any) -> None:
+        """``run.save(step, **parts)`` (:meth:`clenv.run.Run.save`) once the
+        parameters are found finite; an optimizer or method tensor that it refuses as
+        non-finite (:class:`clenv.run.NonFiniteStateError`) is a divergence too, of
+        kind ``"state"``."""
+        self.check_parameters(step, task_id, force=True)
+        try:
+            run.save(step, **parts)
+        except NonFiniteStateError as error:
+            self.diverged(step, task_id, "state", error.name)
+
     def check_loss(
         self,
         loss: torch.Tensor | float,
@@ -267,3 +283,35 @@ def clear_divergence(logger: Any) -> bool:
     del saved[ARGS_KEY]
     logger.update_args(saved)
     return True
+
+
+def end_diverged(
+    error: DivergenceError, run: Any, action: str, close: Iterable[Any] = ()
+) -> NoReturn:
+    """An agent's ``--on-divergence``: record the event (:func:`record_divergence`),
+    close ``close`` (progress bar, envs) and the run without a checkpoint (the last
+    one on disk is the last good state), then exit 1 with the message and the resume
+    command (``action="fail"``) or 0 (``"stop"``).
+
+    Args:
+        error: What the :class:`DivergenceGuard` found.
+        run: The :class:`clenv.run.Run`.
+        action: ``"fail"`` or ``"stop"``.
+        close: Objects to ``close()`` before the run.
+    """
+    record_divergence(run.logger, error.event, action)
+    for thing in close:
+        thing.close()
+    run.close()
+    resume = f"python {sys.argv[0]} --resume {run.run_dir}"
+    if action == "fail":
+        sys.exit(
+            f"error: {error}. No checkpoint was written after it; the last one in "
+            f"{run.checkpoint_dir} is the last good state ({resume} continues from "
+            "it). Lower --learning-rate, or pass --on-divergence stop to record the "
+            "divergence and end the run cleanly"
+        )
+    print(f"stopped (--on-divergence stop): {error}; recorded in args.json and "
+          "charts/diverged")  # fmt: skip
+    run.print_paths()
+    sys.exit(0)

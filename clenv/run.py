@@ -53,12 +53,14 @@ Use in an agent::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,7 +98,9 @@ __all__ = [
     "Run",
     "StorageError",
     "check_counts",
+    "check_ranges",
     "crossed_multiple",
+    "exit_on_error",
     "fill_unset",
     "parse_args",
     "probe_env",
@@ -213,6 +217,85 @@ def check_counts(
                 f"--{key.replace('_', '-')} must be >= 0 (0 turns it off), got "
                 f"{getattr(args, key)}"
             )
+
+
+def check_ranges(args: Any, ranges: Mapping[str, str]) -> None:
+    """Raise a ValueError naming the flag of the first field out of its range.
+
+    Each range is a condition, then optionally a note in parentheses that the
+    message repeats: ``"> 0"``, ``">= 0"`` (a finite number above), ``"finite"`` (any
+    finite number), ``"[0, 1]"``, ``"[0, 1)"`` (finite, in the interval), ``"<= N"``
+    (a size of at most N). A note starting ``"(or unset"`` lets None pass. A tuple
+    field needs every element in range.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> args = SimpleNamespace(learning_rate=1e-3, gamma=1.5, target_kl=None)
+        >>> check_ranges(args, {"learning_rate": "> 0",
+        ...                     "target_kl": "> 0 (or unset: no early stop)",
+        ...                     "gamma": "[0, 1]"})
+        Traceback (most recent call last):
+        ...
+        ValueError: --gamma must be in [0, 1], got 1.5
+
+    Args:
+        args: The agent's arguments.
+        ranges: Field name to range, checked in this order.
+    """
+    for key, spec in ranges.items():
+        value = getattr(args, key)
+        condition, _, note = spec.partition(" (")
+        note = f" ({note}" if note else ""
+        if value is None and note.startswith(" (or unset"):
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        if condition.startswith("<="):  # a size: an int, maybe too large for a float
+            limit = int(condition[2:])
+            if value > limit:
+                raise ValueError(f"{flag} must be at most {limit:,}, got {value:,}")
+            continue
+        if condition == "finite":
+            allowed = "a finite number"
+        elif condition[0] in "[(":
+            allowed = f"in {condition}"
+        else:
+            allowed = f"a finite number {condition}"
+        values = value if isinstance(value, tuple) else (value,)
+        if all(math.isfinite(v) and _within(v, condition) for v in values):
+            continue
+        if isinstance(value, tuple):
+            allowed = allowed.replace("a finite number", "finite numbers")
+        raise ValueError(f"{flag} must be {allowed}{note}, got {value}")
+
+
+def _within(value: float, condition: str) -> bool:
+    """Whether a finite ``value`` meets a condition of :func:`check_ranges`."""
+    if condition == "finite":
+        return True
+    if condition[0] in "[(":
+        low, high = (float(x) for x in condition[1:-1].split(","))
+        above = value >= low if condition[0] == "[" else value > low
+        below = value <= high if condition[-1] == "]" else value < high
+        return above and below
+    sign, bound = condition.split()
+    return value > float(bound) if sign == ">" else value >= float(bound)
+
+
+@contextlib.contextmanager
+def exit_on_error(*errors: type[BaseException]) -> Iterator[None]:
+    """Turn a clear error into one line, ``error: <message>``, and exit 1 (no
+    traceback): :class:`CheckpointError` (every checkpoint of the run to resume is
+    damaged), :class:`StorageError` (the disk is full or not writable) and ``errors``.
+
+    Example (an agent)::
+
+        with clenv.run.exit_on_error():
+            run = clenv.run.start(args, agent="ppo")
+    """
+    try:
+        yield
+    except (CheckpointError, StorageError, *errors) as error:
+        sys.exit(f"error: {error}")
 
 
 def _as_field_type(value: Any, hint: Any) -> Any:
