@@ -733,6 +733,52 @@ def test_large_learning_rate_stops_cleanly(tmp_path):
     assert not list((run_dir / "checkpoints").glob("*.pt"))
 
 
+# The disk fills at the first checkpoint: its write fails with ENOSPC.
+FULL_DISK_DRIVER = textwrap.dedent(
+    """
+    import errno, runpy, sys
+    import clenv.run
+    def _full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    clenv.run.save_checkpoint = _full
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+
+
+def test_damaged_checkpoints_and_a_full_disk_end_with_one_clear_line(tmp_path):
+    """clenv.run.CheckpointError (--resume, every checkpoint damaged) and
+    clenv.run.StorageError (the disk full at a checkpoint) exit 1 with
+    `error: <message>` and no traceback."""
+    from clenv.checkpoint import list_checkpoints
+
+    short = [*DIVERGE, "--total-timesteps", "256"]
+    done = run_agent([*short, "--runs-dir", str(tmp_path / "damaged")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = only_run(tmp_path / "damaged")
+    files = [path for _, path in list_checkpoints(run_dir / "checkpoints")]
+    assert len(files) == 2
+    for path in files:
+        path.write_bytes(b"\0" * 100)
+    resumed = run_agent(["--resume", str(run_dir), "--no-progress", "--no-plot"])
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    assert "Traceback" not in resumed.stderr, resumed.stderr[-2000:]
+    assert resumed.stderr.startswith(f"error: --resume {run_dir} cannot resume")
+    assert all(str(path) in resumed.stderr for path in files)
+
+    full = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_DRIVER, str(AGENT), *short,
+         "--runs-dir", str(tmp_path / "full")],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert "Traceback" not in full.stderr, full.stderr[-2000:]
+    message = full.stderr[full.stderr.index("error: ") :]
+    assert message.startswith("error: checkpointing step 128 failed at "), message
+    assert "The disk is full" in message and "--resume" in message
+
+
 BAD_VALUES = {
     ("--learning-rate", "-1e-3"): "--learning-rate must be a finite number > 0",
     ("--learning-rate", "nan"): "--learning-rate must be a finite number > 0",
