@@ -13,6 +13,7 @@ from clenv.divergence import (
     DivergenceError,
     DivergenceGuard,
     clear_divergence,
+    end_diverged,
     first_nonfinite,
     record_divergence,
 )
@@ -140,3 +141,84 @@ def test_a_divergence_found_elsewhere_goes_through_the_handler():
     with pytest.raises(DivergenceError, match="non-finite state 'optimizer/exp_avg'"):
         guard.diverged(9, 1, "state", "optimizer/exp_avg")
     assert seen[0].event.task_id == 1
+
+
+class FakeRun:
+    """What guard.save and end_diverged use of a clenv.run.Run."""
+
+    def __init__(self, logger, refuse: str | None = None) -> None:
+        self.logger, self.refuse, self.saved, self.closed = logger, refuse, [], False
+        self.run_dir, self.checkpoint_dir = logger.run_dir, logger.run_dir / "ckpt"
+
+    def save(self, step, **parts):
+        from clenv.run import NonFiniteStateError
+
+        if self.refuse:
+            raise NonFiniteStateError(self.refuse, step, self.checkpoint_dir)
+        self.saved.append((step, parts))
+
+    def close(self):
+        self.closed = True
+        self.logger.close()
+
+    def print_paths(self):
+        print("paths")
+
+
+class Closable:
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_guard_save_checks_the_weights_and_reports_a_refused_state(tmp_path):
+    logger = RunLogger.create(
+        tmp_path, env_id="clenv/Toy-v0", exp_name="t", seed=1, agent="ppo",
+        reg="bp", args={}, tensorboard=False,
+    )  # fmt: skip
+    model = small_model()
+    guard = DivergenceGuard(model, every=0)
+    run = FakeRun(logger)
+    guard.save(run, 64, 0, model=model, extra={"k": 1})
+    assert [(step, parts["extra"]) for step, parts in run.saved] == [(64, {"k": 1})]
+    with torch.no_grad():
+        model[2].bias[0] = float("nan")
+    with pytest.raises(DivergenceError, match="non-finite parameter '2.bias'"):
+        guard.save(run, 128, 0, model=model)  # checked although every=0
+    assert len(run.saved) == 1
+    with torch.no_grad():
+        model[2].bias[0] = 0.0
+    refusing = FakeRun(logger, refuse="optimizer/state/0/exp_avg")
+    with pytest.raises(DivergenceError) as caught:
+        guard.save(refusing, 192, 1, model=model)
+    event = caught.value.event
+    assert (event.kind, event.tensor, event.step, event.task_id) == (
+        "state", "optimizer/state/0/exp_avg", 192, 1
+    )  # fmt: skip
+    logger.close()
+
+
+@pytest.mark.parametrize("action", ["fail", "stop"])
+def test_end_diverged_records_closes_and_exits(tmp_path, capsys, action):
+    logger = RunLogger.create(
+        tmp_path, env_id="clenv/Toy-v0", exp_name="t", seed=1, agent="ppo",
+        reg="bp", args={}, tensorboard=False,
+    )  # fmt: skip
+    run, progress = FakeRun(logger), Closable()
+    guard = DivergenceGuard(small_model())
+    with pytest.raises(DivergenceError) as error:
+        guard.check_loss(float("nan"), step=256, task_id=2)
+    with pytest.raises(SystemExit) as caught:
+        end_diverged(error.value, run, action, close=[progress])
+    assert run.closed and progress.closed
+    saved = json.loads((run.run_dir / "args.json").read_text())
+    assert saved["diverged"]["action"] == action and saved["diverged"]["step"] == 256
+    message = "training diverged: non-finite loss 'loss' (nan) at step 256, task 2"
+    if action == "fail":
+        assert caught.value.code.startswith(f"error: {message}. No checkpoint")
+        assert f"--resume {run.run_dir}" in caught.value.code
+        assert str(run.checkpoint_dir) in caught.value.code
+    else:
+        assert caught.value.code == 0
+        assert f"stopped (--on-divergence stop): {message}" in capsys.readouterr().out

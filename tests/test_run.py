@@ -312,6 +312,56 @@ def test_fill_unset_and_check_counts_name_the_flag():
         )
 
 
+def test_check_ranges_names_the_flag_and_what_it_allows():
+    from types import SimpleNamespace
+
+    ranges = {
+        "learning_rate": "> 0", "eps": ">= 0", "gamma": "[0, 1]",
+        "momentum": "[0, 1)", "ent_coef": "finite",
+        "max_grad_norm": "> 0 (or unset: no clipping)",
+        "epsilons": "> 0 (thresholds on |eigenvalue|)", "batch_size": "<= 100",
+    }  # fmt: skip
+    good = dict(learning_rate=1e-3, eps=0.0, gamma=1.0, momentum=0.0, ent_coef=-5.0,
+                max_grad_norm=None, epsilons=(0.1, 1.0), batch_size=100)  # fmt: skip
+    clenv.run.check_ranges(SimpleNamespace(**good), ranges)
+    bad = {
+        "learning_rate": (0.0, "--learning-rate must be a finite number > 0, got 0.0"),
+        "eps": (-1e-9, "--eps must be a finite number >= 0, got -1e-09"),
+        "gamma": (1.5, "--gamma must be in [0, 1], got 1.5"),
+        "momentum": (1.0, "--momentum must be in [0, 1), got 1.0"),
+        "ent_coef": (float("inf"), "--ent-coef must be a finite number, got inf"),
+        "max_grad_norm": (
+            0.0, "--max-grad-norm must be a finite number > 0 (or unset: no "
+            "clipping), got 0.0",
+        ),
+        "epsilons": (
+            (0.1, float("nan")), "--epsilons must be finite numbers > 0 (thresholds "
+            "on |eigenvalue|), got (0.1, nan)",
+        ),
+        "batch_size": (2**70, f"--batch-size must be at most 100, got {2**70:,}"),
+    }  # fmt: skip
+    for key, (value, message) in bad.items():
+        with pytest.raises(ValueError) as caught:
+            clenv.run.check_ranges(SimpleNamespace(**{**good, key: value}), ranges)
+        assert str(caught.value) == message
+    with pytest.raises(ValueError, match="--gamma must be in"):  # nan: out of range
+        clenv.run.check_ranges(SimpleNamespace(**{**good, "gamma": float("nan")}),
+                               ranges)  # fmt: skip
+
+
+def test_exit_on_error_turns_run_errors_into_one_line():
+    with pytest.raises(SystemExit) as caught, clenv.run.exit_on_error():
+        raise CheckpointError("every checkpoint damaged: a.pt, b.pt", [])
+    assert caught.value.code == "error: every checkpoint damaged: a.pt, b.pt"
+    with pytest.raises(SystemExit) as caught, clenv.run.exit_on_error():
+        raise StorageError("the disk is full")
+    assert caught.value.code == "error: the disk is full"
+    with pytest.raises(SystemExit), clenv.run.exit_on_error(FileNotFoundError):
+        raise FileNotFoundError("no args.json")
+    with pytest.raises(KeyError), clenv.run.exit_on_error():
+        raise KeyError("not a run error")
+
+
 def test_probe_env_and_protocol_env_kwargs():
     env = clenv.run.probe_env(ENV_ID, {"switch_every": 15})
     assert isinstance(env.unwrapped, clenv.ContinualEnv)
