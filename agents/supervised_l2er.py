@@ -501,17 +501,14 @@ if __name__ == "__main__":
                              hidden_layers=model.hidden_layer_spec(), **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
-    try:
+    with clenv.run.exit_on_error(ValueError, FileNotFoundError):
         fast_path = use_fast_path(args, model, optimizer, method)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    trainer = (
-        FastMLPTrainer(model, args.learning_rate, method=method) if fast_path else None
-    )
-    try:
+        trainer = (
+            FastMLPTrainer(model, args.learning_rate, method=method)
+            if fast_path
+            else None
+        )
         env = make_env(args.env_id, env_kwargs)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
     base = env.unwrapped
     # Batch-1 Permuted MNIST: sequential updates within each env step (a chunk).
     per_example = args.env_id == PMNIST and args.batch_size == 1
