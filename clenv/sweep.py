@@ -216,8 +216,20 @@ def find_run_dir(runs_dir: Path, trial: Trial) -> Path | None:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    checkpoints = run_dir / "checkpoints"
-    return checkpoints.is_dir() and any(checkpoints.iterdir())
+    """Whether the run left a checkpoint its agent can resume from.
+
+    A clenv checkpoint (``ckpt_*.pt``) counts only if its checksums verify, so a trial
+    whose checkpoints are all damaged starts afresh instead of retrying a resume that
+    cannot work; another agent's files count as they are (the sweep runs any agent).
+    """
+    from clenv.checkpoint import CHECKPOINT_DIR, list_checkpoints, verify_checkpoint
+
+    directory = run_dir / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return False
+    ours = [path for _, path in list_checkpoints(directory)]
+    others = [path for path in directory.iterdir() if path not in ours]
+    return bool(others) or any(verify_checkpoint(path) is None for path in ours)
 
 
 # -- one trial (runs inside a Ray worker) --------------------------------------------

@@ -273,3 +273,20 @@ def test_real_agents_check_their_arguments_in_a_dry_run(workspace: Path) -> None
     with pytest.raises(ValueError, match="--momentum must be in \\[0, 1\\), got 5.0"):
         sweep.main([*base, "--momentum", "5"])
     assert sweep.main([*base, "--num-tasks", "2"]) == 0
+
+
+def test_a_trial_resumes_only_from_a_checkpoint_that_verifies(tmp_path: Path) -> None:
+    import torch
+
+    from clenv.checkpoint import save_checkpoint
+
+    run_dir = tmp_path / "run"
+    assert not sweep._has_checkpoint(run_dir)  # no checkpoints/ at all
+    path = save_checkpoint(run_dir / "checkpoints", {"w": torch.ones(64)}, step=10)
+    assert sweep._has_checkpoint(run_dir)
+    # Every checkpoint damaged: a retry must start afresh, not resume and fail again.
+    path.write_bytes(b"\0" * path.stat().st_size)
+    assert not sweep._has_checkpoint(run_dir)
+    # Another agent's own checkpoint files count as they are.
+    (run_dir / "checkpoints" / "step_100.pt").write_text("state")
+    assert sweep._has_checkpoint(run_dir)
