@@ -34,6 +34,7 @@ earned in the task the action was taken in, which is the previous task when
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -193,6 +194,29 @@ class TaskSchedule:
                     f"schedule state was saved with {key}={state[key]!r} but this env "
                     f"has {key}={getattr(self, key)!r}; build the env with the same "
                     "schedule arguments before restoring its state"
+                )
+        # Every field is checked before any is set: a bad state leaves the schedule as
+        # it was, and the message names the key (states can be edited by hand).
+        for key in ("task_id", "task_step", "total_steps"):
+            value = state[key]
+            if isinstance(value, bool | np.bool_) or not isinstance(
+                value, numbers.Integral
+            ):
+                raise ValueError(
+                    f"schedule state {key}={value!r}: expected an integer >= 0"
+                )
+            if value < 0:
+                raise ValueError(f"schedule state {key}={value}: expected >= 0")
+        if self.num_tasks is not None and state["task_id"] >= self.num_tasks:
+            raise ValueError(
+                f"schedule state task_id={state['task_id']}: this schedule has "
+                f"num_tasks={self.num_tasks} (task ids 0..{self.num_tasks - 1})"
+            )
+        for key in ("started", "switch_pending"):
+            value = state.get(key, False)
+            if not isinstance(value, bool | np.bool_):
+                raise ValueError(
+                    f"schedule state {key}={value!r}: expected True or False"
                 )
         self.task_id = int(state["task_id"])
         self.task_step = int(state["task_step"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -231,6 +232,30 @@ def test_state_from_other_schedule_is_refused():
     state = ToyContinualEnv(switch_every=7).get_schedule_state()
     with pytest.raises(ValueError, match="switch_every=7"):
         ToyContinualEnv(switch_every=8).set_schedule_state(state)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"task_id": -1}, "task_id=-1: expected >= 0"),
+        ({"task_id": 2.7}, "task_id=2.7: expected an integer"),
+        ({"task_id": "abc"}, "task_id='abc': expected an integer"),
+        ({"task_id": 10**9}, "num_tasks=5"),
+        ({"task_step": -5}, "task_step=-5: expected >= 0"),
+        ({"total_steps": -3}, "total_steps=-3: expected >= 0"),
+        ({"started": "no"}, "started='no': expected True or False"),
+        ({"switch_pending": 1}, "switch_pending=1: expected True or False"),
+    ],
+)
+def test_hand_edited_schedule_state_is_refused_and_changes_nothing(edit, message):
+    env = ToyContinualEnv(switch_every=4, num_tasks=5)
+    env.reset(seed=0)
+    for _ in range(6):
+        env.step(0)
+    before = env.get_schedule_state()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        env.set_schedule_state({**before, **edit})
+    assert env.get_schedule_state() == before  # nothing half-applied
 
 
 @pytest.mark.parametrize(
