@@ -94,6 +94,34 @@ class Row:
         return getattr(self, paper)
 
 
+# The test that resolves every method row through make_method and its preset.
+METHOD_ROW_TEST = "tests/test_methods.py::test_every_method_row_resolves_in_its_preset"
+
+
+def method_row(
+    name: str,
+    what: str,
+    lop: Value | None,
+    sc: Value | None,
+    *,
+    when: str = "",
+    test: str = METHOD_ROW_TEST,
+) -> Row:
+    """A ``kind="method"`` row: ``name`` is ``"<component>.<argument>"`` and its
+    option is ``--method-kwargs <component>__<argument>=...``."""
+    component, argument = name.split(".", 1)
+    return Row(
+        name=name,
+        what=what,
+        lop=lop,
+        sc=sc,
+        option=f"--method-kwargs {component}__{argument}=...",
+        test=test,
+        kind="method",
+        when=when,
+    )
+
+
 def rows(benchmark: str) -> list[Row]:
     """The rows of ``benchmark`` (one of :data:`BENCHMARKS`)."""
     if benchmark not in BENCHMARKS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clenv.settings import Row, Value
+from clenv.settings import Row, Value, method_row
 
 TITLE = "Continual ImageNet"
 AGENT = "agents/supervised_l2er.py"
@@ -200,7 +200,7 @@ ROWS: list[Row] = [
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
 METHOD_ROWS: list[Row] = [
-    Row(
+    method_row(
         name="l2.weight_decay",
         what="L2 coefficient lambda",
         lop=Value(
@@ -209,11 +209,8 @@ METHOD_ROWS: list[Row] = [
             "with LoP's L2 step size 0.03 (lop/imagenet/cfg/l2.json:16; an agent row)",
         ),
         sc=Value(0.001, "imagenet/config.py:20"),
-        option="--method-kwargs l2__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="ER-only ascent step eta_ER",
         lop=None,
@@ -222,11 +219,8 @@ METHOD_ROWS: list[Row] = [
             "imagenet/scripts/hyperparams/er.py:6",
             "from SC's grid 1e-3/1e-4/1e-5; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="L2-ER ascent step eta_ER",
         lop=None,
@@ -235,48 +229,34 @@ METHOD_ROWS: list[Row] = [
             "imagenet/scripts/hyperparams/l2_er.py:6",
             "from SC's grid 1e-3/1e-4/1e-5; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
         when="l2+er",
     ),
-    Row(
+    method_row(
         name="er.interval",
         what="U: minibatches per ascent (the agent groups U minibatches)",
         lop=None,
         sc=Value(12, "imagenet/config.py:31; imagenet/scripts/hyperparams/l2_er.py:7"),
-        option="--method-kwargs er__interval=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.schedule",
         what="one ascent per group of U minibatches",
         lop=None,
         sc=Value("epoch", "imagenet/train_imagenet.py:276-294"),
-        option="--method-kwargs er__schedule=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.timing",
         what="the ascent runs on the next U minibatches' inputs, before training on them",
         lop=None,
         sc=Value("before", "imagenet/train_imagenet.py:277-284"),
-        option="--method-kwargs er__timing=...",
         test="tests/test_methods.py::test_er_before_timing_ascends_in_before_epoch_and_not_after_epoch",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.last_layers",
         what="ranked layers: the last two (the FC layers)",
         lop=None,
         sc=Value(2, "imagenet/train_imagenet.py:56"),
-        option="--method-kwargs er__last_layers=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_rate",
         what="units replaced per unit per step",
         lop=Value(0.0003, "lop/imagenet/cfg/cbp.json:19"),
@@ -285,38 +265,27 @@ METHOD_ROWS: list[Row] = [
             "imagenet/scripts/hyperparams/cbp.py:6",
             "from SC's grid 1e-3/1e-4/1e-5; the value SC reports",
         ),
-        option="--method-kwargs cbp__replacement_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.maturity_threshold",
         what="steps before a unit can be replaced",
         lop=Value(100, "lop/imagenet/cfg/cbp.json:20"),
         sc=Value(100, "imagenet/config.py:59"),
-        option="--method-kwargs cbp__maturity_threshold=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.decay_rate",
         what="running-average decay of utility and mean activation",
         lop=Value(0.99, "lop/imagenet/cfg/cbp.json:21"),
         sc=Value(0.99, "imagenet/config.py:58"),
-        option="--method-kwargs cbp__decay_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.utility",
         what="CBP's utility",
         lop=Value("adaptable_contribution", "lop/imagenet/cfg/cbp.json:18"),
         sc=Value("contribution", "imagenet/cbp.py:153"),
-        option="--method-kwargs cbp__utility=...",
         test="tests/test_methods_units.py::test_cbp_adaptable_contribution_matches_its_formula",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.init_gain",
         what="gain g of the fresh weights' bound g*sqrt(3/fan_in)",
         lop=Value(
@@ -325,29 +294,23 @@ METHOD_ROWS: list[Row] = [
             "LoP's bound sqrt(1/fan_in) ('default' init; conv layers always)",
         ),
         sc=Value(1.4142135623730951, "imagenet/cbp.py:193"),
-        option="--method-kwargs cbp__init_gain=...",
         test="tests/test_methods_units.py::test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_count",
         what="what the rate multiplies: mature units or all units",
         lop=Value("all", "lop/algos/convGnT.py:73-75; lop/algos/convGnT.py:169"),
         sc=Value("eligible", "imagenet/cbp.py:160"),
-        option="--method-kwargs cbp__replacement_count=...",
         test="tests/test_methods_units.py::test_cbp_replacement_count_all_counts_every_unit_of_the_layer",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.score_after_pool",
         what="score conv units on their post-pool maps",
         lop=Value(True, "lop/nets/conv_net.py:36-44"),
         sc=None,
-        option="--method-kwargs cbp__score_after_pool=...",
         test="tests/test_methods_units.py::test_cbp_scores_post_pool_maps_when_asked",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.reset_optimizer_state",
         what="zero the replaced units' optimizer state",
         lop=Value(
@@ -358,11 +321,9 @@ METHOD_ROWS: list[Row] = [
         sc=Value(
             False, "imagenet/cbp.py:254-256", "optax's SGD-momentum trace is kept"
         ),
-        option="--method-kwargs cbp__reset_optimizer_state=...",
         test="tests/test_methods_units.py::test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.variant",
         what="CBP's definition",
         lop=Value("lop", "lop/algos/convGnT.py:144-201"),
@@ -371,11 +332,9 @@ METHOD_ROWS: list[Row] = [
             "imagenet/cbp.py:12-32",
             "the paper's CBP (LoP's definition); SC's own CBP code replaces the highest-utility units, re-draws outgoing weights and skips bias correction: pass --method-kwargs cbp__variant=sc_code to reproduce SC's CBP curves (docs/methods.md)",
         ),
-        option="--method-kwargs cbp__variant=...",
         test="tests/test_methods_units.py::test_cbp_sc_code_variant_replaces_the_highest_utility_units",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="snp.weight_decay",
         what="S&P shrink (coupled weight decay)",
         lop=Value(1e-05, "lop/imagenet/cfg/snp.json:18"),
@@ -384,37 +343,26 @@ METHOD_ROWS: list[Row] = [
             "imagenet/scripts/hyperparams/snp.py:14",
             "SC's S&P only perturbs; its snp_l2 (imagenet/scripts/hyperparams/snp_l2.py) is --reg snp+l2. This script launches the Permuted MNIST trainer (imagenet/scripts/hyperparams/snp.py:10), so SC's ImageNet S&P runs are its snp_l2 runs",
         ),
-        option="--method-kwargs snp__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="snp.noise_std",
         what="S&P noise sigma",
         lop=Value(1e-05, "lop/imagenet/cfg/snp.json:19"),
         sc=Value(1e-05, "imagenet/config.py:22"),
-        option="--method-kwargs snp__noise_std=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="head_reset.mode",
         what="LoP zeroes the output layer at every task",
         lop=Value("zero", "lop/imagenet/single_expr.py:141-143"),
         sc=None,
-        option="--method-kwargs head_reset__mode=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="head_reset.reset_optimizer_state",
         what="clear the head's optimizer state at a reset",
         lop=Value(
             False, "lop/imagenet/single_expr.py:141-143", "the SGD momentum is kept"
         ),
         sc=None,
-        option="--method-kwargs head_reset__reset_optimizer_state=...",
         test="tests/test_methods_units.py::test_resets_keep_or_clear_the_optimizer_state",
-        kind="method",
     ),
 ]

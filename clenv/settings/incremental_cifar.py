@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clenv.settings import Row, Value
+from clenv.settings import Row, Value, method_row
 
 TITLE = "Class-incremental CIFAR-100"
 AGENT = "agents/supervised_l2er.py"
@@ -259,7 +259,7 @@ ROWS: list[Row] = [
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
 METHOD_ROWS: list[Row] = [
-    Row(
+    method_row(
         name="l2.weight_decay",
         what="L2 coefficient lambda",
         lop=None,
@@ -268,11 +268,8 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/scripts/hyperparams/l2_er.py:7",
             "from SC's grid 1e-3/1e-4/1e-5; the value SC reports",
         ),
-        option="--method-kwargs l2__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="ER-only ascent step eta_ER",
         lop=None,
@@ -281,11 +278,8 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/scripts/hyperparams/er.py:6",
             "from SC's grid 1e-2/1e-3/1e-4; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="L2-ER ascent step eta_ER",
         lop=None,
@@ -294,48 +288,34 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/scripts/hyperparams/l2_er.py:6",
             "from SC's grid 1e-2/1e-3/1e-4; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
         when="l2+er",
     ),
-    Row(
+    method_row(
         name="er.interval",
         what="U: minibatches per ascent (the agent groups U minibatches)",
         lop=None,
         sc=Value(5, "incremental_cifar/config.py:33"),
-        option="--method-kwargs er__interval=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.schedule",
         what="one ascent per group of U minibatches",
         lop=None,
         sc=Value("epoch", "incremental_cifar/train_incremental_cifar.py:287-306"),
-        option="--method-kwargs er__schedule=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.timing",
         what="the ascent runs on the next U minibatches' inputs, before training on them",
         lop=None,
         sc=Value("before", "incremental_cifar/train_incremental_cifar.py:288-302"),
-        option="--method-kwargs er__timing=...",
         test="tests/test_methods.py::test_er_before_timing_ascends_in_before_epoch_and_not_after_epoch",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.last_layers",
         what="ranked layers: the last two (the extra FC layers)",
         lop=None,
         sc=Value(2, "incremental_cifar/train_incremental_cifar.py:59"),
-        option="--method-kwargs er__last_layers=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_rate",
         what="units replaced per unit per step",
         lop=Value(1e-05, "lop/incremental_cifar/cfg/continual_backpropagation.json:20"),
@@ -344,20 +324,14 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/scripts/hyperparams/cbp.py:6",
             "from SC's grid 1e-4/1e-5/1e-6; the value SC reports",
         ),
-        option="--method-kwargs cbp__replacement_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.maturity_threshold",
         what="steps before a unit can be replaced",
         lop=Value(1000, "lop/incremental_cifar/cfg/continual_backpropagation.json:22"),
         sc=Value(100, "incremental_cifar/config.py:61"),
-        option="--method-kwargs cbp__maturity_threshold=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.utility",
         what="CBP's utility",
         lop=Value(
@@ -365,20 +339,16 @@ METHOD_ROWS: list[Row] = [
             "lop/incremental_cifar/cfg/continual_backpropagation.json:21",
         ),
         sc=Value("contribution", "incremental_cifar/cbp.py:162"),
-        option="--method-kwargs cbp__utility=...",
         test="tests/test_methods_units.py::test_cbp_adaptable_contribution_matches_its_formula",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_count",
         what="what the rate multiplies: mature units or all units",
         lop=Value("all", "lop/algos/res_gnt.py:78; lop/algos/res_gnt.py:127"),
         sc=Value("eligible", "incremental_cifar/cbp.py:169"),
-        option="--method-kwargs cbp__replacement_count=...",
         test="tests/test_methods_units.py::test_cbp_replacement_count_all_counts_every_unit_of_the_layer",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.reset_optimizer_state",
         what="zero the replaced units' optimizer state",
         lop=Value(
@@ -389,11 +359,9 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/cbp.py:264-266",
             "optax's SGD-momentum trace is kept",
         ),
-        option="--method-kwargs cbp__reset_optimizer_state=...",
         test="tests/test_methods_units.py::test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.variant",
         what="CBP's definition",
         lop=Value("lop", "lop/algos/res_gnt.py:99-166"),
@@ -402,11 +370,9 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/cbp.py:17-37",
             "the paper's CBP (LoP's definition); SC's own CBP code replaces the highest-utility units, re-draws outgoing weights and skips bias correction: pass --method-kwargs cbp__variant=sc_code to reproduce SC's CBP curves (docs/methods.md)",
         ),
-        option="--method-kwargs cbp__variant=...",
         test="tests/test_methods_units.py::test_cbp_sc_code_variant_replaces_the_highest_utility_units",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="snp.weight_decay",
         what="S&P shrink (coupled weight decay)",
         lop=Value(
@@ -415,20 +381,14 @@ METHOD_ROWS: list[Row] = [
             "LoP's shrink is the optimizer's weight decay 5e-4 of every CIFAR run (an agent setting), so S&P adds none",
         ),
         sc=None,
-        option="--method-kwargs snp__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="snp.noise_std",
         what="S&P noise sigma",
         lop=Value(1e-05, "lop/incremental_cifar/cfg/shrink_and_perturb.json:16"),
         sc=Value(1e-05, "incremental_cifar/config.py:24"),
-        option="--method-kwargs snp__noise_std=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="reset.reset_optimizer_state",
         what="clear the optimizer state at a full reset",
         lop=Value(
@@ -441,11 +401,9 @@ METHOD_ROWS: list[Row] = [
             "incremental_cifar/train_incremental_cifar.py:364-378",
             "a new optimizer state is built",
         ),
-        option="--method-kwargs reset__reset_optimizer_state=...",
         test="tests/test_methods_units.py::test_resets_keep_or_clear_the_optimizer_state",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="head_reset.reset_optimizer_state",
         what="clear the head's optimizer state at a reset",
         lop=Value(
@@ -454,8 +412,6 @@ METHOD_ROWS: list[Row] = [
             "the SGD momentum is kept",
         ),
         sc=None,
-        option="--method-kwargs head_reset__reset_optimizer_state=...",
         test="tests/test_methods_units.py::test_resets_keep_or_clear_the_optimizer_state",
-        kind="method",
     ),
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clenv.settings import Row, Value
+from clenv.settings import Row, Value, method_row
 
 TITLE = "Permuted MNIST"
 AGENT = "agents/supervised_l2er.py"
@@ -121,7 +121,7 @@ ROWS: list[Row] = [
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
 METHOD_ROWS: list[Row] = [
-    Row(
+    method_row(
         name="l2.weight_decay",
         what="L2 coefficient lambda",
         lop=Value(
@@ -130,11 +130,8 @@ METHOD_ROWS: list[Row] = [
             "from LoP's grid 1e-3/1e-4/1e-5; the value LoP reports",
         ),
         sc=Value(0.001, "permuted_mnist/config.py:21"),
-        option="--method-kwargs l2__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="ER-only ascent step eta_ER",
         lop=None,
@@ -143,39 +140,27 @@ METHOD_ROWS: list[Row] = [
             "permuted_mnist/scripts/hyperparams/er.py:6",
             "from SC's grid 1e-2/1e-3/1e-4; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="L2-ER ascent step eta_ER",
         lop=None,
         sc=Value(0.01, "permuted_mnist/config.py:34"),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
         when="l2+er",
     ),
-    Row(
+    method_row(
         name="er.interval",
         what="U: minibatches between ascents (the buffer)",
         lop=None,
         sc=Value(100, "permuted_mnist/config.py:35"),
-        option="--method-kwargs er__interval=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.schedule",
         what="ascent every U steps on the buffer of their inputs, after them",
         lop=None,
         sc=Value("step", "permuted_mnist/train_permuted_mnist.py:320-337"),
-        option="--method-kwargs er__schedule=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_rate",
         what="units replaced per eligible unit per step",
         lop=Value(
@@ -184,47 +169,34 @@ METHOD_ROWS: list[Row] = [
             "from LoP's grid 1e-4/1e-5/1e-6; the value LoP reports",
         ),
         sc=Value(1e-06, "permuted_mnist/config.py:55"),
-        option="--method-kwargs cbp__replacement_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.maturity_threshold",
         what="steps before a unit can be replaced",
         lop=Value(100, "lop/permuted_mnist/cfg/cbp.json:21"),
         sc=Value(100, "permuted_mnist/config.py:57"),
-        option="--method-kwargs cbp__maturity_threshold=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.decay_rate",
         what="running-average decay of utility and mean activation",
         lop=Value(0.99, "lop/permuted_mnist/cfg/cbp.json:20"),
         sc=Value(0.99, "permuted_mnist/config.py:56"),
-        option="--method-kwargs cbp__decay_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.utility",
         what="CBP's utility",
         lop=Value("adaptable_contribution", "lop/permuted_mnist/cfg/cbp.json:18"),
         sc=Value("contribution", "permuted_mnist/cbp.py:136"),
-        option="--method-kwargs cbp__utility=...",
         test="tests/test_methods_units.py::test_cbp_adaptable_contribution_matches_its_formula",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.accumulate",
         what="carry fractions of a unit across steps",
         lop=Value(True, "lop/permuted_mnist/cfg/cbp.json:17"),
         sc=Value(True, "permuted_mnist/cbp.py:143-153"),
-        option="--method-kwargs cbp__accumulate=...",
         test="tests/test_methods_units.py::test_cbp_without_accumulate_replaces_one_unit_by_chance",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.variant",
         what="CBP's definition",
         lop=Value("lop", "lop/algos/gnt.py:166-203"),
@@ -233,11 +205,9 @@ METHOD_ROWS: list[Row] = [
             "permuted_mnist/cbp.py:11-31",
             "the paper's CBP (LoP's definition); SC's own CBP code replaces the highest-utility units, re-draws outgoing weights and skips bias correction: pass --method-kwargs cbp__variant=sc_code to reproduce SC's CBP curves (docs/methods.md)",
         ),
-        option="--method-kwargs cbp__variant=...",
         test="tests/test_methods_units.py::test_cbp_sc_code_variant_replaces_the_highest_utility_units",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="snp.weight_decay",
         what="S&P shrink (coupled weight decay)",
         lop=Value(0.0001, "lop/permuted_mnist/cfg/snp.json:17"),
@@ -246,11 +216,8 @@ METHOD_ROWS: list[Row] = [
             "permuted_mnist/scripts/hyperparams/snp.py:14",
             "SC's S&P only perturbs; its snp_l2 (permuted_mnist/scripts/hyperparams/snp_l2.py) is --reg snp+l2",
         ),
-        option="--method-kwargs snp__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="snp.noise_std",
         what="S&P noise sigma",
         lop=Value(
@@ -259,8 +226,5 @@ METHOD_ROWS: list[Row] = [
             "from LoP's grid 1e-4/1e-5/1e-6; the value LoP reports",
         ),
         sc=Value(1e-05, "permuted_mnist/config.py:25"),
-        option="--method-kwargs snp__noise_std=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clenv.settings import Row, Value
+from clenv.settings import Row, Value, method_row
 
 TITLE = "Slippery Ant (PPO)"
 AGENT = "agents/ppo_l2er.py"
@@ -359,7 +359,7 @@ ROWS: list[Row] = [
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
 METHOD_ROWS: list[Row] = [
-    Row(
+    method_row(
         name="l2.weight_decay",
         what="L2 coefficient lambda (coupled: Adam's weight_decay in LoP)",
         lop=Value(0.001, "lop/rl/cfg/sant/l2.yml:19; lop/algos/rl/ppo.py:46"),
@@ -368,11 +368,8 @@ METHOD_ROWS: list[Row] = [
             "rlopt/scripts/hyperparams/nonstationary/l2_er.py:10",
             "from SC's grid 1e-3/1e-4/1e-5; the value SC reports",
         ),
-        option="--method-kwargs l2__weight_decay=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="ER-only ascent step eta_ER",
         lop=None,
@@ -381,11 +378,8 @@ METHOD_ROWS: list[Row] = [
             "rlopt/scripts/hyperparams/nonstationary/er.py:8",
             "from SC's grid 1e-6/1e-7/1e-5; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.ascent_lr",
         what="L2-ER ascent step eta_ER",
         lop=None,
@@ -394,12 +388,9 @@ METHOD_ROWS: list[Row] = [
             "rlopt/scripts/hyperparams/nonstationary/l2_er.py:8",
             "from SC's grid 1e-6/1e-7/1e-5; the value SC reports",
         ),
-        option="--method-kwargs er__ascent_lr=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
         when="l2+er",
     ),
-    Row(
+    method_row(
         name="er.schedule",
         what="one ascent per PPO epoch on the whole rollout (er_batch = num_minibatches = 128)",
         lop=None,
@@ -407,29 +398,22 @@ METHOD_ROWS: list[Row] = [
             "epoch",
             "rlopt/ppo_nonstationary.py:503-520; rlopt/scripts/hyperparams/nonstationary/er.py:9",
         ),
-        option="--method-kwargs er__schedule=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.timing",
         what="the ascent runs before each epoch's minibatches",
         lop=None,
         sc=Value("before", "rlopt/ppo_nonstationary.py:513-520"),
-        option="--method-kwargs er__timing=...",
         test="tests/test_methods.py::test_er_before_timing_ascends_in_before_epoch_and_not_after_epoch",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="er.layer_groups",
         what="objective mean(actor layers) + mean(critic layers)",
         lop=None,
         sc=Value("by_network", "rlopt/ppo_nonstationary.py:87-93"),
-        option="--method-kwargs er__layer_groups=...",
         test="tests/test_methods.py::test_er_by_network_objective_is_mean_actor_rank_plus_mean_critic_rank",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_rate",
         what="units replaced per eligible unit per step",
         lop=Value(0.0001, "lop/rl/cfg/sant/cbp.yml:17"),
@@ -438,11 +422,8 @@ METHOD_ROWS: list[Row] = [
             "rlopt/scripts/hyperparams/nonstationary/cbp.py:8",
             "from SC's grid 1e-4/1e-5/1e-6; the value SC reports",
         ),
-        option="--method-kwargs cbp__replacement_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.replacement_rate",
         what="CBP+L2's replacement rate",
         lop=None,
@@ -451,39 +432,28 @@ METHOD_ROWS: list[Row] = [
             "rlopt/scripts/hyperparams/nonstationary/cbp_l2.py:8",
             "from SC's grid 1e-5/1e-6/1e-7; the value SC reports",
         ),
-        option="--method-kwargs cbp__replacement_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
         when="cbp+l2",
     ),
-    Row(
+    method_row(
         name="cbp.maturity_threshold",
         what="steps before a unit can be replaced",
         lop=Value(10000, "lop/rl/cfg/sant/cbp.yml:18"),
         sc=Value(10000, "rlopt/scripts/hyperparams/nonstationary/cbp.py:23"),
-        option="--method-kwargs cbp__maturity_threshold=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.decay_rate",
         what="running-average decay of utility and mean activation",
         lop=Value(0.99, "lop/rl/run_ppo.py:111"),
         sc=Value(0.99, "rlopt/config.py:39"),
-        option="--method-kwargs cbp__decay_rate=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.utility",
         what="CBP's utility (actor and critic)",
         lop=Value("contribution", "lop/rl/cfg/sant/cbp.yml:19-20"),
         sc=Value("contribution", "rlopt/cbp.py:136"),
-        option="--method-kwargs cbp__utility=...",
         test="tests/test_methods_units.py::test_cbp_adaptable_contribution_matches_its_formula",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.init_gain",
         what="gain g of the fresh weights' bound g*sqrt(3/fan_in)",
         lop=Value(
@@ -492,11 +462,9 @@ METHOD_ROWS: list[Row] = [
             "LoP's 'lecun' bound sqrt(3/fan_in)",
         ),
         sc=Value(1.4142135623730951, "rlopt/cbp.py:176"),
-        option="--method-kwargs cbp__init_gain=...",
         test="tests/test_methods_units.py::test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.reset_optimizer_state",
         what="zero the replaced units' optimizer state",
         lop=Value(
@@ -509,11 +477,9 @@ METHOD_ROWS: list[Row] = [
             "rlopt/cbp.py:223-230",
             "Adam's moments of the replaced units are zeroed",
         ),
-        option="--method-kwargs cbp__reset_optimizer_state=...",
         test="tests/test_methods_units.py::test_cbp_can_keep_the_optimizer_state_and_draws_with_init_gain",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.accumulate",
         what="carry fractions of a unit across steps (else: one unit with probability r)",
         lop=Value(
@@ -522,11 +488,9 @@ METHOD_ROWS: list[Row] = [
             "LoP's PPO builds GnT without accumulate",
         ),
         sc=Value(True, "rlopt/cbp.py:143-153"),
-        option="--method-kwargs cbp__accumulate=...",
         test="tests/test_methods_units.py::test_cbp_without_accumulate_replaces_one_unit_by_chance",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="cbp.variant",
         what="CBP's definition",
         lop=Value("lop", "lop/algos/gnt.py:166-203"),
@@ -535,11 +499,9 @@ METHOD_ROWS: list[Row] = [
             "rlopt/cbp.py:11-31",
             "the paper's CBP (LoP's definition); SC's own CBP code replaces the highest-utility units, re-draws outgoing weights and skips bias correction: pass --method-kwargs cbp__variant=sc_code to reproduce SC's CBP curves (docs/methods.md)",
         ),
-        option="--method-kwargs cbp__variant=...",
         test="tests/test_methods_units.py::test_cbp_sc_code_variant_replaces_the_highest_utility_units",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="redo.threshold",
         what="ReDo's dormancy threshold tau",
         lop=Value(
@@ -548,11 +510,8 @@ METHOD_ROWS: list[Row] = [
             "LoP ran ReDo on stationary Ant only (cfg/ant; cfg/sant has no ReDo)",
         ),
         sc=None,
-        option="--method-kwargs redo__threshold=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
-    Row(
+    method_row(
         name="redo.interval",
         what="steps between ReDo resets",
         lop=Value(
@@ -561,8 +520,5 @@ METHOD_ROWS: list[Row] = [
             "LoP ran ReDo on stationary Ant only (cfg/ant; cfg/sant has no ReDo)",
         ),
         sc=None,
-        option="--method-kwargs redo__interval=...",
-        test="tests/test_methods.py::test_every_method_row_resolves_in_its_preset",
-        kind="method",
     ),
 ]
