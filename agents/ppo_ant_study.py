@@ -231,13 +231,16 @@ def plot(args: Plot) -> None:
         line = axis.plot(steps[len(steps) - len(smooth) :], smooth, label=LABELS[arm])
         for step in switch_steps(runs_dir, arm):
             axis.axvline(step, color=line[0].get_color(), ls=":", lw=1)
-        per_200k = {}
-        for start in range(0, int(steps[-1]) + 1, 200_000):
-            inside = (steps > start) & (steps <= start + 200_000)
-            if inside.any():
-                per_200k[f"{start // 1000}k-{(start + 200_000) // 1000}k"] = round(
-                    float(returns[inside].mean()), 1
-                )
+        # Mean return of the episodes ending in each 200k-step block (one block per
+        # task on Slippery Ant); the last episode, ending just past the run's last
+        # block, counts in it.
+        blocks = max(1, round(steps[-1] / 200_000))
+        block = np.minimum((steps - 1) // 200_000, blocks - 1)
+        per_200k = {
+            f"{200 * k}k-{200 * (k + 1)}k": round(float(returns[block == k].mean()), 1)
+            for k in range(blocks)
+            if (block == k).any()
+        }
         summary[arm] = {
             "steps": int(steps[-1]),
             "episodes": len(returns),
