@@ -586,7 +586,7 @@ class Run:
             "logs": f"{run_dir}  ({METRICS_FILE}, TensorBoard events, "
             f"{CHECKPOINT_DIR}/)",
             "TensorBoard": f"tensorboard --logdir {run_dir}",
-            "plots": f"clenv plot {run_dir} --out {run_dir / 'plots.png'}",
+            "redraw": f"clenv plot {run_dir} --out {run_dir / 'plots.png'}",
         }
 
     def print_paths(self) -> None:
