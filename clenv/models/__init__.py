@@ -11,13 +11,29 @@ methods find each hidden layer by name. Every model has the same interface:
   ``reset_head_parameters()`` the output layer only (a head reset);
 - ``hidden_layer_spec()``: the ``(layer, activation, next_layer)`` module names of its
   hidden layers, for :func:`clenv.methods.make_method`'s ``hidden_layers``;
-- ``head``: the output layer.
+- ``head``: the output layer;
+- ``norm`` (``None`` or ``"layer"``: LayerNorm before each hidden activation, SC's
+  ``use_layernorm``) and ``activation`` (``"relu"``, ``"crelu"``, ``"fourier"``)
+  keywords, built from :mod:`clenv.models.layers`, whose :func:`make_mlp` builds the same
+  blocks for any MLP (a PPO agent's actor and critic).
 """
 
 from __future__ import annotations
 
 from clenv.models.convnet import ContinualImageNetConvNet
 from clenv.models.init import lecun_normal_, variance_scaling_
+from clenv.models.layers import (
+    ACTIVATIONS,
+    NORMS,
+    ChannelLayerNorm,
+    CReLU,
+    FourierFeatures,
+    feature_multiplier,
+    make_activation,
+    make_norm,
+    make_mlp,
+    norm_components,
+)
 from clenv.models.mlp import PermutedMNISTMLP
 from clenv.models.resnet import BasicBlock, IncrementalCIFARResNet18
 
@@ -26,6 +42,17 @@ __all__ = [
     "ContinualImageNetConvNet",
     "IncrementalCIFARResNet18",
     "PermutedMNISTMLP",
+    # building blocks: norm and activation options
+    "make_mlp",
+    "make_activation",
+    "make_norm",
+    "feature_multiplier",
+    "norm_components",
+    "CReLU",
+    "FourierFeatures",
+    "ChannelLayerNorm",
+    "ACTIVATIONS",
+    "NORMS",
     # initialisers of the reference codes
     "lecun_normal_",
     "variance_scaling_",

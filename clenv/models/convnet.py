@@ -9,6 +9,14 @@ import torch
 from torch import nn
 
 from clenv.models.init import check_choice, lecun_normal_
+from clenv.models.layers import (
+    check_activation,
+    check_norm,
+    feature_multiplier,
+    make_activation,
+    make_norm,
+    sequential_hidden_layer_spec,
+)
 
 PADDINGS = ("valid", "same")
 INITS = ("lop", "sc")
@@ -37,6 +45,13 @@ class ContinualImageNetConvNet(nn.Module):
         image_size: square input side (32).
         padding: ``"valid"`` (LoP) or ``"same"`` (SC) for the three convolutions.
         init: ``"lop"`` or ``"sc"`` (see above).
+        norm: ``None`` or ``"layer"``: a LayerNorm (epsilon 1e-6) before every hidden
+            activation, the three convolutions' (over the channels at each position,
+            :class:`clenv.models.layers.ChannelLayerNorm`) and the two FC layers', as
+            SC's ``use_layernorm`` ConvNet (``imagenet/models.py:12-37``).
+        activation: ``"relu"``, ``"crelu"`` or ``"fourier"`` on every hidden layer
+            (:mod:`clenv.models.layers`); the unit and channel counts stay, so CReLU
+            and Fourier features double the inputs of each next layer.
     """
 
     def __init__(
@@ -46,12 +61,17 @@ class ContinualImageNetConvNet(nn.Module):
         image_size: int = 32,
         padding: Literal["valid", "same"] = "valid",
         init: Literal["lop", "sc"] = "lop",
+        norm: Literal["layer"] | None = None,
+        activation: Literal["relu", "crelu", "fourier"] = "relu",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.padding = check_choice("padding", padding, PADDINGS)
         self.init = check_choice("init", init, INITS)
+        self.norm = check_norm(norm)
+        self.activation = check_activation(activation)
+        k = feature_multiplier(activation)
         if padding == "valid":
             side = ((((image_size - 4) // 2) - 2) // 2 - 2) // 2
             smallest = 26
@@ -63,32 +83,33 @@ class ContinualImageNetConvNet(nn.Module):
                 f"image_size={image_size} is too small for three conv+pool stages "
                 f"with padding={padding!r}; use >= {smallest}"
             )
+
+        def hidden(layer: nn.Module, units: int, conv: bool) -> list[nn.Module]:
+            return [layer, *make_norm(norm, units, conv), make_activation(activation)]
+
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5, padding=padding),
-            nn.ReLU(),
+            *hidden(nn.Conv2d(in_channels, 32, 5, padding=padding), 32, True),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 3, padding=padding),
-            nn.ReLU(),
+            *hidden(nn.Conv2d(32 * k, 64, 3, padding=padding), 64, True),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, 3, padding=padding),
-            nn.ReLU(),
+            *hidden(nn.Conv2d(64 * k, 128, 3, padding=padding), 128, True),
             nn.MaxPool2d(2, 2),
             nn.Flatten(),
-            nn.Linear(128 * side * side, 128),
-            nn.ReLU(),
-            nn.Linear(128, 128),
-            nn.ReLU(),
-            nn.Linear(128, num_classes),
+            *hidden(nn.Linear(128 * k * side * side, 128), 128, False),
+            *hidden(nn.Linear(128 * k, 128), 128, False),
+            nn.Linear(128 * k, num_classes),
         )
         if self.init == "sc":
             self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Draw every weight and bias again from the construction's initialisation
-        (torch's global generator)."""
+        (torch's global generator); reset each LayerNorm (scale 1, bias 0)."""
         for module in self.layers:
             if isinstance(module, nn.Conv2d | nn.Linear):
                 self._init_layer(module)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
 
     def reset_head_parameters(self) -> None:
         """Draw the output layer again from the construction's initialisation."""
@@ -109,18 +130,12 @@ class ContinualImageNetConvNet(nn.Module):
     def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
         """``(layer, activation, next_layer)`` module names of the five hidden layers
         (three convs, two FC), as :func:`clenv.methods.find_hidden_layers` finds
-        them."""
-        return [
-            ("layers.0", "layers.1", "layers.3"),
-            ("layers.3", "layers.4", "layers.6"),
-            ("layers.6", "layers.7", "layers.10"),
-            ("layers.10", "layers.11", "layers.12"),
-            ("layers.12", "layers.13", "layers.14"),
-        ]
+        them (the LayerNorm's name second under ``norm="layer"``)."""
+        return sequential_hidden_layer_spec(self.layers, "layers")
 
     def fc_activation_names(self) -> list[str]:
-        """Names of the two FC layers' ReLUs (SC's ER layers; cheap to rank)."""
-        return ["layers.11", "layers.13"]
+        """Names of the two FC layers' activations (SC's ER layers; cheap to rank)."""
+        return [spec[-2] for spec in self.hidden_layer_spec()[-2:]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

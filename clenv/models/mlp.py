@@ -8,6 +8,14 @@ import torch
 from torch import nn
 
 from clenv.models.init import check_choice
+from clenv.models.layers import (
+    check_activation,
+    check_norm,
+    feature_multiplier,
+    make_activation,
+    make_norm,
+    sequential_hidden_layer_spec,
+)
 
 INITS = ("sc", "lop")
 
@@ -17,7 +25,9 @@ class PermutedMNISTMLP(nn.Module):
 
     The layers are one ``nn.Sequential`` (``self.layers``) alternating ``nn.Linear`` and
     ``nn.ReLU``, so hidden layer ``l`` is ``layers[2 l]`` and its activation
-    ``layers[2 l + 1]``; the output layer is ``layers[-1]`` (``self.head``).
+    ``layers[2 l + 1]``; the output layer is ``layers[-1]`` (``self.head``). With
+    ``norm="layer"`` a LayerNorm sits between each hidden ``Linear`` and its activation
+    (three modules per hidden layer; :meth:`hidden_layer_spec` names them).
 
     Initialisation (``init``), zero biases in both:
 
@@ -33,6 +43,12 @@ class PermutedMNISTMLP(nn.Module):
         depth: number of hidden layers (3 in both papers).
         num_classes: output logits.
         init: ``"sc"`` or ``"lop"`` (see above).
+        norm: ``None`` or ``"layer"``: LayerNorm (epsilon 1e-6, Flax's) before each
+            hidden activation, as SC's ``use_layernorm``
+            (``permuted_mnist/train_permuted_mnist.py:71-72,84-85``).
+        activation: ``"relu"``, ``"crelu"`` or ``"fourier"``
+            (:mod:`clenv.models.layers`); ``width`` stays the units per layer, so
+            CReLU and Fourier features double the next layer's inputs.
     """
 
     def __init__(
@@ -42,6 +58,8 @@ class PermutedMNISTMLP(nn.Module):
         depth: int = 3,
         num_classes: int = 10,
         init: Literal["sc", "lop"] = "sc",
+        norm: Literal["layer"] | None = None,
+        activation: Literal["relu", "crelu", "fourier"] = "relu",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -53,21 +71,30 @@ class PermutedMNISTMLP(nn.Module):
             if value < 1:
                 raise ValueError(f"PermutedMNISTMLP needs {name} >= 1, got {value}")
         self.init = check_choice("init", init, INITS)
+        self.norm = check_norm(norm)
+        self.activation = check_activation(activation)
         modules: list[nn.Module] = []
         fan_in = input_dim
         for _ in range(depth):
-            modules += [nn.Linear(fan_in, width), nn.ReLU()]
-            fan_in = width
+            modules += [
+                nn.Linear(fan_in, width),
+                *make_norm(norm, width),
+                make_activation(activation),
+            ]
+            fan_in = width * feature_multiplier(activation)
         modules.append(nn.Linear(fan_in, num_classes))
         self.layers = nn.Sequential(*modules)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Draw every weight again from the construction's initialisation (torch's
-        global generator) and zero every bias."""
+        global generator), zero every bias, and reset each LayerNorm (scale 1, bias
+        0)."""
         for module in self.layers:
             if isinstance(module, nn.Linear):
                 self._init_linear(module)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
 
     def reset_head_parameters(self) -> None:
         """Draw the output layer again from the construction's initialisation."""
@@ -91,12 +118,9 @@ class PermutedMNISTMLP(nn.Module):
 
     def hidden_layer_spec(self) -> list[tuple[str, str, str]]:
         """``(layer, activation, next_layer)`` module names of every hidden layer, in
-        order (what :func:`clenv.methods.find_hidden_layers` discovers too)."""
-        count = len(self.layers) // 2
-        return [
-            (f"layers.{2 * i}", f"layers.{2 * i + 1}", f"layers.{2 * i + 2}")
-            for i in range(count)
-        ]
+        order (what :func:`clenv.methods.find_hidden_layers` discovers too), with the
+        LayerNorm's name second under ``norm="layer"``."""
+        return sequential_hidden_layer_spec(self.layers, "layers")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x.flatten(1))

@@ -14,6 +14,14 @@ import torch
 from torch import nn
 
 from clenv.models.init import check_choice, variance_scaling_
+from clenv.models.layers import (
+    check_activation,
+    check_norm,
+    feature_multiplier,
+    make_activation,
+    make_norm,
+    sequential_hidden_layer_spec,
+)
 
 INITS = ("sc", "lop")
 
@@ -69,6 +77,15 @@ class IncrementalCIFARResNet18(nn.Module):
         base_channels: channels of the first stage (64; the stages have 1, 2, 4, 8
             times as many). Smaller values give a narrow ResNet for quick runs.
         init: ``"sc"`` or ``"lop"`` (see above).
+        norm: ``None`` or ``"layer"``: a LayerNorm (epsilon 1e-6) before the
+            activation of each extra FC layer, as SC's ``use_layernorm`` ResNet
+            (``incremental_cifar/model.py:177-188``; its convolutions keep their
+            BatchNorm).
+        activation: ``"relu"``, ``"crelu"`` or ``"fourier"`` on the extra FC layers
+            (:mod:`clenv.models.layers`; ``fc_width`` stays the units, so the next
+            layer reads twice as many features). The residual blocks keep ReLU: a
+            two-feature activation there would change the channel count that the
+            skip connections add to.
     """
 
     def __init__(
@@ -79,6 +96,8 @@ class IncrementalCIFARResNet18(nn.Module):
         in_channels: int = 3,
         base_channels: int = 64,
         init: Literal["sc", "lop"] = "sc",
+        norm: Literal["layer"] | None = None,
+        activation: Literal["relu", "crelu", "fourier"] = "relu",
     ) -> None:
         super().__init__()
         if num_classes < 1 or extra_fc < 0 or fc_width < 1 or base_channels < 1:
@@ -88,6 +107,8 @@ class IncrementalCIFARResNet18(nn.Module):
                 f"{fc_width}, {base_channels}"
             )
         self.init = check_choice("init", init, INITS)
+        self.norm = check_norm(norm)
+        self.activation = check_activation(activation)
         widths = [base_channels * k for k in (1, 2, 4, 8)]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=True),
@@ -108,8 +129,12 @@ class IncrementalCIFARResNet18(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         fc: list[nn.Module] = []
         for _ in range(extra_fc):
-            fc += [nn.Linear(in_ch, fc_width), nn.ReLU()]
-            in_ch = fc_width
+            fc += [
+                nn.Linear(in_ch, fc_width),
+                *make_norm(norm, fc_width),
+                make_activation(activation),
+            ]
+            in_ch = fc_width * feature_multiplier(activation)
         self.fc = nn.Sequential(*fc)
         self.head = nn.Linear(in_ch, num_classes)
         self.reset_parameters()
@@ -121,7 +146,7 @@ class IncrementalCIFARResNet18(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
                 self._init_layer(module)
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, nn.BatchNorm2d | nn.LayerNorm):
                 module.reset_parameters()  # weight 1, bias 0, running statistics
 
     def reset_head_parameters(self) -> None:
@@ -161,15 +186,21 @@ class IncrementalCIFARResNet18(nn.Module):
                         f"{block}.{name}" for name in ("conv1", "bn1", "relu1", "conv2")
                     )
                 )
-        count = len(self.fc) // 2
-        for index in range(count):
-            nxt = f"fc.{2 * index + 2}" if index + 1 < count else "head"
-            spec.append((f"fc.{2 * index}", f"fc.{2 * index + 1}", nxt))
+        last = max(
+            (i for i, m in enumerate(self.fc) if isinstance(m, nn.Linear)), default=0
+        )
+        spec += sequential_hidden_layer_spec(self.fc, "fc", {last: "head"})
         return spec
 
     def fc_activation_names(self) -> list[str]:
-        """The extra FC ReLUs, or the pooled features' last ReLU without them."""
-        names = [f"fc.{2 * i + 1}" for i in range(len(self.fc) // 2)]
+        """The extra FC activations, or the pooled features' last ReLU without
+        them."""
+        names = [
+            f"fc.{i}" for i, m in enumerate(self.fc) if not isinstance(m, nn.Linear)
+        ]
+        names = [
+            n for n in names if not isinstance(self.get_submodule(n), nn.LayerNorm)
+        ]
         return names or [f"stages.{len(self.stages) - 1}.1.relu2"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
