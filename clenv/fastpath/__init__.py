@@ -6,6 +6,7 @@ equivalence guarantee).
 
 from __future__ import annotations
 
+from clenv.fastpath.batched import BatchedMLPTrainer, SeedTrainer
 from clenv.fastpath.native import build_kernel, load_kernel
 from clenv.fastpath.reference import train_chunk_torch
 from clenv.fastpath.trainer import (
@@ -18,6 +19,8 @@ from clenv.fastpath.trainer import (
 
 __all__ = [
     "FastMLPTrainer",
+    "BatchedMLPTrainer",
+    "SeedTrainer",
     "fast_path_supports",
     "FastPathSupport",
     "mlp_linear_layers",
