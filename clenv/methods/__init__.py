@@ -18,12 +18,17 @@ from clenv.methods.base import Compose, PlasticityMethod
 from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
 from clenv.methods.l2 import L2
+from clenv.methods.l2init import L2Init
 from clenv.methods.layers import HiddenLayer, find_hidden_layers, find_output_layers
+from clenv.methods.nap import NormalizeAndProject
+from clenv.methods.parseval import Parseval
 from clenv.methods.presets import PRESETS
 from clenv.methods.redo import ReDo
 from clenv.methods.registry import METHODS, make_method, method_names, split_name
-from clenv.methods.resets import FullReset, HeadReset
+from clenv.methods.resets import FullReset, HeadReset, LayerReset
 from clenv.methods.shrink_perturb import ShrinkPerturb
+from clenv.methods.spectral import SpectralRegularization
+from clenv.methods.upgd import UPGD
 
 __all__ = [
     # building
@@ -43,6 +48,12 @@ __all__ = [
     "ReDo",
     "HeadReset",
     "FullReset",
+    "LayerReset",
+    "L2Init",
+    "SpectralRegularization",
+    "Parseval",
+    "UPGD",
+    "NormalizeAndProject",
     # layers
     "HiddenLayer",
     "find_hidden_layers",

@@ -12,11 +12,16 @@ from clenv.methods.base import Compose, PlasticityMethod
 from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
 from clenv.methods.l2 import L2
+from clenv.methods.l2init import L2Init
 from clenv.methods.layers import HiddenLayerSpec
+from clenv.methods.nap import NormalizeAndProject
+from clenv.methods.parseval import Parseval
 from clenv.methods.presets import preset_arguments
 from clenv.methods.redo import ReDo
-from clenv.methods.resets import FullReset, HeadReset
+from clenv.methods.resets import FullReset, HeadReset, LayerReset
 from clenv.methods.shrink_perturb import ShrinkPerturb
+from clenv.methods.spectral import SpectralRegularization
+from clenv.methods.upgd import UPGD
 from clenv.metrics.activations import ForwardFn
 
 METHODS: dict[str, type[PlasticityMethod]] = {
@@ -29,6 +34,12 @@ METHODS: dict[str, type[PlasticityMethod]] = {
         ContinualBackprop,
         ReDo,
         EffectiveRankAscent,
+        LayerReset,
+        L2Init,
+        SpectralRegularization,
+        Parseval,
+        UPGD,
+        NormalizeAndProject,
     )
 }
 # Names that stand for a combination of methods.

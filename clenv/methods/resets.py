@@ -1,6 +1,7 @@
-"""Resets at a task switch: the output layer (head reset) or the whole network.
+"""Resets at a task switch: the output layer (head reset), chosen layers (layer
+reset) or the whole network.
 
-Both act in ``on_task_switch(task_id)`` when the task id differs from the last one
+All act in ``on_task_switch(task_id)`` when the task id differs from the last one
 seen (the first task keeps its initial weights, so the protocol's ``task_switch`` at
 the first reset changes nothing). A full reset re-runs the model's own initialisation,
 ``model.reset_parameters()``, and a head reset ``model.reset_head_parameters()``, when
@@ -252,6 +253,108 @@ class FullReset(_TaskSwitchReset):
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
+            "default_gain": self.default_gain,
+            "reset_optimizer_state": self.reset_optimizer_state,
+        }
+
+
+class LayerReset(_TaskSwitchReset):
+    """Reinitialise chosen layers at each task: head reset for any set of layers.
+
+    Each chosen module (a name from ``model.named_modules()``) is reset with
+    everything inside it: a Linear/Conv gets fresh weights U(-b, b),
+    b = gain * sqrt(3 / fan_in), bias 0 (gain: 1 for an output layer, the
+    activation's gain for a hidden layer, ``default_gain`` for a layer outside the
+    discovered hidden layers), any other module with parameters (a LayerNorm) its
+    own ``reset_parameters()``. With the default ``layers=None`` the chosen layers
+    are the output layers and, when the model defines ``reset_head_parameters()``
+    (every clenv.models network), its own head init is used: ``layer_reset`` then
+    does what ``head_reset`` does. The optimizer state of the reset parameters is
+    dropped (``reset_optimizer_state=True``, as head reset does) or kept.
+
+    Args:
+        model: the network.
+        optimizer: whose state of the reset parameters is cleared.
+        layers: module names to reset (one name or several); default the head.
+        init_fn: ``init_fn(module)`` to reinitialise each chosen module instead.
+        default_gain: gain for weight layers that are neither hidden nor output
+            layers of the discovered hidden layers (sqrt 2: Kaiming for ReLU).
+        reset_optimizer_state: clear the optimizer state of what is reset.
+        hidden_layers: explicit hidden-layer spec, for the head and the gains.
+        seed: seed of the generator for fresh weights.
+    """
+
+    name = "layer_reset"
+    order = 12
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        layers: Sequence[str] | str | None = None,
+        init_fn: Callable[[nn.Module], None] | None = None,
+        default_gain: float = math.sqrt(2.0),
+        reset_optimizer_state: bool = True,
+        hidden_layers: HiddenLayerSpec = None,
+        seed: int = 0,
+    ):
+        super().__init__(model, optimizer, reset_optimizer_state, seed)
+        self.init_fn = init_fn
+        self.default_gain = float(default_gain)
+        try:
+            hidden = find_hidden_layers(model, hidden_layers)
+        except ValueError:
+            if layers is None:
+                raise
+            hidden = []
+        self.gains = {id(h.layer): activation_gain(h.activation) for h in hidden}
+        heads = find_output_layers(model, hidden) if hidden else []
+        self.gains.update({id(m): 1.0 for m in heads})
+        self.default_head = layers is None
+        if layers is None:
+            names = {id(m): n for n, m in model.named_modules()}
+            self.layer_names = [names[id(m)] for m in heads]
+            self.modules = heads
+        else:
+            self.layer_names = [layers] if isinstance(layers, str) else list(layers)
+            named = dict(model.named_modules())
+            missing = [n for n in self.layer_names if n not in named]
+            if missing:
+                raise ValueError(
+                    f"layer_reset: {type(model).__name__} has no module {missing}; "
+                    f"names come from model.named_modules(), e.g. "
+                    f"{[n for n in named if n][:6]}"
+                )
+            self.modules = [named[n] for n in self.layer_names]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        own_head_init = (
+            self.default_head
+            and self.init_fn is None
+            and callable(getattr(self.model, "reset_head_parameters", None))
+        )
+        if own_head_init:
+            self.model.reset_head_parameters()
+        for module in self.modules:
+            if self.init_fn is not None:
+                self.init_fn(module)
+            elif not own_head_init:
+                for sub in module.modules():
+                    if isinstance(sub, WEIGHT_LAYER_TYPES):
+                        gain = self.gains.get(id(sub), self.default_gain)
+                        reinitialize_layer(sub, gain, self.rng.generator)
+                    elif list(sub.parameters(recurse=False)) and hasattr(
+                        sub, "reset_parameters"
+                    ):
+                        sub.reset_parameters()
+            if self.optimizer is not None and self.reset_optimizer_state:
+                for param in module.parameters():
+                    self.optimizer.state.pop(param, None)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "layers": self.layer_names,
             "default_gain": self.default_gain,
             "reset_optimizer_state": self.reset_optimizer_state,
         }

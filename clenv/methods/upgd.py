@@ -1,0 +1,175 @@
+"""Utility-based Perturbed Gradient Descent (Elsayed & Mahmood, *Addressing Loss of
+Plasticity and Catastrophic Forgetting in Continual Learning*, ICLR 2024; official
+code ``github.com/mohmdelsayed/upgd``).
+
+UPGD is an optimizer. Here it rewrites ``.grad`` in ``after_backward`` so that the
+plain SGD step that follows is UPGD's update, which keeps it a ``--reg`` method that
+composes with the others and runs in both agents' loops unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from clenv.methods.base import PlasticityMethod, SeededGenerator
+from clenv.metrics.hessian import trainable_parameters
+
+
+def _not_plain_sgd(optimizer: torch.optim.Optimizer | None) -> str | None:
+    """Why ``optimizer.step()`` is not ``theta -= lr * grad`` (None when it is)."""
+    if optimizer is None:
+        return "no optimizer was given"
+    if type(optimizer) is not torch.optim.SGD:
+        return f"the optimizer is {type(optimizer).__name__}"
+    for group in optimizer.param_groups:
+        for key in ("momentum", "weight_decay"):
+            if group.get(key):
+                return f"the SGD has {key}={group[key]}"
+        for key in ("nesterov", "maximize"):
+            if group.get(key):
+                return f"the SGD has {key}=True"
+    return None
+
+
+class UPGD(PlasticityMethod):
+    """UPGD's update through a plain SGD step (step size alpha = SGD's ``lr``).
+
+    Every step, for every parameter w with gradient g (``.grad`` as the other
+    methods' ``after_backward`` terms have left it; UPGD comes after them):
+
+    * utility trace ``u <- beta u + (1 - beta) (-g * w)`` (the first-order utility);
+    * ``eta`` = the largest entry of every trace (one global maximum);
+    * scaled utility ``s = sigmoid((u / (1 - beta^t)) / eta)``;
+    * ``.grad <- weight_decay * w + (g + xi) * (1 - s)``, xi ~ N(0, sigma^2),
+
+    so SGD's ``w <- w - alpha .grad`` is UPGD's
+    ``w <- (1 - alpha weight_decay) w - alpha (g + xi)(1 - s)``: the official
+    ``FirstOrderGlobalUPGD`` (``core/optim/weight_upgd/first_order.py``), Algorithm 1
+    of the paper. The weight decay is not gated by the utility. With
+    ``protect_gradient=False`` only the noise is gated,
+    ``(g + xi (1 - s))``: the official ``FirstOrderNonprotectingGlobalUPGD``.
+
+    The README of the official repository writes the step as
+    ``(1 - alpha weight_decay) w - 2 alpha (...)``; that is this update with SGD's lr
+    set to 2 alpha and ``weight_decay`` halved.
+
+    UPGD needs the step to be exactly ``w -= lr * grad``: a ``torch.optim.SGD`` with
+    no momentum, no weight decay of its own, not nesterov, not maximize. Any other
+    optimizer (PPO's Adam) is refused with a ValueError; so is a missing one, at the
+    first step.
+
+    Defaults are the UPGD class of the official README (``weight_decay`` 1e-3,
+    ``beta_utility`` 0.999, ``sigma`` 1e-3; the paper tunes them per problem over
+    beta 0.999/0.9999, sigma 0.01..1, weight decay 0..0.1,
+    ``experiments/input_permuted_mnist.py``). Neither SC nor LoP runs UPGD, so no
+    preset sets it.
+
+    Args:
+        model: the network.
+        optimizer: the plain SGD that steps ``model``.
+        weight_decay: lambda of the (unprotected) weight decay.
+        beta_utility: decay of the utility trace.
+        sigma: standard deviation of the perturbation.
+        protect_gradient: gate the gradient by the utility as well as the noise
+            (UPGD); ``False``: the non-protecting variant.
+        seed: seed of the noise generator.
+    """
+
+    name = "upgd"
+    order = 35
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        weight_decay: float = 1e-3,
+        beta_utility: float = 0.999,
+        sigma: float = 1e-3,
+        protect_gradient: bool = True,
+        seed: int = 0,
+    ):
+        if not 0 <= beta_utility < 1:
+            raise ValueError(f"beta_utility must be in [0, 1), got {beta_utility}")
+        if sigma < 0 or weight_decay < 0:
+            raise ValueError(
+                f"sigma and weight_decay must be >= 0, got {sigma}, {weight_decay}"
+            )
+        self.reason = _not_plain_sgd(optimizer)
+        if self.reason and optimizer is not None:
+            raise ValueError(self._refusal())
+        self.weight_decay = float(weight_decay)
+        self.beta_utility = float(beta_utility)
+        self.sigma = float(sigma)
+        self.protect_gradient = bool(protect_gradient)
+        self.params = trainable_parameters(model)
+        self.utilities = [torch.zeros_like(p) for p in self.params]
+        self.rng = SeededGenerator(self.params[0].device, seed)
+        # to be filled in runtime
+        self.step = 0
+
+    def _refusal(self) -> str:
+        return (
+            f"upgd rewrites .grad so that a plain SGD step is UPGD's update, but "
+            f"{self.reason}; build the model's optimizer as torch.optim.SGD(params, "
+            "lr=...) (no momentum, no weight decay: UPGD has its own)"
+        )
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        if self.reason:
+            raise ValueError(self._refusal())
+        params = [p for p in self.params if p.grad is not None]
+        utilities = [
+            u
+            for p, u in zip(self.params, self.utilities, strict=True)
+            if p.grad is not None
+        ]
+        if not params:
+            return
+        self.step += 1
+        beta = self.beta_utility
+        for param, utility in zip(params, utilities, strict=True):
+            utility.mul_(beta).add_(-param.grad * param, alpha=1 - beta)
+        global_max = torch.stack([u.max() for u in utilities]).max()
+        bias_correction = 1 - beta**self.step
+        for param, utility in zip(params, utilities, strict=True):
+            noise = (
+                torch.randn(
+                    param.shape,
+                    generator=self.rng.generator,
+                    device=param.device,
+                    dtype=param.dtype,
+                )
+                * self.sigma
+            )
+            gate = 1 - torch.sigmoid((utility / bias_correction) / global_max)
+            grad = param.grad
+            if self.protect_gradient:
+                grad.add_(noise).mul_(gate)
+            else:
+                grad.add_(noise.mul_(gate))
+            grad.add_(param, alpha=self.weight_decay)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "weight_decay": self.weight_decay,
+            "beta_utility": self.beta_utility,
+            "sigma": self.sigma,
+            "protect_gradient": self.protect_gradient,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "utilities": [u.clone() for u in self.utilities],
+            "rng": self.rng.state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        for utility, saved in zip(self.utilities, state["utilities"], strict=True):
+            utility.copy_(saved)
+        self.rng.load(state["rng"])

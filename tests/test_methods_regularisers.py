@@ -1,0 +1,426 @@
+"""Spectral, Parseval, L2 Init, UPGD, NaP and layer reset (clenv.methods)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from clenv.methods import (
+    UPGD,
+    Compose,
+    HeadReset,
+    L2Init,
+    LayerReset,
+    NormalizeAndProject,
+    Parseval,
+    SpectralRegularization,
+    make_method,
+    split_name,
+)
+from tests.methods_helpers import batch, mlp, train_step
+
+
+def normed_mlp(seed=0, widths=(6, 16, 12, 3)):
+    """Linear -> LayerNorm -> ReLU hidden layers (what --norm layer builds)."""
+    torch.manual_seed(seed)
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers += [nn.LayerNorm(widths[i + 1]), nn.ReLU()]
+    model = nn.Sequential(*layers).double()
+    with torch.no_grad():  # gains and offsets away from their init, so they count
+        for module in model:
+            if isinstance(module, nn.LayerNorm):
+                module.weight.add_(0.3 * torch.randn_like(module.weight))
+                module.bias.add_(0.3 * torch.randn_like(module.bias))
+    return model
+
+
+def conv_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 7),
+        nn.LayerNorm(7),
+        nn.ReLU(),
+        nn.Linear(7, 2),
+    ).double()
+    with torch.no_grad():
+        model[4].weight.add_(0.2)
+        model[4].bias.add_(0.1)
+    return model
+
+
+def grads_added(method, model):
+    """What ``after_backward`` adds to zero gradients."""
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.after_backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+# ------------------------------------------------------------------------- spectral
+
+
+def dense_spectral_term(model, strength, k, target):
+    total = 0.0
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            matrix = module.weight.reshape(module.weight.shape[0], -1)
+            sigma = torch.linalg.svdvals(matrix)[0]
+            total = total + (sigma**k - target) ** 2 + module.bias.square().sum()
+        elif isinstance(module, nn.LayerNorm):
+            total = total + (module.weight - 1).square().sum()
+            total = total + module.bias.square().sum()
+    return strength * total
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+@pytest.mark.parametrize(("k", "target"), [(2, 2.0), (2, 1.0), (1, 0.5)])
+def test_spectral_term_and_gradient_equal_the_dense_svd_reference(unroll, k, target):
+    model = conv_model()
+    method = SpectralRegularization(
+        model, strength=0.3, k=k, target=target, power_iterations=400, unroll=unroll
+    )
+    reference = dense_spectral_term(model, 0.3, k, target)
+    expected = torch.autograd.grad(reference, list(model.parameters()))
+    # SC's iteration divides by (norm + 1e-6): a relative bias of ~1e-6 / sigma^2
+    assert method.penalty().item() == pytest.approx(reference.item(), rel=1e-5)
+    added = grads_added(method, model)
+    for got, want in zip(added, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_spectral_is_scs_term_at_scs_settings():
+    """SC's 10 iterations from a fixed start: not converged, but a fixed function of
+    W (the same value every step, as SC's PRNGKey(layer index) start)."""
+    model = mlp((6, 16, 16, 3))
+    method = SpectralRegularization(model)
+    assert (method.strength, method.k, method.target, method.power_iterations) == (
+        0.1,
+        2,
+        2.0,
+        10,
+    )
+    first, second = method.penalty().item(), method.penalty().item()
+    assert first == second
+    persistent = SpectralRegularization(model, persistent=True, power_iterations=1)
+    start = [v.clone() for v in persistent.vectors]
+    persistent.penalty()
+    assert not torch.equal(start[0], persistent.vectors[0])
+
+
+def test_spectral_lewandowski_setting_is_zero_at_orthogonal_weights():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)).double()
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.linalg.qr(torch.randn(4, 4).double())[0])
+            layer.bias.zero_()
+    method = SpectralRegularization(model, target=1.0, power_iterations=50)
+    assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
+    assert SpectralRegularization(model).penalty().item() > 0.1  # SC's target 2
+
+
+# ------------------------------------------------------------------------- parseval
+
+
+def test_parseval_is_zero_on_an_orthogonal_matrix():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.linalg.qr(torch.randn(5, 5).double())[0])
+    method = Parseval(model, strength=0.5)
+    assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
+    assert all(g.abs().max() < 1e-12 for g in grads_added(method, model))
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # rows orthogonal, norm 2: W W^T = 4 I
+    assert Parseval(model, scale=4.0).penalty().item() == pytest.approx(0, abs=1e-10)
+    assert method.penalty().item() == pytest.approx(0.5 * 5 * 9)
+
+
+def test_parseval_gradient_equals_autograd_of_the_dense_formula():
+    model = conv_model()
+    method = Parseval(model, strength=0.7, scale=1.5)
+    hidden = [model[0].weight, model[3].weight]  # not the output layer
+    reference = 0.7 * sum(
+        (
+            w.reshape(w.shape[0], -1) @ w.reshape(w.shape[0], -1).T
+            - 1.5 * torch.eye(w.shape[0], dtype=w.dtype)
+        )
+        .square()
+        .sum()
+        for w in hidden
+    )
+    assert method.penalty().item() == pytest.approx(reference.item(), rel=1e-12)
+    expected = torch.autograd.grad(
+        reference, list(model.parameters()), allow_unused=True
+    )
+    for got, want in zip(grads_added(method, model), expected, strict=True):
+        want = torch.zeros_like(got) if want is None else want
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert grads_added(method, model)[-2].abs().max() == 0  # output layer free
+    with_output = Parseval(model, include_output=True)
+    assert grads_added(with_output, model)[-2].abs().max() > 0
+
+
+# --------------------------------------------------------------------------- l2init
+
+
+def test_l2init_pulls_toward_the_stored_initial_weights_not_zero():
+    model = mlp()
+    initial = [p.detach().clone() for p in model.parameters()]
+    method = L2Init(model, weight_decay=0.1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    added = grads_added(method, model)
+    for got, param, start in zip(added, model.parameters(), initial, strict=True):
+        torch.testing.assert_close(got, 0.1 * (param.detach() - start))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = sum(
+        (p - s).norm() for p, s in zip(model.parameters(), initial, strict=True)
+    )
+    opt.step()
+    after = sum(
+        (p - s).norm() for p, s in zip(model.parameters(), initial, strict=True)
+    )
+    assert after.item() == pytest.approx(0.95 * before.item())  # (1 - lr * lambda)
+    # plain L2 would pull toward zero instead
+    l2 = make_method("l2", model, None, weight_decay=0.1)
+    assert not torch.allclose(grads_added(l2, model)[0], added[0])
+
+
+def test_l2init_resume_restores_theta_zero():
+    model = mlp(seed=0)
+    method = L2Init(model)
+    state = copy.deepcopy(method.state_dict())
+    other = mlp(seed=5)  # a rebuilt run initialises differently
+    resumed = L2Init(other)
+    resumed.load_state_dict(state)
+    for got, want in zip(resumed.initial, mlp(seed=0).parameters(), strict=True):
+        assert torch.equal(got, want.detach())
+    with pytest.raises(ValueError, match="same model"):
+        L2Init(mlp(widths=(6, 3))).load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- upgd
+
+
+def reference_upgd_step(params, grads, state, lr, wd, beta, sigma, generator, protect):
+    """Hand-written FirstOrderGlobalUPGD / NonprotectingGlobalUPGD step (official
+    core/optim/weight_upgd/first_order.py), on copies."""
+    state["step"] += 1
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        state["u"][i] = beta * state["u"][i] + (1 - beta) * (-g * p)
+    eta = max(u.max() for u in state["u"])
+    new = []
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype) * sigma
+        s = torch.sigmoid((state["u"][i] / (1 - beta ** state["step"])) / eta)
+        update = (g + noise) * (1 - s) if protect else g + noise * (1 - s)
+        new.append(p * (1 - lr * wd) - lr * update)
+    return new
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_upgd_sgd_steps_equal_the_hand_written_update(protect):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    method = make_method(
+        "upgd",
+        model,
+        opt,
+        seed=3,
+        weight_decay=0.01,
+        beta_utility=0.9,
+        sigma=0.1,
+        protect_gradient=protect,
+    )
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {"step": 0, "u": [torch.zeros_like(p) for p in params]}
+    generator = torch.Generator().manual_seed(3)
+    for seed in range(3):
+        x, y = batch(seed=seed)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        method.after_backward()
+        opt.step()
+        params = reference_upgd_step(
+            params, grads, state, 0.05, 0.01, 0.9, 0.1, generator, protect
+        )
+        for got, want in zip(model.parameters(), params, strict=True):
+            torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-14)
+
+
+def test_upgd_refuses_optimizers_whose_step_is_not_plain_sgd():
+    model = mlp()
+    for optimizer, problem in (
+        (torch.optim.Adam(model.parameters()), "Adam"),
+        (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), "momentum"),
+        (
+            torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4),
+            "weight_decay",
+        ),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            UPGD(model, optimizer)
+    method = UPGD(model, None)  # buildable (the registry builds every name) ...
+    x, y = batch()
+    nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(ValueError, match="no optimizer"):
+        method.after_backward()  # ... but it cannot step
+
+
+# ------------------------------------------------------------------------------ nap
+
+
+def test_nap_keeps_each_projected_norm_at_its_initial_value():
+    model = normed_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    method = NormalizeAndProject(model, opt)
+    assert len(method.groups) == 4  # two weight layers, two LayerNorms
+    initial = [method._norm(group).item() for group in method.groups]
+    for seed in range(5):
+        x, y = batch(seed=seed)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert any(
+            abs(method._norm(g).item() - n) > 1e-6
+            for g, n in zip(method.groups, initial, strict=True)
+        )  # the step moved them ...
+        method.after_step(x)  # ... the projection puts them back
+        for group, norm in zip(method.groups, initial, strict=True):
+            assert method._norm(group).item() == pytest.approx(norm, rel=1e-12)
+    keep = NormalizeAndProject(model, norm_params="keep")
+    x, _ = batch()
+    before = model(x).detach()
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+        model[3].weight.mul_(0.5)
+    keep.after_step(x)
+    torch.testing.assert_close(model(x).detach(), before)
+
+
+def test_nap_needs_normalisation_layers_and_says_norm_layer():
+    method = make_method("nap", mlp(), None)
+    with pytest.raises(ValueError, match="--norm layer"):
+        method.after_step(batch()[0])
+
+
+# ---------------------------------------------------------------------- layer reset
+
+
+def test_layer_reset_redraws_the_chosen_layers_and_leaves_the_others():
+    model = normed_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    method = make_method("layer_reset", model, opt, layers=["3", "4"], seed=1)
+    train_step(model, opt, method, *batch())
+    chosen = {id(p) for m in (model[3], model[4]) for p in m.parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    method.on_task_switch(0)  # same task: nothing
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    method.on_task_switch(1)
+    for name, param in model.named_parameters():
+        if id(param) in chosen:
+            assert not torch.equal(param, before[name]), name
+            assert param not in opt.state
+        else:
+            assert torch.equal(param, before[name]), name
+            assert param in opt.state
+    bound = (2.0**0.5) * (3 / 16) ** 0.5  # ReLU gain, LoP's bound, fan_in 16
+    assert model[3].weight.abs().max() <= bound and torch.equal(
+        model[3].bias, torch.zeros(12, dtype=torch.float64)
+    )
+    assert torch.equal(model[4].weight, torch.ones(12, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no module"):
+        LayerReset(model, layers=["fc9"])
+
+
+def test_layer_reset_defaults_to_the_head_reset():
+    results = []
+    for cls in (LayerReset, HeadReset):
+        model = mlp()
+        cls(model, seed=4).on_task_switch(1)
+        results.append([p.detach() for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    untouched = [p.detach() for p in mlp().parameters()]
+    assert torch.equal(results[0][0], untouched[0])
+    assert not torch.equal(results[0][-2], untouched[-2])
+
+
+# ----------------------------------------------------------- composition and resume
+
+
+def test_regularisers_compose_with_the_others():
+    assert split_name("l2+spectral") == ["l2", "spectral"]
+    assert split_name("upgd+l2init") == ["l2init", "upgd"]
+    assert split_name("er+l2init") == ["l2init", "er"]
+    model = conv_model()
+    both = make_method("spectral+l2", model, None, weight_decay=0.01)
+    assert isinstance(both, Compose)
+    alone = [
+        grads_added(make_method("spectral", model, None), model),
+        grads_added(make_method("l2", model, None, weight_decay=0.01), model),
+    ]
+    for got, a, b in zip(grads_added(both, model), *alone, strict=True):
+        torch.testing.assert_close(got, a + b)
+    method = make_method("l2init+er", mlp(), None)
+    assert [m.name for m in method.methods] == ["l2init", "er"]
+
+
+ACTIVE = {  # settings under which each method acts within 12 steps
+    "spectral": {"strength": 0.05},
+    "spectral+l2": {"strength": 0.05, "persistent": True},
+    "parseval": {"strength": 0.05},
+    "l2init": {"weight_decay": 0.05},
+    "l2init+er": {"weight_decay": 0.05, "interval": 3, "ascent_lr": 0.05},
+    "upgd": {"sigma": 0.05},
+    "upgd+cbp": {"sigma": 0.05, "replacement_rate": 0.05, "maturity_threshold": 2},
+    "nap": {},
+    "layer_reset": {"layers": ["0", "1"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_state_round_trip_resumes_identically(name):
+    steps = [batch(n=4, seed=s) for s in range(12)]
+    tasks = [0] * 4 + [1] * 4 + [2] * 4
+
+    def build():
+        model = normed_mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        return model, opt, make_method(name, model, opt, seed=2, **ACTIVE[name])
+
+    def run(model, opt, method, indices):
+        for i in indices:
+            method.on_task_switch(tasks[i])
+            train_step(model, opt, method, *steps[i])
+
+    reference = build()
+    run(*reference, range(12))
+    first = build()
+    run(*first, range(7))
+    saved = copy.deepcopy(
+        (first[0].state_dict(), first[1].state_dict(), first[2].state_dict())
+    )
+    resumed = build()
+    resumed[0].load_state_dict(saved[0])
+    resumed[1].load_state_dict(saved[1])
+    resumed[2].load_state_dict(saved[2])
+    run(*resumed, range(7, 12))
+    for p, q in zip(reference[0].parameters(), resumed[0].parameters(), strict=True):
+        assert torch.equal(p, q)
+    fresh = normed_mlp()
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(reference[0].parameters(), fresh.parameters(), strict=True)
+    )
