@@ -31,10 +31,15 @@ from clenv.metrics import (
     epsilon_rank_trapezoid,
     hessian_eigenvalues,
     hessian_matrix,
+    hessian_second_moment,
     hessian_spectral_density,
     hessian_trace,
+    hessian_variance,
+    hessian_variance_trapezoid,
     kfac_rank,
     lanczos,
+    parameter_layers,
+    partial_hessian_spectra,
     plasticity_report,
     rebin_density,
     representation_metrics,
@@ -714,3 +719,177 @@ def test_plasticity_report_is_each_nets_representation_and_weight_metrics():
     last = representation_metrics({"layer0": by_hand["layer1"]})
     assert plain["units"] == 5.0
     assert plain["mean_effective_rank"] == pytest.approx(last["mean_effective_rank"])
+
+
+# ---------------------------------------------------------------- Hessian variance
+
+
+def _probe(model, size, seed=0):
+    """The Rademacher start vector SLQ draws with ``seed`` (one probe)."""
+    with clenv.metrics.hessian.curvature_context(model, seed) as generator:
+        return clenv.metrics.hessian.rademacher((size,), generator, torch.float64)
+
+
+def test_hessian_variance_matches_the_dense_hessian(ce_setup):
+    model, data, reference, exact = ce_setup
+    num_params = exact.numel()
+    # order >= P: Lanczos is exact, so the quadrature's moments are the probe's
+    # v^T H^k v / v^T v; the variance is their second central moment
+    full = hessian_spectral_density(
+        model, cross_entropy_loss, data, order=num_params + 5, seed=0
+    )
+    unit = _probe(model, num_params) / math.sqrt(num_params)
+    first = (unit @ reference @ unit).item()
+    second = (unit @ reference @ reference @ unit).item()
+    assert hessian_second_moment(full) == pytest.approx(second, rel=1e-8)
+    assert hessian_variance(full) == pytest.approx(second - first**2, rel=1e-8)
+    assert hessian_variance(full, smoothed=True) == pytest.approx(
+        second - first**2 + full.variance, rel=1e-8
+    )
+    # many probes: the variance of the P exact eigenvalues, tr(H^2)/P - (tr H/P)^2,
+    # within 4 standard errors of the two Hutchinson estimates it combines
+    num_probes = 30
+    density = hessian_spectral_density(
+        model, cross_entropy_loss, data, order=20, num_probes=num_probes, seed=0
+    )
+    mean = exact.mean().item()
+    truth = (exact**2).mean().item() - mean**2
+    first_std = _rademacher_std(reference, num_probes)
+    tolerance = 4 * _rademacher_std(reference @ reference, num_probes) + (
+        2 * abs(mean) + 4 * first_std
+    ) * (4 * first_std)
+    assert hessian_variance(density) == pytest.approx(truth, abs=tolerance)
+
+
+def test_hessian_variance_trapezoid_is_scs_grid_variance():
+    values = torch.tensor([-1.0, 0.5, 3.0], dtype=torch.float64)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    mean = (weights * values).sum().item()
+    spread = (weights * (values - mean) ** 2).sum().item()
+    # on a grid wide enough for every tail it is the smoothed density's variance
+    wide = torch.linspace(-4.0, 6.0, 200_001, dtype=torch.float64)
+    grid, density, variance = density_from_ritz(
+        values, weights, sigma_squared=0.05, scale_by_width=False, grid=wide
+    )
+    assert hessian_variance_trapezoid(grid, density) == pytest.approx(
+        spread + variance, rel=1e-6
+    )
+    # SC's grid (the nodes' range +- 0.01) with SC's sigma^2 cuts the outer tails:
+    # the variance of the mixture truncated to the grid, in closed form
+    grid, density, variance = density_from_ritz(values, weights, sigma_squared=1e-5)
+    low, high, std = grid[0].item(), grid[-1].item(), math.sqrt(variance)
+    mass = first = second = 0.0
+    for node, weight in zip(values.tolist(), weights.tolist(), strict=True):
+        a, b = (low - node) / std, (high - node) / std
+        pdf_a, pdf_b = (math.exp(-(t**2) / 2) / math.sqrt(2 * math.pi) for t in (a, b))
+        inside = _normal_cdf(b, 0, 1) - _normal_cdf(a, 0, 1)
+        mass += weight * inside
+        first += weight * (node * inside + std * (pdf_a - pdf_b))
+        second += weight * (
+            (node**2 + variance) * inside
+            + std * ((node + low) * pdf_a - (node + high) * pdf_b)
+        )
+    truncated = second / mass - (first / mass) ** 2
+    sc = hessian_variance_trapezoid(grid, density)
+    assert sc == pytest.approx(truncated, rel=1e-4)  # trapezoid error, 10000 points
+    assert abs(sc - spread) > 0.01 * spread  # SC's grid is a few percent off here
+    # wide bumps on SC's grid lose the outer halves of the extreme nodes' mass, so
+    # the variance falls below even the unsmoothed one
+    grid, density, variance = density_from_ritz(values, weights, sigma_squared=0.05)
+    assert hessian_variance_trapezoid(grid, density) < spread
+    # negative values are clipped, as SC do; no mass gives NaN
+    assert hessian_variance_trapezoid(
+        np.array([0.0, 1.0, 2.0]), np.array([1.0, -5.0, 1.0])
+    ) == pytest.approx(1.0)
+    assert math.isnan(hessian_variance_trapezoid(np.array([0.0, 1.0]), np.zeros(2)))
+
+
+# ---------------------------------------------------------------- partial spectra
+
+
+def test_partial_hessian_spectra_match_the_dense_blocks(ce_setup):
+    model, data, reference, _ = ce_setup
+    sizes = {
+        name: sum(p.numel() for _, p in params)
+        for name, params in parameter_layers(model).items()
+    }
+    assert list(sizes) == ["0", "2", "4"]
+    offsets = np.cumsum([0, *sizes.values()])
+    spectra = partial_hessian_spectra(
+        model, cross_entropy_loss, data, order=100, seed=0
+    )
+    assert list(spectra) == ["0", "2", "4"]
+    for (name, size), start in zip(sizes.items(), offsets, strict=False):
+        block = reference[start : start + size, start : start + size]
+        eigenvalues = torch.linalg.eigvalsh(block)
+        density = spectra[name]
+        assert density.num_parameters == size
+        # order > block size: every Ritz value is an eigenvalue of the block ...
+        distance = (density.ritz_values[:, None] - eigenvalues[None, :]).abs()
+        scale = eigenvalues.abs().max().item()
+        assert distance.min(dim=1).values.max().item() < 1e-8 * scale
+        # ... the extreme ones included, and the weights are the probe's exact
+        # projections: the moments are v^T B^k v / v^T v
+        assert density.ritz_values.max().item() == pytest.approx(
+            eigenvalues[-1].item(), rel=1e-8
+        )
+        unit = _probe(model, size) / math.sqrt(size)
+        for power in (1, 2, 3):
+            exact_moment = unit @ torch.linalg.matrix_power(block, power) @ unit
+            assert density.moment(power) == pytest.approx(
+                exact_moment.item(), rel=1e-8, abs=1e-12 * scale**power
+            )
+    # a chosen layer, and a clear error for an unknown one
+    only = partial_hessian_spectra(
+        model, cross_entropy_loss, data, layers=["4"], order=100, seed=0
+    )
+    torch.testing.assert_close(only["4"].ritz_values, spectra["4"].ritz_values)
+    with pytest.raises(ValueError, match="layers with parameters"):
+        partial_hessian_spectra(model, cross_entropy_loss, data, layers=["9"])
+
+
+def test_curvature_report_opt_ins_add_keys_and_leave_the_default_alone(ce_setup):
+    model, data, _, _ = ce_setup
+    options = dict(order=30, trace_matvecs=6, eps=(0.01, 0.1))
+    default = curvature_report(model, cross_entropy_loss, data, **options)
+    report = curvature_report(
+        model,
+        cross_entropy_loss,
+        data,
+        variance=True,
+        partial_spectra=["2", "4"],
+        partial_order=15,
+        **options,
+    )
+    for key, value in default.items():
+        if key == "seconds":
+            continue
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(report[key], value)
+        else:
+            assert report[key] == value, key
+    slq = hessian_spectral_density(model, cross_entropy_loss, data, order=30)
+    assert report["hessian_variance"] == pytest.approx(hessian_variance(slq))
+    assert report["hessian_second_moment"] == pytest.approx(slq.moment(2))
+    assert report["hessian_variance_trapezoid"] == pytest.approx(
+        hessian_variance_trapezoid(slq.grid, slq.density)
+    )
+    block = partial_hessian_spectra(
+        model, cross_entropy_loss, data, layers=["4"], order=15
+    )["4"]
+    assert report["partial/4/num_parameters"] == 6 * 3 + 3
+    assert report["partial/4/top_eigenvalue"] == pytest.approx(
+        block.ritz_values.max().item()
+    )
+    assert report["partial/4/epsilon_rank/0.01"] == pytest.approx(
+        epsilon_rank(block, 0.01)
+    )
+    assert report["partial/4/hessian_variance"] == pytest.approx(
+        hessian_variance(block)
+    )
+    assert report["partial/4/spectral_density"].shape == DENSITY_GRID.shape
+    np.testing.assert_array_equal(report["partial/4/ritz_values"], block.ritz_values)
+    assert (
+        "partial/2/top_eigenvalue" in report
+        and "partial/0/top_eigenvalue" not in report
+    )

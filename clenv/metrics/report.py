@@ -12,6 +12,7 @@ from torch import nn
 
 from clenv.metrics.activations import ForwardFn, capture_activations
 from clenv.metrics.bounds import dead_unit_rank_bound
+from clenv.metrics.churn import PolicyChurnTracker
 from clenv.metrics.hessian import hessian_trace
 from clenv.metrics.kfac import kfac_rank
 from clenv.metrics.losses import LossFn
@@ -21,20 +22,28 @@ from clenv.metrics.spectral import (
     density_on_grid,
     epsilon_rank,
     epsilon_rank_trapezoid,
+    hessian_second_moment,
     hessian_spectral_density,
+    hessian_variance,
+    hessian_variance_trapezoid,
+    partial_hessian_spectra,
 )
 from clenv.metrics.units import (
     dead_unit_mask,
     dormant_unit_mask,
+    feature_norm,
     unit_mean_abs_activation,
 )
-from clenv.metrics.weights import weight_metrics
+from clenv.metrics.weights import WeightChangeTracker, gradient_norms, weight_metrics
 
 
 def representation_metrics(
     activations: Mapping[str, torch.Tensor],
     dormant_threshold: float = 0.025,
     rank_fraction: float = 0.99,
+    *,
+    active_units: bool = False,
+    feature_norms: bool = False,
 ) -> dict[str, float]:
     """Rank and unit-activity metrics of every captured layer, plus aggregates.
 
@@ -49,12 +58,21 @@ def representation_metrics(
     ``dormant_units``, ``mean_abs_activation`` (unit-weighted) and
     ``mean_effective_rank`` (the mean over layers that L2-ER ascends).
 
+    Opt-in: ``active_units`` adds ``"<layer>/active_unit_fraction"`` and the
+    unit-weighted ``active_unit_fraction`` (units nonzero on some sample: exactly
+    1 - ``dead_unit_fraction``, :func:`~clenv.metrics.active_unit_fraction`);
+    ``feature_norms`` adds ``"<layer>/feature_norm"`` (mean over samples of
+    ||h(x)||_2, :func:`~clenv.metrics.feature_norm`) and their mean over layers
+    ``mean_feature_norm``.
+
     Args:
         activations: ``{layer: (samples, units, ...) tensor}``, e.g. from
             :func:`~clenv.metrics.capture_activations` on the protocol's 2000-sample
             evaluation batch.
         dormant_threshold: ReDo's tau.
         rank_fraction: Share of the spectrum for the approximate and LoP stable ranks.
+        active_units: Add the active-unit fractions.
+        feature_norms: Add the feature norms.
 
     Returns:
         ``{key: float}``.
@@ -67,6 +85,7 @@ def representation_metrics(
     total_units = total_dead = total_dormant = 0
     weighted_activity = 0.0
     ranks = []
+    norms = []
     for layer, activation in activations.items():
         activity = unit_mean_abs_activation(activation)
         units = activity.numel()
@@ -80,6 +99,11 @@ def representation_metrics(
             "dormant_units": float(dormant),
             "mean_abs_activation": float(activity.mean()),
         }
+        if active_units:
+            layer_metrics["active_unit_fraction"] = (units - dead) / units
+        if feature_norms:
+            layer_metrics["feature_norm"] = feature_norm(activation)
+            norms.append(layer_metrics["feature_norm"])
         metrics |= {f"{layer}/{name}": value for name, value in layer_metrics.items()}
         total_units += units
         total_dead += dead
@@ -94,6 +118,10 @@ def representation_metrics(
         "mean_abs_activation": weighted_activity / total_units,
         "mean_effective_rank": sum(ranks) / len(ranks),
     }
+    if active_units:
+        metrics["active_unit_fraction"] = (total_units - total_dead) / total_units
+    if feature_norms:
+        metrics["mean_feature_norm"] = sum(norms) / len(norms)
     return metrics
 
 
@@ -103,6 +131,11 @@ def plasticity_report(
     *,
     layers: Mapping[str, Sequence[str | nn.Module]] | None = None,
     dormant_threshold: float = 0.025,
+    active_units: bool = False,
+    feature_norms: bool = False,
+    gradient_norm: bool = False,
+    weight_change: WeightChangeTracker | None = None,
+    policy_churn: PolicyChurnTracker | None = None,
 ) -> dict[str, float]:
     """Representation and weight metrics of named networks on one batch of inputs.
 
@@ -112,6 +145,22 @@ def plasticity_report(
     :func:`~clenv.metrics.weight_metrics`, keyed ``"<net>/<metric>"``; a net named
     ``""`` gives plain ``"<metric>"`` keys (a model that is one network).
 
+    Opt-in metrics (off by default, so the default report never changes):
+
+    - ``active_units``, ``feature_norms``: see :func:`representation_metrics`
+      (``"<net>/layer<i>/active_unit_fraction"``, ``"<net>/active_unit_fraction"``,
+      ``"<net>/layer<i>/feature_norm"``, ``"<net>/mean_feature_norm"``).
+    - ``gradient_norm``: :func:`~clenv.metrics.gradient_norms` of each net's
+      ``.grad`` from the last backward pass, ``"<net>/<module>/grad_norm"`` per
+      layer (the module owning the parameters, e.g. ``"actor/0/grad_norm"``) and
+      ``"<net>/grad_norm"``.
+    - ``weight_change``: a :class:`~clenv.metrics.WeightChangeTracker` built on the
+      same ``nets``; adds its :meth:`~clenv.metrics.WeightChangeTracker.metrics`
+      (``"<net>/<module>/weight_change"``, ``"<net>/weight_change"``).
+    - ``policy_churn``: a :class:`~clenv.metrics.PolicyChurnTracker`; calls its
+      ``update()`` and adds ``"policy_churn"`` (mean KL between the policy at the
+      previous call and now on its probe batch; absent on the first call).
+
     Args:
         nets: ``{name: module}``, e.g. ``{"actor": agent.actor_mean, "critic":
             agent.critic}``; each is called as ``module(inputs)``.
@@ -120,6 +169,11 @@ def plasticity_report(
             :func:`~clenv.metrics.capture_activations`); default every activation
             module.
         dormant_threshold: ReDo's tau.
+        active_units: Add active-unit fractions.
+        feature_norms: Add feature norms.
+        gradient_norm: Add gradient norms (needs ``.grad``).
+        weight_change: Tracker whose distances from the task start to add.
+        policy_churn: Tracker whose churn to measure and add.
 
     Returns:
         ``{key: float}``.
@@ -129,10 +183,23 @@ def plasticity_report(
         prefix = f"{name}/" if name else ""
         captured = capture_activations(net, inputs, (layers or {}).get(name))
         activations = {f"layer{i}": a for i, a in enumerate(captured.values())}
-        report = representation_metrics(activations, dormant_threshold)
+        report = representation_metrics(
+            activations,
+            dormant_threshold,
+            active_units=active_units,
+            feature_norms=feature_norms,
+        )
         weights = weight_metrics(net)
         report |= {key: weights[key] for key in ("weight_magnitude", "parameter_norm")}
+        if gradient_norm:
+            report |= gradient_norms(net)
         metrics |= {prefix + key: value for key, value in report.items()}
+    if weight_change is not None:
+        metrics |= weight_change.metrics()
+    if policy_churn is not None:
+        churn = policy_churn.update()
+        if churn is not None:
+            metrics["policy_churn"] = churn
     return metrics
 
 
@@ -154,6 +221,9 @@ def curvature_report(
     forward_fn: ForwardFn | None = None,
     seed: int | None = 0,
     reuse_graph: bool = False,
+    variance: bool = False,
+    partial_spectra: bool | Sequence[str] = False,
+    partial_order: int | None = None,
 ) -> dict[str, Any]:
     """Every curvature diagnostic of SC in one call, on the model's device.
 
@@ -184,6 +254,20 @@ def curvature_report(
             products (one backward pass per product instead of two plus a forward;
             memory: the activations of all of ``data``). See
             :class:`~clenv.metrics.HessianOperator`.
+        variance: Opt-in: SC's Hessian variance, ``hessian_variance`` (exact
+            variance of the eigenvalue density, :func:`~clenv.metrics.hessian_variance`),
+            ``hessian_variance_trapezoid`` (SC's plotting computation on their
+            10000-point grid, :func:`~clenv.metrics.hessian_variance_trapezoid`) and
+            ``hessian_second_moment`` (estimate of tr(H^2)/P); no extra products.
+        partial_spectra: Opt-in: per-layer ("partial") Hessian spectra,
+            :func:`~clenv.metrics.partial_hessian_spectra` of every layer (True) or
+            of the named layers; adds under ``"partial/<layer>/"``
+            ``top_eigenvalue``, ``min_eigenvalue``, ``num_parameters``,
+            ``smoothing_variance``, ``epsilon_rank/<eps>`` (and with ``variance``
+            the three variance keys) and the arrays ``spectral_density`` (on
+            ``grid``), ``spectral_density_grid``, ``ritz_values``, ``ritz_weights``.
+            Cost: ``partial_order * num_probes`` products per layer.
+        partial_order: Lanczos order of each partial spectrum (default ``order``).
 
     Returns:
         Floats ``top_eigenvalue`` and ``min_eigenvalue`` (extreme Ritz values of the
@@ -238,6 +322,44 @@ def curvature_report(
         ranks = kfac_rank(model, loss_fn, batches, seed=seed)
         report["kfac_rank"] = ranks["kfac_rank"]
         report["kfac_rank_max"] = ranks["kfac_rank_max"]
+    if variance:
+        report |= _variance_metrics(density)
+    if partial_spectra:
+        spectra = partial_hessian_spectra(
+            model,
+            loss_fn,
+            batches,
+            layers=None if partial_spectra is True else list(partial_spectra),
+            order=order if partial_order is None else partial_order,
+            num_probes=num_probes,
+            sigma_squared=sigma_squared,
+            num_points=num_points,
+            seed=seed,
+            reuse_graph=reuse_graph,
+        )
+        for layer, block in spectra.items():
+            prefix = f"partial/{layer}/"
+            report |= {
+                prefix + "top_eigenvalue": float(block.ritz_values.max()),
+                prefix + "min_eigenvalue": float(block.ritz_values.min()),
+                prefix + "num_parameters": float(block.num_parameters),
+                prefix + "smoothing_variance": block.variance,
+            }
+            for threshold, share in epsilon_rank(block, list(eps)).items():
+                report[f"{prefix}epsilon_rank/{threshold:g}"] = share
+            if variance:
+                report |= {
+                    prefix + key: value
+                    for key, value in _variance_metrics(block).items()
+                }
+            report |= {
+                prefix + "spectral_density": density_on_grid(
+                    block.ritz_values, block.ritz_weights, block.variance, grid
+                ),
+                prefix + "spectral_density_grid": np.asarray(grid, dtype=np.float64),
+                prefix + "ritz_values": block.ritz_values.numpy(),
+                prefix + "ritz_weights": block.ritz_weights.numpy(),
+            }
     if dead_unit_bound:
         inputs = (
             _model_inputs(batches) if dead_unit_inputs is None else dead_unit_inputs
@@ -256,6 +378,16 @@ def curvature_report(
         "seconds": time.perf_counter() - start,
     }
     return report
+
+
+def _variance_metrics(density: Any) -> dict[str, float]:
+    return {
+        "hessian_variance": hessian_variance(density),
+        "hessian_variance_trapezoid": hessian_variance_trapezoid(
+            density.grid.numpy(), density.density.numpy()
+        ),
+        "hessian_second_moment": hessian_second_moment(density),
+    }
 
 
 def _model_inputs(batches: list[Any]) -> torch.Tensor:

@@ -43,6 +43,7 @@ from clenv.metrics.hessian import (
 )
 from clenv.metrics.lanczos import lanczos, ritz_pairs
 from clenv.metrics.losses import LossFn
+from clenv.metrics.weights import parameter_layers
 
 
 def log_spaced_grid(low: float, high: float, per_decade: int) -> np.ndarray:
@@ -341,6 +342,7 @@ def hessian_spectral_density(
     backend: Backend = "autograd",
     reuse_graph: bool = False,
     progressbar: bool = False,
+    params: Sequence[nn.Parameter] | None = None,
 ) -> SpectralDensity:
     """Eigenvalue density of the loss Hessian by stochastic Lanczos quadrature.
 
@@ -370,6 +372,9 @@ def hessian_spectral_density(
         reuse_graph: Keep the gradient graph of every batch between products
             (about 1.5x faster, holds the activations of all of ``data``).
         progressbar: Show a progress bar over the Lanczos steps.
+        params: Take the Hessian block of these parameters only (the rows and
+            columns of the other parameters removed; default every trainable
+            parameter). See :func:`partial_hessian_spectra`.
 
     Returns:
         A :class:`SpectralDensity`.
@@ -379,7 +384,12 @@ def hessian_spectral_density(
     values, weights = [], []
     with curvature_context(model, seed, train_mode) as generator:
         operator = HessianOperator(
-            model, loss_fn, data, backend=backend, reuse_graph=reuse_graph
+            model,
+            loss_fn,
+            data,
+            params=params,
+            backend=backend,
+            reuse_graph=reuse_graph,
         )
         num_parameters = operator.dim
         matvec = operator.matvec
@@ -498,3 +508,128 @@ def epsilon_rank_trapezoid(
             100.0 * np.trapezoid(density[outside], grid[outside]) / total
         )
     return percents[eps] if isinstance(eps, int | float) else percents
+
+
+def hessian_second_moment(density: SpectralDensity) -> float:
+    """Second moment of the quadrature, sum_j w_j theta_j^2: an estimate of
+    tr(H^2) / P = ||H||_F^2 / P (Gauss quadrature of order m >= 2 is exact per probe
+    for degree 2, so it is a Hutchinson estimate of tr(H^2)/P over the probes)."""
+    return density.moment(2)
+
+
+def hessian_variance(density: SpectralDensity, smoothed: bool = False) -> float:
+    """Variance of the Hessian's eigenvalue density around its mean (SC's "Hessian
+    variance"), exactly from the quadrature.
+
+    ``sum_j w_j (theta_j - mu)^2`` with ``mu = sum_j w_j theta_j``: an estimate of
+    tr(H^2)/P - (tr(H)/P)^2, the variance of the P eigenvalues. SC plot the variance
+    of the smoothed density (``analysis/plot_hessian_variance.py:59-67`` of their
+    code, a trapezoid over the saved grid: :func:`hessian_variance_trapezoid`);
+    ``smoothed=True`` gives that quantity exactly, i.e. adds the Gaussian smoothing
+    variance ``density.variance``.
+
+    Args:
+        density: From :func:`hessian_spectral_density`.
+        smoothed: Variance of the Gaussian-smoothed density instead of the
+            eigenvalues'.
+
+    Returns:
+        A float >= 0.
+    """
+    mean = density.moment(1)
+    spread = float(
+        (density.ritz_weights * (density.ritz_values - mean) ** 2).sum()
+    ) / float(density.ritz_weights.sum())
+    return spread + (density.variance if smoothed else 0.0)
+
+
+def hessian_variance_trapezoid(grid: Any, density: Any) -> float:
+    """SC's plotting "Hessian variance": the variance of a density on a grid by the
+    trapezoid rule.
+
+    As SC's ``weighted_stats`` (``analysis/plot_hessian_variance.py:59-67``): clip
+    the density at 0, ``Z = trapz(f, x)``, ``mean = trapz(x f, x) / Z``, ``var =
+    trapz((x - mean)^2 f, x) / Z``, on the saved ``eigv_to_density`` grid (10000
+    points from the smallest Ritz value - 0.01 to the largest + 0.01; SC's trimming
+    options are off by default and not reproduced). The grid ends 0.01 beyond the
+    outermost nodes, so their Gaussian bumps (std ``sqrt(1e-5 * width)``, above
+    0.01 once the spectrum is wider than 10) lose up to half their mass there, and
+    the result can fall below :func:`hessian_variance` even unsmoothed; where the
+    bumps fit, it is :func:`hessian_variance` with ``smoothed=True``.
+
+    Args:
+        grid: Sorted grid (e.g. :attr:`SpectralDensity.grid`).
+        density: Density on ``grid``.
+
+    Returns:
+        The variance (NaN when the density has no positive mass, as SC).
+
+    Example:
+        >>> grid = np.linspace(-1.0, 1.0, 2001)
+        >>> round(hessian_variance_trapezoid(grid, np.ones_like(grid)), 6)  # uniform
+        0.333334
+    """
+    grid, density = _check_density(grid, density, "hessian_variance_trapezoid")
+    density = np.clip(density, 0.0, None)
+    total = np.trapezoid(density, grid)
+    if not np.isfinite(total) or total <= 0:
+        return float("nan")
+    mean = np.trapezoid(grid * density, grid) / total
+    return float(np.trapezoid((grid - mean) ** 2 * density, grid) / total)
+
+
+def partial_hessian_spectra(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Iterable[Any],
+    layers: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, SpectralDensity]:
+    """Per-layer ("partial") Hessian spectra: SLQ on each layer's diagonal block.
+
+    The block of layer l is the Hessian of the loss with respect to that layer's
+    parameters alone (its weight and bias), the others held fixed: the rows and
+    columns of H belonging to the layer. Its eigenvalues are not those of H
+    (they interlace them), and the blocks show which layer's curvature collapses.
+    Each block gets its own :func:`hessian_spectral_density` run with the same
+    settings and seed.
+
+    Cost: ``order * num_probes`` Hessian-vector products per layer (each a full
+    forward and backward pass, restricted to the layer's gradients).
+
+    Args:
+        model: The network.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` batch-mean loss.
+        data: List of batches.
+        layers: Layer names as :func:`~clenv.metrics.weights.parameter_layers`
+            names them (the modules that own parameters: ``"0"``, ``"fc1"``, ...;
+            default every layer, in registration order).
+        **kwargs: Settings of :func:`hessian_spectral_density` (order, num_probes,
+            sigma_squared, seed, reuse_graph, ...).
+
+    Returns:
+        ``{layer: SpectralDensity}`` (``num_parameters`` is the block's size).
+    """
+    if "params" in kwargs:
+        raise ValueError("partial_hessian_spectra picks the parameters; pass layers=")
+    blocks = parameter_layers(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    names = list(blocks) if layers is None else list(layers)
+    unknown = [name for name in names if name not in blocks]
+    if unknown:
+        raise ValueError(
+            f"no layer {unknown} in {type(model).__name__}; layers with parameters: "
+            f"{list(blocks)}"
+        )
+    batches = list(data)
+    return {
+        name: hessian_spectral_density(
+            model,
+            loss_fn,
+            batches,
+            params=[param for _, param in blocks[name]],
+            **kwargs,
+        )
+        for name in names
+    }

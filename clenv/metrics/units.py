@@ -1,4 +1,5 @@
-"""Per-unit activity of a layer: dead units, dormant units, mean |activation|.
+"""Per-unit activity of a layer: dead, active and dormant units, mean |activation|,
+and the layer's feature norm.
 
 A *unit* is a column of a (samples, units) activation matrix. For a convolutional
 map (samples, channels, height, width, ...) a unit is a **channel**: its statistics
@@ -43,6 +44,27 @@ def dead_unit_count(activation: torch.Tensor) -> int:
     return int(dead_unit_mask(activation).sum())
 
 
+def active_unit_mask(activation: torch.Tensor) -> torch.Tensor:
+    """Boolean (units,) mask of active units: nonzero on at least one sample.
+
+    The complement of :func:`dead_unit_mask`, so active and dead units always add
+    up to the layer's units (Lyle et al. 2023 and Plasticine plot the "fraction of
+    active units" of ReLU networks; LoP and SC plot its complement, dead units).
+    """
+    return ~dead_unit_mask(activation)
+
+
+def active_unit_fraction(activation: torch.Tensor) -> float:
+    """Share in [0, 1] of the layer's units that are active (1 - dead fraction).
+
+    Example:
+        >>> active_unit_fraction(torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 3.0]]))
+        0.6666666666666666
+    """
+    mask = active_unit_mask(activation)
+    return int(mask.sum()) / mask.numel()
+
+
 def dormant_unit_mask(
     activation: torch.Tensor, threshold: float = 0.025
 ) -> torch.Tensor:
@@ -74,3 +96,24 @@ def dormant_unit_count(activation: torch.Tensor, threshold: float = 0.025) -> in
 def mean_abs_activation(activation: torch.Tensor) -> float:
     """Mean |activation| over all samples, units (and positions) of a layer."""
     return float(activation.detach().abs().float().mean())
+
+
+def feature_norm(activation: torch.Tensor) -> float:
+    """Mean over samples of the L2 norm of each sample's features, E_x ||h(x)||_2.
+
+    A conv map's features are all its channels and positions (the flattened
+    (samples, rest) row, as the rank measures use). Growing feature norms accompany
+    loss of plasticity in RL (Lyle et al. 2024, "Disentangling the causes of
+    plasticity loss"); computed in float64.
+
+    Example:
+        >>> feature_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        3.0
+    """
+    if activation.dim() < 2 or activation.shape[0] == 0:
+        raise ValueError(
+            "feature_norm needs a (samples, units, ...) activation with at least one "
+            f"sample, got shape {tuple(activation.shape)}"
+        )
+    rows = activation.detach().reshape(activation.shape[0], -1).double()
+    return float(torch.linalg.vector_norm(rows, dim=1).mean())
