@@ -414,4 +414,33 @@ METHOD_ROWS: list[Row] = [
         sc=None,
         test="tests/test_methods_units.py::test_resets_keep_or_clear_the_optimizer_state",
     ),
+    # Spectral regularisation: SC's spectral_reg baseline
+    method_row(
+        name="spectral.strength",
+        what="spectral regulariser coefficient",
+        lop=None,
+        sc=Value(
+            0.01,
+            "incremental_cifar/scripts/hyperparams/hessian/spec_reg_hessian.py:6",
+            "SC's Hessian run (analysis/fig4.py:172); its grid 1e-2/1e-3/1e-4 is incremental_cifar/scripts/hyperparams/spectral_reg.py:6",
+        ),
+    ),
+    method_row(
+        name="spectral.k",
+        what="exponent k of sigma_max in (sigma_max^k - target)^2",
+        lop=None,
+        sc=Value(2, "incremental_cifar/config.py:39"),
+    ),
+    method_row(
+        name="spectral.target",
+        what="value sigma_max^k is pulled toward",
+        lop=None,
+        sc=Value(2.0, "incremental_cifar/config.py:40"),
+    ),
+    method_row(
+        name="spectral.power_iterations",
+        what="power-iteration steps per update",
+        lop=None,
+        sc=Value(10, "incremental_cifar/config.py:41"),
+    ),
 ]

@@ -227,4 +227,33 @@ METHOD_ROWS: list[Row] = [
         ),
         sc=Value(1e-05, "permuted_mnist/config.py:25"),
     ),
+    # Spectral regularisation: SC's spectral_reg baseline
+    method_row(
+        name="spectral.strength",
+        what="spectral regulariser coefficient",
+        lop=None,
+        sc=Value(
+            0.001,
+            "permuted_mnist/scripts/hyperparams/hessian/fix_lr/spectral_reg_hessian_fix_lr.py:6",
+            "the run SC plots (analysis/fig3.py:188); its grid 1e-2/1e-3/1e-4 is permuted_mnist/scripts/hyperparams/spectral_reg.py:6",
+        ),
+    ),
+    method_row(
+        name="spectral.k",
+        what="exponent k of sigma_max in (sigma_max^k - target)^2",
+        lop=None,
+        sc=Value(2, "permuted_mnist/config.py:41"),
+    ),
+    method_row(
+        name="spectral.target",
+        what="value sigma_max^k is pulled toward",
+        lop=None,
+        sc=Value(2.0, "permuted_mnist/config.py:42"),
+    ),
+    method_row(
+        name="spectral.power_iterations",
+        what="power-iteration steps per update",
+        lop=None,
+        sc=Value(10, "permuted_mnist/config.py:43"),
+    ),
 ]

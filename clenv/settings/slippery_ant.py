@@ -521,4 +521,23 @@ METHOD_ROWS: list[Row] = [
         ),
         sc=None,
     ),
+    # Spectral regularisation: SC's spectral_reg baseline
+    method_row(
+        name="spectral.k",
+        what="exponent k of sigma_max in (sigma_max^k - target)^2",
+        lop=None,
+        sc=Value(2, "rlopt/config.py:51"),
+    ),
+    method_row(
+        name="spectral.target",
+        what="value sigma_max^k is pulled toward",
+        lop=None,
+        sc=Value(2.0, "rlopt/config.py:52"),
+    ),
+    method_row(
+        name="spectral.power_iterations",
+        what="power-iteration steps per update",
+        lop=None,
+        sc=Value(10, "rlopt/config.py:53"),
+    ),
 ]
