@@ -15,8 +15,10 @@ See docs/methods.md.
 from __future__ import annotations
 
 from clenv.methods.base import Compose, PlasticityMethod
+from clenv.methods.cchain import CChain
 from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
+from clenv.methods.inject import PlasticityInjection
 from clenv.methods.l2 import L2
 from clenv.methods.l2init import L2Init
 from clenv.methods.layers import HiddenLayer, find_hidden_layers, find_output_layers
@@ -54,6 +56,8 @@ __all__ = [
     "Parseval",
     "UPGD",
     "NormalizeAndProject",
+    "PlasticityInjection",
+    "CChain",
     # layers
     "HiddenLayer",
     "find_hidden_layers",

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from clenv.methods.base import Compose, PlasticityMethod
+from clenv.methods.cchain import CChain
 from clenv.methods.continual_backprop import ContinualBackprop
 from clenv.methods.effective_rank import EffectiveRankAscent
+from clenv.methods.inject import PlasticityInjection
 from clenv.methods.l2 import L2
 from clenv.methods.l2init import L2Init
 from clenv.methods.layers import HiddenLayerSpec
@@ -40,10 +42,16 @@ METHODS: dict[str, type[PlasticityMethod]] = {
         Parseval,
         UPGD,
         NormalizeAndProject,
+        PlasticityInjection,
+        CChain,
     )
 }
 # Names that stand for a combination of methods.
 ALIASES: dict[str, tuple[str, ...]] = {"bp": (), "l2er": ("l2", "er")}
+# Names that build no method but select the preset values tuned with them: "layernorm"
+# (the network's --norm layer; SC's laynorm_l2), e.g. "l2+layernorm".
+SETTING_TAGS: dict[str, str] = {"layernorm": "layer"}
+ALIASES.update({tag: () for tag in SETTING_TAGS})
 
 
 def method_names() -> list[str]:
@@ -89,6 +97,7 @@ def make_method(
     forward_fn: ForwardFn | None = None,
     hidden_layers: HiddenLayerSpec = None,
     seed: int = 0,
+    model_norm: str | None = None,
     **overrides: Any,
 ) -> PlasticityMethod:
     """Build the method ``name`` (a ``--reg`` value) for ``model`` and ``optimizer``.
@@ -106,6 +115,9 @@ def make_method(
             :func:`clenv.methods.find_hidden_layers`) for every component that finds
             hidden layers; ignored by the others.
         seed: seed of the random draws of CBP, S&P, ReDo and the resets.
+        model_norm: the network's ``norm`` (``--norm``): ``"layer"`` selects the
+            preset values tuned with LayerNorm (rows ``when="...+layernorm"``, SC's
+            ``laynorm_l2``), as ``+layernorm`` in ``name`` does.
         **overrides: constructor arguments. A plain key (``weight_decay=1e-4``) goes to
             every component that takes it; ``<method>__<key>`` (``cbp__replacement_rate``)
             to one. ``forward_fn``, ``hidden_layers`` and ``seed`` are passed for every
@@ -126,12 +138,16 @@ def make_method(
         'l2+er'
     """
     components = split_name(name)
+    parts = {part.strip() for part in name.lower().split("+")}
+    tags = [
+        tag for tag, norm in SETTING_TAGS.items() if tag in parts or norm == model_norm
+    ]
     shared = {"forward_fn": forward_fn, "hidden_layers": hidden_layers, "seed": seed}
     used: set[str] = set()
     methods = []
     for component in components:
         cls = METHODS[component]
-        arguments = preset_arguments(preset, component, components)
+        arguments = preset_arguments(preset, component, [*components, *tags])
         arguments.update(
             {
                 key: value
