@@ -360,6 +360,23 @@ def test_layer_reset_defaults_to_the_head_reset():
 # ----------------------------------------------------------- composition and resume
 
 
+def test_composition_order_places_the_new_methods():
+    everything = "nap+er+cbp+upgd+snp+parseval+spectral+l2init+l2+layer_reset+reset"
+    assert split_name(everything) == [
+        "reset",
+        "layer_reset",
+        "l2",
+        "l2init",
+        "spectral",
+        "parseval",
+        "snp",
+        "upgd",
+        "cbp",
+        "er",
+        "nap",
+    ]
+
+
 def test_regularisers_compose_with_the_others():
     assert split_name("l2+spectral") == ["l2", "spectral"]
     assert split_name("upgd+l2init") == ["l2init", "upgd"]

@@ -43,6 +43,9 @@ L2_VARIANTS = {
     "after_backward": {"l2__fuse": False},
     "in_backward": {"l2__in_backward": True},
 }
+# Variants of the network: "layernorm" puts an nn.LayerNorm before each hidden ReLU
+# (what NaP needs; compare "nap:layernorm" with "bp:layernorm").
+MODEL_VARIANTS = ("layernorm",)
 DEFAULT_METHODS = (
     "bp",
     "l2",
@@ -54,11 +57,21 @@ DEFAULT_METHODS = (
     "cbp+l2",
     "snp",
     "redo",
+    "spectral",
+    "spectral+l2",
+    "parseval",
+    "l2init",
+    "upgd",
+    "bp:layernorm",
+    "nap:layernorm",
 )
 
 
-def pmnist_mlp(width: int = 1000, depth: int = 3, seed: int = 0) -> nn.Sequential:
-    """SC's Permuted-MNIST MLP: 784-width x depth-10, ReLU, Kaiming-uniform, zero bias."""
+def pmnist_mlp(
+    width: int = 1000, depth: int = 3, seed: int = 0, layernorm: bool = False
+) -> nn.Sequential:
+    """SC's Permuted-MNIST MLP: 784-width x depth-10, ReLU, Kaiming-uniform, zero bias
+    (``layernorm``: an ``nn.LayerNorm`` before each hidden ReLU)."""
     torch.manual_seed(seed)
     widths = [784] + [width] * depth + [10]
     layers: list[nn.Module] = []
@@ -68,6 +81,8 @@ def pmnist_mlp(width: int = 1000, depth: int = 3, seed: int = 0) -> nn.Sequentia
         nn.init.zeros_(linear.bias)
         layers.append(linear)
         if i < len(widths) - 2:
+            if layernorm:
+                layers.append(nn.LayerNorm(widths[i + 1]))
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
@@ -78,7 +93,8 @@ class Trainer:
     Args:
         name: a ``--reg`` name, optionally ``:after_backward`` (L2 in its own pass
             after ``backward()``) or ``:in_backward`` (inside ``backward()``); see
-            :class:`clenv.methods.L2`.
+            :class:`clenv.methods.L2`; or ``:layernorm`` (the MLP with a LayerNorm
+            before each hidden ReLU, which NaP needs).
         width: hidden width.
         lr: SGD learning rate.
         interval: ER's U.
@@ -91,12 +107,13 @@ class Trainer:
     ):
         self.name = name
         reg, _, variant = name.partition(":")
-        self.model = pmnist_mlp(width)
+        self.model = pmnist_mlp(width, layernorm=variant == "layernorm")
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, fused=fused)
         overrides = {"er__interval": interval} if "er" in split_name(reg) else {}
-        if variant and variant not in L2_VARIANTS:
+        if variant and variant not in (*L2_VARIANTS, *MODEL_VARIANTS):
             raise ValueError(
-                f"unknown variant {variant!r} in {name!r}; known: {list(L2_VARIANTS)}"
+                f"unknown variant {variant!r} in {name!r}; known: "
+                f"{[*L2_VARIANTS, *MODEL_VARIANTS]}"
             )
         overrides.update(L2_VARIANTS.get(variant, {}))
         self.method = make_method(
@@ -215,10 +232,10 @@ class MethodsBenchArgs:
                 split_name(reg)
             except ValueError as error:
                 raise ValueError(f"--methods: {error}") from None
-            if variant and variant not in L2_VARIANTS:
+            if variant and variant not in (*L2_VARIANTS, *MODEL_VARIANTS):
                 raise ValueError(
                     f"--methods: unknown variant {variant!r} in {name!r}; known: "
-                    f"{list(L2_VARIANTS)}"
+                    f"{[*L2_VARIANTS, *MODEL_VARIANTS]}"
                 )
         self.rounds_per_batch_size()
         self.intervals_per_batch_size()

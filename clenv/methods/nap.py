@@ -37,6 +37,9 @@ class NormalizeAndProject(PlasticityMethod):
     (not scale-invariant: it changes the function's scale). Biases of the weight
     layers are left to the optimizer.
 
+    NaP comes last among the methods (order 70, after ER's ascent), so the norms
+    hold after every step whatever else moved the weights.
+
     A model without normalisation layers in its hidden layers gets a ValueError
     naming ``--norm layer`` at the first step (the method can be built on any model,
     so a registry that builds every ``--reg`` name on a plain MLP still works).
@@ -56,7 +59,7 @@ class NormalizeAndProject(PlasticityMethod):
     """
 
     name = "nap"
-    order = 38
+    order = 70
 
     def __init__(
         self,
