@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -39,10 +39,11 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
-from clenv.divergence import DivergenceGuard, clear_divergence, end_diverged
-from clenv.envs.slippery_ant import SlipperyAntEnv
-from clenv.methods import make_method, split_name
-from clenv.metrics import curvature_report, plasticity_report
+from clenv.curvature_logging import log_curvature
+from clenv.divergence import guard_run
+from clenv.methods import make_method
+from clenv.metrics import plasticity_report
+from clenv.ppo_args import RunOptions, env_kwargs_for, resolve_args
 from clenv.protocol import (
     TaskTracker,
     end_task,
@@ -52,37 +53,15 @@ from clenv.protocol import (
     task_params,
     task_switches,
 )
-from clenv.settings import protocol_defaults
+from clenv.rollout import generalized_advantages, normalize_advantages, step_envs
 
 gym.register_envs(clenv)
 
-# Every option left at None takes its value from --protocol: the rows of
-# clenv/settings/slippery_ant.py (docs/protocols.md), read in resolve_args.
-BENCHMARK = "slippery_ant"
-# The clenv.methods preset of each protocol.
-METHOD_PRESETS = {"lop": "ant_lop", "sc": "ant"}
-
 
 @dataclass
-class Args:
+class Args(RunOptions):  # seed, cuda, resume, logging, checkpoints: clenv/ppo_args.py
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory's name)"""
-    seed: int = 1
-    """seed of the experiment (also the env's task_seed unless --env-kwargs sets one)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    num_threads: int = 1
-    """torch CPU threads (1: fastest for these MLPs, same numbers on any machine)"""
-    runs_dir: str = "runs"
-    """where run directories are created"""
-    resume: str | None = None
-    """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it; --[no-]progress, --[no-]plot apply)"""
-    progress: bool = True
-    """show a progress bar (step, task, SPS, recent return)"""
-    plot: bool = True
-    """draw plots.png in the run directory at the end (clenv.plotting)"""
 
     # Algorithm specific arguments
     env_id: str = "clenv/SlipperyAnt-v0"
@@ -150,34 +129,6 @@ class Args:
     method_kwargs: list[str] = field(default_factory=list)
     """method arguments as key=value over the preset, e.g. `er__ascent_lr=1e-6`"""
 
-    # Logging
-    plasticity_every: int = 10
-    """log plasticity/* every this many updates, on the rollout's observations; 0: never"""
-    curvature_every_tasks: int = 1
-    """log curvature/* at the start and end of every k-th task (SC: 1); 0: never"""
-    curvature_order: int = 100
-    """Lanczos iterations of the spectral density (SC: 100)"""
-    curvature_trace_matvecs: int = 30
-    """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
-    curvature_samples: int = 2048
-    """rollout samples the Hessian is taken over (SC: 2000)"""
-    curvature_epsilons: tuple[float, ...] = (0.01, 0.03, 0.1)
-    """thresholds of the epsilon-rank (share of spectral mass with |lambda| > eps)"""
-
-    # Checkpoints
-    checkpoint_every: int = 100_000
-    """checkpoint after the update crossing each multiple of this many steps, and at the end; 0: only at the end"""
-    keep_checkpoints: int = 3
-    """how many checkpoints to keep"""
-
-    # Divergence (clenv.divergence)
-    on_divergence: Literal["fail", "stop"] = "fail"
-    """a non-finite loss, gradient or parameter: fail (exit 1 naming the step, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
-    divergence_check_every: int = 100
-    """check the gradients and parameters for nan/inf every this many optimizer steps (the loss: every step; parameters also before each checkpoint); 0: only before checkpoints"""
-    check_args: bool = False
-    """check the arguments and the env's, print them resolved and exit (clenv sweep runs it for every trial)"""
-
     # to be filled in runtime
     batch_size: int = 0
     """the batch size (computed in runtime)"""
@@ -185,67 +136,6 @@ class Args:
     """the mini-batch size (computed in runtime)"""
     num_iterations: int = 0
     """the number of iterations (computed in runtime)"""
-
-
-def resolve_args(args: Args) -> Args:
-    """Fill every unset option from the protocol and check the arguments."""
-    components = split_name(args.reg)
-    defaults = protocol_defaults(BENCHMARK, args.protocol, components=components)
-    clenv.run.fill_unset(args, defaults)
-    if args.method_preset is None:
-        args.method_preset = METHOD_PRESETS[args.protocol]
-    clenv.run.check_counts(
-        args,
-        positive=("total_timesteps", "num_envs", "num_steps", "num_minibatches",
-                  "update_epochs", "num_threads", "keep_checkpoints"),
-        non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every",
-                      "divergence_check_every"),
-    )  # fmt: skip
-    clenv.run.check_ranges(args, VALUE_RANGES)
-    if len(args.adam_betas) != 2 or not all(0 <= b < 1 for b in args.adam_betas):
-        raise ValueError(
-            f"--adam-betas takes two numbers in [0, 1), got {args.adam_betas}"
-        )
-    if not args.hidden_sizes or min(args.hidden_sizes) < 1:
-        raise ValueError(
-            f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
-        )
-    if args.curvature_every_tasks:
-        if args.curvature_order < 2 or args.curvature_samples < 2:
-            raise ValueError("--curvature-order and --curvature-samples must be >= 2")
-        if 0 < args.curvature_trace_matvecs < 3:
-            raise ValueError(
-                "--curvature-trace-matvecs must be 0 (no trace) or >= 3 (Hutch++ "
-                f"splits it in three), got {args.curvature_trace_matvecs}"
-            )
-    args.batch_size = int(args.num_envs * args.num_steps)
-    if args.batch_size > MAX_BATCH_SIZE:
-        raise ValueError(
-            f"--num-envs {args.num_envs} x --num-steps {args.num_steps} = "
-            f"{args.batch_size:,} samples per rollout; at most {MAX_BATCH_SIZE:,} fit "
-            "the rollout buffers"
-        )
-    if args.batch_size % args.num_minibatches:
-        raise ValueError(
-            f"num_envs * num_steps = {args.batch_size} is not divisible by "
-            f"--num-minibatches {args.num_minibatches}"
-        )
-    args.minibatch_size = int(args.batch_size // args.num_minibatches)
-    args.num_iterations = max(1, math.ceil(args.total_timesteps / args.batch_size))
-    return args
-
-
-# The largest rollout the buffers and numpy's index arrays take (int32 indices).
-MAX_BATCH_SIZE = 2**31 - 1
-# The range of each value (clenv.run.check_ranges), checked before anything is built.
-VALUE_RANGES = {
-    "learning_rate": "> 0", "adam_eps": ">= 0", "weight_decay": ">= 0",
-    "gamma": "[0, 1]", "gae_lambda": "[0, 1]", "clip_coef": "> 0",
-    "ent_coef": "finite", "vf_coef": ">= 0", "log_std_init": "finite",
-    "max_grad_norm": "> 0 (or unset: no clipping)",
-    "target_kl": "> 0 (or unset: no early stop)",
-    "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
-}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -274,28 +164,6 @@ def check_args(argv: list[str] | None = None) -> Args:
     return args
 
 
-def env_kwargs_for(args: Args) -> tuple[dict[str, Any], bool]:
-    """gym.make keyword arguments, and whether the env follows clenv's task protocol.
-
-    A clenv env gets ``task_seed=seed`` and the protocol's ``switch_at`` unless they
-    are given; Slippery Ant gets every env row of the protocol (docs/protocols.md).
-    """
-    kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
-    env = clenv.run.probe_env(args.env_id, kwargs)
-    if not isinstance(env.action_space, gym.spaces.Box):
-        raise ValueError(
-            f"{args.env_id} has action space {env.action_space}; this PPO needs a "
-            "continuous (Box) action space"
-        )
-    continual = isinstance(env.unwrapped, clenv.ContinualEnv)
-    if continual:
-        names = None if isinstance(env.unwrapped, SlipperyAntEnv) else ["switch_at"]
-        kwargs = clenv.run.protocol_env_kwargs(
-            BENCHMARK, args.protocol, kwargs, seed=args.seed, names=names
-        )
-    return kwargs, continual
-
-
 def make_env(env_id, idx, env_kwargs, clip_actions):
     def thunk():
         env = gym.make(env_id, **env_kwargs)
@@ -307,19 +175,6 @@ def make_env(env_id, idx, env_kwargs, clip_actions):
         return env
 
     return thunk
-
-
-def make_envs(args: Args, env_kwargs: dict[str, Any]) -> gym.vector.VectorEnv:
-    """Sub-envs in lockstep, with episode statistics (clenv.run.vector_env).
-
-    SAME_STEP autoreset, deliberately: every vector step is an interaction, and
-    final_obs of a truncated episode is at hand for --bootstrap-truncated.
-    """
-    thunks = [
-        make_env(args.env_id, i, env_kwargs, args.clip_actions)
-        for i in range(args.num_envs)
-    ]
-    return clenv.run.vector_env(thunks, asynchronous=args.async_envs)
 
 
 def layer_init(layer, init="lecun_uniform", std=2**0.5, bias_const=0.0):
@@ -377,28 +232,6 @@ def actor_and_critic(agent: Agent, obs: torch.Tensor):
     return agent.actor_mean(obs), agent.critic(obs)
 
 
-def generalized_advantages(rewards, values, dones, next_value, next_done, args):
-    """GAE(gamma, lambda) of a rollout, as CleanRL computes it."""
-    advantages = torch.zeros_like(rewards)
-    lastgaelam = 0
-    for t in reversed(range(args.num_steps)):
-        if t == args.num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
-        delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = (
-            delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-        )
-    return advantages
-
-
-def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-
 def ppo_loss(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
     """CleanRL's PPO loss of a (mini)batch; returns (loss, statistics).
 
@@ -435,53 +268,20 @@ def ppo_loss(agent: Agent, batch: dict[str, torch.Tensor], args: Args):
     return loss, (pg_loss, v_loss, entropy_loss, logratio, ratio)
 
 
-def step_envs(envs, action: np.ndarray, agent: Agent, args: Args):
-    """``envs.step``; returns (next_obs, reward, done, infos).
-
-    A time-limit truncation ends the episode like a termination (both papers); with
-    ``--bootstrap-truncated`` its reward gets ``gamma * V(final obs)`` instead.
-    """
-    next_obs, reward, terminations, truncations, infos = envs.step(action)
-    if args.bootstrap_truncated and "_final_obs" in infos:
-        bootstrap = infos["_final_obs"] & truncations & ~terminations
-        if bootstrap.any():
-            final_obs = np.stack(infos["final_obs"][bootstrap]).astype(np.float32)
-            device = next(agent.parameters()).device
-            with torch.no_grad():
-                final_values = agent.get_value(
-                    torch.as_tensor(final_obs, device=device)
-                )
-            reward = reward.astype(np.float64)
-            reward[bootstrap] += args.gamma * final_values.flatten().cpu().numpy()
-    return next_obs, reward, np.logical_or(terminations, truncations), infos
-
-
-def log_curvature(logger, agent, batch, args, when: str, task: int, step: int):
-    """curvature/<when>/*: clenv.metrics.curvature_report of the PPO loss.
-
-    The loss PPO minimises (clipped surrogate + value + entropy terms), at the current
-    weights, over the first ``--curvature-samples`` samples of ``batch``, in a forked
-    RNG (logging more or less never changes the training run). Only for every
-    ``--curvature-every-tasks``-th task, on a rollout wholly in it (not None).
-    """
+def log_ppo_curvature(logger, agent, batch, args, when: str, task: int, step: int):
+    """curvature/<when>/*: the curvature of the PPO loss (clipped surrogate + value +
+    entropy terms) over the first ``--curvature-samples`` samples of a rollout wholly
+    in the task (None: none), for every ``--curvature-every-tasks``-th task."""
     if batch is None or not task_due(task, args.curvature_every_tasks):
         return
     size = min(args.curvature_samples, batch["obs"].shape[0])
     data = [{key: value[:size] for key, value in batch.items()}]
-    device = next(agent.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        report = curvature_report(
-            agent,
-            lambda model, minibatch: ppo_loss(model, minibatch, args)[0],
-            data,
-            eps=args.curvature_epsilons,
-            order=args.curvature_order,
-            trace_matvecs=args.curvature_trace_matvecs,
-            dead_unit_inputs=data[0]["obs"],
-            forward_fn=actor_and_critic,
-            seed=args.seed,
-        )
-    logger.log_report(f"curvature/{when}/", report, step, task_id=task)
+    log_curvature(
+        logger, agent, lambda model, minibatch: ppo_loss(model, minibatch, args)[0],
+        data, when=when, task_id=task, step=step, epsilons=args.curvature_epsilons,
+        order=args.curvature_order, trace_matvecs=args.curvature_trace_matvecs,
+        seed=args.seed, dead_unit_inputs=data[0]["obs"], forward_fn=actor_and_critic,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -502,26 +302,20 @@ if __name__ == "__main__":
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env setup
-    envs = make_envs(args, env_kwargs)
+    # env setup: SAME_STEP autoreset, deliberately (clenv.run.vector_env): every vector
+    # step is an interaction, final_obs is at hand for --bootstrap-truncated
+    envs = clenv.run.vector_env(
+        [make_env(args.env_id, i, env_kwargs, args.clip_actions)
+         for i in range(args.num_envs)], asynchronous=args.async_envs,
+    )  # fmt: skip
 
     agent = Agent(envs, args.hidden_sizes, args.init, args.log_std_init).to(device)
-    optimizer = torch.optim.Adam(
-        agent.parameters(),
-        lr=args.learning_rate,
-        betas=args.adam_betas,
-        eps=args.adam_eps,
-        weight_decay=args.weight_decay,
-    )
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate,
+                                 betas=args.adam_betas, eps=args.adam_eps,
+                                 weight_decay=args.weight_decay)  # fmt: skip
     try:
-        method = make_method(
-            args.reg,
-            agent,
-            optimizer,
-            preset=args.method_preset,
-            forward_fn=actor_and_critic,
-            **method_kwargs,
-        )
+        method = make_method(args.reg, agent, optimizer, preset=args.method_preset,
+                             forward_fn=actor_and_critic, **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
     # What a checkpoint holds besides the RNGs and the loop's own state.
@@ -538,23 +332,15 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: start the game (or resume it where the checkpoint left it)
     with clenv.run.exit_on_error():  # every checkpoint damaged, a full disk
         run = clenv.run.start(
-            args,
-            agent="ppo",
+            args, agent="ppo", map_location=device,
             extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method)},
-            map_location=device,
-        )
+        )  # fmt: skip
     logger = run.logger
-    if run.resumed:  # back at the last good checkpoint, before any divergence
-        clear_divergence(logger)
     state = run.restore(**checkpointed)
     if state is None:  # a fresh run
         next_obs, _ = envs.reset(seed=args.seed)
-        state = {
-            "next_obs": torch.Tensor(next_obs),
-            "next_done": torch.zeros(args.num_envs),
-            "iteration": 0,
-            "tasks": {},
-        }
+        state = dict(next_obs=torch.Tensor(next_obs), iteration=0, tasks={},
+                     next_done=torch.zeros(args.num_envs))  # fmt: skip
     global_step = run.global_step
     next_obs = state["next_obs"].to(device)
     next_done = state["next_done"].to(device)
@@ -565,15 +351,8 @@ if __name__ == "__main__":
     start_step = global_step
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step,
                     unit="step", disable=not args.progress, dynamic_ncols=True)  # fmt: skip
-
     # --on-divergence: record it, close the run without a checkpoint, exit 1 or 0.
-    guard = DivergenceGuard(
-        agent,
-        args.divergence_check_every,
-        handler=lambda error: end_diverged(
-            error, run, args.on_divergence, close=(progress, envs)
-        ),
-    )
+    guard = guard_run(run, agent, args, close=(progress, envs))
     for iteration in range(state["iteration"] + 1, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
@@ -597,8 +376,9 @@ if __name__ == "__main__":
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, next_done, infos = step_envs(
-                envs, action.cpu().numpy(), agent, args
-            )
+                envs, action.cpu().numpy(), value_fn=agent.get_value, device=device,
+                gamma=args.gamma, bootstrap_truncated=args.bootstrap_truncated,
+            )  # fmt: skip
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = (
                 torch.Tensor(next_obs).to(device),
@@ -616,8 +396,8 @@ if __name__ == "__main__":
                 new_task = int(task_ids(infos, args.num_envs)[0])
                 ended, last_batch = end_task(logger, tasks, new_task, global_step)
                 guard.check_parameters(global_step, ended, force=True)
-                log_curvature(logger, agent, last_batch, args, "task_end", ended,
-                              global_step)  # fmt: skip
+                log_ppo_curvature(logger, agent, last_batch, args, "task_end", ended,
+                                  global_step)  # fmt: skip
                 switched_tasks.append(new_task)
 
         # A task switch during the rollout: the method reacts before the next update.
@@ -627,9 +407,8 @@ if __name__ == "__main__":
         # bootstrap value if not done
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = generalized_advantages(
-                rewards, values, dones, next_value, next_done, args
-            )
+            advantages = generalized_advantages(rewards, values, dones, next_value,
+                                                next_done, args.gamma, args.gae_lambda)  # fmt: skip
             returns = advantages + values
 
         # flatten the batch
@@ -649,7 +428,7 @@ if __name__ == "__main__":
         if not switched_tasks and rollout_task == tasks.task_id:
             if tasks.keep_rollout({key: v.clone() for key, v in batch.items()}):
                 guard.check_parameters(global_step, tasks.task_id, force=True)
-                log_curvature(
+                log_ppo_curvature(
                     logger, agent, batch, args, "task_start", tasks.task_id, global_step
                 )
 
@@ -727,19 +506,10 @@ if __name__ == "__main__":
         ):
             # Finite weights and state (Adam's moments too), or a divergence.
             with clenv.run.exit_on_error():  # a full disk: error: <message>
-                guard.save(
-                    run,
-                    global_step,
-                    tasks.task_id,
-                    **checkpointed,
-                    extra={
-                        "next_obs": next_obs.cpu(),
-                        "next_done": next_done.cpu(),
-                        "iteration": iteration,
-                        "tasks": vars(tasks),
-                    },
-                    finished=last_iteration,
-                )
+                extra = dict(next_obs=next_obs.cpu(), next_done=next_done.cpu(),
+                             iteration=iteration, tasks=vars(tasks))  # fmt: skip
+                guard.save(run, global_step, tasks.task_id, **checkpointed,
+                           extra=extra, finished=last_iteration)  # fmt: skip
 
         progress.update(args.batch_size)
         ret = f"{np.mean(tasks.recent_returns):.1f}" if tasks.recent_returns else "-"

@@ -18,7 +18,8 @@ A failed check raises :class:`DivergenceError`, whose :class:`DivergenceEvent` s
 what diverged; :func:`record_divergence` logs it (``charts/diverged`` in TensorBoard
 and ``metrics.h5``, the event in ``args.json`` under ``"diverged"``). The agents turn
 it into ``--on-divergence fail`` (exit 1 with the message) or ``stop`` (record it and
-end the run cleanly, exit 0) with :func:`end_diverged`, and checkpoint through
+end the run cleanly, exit 0) with :func:`end_diverged` (:func:`guard_run` sets that
+up for a run in one call), and checkpoint through
 :meth:`DivergenceGuard.save`; either way no checkpoint is written after it, so the
 last checkpoint on disk is the last good state and ``--resume`` starts from it.
 
@@ -55,6 +56,7 @@ __all__ = [
     "clear_divergence",
     "end_diverged",
     "first_nonfinite",
+    "guard_run",
     "record_divergence",
 ]
 
@@ -315,3 +317,35 @@ def end_diverged(
           "charts/diverged")  # fmt: skip
     run.print_paths()
     sys.exit(0)
+
+
+def guard_run(
+    run: Any,
+    model: nn.Module | Mapping[str, nn.Module],
+    args: Any,
+    close: Iterable[Any] = (),
+    unit: str = "step",
+) -> DivergenceGuard:
+    """The :class:`DivergenceGuard` of an agent's run, from its flags.
+
+    A resumed run starts from its last good checkpoint, before any divergence, so a
+    divergence recorded in ``args.json`` is dropped first (:func:`clear_divergence`).
+    The guard checks every ``args.divergence_check_every`` steps and ends the run
+    with :func:`end_diverged` as ``args.on_divergence`` says, closing ``close``.
+
+    Args:
+        run: The :class:`clenv.run.Run`.
+        model: The model to check.
+        args: The agent's arguments (``divergence_check_every``, ``on_divergence``).
+        close: Objects to ``close()`` before the run ends (progress bar, envs).
+        unit: What a step counts, for the message (``"step"``, ``"example"``).
+    """
+    if run.resumed:
+        clear_divergence(run.logger)
+    close = tuple(close)
+    return DivergenceGuard(
+        model,
+        args.divergence_check_every,
+        unit=unit,
+        handler=lambda error: end_diverged(error, run, args.on_divergence, close),
+    )

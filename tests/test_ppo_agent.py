@@ -429,13 +429,21 @@ def recording_envs(agent_module, clip_actions):
     return envs
 
 
+def step(agent_module, envs, action, agent, args):
+    """The agent's env step (clenv.rollout.step_envs, as the loop calls it)."""
+    return agent_module.step_envs(
+        envs, action, value_fn=agent.get_value, device="cpu", gamma=args.gamma,
+        bootstrap_truncated=args.bootstrap_truncated,
+    )  # fmt: skip
+
+
 def test_unclipped_action_reaches_env_step(agent_module):
     for clip_actions, expected in ((False, 5.0), (True, 1.0)):
         args = agent_module.resolve_args(agent_module.Args(clip_actions=clip_actions))
         envs = recording_envs(agent_module, clip_actions)
         agent = agent_module.Agent(envs, (4,))
         RecordingEnv.received.clear()
-        agent_module.step_envs(envs, np.array([[5.0]], np.float32), agent, args)
+        step(agent_module, envs, np.array([[5.0]], np.float32), agent, args)
         assert RecordingEnv.received[-1].tolist() == [expected]
     assert agent_module.resolve_args(agent_module.Args()).clip_actions is False
 
@@ -449,9 +457,9 @@ def test_truncation_is_terminal_unless_bootstrapped(agent_module):
         envs = recording_envs(agent_module, False)
         agent = agent_module.Agent(envs, (4,))
         torch.nn.init.constant_(agent.critic[-1].bias, 3.0)  # V(s) != 0
-        _, reward, done, _ = agent_module.step_envs(envs, action, agent, args)
+        _, reward, done, _ = step(agent_module, envs, action, agent, args)
         assert reward.tolist() == [1.0] and done.tolist() == [False]
-        _, reward, done, _ = agent_module.step_envs(envs, action, agent, args)
+        _, reward, done, _ = step(agent_module, envs, action, agent, args)
         assert done.tolist() == [True]  # the time limit ends the episode either way
         value = agent.get_value(torch.ones(1, 2)).item()
         expected = 1.0 + args.gamma * value if bootstrap else 1.0

@@ -1,0 +1,179 @@
+"""The arguments of ``agents/ppo_l2er.py`` apart from PPO's own, and their resolution.
+
+:class:`RunOptions` holds the flags every PPO run has besides the algorithm's
+hyperparameters (seeding, run directory and resume, logging intervals, checkpoints,
+divergence); the agent's ``Args`` adds PPO's. :func:`resolve_args` fills every
+option left at None from ``--protocol`` (the rows of
+:mod:`clenv.settings.slippery_ant`, docs/protocols.md), checks every value before
+anything is built, with an error naming the flag, and computes the values of run
+time (batch and minibatch sizes, iterations); :func:`env_kwargs_for` gives
+``gym.make``'s arguments:
+
+    args = resolve_args(tyro.cli(Args))  # Args(RunOptions), in the agent
+    env_kwargs, continual = env_kwargs_for(args)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import gymnasium as gym
+
+import clenv
+import clenv.run
+from clenv.cli_kwargs import parse_kwargs
+from clenv.envs.slippery_ant import SlipperyAntEnv
+from clenv.methods import split_name
+from clenv.settings import protocol_defaults
+
+__all__ = ["BENCHMARK", "MAX_BATCH_SIZE", "METHOD_PRESETS", "VALUE_RANGES",
+           "RunOptions", "env_kwargs_for", "resolve_args"]  # fmt: skip
+
+# The clenv.settings module whose rows fill every option left at None.
+BENCHMARK = "slippery_ant"
+# The clenv.methods preset of each protocol.
+METHOD_PRESETS = {"lop": "ant_lop", "sc": "ant"}
+# The largest rollout the buffers and numpy's index arrays take (int32 indices).
+MAX_BATCH_SIZE = 2**31 - 1
+# The range of each value (clenv.run.check_ranges), checked before anything is built.
+VALUE_RANGES = {
+    "learning_rate": "> 0", "adam_eps": ">= 0", "weight_decay": ">= 0",
+    "gamma": "[0, 1]", "gae_lambda": "[0, 1]", "clip_coef": "> 0",
+    "ent_coef": "finite", "vf_coef": ">= 0", "log_std_init": "finite",
+    "max_grad_norm": "> 0 (or unset: no clipping)",
+    "target_kl": "> 0 (or unset: no early stop)",
+    "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
+}  # fmt: skip
+
+
+@dataclass
+class RunOptions:
+    """The flags of a PPO run apart from the algorithm's: seeding and devices, the
+    run directory and resume, display, what is logged, checkpoints and divergence
+    handling (the base of the agent's ``Args``; each docstring is its ``--help``)."""
+
+    seed: int = 1
+    """seed of the experiment (also the env's task_seed unless --env-kwargs sets one)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    num_threads: int = 1
+    """torch CPU threads (1: fastest for these MLPs, same numbers on any machine)"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    resume: str | None = None
+    """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it; --[no-]progress, --[no-]plot apply)"""
+    progress: bool = True
+    """show a progress bar (step, task, SPS, recent return)"""
+    plot: bool = True
+    """draw plots.png in the run directory at the end (clenv.plotting)"""
+    check_args: bool = False
+    """check the arguments and the env's, print them resolved and exit (clenv sweep runs it for every trial)"""
+
+    # Logging
+    plasticity_every: int = 10
+    """log plasticity/* every this many updates, on the rollout's observations; 0: never"""
+    curvature_every_tasks: int = 1
+    """log curvature/* at the start and end of every k-th task (SC: 1); 0: never"""
+    curvature_order: int = 100
+    """Lanczos iterations of the spectral density (SC: 100)"""
+    curvature_trace_matvecs: int = 30
+    """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
+    curvature_samples: int = 2048
+    """rollout samples the Hessian is taken over (SC: 2000)"""
+    curvature_epsilons: tuple[float, ...] = (0.01, 0.03, 0.1)
+    """thresholds of the epsilon-rank (share of spectral mass with |lambda| > eps)"""
+
+    # Checkpoints
+    checkpoint_every: int = 100_000
+    """checkpoint after the update crossing each multiple of this many steps, and at the end; 0: only at the end"""
+    keep_checkpoints: int = 3
+    """how many checkpoints to keep"""
+
+    # Divergence (clenv.divergence)
+    on_divergence: Literal["fail", "stop"] = "fail"
+    """a non-finite loss, gradient or parameter: fail (exit 1 naming the step, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
+    divergence_check_every: int = 100
+    """check the gradients and parameters for nan/inf every this many optimizer steps (the loss: every step; parameters also before each checkpoint); 0: only before checkpoints"""
+
+
+def resolve_args(args: Any) -> Any:
+    """Fill every unset option from the protocol, check the arguments and compute
+    ``batch_size``, ``minibatch_size`` and ``num_iterations``; returns ``args``.
+
+    Raises:
+        ValueError: The first value out of range, naming its flag.
+    """
+    components = split_name(args.reg)
+    defaults = protocol_defaults(BENCHMARK, args.protocol, components=components)
+    clenv.run.fill_unset(args, defaults)
+    if args.method_preset is None:
+        args.method_preset = METHOD_PRESETS[args.protocol]
+    clenv.run.check_counts(
+        args,
+        positive=("total_timesteps", "num_envs", "num_steps", "num_minibatches",
+                  "update_epochs", "num_threads", "keep_checkpoints"),
+        non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every",
+                      "divergence_check_every"),
+    )  # fmt: skip
+    clenv.run.check_ranges(args, VALUE_RANGES)
+    if len(args.adam_betas) != 2 or not all(0 <= b < 1 for b in args.adam_betas):
+        raise ValueError(
+            f"--adam-betas takes two numbers in [0, 1), got {args.adam_betas}"
+        )
+    if not args.hidden_sizes or min(args.hidden_sizes) < 1:
+        raise ValueError(
+            f"--hidden-sizes needs positive widths, got {args.hidden_sizes}"
+        )
+    if args.curvature_every_tasks:
+        if args.curvature_order < 2 or args.curvature_samples < 2:
+            raise ValueError("--curvature-order and --curvature-samples must be >= 2")
+        if 0 < args.curvature_trace_matvecs < 3:
+            raise ValueError(
+                "--curvature-trace-matvecs must be 0 (no trace) or >= 3 (Hutch++ "
+                f"splits it in three), got {args.curvature_trace_matvecs}"
+            )
+    args.batch_size = int(args.num_envs * args.num_steps)
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise ValueError(
+            f"--num-envs {args.num_envs} x --num-steps {args.num_steps} = "
+            f"{args.batch_size:,} samples per rollout; at most {MAX_BATCH_SIZE:,} fit "
+            "the rollout buffers"
+        )
+    if args.batch_size % args.num_minibatches:
+        raise ValueError(
+            f"num_envs * num_steps = {args.batch_size} is not divisible by "
+            f"--num-minibatches {args.num_minibatches}"
+        )
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = max(1, math.ceil(args.total_timesteps / args.batch_size))
+    return args
+
+
+def env_kwargs_for(args: Any) -> tuple[dict[str, Any], bool]:
+    """gym.make keyword arguments, and whether the env follows clenv's task protocol.
+
+    A clenv env gets ``task_seed=seed`` and the protocol's ``switch_at`` unless they
+    are given; Slippery Ant gets every env row of the protocol (docs/protocols.md).
+
+    Raises:
+        ValueError: The env is unknown, rejects the arguments, or has no continuous
+            (Box) action space.
+    """
+    kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
+    env = clenv.run.probe_env(args.env_id, kwargs)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise ValueError(
+            f"{args.env_id} has action space {env.action_space}; this PPO needs a "
+            "continuous (Box) action space"
+        )
+    continual = isinstance(env.unwrapped, clenv.ContinualEnv)
+    if continual:
+        names = None if isinstance(env.unwrapped, SlipperyAntEnv) else ["switch_at"]
+        kwargs = clenv.run.protocol_env_kwargs(
+            BENCHMARK, args.protocol, kwargs, seed=args.seed, names=names
+        )
+    return kwargs, continual
