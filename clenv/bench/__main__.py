@@ -10,6 +10,7 @@ Examples::
 
     clenv bench                                   # every benchmark, default settings
     clenv bench envs metrics                      # only these
+    clenv bench gpu                               # batched seeds, CUDA graphs
     clenv bench envs --args "envs=--repeats 3"    # pass arguments to one benchmark
     clenv bench --json bench.json                 # also save the table as JSON
 """

@@ -527,10 +527,13 @@ class BatchedMLPTrainer:
                 back = None
                 if index > 0:
                     back = torch.bmm(weight.transpose(1, 2), grad.unsqueeze(2))
+                # W <- (1 - lr lambda) W - lr g h^T: L2 fused into the outer-product
+                # update (one pass over W; the same value as decay, then update).
+                weight.baddbmm_(
+                    grad.unsqueeze(2), h.unsqueeze(1), beta=decay, alpha=-lr
+                )
                 if self.weight_decay:
-                    weight.mul_(decay)
                     bias.mul_(decay)
-                weight.baddbmm_(grad.unsqueeze(2), h.unsqueeze(1), alpha=-lr)
                 bias.add_(grad, alpha=-lr)
                 if back is not None:
                     grad = back.squeeze(2).mul_(h > 0)
