@@ -893,3 +893,17 @@ def test_curvature_report_opt_ins_add_keys_and_leave_the_default_alone(ce_setup)
         "partial/2/top_eigenvalue" in report
         and "partial/0/top_eigenvalue" not in report
     )
+    one = curvature_report(
+        model,
+        cross_entropy_loss,
+        data,
+        order=15,
+        trace_matvecs=0,
+        kfac=False,
+        dead_unit_bound=False,
+        partial_spectra="4",
+    )
+    assert [key for key in one if key.endswith("top_eigenvalue")] == [
+        "top_eigenvalue",
+        "partial/4/top_eigenvalue",
+    ]

@@ -325,11 +325,16 @@ def curvature_report(
     if variance:
         report |= _variance_metrics(density)
     if partial_spectra:
+        chosen = None  # partial_spectra=True: every layer
+        if isinstance(partial_spectra, str):
+            chosen = [partial_spectra]
+        elif partial_spectra is not True:
+            chosen = list(partial_spectra)
         spectra = partial_hessian_spectra(
             model,
             loss_fn,
             batches,
-            layers=None if partial_spectra is True else list(partial_spectra),
+            layers=chosen,
             order=order if partial_order is None else partial_order,
             num_probes=num_probes,
             sigma_squared=sigma_squared,
