@@ -104,7 +104,9 @@ def make_method(
 
     Args:
         name: ``bp``, ``l2``, ``er``, ``l2er``, ``cbp``, ``snp``, ``redo``,
-            ``head_reset``, ``reset`` or a ``+`` combination such as ``cbp+l2``.
+            ``head_reset``, ``reset``, ``layer_reset``, ``l2init``, ``spectral``,
+            ``parseval``, ``upgd``, ``nap`` (:func:`method_names` lists all) or a
+            ``+`` combination such as ``cbp+l2``.
         model: the network (methods follow its device: build them after ``.to()``).
         optimizer: the optimizer whose state CBP, ReDo and resets keep consistent.
         preset: per-benchmark defaults (``pmnist``, ``imagenet``, ``cifar``, ``ant``, and
