@@ -382,3 +382,140 @@ def test_model_rows_build_each_papers_model(benchmark, paper):
     assert_follows_init(model)
     if benchmark == "continual_imagenet":
         assert model.layers[10].in_features == {"lop": 512, "sc": 2048}[paper]
+
+
+# -- norm="layer" and activation="crelu"/"fourier" (clenv.models.layers) ------------
+def test_default_mlp_is_the_plain_linear_relu_stack():
+    """norm=None, activation="relu" builds exactly the old network, draw for draw."""
+    torch.manual_seed(3)
+    model = PermutedMNISTMLP(20, 16, 2, 5)
+    torch.manual_seed(3)
+    reference = [nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()]
+    reference.append(nn.Linear(16, 5))
+    for layer in reference[::2]:
+        nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    assert [type(m) for m in model.layers] == [type(m) for m in reference]
+    for ours, theirs in zip(model.layers[::2], reference[::2], strict=True):
+        assert torch.equal(ours.weight, theirs.weight)
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet", "resnet"])
+def test_layer_norm_sits_before_each_hidden_activation(name):
+    """SC's use_layernorm: Dense/Conv -> LayerNorm(eps 1e-6) -> ReLU on every hidden
+    layer of the MLP and the ConvNet, on the extra FC layers of the ResNet."""
+    from clenv.methods import find_hidden_layers
+
+    torch.manual_seed(0)
+    model = {
+        "mlp": lambda: PermutedMNISTMLP(width=32, norm="layer"),
+        "convnet": lambda: ContinualImageNetConvNet(norm="layer", padding="same"),
+        "resnet": lambda: IncrementalCIFARResNet18(base_channels=4, norm="layer"),
+    }[name]()
+    spec = model.hidden_layer_spec()
+    hidden = find_hidden_layers(model, spec)
+    with_norm = [h for h in hidden if isinstance(h.norm, nn.LayerNorm)]
+    expected = {"mlp": 3, "convnet": 5, "resnet": 2}[name]
+    assert len(with_norm) == expected
+    for h in with_norm:
+        assert isinstance(h.activation, nn.ReLU)
+        assert h.norm.eps == 1e-6
+        assert h.norm.normalized_shape == (h.num_units,)
+    if name == "mlp":  # discovery agrees with the spec
+        assert [h.activation for h in find_hidden_layers(model)] == [
+            h.activation for h in hidden
+        ]
+    x = torch.rand(2, 3, 32, 32) if name != "mlp" else torch.rand(2, 784)
+    assert torch.isfinite(model(x)).all()
+
+
+def test_channel_layer_norm_normalises_each_position_over_channels():
+    from clenv.models import ChannelLayerNorm
+
+    norm = ChannelLayerNorm(4, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 4, 3, 5)
+    mean = x.mean(1, keepdim=True)
+    var = x.var(1, unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-6)
+    expected = expected * norm.weight.view(1, 4, 1, 1) + norm.bias.view(1, 4, 1, 1)
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_crelu_doubles_features_and_matches_its_formula():
+    from clenv.models import CReLU, FourierFeatures
+
+    x = torch.randn(5, 7)
+    out = CReLU()(x)
+    assert out.shape == (5, 14)
+    torch.testing.assert_close(out[:, 0::2], torch.relu(x))
+    torch.testing.assert_close(out[:, 1::2], torch.relu(-x))
+    # a permutation of the paper's concatenation [relu(x), relu(-x)]
+    concatenated = torch.cat([torch.relu(x), torch.relu(-x)], dim=1)
+    assert torch.equal(out.sort(1).values, concatenated.sort(1).values)
+    fourier = FourierFeatures()(x)
+    torch.testing.assert_close(fourier[:, 0::2], torch.sin(x))
+    torch.testing.assert_close(fourier[:, 1::2], torch.cos(x))
+    conv = CReLU()(torch.randn(2, 3, 4, 4))
+    assert conv.shape == (2, 6, 4, 4)
+
+
+@pytest.mark.parametrize("activation", ["crelu", "fourier"])
+def test_two_feature_activations_double_the_next_layers_inputs(activation):
+    """Parameter counts (docs/methods.md): width stays the units; each layer after a
+    CReLU/Fourier layer reads 2 * width features."""
+    width, depth = 50, 3
+    model = PermutedMNISTMLP(width=width, depth=depth, activation=activation)
+    expected = (784 * width + width) + (depth - 1) * (2 * width * width + width)
+    expected += 2 * width * 10 + 10
+    assert n_params(model) == expected
+    assert model(torch.rand(3, 784)).shape == (3, 10)
+    conv = ContinualImageNetConvNet(activation=activation)
+    assert conv.layers[3].in_channels == 64  # 32 channels, 2 features each
+    assert conv(torch.rand(2, 3, 32, 32)).shape == (2, 2)
+    resnet = IncrementalCIFARResNet18(base_channels=4, activation=activation)
+    assert resnet.head.in_features == 2 * 512
+    assert resnet(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+    spec = model.hidden_layer_spec()
+    assert [type(model.get_submodule(s[1])).__name__ for s in spec] == [
+        {"crelu": "CReLU", "fourier": "FourierFeatures"}[activation]
+    ] * depth
+
+
+def test_make_mlp_draws_the_same_weights_as_a_hand_written_ppo_mlp():
+    """The PPO agent's mlp() with layer_init, rebuilt with make_mlp, is identical."""
+    from clenv.models import make_mlp
+
+    def layer_init(layer, std=2**0.5):
+        torch.nn.init.orthogonal_(layer.weight, std)
+        torch.nn.init.constant_(layer.bias, 0.0)
+        return layer
+
+    torch.manual_seed(1)
+    layers = []
+    fan_in = 6
+    for width in (16, 16):
+        layers += [layer_init(nn.Linear(fan_in, width)), nn.ReLU()]
+        fan_in = width
+    layers.append(layer_init(nn.Linear(fan_in, 2), std=0.01))
+    by_hand = nn.Sequential(*layers)
+    torch.manual_seed(1)
+    built = make_mlp(
+        (6, 16, 16, 2), init=layer_init, head_init=lambda m: layer_init(m, std=0.01)
+    )
+    assert str(built) == str(by_hand)
+    for a, b in zip(built.state_dict().values(), by_hand.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_norm_and_activation_arguments_are_checked():
+    from clenv.models import make_mlp
+
+    with pytest.raises(ValueError, match="norm must be None or 'layer'"):
+        PermutedMNISTMLP(norm="batch")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ContinualImageNetConvNet(activation="gelu")
+    with pytest.raises(ValueError, match="sizes"):
+        make_mlp((4,))

@@ -69,7 +69,10 @@ class Row:
     Args:
         name: what it sets. ``kind="agent"``: the agent's ``Args`` field;
             ``"env"``: a ``gym.make`` keyword; ``"model"``: a model constructor keyword;
-            ``"method"``: ``"<component>.<argument>"`` of :func:`clenv.methods.make_method`.
+            ``"method"``: ``"<component>.<argument>"`` of :func:`clenv.methods.make_method`;
+            ``"optimizer"``: a keyword of :func:`clenv.optim.make_optimizer` (``when``
+            names the optimizer, e.g. ``"muon"``); ``"loss"``: the
+            :func:`clenv.losses.make_loss` name.
         what: a short description for the docs table.
         lop, sc: each paper's :class:`Value`, or ``None`` where that paper has no such
             setting (the option's own default then applies).
@@ -87,7 +90,7 @@ class Row:
     sc: Value | None
     option: str
     test: str
-    kind: Literal["agent", "env", "model", "method"] = "agent"
+    kind: Literal["agent", "env", "model", "method", "optimizer", "loss"] = "agent"
     when: str = ""
 
     def value(self, paper: Paper) -> Value | None:

@@ -196,6 +196,20 @@ ROWS: list[Row] = [
         test="tests/test_models.py::test_model_rows_build_each_papers_model",
         kind="model",
     ),
+    Row(
+        name="norm",
+        what="LayerNorm before each hidden activation (SC's laynorm_l2 runs)",
+        lop=None,
+        sc=Value(
+            "layer",
+            "imagenet/scripts/hyperparams/laynorm_l2.py:15; imagenet/models.py:12-37",
+            "LayerNorm after the three convolutions (over channels, Flax's last axis) and the two FC layers",
+        ),
+        option="--norm layer (model norm=...)",
+        test="tests/test_baselines_structure.py::test_layernorm_rows_select_scs_laynorm_l2",
+        kind="model",
+        when="layernorm",
+    ),
 ]
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
@@ -393,5 +407,16 @@ METHOD_ROWS: list[Row] = [
         what="power-iteration steps per update",
         lop=None,
         sc=Value(10, "imagenet/config.py:45"),
+    ),
+    method_row(
+        name="l2.weight_decay",
+        what="L2 coefficient lambda with LayerNorm (SC's LayerNorm-L2)",
+        lop=None,
+        sc=Value(
+            1e-05,
+            "imagenet/scripts/hyperparams/hessian/laynorm_l2_hessian.py:6",
+            "from SC's grid 1e-3/1e-4/1e-5 (imagenet/scripts/hyperparams/laynorm_l2.py:6); the LayerNorm-L2 curve of SC's figures (analysis/fig3.py:143), at step size 1e-3 (line 5, the default)",
+        ),
+        when="l2+layernorm",
     ),
 ]

@@ -255,6 +255,20 @@ ROWS: list[Row] = [
         test="tests/test_models.py::test_model_rows_build_each_papers_model",
         kind="model",
     ),
+    Row(
+        name="norm",
+        what="LayerNorm before each hidden activation (SC's laynorm_l2 runs)",
+        lop=None,
+        sc=Value(
+            "layer",
+            "incremental_cifar/scripts/hyperparams/layernorm_l2.py:15; incremental_cifar/model.py:177-188",
+            "LayerNorm on the two extra FC layers; the convolutions keep BatchNorm",
+        ),
+        option="--norm layer (model norm=...)",
+        test="tests/test_baselines_structure.py::test_layernorm_rows_select_scs_laynorm_l2",
+        kind="model",
+        when="layernorm",
+    ),
 ]
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
@@ -442,5 +456,16 @@ METHOD_ROWS: list[Row] = [
         what="power-iteration steps per update",
         lop=None,
         sc=Value(10, "incremental_cifar/config.py:41"),
+    ),
+    method_row(
+        name="l2.weight_decay",
+        what="L2 coefficient lambda with LayerNorm (SC's LayerNorm-L2)",
+        lop=None,
+        sc=Value(
+            0.0001,
+            "incremental_cifar/scripts/hyperparams/hessian/layernorm_l2_hessian.py:6",
+            "from SC's grid 1e-3/1e-4/1e-5 (incremental_cifar/scripts/hyperparams/layernorm_l2.py:6); SC's single LayerNorm-L2 spectrum run, at step size 1e-2 (line 5, the default)",
+        ),
+        when="l2+layernorm",
     ),
 ]

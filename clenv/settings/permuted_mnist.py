@@ -117,6 +117,105 @@ ROWS: list[Row] = [
         test="tests/test_models.py::test_model_rows_build_each_papers_model",
         kind="model",
     ),
+    Row(
+        name="norm",
+        what="LayerNorm before each hidden activation (SC's laynorm_l2 runs)",
+        lop=None,
+        sc=Value(
+            "layer",
+            "permuted_mnist/scripts/hyperparams/laynorm_l2.py:18; permuted_mnist/train_permuted_mnist.py:71-72",
+            "Dense -> LayerNorm -> ReLU on every hidden layer (train_permuted_mnist.py:84-85)",
+        ),
+        option="--norm layer (model norm=...)",
+        test="tests/test_baselines_structure.py::test_layernorm_rows_select_scs_laynorm_l2",
+        kind="model",
+        when="layernorm",
+    ),
+    Row(
+        name="muon_momentum",
+        what="Muon's momentum (optax.contrib.muon beta)",
+        lop=None,
+        sc=Value(
+            0.95,
+            "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
+            "optax's default; SC passes only the learning rate and weight decay (0 in bp_muon)",
+        ),
+        option="--optimizer muon (clenv.optim.make_optimizer muon_momentum=...)",
+        test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",
+        kind="optimizer",
+        when="muon",
+    ),
+    Row(
+        name="muon_nesterov",
+        what="Muon's Nesterov momentum",
+        lop=None,
+        sc=Value(
+            True,
+            "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
+            "optax's default",
+        ),
+        option="--optimizer muon (clenv.optim.make_optimizer muon_nesterov=...)",
+        test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",
+        kind="optimizer",
+        when="muon",
+    ),
+    Row(
+        name="muon_ns_steps",
+        what="Newton-Schulz steps of Muon",
+        lop=None,
+        sc=Value(
+            5,
+            "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
+            "optax's default",
+        ),
+        option="--optimizer muon (clenv.optim.make_optimizer muon_ns_steps=...)",
+        test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",
+        kind="optimizer",
+        when="muon",
+    ),
+    Row(
+        name="muon_head",
+        what="Muon on every 2-D weight, the output layer's too",
+        lop=None,
+        sc=Value(
+            True,
+            "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
+            "optax's muon labels every 2-D parameter 'muon', the rest 'adam'",
+        ),
+        option="--optimizer muon (clenv.optim.make_optimizer muon_head=...)",
+        test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",
+        kind="optimizer",
+        when="muon",
+    ),
+    Row(
+        name="betas",
+        what="Adam betas of the non-matrix parameters",
+        lop=None,
+        sc=Value(
+            (0.9, 0.999),
+            "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
+            "optax muon's adam_b1, adam_b2 defaults",
+        ),
+        option="--optimizer muon (clenv.optim.make_optimizer betas=...)",
+        test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",
+        kind="optimizer",
+        when="muon",
+    ),
+    Row(
+        name="loss",
+        what="training loss (SC's bp_mse: MSE on one-hot targets)",
+        lop=Value(
+            "cross_entropy", "lop/algos/bp.py:26", "LoP's 'nll' is F.cross_entropy"
+        ),
+        sc=Value(
+            "cross_entropy",
+            "permuted_mnist/config.py:18; permuted_mnist/train_permuted_mnist.py:134-135",
+            "SC's bp_mse runs set loss_type='mse' (permuted_mnist/scripts/hyperparams/bp_mse.py:15): make_loss('mse'), mean over batch and classes of (output - one_hot)^2, no 1/2 (permuted_mnist/train_permuted_mnist.py:131-133)",
+        ),
+        option="--loss (clenv.losses.make_loss)",
+        test="tests/test_baselines_structure.py::test_loss_rows_build_the_loss",
+        kind="loss",
+    ),
 ]
 
 # Method settings (kind="method"): clenv.methods.presets builds its presets from them.
@@ -255,5 +354,16 @@ METHOD_ROWS: list[Row] = [
         what="power-iteration steps per update",
         lop=None,
         sc=Value(10, "permuted_mnist/config.py:43"),
+    ),
+    method_row(
+        name="l2.weight_decay",
+        what="L2 coefficient lambda with LayerNorm (SC's LayerNorm-L2)",
+        lop=None,
+        sc=Value(
+            1e-05,
+            "permuted_mnist/scripts/hyperparams/hessian/fix_lr/laynorm_l2_hessian_fix_lr.py:6",
+            "from SC's grid 1e-3/1e-4/1e-5 (permuted_mnist/scripts/hyperparams/laynorm_l2.py:6); the value of the LayerNorm-L2 curve in SC's figures (analysis/fig3.py:187), at step size 0.01",
+        ),
+        when="l2+layernorm",
     ),
 ]
