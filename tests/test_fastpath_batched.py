@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 
 import pytest
 import torch
 
 from clenv.fastpath import BatchedMLPTrainer, FastMLPTrainer
-from clenv.methods import make_method
+from clenv.methods import EffectiveRankAscent, make_method
 from clenv.models import PermutedMNISTMLP
 
 NUM_SEEDS = 3
@@ -23,6 +24,11 @@ CASES = [
                 "cbp__utility": "adaptable_contribution"}),
 ]  # fmt: skip
 CASE_IDS = [reg for reg, _ in CASES]
+if "gradient" in inspect.signature(EffectiveRankAscent).parameters:
+    # The default is the closed-form gradient; the autograd one too.
+    CASES.append(("l2er", {"weight_decay": 1e-2, "er__interval": 7,
+                           "er__gradient": "autograd"}))  # fmt: skip
+    CASE_IDS.append("l2er-autograd")
 
 
 def small_model(seed, width=16, dtype=torch.float64):

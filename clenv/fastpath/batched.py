@@ -444,15 +444,14 @@ class BatchedMLPTrainer:
         if self.cbps[0] is None:
             return steps
         cbp = self.cbps[0]
-        ages = torch.stack(self._cbp_stats["ages"], dim=1)  # (N, L, width)
-        ages = np.sort(ages.cpu().numpy().astype(np.int64), axis=-1)
         thresholds = cbp.maturity_threshold - np.arange(1, steps + 1)
         # eligible[t - 1, seed, layer]: units older than the maturity after t steps
-        eligible = np.empty((steps, *ages.shape[:2]), dtype=np.int64)
-        for seed in range(ages.shape[0]):
-            for layer in range(ages.shape[1]):
-                younger = np.searchsorted(ages[seed, layer], thresholds, side="right")
-                eligible[:, seed, layer] = ages.shape[2] - younger
+        eligible = np.empty((steps, self.num_seeds, len(self.cbps[0].ages)), np.int64)
+        for layer, ages in enumerate(self._cbp_stats["ages"]):  # (N, units)
+            ages = np.sort(ages.cpu().numpy().astype(np.int64), axis=-1)
+            for seed in range(self.num_seeds):
+                younger = np.searchsorted(ages[seed], thresholds, side="right")
+                eligible[:, seed, layer] = ages.shape[1] - younger
         due = cbp.replacement_rate * eligible.astype(np.float64)
         start = np.array([c.accumulated for c in self.cbps], dtype=np.float64)
         # Sequential float64 sums, as the kernel's and count_due's `acc += due`;
@@ -563,12 +562,52 @@ class BatchedMLPTrainer:
             stats["utilities"][index].mul_(decay).add_(new, alpha=1 - decay)
 
     def _ascend(self) -> None:
-        """One ER ascent step for every seed, on each seed's own buffer (batched
-        forward, batched singular values, one backward)."""
+        """One ER ascent step for every seed, on each seed's own buffer: a batched
+        forward of the (N, U, in) buffers, then the gradient as each seed's
+        component computes it (``gradient="closed_form"``: the closed-form
+        effective-rank gradient and a manual backward through the ReLU chain;
+        otherwise autograd through ``torch.linalg.svdvals``), one step for all."""
         ers = self.ers
         buffer = torch.stack([torch.cat(er.buffer) for er in ers])  # (N, U, in)
         buffer = buffer.to(self.device, self.dtype)
         er = ers[0]
+        closed_form = _closed_form_functions() if _uses_closed_form(er) else None
+        if closed_form is not None:
+            self._ascend_closed_form(buffer, *closed_form)
+        else:
+            self._ascend_autograd(buffer)
+        for er in ers:
+            er.buffer.clear()
+            er.num_ascents += 1
+
+    def _layer_weights(self) -> list[float]:
+        """d objective / d erank of each ranked layer (1 / layers in its group)."""
+        er = self.ers[0]
+        groups = er.groups
+        if er.layer_groups == "all":
+            return [1.0 / len(groups)] * len(groups)
+        return [1.0 / groups.count(group) for group in groups]
+
+    @torch.no_grad()
+    def _ascend_closed_form(self, buffer, effective_rank_gradient, ascend_chain):
+        last = max(self.er_layers)
+        layer_inputs, features = [], []
+        h = buffer
+        for index in range(last + 1):
+            layer_inputs.append(h)
+            h = torch.baddbmm(
+                self.biases[index].unsqueeze(1), h, self.weights[index].transpose(1, 2)
+            ).clamp_(min=0)
+            features.append(h)
+        gradients: list[torch.Tensor | None] = [None] * (last + 1)
+        for index, weight in zip(self.er_layers, self._layer_weights(), strict=True):
+            _, gradient = effective_rank_gradient(features[index], relu_features=True)
+            gradients[index] = gradient.mul_(weight)
+        ascend_chain(self.weights[: last + 1], self.biases[: last + 1], layer_inputs,
+                     features, gradients, self.ers[0].ascent_lr)  # fmt: skip
+
+    def _ascend_autograd(self, buffer: torch.Tensor) -> None:
+        er = self.ers[0]
         last = max(self.er_layers)
         params = [w.detach().requires_grad_() for w in self.weights[: last + 1]]
         params += [b.detach().requires_grad_() for b in self.biases[: last + 1]]
@@ -581,34 +620,39 @@ class BatchedMLPTrainer:
                     biases[index].unsqueeze(1), h, weights[index].transpose(1, 2)
                 ).clamp(min=0)
                 features.append(h)
-            ranks = []
-            for index in self.er_layers:
+            objective = 0
+            for index, weight in zip(self.er_layers, self._layer_weights(),
+                                     strict=True):  # fmt: skip
                 matrix = features[index]
+                # H and H^T have the same singular values (the component's choice)
                 tall = matrix if matrix.shape[1] >= matrix.shape[2] else matrix.mT
-                ranks.append(batched_effective_rank(torch.linalg.svdvals(tall)))
-            ranks = torch.stack(ranks, dim=1)  # (N, ranked layers)
-            if er.layer_groups == "all":
-                objective = ranks.mean(dim=1)
-            else:
-                by_group: dict[str, list[int]] = {}
-                for column, group in enumerate(er.groups):
-                    by_group.setdefault(group, []).append(column)
-                objective = torch.stack(
-                    [ranks[:, cols].mean(dim=1) for cols in by_group.values()]
-                ).sum(dim=0)
+                rank = batched_effective_rank(torch.linalg.svdvals(tall))
+                objective = objective + weight * rank  # (N,)
             grads = torch.autograd.grad(objective.sum(), params, allow_unused=True)
         with torch.no_grad():
             if er.ascent_lr > 0:
-                for stacked, grad in zip(
-                    self.weights[: last + 1] + self.biases[: last + 1],
-                    grads,
-                    strict=True,
-                ):
+                stacked = self.weights[: last + 1] + self.biases[: last + 1]
+                for tensor, grad in zip(stacked, grads, strict=True):
                     if grad is not None:
-                        stacked.add_(grad, alpha=er.ascent_lr)
-        for er in ers:
-            er.buffer.clear()
-            er.num_ascents += 1
+                        tensor.add_(grad, alpha=er.ascent_lr)
+
+
+def _uses_closed_form(er: Any) -> bool:
+    """Whether the ER component steps by the closed-form gradient (its option
+    ``gradient``; components without it use autograd)."""
+    return getattr(er, "gradient", "autograd") == "closed_form"
+
+
+def _closed_form_functions() -> tuple[Callable, Callable] | None:
+    """clenv.methods.effective_rank's ``effective_rank_gradient`` and
+    ``ascend_relu_chain`` (None where that module has none)."""
+    from clenv.methods import effective_rank
+
+    functions = (
+        getattr(effective_rank, "effective_rank_gradient", None),
+        getattr(effective_rank, "ascend_relu_chain", None),
+    )
+    return None if None in functions else functions
 
 
 def _clone_state(module: nn.Module, state: dict, prefix: str, metadata: Any) -> None:
