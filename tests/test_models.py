@@ -506,8 +506,8 @@ def test_make_mlp_draws_the_same_weights_as_a_hand_written_ppo_mlp():
         (6, 16, 16, 2), init=layer_init, head_init=lambda m: layer_init(m, std=0.01)
     )
     assert str(built) == str(by_hand)
-    for a, b in zip(built.state_dict().values(), by_hand.state_dict().values()):
-        assert torch.equal(a, b)
+    pairs = zip(built.state_dict().values(), by_hand.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_norm_and_activation_arguments_are_checked():
