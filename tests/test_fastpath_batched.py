@@ -9,11 +9,16 @@ import io
 import pytest
 import torch
 
-from clenv.fastpath import BatchedMLPTrainer, FastMLPTrainer
+from clenv.fastpath import BatchedMLPTrainer, FastMLPTrainer, load_kernel
 from clenv.methods import EffectiveRankAscent, make_method
 from clenv.models import PermutedMNISTMLP
 
 NUM_SEEDS = 3
+# (backend, graphs): batched steps eagerly, batched static programs (what CUDA graphs
+# replay), and the native kernel per seed on the shared tensors.
+MODES = [("batched", "off"), ("batched", "on"), pytest.param(
+    ("native", "off"), marks=pytest.mark.skipif(load_kernel() is None,
+                                                reason="no C++ compiler"))]  # fmt: skip
 CASES = [
     ("bp", {}),
     ("l2", {"weight_decay": 1e-2}),
@@ -106,12 +111,15 @@ def assert_same_state(a, b, rtol=1e-9, atol=1e-11):
             assert value == b[key], key
 
 
-@pytest.mark.parametrize("graphs", ["off", "on"])
+@pytest.mark.parametrize("mode", MODES, ids=["batched", "programs", "native"])
 @pytest.mark.parametrize("reg,overrides", CASES, ids=CASE_IDS)
-def test_batched_seeds_equal_separate_single_seed_runs(reg, overrides, graphs):
+def test_batched_seeds_equal_separate_single_seed_runs(reg, overrides, mode):
     models, methods, streams = seeds_setup(reg, overrides)
     singles = copy.deepcopy((models, methods))
-    trainer = BatchedMLPTrainer(models, 0.05, methods, graphs=graphs, max_graph_steps=8)
+    backend, graphs = mode
+    trainer = BatchedMLPTrainer(models, 0.05, methods, graphs=graphs,
+                                max_graph_steps=8, backend=backend)  # fmt: skip
+    assert trainer.backend == backend
     # chunk 13 is coprime with the ER interval: ascents fall inside chunks.
     predictions, losses = run_batched(trainer, streams, [13])
     for seed in range(NUM_SEEDS):
@@ -146,7 +154,7 @@ def test_any_chunking_and_static_programs_give_the_same_run(reg, overrides):
     ):  # fmt: skip
         models, methods, streams = seeds_setup(reg, overrides)
         trainer = BatchedMLPTrainer(models, 0.05, methods, graphs=graphs,
-                                    max_graph_steps=longest)  # fmt: skip
+                                    max_graph_steps=longest, backend="batched")  # fmt: skip
         predictions, losses = run_batched(trainer, streams, chunks)
         results.append((predictions, losses, [m.state_dict() for m in models]))
     first = results[0]
@@ -166,7 +174,7 @@ def test_per_seed_state_is_a_single_runs_and_resumes_the_run():
     overrides = {"cbp__replacement_rate": 0.05, "cbp__maturity_threshold": 5,
                  "er__interval": 7}  # fmt: skip
     models, methods, streams = seeds_setup(reg, overrides, n=90)
-    trainer = BatchedMLPTrainer(models, 0.05, methods)
+    trainer = BatchedMLPTrainer(models, 0.05, methods, backend="batched")
     head = [(x[:40], y[:40]) for x, y in streams]
     tail = [(x[40:], y[40:]) for x, y in streams]
     run_batched(trainer, head, [40])
@@ -196,7 +204,8 @@ def test_per_seed_state_is_a_single_runs_and_resumes_the_run():
         model_state, method_state, _ = torch.load(io.BytesIO(saved[seed]))
         resumed_models[seed].load_state_dict(model_state)
         resumed_methods[seed].load_state_dict(method_state)
-    resumed = BatchedMLPTrainer(resumed_models, 0.05, resumed_methods)
+    resumed = BatchedMLPTrainer(resumed_models, 0.05, resumed_methods,
+                                backend="batched")  # fmt: skip
     for seed in range(NUM_SEEDS):
         resumed.seed(seed).load_state_dict(torch.load(io.BytesIO(saved[seed]))[2])
     second = run_batched(resumed, tail, [50])
@@ -208,7 +217,7 @@ def test_per_seed_state_is_a_single_runs_and_resumes_the_run():
 
 def test_seed_models_stay_current_and_replaced_tensors_are_taken_in():
     models, methods, streams = seeds_setup("bp", {})
-    trainer = BatchedMLPTrainer(models, 0.05, methods)
+    trainer = BatchedMLPTrainer(models, 0.05, methods, backend="batched")
     run_batched(trainer, [(x[:10], y[:10]) for x, y in streams], [10])
     # The model's own forward sees the trained weights (views of the stack).
     assert torch.equal(models[1].head.weight, trainer.weights[-1][1])
@@ -238,6 +247,8 @@ def test_rejects_mixed_configurations_and_bad_inputs():
         BatchedMLPTrainer(models, 0.05, [snp, None, None])
     with pytest.raises(ValueError, match="power of two"):
         BatchedMLPTrainer(models, 0.05, max_graph_steps=6)
+    with pytest.raises(ValueError, match="graphs off"):
+        BatchedMLPTrainer(models, 0.05, graphs="on", backend="native")
     trainer = BatchedMLPTrainer(models, 0.05, methods)
     x = torch.rand(3, 4, 30, dtype=torch.float64)
     with pytest.raises(ValueError, match="num_seeds=3"):

@@ -13,10 +13,12 @@ On CUDA (one script, under 10 minutes):
    (training only: the task-boundary metrics are not included).
 
 On CPU (CUDA absent, said so): the same checks (graphs replaced by the static
-programs they would replay), then N seeds batched against N separate single-seed
-fast-path trainers (the native kernel) run one after another in this process, and
-N separate processes in parallel, aggregate examples/s and their ratios, measured in
-one run.
+programs they would replay), then aggregate examples/s of N seeds in one
+BatchedMLPTrainer (``batched``: batched torch steps; ``native/seed``: its CPU default,
+the C++ kernel per seed and chunk on the shared tensors) against N separate
+single-seed fast-path trainers (the native kernel) run one after another in this
+process, and N separate single-seed processes in parallel; the ratios are batched
+over those, measured in one run.
 
 Inputs are synthetic MNIST-like rows (784 features, 80% zeros, labels 0-9); the
 rates do not depend on the pixel values. Run::
@@ -117,7 +119,7 @@ def check_batched_equals_single(device: torch.device) -> dict[str, float]:
         x, y = synthetic_stream(3, 150, device, torch.float64, input_dim=30)
         y = y % 5
         trainer = BatchedMLPTrainer(models, 0.05, methods, graphs="on",
-                                    max_graph_steps=16)  # fmt: skip
+                                    max_graph_steps=16, backend="batched")  # fmt: skip
         predictions = torch.cat(
             [trainer.train(x[:, s : s + 25], y[:, s : s + 25])[0]
              for s in range(0, 150, 25)], 1)  # fmt: skip
@@ -146,7 +148,8 @@ def check_graphs_equal_eager(device: torch.device) -> float:
     results = []
     for graphs in ("on", "off"):
         models, methods = make_seeds(5, 1000, "l2er", device, torch.float32)
-        trainer = BatchedMLPTrainer(models, 0.01, methods, graphs=graphs)
+        trainer = BatchedMLPTrainer(models, 0.01, methods, graphs=graphs,
+                                    backend="batched")  # fmt: skip
         x, y = synthetic_stream(5, 300, device, torch.float32)
         for start in range(0, 300, 100):
             trainer.train(x[:, start : start + 100], y[:, start : start + 100])
@@ -161,11 +164,11 @@ def check_graphs_equal_eager(device: torch.device) -> float:
 # -- throughput --------------------------------------------------------------------
 
 
-def batched_rate(num_seeds, width, reg, graphs, args, device) -> float:
+def batched_rate(num_seeds, width, reg, graphs, args, device, backend="batched"):
     """Aggregate examples/s of ``num_seeds`` seeds in one BatchedMLPTrainer."""
     dtype = torch.float32
     models, methods = make_seeds(num_seeds, width, reg, device, dtype)
-    trainer = BatchedMLPTrainer(models, 0.01, methods, graphs=graphs)
+    trainer = BatchedMLPTrainer(models, 0.01, methods, graphs=graphs, backend=backend)
     chunks = 8
     x, y = synthetic_stream(num_seeds, chunks * args.chunk, device, dtype)
     pieces = [(x[:, k * args.chunk : (k + 1) * args.chunk],
@@ -290,11 +293,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         f"{'graphs ' + m if cuda else 'batched':>14}" for m in modes
     )
     if not cuda:
-        header += f"{'N single':>14}{'ratio':>7}"
+        header += f"{'native/seed':>14}{'N single':>14}{'b/s':>6}{'n/s':>6}"
         if args.processes:
-            header += f"{'N processes':>14}{'ratio':>7}"
+            header += f"{'N processes':>14}{'b/p':>6}{'n/p':>6}"
     print("\naggregate examples/s (all seeds), float32, chunk", args.chunk)
     print(header)
+    if not cuda:
+        print("(b: batched torch, n: native per seed, s: N single trainers in turn, "
+              "p: N processes at once; ratios of aggregate examples/s)")  # fmt: skip
     stopped = False
     for width in args.widths:
         for reg in args.regs:
@@ -309,14 +315,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                     row += f"{rate:>14,.0f}"
                 if not cuda:
                     batched = rates[f"w{width} {reg} N={num_seeds} graphs off"]
+                    native = batched_rate(num_seeds, width, reg, "off", args, device,
+                                          backend="native")  # fmt: skip
+                    rates[f"w{width} {reg} N={num_seeds} native per seed"] = native
+                    row += f"{native:>14,.0f}"
                     single = sequential_rate(num_seeds, width, reg, args, device)
                     rates[f"w{width} {reg} N={num_seeds} separate trainers"] = single
-                    row += f"{single:>14,.0f}{batched / single:>7.2f}"
+                    row += f"{single:>14,.0f}{batched / single:>6.2f}"
+                    row += f"{native / single:>6.2f}"
                     if args.processes:
                         parallel = parallel_processes_rate(num_seeds, width, reg, args)
                         key = f"w{width} {reg} N={num_seeds} separate processes"
                         rates[key] = parallel
-                        row += f"{parallel:>14,.0f}{batched / parallel:>7.2f}"
+                        row += f"{parallel:>14,.0f}{batched / parallel:>6.2f}"
+                        row += f"{native / parallel:>6.2f}"
                 print(row, flush=True)
     if stopped:
         print(f"(stopped: the {args.budget:g} s budget is spent; rows left out)")

@@ -50,6 +50,12 @@ alone). When CBP replacements are due is known in advance: the accumulator adds
 ``rate * #(age > maturity)`` per step, and ages only grow between replacements, so
 the trainer computes it on the host from the ages (one device read per segment).
 
+**On a CPU** the default step backend is ``"native"``: each seed's chunk goes through
+the C++ batch-1 kernel of :class:`~clenv.fastpath.FastMLPTrainer` (one call per seed
+and chunk, on the same shared tensors), because on a CPU core that kernel (sparse first
+layer, deferred updates) is several times faster than batched torch ops; the batched
+steps (``backend="batched"``) are for CUDA and for testing the CUDA path's math.
+
 **Static programs and CUDA graphs** (``graphs``). With graphs on, a segment of L steps
 runs as replays of fixed-length programs of 2^j steps (L's binary digits, the longest
 ``max_graph_steps``), each reading its own static input/label buffers and writing
@@ -71,10 +77,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from clenv.fastpath.trainer import _components, _method_unsupported, mlp_linear_layers
+from clenv.fastpath.native import load_kernel
+from clenv.fastpath.trainer import (
+    FastMLPTrainer,
+    _components,
+    _method_unsupported,
+    mlp_linear_layers,
+)
 from clenv.metrics.rank import _EPS
 
 GraphMode = Literal["auto", "on", "off"]
+StepBackend = Literal["auto", "batched", "native"]
 
 
 def _component(method: Any, name: str) -> Any:
@@ -142,6 +155,14 @@ class BatchedMLPTrainer:
             fixed-length static programs (CUDA graphs on CUDA, the same programs run
             eagerly on CPU); ``"off"``: eager steps.
         max_graph_steps: the longest program, in steps (a power of two).
+        backend: ``"batched"``: the batched steps above (any device); ``"native"``
+            (CPU): each seed's chunk through the C++ batch-1 kernel of
+            :class:`~clenv.fastpath.FastMLPTrainer`, one call per seed and chunk, on
+            the same shared tensors (on a CPU core the kernel, which skips the
+            zero pixels and defers large updates, is several times faster than
+            batched torch ops; see docs/results.md); ``"auto"``: native on CPU
+            when the kernel builds for the dtype (and ``graphs`` is not ``"on"``),
+            else batched.
 
     Example:
         >>> from clenv.models import PermutedMNISTMLP
@@ -160,6 +181,7 @@ class BatchedMLPTrainer:
         methods: Sequence[Any] | None = None,
         graphs: GraphMode = "auto",
         max_graph_steps: int = 128,
+        backend: StepBackend = "auto",
     ):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -167,6 +189,10 @@ class BatchedMLPTrainer:
             raise ValueError("models must hold at least one model (one per seed)")
         if graphs not in ("auto", "on", "off"):
             raise ValueError(f"graphs must be auto, on or off, got {graphs!r}")
+        if backend not in ("auto", "batched", "native"):
+            raise ValueError(
+                f"backend must be auto, batched or native, got {backend!r}"
+            )
         if max_graph_steps < 1 or max_graph_steps & (max_graph_steps - 1):
             raise ValueError(
                 f"max_graph_steps must be a power of two, got {max_graph_steps}"
@@ -214,10 +240,24 @@ class BatchedMLPTrainer:
         if self.graphs and self.device.type not in ("cuda", "cpu"):
             raise ValueError(f"graphs='on' runs on CUDA or CPU, not {self.device}")
         self.max_graph_steps = int(max_graph_steps)
-        self.backend = (
-            "cuda-graphs"
+        kernel = load_kernel() if self.device.type == "cpu" else None
+        native = kernel is not None and str(self.dtype).removeprefix("torch.") in kernel
+        if backend == "native" and (not native or self.graphs):
+            raise ValueError(
+                "backend='native' needs float32/float64 CPU models, a C++ compiler "
+                "(see clenv.fastpath.native) and graphs off; use backend='auto'"
+            )
+        if backend == "auto":
+            backend = "native" if native and not self.graphs else "batched"
+        self.backend = backend
+        self.step_kind = (
+            "native kernel per seed"
+            if backend == "native"
+            else "cuda graphs"
             if self.graphs and self.device.type == "cuda"
-            else ("static-programs" if self.graphs else "batched-torch")
+            else "static programs"
+            if self.graphs
+            else "batched torch"
         )
         # The stacked state; seeds' tensors become views of it.
         self.weights = [
@@ -240,6 +280,12 @@ class BatchedMLPTrainer:
             for layer in layers:
                 self._hooks.append(layer.register_state_dict_post_hook(_clone_state))
         self._attach(copy_in=False)
+        self._singles = []
+        if self.backend == "native":  # on the models' (shared) tensors
+            self._singles = [
+                FastMLPTrainer(model, self.lr, method=method, backend="native")
+                for model, method in zip(self.models, self.methods, strict=True)
+            ]
         # to be filled in runtime
         self.seed_num_steps = [0] * self.num_seeds
         self._programs: dict[int, _Program] = {}
@@ -418,6 +464,15 @@ class BatchedMLPTrainer:
                 f"{[e.num_steps for e in self.ers]}; resume them from one step"
             )
         self._attach()
+        if self._singles:
+            outputs = [
+                single.train(inputs[index], labels[index])
+                for index, single in enumerate(self._singles)
+            ]
+            for index in range(n):
+                self.seed_num_steps[index] += count
+            return (torch.stack([p for p, _ in outputs]),
+                    torch.stack([loss for _, loss in outputs]))  # fmt: skip
         inputs = inputs.to(self.device, self.dtype).contiguous()
         # Step-major copies: step k of every seed is one contiguous (N, features) row.
         step_inputs = inputs.transpose(0, 1).contiguous()
