@@ -64,6 +64,8 @@ DEFAULT_METHODS = (
     "upgd",
     "bp:layernorm",
     "nap:layernorm",
+    "inject",
+    "cchain",
 )
 
 
@@ -119,10 +121,15 @@ class Trainer:
         self.method = make_method(
             reg, self.model, self.optimizer, preset="pmnist", **overrides
         )
+        # One task switch before timing: the resets act there once, and inject's
+        # timed steps run through the injected heads.
+        self.method.on_task_switch(1)
 
     def run(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """CPU seconds for one step per minibatch in ``inputs`` (steps, batch, 784)."""
         model, optimizer, method = self.model, self.optimizer, self.method
+        # The inputs as one epoch's data (cchain draws its reference batches there).
+        method.before_epoch(inputs.flatten(0, 1))
         start = time.process_time()
         for x, y in zip(inputs, labels, strict=True):
             loss = nn.functional.cross_entropy(model(x), y)
