@@ -276,16 +276,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             f"{os.cpu_count()} cores"
         )
         figures["device"] = "cpu (CUDA absent)"
+    # A failed check or measurement is printed and recorded, and the script goes on
+    # (one GPU session should bring back every figure it can); it exits 1 at the end.
+    failures: list[str] = []
     print("check: batched (N=3, float64) vs single-seed runs, max relative weight "
           "difference:")  # fmt: skip
-    checks = check_batched_equals_single(device)
-    for reg, value in checks.items():
-        print(f"  {reg:>5}: {value:.2e}  ok")
-    figures["check batched vs single (max rel diff)"] = checks
-    worst = check_graphs_equal_eager(device)
+    try:
+        checks = check_batched_equals_single(device)
+        for reg, value in checks.items():
+            print(f"  {reg:>5}: {value:.2e}  ok")
+        figures["check batched vs single (max rel diff)"] = checks
+    except Exception as error:  # noqa: BLE001 - reported, the run goes on
+        failures.append(f"check batched vs single: {error!r}")
+        print(f"  FAILED: {error!r}")
     what = "CUDA graphs" if cuda else "static programs"
-    print(f"check: {what} vs eager (N=5, width 1000, l2er, float32): {worst:.2e}  ok")
-    figures[f"check {what} vs eager (max rel diff)"] = worst
+    try:
+        worst = check_graphs_equal_eager(device)
+        print(f"check: {what} vs eager (N=5, width 1000, l2er, float32): "
+              f"{worst:.2e}  ok")  # fmt: skip
+        figures[f"check {what} vs eager (max rel diff)"] = worst
+    except Exception as error:  # noqa: BLE001
+        failures.append(f"check {what} vs eager: {error!r}")
+        print(f"check: {what} vs eager FAILED: {error!r}")
 
     rates: dict[str, float] = {}
     modes = ("on", "off") if cuda else ("off",)
@@ -310,8 +322,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                     break
                 row = f"{width:>6} {reg:>5} {num_seeds:>3} "
                 for mode in modes:
-                    rate = batched_rate(num_seeds, width, reg, mode, args, device)
-                    rates[f"w{width} {reg} N={num_seeds} graphs {mode}"] = rate
+                    key = f"w{width} {reg} N={num_seeds} graphs {mode}"
+                    try:
+                        rate = batched_rate(num_seeds, width, reg, mode, args, device)
+                    except Exception as error:  # noqa: BLE001
+                        failures.append(f"{key}: {error!r}")
+                        print(f"{key}: FAILED: {error!r}")
+                        rate = float("nan")
+                    rates[key] = rate
                     row += f"{rate:>14,.0f}"
                 if not cuda:
                     batched = rates[f"w{width} {reg} N={num_seeds} graphs off"]
@@ -349,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if not cuda:
         print("\nCUDA is absent: the GPU figures (graphs on/off) are not measured.")
     print(f"total {time.perf_counter() - began:.0f} s")
+    if failures:
+        figures["failures"] = failures
+        print("FAILED:\n  " + "\n  ".join(failures))
+        raise SystemExit(1)
     return figures
 
 

@@ -3,7 +3,8 @@
 Several seeds of one configuration (same architecture, lr and method options, each
 seed its own weights, input/label stream and CBP random generator) train together:
 every step is one batched op per layer across seeds (``torch.baddbmm`` on stacked
-``(N, out, in)`` weights), never a Python loop over seeds. Seed ``i`` gets exactly the
+``(N, out, in)`` weights), never a Python loop over seeds (on a CPU the default is the
+native kernel per seed instead: see below). Seed ``i`` gets exactly the
 run :class:`clenv.fastpath.FastMLPTrainer` (and the autograd loop it reproduces) gives
 for that seed alone, up to float rounding (``tests/test_fastpath_batched.py`` checks
 weights, predictions, losses and method state at float64 for bp, l2, er/l2er, cbp and
@@ -22,21 +23,32 @@ the whole stack). A tensor replaced wholesale between calls (``param.data = ...`
 copied into the stack at the next call. :meth:`release` gives every model its own
 tensors back.
 
-**How an agent drives it** (``agents/supervised_l2er.py --num-seeds N``)::
+**How an agent drives it** (``agents/supervised_l2er.py --num-seeds N``, one run
+directory per seed). Per seed ``i``, build exactly what the single-seed agent builds
+(its seeding block, model, optimizer, ``make_method(..., seed=seed_i)``, env reset with
+``seed_i``, ``run_i = clenv.run.start(...)``); then::
 
-    models = [make_model(args) for seed in seeds]          # each seeded as alone
-    methods = [make_method(reg, m, optimizer_i, seed=...) for ...]
-    trainer = BatchedMLPTrainer(models, lr, methods)
-    seed_trainers = [trainer.seed(i) for i in range(N)]     # per-seed view
-    # per seed i: checkpointed_i = dict(model=models[i], optimizer=..., method=methods[i],
-    #             envs=env_i, stateful={"trainer": seed_trainers[i]})  -> run_i.save(...)
-    # resume: each run_i.restore(**checkpointed_i) loads in place (all seeds must
-    #         resume at the same step: the trainer checks it)
-    while ...:
-        x = torch.stack([x_i for each seed])                # (N, K, 784)
-        y = torch.stack([labels_i for each seed])           # (N, K)
-        predictions, losses = trainer.train(x, y)           # (N, K) each
-        # per seed: metrics, logs, task switches (method.on_task_switch), checkpoints
+    trainer = BatchedMLPTrainer(models, args.learning_rate, methods)
+    seed_trainers = [trainer.seed(i) for i in range(N)]
+    checkpointed_i = dict(model=models[i], optimizer=optimizers[i], method=methods[i],
+                          envs=envs[i], stateful={"trainer": seed_trainers[i]})
+    restored_i = run_i.restore(**checkpointed_i)   # after building the trainer: loads
+                                                   # in place into the shared tensors
+    while not finished:
+        # per seed, as now: x_i (K, 784) from env i, the env action from
+        # models[i](x_i).argmax(1) under no_grad, labels_i from env i's step
+        predictions, losses = trainer.train(torch.stack(xs), torch.stack(labels))
+        # per seed, with predictions[i], losses[i] (K each): the divergence guard on
+        # models[i], stats and logs, task_end/task_start (metrics on models[i],
+        # methods[i].on_task_switch, head zeroing in place), run_i.save(**checkpointed_i)
+
+All seeds must take the same number of examples per call (lockstep: one chunk K for
+all, equal task lengths) and resume from checkpoints of the same step (``train``
+refuses otherwise). Seed i's run directory then holds what a separate run writes:
+``models[i].state_dict()`` are copies, ``seed_trainers[i].state_dict()`` is
+``FastMLPTrainer``'s ``{"num_steps": ...}``, the methods are the seed's own objects.
+To drop a seed (e.g. it diverged), call :meth:`release` and build a new trainer on the
+remaining seeds' models and methods (their state lives there).
 
 The chunk K may differ from call to call, and a seed's run is the same whatever the
 chunking (tested).
@@ -46,7 +58,12 @@ where the single-seed path stops: after every U-th step (ER ascent) and after a 
 that makes a CBP replacement due in any seed. Between segments the ER ascent runs
 batched (all seeds share U, hence the same ascent steps) and the seeds with a due
 replacement let their own CBP component replace units (same choice, same draws as
-alone). When CBP replacements are due is known in advance: the accumulator adds
+alone). The ascent is one batched forward of the seeds' (N, U, in) buffers and the
+gradient as each seed's component computes it: with ``gradient="closed_form"`` (the
+component's default where it has that option) the closed-form effective-rank gradient
+and a manual backward through the ReLU chain (``effective_rank_gradient`` and
+``ascend_relu_chain`` of :mod:`clenv.methods.effective_rank`, batched over seeds),
+otherwise autograd through ``torch.linalg.svdvals``. When CBP replacements are due is known in advance: the accumulator adds
 ``rate * #(age > maturity)`` per step, and ages only grow between replacements, so
 the trainer computes it on the host from the ages (one device read per segment).
 
@@ -63,9 +80,11 @@ static prediction/loss buffers. On CUDA each program is a captured
 ``torch.cuda.CUDAGraph`` (forward, loss, backward, updates with L2, CBP statistics of
 2^j batch-1 steps); on CPU the same programs run eagerly (``graphs="on"``) so that
 the buffer handling and segmenting are tested where there is no GPU. The ER ascent and
-CBP replacements run eagerly between replays. Capturing happens at the first call
-(and again if a parameter tensor was replaced); warm-up steps run on a copy of the
-state, which is then restored.
+CBP replacements run eagerly between replays. A program is captured at its first use;
+the stacked tensors never move (replaced seed tensors are copied into them), so the
+graphs stay valid for the trainer's life; the warm-up steps before a capture are undone
+(the state is saved and restored). Untested on a GPU so far: ``python -m clenv.bench
+gpu`` checks graphs against eager steps and batched against single-seed runs there.
 """
 
 from __future__ import annotations
