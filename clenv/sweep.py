@@ -92,6 +92,8 @@ class TrialState:
     log: str | None = None
     seconds: float | None = None
     errors: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    """the Ray node id of each attempt, in order"""
 
 
 @dataclass
@@ -250,17 +252,24 @@ def _terminate_with_parent() -> None:
 
 
 def run_trial(
-    trial: Trial, spec: SweepSpec, sweep_dir: Path, threads: int = 1
+    trial: Trial,
+    spec: SweepSpec,
+    sweep_dir: Path,
+    threads: int = 1,
+    node: str | None = None,
 ) -> TrialState:
     """Run one attempt of a trial as a subprocess; raise if it fails (Ray retries).
 
     A previous attempt's run directory is continued with the agent's resume flag when it
     holds checkpoints, and otherwise moved to ``failed/`` so ``runs/`` only holds one
-    run per trial.
+    run per trial. ``node`` (the Ray node id the attempt runs on) is recorded in the
+    trial's ``nodes``.
     """
     state = read_trial_state(sweep_dir, trial.trial_id)
     state.attempts += 1
     state.status = "running"
+    if node is not None:
+        state.nodes.append(node)
     runs_dir = Path(spec.workdir, spec.runs_dir)
     command = list(trial.command)
     previous = find_run_dir(runs_dir, trial)
@@ -316,11 +325,13 @@ def run_trial(
 
 
 def _ray_trainable(config: dict, spec_dict: dict, sweep_dir: str, threads: int) -> None:
+    import ray
     from ray import tune
 
     spec = SweepSpec(**spec_dict)
     trial = next(t for t in spec.trials() if t.trial_id == config["trial_id"])
-    state = run_trial(trial, spec, Path(sweep_dir), threads)
+    node = ray.get_runtime_context().get_node_id()
+    state = run_trial(trial, spec, Path(sweep_dir), threads, node=node)
     tune.report({"returncode": state.returncode, "seconds": state.seconds})
 
 
