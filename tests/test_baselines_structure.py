@@ -429,3 +429,33 @@ def test_every_new_row_has_a_source():
     for benchmark in ("permuted_mnist", "slippery_ant"):
         kinds = {row.kind for row in rows(benchmark)}
         assert "optimizer" in kinds
+
+
+def test_metrics_and_unit_methods_read_the_activation_after_the_norm():
+    """With norm="layer" the spec names Linear -> LayerNorm -> ReLU: the dead-unit
+    metric sees a unit the LayerNorm's bias kills, and CBP resets a replaced unit's
+    LayerNorm scale and bias with its weights."""
+    from clenv.methods import find_hidden_layers
+    from clenv.metrics import capture_activations, dead_unit_mask
+
+    model = small_mlp(norm="layer")
+    hidden = find_hidden_layers(model, model.hidden_layer_spec())
+    first = hidden[0]
+    with torch.no_grad():
+        first.norm.bias[3] = -100.0  # unit 3 can never be positive
+        first.norm.weight[5] = 7.0
+    x, y = data(64)
+    features = capture_activations(model, x, [first.name])[first.name]
+    assert dead_unit_mask(features)[3] and dead_unit_mask(features).sum() == 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = make_method(
+        "cbp",
+        model,
+        optimizer,
+        hidden_layers=model.hidden_layer_spec(),
+        cbp__replacement_rate=1.0,
+        cbp__maturity_threshold=1,
+    )
+    for _ in range(3):
+        sgd_step(model, optimizer, x, y, method)
+    assert first.norm.bias[3] == 0.0 and first.norm.weight[5] == 1.0
