@@ -21,6 +21,13 @@ Rows, timed in one process and in rotating order (``--repeats`` rounds, medians)
 The first rows' Ritz values are compared with the reference's (same start vector),
 so the timing is of equal work. Then single Hessian-vector products of the two
 implementations are timed alternately (``--hvps`` each) for a fine-grained ratio.
+
+Last (``--plasticity-only`` for this part alone), the cost of the opt-in plasticity
+metrics on the same network and samples (:func:`clenv.metrics.plasticity_report`
+with and without active units and feature norms, gradient norms, the weight-change
+and policy-churn trackers) and of one Hessian-vector product restricted to each
+layer's block (:func:`clenv.metrics.partial_hessian_spectra` costs ``order`` of
+them per layer) next to a full one. The Hessian variance needs no product.
 """
 
 from __future__ import annotations
@@ -36,7 +43,19 @@ import tyro
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from clenv.metrics import HessianOperator, cross_entropy_loss, hessian_spectral_density
+from clenv.metrics import (
+    HessianOperator,
+    PolicyChurnTracker,
+    WeightChangeTracker,
+    active_unit_fraction,
+    capture_activations,
+    cross_entropy_loss,
+    feature_norm,
+    gradient_norms,
+    hessian_spectral_density,
+    parameter_layers,
+    plasticity_report,
+)
 from clenv.metrics.hessian import curvature_context, rademacher
 
 
@@ -144,6 +163,65 @@ class MetricsBenchArgs:
     """also time that backend"""
     products_only: bool = False
     """skip the full densities; only the alternating single products"""
+    plasticity_only: bool = False
+    """only the plasticity metrics and the per-layer block products"""
+
+
+def plasticity_costs(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    rounds: int,
+) -> dict[str, float]:
+    """Median seconds of the plasticity metrics and of one product per layer block.
+
+    The rows run in rotating order, ``rounds`` times each.
+    """
+    model.zero_grad()
+    F.cross_entropy(model(inputs), labels).backward()  # .grad for gradient_norms
+    weights = WeightChangeTracker({"": model})
+    weights.on_task_start()
+    captured = capture_activations(model, inputs)  # what the opt-ins read
+    std = torch.ones(1, 10, device=device)
+    churn = PolicyChurnTracker(inputs[:256], lambda obs: (model(obs), std))
+    churn.update()
+    rows: dict[str, Callable[[], object]] = {
+        "plasticity_report (default)": lambda: plasticity_report({"": model}, inputs),
+        "active units + feature norms alone": lambda: [
+            (active_unit_fraction(a), feature_norm(a)) for a in captured.values()
+        ],
+        "gradient_norms": lambda: gradient_norms(model),
+        "WeightChangeTracker.on_task_start": weights.on_task_start,
+        "WeightChangeTracker.metrics": weights.metrics,
+        "PolicyChurnTracker.update (256)": churn.update,
+    }
+    data = [(inputs, labels)]
+    with curvature_context(model, seed=0) as generator:
+        operators = {"HVP full": HessianOperator(model, cross_entropy_loss, data)}
+        for layer, params in parameter_layers(model).items():
+            operators[f"HVP block {layer}"] = HessianOperator(
+                model, cross_entropy_loss, data, params=[p for _, p in params]
+            )
+        for name, operator in operators.items():
+            vector = rademacher((operator.dim,), generator, torch.float32)
+            rows[name] = lambda op=operator, v=vector: op.matvec(v)
+        names = list(rows)
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        for name in names:  # warm-up
+            rows[name]()
+        for index in range(rounds):
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds[name].append(_timed(rows[name], device)[0])
+    model.zero_grad()
+    print(f"\nplasticity metrics and per-layer Hessian blocks ({rounds} each, median):")
+    figures = {}
+    for name in names:
+        median = statistics.median(seconds[name])
+        figures[f"{name.strip()} ms"] = median * 1000
+        print(f"  {name:<36} {median * 1000:10.2f} ms")
+    return figures
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -175,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"MLP 784-{args.width}x3-10 with {num_params:,} parameters, {args.samples} "
         f"samples, order {args.order}, 1 probe, float32"
     )
+    if args.plasticity_only:
+        return plasticity_costs(model, inputs, labels, device, max(args.hvps, 1))
     with curvature_context(model, seed=0) as probe_generator:
         start = rademacher((num_params,), probe_generator, torch.float32)
 
@@ -254,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(
             f"  {name:<26} {median * 1000:8.1f} ms   ratio vs plain {median / base:5.2f}"
         )
+    figures |= plasticity_costs(model, inputs, labels, device, max(args.hvps, 1))
     return figures
 
 
