@@ -260,3 +260,31 @@ def test_rejects_mixed_configurations_and_bad_inputs():
     trainer.seed(1).load_state_dict({"num_steps": 7})
     with pytest.raises(ValueError, match="different steps"):
         trainer.train(x, torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_cbp_on_hidden_layers_of_different_widths_equals_single_runs():
+    """CBP's schedule is planned per hidden layer (here 20 and 9 units)."""
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(
+            torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 9),
+            torch.nn.ReLU(), torch.nn.Linear(9, 5),
+        ).double()  # fmt: skip
+
+    options = {"replacement_rate": 0.03, "maturity_threshold": 8}
+    models = [model(seed) for seed in range(NUM_SEEDS)]
+    singles = [model(seed) for seed in range(NUM_SEEDS)]
+    methods = [make_method("cbp", m, None, seed=s, **options)
+               for s, m in enumerate(models)]  # fmt: skip
+    single_methods = [make_method("cbp", m, None, seed=s, **options)
+                      for s, m in enumerate(singles)]  # fmt: skip
+    streams = [stream(100 + seed) for seed in range(NUM_SEEDS)]
+    trainer = BatchedMLPTrainer(models, 0.05, methods, backend="batched")
+    predictions, _ = run_batched(trainer, streams, [25])
+    for seed in range(NUM_SEEDS):
+        single_predictions, _ = run_single(singles[seed], single_methods[seed],
+                                           *streams[seed], 25)  # fmt: skip
+        assert torch.equal(predictions[seed], single_predictions)
+        assert_same_state(models[seed].state_dict(), singles[seed].state_dict())
+        assert min(trainer.seed(seed).cbp.num_replaced) > 0
