@@ -320,3 +320,12 @@ def trac_optimizer_class(base: type[torch.optim.Optimizer]) -> type:
     TRAC.__name__ = f"TRAC{base.__name__}"
     TRAC.__qualname__ = TRAC.__name__
     return TRAC
+
+
+def set_learning_rate(optimizer: Any, lr: float) -> None:
+    """Set every parameter group's step size (an annealing schedule): Muon's and
+    Adam's parts of :class:`MuonWithAdam`, and the group :mod:`clenv.methods.inject`
+    adds, move together (CleanRL's ``param_groups[0]["lr"] = lr`` moves only the
+    first)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

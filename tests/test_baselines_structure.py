@@ -194,6 +194,17 @@ def test_muon_rows_are_make_optimizers_settings():
         assert protocol_defaults(benchmark, "sc", "optimizer", ["adam"]) == {}
 
 
+def test_set_learning_rate_moves_every_group():
+    from clenv.optim import set_learning_rate
+
+    model = small_mlp()
+    optimizer = make_optimizer("muon", model, 0.01)
+    make_method("inject", model, optimizer)  # adds a group
+    set_learning_rate(optimizer, 0.003)
+    assert len(optimizer.param_groups) == 4  # inject: a Muon and an Adam group
+    assert {g["lr"] for g in optimizer.param_groups} == {0.003}
+
+
 def test_unknown_optimizer_is_a_clear_error():
     with pytest.raises(ValueError, match="choose one of"):
         make_optimizer("rmsprop", small_mlp(), 0.01)
