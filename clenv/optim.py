@@ -198,8 +198,8 @@ class MuonWithAdam:
         return [g for o in self.optimizers for g in o.param_groups]
 
     @property
-    def state(self) -> collections.ChainMap:
-        return collections.ChainMap(self.muon.state, self.adam.state)
+    def state(self) -> _JointState:
+        return _JointState(self.muon.state, self.adam.state)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -248,6 +248,31 @@ class MuonWithAdam:
 
     def __repr__(self) -> str:
         return f"MuonWithAdam(muon={self.muon!r}, adam={self.adam!r})"
+
+
+class _JointState(collections.ChainMap):
+    """Both parts' per-parameter state as one mapping: lookups search both, and
+    ``pop``, ``del`` and ``clear`` act on whichever part holds the parameter (a
+    plain ChainMap changes only the first), as the resets and CBP expect."""
+
+    def __delitem__(self, key: Any) -> None:
+        for mapping in self.maps:
+            if key in mapping:
+                del mapping[key]
+                return
+        raise KeyError(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping.pop(key)
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def clear(self) -> None:
+        for mapping in self.maps:
+            mapping.clear()
 
 
 def _known(optimizer: torch.optim.Optimizer, options: dict[str, Any]) -> dict:

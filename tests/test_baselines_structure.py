@@ -205,6 +205,22 @@ def test_set_learning_rate_moves_every_group():
     assert {g["lr"] for g in optimizer.param_groups} == {0.003}
 
 
+def test_muon_state_pops_and_clears_both_parts():
+    """The resets and inject drop a parameter's state with optimizer.state.pop and
+    a full reset clears it: both reach the Adam part too."""
+    x, y = data()
+    model = small_mlp()
+    optimizer = make_optimizer("muon", model, 0.01)
+    sgd_step(model, optimizer, x, y)
+    bias, weight = model.head.bias, model.head.weight
+    assert bias in optimizer.adam.state and weight in optimizer.muon.state
+    optimizer.state.pop(bias, None)
+    optimizer.state.pop(weight, None)
+    assert bias not in optimizer.adam.state and weight not in optimizer.muon.state
+    optimizer.state.clear()
+    assert not optimizer.muon.state and not optimizer.adam.state
+
+
 def test_unknown_optimizer_is_a_clear_error():
     with pytest.raises(ValueError, match="choose one of"):
         make_optimizer("rmsprop", small_mlp(), 0.01)
