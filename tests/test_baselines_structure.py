@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -389,57 +390,126 @@ def test_cchain_churn_loss_and_gradient_follow_the_definition():
         method.after_step(obs)
 
 
-def test_cchain_coefficient_adapts_to_the_target_share_and_resumes():
-    torch.manual_seed(0)
-    agent = Agent()
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
-    method = make_method(
-        "cchain",
-        agent,
-        optimizer,
-        forward_fn=actor_and_critic,
-        cchain__warmup_epochs=2,
-        cchain__window_epochs=3,
-    )
-    rollout = torch.randn(32, 5)
-
-    def epoch(method, agent, optimizer):
+def cchain_iteration(method, agent, optimizer, rollout, policy_losses, epochs=2):
+    """One PPO iteration on ``rollout``: ``epochs`` passes of 2 minibatches, each
+    reporting the next of ``policy_losses`` through ``after_loss``."""
+    losses = iter(policy_losses)
+    for _ in range(epochs):
         method.before_epoch(rollout)
-        for start in range(0, 32, 8):
+        for start in range(0, 16, 8):
             obs = rollout[start : start + 8]
             optimizer.zero_grad()
             loss = -agent.actor_mean(obs).mean() + agent.critic(obs).square().mean()
-            method.after_loss({"policy": loss.item()})
+            method.after_loss({"policy": next(losses), "value": 0.0})
             loss.backward()
             method.after_backward()
             optimizer.step()
             method.after_step(obs)
         method.after_epoch(rollout)
 
-    policy, churn = [], []
-    for index in range(4):
-        epoch(method, agent, optimizer)
-        policy.append(abs(method.last_policy_loss))
-        churn.append(method.last_churn_loss)
-        if index == 0:
-            assert method.coefficient == 100.0  # before the warm-up ends
-    expected = 0.05 * (sum(policy[-3:]) / 3) / (sum(churn[-3:]) / 3 + 1e-8)
-    assert method.coefficient == pytest.approx(expected)
+
+def test_cchain_coefficient_follows_the_official_formula_per_iteration():
+    """lambda adapts once per iteration, from the iteration's last minibatch's policy
+    and churn losses (crl_run_ppo_c_chain_dmc.py:360-366): from iteration
+    ``warmup`` of a task on, 0.05 * mean|p| / (mean churn + 1e-8) over the last
+    ``window`` iterations; a task switch starts afresh (lines 167-170)."""
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    method = make_method(
+        "cchain",
+        agent,
+        optimizer,
+        forward_fn=actor_and_critic,
+        cchain__warmup_iterations=3,
+        cchain__window_iterations=2,
+    )
+    # Four minibatch policy losses per iteration; the official code keeps the last.
+    policy_sequence = [
+        [9.0, 9.0, 9.0, -2.0],
+        [9.0, 9.0, 9.0, 1.5],
+        [9.0, 9.0, 9.0, -4.0],
+        [9.0, 9.0, 9.0, 3.0],
+        [9.0, 9.0, 9.0, -0.5],
+    ]
+    policy_list, churn_list, coefficients = [], [], []
+    for losses in policy_sequence:
+        # A new rollout each iteration (the loop's obs.reshape is a new tensor).
+        cchain_iteration(method, agent, optimizer, torch.randn(16, 5), losses)
+        churn_list.append(method.last_churn_loss)
+        policy_list.append(losses[-1])
+        coefficients.append(method.coefficient)  # lambda of this iteration's updates
+    method.before_epoch(torch.randn(16, 5))  # the next iteration closes the last
+    coefficients.append(method.coefficient)
+    assert all(c > 0 for c in churn_list)  # the term is on from the third update
+    # The official lines 361-366, iteration counting from 1.
+    expected, coefficient = [100.0], 100.0
+    for iteration in range(1, len(policy_list) + 1):
+        if iteration >= 3:
+            p = np.mean(np.abs(policy_list[:iteration][-2:]))
+            r = np.mean(churn_list[:iteration][-2:])
+            coefficient = 0.05 * p / (r + 1e-8)
+        expected.append(coefficient)
+    assert coefficients == pytest.approx(expected, rel=1e-12)
+    assert coefficients[:3] == [100.0] * 3 and coefficients[3] != 100.0
+    # By hand, iteration 3: 0.05 * (1.5 + 4) / 2 / ((c2 + c3) / 2 + 1e-8).
+    assert coefficients[3] == pytest.approx(
+        0.05 * 2.75 / ((churn_list[1] + churn_list[2]) / 2 + 1e-8)
+    )
+
+    method.on_task_switch(1)
+    assert method.coefficient == 100.0 and not method.policy_losses
+    rollout = torch.randn(16, 5)
+    method.before_epoch(rollout)
+    obs = rollout[:8]
+    optimizer.zero_grad()
+    agent.actor_mean(obs).sum().backward()
+    method.after_backward()
+    assert method.last_churn_loss == 0.0  # the new task's first update: no term
+
+
+def test_cchain_coefficient_stays_without_after_loss():
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    method = CChain(agent, optimizer, forward_fn=actor_and_critic, warmup_iterations=1)
+    for _ in range(3):
+        rollout = torch.randn(16, 5)
+        method.before_epoch(rollout)
+        for start in range(0, 16, 8):
+            obs = rollout[start : start + 8]
+            optimizer.zero_grad()
+            agent.actor_mean(obs).sum().backward()
+            method.after_backward()
+            optimizer.step()
+            method.after_step(obs)
+        method.after_epoch(rollout)
+    method.before_epoch(torch.randn(16, 5))
+    assert method.iterations == 3 and method.coefficient == 100.0
+
+
+def test_cchain_resumes_exactly():
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    kwargs = dict(
+        forward_fn=actor_and_critic,
+        cchain__warmup_iterations=2,
+        cchain__window_iterations=3,
+    )
+    method = make_method("cchain", agent, optimizer, **kwargs)
+    rollouts = [torch.randn(16, 5) for _ in range(5)]
+    for rollout in rollouts[:4]:
+        cchain_iteration(method, agent, optimizer, rollout, [-1.0, 0.5, 2.0, -3.0])
     twin_agent = Agent()
     twin_optimizer = torch.optim.Adam(twin_agent.parameters(), lr=1e-3)
-    twin = make_method(
-        "cchain",
-        twin_agent,
-        twin_optimizer,
-        forward_fn=actor_and_critic,
-        cchain__warmup_epochs=2,
-        cchain__window_epochs=3,
-    )
+    twin = make_method("cchain", twin_agent, twin_optimizer, **kwargs)
     twin_agent.load_state_dict(agent.state_dict())
     twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     twin.load_state_dict(copy.deepcopy(method.state_dict()))
-    epoch(method, agent, optimizer)
-    epoch(twin, twin_agent, twin_optimizer)
+    for m, a, o in ((method, agent, optimizer), (twin, twin_agent, twin_optimizer)):
+        cchain_iteration(m, a, o, rollouts[4], [1.0, 1.0, 1.0, 1.0])
+    assert method.coefficient != 100.0
     assert twin.coefficient == method.coefficient
     for p, q in zip(agent.parameters(), twin_agent.parameters(), strict=True):
         assert torch.equal(p, q)

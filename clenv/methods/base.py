@@ -7,11 +7,15 @@ A training loop drives a method with these calls, in this order::
     # group of U minibatches):
     method.before_epoch(inputs)                   # ER ascent with timing="before"
     #   for each minibatch of the epoch:
+    method.after_loss({"policy": pg_loss.item()}) # C-CHAIN's adaptive coefficient
     loss.backward();  method.after_backward()     # L2 adds lambda * theta to .grad
     optimizer.step(); method.after_step(inputs)   # S&P noise, CBP, ReDo, ER buffer
     method.after_epoch(inputs)                    # ER ascent with timing="after"
     method.state_dict() / method.load_state_dict(state)
 
+``after_loss`` gets the minibatch's loss terms as floats (a PPO loop: ``"policy"``,
+``"value"``, ``"entropy"``), before the backward pass; a method that weighs its own
+term against the task's loss reads them there.
 ``before_epoch`` gets the inputs the epoch is about to train on (PPO: the rollout's
 observations; SC's ImageNet and CIFAR: the next U minibatches' inputs, concatenated),
 ``after_epoch`` those it has just trained on. A supervised loop asks
@@ -56,6 +60,14 @@ class PlasticityMethod:
     def before_epoch(self, inputs: Any = None) -> None:
         """Called before an epoch's first minibatch with the inputs it will train on
         (a group of :attr:`ascent_group_size` minibatches where that is not None)."""
+
+    def after_loss(self, losses: dict[str, float]) -> None:
+        """Called after a minibatch's loss terms are computed, before ``backward()``.
+
+        Args:
+            losses: the loss terms by name, as floats (a PPO loop: ``"policy"``,
+                ``"value"``, ``"entropy"``; a supervised loop: ``"task"``).
+        """
 
     def after_backward(self) -> None:
         """Called after ``loss.backward()``, before ``optimizer.step()``."""
@@ -117,6 +129,10 @@ class Compose(PlasticityMethod):
     def before_epoch(self, inputs: Any = None) -> None:
         for method in self.methods:
             method.before_epoch(inputs)
+
+    def after_loss(self, losses: dict[str, float]) -> None:
+        for method in self.methods:
+            method.after_loss(losses)
 
     def after_backward(self) -> None:
         for method in self.methods:

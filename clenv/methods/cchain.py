@@ -23,13 +23,21 @@ by an adaptive coefficient ``lambda``. Following the authors' PPO code
   1 without annealing, which its continual runs use: line 57);
   ``target_relative_loss`` 0.05 (line 24).
 
-The official code adapts ``lambda`` once per PPO iteration from the last
-minibatch's policy loss and churn loss, after 50 iterations and over the last 100;
-this method adapts it after every epoch (``after_epoch``), so its warm-up and window
-count epochs: 500 and 1000 by default, the official 50 and 100 iterations at the
-official 10 epochs per iteration (line 65). The policy loss reaches the method
-through :meth:`CChain.after_loss` (the agent's one call per minibatch); without it
-``lambda`` stays at its initial value.
+``lambda`` adapts once per PPO iteration (one rollout's update epochs), as the
+official code: after the iteration's last minibatch it appends that minibatch's policy
+loss and churn loss (0 while the term is off) to the running lists (lines 361-362),
+and from the 50th iteration of a task on (``iteration >= 50``, ``iteration`` counting
+from 1: line 363) sets ``lambda`` from the last 100 entries (lines 364-366). The
+policy loss reaches the method through :meth:`CChain.after_loss`, which the loop calls
+once per minibatch; without it ``lambda`` stays at its initial value. An iteration
+ends when :meth:`CChain.before_epoch` sees a new rollout (another tensor, or the same
+buffer written since), so the adaptation for iteration ``k`` happens before the first
+update of iteration ``k + 1``, where the official code's new ``lambda`` is first used.
+
+Each task starts afresh, as the official code's task loop (lines 138, 167-170, 186):
+:meth:`CChain.on_task_switch` puts ``lambda`` back to its initial value, empties the
+running lists, restarts the warm-up, and the term waits again for the task's third
+update (``restart_per_task=False`` keeps all of it across tasks).
 
 The term is added to the gradients in ``after_backward`` (``.grad +=
 lambda * grad L_churn``), so it is clipped with the task gradient when the loop clips
@@ -61,7 +69,9 @@ class CChain(PlasticityMethod):
     epoch's reference order), ``after_loss({"policy": pg_loss})`` after each
     minibatch's loss, ``after_backward()`` (adds the churn gradient),
     ``after_step(minibatch_obs)`` (the network before this step becomes the next
-    reference), ``after_epoch()`` (adapts ``lambda``).
+    reference), ``after_epoch()``; ``on_task_switch(task_id)`` restarts the
+    adaptation. ``lambda`` adapts once per iteration (a new rollout in
+    ``before_epoch``).
 
     Args:
         model: the agent.
@@ -75,9 +85,13 @@ class CChain(PlasticityMethod):
         initial_coefficient: ``lambda`` before the warm-up ends (official 100).
         target_relative_loss: the churn loss's target share of the policy loss
             (official 0.05).
-        warmup_epochs: epochs before ``lambda`` adapts (official 50 iterations of 10
-            epochs).
-        window_epochs: epochs the running means cover (official 100 iterations).
+        warmup_iterations: ``lambda`` adapts from this iteration of a task on
+            (official 50: ``iteration >= 50``, line 363).
+        window_iterations: iterations the running means cover (official 100,
+            lines 364-365).
+        restart_per_task: on a task switch, reset ``lambda``, the running lists,
+            the warm-up and the term's two-update delay (official: each task's loop
+            starts afresh, lines 167-170).
         reference_size: states in the reference batch; default the training
             minibatch's size (seen in ``after_step``).
         seed: seed of the reference batches' shuffles.
@@ -94,8 +108,9 @@ class CChain(PlasticityMethod):
         outputs: Literal["policy", "both"] = "policy",
         initial_coefficient: float = 100.0,
         target_relative_loss: float = 0.05,
-        warmup_epochs: int = 500,
-        window_epochs: int = 1000,
+        warmup_iterations: int = 50,
+        window_iterations: int = 100,
+        restart_per_task: bool = True,
         reference_size: int | None = None,
         seed: int = 0,
     ):
@@ -106,10 +121,10 @@ class CChain(PlasticityMethod):
                 "initial_coefficient and target_relative_loss must be >= 0, got "
                 f"{initial_coefficient} and {target_relative_loss}"
             )
-        if warmup_epochs < 0 or window_epochs < 1:
+        if warmup_iterations < 1 or window_iterations < 1:
             raise ValueError(
-                f"warmup_epochs must be >= 0 and window_epochs >= 1, got "
-                f"{warmup_epochs} and {window_epochs}"
+                f"warmup_iterations and window_iterations must be >= 1, got "
+                f"{warmup_iterations} and {window_iterations}"
             )
         if reference_size is not None and reference_size < 1:
             raise ValueError(f"reference_size must be >= 1, got {reference_size}")
@@ -118,8 +133,9 @@ class CChain(PlasticityMethod):
         self.outputs = outputs
         self.initial_coefficient = float(initial_coefficient)
         self.target_relative_loss = float(target_relative_loss)
-        self.warmup_epochs = int(warmup_epochs)
-        self.window_epochs = int(window_epochs)
+        self.warmup_iterations = int(warmup_iterations)
+        self.window_iterations = int(window_iterations)
+        self.restart_per_task = bool(restart_per_task)
         self.reference_size = reference_size
         self.params = trainable_parameters(model)
         names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -132,15 +148,17 @@ class CChain(PlasticityMethod):
         # to be filled in runtime
         self.coefficient = self.initial_coefficient
         self.updates = 0
-        self.epochs = 0
+        self.iterations = 0
+        self.iteration_open = False
         self.minibatch_size: int | None = None
         self.rollout: torch.Tensor | None = None
+        self.rollout_version = -1
         self.reference_order: torch.Tensor | None = None
         self.cursor = 0
         self.last_policy_loss: float | None = None
         self.last_churn_loss: float | None = None
-        self.policy_losses: deque[float] = deque(maxlen=self.window_epochs)
-        self.churn_losses: deque[float] = deque(maxlen=self.window_epochs)
+        self.policy_losses: deque[float] = deque(maxlen=self.window_iterations)
+        self.churn_losses: deque[float] = deque(maxlen=self.window_iterations)
 
     def before_epoch(self, inputs: Any = None) -> None:
         if inputs is None:
@@ -148,7 +166,10 @@ class CChain(PlasticityMethod):
                 "cchain draws its reference batches from the rollout: call "
                 "method.before_epoch(rollout_observations) before each epoch"
             )
+        if inputs is not self.rollout or inputs._version != self.rollout_version:
+            self.end_iteration()  # a new rollout: the previous iteration is over
         self.rollout = inputs
+        self.rollout_version = inputs._version
         self.reference_order = torch.randperm(
             inputs.shape[0], generator=self.rng.generator, device=self.rng_device
         ).to(inputs.device)
@@ -162,6 +183,37 @@ class CChain(PlasticityMethod):
         """Take the minibatch's policy loss (key ``"policy"``) for ``lambda``."""
         if "policy" in losses:
             self.last_policy_loss = float(losses["policy"])
+
+    def end_iteration(self) -> None:
+        """Close the PPO iteration whose updates have run: append its last
+        minibatch's ``|policy loss|`` and churn loss, and past the warm-up set
+        ``lambda = target * mean|L_policy| / (mean L_churn + 1e-8)`` over the
+        window (official lines 361-366). Called by :meth:`before_epoch` on a new
+        rollout; a no-op when no update ran since the last call."""
+        if not self.iteration_open:
+            return
+        self.iteration_open = False
+        self.iterations += 1
+        if self.last_policy_loss is None:
+            return  # the loop does not call after_loss: lambda stays
+        self.policy_losses.append(abs(self.last_policy_loss))
+        self.churn_losses.append(self.last_churn_loss or 0.0)
+        if self.iterations >= self.warmup_iterations:
+            policy = sum(self.policy_losses) / len(self.policy_losses)
+            churn = sum(self.churn_losses) / len(self.churn_losses)
+            self.coefficient = self.target_relative_loss * policy / (churn + 1e-8)
+
+    def on_task_switch(self, task_id: int) -> None:
+        self.end_iteration()
+        if not self.restart_per_task:
+            return
+        self.coefficient = self.initial_coefficient
+        self.updates = 0
+        self.iterations = 0
+        self.last_policy_loss = None
+        self.last_churn_loss = None
+        self.policy_losses.clear()
+        self.churn_losses.clear()
 
     def _policy_and_values(self, model: nn.Module, obs: torch.Tensor):
         out = self.forward_fn(model, obs)
@@ -202,9 +254,11 @@ class CChain(PlasticityMethod):
         with torch.no_grad():
             torch._foreach_copy_(self.pending, [p.detach() for p in self.params])
         if self.updates < 2:
+            self.last_churn_loss = 0.0  # the official reg_loss = 0 (line 313)
             return
         obs = self._reference_batch()
         if obs is None:
+            self.last_churn_loss = 0.0
             return
         with torch.enable_grad():
             loss = self.churn_loss(obs)
@@ -225,32 +279,24 @@ class CChain(PlasticityMethod):
         with torch.no_grad():
             torch._foreach_copy_(self.reference_params, self.pending)
         self.updates += 1
-
-    def after_epoch(self, inputs: Any = None) -> None:
-        self.epochs += 1
-        if self.last_policy_loss is None or self.last_churn_loss is None:
-            return
-        self.policy_losses.append(abs(self.last_policy_loss))
-        self.churn_losses.append(self.last_churn_loss)
-        if self.epochs >= self.warmup_epochs:
-            policy = sum(self.policy_losses) / len(self.policy_losses)
-            churn = sum(self.churn_losses) / len(self.churn_losses)
-            self.coefficient = self.target_relative_loss * policy / (churn + 1e-8)
+        self.iteration_open = True
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
             "outputs": self.outputs,
             "initial_coefficient": self.initial_coefficient,
             "target_relative_loss": self.target_relative_loss,
-            "warmup_epochs": self.warmup_epochs,
-            "window_epochs": self.window_epochs,
+            "warmup_iterations": self.warmup_iterations,
+            "window_iterations": self.window_iterations,
+            "restart_per_task": self.restart_per_task,
         }
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "coefficient": self.coefficient,
             "updates": self.updates,
-            "epochs": self.epochs,
+            "iterations": self.iterations,
+            "iteration_open": self.iteration_open,
             "minibatch_size": self.minibatch_size,
             "last_policy_loss": self.last_policy_loss,
             "last_churn_loss": self.last_churn_loss,
@@ -263,12 +309,15 @@ class CChain(PlasticityMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.coefficient = float(state["coefficient"])
         self.updates = int(state["updates"])
-        self.epochs = int(state["epochs"])
+        self.iterations = int(state["iterations"])
+        self.iteration_open = bool(state["iteration_open"])
         self.minibatch_size = state["minibatch_size"]
         self.last_policy_loss = state["last_policy_loss"]
         self.last_churn_loss = state["last_churn_loss"]
-        self.policy_losses = deque(state["policy_losses"], maxlen=self.window_epochs)
-        self.churn_losses = deque(state["churn_losses"], maxlen=self.window_epochs)
+        self.policy_losses = deque(
+            state["policy_losses"], maxlen=self.window_iterations
+        )
+        self.churn_losses = deque(state["churn_losses"], maxlen=self.window_iterations)
         with torch.no_grad():
             for param, value in zip(
                 self.reference_params, state["reference"], strict=True
