@@ -26,6 +26,15 @@ shared with other jobs, wall time mostly measures the others' load; wall-clock
 figures are printed too. The curvature diagnostics (``--curvature-every-tasks``) run at
 task boundaries only and are switched off here; their cost per call is in the logs as
 ``curvature/*/seconds``. Targets: bp >= 0.95x reference, l2er >= 0.9x bp.
+
+``--protocol sc`` runs the agent's programs with SC's settings instead (one hidden
+layer of 256, 128 minibatches, the ascent before each epoch; docs/protocols.md); the
+reference loop is LoP's only, so the programs are then bp and l2er (target: l2er >=
+0.85x bp). ``--programs`` picks the programs; ``l2er-autograd`` is ``--reg l2er`` with
+the ascent's gradient by autograd through the SVD (``er__gradient=autograd``, the
+implementation before the closed-form gradient), to measure that change in one run::
+
+    python -m clenv.bench.ppo --protocol sc --programs bp l2er l2er-autograd
 """
 
 from __future__ import annotations
@@ -46,11 +55,20 @@ import tyro
 
 from clenv.settings import protocol_defaults
 
-PROTOCOL = "lop"
+PROTOCOL = "lop"  # the reference loop's settings
 STEPS_PER_UPDATE = 2048
 PROGRAMS = ["reference", "bp", "l2er"]
-RATIOS = {"bp / reference": ("bp", "reference"), "l2er / bp": ("l2er", "bp")}
-TARGETS = {"bp / reference": 0.95, "l2er / bp": 0.9}
+ALL_PROGRAMS = ("reference", "bp", "l2er", "l2er-autograd")
+RATIOS = {
+    "bp / reference": ("bp", "reference"),
+    "l2er / bp": ("l2er", "bp"),
+    "l2er-autograd / bp": ("l2er-autograd", "bp"),
+    "l2er / l2er-autograd": ("l2er", "l2er-autograd"),
+}
+TARGETS = {
+    "lop": {"bp / reference": 0.95, "l2er / bp": 0.9},
+    "sc": {"l2er / bp": 0.85},
+}
 
 
 def reference_ppo(env_id: str, iterations: int, seed: int = 1) -> None:
@@ -239,7 +257,12 @@ def process_seconds(command: list[str]) -> dict[str, float]:
 
 
 def program_command(
-    program: str, agent: Path, env_id: str, iterations: int, runs_dir: str
+    program: str,
+    agent: Path,
+    env_id: str,
+    iterations: int,
+    runs_dir: str,
+    protocol: str = PROTOCOL,
 ) -> list[str]:
     """The command line of one program for ``iterations`` PPO updates."""
     if program == "reference":
@@ -247,16 +270,19 @@ def program_command(
             sys.executable, "-m", "clenv.bench.ppo", "--worker", "reference",
             "--env-id", env_id, "--iterations", str(iterations),
         ]  # fmt: skip
+    reg, extra = program, []
+    if program == "l2er-autograd":
+        reg, extra = "l2er", ["--method-kwargs", "er__gradient=autograd"]
     return [
-        sys.executable, str(agent), "--reg", program, "--env-id", env_id,
-        "--protocol", PROTOCOL, "--total-timesteps", str(iterations * STEPS_PER_UPDATE),
+        sys.executable, str(agent), "--reg", reg, *extra, "--env-id", env_id,
+        "--protocol", protocol, "--total-timesteps", str(iterations * STEPS_PER_UPDATE),
         "--runs-dir", runs_dir, "--curvature-every-tasks", "0", "--no-progress",
         "--no-plot",
     ]  # fmt: skip
 
 
 def steady_sps(
-    program: str, agent: Path, env_id: str, iterations: int
+    program: str, agent: Path, env_id: str, iterations: int, protocol: str = PROTOCOL
 ) -> dict[str, float]:
     """Steady-state steps per wall / CPU second of one program.
 
@@ -264,9 +290,11 @@ def steady_sps(
     ``(iterations - 1) * 2048`` steps over the extra seconds.
     """
     with tempfile.TemporaryDirectory() as runs_dir:
-        short = process_seconds(program_command(program, agent, env_id, 1, runs_dir))
+        short = process_seconds(
+            program_command(program, agent, env_id, 1, runs_dir, protocol)
+        )
         long = process_seconds(
-            program_command(program, agent, env_id, iterations, runs_dir)
+            program_command(program, agent, env_id, iterations, runs_dir, protocol)
         )
     steps = (iterations - 1) * STEPS_PER_UPDATE
     return {clock: steps / (long[clock] - short[clock]) for clock in ("wall", "cpu")}
@@ -284,6 +312,10 @@ class PPOBenchArgs:
     """PPO updates of the long run (2048 steps each; a 1-update run is subtracted)"""
     rounds: int = 3
     """runs of each program"""
+    protocol: Literal["lop", "sc"] = "lop"
+    """the agent's --protocol (the reference loop has LoP's settings: lop only)"""
+    programs: tuple[str, ...] | None = None
+    """programs to run, from reference, bp, l2er, l2er-autograd (default: reference bp l2er with lop, bp l2er with sc)"""
 
     def __post_init__(self) -> None:
         # tyro reports a ValueError here as a usage error (no traceback).
@@ -294,6 +326,20 @@ class PPOBenchArgs:
             )
         if self.rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.programs is None:
+            self.programs = tuple(
+                PROGRAMS if self.protocol == "lop" else ["bp", "l2er"]
+            )
+        unknown = sorted(set(self.programs) - set(ALL_PROGRAMS))
+        if unknown:
+            raise ValueError(
+                f"--programs: unknown {unknown}; choose from {list(ALL_PROGRAMS)}"
+            )
+        if "reference" in self.programs and self.protocol != "lop":
+            raise ValueError(
+                "the reference loop has LoP's settings: drop 'reference' from "
+                "--programs with --protocol sc"
+            )
         if not self.agent.is_file():
             raise ValueError(
                 f"--agent {self.agent}: no such file; pass the path of "
@@ -328,16 +374,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    programs = list(args.programs)
     print(
-        f"PPO on {args.env_id}: {args.rounds} rounds x {args.iterations} updates of "
-        "2048 steps, programs taking turns; steady-state steps per CPU second "
-        "(per wall second in brackets)"
+        f"PPO on {args.env_id}, --protocol {args.protocol}: {args.rounds} rounds x "
+        f"{args.iterations} updates of 2048 steps, programs taking turns; steady-state "
+        "steps per CPU second (per wall second in brackets)"
     )
-    sps = {clock: {name: [] for name in PROGRAMS} for clock in ("wall", "cpu")}
+    sps = {clock: {name: [] for name in programs} for clock in ("wall", "cpu")}
     for round_index in range(args.rounds):
-        shift = round_index % len(PROGRAMS)
-        for name in PROGRAMS[shift:] + PROGRAMS[:shift]:
-            rates = steady_sps(name, args.agent, args.env_id, args.iterations)
+        shift = round_index % len(programs)
+        for name in programs[shift:] + programs[:shift]:
+            rates = steady_sps(
+                name, args.agent, args.env_id, args.iterations, args.protocol
+            )
             for clock, value in rates.items():
                 sps[clock][name].append(value)
             print(
@@ -345,12 +394,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 f"({rates['wall']:4.0f}) steps/s"
             )
     print(f"\n{'program':>16} {'steps/CPU s':>12} {'(steps/wall s)':>15}")
-    for name in PROGRAMS:
+    for name in programs:
         cpu, wall = np.median(sps["cpu"][name]), np.median(sps["wall"][name])
         print(f"{name:>16} {cpu:12.0f} {wall:15.0f}")
-    print(f"\n{'ratio':>16} {'CPU':>6} {'per round':>18} {'(wall)':>7} {'target':>7}")
+    print(f"\n{'ratio':>20} {'CPU':>6} {'per round':>18} {'(wall)':>7} {'target':>7}")
     results = {}
+    targets = TARGETS[args.protocol]
     for name, (top, bottom) in RATIOS.items():
+        if top not in programs or bottom not in programs:
+            continue
         per_round = {
             clock: np.array(sps[clock][top]) / np.array(sps[clock][bottom])
             for clock in ("cpu", "wall")
@@ -361,11 +413,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         results[name] = cpu
         results[f"{name} (wall)"] = wall
-        verdict = "ok" if cpu >= TARGETS[name] else "MISSED"
+        target = targets.get(name)
+        verdict = "" if target is None else ("ok" if cpu >= target else "MISSED")
         rounds = " ".join(f"{v:.2f}" for v in per_round["cpu"])
         print(
-            f"{name:>16} {cpu:6.2f} {rounds:>18} {wall:7.2f} {TARGETS[name]:>7} "
-            f"{verdict}"
+            f"{name:>20} {cpu:6.2f} {rounds:>18} {wall:7.2f} "
+            f"{'' if target is None else target:>7} {verdict}"
         )
     print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     return results

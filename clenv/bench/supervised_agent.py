@@ -9,7 +9,15 @@ MNIST-shaped examples (784 inputs, 10 classes):
 * **fast bp / l2 / l2er / cbp**: :class:`clenv.fastpath.FastMLPTrainer` with the native
   kernel, chunks of ``--chunk`` examples (SC's PMNIST presets: L2 1e-3, L2-ER ascent
   every 100 steps, CBP rr 1e-6 maturity 100);
-* **fast bp (torch)**: the same math in torch ops (the fallback without a compiler).
+* **fast bp (torch)**: the same math in torch ops (the fallback without a compiler);
+* **fast l2er (autograd ascent)**: fast l2er with the ascent's gradient by autograd
+  through the SVD (``er__gradient="autograd"``, the implementation before the
+  closed-form gradient), so its speed-up is measured in the same run.
+
+``--data mnist`` trains on real MNIST images (one fixed pixel permutation, random
+examples; ``clenv download mnist`` or ``$CLENV_DATA_DIR``) instead of random
+MNIST-shaped inputs: the ER ascent's cost depends a little on the features (how many
+units a buffer leaves inactive).
 
 All use one torch thread (``torch.set_num_threads(1)``): at batch 1, a second thread
 only adds synchronisation (about 3x slower here). Figures are examples per CPU-second
@@ -27,7 +35,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
@@ -72,9 +82,11 @@ def autograd_method_runner(width: int, reg: str) -> Callable:
     return run
 
 
-def fast_runner(width: int, reg: str, chunk: int, backend: str = "native") -> Callable:
+def fast_runner(
+    width: int, reg: str, chunk: int, backend: str = "native", **overrides
+) -> Callable:
     model = PermutedMNISTMLP(width=width)
-    method = make_method(reg, model, None, preset="pmnist")
+    method = make_method(reg, model, None, preset="pmnist", **overrides)
     trainer = FastMLPTrainer(model, LR, method=method, backend=backend)
 
     def run(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -84,16 +96,51 @@ def fast_runner(width: int, reg: str, chunk: int, backend: str = "native") -> Ca
     return run
 
 
+def example_source(
+    data: str, data_dir: str | None = None
+) -> Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]:
+    """``draw(count, generator) -> (inputs, labels)``: random MNIST-shaped examples
+    (uniform pixels, 80% of them zero) or real MNIST images under one fixed pixel
+    permutation."""
+    if data == "random":
+
+        def draw_random(count, generator):
+            x = torch.rand(count, 784, generator=generator)
+            x[x < 0.8] = 0
+            return x, torch.randint(0, 10, (count,), generator=generator)
+
+        return draw_random
+    from clenv.data import load_mnist
+
+    images, labels = load_mnist("train", data_dir)
+    permutation = np.random.default_rng(0).permutation(784)
+    images = torch.from_numpy(
+        (images.reshape(len(images), -1)[:, permutation] / 255).astype(np.float32)
+    )
+    labels = torch.from_numpy(labels.astype(np.int64))
+
+    def draw_mnist(count, generator):
+        # Without replacement, as an epoch of the env (no sample twice in a buffer).
+        index = torch.randperm(len(labels), generator=generator)[:count]
+        return images[index], labels[index]
+
+    return draw_mnist
+
+
 def measure(
-    runners: dict[str, tuple[Callable, int]], rounds: int, seed: int = 0
+    runners: dict[str, tuple[Callable, int]],
+    rounds: int,
+    seed: int = 0,
+    draw: Callable | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Median examples/s of each runner over ``rounds`` interleaved blocks.
 
     ``runners`` maps a name to ``(run, examples per block)``: slow runners get
     smaller blocks so one round takes similar time for each. Returns
-    ``{name: (per CPU-second, per wall-clock second)}``. The inputs are MNIST-like:
-    uniform pixels, 80% of them zero.
+    ``{name: (per CPU-second, per wall-clock second)}``. The inputs come from
+    ``draw`` (:func:`example_source`; default: random MNIST-like inputs).
     """
+    draw = draw or example_source("random")
     generator = torch.Generator().manual_seed(seed)
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     names = list(runners)
@@ -101,9 +148,7 @@ def measure(
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             run, count = runners[name]
-            x = torch.rand(count, 784, generator=generator)
-            x[x < 0.8] = 0
-            y = torch.randint(0, 10, (count,), generator=generator)
+            x, y = draw(count, generator)
             wall, cpu = time.perf_counter(), time.process_time()
             run(x, y)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -131,6 +176,12 @@ class Args:
     """fast-path --reg names to time"""
     autograd_l2er: bool = False
     """also time the autograd loop with clenv.methods' L2-ER hooks"""
+    compare_ascent: bool = True
+    """with l2er in --methods, also time fast l2er with the ascent's gradient by autograd (the implementation before the closed form)"""
+    data: Literal["random", "mnist"] = "random"
+    """examples: random MNIST-shaped inputs, or real MNIST images (needs `clenv download mnist` or $CLENV_DATA_DIR)"""
+    data_dir: str | None = None
+    """MNIST root with --data mnist (default: $CLENV_DATA_DIR, else ~/.cache/clenv)"""
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, float]]]:
@@ -138,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, floa
     torch.set_num_threads(1)
     if load_kernel() is None:
         raise SystemExit("the native kernel did not build (no C++ compiler?)")
+    draw = example_source(args.data, args.data_dir)
     results = {}
     for width in args.widths:
         # Rough per-runner speeds to size the blocks (ex/s on this machine).
@@ -152,6 +204,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, floa
                 fast_runner(width, reg, args.chunk),
                 block(fast_speed),
             )
+        if args.compare_ascent and "l2er" in args.methods:
+            runners["fast l2er (autograd ascent)"] = (
+                fast_runner(width, "l2er", args.chunk, er__gradient="autograd"),
+                block(fast_speed),
+            )
         runners["fast bp (torch)"] = (
             fast_runner(width, "bp", args.chunk, backend="torch"),
             block(eager_speed * 2),
@@ -161,21 +218,29 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, floa
                 autograd_method_runner(width, "l2er"),
                 max(20, int(eager_speed * args.seconds / 2)),
             )
-        rates = measure(runners, args.rounds)
+        rates = measure(runners, args.rounds, draw=draw)
         results[width] = rates
         sc_bp, sc_l2er = SC_JAX.get(width, (None, None))
         print(f"\nwidth {width} (784-{width}-{width}-{width}-10), batch 1, 1 thread, "
-              f"{args.rounds} interleaved blocks, chunk {args.chunk}")  # fmt: skip
+              f"{args.rounds} interleaved blocks, chunk {args.chunk}, {args.data} "
+              "inputs")  # fmt: skip
         print(
-            f"{'runner':<22}{'ex/CPU-s':>10}{'x eager':>9}{'ex/wall-s':>11}{'x eager':>9}"
+            f"{'runner':<30}{'ex/CPU-s':>10}{'x eager':>9}{'ex/wall-s':>11}{'x eager':>9}"
         )
         eager_cpu, eager_wall = rates["eager"]
         for name, (cpu, wall) in rates.items():
-            print(f"{name:<22}{cpu:>10,.0f}{cpu / eager_cpu:>9.2f}"
+            print(f"{name:<30}{cpu:>10,.0f}{cpu / eager_cpu:>9.2f}"
                   f"{wall:>11,.0f}{wall / eager_wall:>9.2f}")  # fmt: skip
         if sc_bp:
             print(f"(SC's JAX code on the project's machine: bp {sc_bp:,}, "
                   f"l2er {sc_l2er:,} ex/s)")  # fmt: skip
+        closed, autograd = (
+            rates.get("fast l2er"),
+            rates.get("fast l2er (autograd ascent)"),
+        )
+        if closed is not None and autograd is not None:
+            print(f"fast l2er, closed-form / autograd ascent: {closed[0] / autograd[0]:.2f}x "
+                  f"per CPU-second ({closed[1] / autograd[1]:.2f}x per wall-second)")  # fmt: skip
         fast_bp = rates.get("fast bp")
         if fast_bp is not None and width == 1000:
             verdict = "PASS" if fast_bp[0] >= 850 else "MISS"
