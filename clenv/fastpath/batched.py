@@ -48,7 +48,11 @@ refuses otherwise). Seed i's run directory then holds what a separate run writes
 ``models[i].state_dict()`` are copies, ``seed_trainers[i].state_dict()`` is
 ``FastMLPTrainer``'s ``{"num_steps": ...}``, the methods are the seed's own objects.
 To drop a seed (e.g. it diverged), call :meth:`release` and build a new trainer on the
-remaining seeds' models and methods (their state lives there).
+remaining seeds' models and methods (their state lives there). Whatever draws from
+torch's global generator per seed (the ``reset``/``head_reset`` methods'
+``reset_parameters``, any sampling in metrics) must see that seed's own global state,
+as in its own process: keep one ``torch.get_rng_state()`` per seed and run that seed's
+per-seed code under ``torch.random.fork_rng()`` with it set (and saved back after).
 
 The chunk K may differ from call to call, and a seed's run is the same whatever the
 chunking (tested).
@@ -319,11 +323,14 @@ class BatchedMLPTrainer:
         def options(component: Any, keys: Sequence[str]) -> tuple | None:
             if component is None:
                 return None
-            return tuple(getattr(component, key) for key in keys)
+            return tuple(getattr(component, key, None) for key in keys)
 
         kinds = {
             "l2": (self.l2s, ("weight_decay",)),
-            "er": (self.ers, ("ascent_lr", "interval", "layer_groups", "groups")),
+            "er": (
+                self.ers,
+                ("ascent_lr", "interval", "layer_groups", "groups", "gradient"),
+            ),
             "cbp": (
                 self.cbps,
                 ("replacement_rate", "maturity_threshold", "decay_rate", "utility"),
