@@ -59,7 +59,7 @@ gym.register_envs(clenv)
 
 
 @dataclass
-class Args(RunOptions):  # seed, cuda, resume, logging, checkpoints: clenv/ppo_args.py
+class Args(RunOptions):  # run, logging and checkpoint flags: clenv.ppo_args
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory's name)"""
 
@@ -139,25 +139,17 @@ class Args(RunOptions):  # seed, cuda, resume, logging, checkpoints: clenv/ppo_a
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line, or with ``--resume`` the run's saved arguments, resolved.
-
-    A resumed run keeps its arguments; an explicit ``--total-timesteps`` extends it,
-    and the display flags (``--no-progress``, ``--no-plot``) apply.
-    """
+    """The command line, or with ``--resume`` the run's saved arguments (an explicit
+    ``--total-timesteps`` extends it; the display flags apply), resolved."""
     overrides = ("total_timesteps", "progress", "plot")
-    args = clenv.run.parse_args(Args, overrides=overrides, argv=argv)
-    return resolve_args(args)
+    return resolve_args(clenv.run.parse_args(Args, overrides=overrides, argv=argv))
 
 
 def check_args(argv: list[str] | None = None) -> Args:
-    """The resolved arguments of a command line, checked as far as they can be
-    without training: flags, values, the env's arguments (one ``gym.make``) and
-    ``--method-kwargs``' syntax (``clenv sweep`` calls it for every trial).
-
-    Raises:
-        ValueError, FileNotFoundError: what is wrong, naming the flag. A flag tyro
-            does not know exits with its usage message (SystemExit 2).
-    """
+    """The resolved arguments, checked without training: flags, values, the env's
+    arguments (one ``gym.make``) and ``--method-kwargs``' syntax (``clenv sweep``
+    calls it for every trial). Raises ValueError or FileNotFoundError naming the
+    flag; a flag tyro does not know exits with its usage message."""
     args = parse_args(argv)
     env_kwargs_for(args)
     parse_kwargs(args.method_kwargs, "--method-kwargs")

@@ -20,7 +20,6 @@ docs/agents/supervised.md has the flags, the logged series and the papers' comma
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import random
@@ -40,63 +39,38 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
-from clenv.divergence import DivergenceGuard, clear_divergence, end_diverged
+from clenv.curvature_logging import log_curvature
+from clenv.divergence import guard_run
 from clenv.evaluation import accuracy, active_class_mask, masked_logits, task_tensors
-from clenv.fastpath import FastMLPTrainer, fast_path_supports
-from clenv.methods import make_method, split_name
-from clenv.metrics import curvature_report, plasticity_report
-from clenv.metrics.activations import preserved_training_state
+from clenv.fastpath import FastMLPTrainer
+from clenv.methods import make_method
+from clenv.metrics import plasticity_report
 from clenv.models import (
     ContinualImageNetConvNet,
     IncrementalCIFARResNet18,
     PermutedMNISTMLP,
 )
+from clenv.online_learning import TaskStats, step_through_group
 from clenv.protocol import task_due, task_switches
 from clenv.settings import protocol_defaults
+from clenv.supervised_args import (
+    BENCHMARKS,
+    IMAGENET,
+    PMNIST,
+    RunOptions,
+    ascent_group_size,
+    env_kwargs_for,
+    resolve_args,
+    use_fast_path,
+)
 
 gym.register_envs(clenv)
 
-PMNIST, IMAGENET, CIFAR = (
-    "clenv/PermutedMNIST-v0",
-    "clenv/ContinualImageNet-v0",
-    "clenv/IncrementalCIFAR100-v0",
-)
-# The clenv.settings module of each benchmark: its rows hold both papers' settings.
-BENCHMARKS = {
-    PMNIST: "permuted_mnist",
-    IMAGENET: "continual_imagenet",
-    CIFAR: "incremental_cifar",
-}
-# The method preset of each benchmark (clenv.methods.presets); "_lop" under lop.
-PRESETS = {PMNIST: "pmnist", IMAGENET: "imagenet", CIFAR: "cifar"}
-# Where no paper's row sets an option (an option another benchmark uses, or a
-# diagnostic only SC specifies), its value is this.
-UNSET = dict(
-    momentum=0.0, zero_head_on_switch=False, extra_fc=0, lr_milestones=(),
-    optimizer_weight_decay=0.0, augment=False, normalize=False,
-    restore_best_validation=False, curvature_every_tasks=10, curvature_order=100,
-    metric_samples=2000, curvature_classes="all", curvature_batchnorm="eval",
-)  # fmt: skip
-
 
 @dataclass
-class Args:
+class Args(RunOptions):  # run, logging and checkpoint flags: clenv.supervised_args
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory's name)"""
-    seed: int = 1
-    """seed of the experiment (also the env's task_seed: the task sequence)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    num_threads: int = 1
-    """torch CPU threads; 1 is fastest at batch 1 (two are ~3x slower)"""
-    runs_dir: str = "runs"
-    """where run directories are created"""
-    resume: str | None = None
-    """continue the run in this directory (runs/<run>) from its latest checkpoint, with its saved arguments"""
-    progress: bool = True
-    """show a progress bar (examples, task, accuracy, examples/s)"""
 
     # Benchmark
     env_id: str = PMNIST
@@ -156,42 +130,6 @@ class Args:
     chunk: int = 100
     """Permuted MNIST at batch 1: examples per env step; the learner still updates after every example (docs/agents/supervised.md)"""
 
-    # Logging
-    log_every: int = 1000
-    """log the running online accuracy (cl/online_accuracy) every this many examples"""
-    metric_samples: int | None = None
-    """samples of the task the plasticity and curvature metrics see (default: from --protocol; docs/protocols.md)"""
-    plasticity_every_tasks: int = 1
-    """log plasticity/* at the end of every k-th task; 0: never"""
-    curvature_every_tasks: int | None = None
-    """log curvature/* at the start and end of every k-th task; 0: never (default: from --protocol; docs/protocols.md)"""
-    curvature_order: int | None = None
-    """Lanczos iterations of the spectral density (default: from --protocol; docs/protocols.md)"""
-    curvature_classes: Literal["all", "new"] | None = None
-    """CIFAR: curvature samples from every class seen (all) or the task's new classes (new) (default: from --protocol; docs/protocols.md)"""
-    curvature_batchnorm: Literal["eval", "train"] | None = None
-    """BatchNorm in the curvature's loss: running statistics (eval) or the samples' own, running ones untouched (train) (default: from --protocol; docs/protocols.md)"""
-    curvature_trace_matvecs: int = 0
-    """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
-    curvature_epsilons: tuple[float, ...] = (0.001, 0.01, 0.03, 0.1)
-    """epsilons of the epsilon-rank (SC: PMNIST 0.01, ImageNet 0.03-0.1)"""
-
-    # Checkpoints
-    checkpoint_every_tasks: int = 10
-    """save a checkpoint at the start of every k-th task (and at the end); 0: only at the end"""
-    checkpoint_every: int = 0
-    """also save one every this many examples within a task (long CIFAR tasks); 0: off"""
-    keep_checkpoints: int = 3
-    """how many checkpoints to keep"""
-
-    # Divergence (clenv.divergence)
-    on_divergence: Literal["fail", "stop"] = "fail"
-    """a non-finite loss, gradient or parameter: fail (exit 1 naming the example, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
-    divergence_check_every: int = 100
-    """check the gradients and parameters for nan/inf every this many updates (env steps on the batch-1 fast path; the loss: every update; parameters also before each checkpoint and task-end metric); 0: only before those"""
-    check_args: bool = False
-    """check the arguments, print them resolved and exit (clenv sweep runs it for every trial)"""
-
     # to be filled in runtime
     env_batch_size: int = 0
     """examples per env step (computed in runtime)"""
@@ -199,139 +137,15 @@ class Args:
     """examples in the whole run (computed in runtime)"""
 
 
-def resolve_args(args: Args) -> Args:
-    """Fill unset options from the protocol's rows (docs/protocols.md; a row tuned per
-    method applies when --reg has its components), then from UNSET; check them."""
-    if args.env_id not in BENCHMARKS:
-        raise ValueError(
-            f"--env-id must be one of {list(BENCHMARKS)}, got {args.env_id!r}"
-        )
-    rows = protocol_defaults(
-        BENCHMARKS[args.env_id], args.protocol, components=split_name(args.reg)
-    )
-    clenv.run.fill_unset(args, {**UNSET, **rows})
-    if args.method_preset is None:
-        suffix = "_lop" if args.protocol == "lop" else ""
-        args.method_preset = PRESETS[args.env_id] + suffix
-    clenv.run.check_counts(
-        args,
-        positive=("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
-                  "keep_checkpoints", "metric_samples", "depth"),
-        non_negative=("plasticity_every_tasks", "curvature_every_tasks",
-                      "checkpoint_every_tasks", "checkpoint_every",
-                      "divergence_check_every"),
-    )  # fmt: skip
-    clenv.run.check_ranges(args, VALUE_RANGES)
-    if args.fast_path == "on" and (reason := fast_path_refusal(args)):
-        raise ValueError(FAST_PATH_ON.format(reason))
-    if args.env_id == PMNIST:
-        # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
-        # one at a time. Larger minibatches: one minibatch per env step.
-        args.env_batch_size = args.chunk if args.batch_size == 1 else args.batch_size
-        if args.examples_per_task % args.env_batch_size:
-            flag = "--chunk" if args.batch_size == 1 else "--batch-size"
-            raise ValueError(
-                f"--examples-per-task {args.examples_per_task} must be a multiple of "
-                f"{flag} {args.env_batch_size} (each env step shows that many examples)"
-            )
-        args.total_examples = args.num_tasks * args.examples_per_task
-    else:
-        args.env_batch_size = args.batch_size
-    return args
-
-
-# The largest minibatch or chunk numpy's index arrays and torch's tensors take here.
-MAX_BATCH_SIZE = 2**31 - 1
-# The range of each value (clenv.run.check_ranges), checked before anything is built.
-VALUE_RANGES = {
-    "learning_rate": "> 0", "momentum": "[0, 1)", "optimizer_weight_decay": ">= 0",
-    "lr_gamma": "> 0", "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
-    "batch_size": f"<= {MAX_BATCH_SIZE}", "chunk": f"<= {MAX_BATCH_SIZE}",
-}  # fmt: skip
-FAST_PATH_ON = (
-    "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
-    "batch 1, plain SGD, methods among bp/l2/er/cbp/resets); here: {}. Use "
-    "--fast-path auto or off"
-)
-# Agent flags that set a gym.make argument: --env-kwargs must not set it too.
-ENV_FLAGS = {
-    "num_tasks": "--num-tasks",
-    "examples_per_task": "--examples-per-task",
-    "epochs_per_task": "--epochs-per-task",
-    "batch_size": "--batch-size (or --chunk at batch 1)",
-    "data_dir": "--data-dir",
-    "augment": "--augment",
-    "normalize": "--normalize",
-}
-
-
-def fast_path_refusal(args: Args) -> str:
-    """Why ``--fast-path on`` cannot compute this run, as far as the flags tell
-    (the reasons of clenv.fastpath.fast_path_supports), or ""."""
-    if args.batch_size != 1:
-        return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
-    if args.momentum != 0:
-        return f"momentum {args.momentum} (plain SGD only), from --momentum"
-    if args.optimizer_weight_decay != 0:
-        return (
-            f"optimizer weight decay {args.optimizer_weight_decay} (none; the L2 "
-            "method's is fused into the update), from --optimizer-weight-decay"
-        )
-    return ""
-
-
 def check_args(argv: list[str] | None = None) -> Args:
-    """The resolved arguments of a command line, checked as far as they can be
-    without data or training: flags, values, the env's arguments and
-    ``--method-kwargs``' syntax (``clenv sweep`` calls it for every trial).
-
-    Raises:
-        ValueError, FileNotFoundError: what is wrong, naming the flag. A flag tyro
-            does not know exits with its usage message (SystemExit 2).
-    """
+    """The resolved arguments, checked without data or training: flags, values, the
+    env's arguments and ``--method-kwargs``' syntax (``clenv sweep`` calls it for
+    every trial). Raises ValueError or FileNotFoundError naming the flag; a flag
+    tyro does not know exits with its usage message."""
     args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",), argv=argv))
     env_kwargs_for(args)
     parse_kwargs(args.method_kwargs, "--method-kwargs")
     return args
-
-
-def use_fast_path(args: Args, model, optimizer, method) -> bool:
-    """Whether clenv.fastpath trains: where it computes the same run as autograd
-    (clenv.fastpath.fast_path_supports)."""
-    supported, reason = fast_path_supports(
-        model, optimizer, method, batch_size=args.batch_size
-    )
-    if args.fast_path == "on" and not supported:
-        raise ValueError(FAST_PATH_ON.format(reason))
-    return supported and args.fast_path != "off"
-
-
-def env_kwargs_for(args: Args) -> dict[str, Any]:
-    """gym.make arguments: the agent's, the protocol's env rows, then --env-kwargs."""
-    kwargs: dict[str, Any] = dict(
-        batch_size=args.env_batch_size, num_tasks=args.num_tasks
-    )
-    if args.data_dir is not None:
-        kwargs["data_dir"] = args.data_dir
-    if args.env_id == PMNIST:
-        kwargs["examples_per_task"] = args.examples_per_task
-    else:
-        kwargs["epochs_per_task"] = args.epochs_per_task
-    if args.env_id == CIFAR:
-        kwargs.update(augment=args.augment, normalize=args.normalize)
-    extra = parse_kwargs(args.env_kwargs, "--env-kwargs")
-    both = [key for key in extra if key in kwargs and key in ENV_FLAGS]
-    if both:
-        key = both[0]
-        raise ValueError(
-            f"--env-kwargs {key}={extra[key]!r} and {ENV_FLAGS[key]} both set the "
-            f"env's {key} (the flag gives {kwargs[key]!r}); set it with "
-            f"{ENV_FLAGS[key].split(' ')[0]} only"
-        )
-    kwargs.update(extra)
-    return clenv.run.protocol_env_kwargs(
-        BENCHMARKS[args.env_id], args.protocol, kwargs, seed=args.seed
-    )
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any]) -> RestorableEnv:
@@ -393,29 +207,9 @@ def learn_one_at_a_time(
     return predictions, loss_sum
 
 
-@torch.no_grad()
-def step_through_group(env, model, obs, info, size: int, num_classes: int, device):
-    """Step the env through the next ``size`` minibatches (at most to the end of the
-    epoch or task), answered with the current weights in eval mode. Returns the steps
-    ``(inputs, info before, reward, info after)`` and the env's latest ``obs, info``."""
-    steps = []
-    model.eval()
-    while len(steps) < size:
-        x = torch.as_tensor(obs, device=device)
-        active = active_class_mask(info, num_classes, device)
-        action = masked_logits(model(x), active).argmax(1).cpu().numpy()
-        next_obs, reward, _, _, next_info = env.step(action)
-        steps.append((x, info, reward, next_info))
-        obs, info = next_obs, next_info
-        if next_info["epoch"] != steps[0][1]["epoch"] or task_switches(next_info)[0]:
-            break
-    model.train()
-    return steps, obs, info
-
-
-def log_curvature(logger, model, base, task_info, args, step, task_id, when) -> None:
-    """curvature/<when>/*: SC's diagnostics (clenv.metrics.curvature_report) on the
-    task's samples, or (SC's CIFAR) those of its new classes
+def log_task_curvature(logger, model, base, task_info, args, step, task_id, when):
+    """curvature/<when>/*: the curvature of the masked cross-entropy on the task's
+    samples, or (SC's CIFAR) those of its new classes
     (incremental_cifar/train_incremental_cifar.py:402-413)."""
     device = next(model.parameters()).device
     batch = task_tensors(base, task_id, "train", args.metric_samples, device,
@@ -428,44 +222,13 @@ def log_curvature(logger, model, base, task_info, args, step, task_id, when) -> 
             net.train()
         return F.cross_entropy(masked_logits(net(data[0]), active), data[1])
 
-    # Every flag, buffer (BatchNorm running statistics) and RNG stream is restored
-    # afterwards: logging more or less never changes the training run.
-    with preserved_training_state(model, model.training):
-        report = curvature_report(
-            model, loss_fn, [batch], eps=args.curvature_epsilons,
-            order=args.curvature_order, trace_matvecs=args.curvature_trace_matvecs,
-            seed=args.seed,
-        )  # fmt: skip
     # Ritz values and weights at a fixed length (HDF5 rows: Lanczos may stop early).
-    logger.log_report(f"curvature/{when}/", report, step, task_id=task_id,
-                      array_length=args.curvature_order)  # fmt: skip
-
-
-@dataclass
-class TaskStats:
-    """What the learner accumulates within the current task (checkpointed)."""
-
-    task_id: int = 0
-    examples: int = 0
-    correct: int = 0
-    env_reward_sum: float = 0.0
-    env_steps: int = 0
-    loss_sum: float = 0.0
-    window_examples: int = 0
-    window_correct: int = 0
-    epoch: int = 0
-    best_validation: float = -1.0
-    best_state: dict[str, torch.Tensor] | None = None
-
-    def record(self, examples: int, correct: int, loss_sum: float, reward) -> None:
-        """Counts one env step (the window of cl/online_accuracy included)."""
-        self.examples += examples
-        self.correct += correct
-        self.loss_sum += loss_sum
-        self.env_reward_sum += float(reward)
-        self.env_steps += 1
-        self.window_examples += examples
-        self.window_correct += correct
+    log_curvature(
+        logger, model, loss_fn, [batch], when=when, task_id=task_id, step=step,
+        epsilons=args.curvature_epsilons, order=args.curvature_order,
+        trace_matvecs=args.curvature_trace_matvecs, seed=args.seed,
+        array_length=args.curvature_order,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -486,16 +249,13 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     model = make_model(args).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=args.learning_rate,
-        momentum=args.momentum,
-        weight_decay=args.optimizer_weight_decay,
-        # One kernel per step; --reg l2 adds its term inside it (clenv.methods.L2).
-        # Not with momentum: torch's fused SGD fails when a parameter gets its
-        # first gradient after the others (its momentum buffer is still None).
-        fused=device.type in ("cpu", "cuda") and args.momentum == 0,
-    )
+    # One kernel per step; --reg l2 adds its term inside it (clenv.methods.L2). Not
+    # with momentum: torch's fused SGD fails when a parameter gets its first gradient
+    # after the others (its momentum buffer is still None).
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate,
+                                momentum=args.momentum,
+                                weight_decay=args.optimizer_weight_decay,
+                                fused=device.type in ("cpu", "cuda") and args.momentum == 0)  # fmt: skip
     try:
         method = make_method(args.reg, model, optimizer, preset=args.method_preset,
                              hidden_layers=model.hidden_layer_spec(), **method_kwargs)  # fmt: skip
@@ -509,16 +269,10 @@ if __name__ == "__main__":
             else None
         )
         env = make_env(args.env_id, env_kwargs)
+        group_size = ascent_group_size(args, method)  # U of SC's grouped ascent
     base = env.unwrapped
     # Batch-1 Permuted MNIST: sequential updates within each env step (a chunk).
     per_example = args.env_id == PMNIST and args.batch_size == 1
-    group_size = method.ascent_group_size  # U of SC's grouped ascent, or None
-    if group_size and per_example:
-        sys.exit(
-            f"error: --reg {args.reg}: an ascent before each group of minibatches "
-            "(timing='before') needs minibatch training (--batch-size > 1); at batch "
-            "1 use the ascent after them (er__timing=after, er__schedule=step)"
-        )
     num_classes = model.head.out_features
     if not args.total_examples:  # full batches: a batch may run into the next epoch
         args.total_examples = sum(
@@ -534,8 +288,6 @@ if __name__ == "__main__":
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
-    if run.resumed:  # back at the last good checkpoint, before any divergence
-        clear_divergence(logger)
     checkpointed = dict(model=model, optimizer=optimizer, method=method, envs=env,
                         stateful={"trainer": trainer} if trainer is not None else None)  # fmt: skip
     restored = run.restore(**checkpointed)
@@ -553,16 +305,10 @@ if __name__ == "__main__":
     print(
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; {how} on {device}"
     )
-
+    progress = tqdm(total=args.total_examples, initial=global_step, unit="ex",
+                    disable=not args.progress, dynamic_ncols=True)  # fmt: skip
     # --on-divergence: record it, close the run without a checkpoint, exit 1 or 0.
-    guard = DivergenceGuard(
-        model,
-        args.divergence_check_every,
-        unit="example",
-        handler=lambda error: end_diverged(
-            error, run, args.on_divergence, close=(progress, env)
-        ),
-    )
+    guard = guard_run(run, model, args, close=(progress, env), unit="example")
 
     def save(**parts: Any) -> None:
         """run.save of finite weights and state (else a divergence); a full disk
@@ -583,8 +329,8 @@ if __name__ == "__main__":
             group["lr"] = args.learning_rate
         if task_due(task_id, args.curvature_every_tasks):
             guard.check_parameters(global_step, task_id, force=True)
-            log_curvature(logger, model, base, task_info, args, global_step, task_id,
-                          "task_start")  # fmt: skip
+            log_task_curvature(logger, model, base, task_info, args, global_step,
+                               task_id, "task_start")  # fmt: skip
 
     def task_end(task_id: int, task_info: dict[str, Any]) -> None:
         """Per-task summaries, logged once with the step at the task's end."""
@@ -592,13 +338,8 @@ if __name__ == "__main__":
         guard.check_parameters(global_step, task_id, force=True)
         if args.restore_best_validation and stats.best_state is not None:
             model.load_state_dict(stats.best_state)
-        summary = {
-            "cl/online_accuracy_per_task": stats.correct / max(stats.examples, 1),
-            "cl/env_reward_per_task": stats.env_reward_sum / max(stats.env_steps, 1),
-            "losses/train_loss_per_task": stats.loss_sum / max(stats.examples, 1),
-            "charts/examples_per_second": (global_step - start_step)
-            / max(time.time() - start_time, 1e-9),
-        }
+        speed = (global_step - start_step) / max(time.time() - start_time, 1e-9)
+        summary = stats.summary() | {"charts/examples_per_second": speed}
         if args.env_id != PMNIST:
             inputs, labels = task_tensors(base, task_id, "test", device=device)
             active = active_class_mask(task_info, num_classes, device)
@@ -620,15 +361,13 @@ if __name__ == "__main__":
                 metrics, global_step, prefix="plasticity/", task_id=task_id
             )
         if task_due(task_id, args.curvature_every_tasks):
-            log_curvature(logger, model, base, task_info, args, global_step, task_id,
-                          "task_end")  # fmt: skip
+            log_task_curvature(logger, model, base, task_info, args, global_step,
+                               task_id, "task_end")  # fmt: skip
 
     if restored is None:
         task_start(stats.task_id, info)
     logger.set_task(stats.task_id)
     start_time, start_step = time.time(), global_step
-    progress = tqdm(total=args.total_examples, initial=global_step, unit="ex",
-                    disable=not args.progress, dynamic_ncols=True)  # fmt: skip
     finished_all = False
     model.train()
     while not finished_all:
@@ -687,10 +426,8 @@ if __name__ == "__main__":
         correct = int((online_predictions == labels).sum())
         global_step += labels.numel()
         stats.record(labels.numel(), correct, loss_sum, reward)
-        if stats.window_examples >= args.log_every:
-            window_accuracy = stats.window_correct / stats.window_examples
+        if (window_accuracy := stats.window_accuracy(args.log_every)) is not None:
             logger.log_scalar("cl/online_accuracy", window_accuracy, global_step)
-            stats.window_examples = stats.window_correct = 0
         # The step that completes a task: the next info announces a switch, or the
         # run's last example (after the last task the env stays in it).
         task_ended = bool(task_switches(next_info)[0]) or (
@@ -705,9 +442,7 @@ if __name__ == "__main__":
                                               device=device)  # fmt: skip
             val_accuracy = accuracy(model, inputs, val_labels, active)
             logger.log_scalar("eval/validation_accuracy", val_accuracy, global_step)
-            if val_accuracy > stats.best_validation:
-                stats.best_validation = val_accuracy
-                stats.best_state = copy.deepcopy(model.state_dict())
+            stats.keep_if_best(val_accuracy, model)
         stats.epoch = int(next_info["epoch"])
 
         crossed = clenv.run.crossed_multiple(
@@ -718,12 +453,8 @@ if __name__ == "__main__":
             task_end(finished, step_info)
             finished_all = finished + 1 >= args.num_tasks
             if not finished_all:
-                stats = TaskStats(
-                    task_id=int(next_info["task_id"]),
-                    epoch=int(next_info["epoch"]),
-                    # The running-accuracy window spans task boundaries.
-                    window_examples=stats.window_examples,
-                    window_correct=stats.window_correct,
+                stats = stats.next_task(
+                    int(next_info["task_id"]), int(next_info["epoch"])
                 )
                 task_start(stats.task_id, next_info)
                 crossed |= task_due(stats.task_id, args.checkpoint_every_tasks)

@@ -1,0 +1,254 @@
+"""The arguments of ``agents/supervised_l2er.py`` apart from the learner's, resolved.
+
+:class:`RunOptions` holds the flags every supervised run has besides the benchmark,
+the network, the optimizer and the method (seeding, run directory and resume, what
+is logged, checkpoints, divergence); the agent's ``Args`` adds those. Unset options
+take the values of ``--protocol``: the rows of the benchmark's :mod:`clenv.settings`
+module (docs/protocols.md), then :data:`UNSET`. :func:`resolve_args` fills and
+checks them before anything is built, with an error naming the flag;
+:func:`env_kwargs_for` gives ``gym.make``'s arguments and :func:`use_fast_path`
+decides whether :class:`clenv.fastpath.FastMLPTrainer` trains:
+
+    args = resolve_args(tyro.cli(Args))  # Args(RunOptions), in the agent
+    env = gym.make(args.env_id, **env_kwargs_for(args))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+import clenv.run
+from clenv.cli_kwargs import parse_kwargs
+from clenv.fastpath import fast_path_supports
+from clenv.methods import split_name
+from clenv.settings import protocol_defaults
+
+__all__ = ["BENCHMARKS", "CIFAR", "IMAGENET", "PMNIST", "PRESETS", "UNSET",
+           "RunOptions", "ascent_group_size", "env_kwargs_for", "fast_path_refusal",
+           "resolve_args", "use_fast_path"]  # fmt: skip
+
+PMNIST, IMAGENET, CIFAR = (
+    "clenv/PermutedMNIST-v0",
+    "clenv/ContinualImageNet-v0",
+    "clenv/IncrementalCIFAR100-v0",
+)
+# The clenv.settings module of each benchmark: its rows hold both papers' settings.
+BENCHMARKS = {
+    PMNIST: "permuted_mnist",
+    IMAGENET: "continual_imagenet",
+    CIFAR: "incremental_cifar",
+}
+# The method preset of each benchmark (clenv.methods.presets); "_lop" under lop.
+PRESETS = {PMNIST: "pmnist", IMAGENET: "imagenet", CIFAR: "cifar"}
+# Where no paper's row sets an option (an option another benchmark uses, or a
+# diagnostic only SC specifies), its value is this.
+UNSET = dict(
+    momentum=0.0, zero_head_on_switch=False, extra_fc=0, lr_milestones=(),
+    optimizer_weight_decay=0.0, augment=False, normalize=False,
+    restore_best_validation=False, curvature_every_tasks=10, curvature_order=100,
+    metric_samples=2000, curvature_classes="all", curvature_batchnorm="eval",
+)  # fmt: skip
+
+
+@dataclass
+class RunOptions:
+    """The flags of a supervised run apart from the learner's: seeding and devices,
+    the run directory and resume, display, what is logged, checkpoints and
+    divergence handling (the base of the agent's ``Args``; each docstring is its
+    ``--help``)."""
+
+    seed: int = 1
+    """seed of the experiment (also the env's task_seed: the task sequence)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    num_threads: int = 1
+    """torch CPU threads; 1 is fastest at batch 1 (two are ~3x slower)"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    resume: str | None = None
+    """continue the run in this directory (runs/<run>) from its latest checkpoint, with its saved arguments"""
+    progress: bool = True
+    """show a progress bar (examples, task, accuracy, examples/s)"""
+    check_args: bool = False
+    """check the arguments, print them resolved and exit (clenv sweep runs it for every trial)"""
+
+    # Logging
+    log_every: int = 1000
+    """log the running online accuracy (cl/online_accuracy) every this many examples"""
+    metric_samples: int | None = None
+    """samples of the task the plasticity and curvature metrics see (default: from --protocol; docs/protocols.md)"""
+    plasticity_every_tasks: int = 1
+    """log plasticity/* at the end of every k-th task; 0: never"""
+    curvature_every_tasks: int | None = None
+    """log curvature/* at the start and end of every k-th task; 0: never (default: from --protocol; docs/protocols.md)"""
+    curvature_order: int | None = None
+    """Lanczos iterations of the spectral density (default: from --protocol; docs/protocols.md)"""
+    curvature_classes: Literal["all", "new"] | None = None
+    """CIFAR: curvature samples from every class seen (all) or the task's new classes (new) (default: from --protocol; docs/protocols.md)"""
+    curvature_batchnorm: Literal["eval", "train"] | None = None
+    """BatchNorm in the curvature's loss: running statistics (eval) or the samples' own, running ones untouched (train) (default: from --protocol; docs/protocols.md)"""
+    curvature_trace_matvecs: int = 0
+    """Hutch++ Hessian-vector products of the trace estimate (0: no trace)"""
+    curvature_epsilons: tuple[float, ...] = (0.001, 0.01, 0.03, 0.1)
+    """epsilons of the epsilon-rank (SC: PMNIST 0.01, ImageNet 0.03-0.1)"""
+
+    # Checkpoints
+    checkpoint_every_tasks: int = 10
+    """save a checkpoint at the start of every k-th task (and at the end); 0: only at the end"""
+    checkpoint_every: int = 0
+    """also save one every this many examples within a task (long CIFAR tasks); 0: off"""
+    keep_checkpoints: int = 3
+    """how many checkpoints to keep"""
+
+    # Divergence (clenv.divergence)
+    on_divergence: Literal["fail", "stop"] = "fail"
+    """a non-finite loss, gradient or parameter: fail (exit 1 naming the example, task and tensor) or stop (end the run cleanly, exit 0); either way charts/diverged and args.json record it and no checkpoint is written after it"""
+    divergence_check_every: int = 100
+    """check the gradients and parameters for nan/inf every this many updates (env steps on the batch-1 fast path; the loss: every update; parameters also before each checkpoint and task-end metric); 0: only before those"""
+
+
+def resolve_args(args: Any) -> Any:
+    """Fill unset options from the protocol's rows (docs/protocols.md; a row tuned per
+    method applies when --reg has its components), then from UNSET; check them and
+    compute ``env_batch_size`` (and ``total_examples`` on Permuted MNIST).
+
+    Raises:
+        ValueError: The first value out of range, naming its flag.
+    """
+    if args.env_id not in BENCHMARKS:
+        raise ValueError(
+            f"--env-id must be one of {list(BENCHMARKS)}, got {args.env_id!r}"
+        )
+    rows = protocol_defaults(
+        BENCHMARKS[args.env_id], args.protocol, components=split_name(args.reg)
+    )
+    clenv.run.fill_unset(args, {**UNSET, **rows})
+    if args.method_preset is None:
+        suffix = "_lop" if args.protocol == "lop" else ""
+        args.method_preset = PRESETS[args.env_id] + suffix
+    clenv.run.check_counts(
+        args,
+        positive=("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
+                  "keep_checkpoints", "metric_samples", "depth"),
+        non_negative=("plasticity_every_tasks", "curvature_every_tasks",
+                      "checkpoint_every_tasks", "checkpoint_every",
+                      "divergence_check_every"),
+    )  # fmt: skip
+    clenv.run.check_ranges(args, VALUE_RANGES)
+    if args.fast_path == "on" and (reason := fast_path_refusal(args)):
+        raise ValueError(FAST_PATH_ON.format(reason))
+    if args.env_id == PMNIST:
+        # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
+        # one at a time. Larger minibatches: one minibatch per env step.
+        args.env_batch_size = args.chunk if args.batch_size == 1 else args.batch_size
+        if args.examples_per_task % args.env_batch_size:
+            flag = "--chunk" if args.batch_size == 1 else "--batch-size"
+            raise ValueError(
+                f"--examples-per-task {args.examples_per_task} must be a multiple of "
+                f"{flag} {args.env_batch_size} (each env step shows that many examples)"
+            )
+        args.total_examples = args.num_tasks * args.examples_per_task
+    else:
+        args.env_batch_size = args.batch_size
+    return args
+
+
+# The largest minibatch or chunk numpy's index arrays and torch's tensors take here.
+MAX_BATCH_SIZE = 2**31 - 1
+# The range of each value (clenv.run.check_ranges), checked before anything is built.
+VALUE_RANGES = {
+    "learning_rate": "> 0", "momentum": "[0, 1)", "optimizer_weight_decay": ">= 0",
+    "lr_gamma": "> 0", "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
+    "batch_size": f"<= {MAX_BATCH_SIZE}", "chunk": f"<= {MAX_BATCH_SIZE}",
+}  # fmt: skip
+FAST_PATH_ON = (
+    "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
+    "batch 1, plain SGD, methods among bp/l2/er/cbp/resets); here: {}. Use "
+    "--fast-path auto or off"
+)
+# Agent flags that set a gym.make argument: --env-kwargs must not set it too.
+ENV_FLAGS = {
+    "num_tasks": "--num-tasks",
+    "examples_per_task": "--examples-per-task",
+    "epochs_per_task": "--epochs-per-task",
+    "batch_size": "--batch-size (or --chunk at batch 1)",
+    "data_dir": "--data-dir",
+    "augment": "--augment",
+    "normalize": "--normalize",
+}
+
+
+def fast_path_refusal(args: Any) -> str:
+    """Why ``--fast-path on`` cannot compute this run, as far as the flags tell
+    (the reasons of clenv.fastpath.fast_path_supports), or ""."""
+    if args.batch_size != 1:
+        return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
+    if args.momentum != 0:
+        return f"momentum {args.momentum} (plain SGD only), from --momentum"
+    if args.optimizer_weight_decay != 0:
+        return (
+            f"optimizer weight decay {args.optimizer_weight_decay} (none; the L2 "
+            "method's is fused into the update), from --optimizer-weight-decay"
+        )
+    return ""
+
+
+def use_fast_path(args: Any, model: nn.Module, optimizer: Any, method: Any) -> bool:
+    """Whether clenv.fastpath trains: where it computes the same run as autograd
+    (clenv.fastpath.fast_path_supports)."""
+    supported, reason = fast_path_supports(
+        model, optimizer, method, batch_size=args.batch_size
+    )
+    if args.fast_path == "on" and not supported:
+        raise ValueError(FAST_PATH_ON.format(reason))
+    return supported and args.fast_path != "off"
+
+
+def env_kwargs_for(args: Any) -> dict[str, Any]:
+    """gym.make arguments: the agent's, the protocol's env rows, then --env-kwargs."""
+    kwargs: dict[str, Any] = dict(
+        batch_size=args.env_batch_size, num_tasks=args.num_tasks
+    )
+    if args.data_dir is not None:
+        kwargs["data_dir"] = args.data_dir
+    if args.env_id == PMNIST:
+        kwargs["examples_per_task"] = args.examples_per_task
+    else:
+        kwargs["epochs_per_task"] = args.epochs_per_task
+    if args.env_id == CIFAR:
+        kwargs.update(augment=args.augment, normalize=args.normalize)
+    extra = parse_kwargs(args.env_kwargs, "--env-kwargs")
+    both = [key for key in extra if key in kwargs and key in ENV_FLAGS]
+    if both:
+        key = both[0]
+        raise ValueError(
+            f"--env-kwargs {key}={extra[key]!r} and {ENV_FLAGS[key]} both set the "
+            f"env's {key} (the flag gives {kwargs[key]!r}); set it with "
+            f"{ENV_FLAGS[key].split(' ')[0]} only"
+        )
+    kwargs.update(extra)
+    return clenv.run.protocol_env_kwargs(
+        BENCHMARKS[args.env_id], args.protocol, kwargs, seed=args.seed
+    )
+
+
+def ascent_group_size(args: Any, method: Any) -> int | None:
+    """U of SC's grouped ascent (the method's ``ascent_group_size``), or None.
+
+    Raises:
+        ValueError: The method ascends before groups of minibatches, but the run
+            trains one example at a time (Permuted MNIST at batch 1).
+    """
+    group_size = method.ascent_group_size
+    if group_size and args.env_id == PMNIST and args.batch_size == 1:
+        raise ValueError(
+            f"--reg {args.reg}: an ascent before each group of minibatches "
+            "(timing='before') needs minibatch training (--batch-size > 1); at batch "
+            "1 use the ascent after them (er__timing=after, er__schedule=step)"
+        )
+    return group_size
