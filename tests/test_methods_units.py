@@ -620,3 +620,221 @@ def test_remove_takes_every_hook_off_the_model():
     assert not method["cbp"].recorder.complete()
     for p, q in zip(model.parameters(), plain.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad)
+
+
+# ------------------------------------------ two features per unit (CReLU, Fourier)
+
+
+def two_feature_model(kind, activation, norm):
+    from clenv.models import ContinualImageNetConvNet, make_mlp
+
+    torch.manual_seed(0)
+    if kind == "mlp":
+        return make_mlp((6, 8, 8, 3), norm=norm, activation=activation), (16, 6)
+    net = ContinualImageNetConvNet(num_classes=3, norm=norm, activation=activation)
+    return net, (4, 3, 32, 32)
+
+
+def unit_columns(hidden, units):
+    """Next-layer weight indices along dim 1 fed by ``units`` (k features each)."""
+    fan = hidden.next_layer.weight.shape[1]
+    per_unit = fan // hidden.num_units
+    return (units[:, None] * per_unit + torch.arange(per_unit)).reshape(-1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+@pytest.mark.parametrize("activation", ["crelu", "fourier"])
+@pytest.mark.parametrize("norm", [None, "layer"])
+@pytest.mark.parametrize("reg", ["cbp", "redo"])
+def test_unit_methods_replace_two_feature_units(kind, activation, norm, reg):
+    """A replaced unit gets fresh incoming weights, its outgoing columns (both of
+    its features: columns 2i and 2i + 1, input channels 2i and 2i + 1 of a next
+    conv, 2 * H * W columns of a flattened channel) zeroed with their Adam state,
+    its LayerNorm scale 1 and bias 0; every other unit is untouched."""
+    from clenv.methods import find_hidden_layers
+
+    model, shape = two_feature_model(kind, activation, norm)
+    hidden = find_hidden_layers(model, model_spec(model))
+    assert len(hidden) == (2 if kind == "mlp" else 5)
+    with torch.no_grad():  # LayerNorm entries away from their initial values
+        for h in hidden:
+            if h.norm is not None:
+                h.norm.weight.fill_(2.0)
+                h.norm.bias.fill_(0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)  # only the method moves
+    kwargs = (
+        {"cbp__replacement_rate": 0.25, "cbp__maturity_threshold": 1}
+        if reg == "cbp"
+        else {"redo__interval": 1, "redo__threshold": 1.0}
+    )
+    method = make_method(
+        reg, model, optimizer, hidden_layers=model_spec(model), **kwargs
+    )
+    replaced_attr = "last_replaced" if reg == "cbp" else "last_reset"
+    checked = 0
+    for step in range(3):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(step))
+        before = copy.deepcopy(model.state_dict())
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+        after_adam = {
+            p: optimizer.state[p]["exp_avg"].clone() for p in model.parameters()
+        }
+        method.after_step(x)
+        names = {id(m): n for n, m in model.named_modules()}
+        replaced = [getattr(method, replaced_attr)[i] for i in range(len(hidden))]
+        for i, h in enumerate(hidden):
+            units = replaced[i].cpu()
+            if units.numel() == 0 or units.numel() == h.num_units:
+                continue
+            kept = torch.tensor(
+                [u for u in range(h.num_units) if u not in set(units.tolist())]
+            )
+            layer_name = names[id(h.layer)]
+            w0 = before[f"{layer_name}.weight"]
+            assert not torch.equal(h.layer.weight[units], w0[units])  # redrawn
+            # Columns fed by the previous layer's replaced units were zeroed.
+            inputs = torch.arange(w0.shape[1])
+            if i > 0 and hidden[i - 1].next_layer is h.layer:
+                zeroed = set(unit_columns(hidden[i - 1], replaced[i - 1]).tolist())
+                inputs = torch.tensor([c for c in inputs.tolist() if c not in zeroed])
+            assert torch.equal(h.layer.weight[kept][:, inputs], w0[kept][:, inputs])
+            assert torch.all(h.layer.bias[units] == 0)
+            assert torch.all(optimizer.state[h.layer.weight]["exp_avg"][units] == 0)
+            next_weight = h.next_layer.weight
+            columns = unit_columns(h, units)
+            kept_columns = unit_columns(h, kept)
+            assert (
+                columns.numel() == units.numel() * next_weight.shape[1] // h.num_units
+            )
+            # Rows of the next layer that its own replacement redrew come after;
+            # every other row has the replaced units' columns zero and keeps the
+            # kept units'.
+            rows = torch.arange(next_weight.shape[0])
+            if i + 1 < len(hidden) and hidden[i + 1].layer is h.next_layer:
+                rows = torch.tensor(
+                    [r for r in rows.tolist() if r not in set(replaced[i + 1].tolist())]
+                )
+            assert torch.all(next_weight[rows][:, columns] == 0)
+            assert torch.all(optimizer.state[next_weight]["exp_avg"][:, columns] == 0)
+            w_next0 = before[f"{names[id(h.next_layer)]}.weight"]
+            assert torch.equal(
+                next_weight[rows][:, kept_columns], w_next0[rows][:, kept_columns]
+            )
+            assert torch.equal(
+                optimizer.state[next_weight]["exp_avg"][rows][:, kept_columns],
+                after_adam[next_weight][rows][:, kept_columns],
+            )
+            if activation == "crelu" and kind == "mlp":  # both columns, by hand
+                assert torch.all(next_weight[rows][:, 2 * units] == 0)
+                assert torch.all(next_weight[rows][:, 2 * units + 1] == 0)
+            if h.norm is not None:
+                assert torch.all(h.norm.weight[units] == 1.0)
+                assert torch.all(h.norm.bias[units] == 0.0)
+                norm_name = names[id(h.norm)]
+                assert torch.equal(
+                    h.norm.weight[kept], before[f"{norm_name}.weight"][kept]
+                )
+                assert torch.equal(h.norm.bias[kept], before[f"{norm_name}.bias"][kept])
+            checked += 1
+    assert checked >= len(hidden)
+
+
+def model_spec(model):
+    return model.hidden_layer_spec() if hasattr(model, "hidden_layer_spec") else None
+
+
+def test_redo_scores_a_crelu_unit_on_both_of_its_features():
+    """Unit 3 with zero incoming weights: both of its CReLU features (2 * 3, 2 * 3 + 1)
+    are 0, so ReDo finds it dormant and resets it, and only it."""
+    from clenv.models import make_mlp
+
+    torch.manual_seed(0)
+    model = make_mlp((6, 8, 3), activation="crelu")
+    with torch.no_grad():
+        model[0].weight[3] = 0.0
+        model[0].bias[3] = 0.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    redo = ReDo(model, optimizer, threshold=0.05, interval=1)
+    x = torch.randn(32, 6)
+    optimizer.zero_grad()
+    model(x).sum().backward()
+    optimizer.step()
+    redo.after_step(x)
+    assert redo.last_reset[0].tolist() == [3]
+    assert (
+        torch.all(model[2].weight[:, 6:8] == 0) and model[0].weight[3].abs().sum() > 0
+    )
+
+
+def test_two_feature_activations_are_found_and_counted_per_feature_or_unit():
+    """find_hidden_layers sees CReLU / FourierFeatures in a plain Sequential and in a
+    PPO actor-critic built with make_mlp; the unit metrics count features by
+    default and units with features_per_unit=2 (dead: both features zero)."""
+    from clenv.methods import find_hidden_layers
+    from clenv.metrics import (
+        ACTIVATION_TYPES,
+        active_unit_fraction,
+        capture_activations,
+        dead_unit_mask,
+        dormant_unit_mask,
+    )
+    from clenv.models import CReLU, FourierFeatures, make_mlp
+
+    assert CReLU in ACTIVATION_TYPES and FourierFeatures in ACTIVATION_TYPES
+
+    class CReLUAgent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.critic = make_mlp((5, 8, 8, 1), activation="crelu")
+            self.actor_mean = make_mlp((5, 8, 8, 2), activation="fourier")
+
+    agent = CReLUAgent()
+    found = find_hidden_layers(agent)
+    assert [h.name for h in found] == [
+        "critic.1",
+        "critic.3",
+        "actor_mean.1",
+        "actor_mean.3",
+    ]
+    assert [type(h.activation) for h in found] == [CReLU] * 2 + [FourierFeatures] * 2
+    plain = nn.Sequential(nn.Linear(3, 4), CReLU(), nn.Linear(8, 2))
+    assert [h.name for h in find_hidden_layers(plain)] == ["1"]
+    with torch.no_grad():
+        plain[0].weight.zero_()
+        plain[0].bias.copy_(torch.tensor([0.0, 1.0, -1.0, 2.0]))
+    features = capture_activations(plain, torch.randn(10, 3))["1"]
+    assert features.shape == (10, 8)
+    # Unit 0: pre-activation 0, both features dead; units 1-3: one feature dead each.
+    assert dead_unit_mask(features).tolist() == [
+        True, True, False, True, True, False, False, True
+    ]  # fmt: skip
+    assert dead_unit_mask(features, features_per_unit=2).tolist() == [
+        True, False, False, False
+    ]  # fmt: skip
+    assert active_unit_fraction(features) == 3 / 8
+    assert active_unit_fraction(features, features_per_unit=2) == 3 / 4
+    # Unit scores pool their two features: unit 3's is (2 + 0) / 2 = 1.
+    assert dormant_unit_mask(features, 0.5, features_per_unit=2).tolist() == [
+        True, False, False, False
+    ]  # fmt: skip
+    fourier = nn.Sequential(nn.Linear(3, 4), FourierFeatures(), nn.Linear(8, 2))
+    with torch.no_grad():
+        fourier[0].weight.zero_()
+        fourier[0].bias.zero_()
+    features = capture_activations(fourier, torch.randn(10, 3))["1"]
+    assert dead_unit_mask(features).sum() == 4  # the sin features, cos(0) = 1
+    assert dead_unit_mask(features, features_per_unit=2).sum() == 0
+    with pytest.raises(ValueError, match="features_per_unit"):
+        dead_unit_mask(features, features_per_unit=3)
+
+
+def test_importing_metrics_first_has_no_cycle():
+    """clenv.metrics.activations imports clenv.models.layers (CReLU, Fourier
+    features); a fresh interpreter imports the metrics first, then the rest."""
+    import subprocess
+    import sys
+
+    code = "import clenv.metrics.activations, clenv.models, clenv.methods"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -47,6 +47,7 @@ from clenv.methods.units import (
     outgoing_magnitude,
     per_unit_mean,
     reinitialize_units,
+    unit_features,
 )
 
 UTILITIES = ("contribution", "adaptable_contribution")
@@ -176,6 +177,7 @@ class ContinualBackprop(UnitMethod):
 
     def _update_utility(self, index: int, hidden: HiddenLayer, h: torch.Tensor) -> None:
         decay = self.decay_rate
+        h = unit_features(hidden, h)  # (samples, units, k, ...) for k > 1
         age = self.ages[index].add_(1)
         mean_act = self.mean_activations[index]
         mean_act.mul_(decay).add_(per_unit_mean(h).to(mean_act.dtype), alpha=1 - decay)

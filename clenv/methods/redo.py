@@ -25,6 +25,7 @@ from clenv.methods.units import (
     UnitMethod,
     per_unit_mean,
     reinitialize_units,
+    unit_features,
 )
 
 
@@ -72,7 +73,10 @@ class ReDo(UnitMethod):
     def update(self, features: Sequence[torch.Tensor]) -> None:
         """Accumulate each layer's mean |h|; reset dormant units every interval."""
         with torch.no_grad():
-            for total, h in zip(self.activity_sums, features, strict=True):
+            for total, hidden, h in zip(
+                self.activity_sums, self.hidden, features, strict=True
+            ):
+                h = unit_features(hidden, h)  # (samples, units, k, ...) for k > 1
                 total.add_(per_unit_mean(h.abs()).to(total.dtype))
             self.num_steps += 1
             if self.num_steps % self.interval:

@@ -4,6 +4,13 @@ A unit of a hidden layer is an output feature of a ``Linear`` or an output chann
 a ``Conv``; its *incoming* weights are the layer's weight rows (and bias entry), its
 *outgoing* weights the columns of the next layer that read it (one column, or the H*W
 columns of a channel flattened into a ``Linear``).
+
+An activation with two features per unit (:class:`clenv.models.CReLU`,
+:class:`clenv.models.FourierFeatures`: unit ``i`` owns features ``2i`` and ``2i + 1``)
+hands CBP and ReDo ``(samples, 2 * units, ...)`` features; :func:`unit_features` views
+them as ``(samples, units, 2, ...)``, so a unit's statistics pool over both of its
+features (as a channel's pool over its positions), and its outgoing weights are the
+next layer's columns (or input channels) ``2i`` and ``2i + 1``.
 """
 
 from __future__ import annotations
@@ -75,7 +82,10 @@ class UnitMethod(PlasticityMethod):
                 "model's forward with grad enabled before optimizer.step(), or call "
                 "method.update(features) with each hidden layer's features"
             )
-        features = self.recorder.features
+        features = [
+            unit_features(hidden, h)
+            for hidden, h in zip(self.hidden, self.recorder.features, strict=True)
+        ]
         self.recorder.clear()
         self.update(features)
 
@@ -86,6 +96,26 @@ class UnitMethod(PlasticityMethod):
     def remove(self) -> None:
         """Remove the feature-recording hooks from the model."""
         self.recorder.remove()
+
+
+def unit_features(hidden: HiddenLayer, features: torch.Tensor) -> torch.Tensor:
+    """A hidden layer's ``(samples, k * units, ...)`` features as
+    ``(samples, units, k, ...)`` when its activation gives ``k > 1`` features per
+    unit (CReLU, Fourier features: features ``k*i .. k*i + k - 1`` are unit ``i``'s);
+    unchanged when ``k = 1`` (then ``features.shape[1]`` is the number of units).
+    """
+    units = hidden.num_units
+    if features.dim() < 2 or features.shape[1] == units:
+        return features
+    if features.shape[1] % units:
+        raise ValueError(
+            f"hidden layer {hidden.name!r}: its activation gives "
+            f"{features.shape[1]} features for {units} units, not a whole number "
+            "per unit; pass hidden_layers= naming the activation that follows the "
+            "layer directly"
+        )
+    per_unit = features.shape[1] // units
+    return features.reshape(features.shape[0], units, per_unit, *features.shape[2:])
 
 
 def per_unit_mean(features: torch.Tensor) -> torch.Tensor:
@@ -186,8 +216,17 @@ def reinitialize_units(
 
 
 def _outgoing_columns(hidden: HiddenLayer, units: torch.Tensor) -> torch.Tensor:
-    per_unit = outgoing_weights(hidden).shape[2]
-    if not isinstance(hidden.next_layer, nn.Linear) or per_unit == 1:
+    """Indices along dim 1 of the next layer's weight that ``units`` feed: for a
+    ``Linear``, every column of a unit (its k features times the H*W positions of a
+    flattened channel); for a ``Conv``, its k input channels."""
+    fan = hidden.next_layer.weight.shape[1]
+    if fan % hidden.num_units:
+        raise ValueError(
+            f"hidden layer {hidden.name!r}: the next layer reads {fan} inputs, not a "
+            f"multiple of the layer's {hidden.num_units} units"
+        )
+    per_unit = fan // hidden.num_units
+    if per_unit == 1:
         return units
     offsets = torch.arange(per_unit, device=units.device)
     return (units[:, None] * per_unit + offsets).reshape(-1)

@@ -9,7 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-# Element-wise nonlinearities hooked by default ("ReLU-like" hidden activations).
+# clenv.models imports nothing from clenv.metrics or clenv.methods: no cycle.
+from clenv.models.layers import CReLU, FourierFeatures
+
+# Nonlinearities hooked by default ("ReLU-like" hidden activations). CReLU and
+# FourierFeatures give two features per unit (unit i: features 2i and 2i + 1); the
+# metrics read their features (see clenv.metrics.units).
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.ReLU6,
@@ -27,6 +32,8 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Hardtanh,
     nn.Tanh,
     nn.Sigmoid,
+    CReLU,
+    FourierFeatures,
 )
 
 ForwardFn = Callable[[nn.Module, Any], Any]

@@ -6,6 +6,15 @@ map (samples, channels, height, width, ...) a unit is a **channel**: its statist
 pool over samples and all spatial positions (as ReDo, Sokar et al. 2023, does for
 conv layers). For other layouts (e.g. (batch, time, features)) reshape to put the
 units on dim 1 first.
+
+Two features per unit (:class:`clenv.models.CReLU`, :class:`clenv.models.FourierFeatures`:
+unit ``i`` owns features ``2i`` and ``2i + 1``): by default every function here counts
+the activation's *features* (a column is dead when it is zero on every sample), as
+the activations' docstrings promise and as the rank measures see them.
+``features_per_unit=2`` counts units instead: a unit's statistics pool over its
+features, so a unit is dead only when both of its features are zero on every sample
+(for CReLU, a pre-activation exactly 0 everywhere; never for Fourier features, as
+``cos(0) = 1``), and its mean |activation| averages its two features.
 """
 
 from __future__ import annotations
@@ -13,60 +22,79 @@ from __future__ import annotations
 import torch
 
 
-def _per_unit(activation: torch.Tensor) -> torch.Tensor:
-    """(samples, units, ...) -> (units, samples * positions) of |activation|."""
+def _per_unit(activation: torch.Tensor, features_per_unit: int = 1) -> torch.Tensor:
+    """(samples, k * units, ...) -> (units, samples * k * positions) of |activation|,
+    unit ``i`` owning features ``k*i .. k*i + k - 1``."""
     if activation.dim() < 2 or activation.shape[0] == 0:
         raise ValueError(
             "unit metrics need a (samples, units, ...) activation with at least one "
             f"sample, got shape {tuple(activation.shape)}"
         )
-    units = activation.shape[1]
-    return activation.detach().transpose(0, 1).reshape(units, -1).abs()
+    if features_per_unit < 1 or activation.shape[1] % features_per_unit:
+        raise ValueError(
+            f"features_per_unit must be >= 1 and divide the {activation.shape[1]} "
+            f"features of the activation, got {features_per_unit} (2 for CReLU and "
+            "Fourier features, 1 otherwise)"
+        )
+    units = activation.shape[1] // features_per_unit
+    grouped = activation.detach().reshape(
+        activation.shape[0], units, features_per_unit, *activation.shape[2:]
+    )
+    return grouped.transpose(0, 1).reshape(units, -1).abs()
 
 
-def unit_mean_abs_activation(activation: torch.Tensor) -> torch.Tensor:
-    """Mean |activation| of each unit over samples (and positions): shape (units,)."""
-    return _per_unit(activation).float().mean(dim=1)
+def unit_mean_abs_activation(
+    activation: torch.Tensor, features_per_unit: int = 1
+) -> torch.Tensor:
+    """Mean |activation| of each unit over samples (and positions, and its
+    ``features_per_unit`` features): shape (units,)."""
+    return _per_unit(activation, features_per_unit).float().mean(dim=1)
 
 
-def dead_unit_mask(activation: torch.Tensor) -> torch.Tensor:
+def dead_unit_mask(
+    activation: torch.Tensor, features_per_unit: int = 1
+) -> torch.Tensor:
     """Boolean (units,) mask of units that are exactly zero on every sample.
 
     PROTOCOLS' "dead unit" (LoP, SC): zero activation on every sample of the batch
     (the protocol's evaluation batch is 2000 samples). For a conv map a channel is
-    dead when it is zero at every position of every sample.
+    dead when it is zero at every position of every sample. With
+    ``features_per_unit=2`` (CReLU, Fourier features) a unit is dead when both of
+    its features are (see the module docstring); the default counts features.
     """
-    return _per_unit(activation).amax(dim=1) == 0
+    return _per_unit(activation, features_per_unit).amax(dim=1) == 0
 
 
-def dead_unit_count(activation: torch.Tensor) -> int:
+def dead_unit_count(activation: torch.Tensor, features_per_unit: int = 1) -> int:
     """Number of dead units (see :func:`dead_unit_mask`)."""
-    return int(dead_unit_mask(activation).sum())
+    return int(dead_unit_mask(activation, features_per_unit).sum())
 
 
-def active_unit_mask(activation: torch.Tensor) -> torch.Tensor:
+def active_unit_mask(
+    activation: torch.Tensor, features_per_unit: int = 1
+) -> torch.Tensor:
     """Boolean (units,) mask of active units: nonzero on at least one sample.
 
     The complement of :func:`dead_unit_mask`, so active and dead units always add
     up to the layer's units (Lyle et al. 2023 and Plasticine plot the "fraction of
     active units" of ReLU networks; LoP and SC plot its complement, dead units).
     """
-    return ~dead_unit_mask(activation)
+    return ~dead_unit_mask(activation, features_per_unit)
 
 
-def active_unit_fraction(activation: torch.Tensor) -> float:
+def active_unit_fraction(activation: torch.Tensor, features_per_unit: int = 1) -> float:
     """Share in [0, 1] of the layer's units that are active (1 - dead fraction).
 
     Example:
         >>> active_unit_fraction(torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 3.0]]))
         0.6666666666666666
     """
-    mask = active_unit_mask(activation)
+    mask = active_unit_mask(activation, features_per_unit)
     return int(mask.sum()) / mask.numel()
 
 
 def dormant_unit_mask(
-    activation: torch.Tensor, threshold: float = 0.025
+    activation: torch.Tensor, threshold: float = 0.025, features_per_unit: int = 1
 ) -> torch.Tensor:
     """Boolean (units,) mask of tau-dormant units (ReDo, Sokar et al. 2023, Def. 3.1).
 
@@ -78,19 +106,23 @@ def dormant_unit_mask(
     Args:
         activation: (samples, units, ...) activation.
         threshold: tau; 0.025 is ReDo's common choice, LoP's Ant config uses 0.1.
+        features_per_unit: 2 to score CReLU / Fourier units (E|h| over both of a
+            unit's features, as CBP and ReDo score them); 1 scores features.
     """
     if threshold < 0:
         raise ValueError(f"dormant threshold tau must be >= 0, got {threshold}")
-    mean_abs = unit_mean_abs_activation(activation)
+    mean_abs = unit_mean_abs_activation(activation, features_per_unit)
     layer_mean = mean_abs.mean()
     if layer_mean <= 0:
         return torch.ones_like(mean_abs, dtype=torch.bool)
     return mean_abs / layer_mean < threshold
 
 
-def dormant_unit_count(activation: torch.Tensor, threshold: float = 0.025) -> int:
+def dormant_unit_count(
+    activation: torch.Tensor, threshold: float = 0.025, features_per_unit: int = 1
+) -> int:
     """Number of tau-dormant units (see :func:`dormant_unit_mask`)."""
-    return int(dormant_unit_mask(activation, threshold).sum())
+    return int(dormant_unit_mask(activation, threshold, features_per_unit).sum())
 
 
 def mean_abs_activation(activation: torch.Tensor) -> float:
