@@ -37,8 +37,9 @@ def _not_plain_sgd(optimizer: torch.optim.Optimizer | None) -> str | None:
 class UPGD(PlasticityMethod):
     """UPGD's update through a plain SGD step (step size alpha = SGD's ``lr``).
 
-    Every step, for every parameter w with gradient g (``.grad`` as the other
-    methods' ``after_backward`` terms have left it; UPGD comes after them):
+    Every step, for every parameter w with gradient g (``.grad`` as the
+    regularisers' ``after_backward`` terms have left it: UPGD's order, 35, comes
+    after L2, L2 Init, spectral, Parseval and S&P's decay):
 
     * utility trace ``u <- beta u + (1 - beta) (-g * w)`` (the first-order utility);
     * ``eta`` = the largest entry of every trace (one global maximum);
