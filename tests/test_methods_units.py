@@ -645,7 +645,7 @@ def unit_columns(hidden, units):
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
 @pytest.mark.parametrize("activation", ["crelu", "fourier"])
 @pytest.mark.parametrize("norm", [None, "layer"])
-@pytest.mark.parametrize("reg", ["cbp", "redo"])
+@pytest.mark.parametrize("reg", ["cbp", "cbp_adaptable", "redo"])
 def test_unit_methods_replace_two_feature_units(kind, activation, norm, reg):
     """A replaced unit gets fresh incoming weights, its outgoing columns (both of
     its features: columns 2i and 2i + 1, input channels 2i and 2i + 1 of a next
@@ -664,9 +664,11 @@ def test_unit_methods_replace_two_feature_units(kind, activation, norm, reg):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0)  # only the method moves
     kwargs = (
         {"cbp__replacement_rate": 0.25, "cbp__maturity_threshold": 1}
-        if reg == "cbp"
+        if reg.startswith("cbp")
         else {"redo__interval": 1, "redo__threshold": 1.0}
     )
+    if reg == "cbp_adaptable":
+        reg, kwargs["cbp__utility"] = "cbp", "adaptable_contribution"
     method = make_method(
         reg, model, optimizer, hidden_layers=model_spec(model), **kwargs
     )
@@ -838,3 +840,38 @@ def test_importing_metrics_first_has_no_cycle():
 
     code = "import clenv.metrics.activations, clenv.models, clenv.methods"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cbp_keeps_one_mean_per_feature_and_the_bias_absorbs_each():
+    """With CReLU, CBP's running mean is per feature, (units, 2), and a replaced
+    unit's contribution W[:, 2i] m_2i + W[:, 2i+1] m_2i+1 moves into the next bias."""
+    from clenv.methods import find_hidden_layers
+    from clenv.methods.units import reinitialize_units
+    from clenv.models import make_mlp
+
+    torch.manual_seed(0)
+    model = make_mlp((6, 8, 3), activation="crelu").double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    cbp = ContinualBackprop(model, optimizer, maturity_threshold=100)
+    x = torch.randn(32, 6, dtype=torch.float64)
+    optimizer.zero_grad()
+    model(x).sum().backward()
+    optimizer.step()
+    cbp.after_step(x)
+    with torch.no_grad():
+        pre = model[0](x)
+        features = torch.stack((pre.relu(), (-pre).relu()), dim=2)  # (32, 8, 2)
+    assert cbp.mean_activations[0].shape == (8, 2)
+    torch.testing.assert_close(cbp.mean_activations[0], 0.01 * features.mean(0))
+
+    hidden = find_hidden_layers(model)[0]
+    units = torch.tensor([1, 5])
+    mean = torch.tensor([[0.5, 2.0], [-1.0, 3.0]], dtype=torch.float64)
+    weight, bias = model[2].weight.detach().clone(), model[2].bias.detach().clone()
+    reinitialize_units(hidden, units, 0.1, torch.Generator().manual_seed(0), None, mean)
+    expected = bias.clone()
+    for r, unit in enumerate(units.tolist()):
+        expected += (
+            weight[:, 2 * unit] * mean[r, 0] + weight[:, 2 * unit + 1] * mean[r, 1]
+        )
+    torch.testing.assert_close(model[2].bias, expected)

@@ -43,8 +43,10 @@ from clenv.methods.layers import HiddenLayer, uniform_bound
 from clenv.methods.units import (
     HiddenLayerSpec,
     UnitMethod,
+    features_per_unit,
     incoming_magnitude,
     outgoing_magnitude,
+    per_feature_mean,
     per_unit_mean,
     reinitialize_units,
     unit_features,
@@ -162,7 +164,12 @@ class ContinualBackprop(UnitMethod):
         # to be filled in runtime
         self.ages = [z.clone() for z in zeros]
         self.utilities = [z.clone() for z in zeros]
-        self.mean_activations = [z.clone() for z in zeros]
+        # One mean per feature: (units,), or (units, 2) for CReLU / Fourier features.
+        self.features_per_unit = [features_per_unit(h) for h in self.hidden]
+        self.mean_activations = [
+            z.clone() if k == 1 else z[:, None].repeat(1, k)
+            for z, k in zip(zeros, self.features_per_unit, strict=True)
+        ]
         self.accumulated = [0.0 for _ in self.hidden]
         self.num_replaced = [0 for _ in self.hidden]
         self.last_replaced: list[torch.Tensor] = [z[:0].long() for z in zeros]
@@ -180,7 +187,10 @@ class ContinualBackprop(UnitMethod):
         h = unit_features(hidden, h)  # (samples, units, k, ...) for k > 1
         age = self.ages[index].add_(1)
         mean_act = self.mean_activations[index]
-        mean_act.mul_(decay).add_(per_unit_mean(h).to(mean_act.dtype), alpha=1 - decay)
+        per_unit = self.features_per_unit[index]
+        mean_act.mul_(decay).add_(
+            per_feature_mean(h, per_unit).to(mean_act.dtype), alpha=1 - decay
+        )
         h = h.to(mean_act.dtype)
         if self.variant == "sc_code":
             activity = per_unit_mean(h).abs()
@@ -189,8 +199,11 @@ class ContinualBackprop(UnitMethod):
             activity = per_unit_mean(h.abs())
             new = outgoing_magnitude(hidden).to(h.dtype) * activity
         else:
-            shape = (1, -1) + (1,) * (h.dim() - 2)
-            centred = h - (mean_act / (1 - decay**age)).reshape(shape)
+            correction = 1 - decay**age
+            if per_unit > 1:
+                correction = correction[:, None]
+            shape = (1, *mean_act.shape) + (1,) * (h.dim() - 1 - mean_act.dim())
+            centred = h - (mean_act / correction).reshape(shape)
             activity = per_unit_mean(centred.abs())
             new = (
                 outgoing_magnitude(hidden).to(h.dtype)
@@ -258,7 +271,9 @@ class ContinualBackprop(UnitMethod):
                 outgoing_bound=self.outgoing_bounds[index],
             )
         else:
-            mean = self.mean_activations[index][units] / (1 - self.decay_rate**age)
+            correction = 1 - self.decay_rate**age
+            mean = self.mean_activations[index][units]
+            mean = mean / (correction if mean.dim() == 1 else correction[:, None])
             reinitialize_units(
                 hidden, units, self.bounds[index], self.rng.generator, optimizer, mean
             )

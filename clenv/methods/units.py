@@ -30,6 +30,7 @@ from clenv.methods.layers import (
     find_hidden_layers,
     uniform_bound,
 )
+from clenv.models.layers import CReLU, FourierFeatures
 
 
 class UnitMethod(PlasticityMethod):
@@ -118,6 +119,21 @@ def unit_features(hidden: HiddenLayer, features: torch.Tensor) -> torch.Tensor:
     return features.reshape(features.shape[0], units, per_unit, *features.shape[2:])
 
 
+def features_per_unit(hidden: HiddenLayer) -> int:
+    """2 for an activation with two features per unit (:class:`clenv.models.CReLU`,
+    :class:`clenv.models.FourierFeatures`), else 1."""
+    return 2 if isinstance(hidden.activation, CReLU | FourierFeatures) else 1
+
+
+def per_feature_mean(features: torch.Tensor, per_unit: int) -> torch.Tensor:
+    """Mean of each unit's features over samples (and positions): ``(units,)`` for
+    ``per_unit = 1``, ``(units, per_unit)`` for grouped ``(samples, units, k, ...)``
+    features."""
+    if per_unit == 1:
+        return per_unit_mean(features)
+    return features.mean(dim=[0, *range(3, features.dim())])
+
+
 def per_unit_mean(features: torch.Tensor) -> torch.Tensor:
     """Mean of (samples, units, ...) features over every dim but the units: (units,)."""
     dims = [0, *range(2, features.dim())]
@@ -181,9 +197,14 @@ def reinitialize_units(
     layer, next_layer = hidden.layer, hidden.next_layer
     out_view = outgoing_weights(hidden)
     if mean_activation is not None and next_layer.bias is not None:
-        contribution = out_view[:, units, :].sum(dim=2) @ mean_activation.to(
-            out_view.dtype
-        )
+        mean = mean_activation.to(out_view.dtype)
+        if mean.dim() == 1:
+            contribution = out_view[:, units, :].sum(dim=2) @ mean
+        else:  # (units, k): the columns of each feature (k, times H*W positions)
+            columns = out_view[:, units, :].reshape(
+                out_view.shape[0], units.numel(), mean.shape[1], -1
+            )
+            contribution = torch.einsum("orkp,rk->o", columns, mean)
         next_layer.bias.add_(contribution)
     if outgoing_bound is None:
         out_view[:, units, :] = 0
