@@ -488,6 +488,24 @@ def test_cchain_coefficient_stays_without_after_loss():
     assert method.iterations == 3 and method.coefficient == 100.0
 
 
+def test_cchain_iteration_ends_on_a_new_or_rewritten_rollout():
+    """Epochs on one rollout are one iteration; a new tensor, or the same buffer
+    written in place (a loop that reuses its storage), starts the next."""
+    torch.manual_seed(0)
+    agent = Agent()
+    optimizer = torch.optim.SGD(agent.parameters(), lr=1e-3)
+    method = CChain(agent, optimizer, forward_fn=actor_and_critic)
+    buffer = torch.randn(16, 5)
+    cchain_iteration(method, agent, optimizer, buffer, [1.0] * 6, epochs=3)
+    cchain_iteration(method, agent, optimizer, buffer, [1.0] * 4)  # unchanged
+    assert method.iterations == 0
+    buffer[0] = 0.0
+    method.before_epoch(buffer)
+    assert method.iterations == 1
+    method.before_epoch(buffer.clone())  # no update since: nothing to close
+    assert method.iterations == 1
+
+
 def test_cchain_resumes_exactly():
     torch.manual_seed(0)
     agent = Agent()

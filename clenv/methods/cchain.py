@@ -166,10 +166,11 @@ class CChain(PlasticityMethod):
                 "cchain draws its reference batches from the rollout: call "
                 "method.before_epoch(rollout_observations) before each epoch"
             )
-        if inputs is not self.rollout or inputs._version != self.rollout_version:
+        version = _version(inputs)
+        if inputs is not self.rollout or version != self.rollout_version:
             self.end_iteration()  # a new rollout: the previous iteration is over
         self.rollout = inputs
-        self.rollout_version = inputs._version
+        self.rollout_version = version
         self.reference_order = torch.randperm(
             inputs.shape[0], generator=self.rng.generator, device=self.rng_device
         ).to(inputs.device)
@@ -324,3 +325,12 @@ class CChain(PlasticityMethod):
             ):
                 param.copy_(value)
         self.rng.load(state["rng"])
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place write counter (a rollout buffer written since bumps it);
+    -1 for an inference-mode tensor, which keeps none (then identity alone counts)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
