@@ -135,13 +135,26 @@ def test_parseval_is_zero_on_an_orthogonal_matrix():
     model = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)).double()
     with torch.no_grad():
         model[0].weight.copy_(torch.linalg.qr(torch.randn(5, 5).double())[0])
-    method = Parseval(model, strength=0.5)
+    method = Parseval(model, strength=0.5, scale=1.0)
     assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
     assert all(g.abs().max() < 1e-12 for g in grads_added(method, model))
     with torch.no_grad():
         model[0].weight.mul_(2)  # rows orthogonal, norm 2: W W^T = 4 I
     assert Parseval(model, scale=4.0).penalty().item() == pytest.approx(0, abs=1e-10)
     assert method.penalty().item() == pytest.approx(0.5 * 5 * 9)
+
+
+def test_parseval_default_scale_is_the_official_codes_init_gain_squared():
+    # wechu/parseval_reg agent.py:286-289: s = init_gain^2, 2 when no gain is given
+    # (orthogonal init with gain sqrt(2), agent.py:564-567).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        nn.init.orthogonal_(model[0].weight, gain=2**0.5)
+    method = Parseval(model)
+    assert method.scale == 2.0
+    assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
+    assert Parseval(model, scale=1.0).penalty().item() == pytest.approx(1e-3 * 4)
 
 
 def test_parseval_gradient_equals_autograd_of_the_dense_formula():

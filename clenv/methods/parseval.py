@@ -1,6 +1,7 @@
 """Parseval regularisation (Chung, Cherif, Meger & Precup, *Parseval Regularization
-for Continual Reinforcement Learning*, NeurIPS 2024, arXiv:2412.07224): keep each
-hidden layer's rows near-orthogonal, ``W W^T ~ s I``."""
+for Continual Reinforcement Learning*, NeurIPS 2024, arXiv:2412.07224; official code
+``github.com/wechu/parseval_reg``): keep each hidden layer's rows near-orthogonal,
+``W W^T ~ s I``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from clenv.methods.base import PlasticityMethod
 from clenv.methods.layers import HiddenLayerSpec, find_hidden_layers
 
 
-def parseval_penalty(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def parseval_penalty(weight: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
     """``||W W^T - s I||_F^2`` with W = ``weight.reshape(units, -1)`` (one row per
     unit: a Linear's output feature, a Conv's output channel)."""
     matrix = weight.reshape(weight.shape[0], -1)
@@ -28,20 +29,39 @@ class Parseval(PlasticityMethod):
     ``after_backward`` adds the term's gradient, ``4 * strength * (W W^T - s I) W``
     per layer, to ``.grad`` (the same as adding the term to the loss). The layers are
     the hidden layers' weight layers (:func:`clenv.methods.find_hidden_layers`: every
-    Linear/Conv followed by an activation); the output layer is left free, as Chung et
-    al. regularise the hidden layers only (Sec. 3), and so are biases. W's rows are
+    Linear/Conv followed by an activation); the output layer is left free, as in the
+    official code (below), and so are biases. W's rows are
     the units' incoming weights (torch's ``(out, in)`` layout), so the rows of a
     layer with fewer units than inputs can be exactly orthonormal.
 
-    Defaults follow the paper as read here (Sec. 3 and its appendix hyperparameters):
-    ``strength`` 1e-3, ``scale`` 1. Neither SC nor LoP runs Parseval, so no preset
-    sets it.
+    Checked against the official code (``wechu/parseval_reg``, file
+    ``parseval_reg/agent.py``): the term is ``||W W^T - s I||_F^2`` on torch's
+    ``(out, in)`` weight (``agent.py:296-300``), summed over the layers named
+    ``linear_orthog_*``, i.e. the hidden layers and not the output layer
+    (``agent.py:284``, ``700``, ``719``, ``729``), biases excluded, added to the
+    loss (``agent.py:315-317``). ``s`` is the square of the weight init gain,
+    ``2`` (``sqrt(2)^2``) when none is given (``agent.py:286-289``, the default
+    orthogonal init gain ``sqrt(2)``, ``agent.py:564-567``): so ``scale`` defaults
+    to 2. ``strength`` 1e-3 is the value of the Gridworld and MetaWorld runs
+    (``parseval_reg/main.py:337-338``, ``417-418``; 1e-4 on LunarLander and
+    Quadruped, ``main.py:367-368``, ``393-394``).
+
+    Not reproduced here: the official code multiplies lambda by
+    ``(64 / width)^2`` (``agent.py:315-319``; 1 at its default width 64, so pass
+    ``strength=1e-3 * (64 / width) ** 2`` to match it at another width); its
+    MetaWorld runs add learnable diagonal layers after each hidden layer
+    (``add_diag_layer``, ``main.py:419``, ``agent.py:731-751``) and its Quadruped
+    runs a learnable input scale (``main.py:389``), both architecture changes that
+    the clenv models do not have; the row-normalised and grouped variants
+    (``parseval_norm``, ``parseval_num_groups``, ``agent.py:291-312``) are
+    ablations. Neither SC nor LoP runs Parseval, so no preset sets it.
 
     Args:
         model: the network.
         optimizer: unused (the term goes through whatever optimizer steps).
         strength: lambda.
-        scale: s, the target of ``W W^T``'s diagonal (each row's squared norm).
+        scale: s, the target of ``W W^T``'s diagonal (each row's squared norm);
+            the official code's default 2 (its init gain ``sqrt(2)`` squared).
         include_output: also regularise the output layer(s).
         hidden_layers: explicit hidden-layer spec (see
             :func:`clenv.methods.find_hidden_layers`).
@@ -55,7 +75,7 @@ class Parseval(PlasticityMethod):
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         strength: float = 1e-3,
-        scale: float = 1.0,
+        scale: float = 2.0,
         include_output: bool = False,
         hidden_layers: HiddenLayerSpec = None,
     ):

@@ -48,10 +48,11 @@ class UPGD(PlasticityMethod):
 
     so SGD's ``w <- w - alpha .grad`` is UPGD's
     ``w <- (1 - alpha weight_decay) w - alpha (g + xi)(1 - s)``: the official
-    ``FirstOrderGlobalUPGD`` (``core/optim/weight_upgd/first_order.py``), Algorithm 1
-    of the paper. The weight decay is not gated by the utility. With
+    ``FirstOrderGlobalUPGD`` (``core/optim/weight_upgd/first_order.py:74-111``,
+    re-read against the official repository for issue 14), Algorithm 1 of the paper. The weight decay is not gated by the utility. With
     ``protect_gradient=False`` only the noise is gated,
-    ``(g + xi (1 - s))``: the official ``FirstOrderNonprotectingGlobalUPGD``.
+    ``(g + xi (1 - s))``: the official ``FirstOrderNonprotectingGlobalUPGD``
+    (``first_order.py:5-42``).
 
     The README of the official repository writes the step as
     ``(1 - alpha weight_decay) w - 2 alpha (...)``; that is this update with SGD's lr
@@ -62,7 +63,8 @@ class UPGD(PlasticityMethod):
     optimizer (PPO's Adam) is refused with a ValueError; so is a missing one, at the
     first step.
 
-    Defaults are the UPGD class of the official README (``weight_decay`` 1e-3,
+    Defaults are the UPGD class of the official README (``README.md:8-37``:
+    ``weight_decay`` 1e-3,
     ``beta_utility`` 0.999, ``sigma`` 1e-3; the paper tunes them per problem over
     beta 0.999/0.9999, sigma 0.01..1, weight decay 0..0.1,
     ``experiments/input_permuted_mnist.py``). Neither SC nor LoP runs UPGD, so no
