@@ -189,12 +189,17 @@ def test_l2init_pulls_toward_the_stored_initial_weights_not_zero():
     model = mlp()
     initial = [p.detach().clone() for p in model.parameters()]
     method = L2Init(model, weight_decay=0.1)
+    halved_method = L2Init(model, weight_decay=0.1, halve=True)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
+    halved = grads_added(halved_method, model)
     added = grads_added(method, model)
+    # the gradient of Kumar et al.'s lambda ||theta - theta_0||^2: 2 lambda (...)
     for got, param, start in zip(added, model.parameters(), initial, strict=True):
-        torch.testing.assert_close(got, 0.1 * (param.detach() - start))
+        torch.testing.assert_close(got, 2 * 0.1 * (param.detach() - start))
+    for got, want in zip(halved, added, strict=True):
+        torch.testing.assert_close(got, want / 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     before = sum(
         (p - s).norm() for p, s in zip(model.parameters(), initial, strict=True)
@@ -203,7 +208,7 @@ def test_l2init_pulls_toward_the_stored_initial_weights_not_zero():
     after = sum(
         (p - s).norm() for p, s in zip(model.parameters(), initial, strict=True)
     )
-    assert after.item() == pytest.approx(0.95 * before.item())  # (1 - lr * lambda)
+    assert after.item() == pytest.approx(0.9 * before.item())  # 1 - 2 lr lambda
     # plain L2 would pull toward zero instead
     l2 = make_method("l2", model, None, weight_decay=0.1)
     assert not torch.allclose(grads_added(l2, model)[0], added[0])

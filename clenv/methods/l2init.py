@@ -14,15 +14,22 @@ from clenv.metrics.hessian import trainable_parameters
 
 
 class L2Init(PlasticityMethod):
-    """``grad += weight_decay * (theta - theta_0)`` before the optimizer step.
+    """``grad += 2 * weight_decay * (theta - theta_0)`` before the optimizer step: the
+    gradient of Kumar et al.'s penalty ``lambda ||theta - theta_0||_2^2``.
 
     ``theta_0`` is every trainable parameter (weights and biases) as it is when the
-    method is built: build it right after the model's initialisation. With SGD of
-    step size alpha the update is Kumar et al.'s (App. A.3)
-    ``theta <- (1 - alpha lambda) theta + alpha lambda theta_0 - alpha grad L``; the
-    paper writes the penalty ``lambda ||theta - theta_0||^2`` (Sec. 3), whose gradient
-    would carry a factor 2 that its own update (App. A.3) and this method leave out,
-    as :class:`clenv.methods.L2` does for ``lambda/2 ||theta||^2``.
+    method is built: build it right after the model's initialisation.
+
+    Source (issue 14's check): the paper adds ``lambda ||theta - theta_0||_2^2`` to the
+    training loss, ``L_reg = L_train + lambda ||theta - theta_0||^2`` (arXiv:2308.11958,
+    the method's definition; the abstract: "incorporating in the loss function L2
+    regularization toward initial parameters"), so its gradient carries the factor 2
+    that this method applies by default. Before issue 14 this method added
+    ``lambda (theta - theta_0)`` (the penalty ``lambda/2 ||theta - theta_0||^2``, the
+    convention of :class:`clenv.methods.L2`); ``halve=True`` keeps that form. Whether
+    weights *and* biases are regularised could not be read from the paper here; this
+    method takes every trainable parameter, as "initial parameters" reads. No
+    official code was found (searched the code index and GitHub names).
 
     ``theta_0`` travels in :meth:`state_dict`, so a resumed run regularises toward the
     first run's initial weights, not toward those of the model it was rebuilt with.
@@ -31,9 +38,11 @@ class L2Init(PlasticityMethod):
     Args:
         model: the network.
         optimizer: unused (the term goes through whatever optimizer steps).
-        weight_decay: lambda. Default 1e-2: Kumar et al. sweep 1e-2..1e-5 and find
-            1e-2 best across their problems (App. A.2.5, Fig. 12). Neither SC nor LoP
-            runs L2 Init, so no preset sets it.
+        weight_decay: lambda of the paper's penalty. Default 1e-2: NOT verified
+            against the paper (its tuned values could not be read here; the
+            earlier docstring's appendix citation for it could not be confirmed and
+            was removed). Neither SC nor LoP runs L2 Init, so no preset sets it.
+        halve: add ``lambda (theta - theta_0)`` instead of ``2 lambda (...)``.
     """
 
     name = "l2init"
@@ -44,10 +53,12 @@ class L2Init(PlasticityMethod):
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         weight_decay: float = 1e-2,
+        halve: bool = False,
     ):
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         self.weight_decay = float(weight_decay)
+        self.halve = bool(halve)
         self.params = trainable_parameters(model)
         self.initial = [p.detach().clone() for p in self.params]
 
@@ -55,15 +66,16 @@ class L2Init(PlasticityMethod):
     def after_backward(self) -> None:
         if self.weight_decay == 0:
             return
+        coefficient = self.weight_decay * (1 if self.halve else 2)
         for param, initial in zip(self.params, self.initial, strict=True):
-            pull = (param - initial).mul_(self.weight_decay)
+            pull = (param - initial).mul_(coefficient)
             if param.grad is None:
                 param.grad = pull
             else:
                 param.grad.add_(pull)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"weight_decay": self.weight_decay}
+        return {"weight_decay": self.weight_decay, "halve": self.halve}
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial": [t.clone() for t in self.initial]}
