@@ -9,12 +9,23 @@ the network outputs (the paper's Expression 1)::
 
 which equals the old output exactly at the moment of injection (the last two terms
 are equal), keeps the number of trainable parameters, and lets the encoder ``phi``
-keep learning: gradients flow into it through all three heads, as in the paper
-(Section 3, Figure 2). The injected part here is the network's output layer
-(``model.head``, or every output layer of a multi-head model such as a PPO agent's
-actor and critic): the paper injects into the head and keeps the encoder. The new
-parameters join the optimizer in a parameter group of their own; the rest of the
-optimizer state is kept (the paper's Appendix finds resetting it hurts).
+keep learning: gradients flow into it through all three heads (the paper's Figure 2
+and Expression (1), as its Figure 2 caption describes them: freeze the head's
+theta, make two copies of randomly initialised theta', one frozen and one not, pass
+phi(x) to all three heads and combine them by Expression (1)). The injected part
+here is the network's output layer (``model.head``, or every output layer of a
+multi-head model such as a PPO agent's actor and critic). The new parameters join
+the optimizer in a parameter group of their own; the rest of the optimizer state is
+kept.
+
+Checked for issue 14 against the paper's abstract and its Figure 2 caption only
+(arXiv:2305.15555; no official code was released). NOT verified against the
+paper's text: how much of the network its "head" is in its Atari (Double DQN)
+agents (the last linear layer here; it may be more than one layer), when it
+injects and how often (once, at a chosen time, as read; this module's defaults
+differ, see below), the fresh head's initialisation, and whether it keeps or
+resets the optimizer state (kept here; an earlier docstring's appendix citation
+for this could not be confirmed and was removed).
 
 The paper injects once, at a chosen time. Here an injection happens at every task
 switch (``on_task_switch``, from the second task on; the default) or every

@@ -37,6 +37,18 @@ class NormalizeAndProject(PlasticityMethod):
     (not scale-invariant: it changes the function's scale). Biases of the weight
     layers are left to the optimizer.
 
+    Source (issue 14's check): only the paper's abstract could be read
+    (arXiv:2407.01800: NaP "couples the insertion of normalization layers with
+    weight projection, ensuring that the effective learning rate remains
+    constant"); DeepMind released no code that could be found. So the following
+    are NOT verified against the paper and were implemented from a reading of it
+    that could not be checked: one Frobenius factor per layer (rather than per
+    unit/row), the target being the layer's initial norm (rather than a
+    constant), projecting the norm gains and offsets jointly (``norm_params``), the
+    output layer left unprojected, biases left to the optimizer, and any learning
+    rate schedule the paper pairs NaP with (none is applied here: the run's own
+    optimizer and schedule are used).
+
     NaP comes last among the methods (order 70, after ER's ascent), so the norms
     hold after every step whatever else moved the weights.
 

@@ -80,9 +80,16 @@ class SpectralRegularization(PlasticityMethod):
     * SC's spectral baseline: the defaults (k 2, target 2.0, 10 iterations; strength
       0.1 in SC's configs, 1e-3 on Permuted MNIST and 1e-2 on ImageNet and CIFAR in
       the runs SC plots, ``preset=`` gives those).
-    * Lewandowski et al. 2024: ``target=1.0`` (largest singular value of every
-      weight kept near one, k = 2; biases toward zero and normalisation gains toward
-      one, as in SC's term, which follows theirs).
+    * Lewandowski et al. 2024: ``target=1.0`` keeps the largest singular value of
+      every weight near one and pulls biases toward zero. Issue 14's check could
+      read only summaries of the paper (arXiv:2406.06811 abstract: "the regularizer
+      keeps the maximum singular value of each layer close to one"; a review of
+      it: the spectral norm of multiplicative weights toward one, bias terms toward
+      zero). NOT verified against the paper's text: the exponent (k = 2 here), the
+      gains-toward-one term, whether the bias enters as its own ``||b||^2`` (here,
+      as in SC) or as an extra column of W (one secondary summary says so), and
+      its strength. SC's code does not cite Lewandowski et al., so SC's term is
+      not evidence for theirs. No official code of theirs was found.
 
     Args:
         model: the network.

@@ -49,6 +49,15 @@ class CReLU(nn.Module):
     ``2i, 2i + 1`` columns of the next ``Linear``; for a convolution, its channels
     ``2i, 2i + 1``).
 
+    Width: ``units`` keep their meaning (pre-activations), so the next layer reads
+    ``2 * units`` features and the network has more parameters than its ReLU twin.
+    Whether Abbas et al. halve the units to keep the parameter count was NOT
+    verified (issue 14 could read only the paper's abstract and found no official
+    code); Chung et al.'s official Parseval code halves them for its CReLU baseline
+    (``github.com/wechu/parseval_reg``, ``parseval_reg/agent.py:702-706``;
+    ``utils.py:187-193`` is the same ``relu([x, -x])``): pass half the width for
+    that comparison.
+
     Dead units: the dead-unit metrics count features. A feature is dead when it is
     zero on every input; a unit is dead only when both of its features are, i.e. its
     pre-activation is exactly 0 on every input, which CReLU makes practically
@@ -73,6 +82,13 @@ class FourierFeatures(nn.Module):
     with Deep Fourier Features* (ICLR 2025): the concatenation ``[sin(x), cos(x)]``
     of each pre-activation, two features per unit (interleaved unit by unit, as
     :class:`CReLU`).
+
+    Checked for issue 14 against the abstract (arXiv:2410.20634, ICLR 2025
+    proceedings page: "the concatenation of a sine and cosine in every layer"),
+    which this matches. NOT verified (the paper's body and official code could not
+    be read): no scaling of the pre-activation or of the features is applied, and
+    the width is not halved (the next layer reads ``2 * units`` features); check
+    both before quoting a parameter-matched comparison.
 
     Dead units: ``sin`` and ``cos`` are never both zero, so no unit is dead in the
     zero-activation sense (the dead-unit metrics report 0, as they do for ``tanh``);
