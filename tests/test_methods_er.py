@@ -253,3 +253,18 @@ def test_gradient_option_is_checked_and_logged():
     assert method["er"].gradient == "autograd"
     with pytest.raises(ValueError, match="gradient"):
         EffectiveRankAscent(model, gradient="svd")
+
+
+@pytest.mark.parametrize("kappa", [1e2, 1e4, 1e6])
+def test_float32_features_are_as_accurate_as_the_float32_svd(kappa):
+    """In float32 the Gram route (float64 spectrum, float32 products) is as close to
+    the exact gradient (float64 SVD of the same float32 matrix) as autograd's float32
+    SVD was."""
+    sigma = torch.logspace(0, -torch.log10(torch.tensor(kappa)).item(), 50)
+    for seed in range(3):
+        matrix = with_spectrum(50, 50, sigma, seed).float()
+        _, exact = effective_rank_gradient(matrix.double(), route="svd")
+        _, gram = effective_rank_gradient(matrix)
+        _, svd = effective_rank_gradient(matrix, route="svd")
+        assert gram.dtype == torch.float32
+        assert relative(gram.double(), exact) <= 3 * relative(svd.double(), exact)

@@ -48,9 +48,9 @@ accurate enough), and the ascent then
 
 Both give the gradient of the same objective as autograd through
 ``torch.linalg.svdvals`` (``gradient="autograd"``, the previous implementation, kept
-for comparison): equal to round-off in float64 (tests/test_methods_er.py), and in
-float32 more accurate than it (the float64 eigendecomposition against float32
-singular vectors).
+for comparison): equal to 1e-10 in float64 (tests/test_methods_er.py), and in float32
+as accurate as the float32 SVD it replaces (relative error against the exact gradient
+~1e-7 kappa for both, kappa the features' condition number).
 """
 
 from __future__ import annotations
@@ -88,11 +88,12 @@ ROUTES = ("gram", "svd")
 # log(p + eps)), SC's definition.
 _EPS = 1e-8
 # The Gram route is used where lambda_min >= ratio * lambda_max (lambda: eigenvalues of
-# the Gram matrix, sigma^2). Its relative error against the SVD route grows as about
-# 1e-17 kappa^2 (kappa = sigma_max / sigma_min; measured 9e-12 at kappa 1e3, 6e-10 at
-# 1e4, 5e-8 at 1e5, 3e-6 at 1e6): float64 features need kappa <= ~3e3 for 1e-10;
-# float32 features tolerate kappa <= 1e6 (below the ~6e-8 kappa their own rounding
-# causes; the float32 SVD's own error is 1e-5..1e-2 there).
+# the Gram matrix, sigma^2). In float64 its relative error against the SVD route grows
+# as about 1e-17 kappa^2 (kappa = sigma_max / sigma_min; measured 9e-12 at kappa 1e3,
+# 6e-10 at 1e4, 5e-8 at 1e5, 3e-6 at 1e6): float64 features need kappa <= ~3e3 for
+# 1e-10. Float32 features tolerate kappa <= 1e6, where that error stays below their own
+# float32 rounding (~1e-7 kappa: measured 1.5e-5 at 1e3, 1.7e-2 at 1e6 for both this
+# route and the float32 SVD autograd used).
 _GRAM_MIN_RATIO = {torch.float64: 1e-7}
 _GRAM_MIN_RATIO_DEFAULT = 1e-12
 
@@ -186,8 +187,13 @@ def _gram_route(
     sigma = eigenvalues.clamp(min=0).sqrt()
     rank, sigma_gradient = _effective_rank_and_sigma_gradient(sigma, counted)
     weights = torch.where(accurate.unsqueeze(-1), sigma_gradient / sigma, 0.0)
-    function = (vectors * weights.unsqueeze(-2)) @ vectors.mT
-    gradient = function @ h if wide else h @ function
+    # The products with H in H's dtype (float32: the gradient then carries float32
+    # rounding, ~6e-8 kappa relative, as the features' own rounding does).
+    vectors, weights = vectors.to(matrix.dtype), weights.to(matrix.dtype)
+    if wide:  # U diag(c / sigma) U^T H
+        gradient = vectors @ (weights.unsqueeze(-1) * (vectors.mT @ matrix))
+    else:  # H V diag(c / sigma) V^T
+        gradient = ((matrix @ vectors) * weights.unsqueeze(-2)) @ vectors.mT
     return rank, gradient, accurate
 
 
@@ -214,16 +220,16 @@ def effective_rank_gradient(
       or ``H H^T`` instead of an SVD with vectors): in float64, U obtained as ``H V /
       sigma``, i.e. the gradient ``H V diag(c / sigma) V^T``; used for a matrix only
       where its smallest eigenvalue is at least 1e-7 (float64 features) or 1e-12
-      (other dtypes) times its largest: there it matches the SVD route to 1e-10
-      (float64; measured relative error ~1e-17 kappa^2, kappa the condition number)
-      or to ~1e-5 at kappa 1e6 for float32 features, below what their own rounding
-      does to the gradient (~6e-8 kappa; the float32 SVD's error is 1e-5..1e-2
-      there). Other matrices take the ``"svd"`` route. Zero singular values have
-      no unique gradient (it depends on LAPACK's choice of U), so they always do,
-      except with ``relu_features``: zero lines of ReLU features (a unit inactive
-      on every sample, a sample activating no unit) hold zero singular values whose
-      gradient the ReLU's backward multiplies by 0, and the Gram route returns 0
-      there (see :func:`_gram_route`).
+      (other dtypes) times its largest. There it matches the SVD route to 1e-10 in
+      float64 (measured relative error ~1e-17 kappa^2, kappa the condition number);
+      float32 features get the spectrum and eigenvectors in float64 and the
+      products with H in float32, as accurate as the float32 SVD (both ~1e-7 kappa
+      from the exact gradient). Other matrices take the ``"svd"`` route. Zero
+      singular values have no unique gradient (it depends on LAPACK's choice of
+      U), so they always do, except with ``relu_features``: zero lines of ReLU
+      features (a unit inactive on every sample, a sample activating no unit) hold
+      zero singular values whose gradient the ReLU's backward multiplies by 0, and
+      the Gram route returns 0 there (see :func:`_gram_route`).
 
     Args:
         features: (..., samples, units): one feature matrix or a batch of independent
@@ -256,7 +262,7 @@ def effective_rank_gradient(
         return _svd_route(features)
     min_ratio = _GRAM_MIN_RATIO.get(features.dtype, _GRAM_MIN_RATIO_DEFAULT)
     rank, gradient, accurate = _gram_route(features, min_ratio, relu_features)
-    rank, gradient = rank.to(features.dtype), gradient.to(features.dtype)
+    rank = rank.to(features.dtype)
     if bool(accurate.all()):
         return rank, gradient
     matrices = features.reshape(-1, *features.shape[-2:])
