@@ -294,8 +294,8 @@ if __name__ == "__main__":
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env setup: SAME_STEP autoreset, deliberately (clenv.run.vector_env): every vector
-    # step is an interaction, final_obs is at hand for --bootstrap-truncated
+    # env setup, in SAME_STEP autoreset mode (clenv.run.vector_env): every vector step
+    # is an interaction, and final_obs is at hand for --bootstrap-truncated.
     envs = clenv.run.vector_env(
         [make_env(args.env_id, i, env_kwargs, args.clip_actions)
          for i in range(args.num_envs)], asynchronous=args.async_envs,

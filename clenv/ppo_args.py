@@ -49,21 +49,15 @@ VALUE_RANGES = {
 
 
 @dataclass
-class RunOptions:
+class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, ...
     """The flags of a PPO run apart from the algorithm's: seeding and devices, the
     run directory and resume, display, what is logged, checkpoints and divergence
     handling (the base of the agent's ``Args``; each docstring is its ``--help``)."""
 
     seed: int = 1
     """seed of the experiment (also the env's task_seed unless --env-kwargs sets one)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
     num_threads: int = 1
     """torch CPU threads (1: fastest for these MLPs, same numbers on any machine)"""
-    runs_dir: str = "runs"
-    """where run directories are created"""
     resume: str | None = None
     """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it; --[no-]progress, --[no-]plot apply)"""
     progress: bool = True
@@ -90,8 +84,6 @@ class RunOptions:
     # Checkpoints
     checkpoint_every: int = 100_000
     """checkpoint after the update crossing each multiple of this many steps, and at the end; 0: only at the end"""
-    keep_checkpoints: int = 3
-    """how many checkpoints to keep"""
 
     # Divergence (clenv.divergence)
     on_divergence: Literal["fail", "stop"] = "fail"

@@ -96,6 +96,7 @@ __all__ = [
     "CheckpointError",
     "NonFiniteStateError",
     "Run",
+    "RunFlags",
     "StorageError",
     "check_counts",
     "check_ranges",
@@ -117,6 +118,22 @@ _LAYOUT = ("objects", "envs", "rng", "extra")
 
 
 # ----------------------------------------------------------------- arguments
+@dataclasses.dataclass
+class RunFlags:
+    """The flags every clenv agent has, with one meaning and one ``--help`` line each
+    (a field's docstring): the base of the agents' option classes
+    (:class:`clenv.ppo_args.RunOptions`, :class:`clenv.supervised_args.RunOptions`)."""
+
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    keep_checkpoints: int = 3
+    """how many checkpoints to keep"""
+
+
 def parse_args(
     args_type: type[ArgsT],
     overrides: Iterable[str] = (),

@@ -54,7 +54,7 @@ UNSET = dict(
 
 
 @dataclass
-class RunOptions:
+class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, ...
     """The flags of a supervised run apart from the learner's: seeding and devices,
     the run directory and resume, display, what is logged, checkpoints and
     divergence handling (the base of the agent's ``Args``; each docstring is its
@@ -62,14 +62,8 @@ class RunOptions:
 
     seed: int = 1
     """seed of the experiment (also the env's task_seed: the task sequence)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
     num_threads: int = 1
     """torch CPU threads; 1 is fastest at batch 1 (two are ~3x slower)"""
-    runs_dir: str = "runs"
-    """where run directories are created"""
     resume: str | None = None
     """continue the run in this directory (runs/<run>) from its latest checkpoint, with its saved arguments"""
     progress: bool = True
@@ -102,8 +96,6 @@ class RunOptions:
     """save a checkpoint at the start of every k-th task (and at the end); 0: only at the end"""
     checkpoint_every: int = 0
     """also save one every this many examples within a task (long CIFAR tasks); 0: off"""
-    keep_checkpoints: int = 3
-    """how many checkpoints to keep"""
 
     # Divergence (clenv.divergence)
     on_divergence: Literal["fail", "stop"] = "fail"
