@@ -23,8 +23,9 @@ How each method runs here:
   too), with lambda read from the :class:`clenv.methods.L2` component.
 * **ER / L2-ER**: the trainer stops the kernel exactly at every U-th step, hands the
   :class:`clenv.methods.EffectiveRankAscent` component the chunk's inputs
-  (``record``) and, when due, lets it ascend on its buffer (``ascend_on_buffer``:
-  autograd on the same parameter tensors), so the ascent
+  (``record``) and, when due, lets it ascend on its buffer (``ascend_on_buffer``: the
+  closed-form gradient and manual backward of :mod:`clenv.methods.effective_rank`, on
+  the same parameter tensors), so the ascent
   happens between the same two examples as in the autograd loop and the method's
   ``state_dict`` stays valid.
 * **CBP**: the :class:`clenv.methods.ContinualBackprop` component's statistics (ages,
