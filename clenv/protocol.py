@@ -185,6 +185,11 @@ class TaskSchedule:
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise ValueError(
+                "schedule state must be the dict that get_schedule_state() returned, "
+                f"got {type(state).__name__} {state!r}"
+            )
         missing = {"task_id", "task_step", "total_steps", "started"} - set(state)
         if missing:
             raise ValueError(f"schedule state is missing keys {sorted(missing)}")

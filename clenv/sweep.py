@@ -525,7 +525,9 @@ def spec_from_args(args: SweepArgs) -> SweepSpec:
         raise ValueError("--seeds and --reg must not repeat a value")
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
-    name = args.name or f"{agent.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # The default name keeps to the allowed characters (an agent's file name has '_').
+    stem = _SAFE.sub("-", agent.stem)
+    name = args.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if _SAFE.search(name) or "__" in name:
         raise ValueError(
             f"--name {name!r}: use letters, digits, '.', '-', '+', '=' only"

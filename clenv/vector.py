@@ -297,11 +297,32 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
     def set_schedule_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_schedule_state`'s state, or give every sub-env one env's
         state (``env.get_schedule_state()``); the next step continues from it."""
+        if not isinstance(state, dict):
+            raise ValueError(
+                "schedule state must be the dict that get_schedule_state() returned, "
+                f"got {type(state).__name__} {state!r}"
+            )
         if "sub_envs" not in state:  # one env's state, for every sub-env
             self._clock.set_schedule_state(state)
             self._envs.call("set_schedule_state", state)
             return
-        clock, sub_states = state["clock"], list(state["sub_envs"])
+        clock, sub_states = state.get("clock"), state["sub_envs"]
+        if not isinstance(clock, dict) or not isinstance(sub_states, list | tuple):
+            raise ValueError(
+                "schedule state of a vector env needs 'clock' (a dict) and 'sub_envs' "
+                f"(a list of dicts), got clock={clock!r}, sub_envs={sub_states!r}; "
+                "restore a state saved by a vector env's get_schedule_state"
+            )
+        sub_states = list(sub_states)
+        for index, sub_state in enumerate(sub_states):
+            if not isinstance(sub_state, dict) or "task_id" not in sub_state:
+                raise ValueError(
+                    f"schedule state sub_envs[{index}] must be a sub-env's state dict, "
+                    f"got {sub_state!r}"
+                )
+        for key in ("task_id", "pinned_task_id", "pinned_steps"):
+            if key not in clock:
+                raise ValueError(f"schedule state clock is missing the key {key!r}")
         if len(sub_states) != self.num_envs:
             raise ValueError(
                 f"the state holds {len(sub_states)} sub-env states but this vector env "

@@ -658,3 +658,18 @@ def test_env_rows_build_each_papers_env(data_dir, benchmark, paper):
         assert env._reshuffle == (paper == "lop")
         # LoP keeps 2 of the fixture's 6 images per class apart; SC none.
         assert ("validation" in env._eval_splits) == (paper == "lop")
+
+
+def test_permuted_mnist_normalize_gives_standardised_pixels(data_dir) -> None:
+    """normalize=True (found by tests/test_fuzz_envs.py: it used to fail at reset with
+    an IndexError on the flat 784-pixel examples)."""
+    env = make("clenv/PermutedMNIST-v0", batch_size=4, normalize=True)
+    obs, _ = env.reset(seed=0)
+    low, high = (0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081
+    assert obs.shape == (4, 784) and obs.dtype == np.float32
+    assert low - 1e-5 <= obs.min() and obs.max() <= high + 1e-5
+    assert obs.min() < 0 < obs.max()
+    with pytest.raises(ValueError, match="normalize must be True or False, got 3"):
+        make("clenv/PermutedMNIST-v0", normalize=3)
+    with pytest.raises(ValueError, match="batch_size must be <= 1048576"):
+        make("clenv/PermutedMNIST-v0", batch_size=2**63)

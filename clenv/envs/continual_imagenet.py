@@ -9,15 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from clenv.data.files import data_root
+from clenv.data.files import CorruptFileError, data_root
 from clenv.data.imagenet32 import (
     IMAGE_SHAPE,
+    IMAGES_PER_CLASS,
     NUM_CLASSES,
     check_imagenet32_classes,
     load_imagenet32_class,
 )
 from clenv.data.transforms import PixelScaler
 from clenv.envs.supervised import (
+    MAX_BATCH_SIZE,
     SupervisedStreamEnv,
     check_positive_int,
     resolve_task_lengths,
@@ -120,7 +122,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
         data_dir: str | os.PathLike | None = None,
         pixel_scale: str = "unit",
     ) -> None:
-        check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size, upper=MAX_BATCH_SIZE)
         self._pixel_scale = pixel_scale
         if pixel_scale not in PIXEL_SCALES:
             raise ValueError(
@@ -135,7 +137,14 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
         self._test_per_class = check_positive_int(
             "test_images_per_class", test_images_per_class
         )
-        check_positive_int("num_classes", num_classes)
+        if self._train_per_class + self._test_per_class > IMAGES_PER_CLASS:
+            raise ValueError(
+                f"train_images_per_class + test_images_per_class must be <= "
+                f"{IMAGES_PER_CLASS} (the images of a class file), got "
+                f"{train_images_per_class} + {test_images_per_class}"
+            )
+        # <= the dataset's classes: each one is a file to check and to load.
+        check_positive_int("num_classes", num_classes, upper=NUM_CLASSES)
         if num_classes < 2:
             raise ValueError(
                 f"num_classes must be >= 2 to form pairs, got {num_classes}"
@@ -181,12 +190,17 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
     def _load_classes(
         self, task: dict[str, Any], start: int, stop: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        images = [
-            load_imagenet32_class(
-                c, self._root, self._train_per_class + self._test_per_class
-            )[start:stop]
-            for c in task["classes"]
-        ]
+        needed = self._train_per_class + self._test_per_class
+        try:
+            images = [
+                load_imagenet32_class(c, self._root, needed)[start:stop]
+                for c in task["classes"]
+            ]
+        except CorruptFileError as error:
+            raise CorruptFileError(
+                f"{error} (train_images_per_class={self._train_per_class} + "
+                f"test_images_per_class={self._test_per_class})"
+            ) from error
         labels = np.repeat(np.arange(2, dtype=np.int64), stop - start)
         return np.concatenate(images), labels
 

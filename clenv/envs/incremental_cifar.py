@@ -15,7 +15,9 @@ from clenv.data.files import data_root
 from clenv.data.transforms import CIFAR100_MEAN, CIFAR100_STD, PixelScaler
 from clenv.data.transforms import augment as lop_augment
 from clenv.envs.supervised import (
+    MAX_BATCH_SIZE,
     SupervisedStreamEnv,
+    check_flags,
     check_positive_int,
     resolve_task_lengths,
     seeded_class_order,
@@ -134,7 +136,13 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         download: bool = False,
         reshuffle_each_epoch: bool = True,
     ) -> None:
-        check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size, upper=MAX_BATCH_SIZE)
+        check_flags(
+            augment=augment,
+            normalize=normalize,
+            download=download,
+            reshuffle_each_epoch=reshuffle_each_epoch,
+        )
         self._root = data_root(data_dir)
         self._download = download
         self._augment = bool(augment)

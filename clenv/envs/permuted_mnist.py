@@ -13,7 +13,9 @@ from clenv.data.files import data_root
 from clenv.data.mnist import load_mnist
 from clenv.data.transforms import PixelScaler
 from clenv.envs.supervised import (
+    MAX_BATCH_SIZE,
     SupervisedStreamEnv,
+    check_flags,
     check_positive_int,
     resolve_task_lengths,
 )
@@ -118,7 +120,12 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
         data_dir: str | os.PathLike | None = None,
         download: bool = False,
     ) -> None:
-        check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size, upper=MAX_BATCH_SIZE)
+        check_flags(
+            first_task_identity=first_task_identity,
+            normalize=normalize,
+            download=download,
+        )
         self._root = data_root(data_dir)
         self._download = download
         self._first_task_identity = bool(first_task_identity)
@@ -139,7 +146,7 @@ class PermutedMNISTEnv(SupervisedStreamEnv):
             num_tasks=num_tasks,
             task_seed=task_seed,
             switch_at=switch_at,
-            scaler=PixelScaler(1, MNIST_MEAN, MNIST_STD)
+            scaler=PixelScaler(1, MNIST_MEAN, MNIST_STD, channel_axis=-1)
             if normalize
             else PixelScaler(),
             eval_splits=("test", "train"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
+import numpy as np
 from gymnasium import utils
 
 from clenv.envs.physics_drift import Drift, PhysicsDriftEnv
@@ -175,6 +179,27 @@ class SlipperyAntEnv(PhysicsDriftEnv):
         width: int = 480,
         height: int = 480,
     ) -> None:
+        _check_ant_arguments(
+            flags=dict(
+                use_contact_forces=use_contact_forces,
+                terminate_when_unhealthy=terminate_when_unhealthy,
+                exclude_current_positions_from_observation=(
+                    exclude_current_positions_from_observation
+                ),
+                include_cfrc_ext_in_observation=include_cfrc_ext_in_observation,
+            ),
+            numbers=dict(
+                forward_reward_weight=forward_reward_weight,
+                ctrl_cost_weight=ctrl_cost_weight,
+                contact_cost_weight=contact_cost_weight,
+                healthy_reward=healthy_reward,
+                reset_noise_scale=reset_noise_scale,
+            ),
+            ranges=dict(
+                healthy_z_range=healthy_z_range,
+                contact_force_range=contact_force_range,
+            ),
+        )
         if not use_contact_forces and (
             contact_cost_weight or include_cfrc_ext_in_observation
         ):
@@ -191,14 +216,14 @@ class SlipperyAntEnv(PhysicsDriftEnv):
         if include_cfrc_ext_in_observation is None:
             include_cfrc_ext_in_observation = use_contact_forces
         ant_kwargs = dict(
-            forward_reward_weight=forward_reward_weight,
-            ctrl_cost_weight=ctrl_cost_weight,
-            contact_cost_weight=contact_cost_weight,
-            healthy_reward=healthy_reward,
+            forward_reward_weight=float(forward_reward_weight),
+            ctrl_cost_weight=float(ctrl_cost_weight),
+            contact_cost_weight=float(contact_cost_weight),
+            healthy_reward=float(healthy_reward),
             terminate_when_unhealthy=terminate_when_unhealthy,
-            healthy_z_range=healthy_z_range,
-            contact_force_range=contact_force_range,
-            reset_noise_scale=reset_noise_scale,
+            healthy_z_range=tuple(float(v) for v in healthy_z_range),
+            contact_force_range=tuple(float(v) for v in contact_force_range),
+            reset_noise_scale=float(reset_noise_scale),
             exclude_current_positions_from_observation=(
                 exclude_current_positions_from_observation
             ),
@@ -238,3 +263,44 @@ class SlipperyAntEnv(PhysicsDriftEnv):
             # No contact term at all (Brax's ant), not a term that is always 0.
             del info["reward_contact"]
         return obs, reward, terminated, truncated, info
+
+
+def _check_ant_arguments(
+    flags: dict[str, object], numbers: dict[str, object], ranges: dict[str, object]
+) -> None:
+    """The Ant-v5 arguments passed through to Gymnasium, checked here: Gymnasium uses
+    them as given, so a wrong type would fail later inside its reward code.
+
+    ``flags`` must be booleans (``include_cfrc_ext_in_observation`` may be None),
+    ``numbers`` finite real numbers (``contact_cost_weight`` may be None), ``ranges``
+    pairs ``(low, high)`` of finite numbers with ``low <= high``.
+    """
+
+    def finite(value: object) -> bool:
+        return (
+            isinstance(value, Real)
+            and not isinstance(value, bool | np.bool_)
+            and math.isfinite(float(value))
+        )
+
+    for name, value in flags.items():
+        optional = name == "include_cfrc_ext_in_observation"
+        if not (isinstance(value, bool | np.bool_) or (optional and value is None)):
+            allowed = "True, False or None" if optional else "True or False"
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    for name, value in numbers.items():
+        if value is None and name == "contact_cost_weight":
+            continue
+        if not finite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    for name, value in ranges.items():
+        if (
+            not isinstance(value, tuple | list | np.ndarray)
+            or len(value) != 2
+            or not all(finite(v) for v in value)
+            or value[0] > value[1]
+        ):
+            raise ValueError(
+                f"{name} must be a pair (low, high) of finite numbers with low <= high, "
+                f"got {value!r}"
+            )

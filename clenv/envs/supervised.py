@@ -250,7 +250,19 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         super().set_schedule_state(state)
         stream = state.get("stream")
         if stream is not None:
-            self.np_random.bit_generator.state = stream["rng"]
+            missing = set(STREAM_KEYS) - set(stream if isinstance(stream, dict) else ())
+            if missing:
+                raise ValueError(
+                    "schedule state 'stream' must be the dict get_schedule_state() "
+                    f"saved (keys {list(STREAM_KEYS)}), got {stream!r}"
+                )
+            try:
+                self.np_random.bit_generator.state = stream["rng"]
+            except (TypeError, ValueError, KeyError) as error:
+                raise ValueError(
+                    f"schedule state stream['rng'] is not a generator state "
+                    f"({error}); restore a state saved by get_schedule_state"
+                ) from None
             self._order = stream["order"]
             self._position = stream["position"]
             self._epoch = stream["epoch"]
@@ -415,15 +427,40 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         self._load_pool(self._task)
 
 
+STREAM_KEYS = (
+    "rng",
+    "order",
+    "position",
+    "epoch",
+    "pending_obs",
+    "pending_labels",
+    "pending_epoch",
+)
+
+
 def _copy_or_none(array: np.ndarray | None) -> np.ndarray | None:
     return None if array is None else array.copy()
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int, or a ValueError naming ``name``."""
+#: The largest ``batch_size`` a supervised env takes: a batch this size of CIFAR images
+#: is already 12 GB of float32; beyond numpy's limits an array cannot even be made.
+MAX_BATCH_SIZE = 2**20
+
+
+def check_positive_int(name: str, value: Any, upper: int | None = None) -> int:
+    """``value`` as an int (``<= upper`` when given), or a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be <= {upper}, got {value}")
     return int(value)
+
+
+def check_flags(**flags: Any) -> None:
+    """Each keyword must be True or False, or a ValueError names it."""
+    for name, value in flags.items():
+        if not isinstance(value, bool | np.bool_):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def resolve_task_lengths(
