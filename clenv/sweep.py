@@ -47,6 +47,7 @@ import importlib.util
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -629,8 +630,23 @@ def _check_same_definition(spec: SweepSpec) -> None:
             )
 
 
+def check_sweep_args(args: SweepArgs) -> None:
+    """Raise a ValueError naming the first of the sweep's own numbers out of range."""
+    if not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+        raise ValueError(
+            f"--cpus-per-trial must be a number > 0, got {args.cpus_per_trial}"
+        )
+    for flag, value in (("--num-cpus", args.num_cpus),
+                        ("--max-concurrent", args.max_concurrent)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1 (or unset), got {value}")
+    if any(seed < 0 for seed in args.seeds):
+        raise ValueError(f"--seeds must be >= 0, got {list(args.seeds)}")
+
+
 def run(args: SweepArgs) -> int:
     """Run (or dry-run) the sweep; 1 when a trial is still unfinished at the end."""
+    check_sweep_args(args)
     spec = spec_from_args(args)
     if not args.resume:
         _check_same_definition(spec)

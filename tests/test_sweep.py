@@ -194,6 +194,21 @@ def test_cli_dry_run_and_errors(workspace: Path) -> None:
         capture_output=True, text=True, env=env, cwd=workspace, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and "agent script 'missing.py' not found" in bad.stderr
+    # The default --name is derived from the agent's file name, '_' and all.
+    assert sweep.main(["fake_agent.py", "--dry-run"]) == 0
+    # The sweep's own numbers are checked before anything runs (also in --dry-run).
+    base = ["fake_agent.py", "--name", "d", "--dry-run"]
+    for flags, message in (
+        (["--cpus-per-trial", "nan"], "--cpus-per-trial must be a number > 0, got nan"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial must be a number > 0"),
+        (["--num-cpus", "0"], "--num-cpus must be >= 1 (or unset), got 0"),
+        (["--max-concurrent", "-2"], "--max-concurrent must be >= 1"),
+        (["--seeds", "-1"], "--seeds must be >= 0, got [-1]"),
+        (["--max-retries", "-1"], "--max-retries must be >= 0"),
+    ):
+        with pytest.raises(ValueError) as error:
+            sweep.main([*base, *flags])
+        assert message in str(error.value)
 
 
 MNIST_ROOT = REPO.parent / "shared" / "data"
