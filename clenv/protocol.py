@@ -48,6 +48,10 @@ INFO_KEYS = ("task_id", "task_switch", "task_step", "task")
 _NONE, _PENDING, _REPORTED = 0, 1, 2
 
 
+#: Task ids are int64 (numpy seeds, HDF5 logs): an endless schedule stops there.
+MAX_TASKS = 2**63 - 1
+
+
 class TaskSchedule:
     """When tasks change, and a reproducible random generator per task.
 
@@ -121,9 +125,12 @@ class TaskSchedule:
     def check_task_id(self, task_id: int) -> int:
         if isinstance(task_id, bool) or not isinstance(task_id, int | np.integer):
             raise ValueError(f"task_id must be an int, got {task_id!r}")
-        if task_id < 0 or (self.num_tasks is not None and task_id >= self.num_tasks):
+        limit = MAX_TASKS if self.num_tasks is None else self.num_tasks
+        if task_id < 0 or task_id >= limit:
             upper = (
-                "" if self.num_tasks is None else f" and < num_tasks={self.num_tasks}"
+                f" and < {MAX_TASKS}"
+                if self.num_tasks is None
+                else f" and < num_tasks={self.num_tasks}"
             )
             raise ValueError(f"task_id must be >= 0{upper}, got {task_id}")
         return int(task_id)
@@ -329,8 +336,14 @@ class ContinualEnv:
 
     def set_schedule_state(self, state: dict[str, Any]) -> None:
         """Restore a state from :meth:`get_schedule_state`; applies that task now."""
+        pinned = state.get("pinned_task_id") if isinstance(state, dict) else None
+        if pinned is not None:
+            try:
+                pinned = self._schedule.check_task_id(pinned)
+            except ValueError as error:
+                raise ValueError(f"schedule state pinned_task_id: {error}") from None
         self._schedule.set_state(state)
-        self._pinned_task_id = state.get("pinned_task_id")
+        self._pinned_task_id = pinned
         self._task = self._task_params(self.task_id)
         self._apply_task(self._task)
         self._announce = _NONE

@@ -325,7 +325,8 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
                 raise ValueError(f"schedule state clock is missing the key {key!r}")
         if len(sub_states) != self.num_envs:
             raise ValueError(
-                f"the state holds {len(sub_states)} sub-env states but this vector env "
+                f"schedule state sub_envs holds {len(sub_states)} sub-env states but "
+                "this vector env "
                 f"has num_envs={self.num_envs}; build it with the same num_envs"
             )
         for index, sub_state in enumerate(sub_states):

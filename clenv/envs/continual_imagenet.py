@@ -124,7 +124,7 @@ class ContinualImageNetEnv(SupervisedStreamEnv):
     ) -> None:
         check_positive_int("batch_size", batch_size, upper=MAX_BATCH_SIZE)
         self._pixel_scale = pixel_scale
-        if pixel_scale not in PIXEL_SCALES:
+        if not isinstance(pixel_scale, str) or pixel_scale not in PIXEL_SCALES:
             raise ValueError(
                 f"pixel_scale must be one of {list(PIXEL_SCALES)} ('raw': the stored "
                 f"0..255 values, as LoP and SC; 'unit': divided by 255), got "
