@@ -19,6 +19,7 @@ docs/agents/ppo.md has the flags, the logged series and the paper commands.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -42,8 +43,16 @@ from clenv.cli_kwargs import parse_kwargs
 from clenv.curvature_logging import log_curvature
 from clenv.divergence import guard_run
 from clenv.methods import make_method
-from clenv.metrics import plasticity_report
-from clenv.ppo_args import RunOptions, env_kwargs_for, resolve_args
+from clenv.models.layers import make_mlp
+from clenv.optim import set_learning_rate
+from clenv.plasticity_logging import PlasticityTrackers
+from clenv.ppo_args import (
+    NetworkOptions,
+    RunOptions,
+    env_kwargs_for,
+    make_agent_optimizer,
+    resolve_args,
+)
 from clenv.protocol import (
     TaskTracker,
     end_task,
@@ -59,7 +68,7 @@ gym.register_envs(clenv)
 
 
 @dataclass
-class Args(RunOptions):  # run, logging and checkpoint flags: clenv.ppo_args
+class Args(NetworkOptions, RunOptions):  # networks, run, logging: clenv.ppo_args
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory's name)"""
 
@@ -110,12 +119,6 @@ class Args(RunOptions):  # run, logging and checkpoint flags: clenv.ppo_args
     """the maximum norm for the gradient clipping (default: from --protocol; docs/protocols.md: lop None, sc None: no clipping)"""
     target_kl: float | None = None
     """the target KL divergence threshold"""
-    hidden_sizes: tuple[int, ...] | None = None
-    """hidden widths of the separate actor and critic ReLU MLPs (default: from --protocol; docs/protocols.md: lop 256 256, sc 256)"""
-    init: Literal["lecun_uniform", "orthogonal"] | None = None
-    """weight init, biases 0: lecun_uniform or CleanRL's orthogonal (default: from --protocol; docs/protocols.md: lop lecun_uniform, sc lecun_uniform)"""
-    log_std_init: float | None = None
-    """initial state-independent log-std of the policy (default: from --protocol; docs/protocols.md: lop 0, sc 0)"""
     bootstrap_truncated: bool | None = None
     """add gamma * V(final obs) to a truncation's reward instead of ending it (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     clip_actions: bool | None = None
@@ -123,7 +126,7 @@ class Args(RunOptions):  # run, logging and checkpoint flags: clenv.ppo_args
 
     # Plasticity method
     reg: str = "l2er"
-    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, or a combination such as cbp+l2"""
+    """plasticity method (docs/methods.md): bp, l2, er, l2er, cbp, snp, redo, l2init, spectral, parseval, upgd, nap (needs --norm layer), cchain, layer_reset, inject (both at each task switch), head_reset, reset, or a combination such as cbp+l2"""
     method_preset: str | None = None
     """hyperparameter preset of the method (default: from --protocol: lop ant_lop, sc ant)"""
     method_kwargs: list[str] = field(default_factory=list)
@@ -180,24 +183,29 @@ def layer_init(layer, init="lecun_uniform", std=2**0.5, bias_const=0.0):
     return layer
 
 
-def mlp(in_features, hidden_sizes, out_features, init, out_std):
-    layers: list[nn.Module] = []
-    for width in hidden_sizes:
-        layers += [layer_init(nn.Linear(in_features, width), init), nn.ReLU()]
-        in_features = width
-    layers.append(layer_init(nn.Linear(in_features, out_features), init, std=out_std))
-    return nn.Sequential(*layers)
+def mlp(in_features, hidden_sizes, out_features, init, out_std, **layers):
+    """``Linear -> [LayerNorm] -> activation`` per hidden width, then the head
+    (``layers``: ``norm``, ``activation``, :func:`clenv.models.layers.make_mlp`)."""
+    return make_mlp((in_features, *hidden_sizes, out_features), **layers,
+                    init=functools.partial(layer_init, init=init),
+                    head_init=functools.partial(layer_init, init=init, std=out_std))  # fmt: skip
 
 
 class Agent(nn.Module):
-    def __init__(self, envs, hidden_sizes, init="lecun_uniform", log_std_init=0.0):
+    def __init__(self, envs, hidden_sizes, init="lecun_uniform", log_std_init=0.0,
+                 norm=None, activation="relu"):  # fmt: skip
         super().__init__()
         obs_dim = int(np.array(envs.single_observation_space.shape).prod())
         act_dim = int(np.prod(envs.single_action_space.shape))
-        self.critic = mlp(obs_dim, hidden_sizes, 1, init, out_std=1.0)
-        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, init, out_std=0.01)
+        layers = dict(norm=norm, activation=activation)
+        self.critic = mlp(obs_dim, hidden_sizes, 1, init, out_std=1.0, **layers)
+        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, init, 0.01, **layers)
         # State-independent log-std.
         self.actor_logstd = nn.Parameter(torch.full((1, act_dim), float(log_std_init)))
+
+    def distribution(self, x):
+        """The policy's mean and std on ``x`` (the churn's probe)."""
+        return self.actor_mean(x), self.actor_logstd.exp()
 
     def get_value(self, x):
         return self.critic(x)
@@ -273,6 +281,7 @@ def log_ppo_curvature(logger, agent, batch, args, when: str, task: int, step: in
         data, when=when, task_id=task, step=step, epsilons=args.curvature_epsilons,
         order=args.curvature_order, trace_matvecs=args.curvature_trace_matvecs,
         seed=args.seed, dead_unit_inputs=data[0]["obs"], forward_fn=actor_and_critic,
+        variance=True, partial_spectra=args.partial_spectra,
     )  # fmt: skip
 
 
@@ -301,15 +310,19 @@ if __name__ == "__main__":
          for i in range(args.num_envs)], asynchronous=args.async_envs,
     )  # fmt: skip
 
-    agent = Agent(envs, args.hidden_sizes, args.init, args.log_std_init).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate,
-                                 betas=args.adam_betas, eps=args.adam_eps,
-                                 weight_decay=args.weight_decay)  # fmt: skip
+    agent = Agent(envs, args.hidden_sizes, args.init, args.log_std_init,
+                  args.norm_or_none, args.activation).to(device)  # fmt: skip
+    with clenv.run.exit_on_error(ImportError):  # --optimizer trac without its package
+        optimizer = make_agent_optimizer(args, agent)
     try:
         method = make_method(args.reg, agent, optimizer, preset=args.method_preset,
-                             forward_fn=actor_and_critic, **method_kwargs)  # fmt: skip
+                             forward_fn=actor_and_critic, model_norm=args.norm_or_none,
+                             **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
+    # plasticity/*: weight change since the task start, churn between updates.
+    nets = {"actor": agent.actor_mean, "critic": agent.critic}
+    trackers = PlasticityTrackers(nets, agent.distribution, args.churn_probe_size)
     # What a checkpoint holds besides the RNGs and the loop's own state.
     checkpointed = dict(model=agent, optimizer=optimizer, method=method, envs=envs)
 
@@ -337,6 +350,8 @@ if __name__ == "__main__":
     next_obs = state["next_obs"].to(device)
     next_done = state["next_done"].to(device)
     tasks = TaskTracker(**state["tasks"])
+    if "trackers" in state:
+        trackers.load_state_dict(state["trackers"])
     logger.set_task(tasks.task_id)
 
     start_time = time.time()
@@ -349,8 +364,7 @@ if __name__ == "__main__":
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            lrnow = frac * args.learning_rate
-            optimizer.param_groups[0]["lr"] = lrnow
+            set_learning_rate(optimizer, frac * args.learning_rate)
 
         rollout_task = tasks.task_id
         switched_tasks: list[int] = []
@@ -395,6 +409,7 @@ if __name__ == "__main__":
         # A task switch during the rollout: the method reacts before the next update.
         for new_task in switched_tasks:
             method.on_task_switch(new_task)
+            trackers.on_task_start()
 
         # bootstrap value if not done
         with torch.no_grad():
@@ -425,6 +440,8 @@ if __name__ == "__main__":
                 )
 
         # Optimizing the policy and value network
+        if args.plasticity_every:
+            trackers.before_update(b_obs)
         b_inds = np.arange(args.batch_size)
         clipfracs = []
         for _epoch in range(args.update_epochs):
@@ -447,6 +464,8 @@ if __name__ == "__main__":
                         ((ratio - 1.0).abs() > args.clip_coef).float().mean().item()
                     ]
 
+                method.after_loss({"policy": pg_loss.item(), "value": v_loss.item(),
+                                   "entropy": entropy_loss.item()})  # fmt: skip
                 optimizer.zero_grad()
                 loss.backward()
                 method.after_backward()
@@ -460,6 +479,8 @@ if __name__ == "__main__":
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
+        if args.plasticity_every:
+            trackers.after_update()
 
         y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
         var_y = np.var(y_true)
@@ -486,9 +507,8 @@ if __name__ == "__main__":
             logger.log_scalars(task_params(infos), global_step, prefix="cl/")
         if args.plasticity_every and iteration % args.plasticity_every == 0:
             guard.check_parameters(global_step, tasks.task_id, force=True)
-            nets = {"actor": agent.actor_mean, "critic": agent.critic}
             log_std = {"actor/log_std_mean": float(agent.actor_logstd.detach().mean())}
-            metrics = log_std | plasticity_report(nets, b_obs)
+            metrics = log_std | trackers.report(b_obs)
             logger.log_scalars(metrics, global_step, prefix="plasticity/")
 
         # A checkpoint after the update that crosses a multiple of --checkpoint-every.
@@ -499,7 +519,8 @@ if __name__ == "__main__":
             # Finite weights and state (Adam's moments too), or a divergence.
             with clenv.run.exit_on_error():  # a full disk: error: <message>
                 extra = dict(next_obs=next_obs.cpu(), next_done=next_done.cpu(),
-                             iteration=iteration, tasks=vars(tasks))  # fmt: skip
+                             iteration=iteration, tasks=vars(tasks),
+                             trackers=trackers.state_dict())  # fmt: skip
                 guard.save(run, global_step, tasks.task_id, **checkpointed,
                            extra=extra, finished=last_iteration)  # fmt: skip
 

@@ -9,8 +9,13 @@ anything is built, with an error naming the flag, and computes the values of run
 time (batch and minibatch sizes, iterations); :func:`env_kwargs_for` gives
 ``gym.make``'s arguments:
 
-    args = resolve_args(tyro.cli(Args))  # Args(RunOptions), in the agent
+    args = resolve_args(tyro.cli(Args))  # Args(NetworkOptions, RunOptions)
     env_kwargs, continual = env_kwargs_for(args)
+    optimizer = make_agent_optimizer(args, agent)
+
+:class:`NetworkOptions` holds the flags of the networks and the optimizer (widths,
+init, ``--norm``, ``--activation``, ``--optimizer``); :func:`make_agent_optimizer`
+builds the optimizer with the protocol's optimizer rows (SC's ``bp_muon``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ import clenv.run
 from clenv.cli_kwargs import parse_kwargs
 from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.methods import split_name
+from clenv.models.layers import norm_components
+from clenv.optim import make_optimizer
 from clenv.settings import protocol_defaults
 
 __all__ = ["BENCHMARK", "MAX_BATCH_SIZE", "METHOD_PRESETS", "VALUE_RANGES",
-           "RunOptions", "env_kwargs_for", "resolve_args"]  # fmt: skip
+           "NetworkOptions", "RunOptions", "env_kwargs_for", "make_agent_optimizer",
+           "resolve_args"]  # fmt: skip
 
 # The clenv.settings module whose rows fill every option left at None.
 BENCHMARK = "slippery_ant"
@@ -46,6 +54,30 @@ VALUE_RANGES = {
     "target_kl": "> 0 (or unset: no early stop)",
     "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
 }  # fmt: skip
+
+
+@dataclass
+class NetworkOptions:
+    """The flags of the actor and critic networks and of their optimizer (each
+    docstring is its ``--help``; docs/methods.md describes every choice)."""
+
+    hidden_sizes: tuple[int, ...] | None = None
+    """hidden widths of the separate actor and critic MLPs (default: from --protocol; docs/protocols.md: lop 256 256, sc 256)"""
+    init: Literal["lecun_uniform", "orthogonal"] | None = None
+    """weight init, biases 0: lecun_uniform or CleanRL's orthogonal (default: from --protocol; docs/protocols.md: lop lecun_uniform, sc lecun_uniform)"""
+    log_std_init: float | None = None
+    """initial state-independent log-std of the policy (default: from --protocol; docs/protocols.md: lop 0, sc 0)"""
+    norm: Literal["none", "layer"] = "none"
+    """none, or layer: a LayerNorm (eps 1e-6) before each hidden activation of actor and critic, as SC's layernorm runs; selects the protocol's values tuned with it (docs/methods.md)"""
+    activation: Literal["relu", "crelu", "fourier"] = "relu"
+    """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (sin/cos deep Fourier features, Lewandowski et al. 2025); the last two give two features per unit, so the next layer reads twice the width (docs/methods.md)"""
+    optimizer: Literal["adam", "sgd", "muon", "trac"] = "adam"
+    """adam (both papers), sgd, muon (torch's Muon on the 2-D weights, Adam on the rest, as SC's bp_muon, with the protocol's Muon rows) or trac (TRAC around Adam; pip install clenv[trac]); docs/methods.md"""
+
+    @property
+    def norm_or_none(self) -> str | None:
+        """``--norm`` as :func:`clenv.models.layers.make_mlp` takes it."""
+        return None if self.norm == "none" else self.norm
 
 
 @dataclass
@@ -69,7 +101,9 @@ class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, 
 
     # Logging
     plasticity_every: int = 10
-    """log plasticity/* every this many updates, on the rollout's observations; 0: never"""
+    """log plasticity/* every this many updates, on the rollout's observations (plasticity/policy_churn: every update); 0: never"""
+    churn_probe_size: int = 256
+    """observations of the first rollout (evenly spaced) on which plasticity/policy_churn, the mean KL between consecutive policies, is measured"""
     curvature_every_tasks: int = 1
     """log curvature/* at the start and end of every k-th task (SC: 1); 0: never"""
     curvature_order: int = 100
@@ -80,6 +114,8 @@ class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, 
     """rollout samples the Hessian is taken over (SC: 2000)"""
     curvature_epsilons: tuple[float, ...] = (0.01, 0.03, 0.1)
     """thresholds of the epsilon-rank (share of spectral mass with |lambda| > eps)"""
+    partial_spectra: bool = False
+    """also log each layer's own Hessian spectrum (SC's partial_hessian) at task boundaries: curvature/<when>/partial/<layer>/* (costs --curvature-order products per layer)"""
 
     # Checkpoints
     checkpoint_every: int = 100_000
@@ -99,7 +135,7 @@ def resolve_args(args: Any) -> Any:
     Raises:
         ValueError: The first value out of range, naming its flag.
     """
-    components = split_name(args.reg)
+    components = [*split_name(args.reg), *norm_components(args.norm_or_none)]
     defaults = protocol_defaults(BENCHMARK, args.protocol, components=components)
     clenv.run.fill_unset(args, defaults)
     if args.method_preset is None:
@@ -107,7 +143,8 @@ def resolve_args(args: Any) -> Any:
     clenv.run.check_counts(
         args,
         positive=("total_timesteps", "num_envs", "num_steps", "num_minibatches",
-                  "update_epochs", "num_threads", "keep_checkpoints"),
+                  "update_epochs", "num_threads", "keep_checkpoints",
+                  "churn_probe_size"),
         non_negative=("plasticity_every", "curvature_every_tasks", "checkpoint_every",
                       "divergence_check_every"),
     )  # fmt: skip
@@ -169,3 +206,20 @@ def env_kwargs_for(args: Any) -> tuple[dict[str, Any], bool]:
             BENCHMARK, args.protocol, kwargs, seed=args.seed, names=names
         )
     return kwargs, continual
+
+
+def make_agent_optimizer(args: Any, model: Any) -> Any:
+    """``--optimizer`` over ``model`` (:func:`clenv.optim.make_optimizer`): Adam's
+    ``--adam-betas``, ``--adam-eps`` and ``--weight-decay``, overridden by the
+    protocol's optimizer rows for it (SC's ``bp_muon``: Muon's settings, Adam betas
+    0.9, 0.999; docs/protocols.md). ``adam`` is the optimizer both papers use.
+
+    Raises:
+        ImportError: ``trac`` without the ``trac-optimizer`` package.
+    """
+    options = dict(betas=tuple(args.adam_betas), eps=args.adam_eps,
+                   weight_decay=args.weight_decay)  # fmt: skip
+    options |= protocol_defaults(
+        BENCHMARK, args.protocol, kind="optimizer", components=[args.optimizer]
+    )
+    return make_optimizer(args.optimizer, model, args.learning_rate, **options)
