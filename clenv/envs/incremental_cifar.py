@@ -147,7 +147,7 @@ class IncrementalCIFAR100Env(SupervisedStreamEnv):
         self._download = download
         self._augment = bool(augment)
         self._classes_per_task = check_positive_int(
-            "classes_per_task", classes_per_task
+            "classes_per_task", classes_per_task, upper=NUM_CLASSES
         )
         max_tasks = NUM_CLASSES // self._classes_per_task
         num_tasks = max_tasks if num_tasks is None else num_tasks
