@@ -17,7 +17,11 @@ from __future__ import annotations
 from clenv.methods.base import Compose, PlasticityMethod
 from clenv.methods.cchain import CChain
 from clenv.methods.continual_backprop import ContinualBackprop
-from clenv.methods.effective_rank import EffectiveRankAscent
+from clenv.methods.effective_rank import (
+    EffectiveRankAscent,
+    ascend_relu_chain,
+    effective_rank_gradient,
+)
 from clenv.methods.inject import PlasticityInjection
 from clenv.methods.l2 import L2
 from clenv.methods.l2init import L2Init
@@ -45,6 +49,8 @@ __all__ = [
     # methods
     "L2",
     "EffectiveRankAscent",
+    "effective_rank_gradient",
+    "ascend_relu_chain",
     "ContinualBackprop",
     "ShrinkPerturb",
     "ReDo",
