@@ -126,7 +126,7 @@ class Args(NetworkOptions, RunOptions):  # networks, run, logging: clenv.ppo_arg
 
     # Plasticity method
     reg: str = "l2er"
-    """plasticity method (docs/methods.md): bp, l2, er, l2er, cbp, snp, redo, l2init, spectral, parseval, upgd, nap (needs --norm layer), cchain, layer_reset, inject (both at each task switch), head_reset, reset, or a combination such as cbp+l2"""
+    """plasticity method (docs/methods.md): bp, l2, er, l2er, cbp, snp, redo, l2init, spectral, parseval, upgd (needs --optimizer sgd), nap (needs --norm layer), cchain, layer_reset, inject (both at each task switch), head_reset, reset, or a combination such as cbp+l2"""
     method_preset: str | None = None
     """hyperparameter preset of the method (default: from --protocol: lop ant_lop, sc ant)"""
     method_kwargs: list[str] = field(default_factory=list)
@@ -313,7 +313,7 @@ if __name__ == "__main__":
     agent = Agent(envs, args.hidden_sizes, args.init, args.log_std_init,
                   args.norm_or_none, args.activation).to(device)  # fmt: skip
     with clenv.run.exit_on_error(ImportError):  # --optimizer trac without its package
-        optimizer = make_agent_optimizer(args, agent)
+        optimizer = make_agent_optimizer(args, agent, vectors=[agent.actor_logstd])
     try:
         method = make_method(args.reg, agent, optimizer, preset=args.method_preset,
                              forward_fn=actor_and_critic, model_norm=args.norm_or_none,

@@ -21,6 +21,7 @@ builds the optimizer with the protocol's optimizer rows (SC's ``bp_muon``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from clenv.cli_kwargs import parse_kwargs
 from clenv.envs.slippery_ant import SlipperyAntEnv
 from clenv.methods import split_name
 from clenv.models.layers import norm_components
-from clenv.optim import make_optimizer
+from clenv.optim import MuonWithAdam, make_optimizer
 from clenv.settings import protocol_defaults
 
 __all__ = ["BENCHMARK", "MAX_BATCH_SIZE", "METHOD_PRESETS", "VALUE_RANGES",
@@ -54,6 +55,8 @@ VALUE_RANGES = {
     "target_kl": "> 0 (or unset: no early stop)",
     "curvature_epsilons": "> 0 (thresholds on |eigenvalue|)",
 }  # fmt: skip
+# What a --reg component needs of the network or optimizer flags: (flag, value).
+METHOD_NEEDS = {"nap": ("norm", "layer"), "upgd": ("optimizer", "sgd")}
 
 
 @dataclass
@@ -138,6 +141,13 @@ def resolve_args(args: Any) -> Any:
     components = [*split_name(args.reg), *norm_components(args.norm_or_none)]
     defaults = protocol_defaults(BENCHMARK, args.protocol, components=components)
     clenv.run.fill_unset(args, defaults)
+    for component in components:
+        flag, value = METHOD_NEEDS.get(component, (None, None))
+        if flag is not None and getattr(args, flag) != value:
+            raise ValueError(
+                f"--reg {args.reg}: {component} needs --{flag} {value}, got "
+                f"--{flag} {getattr(args, flag)} (docs/methods.md)"
+            )
     if args.method_preset is None:
         args.method_preset = METHOD_PRESETS[args.protocol]
     clenv.run.check_counts(
@@ -208,11 +218,15 @@ def env_kwargs_for(args: Any) -> tuple[dict[str, Any], bool]:
     return kwargs, continual
 
 
-def make_agent_optimizer(args: Any, model: Any) -> Any:
+def make_agent_optimizer(args: Any, model: Any, vectors: Sequence[Any] = ()) -> Any:
     """``--optimizer`` over ``model`` (:func:`clenv.optim.make_optimizer`): Adam's
     ``--adam-betas``, ``--adam-eps`` and ``--weight-decay``, overridden by the
     protocol's optimizer rows for it (SC's ``bp_muon``: Muon's settings, Adam betas
     0.9, 0.999; docs/protocols.md). ``adam`` is the optimizer both papers use.
+
+    ``vectors``: parameters that are vectors kept 2-D for broadcasting (the policy's
+    ``(1, act_dim)`` log-std); Muon leaves them to its Adam part, as optax's muon
+    does SC's 1-D ``log_std`` (``rlopt/models.py:33``).
 
     Raises:
         ImportError: ``trac`` without the ``trac-optimizer`` package.
@@ -222,4 +236,11 @@ def make_agent_optimizer(args: Any, model: Any) -> Any:
     options |= protocol_defaults(
         BENCHMARK, args.protocol, kind="optimizer", components=[args.optimizer]
     )
-    return make_optimizer(args.optimizer, model, args.learning_rate, **options)
+    optimizer = make_optimizer(args.optimizer, model, args.learning_rate, **options)
+    if isinstance(optimizer, MuonWithAdam) and vectors:
+        for group in optimizer.muon.param_groups:
+            group["params"] = [
+                p for p in group["params"] if all(p is not v for v in vectors)
+            ]
+        optimizer.adam.param_groups[0]["params"].extend(vectors)
+    return optimizer

@@ -48,7 +48,8 @@ ANT = [
     "--env-kwargs", "switch_every=300", "switch_at=step", "--checkpoint-every", "512",
     "--plasticity-every", "2", "--curvature-order", "5",
     "--curvature-trace-matvecs", "3", "--curvature-samples", "64",
-    "--reg", "l2er", "--no-progress", "--no-plot",
+    "--reg", "l2er+cchain", "--method-kwargs", "cchain__warmup_iterations=2",
+    "--no-progress", "--no-plot",
 ]  # fmt: skip
 
 
@@ -122,6 +123,271 @@ def test_smoke_run_per_reg(smoke_runs, reg):
     assert "cl/task_id" in tags and "cl/friction" not in tags  # not a clenv env
     assert (run_dir / "checkpoints" / "ckpt_000000000256.pt").exists()
     assert json.loads((run_dir / "args.json").read_text())["reg"] == reg
+
+
+# -- issue 14's baselines: --norm, --activation, --optimizer and the new methods ------
+CONFIG_DRIVER = textwrap.dedent(
+    """
+    import json, runpy, sys, traceback
+    agent, runs, configs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    results = {}
+    for name, argv in configs.items():
+        sys.argv = [agent, *argv, "--runs-dir", f"{runs}/{name}"]
+        try:
+            runpy.run_path(agent, run_name="__main__")
+            results[name] = "ok"
+        except SystemExit as exit:
+            results[name] = f"SystemExit: {exit.code}"
+        except BaseException:
+            results[name] = traceback.format_exc()
+    print("RESULTS" + json.dumps(results))
+    """
+)
+OPTIONS = {
+    "norm_layer": ["--norm", "layer", "--reg", "l2"],
+    "crelu": ["--activation", "crelu", "--reg", "cbp"],
+    "fourier": ["--activation", "fourier", "--reg", "redo"],
+    "sgd": ["--optimizer", "sgd", "--reg", "bp"],
+    "muon": ["--optimizer", "muon", "--protocol", "sc", "--reg", "bp"],
+    "trac": ["--optimizer", "trac", "--reg", "bp", "--anneal-lr", "True"],
+}
+METHODS = {
+    "l2init": ["--reg", "l2init"],
+    "spectral+l2": ["--reg", "spectral+l2"],
+    "parseval": ["--reg", "parseval"],
+    "upgd": ["--reg", "upgd", "--optimizer", "sgd"],
+    "nap": ["--reg", "nap", "--norm", "layer"],
+    # lambda adapts from the first iteration on; checkpoints after each update.
+    "cchain": ["--reg", "cchain", "--method-kwargs", "cchain__warmup_iterations=1",
+               "--total-timesteps", "384", "--checkpoint-every", "128"],
+}  # fmt: skip
+# Task switches every 300 steps (as ANT): injection and layer resets act on them.
+SWITCHING = {
+    "inject": ["--reg", "inject"],
+    "layer_reset": ["--reg", "layer_reset", "--partial-spectra"],
+}
+SWITCHING_COMMON = [
+    "--total-timesteps", "768", "--num-steps", "128", "--num-minibatches", "2",
+    "--update-epochs", "2", "--hidden-sizes", "16", "16",
+    "--env-kwargs", "switch_every=300", "switch_at=step", "--plasticity-every", "1",
+    "--curvature-order", "5", "--curvature-trace-matvecs", "0",
+    "--curvature-samples", "64", "--checkpoint-every", "128", "--no-progress",
+    "--no-plot",
+]  # fmt: skip
+
+
+def run_configs(runs: Path, configs: dict[str, list[str]], common: list[str]):
+    argvs = {name: [*common, *argv] for name, argv in configs.items()}
+    done = subprocess.run(
+        [sys.executable, "-c", CONFIG_DRIVER, str(AGENT), str(runs), json.dumps(argvs)],
+        env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULTS")]
+    assert lines, done.stdout[-3000:] + done.stderr[-3000:]
+    return runs, json.loads(lines[0][len("RESULTS") :])
+
+
+@pytest.fixture(scope="module")
+def option_runs(tmp_path_factory):
+    configs = dict(OPTIONS)
+    try:
+        import trac_optimizer  # noqa: F401
+    except ImportError:
+        configs.pop("trac")  # an optional extra
+    return run_configs(tmp_path_factory.mktemp("options"), configs, SMOKE)
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory):
+    return run_configs(tmp_path_factory.mktemp("methods"), METHODS, SMOKE)
+
+
+@pytest.fixture(scope="module")
+def switching_runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("switching")
+    return run_configs(runs, SWITCHING, SWITCHING_COMMON)
+
+
+def final_checkpoint(run_dir: Path) -> dict:
+    path = max((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    return torch.load(path, weights_only=False)
+
+
+def assert_plasticity_series(run_dir: Path, updates: int, moves: bool = True):
+    """The issue 14 series are logged at every update (--plasticity-every 1), finite."""
+    metrics = run_dir / "metrics.h5"
+    with h5py.File(metrics, "r") as f:
+        tags = list_series(f)
+    for tag in (
+        "plasticity/actor/weight_change", "plasticity/critic/layer0/feature_norm",
+        "plasticity/actor/active_unit_fraction", "plasticity/critic/0/grad_norm",
+        "plasticity/actor/0/weight_change", "plasticity/critic/mean_feature_norm",
+    ):  # fmt: skip
+        assert tag in tags, tag
+        values = read_series(metrics, tag)["value"]
+        assert len(values) == updates and np.isfinite(values).all(), tag
+    # Churn between consecutive updates: one per update, positive if the policy moved.
+    churn = read_series(metrics, "plasticity/policy_churn")["value"]
+    assert len(churn) == updates and np.isfinite(churn).all() and (churn >= 0).all()
+    assert (churn > 0).all() or not moves, churn
+    return tags
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_network_and_optimizer_options_run(option_runs, name):
+    runs, results = option_runs
+    if name not in results:
+        pytest.skip("trac-optimizer is not installed (pip install clenv[trac])")
+    assert results[name] == "ok", results[name]
+    run_dir = only_run(runs / name)
+    # TRAC's scale starts at 1e-8: its first updates move no float32 weight.
+    assert_plasticity_series(run_dir, updates=2, moves=name != "trac")
+    saved = json.loads((run_dir / "args.json").read_text())
+    model = final_checkpoint(run_dir)["objects"]["model"]
+    # The first hidden layer reads the observations, the second the first's features.
+    second = model[
+        "actor_mean.3.weight" if name == "norm_layer" else "actor_mean.2.weight"
+    ]
+    assert second.shape == (16, 32 if name in ("crelu", "fourier") else 16)
+    assert ("actor_mean.1.weight" in model) == (name == "norm_layer")  # LayerNorm
+    argv = OPTIONS[name]
+    optimizer = argv[argv.index("--optimizer") + 1] if "--optimizer" in argv else "adam"
+    assert saved["optimizer"] == optimizer
+    state = final_checkpoint(run_dir)["objects"]["optimizer"]
+    assert (set(state) == {"muon", "adam"}) == (name == "muon")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_new_methods_run_in_ppo(method_runs, name):
+    runs, results = method_runs
+    assert results[name] == "ok", results[name]
+    run_dir = only_run(runs / name)
+    assert_plasticity_series(run_dir, updates=3 if name == "cchain" else 2)
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        assert f.attrs["reg"] == METHODS[name][1]
+
+
+def test_cchain_coefficient_adapts_over_the_run(method_runs):
+    runs, results = method_runs
+    assert results["cchain"] == "ok", results["cchain"]
+    checkpoints = sorted((only_run(runs / "cchain") / "checkpoints").glob("*.pt"))
+    assert [p.name[5:-3] for p in checkpoints] == ["000000000128", "000000000256",
+                                                    "000000000384"]  # fmt: skip
+    coefficients = [
+        torch.load(p, weights_only=False)["objects"]["method"]["coefficient"]
+        for p in checkpoints
+    ]
+    # lambda = 0.05 |policy loss| / churn loss, once the first iteration has ended
+    # (agent.after_loss feeds it the policy loss); 100 before.
+    assert coefficients[0] == 100.0
+    assert all(math.isfinite(c) and c > 0 for c in coefficients)
+    assert len(set(coefficients)) == 3, coefficients
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SWITCHING)
+def test_task_switch_methods_and_partial_spectra(switching_runs, name):
+    runs, results = switching_runs
+    assert results[name] == "ok", results[name]
+    run_dir = only_run(runs / name)
+    metrics = run_dir / "metrics.h5"
+    tags = assert_plasticity_series(run_dir, updates=6)
+    # The weight change restarts at each task switch: its task-start weights in the
+    # last checkpoint are those the switch at step 600 found (the weights after the
+    # update at 512; a hidden layer, which neither method resets), and the logged
+    # distance is from them.
+    assert read_series(metrics, "plasticity/actor/weight_change")["task_id"].tolist() == [
+        0, 0, 1, 1, 2, 2
+    ]  # fmt: skip
+    at_512, at_768 = (
+        torch.load(run_dir / "checkpoints" / f"ckpt_{step:012d}.pt", weights_only=False)
+        for step in (512, 768)
+    )
+    snapshot = at_768["extra"]["trackers"]["weight_change"]["snapshot"]
+    before, model = at_512["objects"]["model"], at_768["objects"]["model"]
+    for param in ("weight", "bias"):
+        assert torch.equal(
+            snapshot[f"actor/0.{param}"], before[f"actor_mean.0.{param}"]
+        )
+    distance = math.sqrt(
+        sum(
+            (model[f"actor_mean.0.{p}"] - snapshot[f"actor/0.{p}"]).square().sum()
+            for p in ("weight", "bias")
+        )
+    )
+    logged = read_series(metrics, "plasticity/actor/0/weight_change")["value"][-1]
+    assert logged == pytest.approx(distance, rel=1e-5) and distance > 0
+    for when in ("task_start", "task_end"):
+        variance = read_series(metrics, f"curvature/{when}/hessian_variance")["value"]
+        assert np.isfinite(variance).all() and (variance >= 0).all()
+    partial = [t for t in tags if "/partial/" in t]
+    assert bool(partial) == (name == "layer_reset"), partial[:3]
+    if partial:
+        assert "curvature/task_start/partial/actor_mean.0/top_eigenvalue" in tags
+
+
+def test_muon_puts_hidden_weights_on_muon(agent_module):
+    args = agent_module.resolve_args(
+        agent_module.Args(optimizer="muon", protocol="sc", hidden_sizes=(8, 8))
+    )
+    agent = agent_module.Agent(box_envs(), args.hidden_sizes)
+    optimizer = agent_module.make_agent_optimizer(
+        args, agent, vectors=[agent.actor_logstd]
+    )
+    muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    adam = {id(p) for g in optimizer.adam.param_groups for p in g["params"]}
+    for name, param in agent.named_parameters():
+        # Every weight matrix on Muon (SC's optax muon: every 2-D parameter), the
+        # biases and the policy's log-std (SC's is a vector) on Adam.
+        on_muon = name.endswith(".weight")
+        assert (id(param) in muon, id(param) in adam) == (on_muon, not on_muon), name
+    # SC's bp_muon rows (docs/protocols.md): Nesterov 0.95, Adam betas 0.9, 0.999.
+    assert optimizer.muon.param_groups[0]["momentum"] == 0.95
+    assert optimizer.adam.param_groups[0]["betas"] == (0.9, 0.999)
+    agent_module.set_learning_rate(optimizer, 1e-5)  # annealing moves both parts
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-5}
+    # --optimizer adam is Adam with the protocol's betas, as the agent always built.
+    adam_args = agent_module.resolve_args(agent_module.Args(protocol="sc"))
+    default = agent_module.make_agent_optimizer(adam_args, agent)
+    assert type(default) is torch.optim.Adam
+    assert default.param_groups[0]["betas"] == (0.99, 0.99)
+
+
+def test_make_mlp_draws_the_weights_of_the_hand_written_networks(agent_module):
+    """The agent builds its nets with clenv.models.layers.make_mlp; with the default
+    options they are the Linear/ReLU stacks it built by hand, weight for weight."""
+
+    def hand_written(in_features, hidden, out_features, init, out_std):
+        layers = []
+        for width in hidden:
+            linear = torch.nn.Linear(in_features, width)
+            layers += [agent_module.layer_init(linear, init), torch.nn.ReLU()]
+            in_features = width
+        head = torch.nn.Linear(in_features, out_features)
+        layers.append(agent_module.layer_init(head, init, std=out_std))
+        return torch.nn.Sequential(*layers)
+
+    for init in ("lecun_uniform", "orthogonal"):
+        torch.manual_seed(3)
+        agent = agent_module.Agent(box_envs(5, 2), (16, 8), init)
+        torch.manual_seed(3)
+        critic = hand_written(5, (16, 8), 1, init, 1.0)
+        actor = hand_written(5, (16, 8), 2, init, 0.01)
+        for mine, theirs in ((agent.critic, critic), (agent.actor_mean, actor)):
+            assert [type(m) for m in mine] == [type(m) for m in theirs]
+            for a, b in zip(
+                mine.state_dict().values(), theirs.state_dict().values(), strict=True
+            ):
+                assert torch.equal(a, b)
+
+
+def test_method_needs_are_argument_errors(agent_module):
+    resolve = agent_module.resolve_args
+    with pytest.raises(ValueError, match="nap needs --norm layer"):
+        resolve(agent_module.Args(reg="nap"))
+    with pytest.raises(ValueError, match="upgd needs --optimizer sgd"):
+        resolve(agent_module.Args(reg="upgd+l2"))
+    assert resolve(agent_module.Args(reg="nap", norm="layer")).norm == "layer"
 
 
 # -- SIGKILL and resume on Slippery Ant ----------------------------------------------
