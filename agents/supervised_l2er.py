@@ -8,6 +8,8 @@ take the values of Prakash et al., *Spectral Collapse Drives Loss of Plasticity*
 2026, "SC", the default) or Dohare et al., *Loss of plasticity in deep continual
 learning* (Nature 2024, "LoP", ``--protocol lop``); docs/protocols.md lists them with
 their sources. A :mod:`clenv.methods` method (``--reg``) is driven through its hooks.
+The network's norm and activation, the optimizer and the loss are options too
+(``--norm``, ``--activation``, ``--optimizer``, ``--loss``; docs/methods.md).
 The learner predicts a batch (the action), gets the accuracy (the reward), reads
 ``info["label"]`` and updates; batch-1 MLP training runs on
 :class:`clenv.fastpath.FastMLPTrainer` (the same run, ~10-60x faster).
@@ -31,7 +33,6 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -43,32 +44,35 @@ from clenv.curvature_logging import log_curvature
 from clenv.divergence import guard_run
 from clenv.evaluation import accuracy, active_class_mask, masked_logits, task_tensors
 from clenv.fastpath import FastMLPTrainer
+from clenv.losses import make_loss
 from clenv.methods import make_method
-from clenv.metrics import plasticity_report
+from clenv.metrics import WeightChangeTracker
 from clenv.models import (
     ContinualImageNetConvNet,
     IncrementalCIFARResNet18,
     PermutedMNISTMLP,
 )
-from clenv.online_learning import TaskStats, step_through_group
+from clenv.online_learning import TaskStats, step_through_group, task_plasticity_report
+from clenv.optim import set_learning_rate
 from clenv.protocol import task_due, task_switches
-from clenv.settings import protocol_defaults
 from clenv.supervised_args import (
-    BENCHMARKS,
     IMAGENET,
     PMNIST,
+    BaselineOptions,
     RunOptions,
     ascent_group_size,
+    build_optimizer,
     env_kwargs_for,
+    fast_path_decision,
+    model_kwargs,
     resolve_args,
-    use_fast_path,
 )
 
 gym.register_envs(clenv)
 
 
 @dataclass
-class Args(RunOptions):  # run, logging and checkpoint flags: clenv.supervised_args
+class Args(RunOptions, BaselineOptions):  # more flags: clenv.supervised_args
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory's name)"""
 
@@ -98,7 +102,7 @@ class Args(RunOptions):  # run, logging and checkpoint flags: clenv.supervised_a
     resnet_channels: int = 64
     """CIFAR ResNet: channels of the first stage (64 in both papers; less for quick runs)"""
     learning_rate: float | None = None
-    """SGD step size, per method where a paper tuned it (default: from --protocol; docs/protocols.md)"""
+    """step size of --optimizer, per method where a paper tuned it (default: from --protocol; docs/protocols.md)"""
     momentum: float | None = None
     """SGD momentum (default: from --protocol; docs/protocols.md)"""
     optimizer_weight_decay: float | None = None
@@ -120,13 +124,13 @@ class Args(RunOptions):  # run, logging and checkpoint flags: clenv.supervised_a
 
     # Plasticity method
     reg: str = "l2er"
-    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, or a combination such as cbp+l2 (clenv.methods.make_method)"""
+    """plasticity method: bp, l2, er, l2er, cbp, snp, redo, head_reset, reset, layer_reset, l2init, spectral, parseval, upgd, nap (needs --norm layer), inject, or a combination such as cbp+l2 or l2+layernorm (SC's LayerNorm-L2); docs/methods.md"""
     method_preset: str | None = None
     """hyperparameters of the method (default: pmnist, imagenet, cifar; *_lop for lop)"""
     method_kwargs: list[str] = field(default_factory=list)
     """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or `er__ascent_lr=1e-3`"""
     fast_path: Literal["auto", "on", "off"] = "auto"
-    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it computes the same run (MLP, plain SGD, methods bp/l2/er/l2er/cbp/resets)"""
+    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it computes the same run (ReLU MLP, plain SGD, cross-entropy, methods bp/l2/er/l2er/cbp/resets) and else says why it trains with autograd; on: an error where it cannot"""
     chunk: int = 100
     """Permuted MNIST at batch 1: examples per env step; the learner still updates after every example (docs/agents/supervised.md)"""
 
@@ -158,8 +162,8 @@ def make_env(env_id: str, env_kwargs: dict[str, Any]) -> RestorableEnv:
 
 
 def make_model(args: Args) -> nn.Module:
-    # The model's settings of the protocol (variant, init: rows of kind "model").
-    kwargs = protocol_defaults(BENCHMARKS[args.env_id], args.protocol, "model")
+    # The protocol's model rows (variant, init), --norm and --activation.
+    kwargs = model_kwargs(args)
     if args.env_id == PMNIST:
         return PermutedMNISTMLP(784, args.width, args.depth, 10, **kwargs)
     if args.env_id == IMAGENET:
@@ -171,12 +175,13 @@ def make_model(args: Args) -> nn.Module:
 
 
 def learn_minibatch(
-    model, optimizer, method, x, labels, logits, guard=None, step=0, task_id=None
-) -> float:
-    """One SGD step on the minibatch's cross-entropy, with the method's hooks; a
+    model, optimizer, method, loss_fn, x, labels, logits, guard=None, step=0,
+    task_id=None,
+) -> float:  # fmt: skip
+    """One optimizer step on the minibatch's loss, with the method's hooks; a
     :class:`~clenv.divergence.DivergenceGuard` checks the loss, gradients and
     parameters (at ``step``, the example count at the minibatch's end)."""
-    loss = F.cross_entropy(logits, labels)
+    loss = loss_fn(logits, labels)
     if guard is not None:
         guard.check_loss(loss, step, task_id)
     optimizer.zero_grad()
@@ -192,7 +197,7 @@ def learn_minibatch(
 
 
 def learn_one_at_a_time(
-    model, optimizer, method, x, labels, guard=None, step=0, task_id=None
+    model, optimizer, method, loss_fn, x, labels, guard=None, step=0, task_id=None
 ):
     """The papers' batch-1 loop: predict one example, then update on it (example
     ``k`` is the run's ``step + k + 1``-th, for the guard)."""
@@ -201,33 +206,43 @@ def learn_one_at_a_time(
         logits = model(x[k : k + 1])
         predictions[k] = logits.detach().argmax(1)[0]
         loss_sum += learn_minibatch(
-            model, optimizer, method, x[k : k + 1], labels[k : k + 1], logits,
-            guard, step + k + 1, task_id,
+            model, optimizer, method, loss_fn, x[k : k + 1], labels[k : k + 1],
+            logits, guard, step + k + 1, task_id,
         )  # fmt: skip
     return predictions, loss_sum
 
 
+def task_loss(args, task_info, num_classes, device):
+    """``loss(net, (inputs, labels))``: the training loss (--loss) of the logits
+    masked to the task's classes, as the curvature and gradient metrics take it."""
+    loss_fn = make_loss(args.loss)
+    active = active_class_mask(task_info, num_classes, device)
+    batchnorm_train = args.curvature_batchnorm == "train"
+
+    def loss(net, data):
+        if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
+            net.train()
+        return loss_fn(masked_logits(net(data[0]), active), data[1])
+
+    return loss
+
+
 def log_task_curvature(logger, model, base, task_info, args, step, task_id, when):
-    """curvature/<when>/*: the curvature of the masked cross-entropy on the task's
+    """curvature/<when>/*: the curvature of the masked training loss on the task's
     samples, or (SC's CIFAR) those of its new classes
-    (incremental_cifar/train_incremental_cifar.py:402-413)."""
+    (incremental_cifar/train_incremental_cifar.py:402-413), with SC's Hessian
+    variance and (--partial-spectra) each layer's spectrum."""
     device = next(model.parameters()).device
     batch = task_tensors(base, task_id, "train", args.metric_samples, device,
                          new_classes_only=args.curvature_classes == "new")  # fmt: skip
-    active = active_class_mask(task_info, model.head.out_features, device)
-    batchnorm_train = args.curvature_batchnorm == "train"
-
-    def loss_fn(net, data):
-        if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
-            net.train()
-        return F.cross_entropy(masked_logits(net(data[0]), active), data[1])
-
+    loss_fn = task_loss(args, task_info, model.head.out_features, device)
     # Ritz values and weights at a fixed length (HDF5 rows: Lanczos may stop early).
     log_curvature(
         logger, model, loss_fn, [batch], when=when, task_id=task_id, step=step,
         epsilons=args.curvature_epsilons, order=args.curvature_order,
         trace_matvecs=args.curvature_trace_matvecs, seed=args.seed,
-        array_length=args.curvature_order,
+        array_length=args.curvature_order, variance=True,
+        partial_spectra=args.partial_spectra,
     )  # fmt: skip
 
 
@@ -249,20 +264,18 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     model = make_model(args).to(device)
-    # One kernel per step; --reg l2 adds its term inside it (clenv.methods.L2). Not
-    # with momentum: torch's fused SGD fails when a parameter gets its first gradient
-    # after the others (its momentum buffer is still None).
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate,
-                                momentum=args.momentum,
-                                weight_decay=args.optimizer_weight_decay,
-                                fused=device.type in ("cpu", "cuda") and args.momentum == 0)  # fmt: skip
+    with clenv.run.exit_on_error(ValueError, ImportError):  # TRAC's missing package
+        optimizer = build_optimizer(args, model, device)
     try:
         method = make_method(args.reg, model, optimizer, preset=args.method_preset,
-                             hidden_layers=model.hidden_layer_spec(), **method_kwargs)  # fmt: skip
+                             hidden_layers=model.hidden_layer_spec(),
+                             model_norm=args.norm, **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
+    loss_fn = make_loss(args.loss)
+    weight_change = WeightChangeTracker(model)  # plasticity/*weight_change
     with clenv.run.exit_on_error(ValueError, FileNotFoundError):
-        fast_path = use_fast_path(args, model, optimizer, method)
+        fast_path, no_fast_path = fast_path_decision(args, model, optimizer, method)
         trainer = (
             FastMLPTrainer(model, args.learning_rate, method=method)
             if fast_path
@@ -288,8 +301,9 @@ if __name__ == "__main__":
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
+    stateful = {"weight_change": weight_change, "trainer": trainer}
     checkpointed = dict(model=model, optimizer=optimizer, method=method, envs=env,
-                        stateful={"trainer": trainer} if trainer is not None else None)  # fmt: skip
+                        stateful={k: v for k, v in stateful.items() if v is not None})  # fmt: skip
     restored = run.restore(**checkpointed)
     global_step = run.global_step  # examples seen
     # pending: minibatches stepped in the env but not trained on yet (grouped ascent),
@@ -302,6 +316,8 @@ if __name__ == "__main__":
         pending = [(x.to(device), *rest) for x, *rest in restored["pending"]]
         stats = TaskStats(**restored["stats"])
     how = f"fast path ({trainer.backend})" if trainer else "autograd"
+    if not trainer and per_example:  # said once: why the batch-1 loop is slower
+        how += f" (not the fast path: {no_fast_path})"
     print(
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; {how} on {device}"
     )
@@ -325,8 +341,8 @@ if __name__ == "__main__":
             with torch.no_grad():
                 for param in model.head.parameters():
                     param.zero_()
-        for group in optimizer.param_groups:
-            group["lr"] = args.learning_rate
+        set_learning_rate(optimizer, args.learning_rate)
+        weight_change.on_task_start()
         if task_due(task_id, args.curvature_every_tasks):
             guard.check_parameters(global_step, task_id, force=True)
             log_task_curvature(logger, model, base, task_info, args, global_step,
@@ -351,10 +367,11 @@ if __name__ == "__main__":
             # The ranked layers: every ReLU of the MLP, the FC layers of the conv nets
             # (a conv map of 2000 samples is too large to rank every task).
             layers = getattr(model, "fc_activation_names", lambda: None)()
-            inputs, _ = task_tensors(
-                base, task_id, "train", args.metric_samples, device
-            )
-            metrics = plasticity_report({"": model}, inputs, layers={"": layers})
+            samples = task_tensors(base, task_id, "train", args.metric_samples, device)
+            metrics = task_plasticity_report(
+                model, task_loss(args, task_info, num_classes, device), samples,
+                layers=layers, weight_change=weight_change,
+            )  # fmt: skip
             if trainer is not None and trainer.cbp is not None:
                 metrics["cbp_units_replaced"] = float(sum(trainer.cbp.num_replaced))
             logger.log_scalars(
@@ -389,8 +406,7 @@ if __name__ == "__main__":
         active = active_class_mask(step_info, num_classes, device)
         if args.lr_milestones:
             passed = sum(int(step_info["epoch"]) >= m for m in args.lr_milestones)
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * args.lr_gamma**passed
+            set_learning_rate(optimizer, args.learning_rate * args.lr_gamma**passed)
 
         # ALGO LOGIC: predict the batch (the action), then learn from its labels
         if per_example:
@@ -415,12 +431,13 @@ if __name__ == "__main__":
             loss_sum = float(losses.sum())
         elif per_example:
             online_predictions, loss_sum = learn_one_at_a_time(
-                model, optimizer, method, x, labels, guard, global_step, stats.task_id
-            )
+                model, optimizer, method, loss_fn, x, labels, guard, global_step,
+                stats.task_id,
+            )  # fmt: skip
         else:
             online_predictions = prediction
             loss_sum = learn_minibatch(
-                model, optimizer, method, x, labels, logits,
+                model, optimizer, method, loss_fn, x, labels, logits,
                 guard, global_step + labels.numel(), stats.task_id,
             )  # fmt: skip
         correct = int((online_predictions == labels).sum())

@@ -8,12 +8,16 @@ learner's side of that exchange:
 - :class:`TaskStats`: what the learner accumulates within the current task (online
   accuracy, loss, env reward, best validation), checkpointed as a dict;
 - :func:`step_through_group`: step the env through the next minibatches before
-  training on them (SC's grouped effective-rank ascent on ImageNet and CIFAR).
+  training on them (SC's grouped effective-rank ascent on ImageNet and CIFAR);
+- :func:`task_plasticity_report`: the ``plasticity/*`` metrics of a task's samples
+  (representation, weights, the loss's gradient norm per layer, the weight change
+  since the task's start), leaving the run untouched.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +25,11 @@ import torch
 from torch import nn
 
 from clenv.evaluation import active_class_mask, masked_logits
+from clenv.metrics import WeightChangeTracker, plasticity_report
+from clenv.metrics.activations import preserved_training_state
 from clenv.protocol import task_switches
 
-__all__ = ["TaskStats", "step_through_group"]
+__all__ = ["TaskStats", "step_through_group", "task_plasticity_report"]
 
 
 @dataclass
@@ -110,3 +116,44 @@ def step_through_group(
             break
     model.train()
     return steps, obs, info
+
+
+def task_plasticity_report(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    layers: Sequence[str] | None = None,
+    weight_change: WeightChangeTracker | None = None,
+) -> dict[str, float]:
+    """:func:`clenv.metrics.plasticity_report` of ``model`` on a task's samples with
+    every opt-in metric: active-unit fraction and feature norm per layer, the norm
+    per layer of the gradient of ``loss_fn`` (the training loss) on ``batch`` at the
+    current weights, and ``weight_change``'s distance from the task's start.
+
+    The gradient comes from one backward pass of its own: the parameters' ``.grad``,
+    every buffer, train/eval flag and RNG stream are as before afterwards, so the run
+    continues exactly as if nothing had been measured.
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(model, (inputs, labels))``, the batch-mean training loss.
+        batch: ``(inputs, labels)``, the task's samples.
+        layers: the activations to rank (:func:`~clenv.metrics.capture_activations`;
+            default every activation module).
+        weight_change: the tracker reset at the task's start, or None.
+    """
+    params = list(model.parameters())
+    saved = [param.grad for param in params]
+    try:
+        for param in params:
+            param.grad = None
+        with preserved_training_state(model, None), torch.enable_grad():
+            loss_fn(model, batch).backward()
+        return plasticity_report(
+            {"": model}, batch[0], layers={"": layers}, active_units=True,
+            feature_norms=True, gradient_norm=True, weight_change=weight_change,
+        )  # fmt: skip
+    finally:
+        for param, grad in zip(params, saved, strict=True):
+            param.grad = grad

@@ -7,10 +7,15 @@ take the values of ``--protocol``: the rows of the benchmark's :mod:`clenv.setti
 module (docs/protocols.md), then :data:`UNSET`. :func:`resolve_args` fills and
 checks them before anything is built, with an error naming the flag;
 :func:`env_kwargs_for` gives ``gym.make``'s arguments and :func:`use_fast_path`
-decides whether :class:`clenv.fastpath.FastMLPTrainer` trains:
+decides whether :class:`clenv.fastpath.FastMLPTrainer` trains.
+:class:`BaselineOptions` holds issue 14's choices of network, optimizer and loss
+(``--norm``, ``--activation``, ``--optimizer``, ``--loss``; docs/methods.md), and
+:func:`model_kwargs`, :func:`build_optimizer` turn them into the model's and the
+optimizer's arguments with the protocol's rows:
 
-    args = resolve_args(tyro.cli(Args))  # Args(RunOptions), in the agent
+    args = resolve_args(tyro.cli(Args))  # Args(RunOptions, BaselineOptions)
     env = gym.make(args.env_id, **env_kwargs_for(args))
+    optimizer = build_optimizer(args, model, device)
 """
 
 from __future__ import annotations
@@ -18,17 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 import clenv.run
 from clenv.cli_kwargs import parse_kwargs
 from clenv.fastpath import fast_path_supports
 from clenv.methods import split_name
+from clenv.methods.registry import SETTING_TAGS
+from clenv.models import norm_components
+from clenv.optim import make_optimizer
 from clenv.settings import protocol_defaults
 
 __all__ = ["BENCHMARKS", "CIFAR", "IMAGENET", "PMNIST", "PRESETS", "UNSET",
-           "RunOptions", "ascent_group_size", "env_kwargs_for", "fast_path_refusal",
-           "resolve_args", "use_fast_path"]  # fmt: skip
+           "BaselineOptions", "RunOptions", "ascent_group_size", "build_optimizer",
+           "env_kwargs_for", "fast_path_decision", "fast_path_refusal", "model_kwargs",
+           "resolve_args", "setting_components", "use_fast_path"]  # fmt: skip
 
 PMNIST, IMAGENET, CIFAR = (
     "clenv/PermutedMNIST-v0",
@@ -50,6 +60,7 @@ UNSET = dict(
     optimizer_weight_decay=0.0, augment=False, normalize=False,
     restore_best_validation=False, curvature_every_tasks=10, curvature_order=100,
     metric_samples=2000, curvature_classes="all", curvature_batchnorm="eval",
+    loss="cross_entropy",
 )  # fmt: skip
 
 
@@ -104,6 +115,32 @@ class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, 
     """check the gradients and parameters for nan/inf every this many updates (env steps on the batch-1 fast path; the loss: every update; parameters also before each checkpoint and task-end metric); 0: only before those"""
 
 
+@dataclass
+class BaselineOptions:
+    """The learner's network, optimizer and loss beyond SGD on a ReLU network with
+    cross-entropy: the baselines of issue 14 (docs/methods.md has each one's
+    definition, citation and defaults). The defaults train today's learner."""
+
+    norm: Literal["none", "layer"] | None = None
+    """normalisation before each hidden activation: none, or layer (LayerNorm, as SC's laynorm_l2 runs; with --reg l2 it selects their tuned L2, docs/methods.md); default: layer when --reg names +layernorm, else none"""
+    activation: Literal["relu", "crelu", "fourier"] = "relu"
+    """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (deep Fourier features, Lewandowski et al. 2024); docs/methods.md"""
+    optimizer: Literal["sgd", "adam", "muon", "trac"] = "sgd"
+    """sgd (the papers'), adam, muon (Muon on the hidden weight matrices, Adam on the rest: SC's bp_muon) or trac (TRAC around Adam; pip install clenv[trac]); --learning-rate sets each one's step size; docs/methods.md"""
+    loss: Literal["cross_entropy", "mse"] | None = None
+    """training loss: cross_entropy, or mse (squared error on one-hot targets, SC's bp_mse) (default: from --protocol; docs/protocols.md, docs/methods.md)"""
+    partial_spectra: bool = False
+    """also log the Hessian spectrum of each layer's own block (SC's partial Hessian; costs one more SLQ per layer) under curvature/<when>/partial/<layer>/"""
+
+
+def setting_components(args: Any) -> list[str]:
+    """The components that select the protocol's rows: the ``--reg`` components, the
+    network's settings tag (``layernorm`` under ``--norm layer``) and the optimizer
+    (``muon``: SC's ``bp_muon`` rows)."""
+    norm = None if args.norm == "none" else args.norm
+    return [*split_name(args.reg), *norm_components(norm), args.optimizer]
+
+
 def resolve_args(args: Any) -> Any:
     """Fill unset options from the protocol's rows (docs/protocols.md; a row tuned per
     method applies when --reg has its components), then from UNSET; check them and
@@ -116,10 +153,20 @@ def resolve_args(args: Any) -> Any:
         raise ValueError(
             f"--env-id must be one of {list(BENCHMARKS)}, got {args.env_id!r}"
         )
-    rows = protocol_defaults(
-        BENCHMARKS[args.env_id], args.protocol, components=split_name(args.reg)
-    )
-    clenv.run.fill_unset(args, {**UNSET, **rows})
+    tagged = {SETTING_TAGS[part.strip()] for part in args.reg.lower().split("+")
+              if part.strip() in SETTING_TAGS}  # fmt: skip
+    if args.norm is None:
+        args.norm = tagged.pop() if tagged else "none"
+    elif tagged and args.norm not in tagged:
+        raise ValueError(
+            f"--reg {args.reg} names a LayerNorm setting but --norm is {args.norm}; "
+            "drop --norm (or set --norm layer)"
+        )
+    benchmark = BENCHMARKS[args.env_id]
+    components = setting_components(args)
+    rows = protocol_defaults(benchmark, args.protocol, components=components)
+    losses = protocol_defaults(benchmark, args.protocol, "loss", components)
+    clenv.run.fill_unset(args, {**UNSET, **rows, **losses})
     if args.method_preset is None:
         suffix = "_lop" if args.protocol == "lop" else ""
         args.method_preset = PRESETS[args.env_id] + suffix
@@ -160,9 +207,16 @@ VALUE_RANGES = {
 }  # fmt: skip
 FAST_PATH_ON = (
     "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
-    "batch 1, plain SGD, methods among bp/l2/er/cbp/resets); here: {}. Use "
-    "--fast-path auto or off"
+    "batch 1, plain SGD, cross-entropy, a ReLU MLP without norm, methods among "
+    "bp/l2/er/cbp/resets); here: {}. Use --fast-path auto or off"
 )
+# The options the batch-1 fast path computes (the kernel's one network and update).
+FAST_PATH_OPTIONS = {
+    "optimizer": ("sgd", "plain SGD only"),
+    "loss": ("cross_entropy", "the kernel's loss is cross-entropy"),
+    "norm": ("none", "the kernel trains Linear-ReLU MLPs"),
+    "activation": ("relu", "the kernel trains Linear-ReLU MLPs"),
+}
 # Agent flags that set a gym.make argument: --env-kwargs must not set it too.
 ENV_FLAGS = {
     "num_tasks": "--num-tasks",
@@ -180,6 +234,10 @@ def fast_path_refusal(args: Any) -> str:
     (the reasons of clenv.fastpath.fast_path_supports), or ""."""
     if args.batch_size != 1:
         return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
+    for name, (supported, why) in FAST_PATH_OPTIONS.items():
+        if getattr(args, name) != supported:
+            flag = "--" + name.replace("_", "-")
+            return f"{flag} {getattr(args, name)} ({why})"
     if args.momentum != 0:
         return f"momentum {args.momentum} (plain SGD only), from --momentum"
     if args.optimizer_weight_decay != 0:
@@ -190,15 +248,59 @@ def fast_path_refusal(args: Any) -> str:
     return ""
 
 
-def use_fast_path(args: Any, model: nn.Module, optimizer: Any, method: Any) -> bool:
-    """Whether clenv.fastpath trains: where it computes the same run as autograd
-    (clenv.fastpath.fast_path_supports)."""
-    supported, reason = fast_path_supports(
-        model, optimizer, method, batch_size=args.batch_size
-    )
-    if args.fast_path == "on" and not supported:
+def fast_path_decision(
+    args: Any, model: nn.Module, optimizer: Any, method: Any
+) -> tuple[bool, str]:
+    """Whether clenv.fastpath trains (where it computes the same run as autograd:
+    :func:`fast_path_refusal`, clenv.fastpath.fast_path_supports), and why not.
+
+    Raises:
+        ValueError: ``--fast-path on`` for a run the fast path cannot compute.
+    """
+    reason = fast_path_refusal(args)
+    if not reason:
+        reason = fast_path_supports(
+            model, optimizer, method, batch_size=args.batch_size
+        ).reason
+    if args.fast_path == "on" and reason:
         raise ValueError(FAST_PATH_ON.format(reason))
-    return supported and args.fast_path != "off"
+    if args.fast_path == "off":
+        return False, "--fast-path off"
+    return not reason, reason
+
+
+def use_fast_path(args: Any, model: nn.Module, optimizer: Any, method: Any) -> bool:
+    """Whether clenv.fastpath trains (:func:`fast_path_decision`)."""
+    return fast_path_decision(args, model, optimizer, method)[0]
+
+
+def model_kwargs(args: Any) -> dict[str, Any]:
+    """The model's keyword arguments: the protocol's model rows (variant, init) and
+    ``--norm``, ``--activation``."""
+    rows = protocol_defaults(
+        BENCHMARKS[args.env_id], args.protocol, "model", setting_components(args)
+    )
+    norm = None if args.norm == "none" else args.norm
+    return rows | {"norm": norm, "activation": args.activation}
+
+
+def build_optimizer(args: Any, model: nn.Module, device: torch.device) -> Any:
+    """``clenv.optim.make_optimizer(--optimizer)`` at the step size, momentum and
+    weight decay of the flags, with the protocol's optimizer rows (SC's Muon).
+
+    SGD is torch's fused kernel where it can be (one kernel per step; --reg l2 adds
+    its term inside it, clenv.methods.L2), not with momentum: torch's fused SGD fails
+    when a parameter gets its first gradient after the others (its momentum buffer
+    is still None)."""
+    settings = protocol_defaults(
+        BENCHMARKS[args.env_id], args.protocol, "optimizer", setting_components(args)
+    )
+    fused = device.type in ("cpu", "cuda") and args.momentum == 0
+    return make_optimizer(
+        args.optimizer, model, args.learning_rate, momentum=args.momentum,
+        weight_decay=args.optimizer_weight_decay,
+        fused=fused if args.optimizer == "sgd" else None, **settings,
+    )  # fmt: skip
 
 
 def env_kwargs_for(args: Any) -> dict[str, Any]:

@@ -99,6 +99,30 @@ CONFIGS = {
     "pmnist_snp_autograd": [*PMNIST, "--reg", "snp"],
     "pmnist_bp_autograd": [*PMNIST, "--reg", "bp", "--fast-path", "off"],
     "pmnist_minibatch": [*PMNIST, "--reg", "l2", "--batch-size", "10"],
+    # Issue 14's options and methods (autograd: the fast path runs none of them).
+    "pmnist_layernorm_l2": [*PMNIST, "--reg", "l2+layernorm"],
+    "pmnist_crelu": [*PMNIST, "--reg", "bp", "--activation", "crelu"],
+    "pmnist_fourier": [*PMNIST, "--reg", "bp", "--activation", "fourier"],
+    "pmnist_adam": [
+        *PMNIST,
+        "--reg",
+        "bp",
+        "--optimizer",
+        "adam",
+        "--learning-rate",
+        "1e-3",
+    ],
+    "pmnist_muon": [*PMNIST, "--reg", "bp", "--optimizer", "muon"],
+    "pmnist_trac": [*PMNIST, "--reg", "bp", "--optimizer", "trac"],
+    "pmnist_mse": [*PMNIST, "--reg", "bp", "--loss", "mse"],
+    "pmnist_spectral_l2": [*PMNIST, "--reg", "spectral+l2"],
+    "pmnist_parseval": [*PMNIST, "--reg", "parseval"],
+    "pmnist_l2init": [*PMNIST, "--reg", "l2init"],
+    "pmnist_upgd": [*PMNIST, "--reg", "upgd"],
+    "pmnist_nap": [*PMNIST, "--reg", "nap", "--norm", "layer"],
+    "pmnist_layer_reset": [*PMNIST, "--reg", "layer_reset"],
+    "pmnist_inject": [*PMNIST, "--reg", "inject"],
+    "pmnist_partial_spectra": [*PMNIST, "--reg", "bp", "--partial-spectra"],
     "imagenet_l2er": [*IMAGENET, "--reg", "l2er"],
     "imagenet_lop_cbp": [*IMAGENET, "--reg", "cbp", "--protocol", "lop"],
     "cifar_sc_l2er": [*CIFAR, "--reg", "l2er"],
@@ -137,8 +161,16 @@ def series(run_dir: Path, tag: str) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def smoke_runs(fake_data_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("supervised_runs")
-    results, _ = run_driver(fake_data_dir, runs, CONFIGS)
+    results, result = run_driver(fake_data_dir, runs, CONFIGS)
+    (runs / "stdout.txt").write_text(result.stdout)
     return runs, results
+
+
+def run_output(runs: Path, name: str) -> str:
+    """What the agent printed in the smoke run ``name`` (from its run directory line
+    to the next run's)."""
+    text = (runs / "stdout.txt").read_text()
+    return text.split(f"run directory: {runs}/{name}/")[1].split("run directory:")[0]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -250,6 +282,7 @@ def test_use_fast_path_follows_fast_path_supports_and_the_flag():
     import torch
 
     from clenv.methods import make_method
+    from clenv.supervised_args import use_fast_path
 
     agent = load_agent_module(AGENT)
 
@@ -260,7 +293,7 @@ def test_use_fast_path_follows_fast_path_supports_and_the_flag():
             model.parameters(), lr=args.learning_rate, momentum=args.momentum
         )
         method = make_method(args.reg, model, optimizer, preset=args.method_preset)
-        return agent.use_fast_path(args, model, optimizer, method)
+        return use_fast_path(args, model, optimizer, method)
 
     assert decide("auto", reg="l2er") and decide("on", reg="cbp")
     assert not decide("off", reg="l2er")
@@ -707,3 +740,159 @@ def test_default_interval_catches_the_nan_at_the_next_loss(fake_data_dir, tmp_pa
     outcome = json.loads(line[len("RESULTS ") :])["run"]
     assert outcome.startswith("exit error: training diverged: non-finite loss 'loss' "
                               "(nan) at example 51, task 1"), outcome  # fmt: skip
+
+
+# -- issue 14: baselines and their metrics -------------------------------------------
+def test_new_options_build_what_they_name(smoke_runs):
+    """Each option reaches the run: the resolved arguments, the network (CReLU doubles
+    the features the metrics see), the optimizer and the loss (MSE on one-hot
+    targets is far below cross-entropy's log(10) at the start)."""
+    runs, _ = smoke_runs
+
+    def saved(name):
+        return json.loads((only_run(runs / name) / "args.json").read_text())
+
+    assert saved("pmnist_layernorm_l2")["norm"] == "layer"  # from +layernorm
+    # SC's laynorm_l2 tuned its own L2 (docs/protocols.md), not plain L2's 1e-3.
+    assert "L2(weight_decay=0.001," in saved("pmnist_spectral_l2")["method"]
+    assert "L2(weight_decay=1e-05," in saved("pmnist_layernorm_l2")["method"]
+    assert (
+        saved("pmnist_nap")["norm"] == "layer" and saved("pmnist_bp")["norm"] == "none"
+    )
+    units = {
+        name: series(only_run(runs / name), "plasticity/layer0/units")["value"][0]
+        for name in ("pmnist_bp", "pmnist_crelu", "pmnist_fourier")
+    }
+    assert units == {"pmnist_bp": 16, "pmnist_crelu": 32, "pmnist_fourier": 32}
+    for name, optimizer in (("pmnist_adam", "adam"), ("pmnist_muon", "muon"),
+                            ("pmnist_trac", "trac")):  # fmt: skip
+        assert (
+            saved(name)["optimizer"] == optimizer and not saved(name)["fast_path_used"]
+        )
+    losses = {
+        name: series(only_run(runs / name), "losses/train_loss_per_task")["value"]
+        for name in ("pmnist_bp_autograd", "pmnist_mse", "pmnist_adam")
+    }
+    assert losses["pmnist_mse"][0] < 0.2 < 1.5 < losses["pmnist_bp_autograd"][0]
+    assert not np.allclose(losses["pmnist_adam"], losses["pmnist_bp_autograd"])
+    for name in ("spectral_l2", "parseval", "l2init", "upgd", "nap", "layer_reset",
+                 "inject"):  # fmt: skip
+        method = saved(f"pmnist_{name}")["method"]
+        assert saved(f"pmnist_{name}")["reg"] in ("spectral+l2", name), method
+        assert method.split("(")[0] in ("Compose", *METHOD_CLASSES), method
+
+
+METHOD_CLASSES = ("SpectralRegularization", "Parseval", "L2Init", "UPGD",
+                  "NormalizeAndProject", "LayerReset", "PlasticityInjection")  # fmt: skip
+
+
+def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
+    """auto falls back to the autograd loop with its reason, printed once; on refuses
+    the run naming the option."""
+    runs, _ = smoke_runs
+    for name, reason in (
+        ("pmnist_adam", "--optimizer adam (plain SGD only)"),
+        ("pmnist_mse", "--loss mse (the kernel's loss is cross-entropy)"),
+        ("pmnist_crelu", "--activation crelu (the kernel trains Linear-ReLU MLPs)"),
+        ("pmnist_nap", "--norm layer (the kernel trains Linear-ReLU MLPs)"),
+        ("pmnist_l2init", "the fast path cannot run 'l2init' exactly"),
+    ):
+        output = run_output(runs, name)
+        assert output.count("not the fast path") == 1, output
+        assert f"autograd (not the fast path: {reason}" in output, output
+    assert "not the fast path" not in run_output(runs, "pmnist_bp")
+    agent = load_agent_module(AGENT)
+    for argv, reason in ((("--optimizer", "muon"), "--optimizer muon"),
+                         (("--loss", "mse"), "--loss mse"),
+                         (("--norm", "layer"), "--norm layer")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"here: {reason}"):
+            agent.check_args([*argv, "--fast-path", "on"])
+    with pytest.raises(ValueError, match="names a LayerNorm setting but --norm"):
+        agent.check_args(["--reg", "l2+layernorm", "--norm", "none"])
+
+
+def test_plasticity_and_curvature_series_of_issue_14(smoke_runs):
+    """plasticity/: active-unit fraction (1 - the dead fraction), feature norm, the
+    loss's gradient norm per layer (adding up to the whole), weight change since the
+    task start; curvature/: SC's Hessian variance; per-layer spectra behind
+    --partial-spectra only."""
+    runs, _ = smoke_runs
+    run_dir = only_run(runs / "pmnist_bp")
+
+    def values(tag, run=run_dir):
+        logged = series(run, tag)
+        return logged["value"], logged["task_id"].tolist()
+
+    active, tasks = values("plasticity/layer1/active_unit_fraction")
+    dead, _ = values("plasticity/layer1/dead_units")
+    units, _ = values("plasticity/layer1/units")
+    assert tasks == [0, 1, 2] and np.allclose(active, 1 - dead / units)
+    assert np.all(values("plasticity/layer1/feature_norm")[0] > 0)
+    layers = [values(f"plasticity/layers.{i}/grad_norm")[0] for i in (0, 2, 4, 6)]
+    total, _ = values("plasticity/grad_norm")
+    assert np.all(total > 0)
+    assert np.allclose(np.sqrt(sum(g**2 for g in layers)), total, rtol=1e-6)
+    change, _ = values("plasticity/weight_change")
+    assert np.all(change > 0)
+    for when in ("task_start", "task_end"):
+        variance, tasks = values(f"curvature/{when}/hessian_variance")
+        assert tasks == [0, 2] and np.all(variance >= 0)
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        assert not any("/partial/" in tag for tag in list_series(f))
+    partial = only_run(runs / "pmnist_partial_spectra")
+    with h5py.File(partial / "metrics.h5", "r") as f:
+        tags = list_series(f)
+    for layer in ("layers.0", "layers.6"):
+        assert f"curvature/task_end/partial/{layer}/top_eigenvalue" in tags, tags
+
+
+# Every task's checkpoint kept: the weights at each task start, to check the weight
+# change against, and the points to resume from.
+TRACKED = [*PMNIST, "--reg", "l2init", "--curvature-every-tasks", "0",
+           "--checkpoint-every-tasks", "1", "--keep-checkpoints", "100"]  # fmt: skip
+
+
+def test_weight_change_and_resume_with_its_tracker_are_exact(fake_data_dir, tmp_path):
+    """plasticity/weight_change of task 1 is ||theta(end of task 1) - theta(start)||
+    from the checkpoints; a run resumed from task 1's start (the tracker's snapshot
+    in the checkpoint) logs every series bit for bit as the uninterrupted run."""
+    import shutil
+
+    import torch
+
+    from clenv.checkpoint import list_checkpoints
+
+    results, _ = run_driver(fake_data_dir, tmp_path / "whole", {"run": TRACKED})
+    assert results["run"] == "ok", results["run"]
+    whole = only_run(tmp_path / "whole" / "run")
+    checkpoints = dict(list_checkpoints(whole / "checkpoints"))
+    assert {40, 80} <= set(checkpoints)
+
+    def weights(step):
+        state = torch.load(checkpoints[step], weights_only=False)
+        return state["objects"]["model"], state["objects"]["weight_change"]
+
+    start, tracker = weights(40)
+    end, _ = weights(80)
+    assert all(torch.equal(tracker["snapshot"][k], start[k]) for k in start)
+    distance = sum(float((end[k] - start[k]).double().pow(2).sum()) for k in start)
+    change = series(whole, "plasticity/weight_change")
+    assert change["step"].tolist() == [40, 80, 120]
+    assert change["value"][1] == pytest.approx(distance**0.5, rel=1e-6)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(whole, copy)
+    for step, path in list_checkpoints(copy / "checkpoints"):
+        if step > 40:
+            path.unlink()
+    resumed, _ = run_driver(
+        fake_data_dir, tmp_path / "unused", {"resume": ["--resume", str(copy)]}
+    )
+    assert resumed["resume"] == "ok", resumed["resume"]
+    with h5py.File(whole / "metrics.h5", "r") as f:
+        tags = [t for t in list_series(f) if not t.startswith("charts/")]
+    assert "plasticity/layers.0/weight_change" in tags
+    for tag in tags:
+        expected, got = series(whole, tag), series(copy, tag)
+        assert got["step"].tolist() == expected["step"].tolist(), tag
+        assert np.array_equal(got["value"], expected["value"], equal_nan=True), tag
