@@ -76,11 +76,11 @@ def split_name(name: str) -> list[str]:
             components.append(part)
         else:
             raise ValueError(
-                f"unknown method {part!r} in {name!r}; choose from {method_names()} "
-                "or combine them with '+', e.g. 'cbp+l2'"
+                f"unknown method {part!r} in {name!r} (an agent's --reg); choose "
+                f"from {method_names()} or combine them with '+', e.g. 'cbp+l2'"
             )
     if len(set(components)) != len(components):
-        raise ValueError(f"{name!r} names a method twice")
+        raise ValueError(f"{name!r} (an agent's --reg) names a method twice")
     return sorted(components, key=lambda c: METHODS[c].order)
 
 
