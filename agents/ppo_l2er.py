@@ -6,7 +6,9 @@ networks, the loss, then the loop), with the Slippery Ant settings of Dohare et 
 those of Prakash et al., *Spectral Collapse Drives Loss of Plasticity in Deep
 Continual Learning* (ICML 2026, "SC") behind ``--protocol sc`` (every value, with its
 source in each paper's code: docs/protocols.md). A plasticity method from
-:mod:`clenv.methods` (``--reg``: bp, l2, er, l2er, cbp, snp, redo, cbp+l2, ...) is
+:mod:`clenv.methods` (``--reg``: bp, l2, er, l2er, cbp, snp, redo, spectral,
+cchain, inject, ..., or ``cbp+l2``), on networks and an optimizer chosen by
+``--norm``, ``--activation`` and ``--optimizer`` (docs/methods.md), is
 driven through its hooks; every series goes to TensorBoard and to ``metrics.h5``;
 ``--resume runs/<run>`` continues a killed run exactly (:mod:`clenv.run`).
 docs/agents/ppo.md has the flags, the logged series and the paper commands.
@@ -25,7 +27,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +49,8 @@ from clenv.models.layers import make_mlp
 from clenv.optim import set_learning_rate
 from clenv.plasticity_logging import PlasticityTrackers
 from clenv.ppo_args import (
-    NetworkOptions,
+    EnvOptions,
+    LearnerOptions,
     RunOptions,
     env_kwargs_for,
     make_agent_optimizer,
@@ -68,35 +71,15 @@ gym.register_envs(clenv)
 
 
 @dataclass
-class Args(NetworkOptions, RunOptions):  # networks, run, logging: clenv.ppo_args
+class Args(EnvOptions, LearnerOptions, RunOptions):  # the rest: clenv.ppo_args
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run directory's name)"""
 
-    # Algorithm specific arguments
-    env_id: str = "clenv/SlipperyAnt-v0"
-    """the id of the environment: any continuous-action Gymnasium env"""
-    env_kwargs: list[str] = field(default_factory=list)
-    """gym.make keyword arguments as key=value (Python literals), e.g. `switch_every=50000`"""
-    protocol: Literal["lop", "sc"] = "lop"
-    """paper whose settings fill every unset option (docs/protocols.md): lop (Dohare et al. 2024) or sc (Prakash et al. 2026)"""
+    # Algorithm specific arguments (env, networks, optimizer, method: clenv.ppo_args)
     total_timesteps: int | None = None
     """total timesteps of the experiment (default: from --protocol; docs/protocols.md: lop 20M, sc 10M)"""
-    learning_rate: float | None = None
-    """the learning rate of the optimizer (default: from --protocol; docs/protocols.md: lop 1e-4, sc 1e-4)"""
-    adam_betas: tuple[float, float] | None = None
-    """Adam's betas (default: from --protocol; docs/protocols.md: lop 0.99 0.99, sc 0.99 0.99)"""
-    adam_eps: float | None = None
-    """Adam's epsilon (default: from --protocol; docs/protocols.md: lop 1e-8, sc 1e-8)"""
-    weight_decay: float | None = None
-    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp or redo, sc 0)"""
-    num_envs: int | None = None
-    """the number of parallel environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
-    async_envs: bool = False
-    """step the envs in subprocesses (gym.vector.AsyncVectorEnv)"""
     num_steps: int | None = None
     """steps per environment per rollout (default: from --protocol; docs/protocols.md: lop 2048, sc 2048)"""
-    anneal_lr: bool | None = None
-    """anneal the learning rate (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     gamma: float | None = None
     """the discount factor gamma (default: from --protocol; docs/protocols.md: lop 0.99, sc 0.99)"""
     gae_lambda: float | None = None
@@ -121,16 +104,6 @@ class Args(NetworkOptions, RunOptions):  # networks, run, logging: clenv.ppo_arg
     """the target KL divergence threshold"""
     bootstrap_truncated: bool | None = None
     """add gamma * V(final obs) to a truncation's reward instead of ending it (default: from --protocol; docs/protocols.md: lop False, sc False)"""
-    clip_actions: bool | None = None
-    """clip the actions the env receives, not the stored ones (default: from --protocol; docs/protocols.md: lop False, sc False)"""
-
-    # Plasticity method
-    reg: str = "l2er"
-    """plasticity method (docs/methods.md): bp, l2, er, l2er, cbp, snp, redo, l2init, spectral, parseval, upgd (needs --optimizer sgd), nap (needs --norm layer), cchain, layer_reset, inject (both at each task switch), head_reset, reset, or a combination such as cbp+l2"""
-    method_preset: str | None = None
-    """hyperparameter preset of the method (default: from --protocol: lop ant_lop, sc ant)"""
-    method_kwargs: list[str] = field(default_factory=list)
-    """method arguments as key=value over the preset, e.g. `er__ascent_lr=1e-6`"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -440,8 +413,7 @@ if __name__ == "__main__":
                 )
 
         # Optimizing the policy and value network
-        if args.plasticity_every:
-            trackers.before_update(b_obs)
+        trackers.before_update(b_obs)
         b_inds = np.arange(args.batch_size)
         clipfracs = []
         for _epoch in range(args.update_epochs):
@@ -479,8 +451,7 @@ if __name__ == "__main__":
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
-        if args.plasticity_every:
-            trackers.after_update()
+        trackers.after_update()
 
         y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
         var_y = np.var(y_true)

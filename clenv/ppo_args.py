@@ -9,11 +9,11 @@ anything is built, with an error naming the flag, and computes the values of run
 time (batch and minibatch sizes, iterations); :func:`env_kwargs_for` gives
 ``gym.make``'s arguments:
 
-    args = resolve_args(tyro.cli(Args))  # Args(NetworkOptions, RunOptions)
+    args = resolve_args(tyro.cli(Args))  # Args(LearnerOptions, RunOptions)
     env_kwargs, continual = env_kwargs_for(args)
     optimizer = make_agent_optimizer(args, agent)
 
-:class:`NetworkOptions` holds the flags of the networks and the optimizer (widths,
+:class:`LearnerOptions` holds the flags of the networks and the optimizer (widths,
 init, ``--norm``, ``--activation``, ``--optimizer``); :func:`make_agent_optimizer`
 builds the optimizer with the protocol's optimizer rows (SC's ``bp_muon``).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -36,8 +36,8 @@ from clenv.models.layers import norm_components
 from clenv.optim import MuonWithAdam, make_optimizer
 from clenv.settings import protocol_defaults
 
-__all__ = ["BENCHMARK", "MAX_BATCH_SIZE", "METHOD_PRESETS", "VALUE_RANGES",
-           "NetworkOptions", "RunOptions", "env_kwargs_for", "make_agent_optimizer",
+__all__ = ["BENCHMARK", "EnvOptions", "MAX_BATCH_SIZE", "METHOD_PRESETS", "VALUE_RANGES",
+           "LearnerOptions", "RunOptions", "env_kwargs_for", "make_agent_optimizer",
            "resolve_args"]  # fmt: skip
 
 # The clenv.settings module whose rows fill every option left at None.
@@ -60,9 +60,29 @@ METHOD_NEEDS = {"nap": ("norm", "layer"), "upgd": ("optimizer", "sgd")}
 
 
 @dataclass
-class NetworkOptions:
-    """The flags of the actor and critic networks and of their optimizer (each
-    docstring is its ``--help``; docs/methods.md describes every choice)."""
+class EnvOptions:
+    """The flags of the environment and the protocol (each docstring is its
+    ``--help``)."""
+
+    env_id: str = "clenv/SlipperyAnt-v0"
+    """the id of the environment: any continuous-action Gymnasium env"""
+    env_kwargs: list[str] = field(default_factory=list)
+    """gym.make keyword arguments as key=value (Python literals), e.g. `switch_every=50000`"""
+    protocol: Literal["lop", "sc"] = "lop"
+    """paper whose settings fill every unset option (docs/protocols.md): lop (Dohare et al. 2024) or sc (Prakash et al. 2026)"""
+    num_envs: int | None = None
+    """the number of parallel environments (default: from --protocol; docs/protocols.md: lop 1, sc 1)"""
+    async_envs: bool = False
+    """step the envs in subprocesses (gym.vector.AsyncVectorEnv)"""
+    clip_actions: bool | None = None
+    """clip the actions the env receives, not the stored ones (default: from --protocol; docs/protocols.md: lop False, sc False)"""
+
+
+@dataclass
+class LearnerOptions:
+    """The flags of the actor and critic networks, their optimizer and the
+    plasticity method (each docstring is its ``--help``; docs/methods.md describes
+    every choice)."""
 
     hidden_sizes: tuple[int, ...] | None = None
     """hidden widths of the separate actor and critic MLPs (default: from --protocol; docs/protocols.md: lop 256 256, sc 256)"""
@@ -74,8 +94,28 @@ class NetworkOptions:
     """none, or layer: a LayerNorm (eps 1e-6) before each hidden activation of actor and critic, as SC's layernorm runs; selects the protocol's values tuned with it (docs/methods.md)"""
     activation: Literal["relu", "crelu", "fourier"] = "relu"
     """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (sin/cos deep Fourier features, Lewandowski et al. 2025); the last two give two features per unit, so the next layer reads twice the width (docs/methods.md)"""
+
+    # Optimizer
+    learning_rate: float | None = None
+    """the learning rate of the optimizer (default: from --protocol; docs/protocols.md: lop 1e-4, sc 1e-4)"""
+    adam_betas: tuple[float, float] | None = None
+    """Adam's betas (default: from --protocol; docs/protocols.md: lop 0.99 0.99, sc 0.99 0.99)"""
+    adam_eps: float | None = None
+    """Adam's epsilon (default: from --protocol; docs/protocols.md: lop 1e-8, sc 1e-8)"""
+    weight_decay: float | None = None
+    """Adam's coupled weight decay, apart from --reg l2 (default: from --protocol; docs/protocols.md: lop 0 and 1e-4 with cbp or redo, sc 0)"""
+    anneal_lr: bool | None = None
+    """anneal the learning rate (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     optimizer: Literal["adam", "sgd", "muon", "trac"] = "adam"
     """adam (both papers), sgd, muon (torch's Muon on the 2-D weights, Adam on the rest, as SC's bp_muon, with the protocol's Muon rows) or trac (TRAC around Adam; pip install clenv[trac]); docs/methods.md"""
+
+    # Plasticity method
+    reg: str = "l2er"
+    """plasticity method (docs/methods.md): bp, l2, er, l2er, cbp, snp, redo, l2init, spectral, parseval, upgd (needs --optimizer sgd), nap (needs --norm layer), cchain, layer_reset, inject (both at each task switch), head_reset, reset, or a combination such as cbp+l2"""
+    method_preset: str | None = None
+    """hyperparameter preset of the method (default: from --protocol: lop ant_lop, sc ant)"""
+    method_kwargs: list[str] = field(default_factory=list)
+    """method arguments as key=value over the preset, e.g. `er__ascent_lr=1e-6`"""
 
     @property
     def norm_or_none(self) -> str | None:
@@ -104,7 +144,7 @@ class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, 
 
     # Logging
     plasticity_every: int = 10
-    """log plasticity/* every this many updates, on the rollout's observations (plasticity/policy_churn: every update); 0: never"""
+    """log plasticity/* every this many updates, on the rollout's observations (policy_churn: the latest update's); 0: never"""
     churn_probe_size: int = 256
     """observations of the first rollout (evenly spaced) on which plasticity/policy_churn, the mean KL between consecutive policies, is measured"""
     curvature_every_tasks: int = 1
