@@ -1,20 +1,27 @@
-"""A scaled-down Permuted MNIST study: does BP lose plasticity, does L2-ER keep it?
+"""A scaled-down Permuted MNIST study of every supervised plasticity baseline.
 
-Runs ``agents/supervised_l2er.py`` for every (method, seed) as a trial of
-:mod:`clenv.sweep` (``run_trial``: one subprocess with one torch thread, its log and
-state under ``<runs-dir>/<reg>_seed<k>/sweeps/``; an interrupted run continues with the
-agent's ``--resume``), several at a time, then draws one figure from the runs
+Runs ``agents/supervised_l2er.py`` for every (arm, seed) as a trial of :mod:`clenv.sweep`
+(``run_trial``: one subprocess with one torch thread, its log and state under
+``<runs-dir>/<label>_seed<k>/sweeps/``; an interrupted run continues with the agent's
+``--resume``), several at a time, then draws one figure from the runs
 (:func:`clenv.plotting.load_run`): online accuracy per task, dead units, effective rank
 and ε-rank at task start (mean over seeds, with the min-max band), and writes a
-Markdown summary next to it. The ε-rank is the share of the logged spectral density's
-mass with |λ| > ε (:func:`clenv.plotting.stats.epsilon_rank_from_density`), ε chosen as
-SC do by the largest R² against the task's online accuracy
-(:func:`clenv.plotting.stats.best_epsilon`) unless ``--epsilon`` is given. Runs that
-already finished are not rerun, so an interrupted study continues, and ``--plot-only``
-redraws the figure from existing runs.
+Markdown table next to it. An *arm* is a label and the agent flags that make it: a
+built-in one (:data:`ARMS`: every supervised baseline, ``bp`` to ``trac``), a bare
+``--reg`` name (``--arms er`` is ``er=--reg er``) or ``label=agent flags``
+(``--arms "muon_lr3=--reg bp --optimizer muon --learning-rate 1e-3"``); an arm's flag
+replaces the same flag of the shared ones. The ε-rank is the share of the logged
+spectral density's mass with |λ| > ε
+(:func:`clenv.plotting.stats.epsilon_rank_from_density`), ε chosen as SC do by the
+largest R² against the task's online accuracy (:func:`clenv.plotting.stats.best_epsilon`)
+unless ``--epsilon`` is given. Every arm's arguments go through the agent's own checks
+before any run starts (``--check-only`` stops there); runs that already finished are not
+rerun, so an interrupted study continues, and ``--plot-only`` redraws the figure from
+existing runs.
 
     clenv download mnist   # once: into $CLENV_DATA_DIR, else ~/.cache/clenv
-    python agents/pmnist_study.py
+    python agents/pmnist_study.py                      # every arm of ARMS
+    python agents/pmnist_study.py --arms bp l2er muon  # some of them
 
 docs/results/README.md holds the exact command behind the committed figure.
 """
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,21 +41,162 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from clenv.methods import split_name
 from clenv.plotting import Run, load_run
 from clenv.plotting.figure import EPSILON_CANDIDATES
 from clenv.plotting.stats import best_epsilon, epsilon_rank_from_density, linear_fit
-from clenv.sweep import SweepSpec, Trial, read_trial_state, run_trial
+from clenv.sweep import SweepSpec, Trial, check_trial_args, read_trial_state, run_trial
 
 AGENT = Path(__file__).with_name("supervised_l2er.py")
-COLORS = {"bp": "tab:red", "l2": "tab:blue", "l2er": "tab:green", "cbp": "tab:purple"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared configuration: its label (the run folder's name), the agent flags
+    that make it (``--reg`` included), the figure column it is drawn in and a colour."""
+
+    label: str
+    flags: tuple[str, ...]
+    group: str = "other"
+    color: str | None = None
+
+    @property
+    def reg(self) -> str:
+        return self.flags[self.flags.index("--reg") + 1]
+
+
+REFERENCE = "reference"
+"""the group drawn in every column of the figure: BP, and L2-ER (the method the study
+was first made for)"""
+
+# Every supervised baseline clenv has, by figure column: (label, agent flags, colour).
+# Each method takes its --method-preset pmnist values (SC's PMNIST values where SC ran
+# it, the method's own defaults otherwise: docs/methods.md, docs/protocols.md).
+BUILT_IN: dict[str, list[tuple[str, str, str]]] = {
+    REFERENCE: [("bp", "--reg bp", "tab:red"), ("l2er", "--reg l2er", "tab:green")],
+    "weight regularisers": [
+        ("l2", "--reg l2", "tab:blue"),
+        ("l2init", "--reg l2init", "tab:orange"),
+        ("spectral", "--reg spectral", "tab:brown"),  # SC's: target 2
+        # Lewandowski et al. 2024: sigma_max kept near 1.
+        ("spectral_target1", "--reg spectral --method-kwargs target=1.0", "tab:pink"),
+        ("parseval", "--reg parseval", "tab:olive"),
+    ],
+    "normalisation and units": [
+        ("layernorm_l2", "--reg l2 --norm layer", "tab:blue"),  # SC's LayerNorm-L2
+        ("nap", "--reg nap --norm layer", "tab:orange"),
+        ("crelu", "--reg bp --activation crelu", "tab:brown"),
+        ("fourier", "--reg bp --activation fourier", "tab:pink"),
+    ],
+    "optimizer and loss": [
+        ("muon", "--reg bp --optimizer muon", "tab:blue"),  # SC's bp_muon
+        ("trac", "--reg bp --optimizer trac", "tab:orange"),
+        ("mse", "--reg bp --loss mse", "tab:brown"),  # SC's bp_mse
+        ("upgd", "--reg upgd", "tab:pink"),
+    ],
+    "resets and injection": [
+        ("cbp", "--reg cbp", "tab:purple"),
+        ("snp_l2", "--reg snp+l2", "tab:blue"),  # SC's snp_l2
+        ("redo", "--reg redo", "tab:orange"),
+        ("head_reset", "--reg head_reset", "tab:brown"),
+        ("layer_reset", "--reg layer_reset", "tab:pink"),
+        ("inject", "--reg inject", "tab:gray"),
+    ],
+}
+ARMS: dict[str, Arm] = {
+    label: Arm(label, tuple(shlex.split(flags)), group, color)
+    for group, rows in BUILT_IN.items()
+    for label, flags, color in rows
+}
+# Run time of each arm relative to BP's on the study's settings, measured here
+# (docs/results/README.md): runs start cheapest first; other arms start last.
+COST: dict[str, float] = {label: 1.0 for label in ARMS}
+# Colours for arms outside ARMS, in order (none is a reference colour).
+SPARE_COLORS = ("tab:cyan", "gold", "navy", "teal", "coral", "indigo", "lime", "maroon")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# Flags each run gets from the study itself.
+STUDY_FLAGS = ("--seed", "--exp-name", "--runs-dir", "--resume")
+
+
+def split_flags(tokens: list[str] | tuple[str, ...], where: str) -> dict[str, list]:
+    """``["--a", "1", "--b"]`` -> ``{"--a": ["1"], "--b": []}`` (order kept)."""
+    groups: dict[str, list[str]] = {}
+    current = None
+    for token in tokens:
+        if token.startswith("--"):
+            current = token
+            if current in groups:
+                raise ValueError(f"{where}: {current} given twice")
+            groups[current] = []
+        elif current is None:
+            raise ValueError(
+                f"{where}: {token!r} comes before any flag; expected agent flags such "
+                "as '--reg bp --optimizer muon'"
+            )
+        else:
+            groups[current].append(token)
+    return groups
+
+
+def merge_flags(shared: list[str], arm: tuple[str, ...]) -> list[str]:
+    """The shared agent arguments, each flag the arm also sets replaced by the arm's."""
+    own = split_flags(arm, "arm")
+    merged = [
+        token
+        for flag, values in split_flags(shared, "shared arguments").items()
+        if flag not in own
+        for token in (flag, *values)
+    ]
+    return merged + [token for flag, values in own.items() for token in (flag, *values)]
+
+
+def parse_arm(entry: str) -> Arm:
+    """An ``--arms`` entry: a label of :data:`ARMS`, a ``--reg`` name, or
+    ``label=agent flags``.
+
+    Raises:
+        ValueError: naming the entry and what was expected.
+    """
+    label, sep, flags = entry.partition("=")
+    label = label.strip()
+    if not _LABEL.fullmatch(label):
+        raise ValueError(
+            f"--arms {entry!r}: the label {label!r} must be letters, digits and _.+- "
+            "(it names the run folders <runs-dir>/<label>_seed<k>)"
+        )
+    if not sep:
+        if label in ARMS:
+            return ARMS[label]
+        try:
+            split_name(label)
+        except ValueError as error:
+            raise ValueError(
+                f"--arms {entry!r} is neither a built-in arm ({sorted(ARMS)}) nor a "
+                f"--reg name ({error}); give label=agent flags for any other arm, e.g. "
+                "'muon_lr3=--reg bp --optimizer muon --learning-rate 1e-3'"
+            ) from None
+        return Arm(label, ("--reg", label))
+    tokens = tuple(shlex.split(flags))
+    groups = split_flags(tokens, f"--arms {entry!r}")
+    if len(groups.get("--reg", [])) != 1:
+        raise ValueError(
+            f"--arms {entry!r} sets no single --reg (the agent's default is l2er); add "
+            "one, e.g. '--reg bp'"
+        )
+    taken = sorted(set(groups) & set(STUDY_FLAGS))
+    if taken:
+        raise ValueError(f"--arms {entry!r}: {taken} are set by the study itself")
+    return Arm(label, tokens)
 
 
 @dataclass
 class Args:
-    regs: tuple[str, ...] = ("bp", "l2", "l2er", "cbp")
-    """methods to compare (--reg of the agent)"""
+    arms: tuple[str, ...] = tuple(ARMS)
+    """what to compare: labels of the built-in arms (every supervised baseline; the
+    module's ARMS), --reg names, or `label=agent flags` (with a --reg); runs go to
+    <runs-dir>/<label>_seed<k>"""
     seeds: tuple[int, ...] = (1, 2, 3)
-    """seeds per method (each also draws its own task sequence)"""
+    """seeds per arm (each also draws its own task sequence)"""
     width: int = 100
     """hidden units per layer of the 3-layer MLP"""
     num_tasks: int = 150
@@ -76,20 +226,38 @@ class Args:
     """file name stem of the figure and summary"""
     workers: int = 2
     """runs at a time (one core each)"""
+    check_only: bool = False
+    """only check every arm's arguments with the agent (no run, no figure)"""
     plot_only: bool = False
     """only redraw the figure from the runs in --runs-dir"""
     partial: bool = False
     """also plot runs that have not finished (up to the tasks every seed reached)"""
     extra: list[str] = field(default_factory=list)
-    """more arguments for every run of the agent"""
+    """more arguments for every run of the agent (an arm's own flag wins)"""
 
 
 ACCURACY = "cl/online_accuracy_per_task"
 DENSITY = "curvature/task_start/spectral_density"
 
 
+def arms_of(args: Args) -> list[Arm]:
+    """The arms of ``--arms``, each with a colour (raises ValueError for a bad entry
+    or a label given twice)."""
+    arms = [parse_arm(entry) for entry in args.arms]
+    labels = [arm.label for arm in arms]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"--arms names {twice} more than once; labels must differ")
+    spare = iter(SPARE_COLORS * len(arms))
+    return [
+        arm if arm.color else dataclasses.replace(arm, color=next(spare))
+        for arm in arms
+    ]
+
+
 def agent_args(args: Args) -> list[str]:
-    """The agent's arguments shared by every run (the sweep adds seed, reg, names)."""
+    """The agent's arguments shared by every run (the arm adds its flags, the sweep
+    seed, reg and names)."""
     command = [
         "--width", str(args.width), "--num-tasks", str(args.num_tasks),
         "--examples-per-task", str(args.examples_per_task),
@@ -103,12 +271,23 @@ def agent_args(args: Args) -> list[str]:
     return command
 
 
-def trial_of(args: Args, reg: str, seed: int) -> tuple[Trial, SweepSpec, Path]:
-    """The sweep trial of (reg, seed): runs in ``<runs-dir>/<reg>_seed<seed>/``."""
+def trial_of(args: Args, arm: Arm, seed: int) -> tuple[Trial, SweepSpec, Path]:
+    """The sweep trial of (arm, seed): runs in ``<runs-dir>/<label>_seed<seed>/``.
+
+    An arm that is just ``--reg <label>`` keeps the sweep name ``pmnist_study`` (so the
+    study's first four arms' runs are found as they were made); any other arm gets
+    ``pmnist_study-<label>``, which names its runs ``pmnist_study-<label>-<reg>``."""
+    flags = split_flags(arm.flags, f"arm {arm.label}")
+    own = [
+        token for flag, v in flags.items() if flag != "--reg" for token in (flag, *v)
+    ]
+    plain = arm.label == arm.reg and not own
     spec = SweepSpec(
-        name="pmnist_study", agent=str(AGENT), seeds=[seed], regs=[reg], grid={},
-        agent_args=agent_args(args),
-        runs_dir=str(Path(args.runs_dir) / f"{reg}_seed{seed}"), workdir=str(Path.cwd()),
+        name="pmnist_study" if plain else f"pmnist_study-{arm.label}",
+        agent=str(AGENT), seeds=[seed], regs=[arm.reg], grid={},
+        agent_args=merge_flags(agent_args(args), tuple(own)),
+        runs_dir=str(Path(args.runs_dir) / f"{arm.label}_seed{seed}"),
+        workdir=str(Path.cwd()),
     )  # fmt: skip
     sweep_dir = Path(spec.workdir, spec.runs_dir, "sweeps", spec.name)
     return spec.trials()[0], spec, sweep_dir
@@ -122,10 +301,10 @@ def tasks_done(run_dir: Path) -> tuple[int, int]:
     return done, int(json.loads(run.attrs["args_json"])["num_tasks"])
 
 
-def study_run(args: Args, reg: str, seed: int) -> Path | None:
-    """The run of (reg, seed) to report: the finished one, or with --partial the one
+def study_run(args: Args, label: str, seed: int) -> Path | None:
+    """The run of (arm, seed) to report: the finished one, or with --partial the one
     with the most tasks."""
-    directory = Path(args.runs_dir) / f"{reg}_seed{seed}"
+    directory = Path(args.runs_dir) / f"{label}_seed{seed}"
     runs = sorted(p.parent for p in directory.glob("*/metrics.h5"))
     progress = {run_dir: tasks_done(run_dir) for run_dir in runs}
     for run_dir, (done, total) in progress.items():
@@ -137,34 +316,58 @@ def study_run(args: Args, reg: str, seed: int) -> Path | None:
     return None
 
 
-def launch(args: Args, reg: str, seed: int) -> tuple[str, int, float, int]:
-    """Run the trial of (reg, seed) unless it finished: ``(reg, seed, s, exit code)``."""
-    if study_run(dataclasses.replace(args, partial=False), reg, seed) is not None:
-        return reg, seed, 0.0, 0
-    trial, spec, sweep_dir = trial_of(args, reg, seed)
+def finished(args: Args, label: str, seed: int) -> bool:
+    return study_run(dataclasses.replace(args, partial=False), label, seed) is not None
+
+
+def check_arms(args: Args, arms: list[Arm]) -> list[str]:
+    """Run the agent's own argument checks (``check_args``) on every arm; returns each
+    arm's command (first seed).
+
+    Raises:
+        ValueError: an arm's arguments are rejected, with the agent's message.
+    """
+    commands = []
+    for arm in arms:
+        trial, spec, _ = trial_of(args, arm, args.seeds[0])
+        try:
+            check_trial_args(spec)
+        except ValueError as error:
+            raise ValueError(
+                f"arm {arm.label} ({' '.join(arm.flags)}): {error}"
+            ) from None
+        commands.append(f"{arm.label}: {shlex.join(trial.command[1:])}")
+    return commands
+
+
+def launch(args: Args, arm: Arm, seed: int) -> tuple[str, int, float, int]:
+    """Run the trial of (arm, seed) unless it finished: ``(label, seed, s, exit code)``."""
+    if finished(args, arm.label, seed):
+        return arm.label, seed, 0.0, 0
+    trial, spec, sweep_dir = trial_of(args, arm, seed)
     for sub in ("trials", "logs"):
         (sweep_dir / sub).mkdir(parents=True, exist_ok=True)
     try:
         state = run_trial(trial, spec, sweep_dir, threads=1)
     except RuntimeError:
         state = read_trial_state(sweep_dir, trial.trial_id)
-    return reg, seed, state.seconds or 0.0, state.returncode
+    return arm.label, seed, state.seconds or 0.0, state.returncode
 
 
-def log_of(args: Args, reg: str, seed: int) -> str:
-    trial, _, sweep_dir = trial_of(args, reg, seed)
+def log_of(args: Args, arm: Arm, seed: int) -> str:
+    trial, _, sweep_dir = trial_of(args, arm, seed)
     return read_trial_state(sweep_dir, trial.trial_id).log or str(sweep_dir / "logs")
 
 
 def per_method(args: Args, values_of) -> dict:
-    """``{reg: (task_ids, values[seed, task])}`` over the seeds whose run gives values,
-    cut to the tasks every seed reached; ``values_of(run)`` returns a run's
+    """``{label: (task_ids, values[seed, task])}`` over the seeds whose run gives
+    values, cut to the tasks every seed reached; ``values_of(run)`` returns a run's
     ``(task_ids, values)`` or None."""
     table = {}
-    for reg in args.regs:
+    for arm in arms_of(args):
         rows, tasks = [], None
         for seed in args.seeds:
-            run_dir = study_run(args, reg, seed)
+            run_dir = study_run(args, arm.label, seed)
             found = None if run_dir is None else values_of(load_run(run_dir))
             if found is None or not len(found[0]):
                 continue
@@ -173,7 +376,7 @@ def per_method(args: Args, values_of) -> dict:
             rows.append(found[1])
         if rows:
             n = len(tasks)
-            table[reg] = (tasks, np.stack([r[:n] for r in rows]))
+            table[arm.label] = (tasks, np.stack([r[:n] for r in rows]))
     return table
 
 
@@ -227,9 +430,9 @@ def epsilon_points(args: Args) -> tuple[list, np.ndarray]:
     """Densities at task start paired with that task's online accuracy, pooled over
     runs: ``([(grid, densities) per run], accuracies)``, as :func:`best_epsilon` takes."""
     spectra, accuracy = [], []
-    for reg in args.regs:
+    for arm in arms_of(args):
         for seed in args.seeds:
-            run_dir = study_run(args, reg, seed)
+            run_dir = study_run(args, arm.label, seed)
             run = None if run_dir is None else load_run(run_dir)
             found = None if run is None else task_start_densities(run)
             online = None if run is None else run.find([ACCURACY])
@@ -260,15 +463,31 @@ def epsilon_fits(args: Args) -> dict[float, tuple[float, int]]:
     return fits
 
 
+def columns_of(arms: list[Arm]) -> list[tuple[str, list[Arm]]]:
+    """The figure's columns: one per group of arms (in the arms' order), each drawn
+    with the reference arms (BP, L2-ER) when the study has them; the references get a
+    column of their own only when no other group is there."""
+    references = [arm for arm in arms if arm.group == REFERENCE]
+    groups = list(dict.fromkeys(arm.group for arm in arms if arm.group != REFERENCE))
+    if not groups:
+        return [(REFERENCE, references)]
+    return [
+        (group, [*references, *(arm for arm in arms if arm.group == group)])
+        for group in groups
+    ]
+
+
 def plot(args: Args) -> dict:
     from matplotlib.figure import Figure
 
+    arms = arms_of(args)
     accuracy = per_method(args, per_task(ACCURACY))
     if not accuracy:
         hint = "" if args.partial else " (--partial plots unfinished runs)"
         raise SystemExit(
-            f"error: no finished run of {list(args.regs)} in {args.runs_dir}{hint}; "
-            "the logs under <runs-dir>/<reg>_seed<k>/sweeps/ say why a run stopped"
+            f"error: no finished run of {[arm.label for arm in arms]} in "
+            f"{args.runs_dir}{hint}; the logs under <runs-dir>/<label>_seed<k>/sweeps/ "
+            "say why a run stopped"
         )
     spectra, performance = epsilon_points(args)
     chosen, r2 = (
@@ -282,45 +501,57 @@ def plot(args: Args) -> dict:
         ranks = [epsilon_rank_from_density(g, d, args.epsilon) for g, d in spectra]
         r2 = linear_fit(np.concatenate(ranks), performance)[2]
     panels = [
-        ("Online accuracy per task", accuracy, "online accuracy"),
-        (f"Dead units (all 3 layers, {args.metric_samples} samples)",
-         per_method(args, over_layers("dead_units", lambda a: a.sum(0))),
-         "dead units"),
-        ("Effective rank (mean over layers)",
-         per_method(args, over_layers("effective_rank", lambda a: a.mean(0))),
-         "effective rank"),
-        (f"Hessian ε-rank at task start (ε = {args.epsilon:g}, R² = {r2:.2f})",
-         per_method(args, epsilon_rank_at_task_start(args.epsilon)),
-         "ε-rank: share of density mass with |λ| > ε"),
+        ("online accuracy", accuracy),
+        (f"dead units (3 layers, {args.metric_samples} samples)",
+         per_method(args, over_layers("dead_units", lambda a: a.sum(0)))),
+        ("effective rank (mean of 3 layers)",
+         per_method(args, over_layers("effective_rank", lambda a: a.mean(0)))),
+        (f"Hessian ε-rank at task start\n(ε = {args.epsilon:.3g}, R² = {r2:.2f})",
+         per_method(args, epsilon_rank_at_task_start(args.epsilon))),
     ]  # fmt: skip
-    fig = Figure(figsize=(12, 8), constrained_layout=True)
-    axes = fig.subplots(2, 2)
-    summary: dict[str, dict[str, float]] = {}
-    for ax, (title, table, ylabel) in zip(axes.flat, panels, strict=True):
-        for reg, (tasks, values) in table.items():
-            mean = values.mean(0)
-            color = COLORS.get(reg)
-            label = f"{reg} ({values.shape[0]} seeds)"
-            marker = "o" if len(tasks) < 12 else None
-            ax.plot(tasks, mean, color=color, label=label, marker=marker, lw=1.2)
-            ax.fill_between(tasks, values.min(0), values.max(0), color=color,
-                            alpha=0.2, lw=0)  # fmt: skip
-        ax.set_title(title)
-        ax.set_xlabel("task")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    columns = columns_of(arms)
+    fig = Figure(figsize=(1.5 + 4.2 * len(columns), 11), constrained_layout=True)
+    axes = fig.subplots(len(panels), len(columns), squeeze=False, sharey="row")
+    for row, (ylabel, table) in enumerate(panels):
+        for col, (group, shown) in enumerate(columns):
+            ax = axes[row, col]
+            for arm in shown:
+                if arm.label not in table:
+                    continue
+                tasks, values = table[arm.label]
+                mean = values.mean(0)
+                # A reference drawn in another group's column: thin, dashed, no band.
+                faint = arm.group == REFERENCE and group != REFERENCE
+                marker = "o" if len(tasks) < 12 else None
+                ax.plot(tasks, mean, color=arm.color, marker=marker,
+                        lw=0.9 if faint else 1.4, ls="--" if faint else "-",
+                        label=f"{arm.label} ({values.shape[0]} seeds)")  # fmt: skip
+                if not faint:
+                    ax.fill_between(tasks, values.min(0), values.max(0),
+                                    color=arm.color, alpha=0.18, lw=0)  # fmt: skip
+            if row == 0:
+                ax.set_title(group)
+                ax.legend(fontsize=7)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            if row == len(panels) - 1:
+                ax.set_xlabel("task")
+            ax.grid(alpha=0.3)
     fig.suptitle(
-        f"Permuted MNIST, MLP 784-{args.width}x3-10, SGD lr {args.learning_rate}, batch 1, "
-        f"{args.examples_per_task} examples/task; mean over seeds, band = min-max"
+        f"Permuted MNIST, MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} "
+        f"unless the arm changes it, batch 1, {args.examples_per_task} examples/task; "
+        "mean over seeds, band = min-max, dashed = reference arms"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{args.name}.png", dpi=110)
-    for reg, (_, values) in accuracy.items():
+    fig.savefig(out / f"{args.name}.png", dpi=100)
+    flags = {arm.label: " ".join(arm.flags) for arm in arms}
+    summary: dict[str, dict] = {}
+    for label, (_, values) in accuracy.items():
         mean = values.mean(0)
         k = min(10, len(mean))
         entry = {
+            "flags": flags[label],
             "seeds": int(values.shape[0]),
             "tasks": int(len(mean)),
             "accuracy_first_10": float(mean[:k].mean()),
@@ -332,11 +563,11 @@ def plot(args: Args) -> dict:
             ("effective_rank", 2),
             ("epsilon_rank", 3),
         ):
-            if reg in panels[index][1]:
-                series = panels[index][1][reg][1].mean(0)
+            if label in panels[index][1]:
+                series = panels[index][1][label][1].mean(0)
                 entry[f"{key}_first"] = float(series[0])
                 entry[f"{key}_last"] = float(series[-1])
-        summary[reg] = entry
+        summary[label] = entry
     return summary
 
 
@@ -350,61 +581,81 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
     lines = [
         f"# Permuted MNIST study ({args.name})", "",
         f"Command: `{command}`", "",
-        f"MLP 784-{args.width}x3-10, SGD lr {args.learning_rate}, batch 1, "
-        f"{args.num_tasks} tasks x {args.examples_per_task} examples; seeds "
-        f"{list(args.seeds)}. ε-rank with ε = {args.epsilon:g}.", "",
-        "| method | seeds | acc. first 10 tasks | acc. last 10 tasks | dead units "
-        "first -> last | eff. rank first -> last | ε-rank first -> last |",
-        "|---|---|---|---|---|---|---|",
+        f"MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} (unless the arm's "
+        f"flags change it), batch 1, {args.num_tasks} tasks x {args.examples_per_task} "
+        f"examples; seeds {list(args.seeds)}. ε-rank with ε = {args.epsilon:.3g}.", "",
+        "| arm | agent flags | seeds | acc. first 10 tasks | acc. last 10 tasks | "
+        "dead units first -> last | eff. rank first -> last | ε-rank first -> last |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for reg, e in summary.items():
+    for label, e in summary.items():
         lines.append(
-            f"| {reg} | {e['seeds']} | {e['accuracy_first_10']:.3f} | "
+            f"| {label} | `{e['flags']}` | {e['seeds']} | {e['accuracy_first_10']:.3f} | "
             f"{e['accuracy_last_10']:.3f} | {_first_last(e, 'dead_units', '{:.0f}')} | "
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
             f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
         )
+    missing = [arm.label for arm in arms_of(args) if arm.label not in summary]
+    if missing:
+        lines += ["", "No finished run yet (running or not started): "
+                  + ", ".join(missing) + "."]  # fmt: skip
     fits = epsilon_fits(args)
     if fits:
         lines += ["", "R² of online accuracy on task k against the ε-rank (share of the "
                   "density's mass with |λ| > ε) at the start of task k, pooled over "
-                  "methods, seeds and tasks with a spectrum (SC, PMNIST: ε = 0.01, "
+                  "arms, seeds and tasks with a spectrum (SC, PMNIST: ε = 0.01, "
                   "R² = 0.77):", "",
                   "| ε | R² | points |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {eps:.3g} | {r2:.2f} | {n} |" for eps, (r2, n) in fits.items()]
     if timings:
         lines += ["", "Wall time per run (s): " + ", ".join(
-            f"{reg}/{seed}: {seconds:.0f}" for reg, seed, seconds, _ in timings)]  # fmt: skip
+            f"{label}/{seed}: {seconds:.0f}" for label, seed, seconds, _ in timings)]  # fmt: skip
     out = Path(args.out)
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
+    """Run every unfinished (arm, seed), ``--workers`` at a time, the cheapest arm
+    first (:data:`COST`) and its seeds together: an interrupted study has whole arms,
+    and the costly ones come last."""
+    order = sorted(
+        ((arm, seed) for arm in arms for seed in args.seeds),
+        key=lambda pair: COST.get(pair[0].label, np.inf),
+    )
+    todo = [
+        arm for arm in arms if not all(finished(args, arm.label, s) for s in args.seeds)
+    ]
+    check_arms(args, todo)
+    timings, start = [], time.time()
+    with ThreadPoolExecutor(args.workers) as pool:
+        for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), order):
+            arm = next(arm for arm in arms if arm.label == label)
+            status = (
+                "ok"
+                if code == 0
+                else f"FAILED (exit {code}, see {log_of(args, arm, seed)})"
+            )
+            print(f"{label} seed {seed}: {status} in {seconds:.0f} s "
+                  f"[{time.time() - start:.0f} s]", flush=True)  # fmt: skip
+            timings.append((label, seed, seconds, code))
+    return timings
+
+
 def main() -> None:
     args = tyro.cli(Args)
-    command = "python agents/pmnist_study.py " + " ".join(sys.argv[1:])
-    timings = []
-    if not args.plot_only:
-        # Seed by seed (an interrupted study has whole seeds), slowest method first
-        # (L2-ER's ascent) so the workers finish together.
-        speed = {"l2er": 0, "er": 0, "cbp": 1, "l2": 2}
-        order = sorted(
-            ((reg, seed) for reg in args.regs for seed in args.seeds),
-            key=lambda rs: (args.seeds.index(rs[1]), speed.get(rs[0], 3)),
-        )
-        start = time.time()
-        with ThreadPoolExecutor(args.workers) as pool:
-            for reg, seed, seconds, code in pool.map(
-                lambda rs: launch(args, *rs), order
-            ):
-                status = (
-                    "ok"
-                    if code == 0
-                    else f"FAILED (exit {code}, see {log_of(args, reg, seed)})"
-                )
-                print(f"{reg} seed {seed}: {status} in {seconds:.0f} s "
-                      f"[{time.time() - start:.0f} s]", flush=True)  # fmt: skip
-                timings.append((reg, seed, seconds, code))
+    command = "python agents/pmnist_study.py " + " ".join(
+        shlex.quote(arg) for arg in sys.argv[1:]
+    )
+    try:
+        arms = arms_of(args)
+        if args.check_only:
+            print("\n".join(check_arms(args, arms)))
+            print(f"{len(arms)} arms: the agent accepts every one")
+            return
+        timings = [] if args.plot_only else run_study(args, arms)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     summary = plot(args)
     write_summary(args, summary, command, [t for t in timings if t[2] > 0])
     print(json.dumps(summary, indent=2))

@@ -1,9 +1,11 @@
-"""agents/pmnist_study.py end to end on the fixture MNIST: runs, resume, figure."""
+"""agents/pmnist_study.py: its arms, and end to end on the fixture MNIST (runs,
+resume, figure)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -48,7 +50,7 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     monkeypatch.setattr(study, "AGENT", agent)
     runs, out = tmp_path / "runs", tmp_path / "results"
     argv = [
-        "pmnist_study.py", "--regs", "bp", "l2er", "--seeds", "1", "--width", "8",
+        "pmnist_study.py", "--arms", "bp", "l2er", "--seeds", "1", "--width", "8",
         "--num-tasks", "3", "--examples-per-task", "100",
         "--curvature-every-tasks", "1", "--plasticity-every-tasks", "1",
         "--metric-samples", "30", "--data-dir", str(fake_data_dir),
@@ -76,6 +78,21 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     assert [f.stat().st_mtime_ns for f in h5_files] == stamps
     assert json.loads((out / "tiny.json").read_text()) == summary
 
+    # Arms are found by their label's folder: a copy of BP's run as "l2" shows up in
+    # its own column (weight regularisers); an arm without runs is named as missing.
+    shutil.copytree(runs / "bp_seed1", runs / "l2_seed1")
+    arms = ["bp", "l2er", "l2", "mse=--reg bp --loss mse"]
+    argv[argv.index("--arms") + 1 : argv.index("--seeds")] = arms
+    monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--name", "arms"])
+    study.main()
+    arms_summary = json.loads((out / "arms.json").read_text())
+    assert set(arms_summary) == {"bp", "l2er", "l2"}
+    assert arms_summary["l2"] | {"flags": "--reg bp"} == summary["bp"]
+    table = (out / "arms.md").read_text()
+    assert "| l2 | `--reg l2` | 1 |" in table
+    assert "No finished run yet (running or not started): mse." in table
+    assert (out / "arms.png").stat().st_size > 10_000
+
 
 def test_plot_only_without_runs_says_so(tmp_path, monkeypatch):
     study = load_study(monkeypatch)
@@ -85,3 +102,100 @@ def test_plot_only_without_runs_says_so(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no finished run of .*--partial"):
         study.main()
     assert not (tmp_path / "out").exists()  # no empty figure
+
+
+def test_built_in_arms_cover_every_baseline_with_a_reg_and_a_colour(monkeypatch):
+    study = load_study(monkeypatch)
+    arms = study.arms_of(study.Args())  # the default: every built-in arm
+    labels = [arm.label for arm in arms]
+    # The study's first four arms keep their labels (their runs are found by them).
+    assert {"bp", "l2", "l2er", "cbp"} <= set(labels)
+    assert {"spectral", "spectral_target1", "layernorm_l2", "muon", "mse", "l2init",
+            "inject", "crelu", "fourier", "nap", "parseval", "trac", "upgd",
+            "layer_reset"} <= set(labels)  # fmt: skip
+    flags = {arm.label: " ".join(arm.flags) for arm in arms}
+    assert flags["layernorm_l2"] == "--reg l2 --norm layer"
+    assert flags["muon"] == "--reg bp --optimizer muon"
+    assert flags["spectral_target1"] == "--reg spectral --method-kwargs target=1.0"
+    for arm in arms:
+        study.split_name(arm.reg)  # a --reg the methods registry knows
+        assert arm.color is not None
+    columns = study.columns_of(arms)
+    assert [group for group, _ in columns] == [
+        "weight regularisers", "normalisation and units", "optimizer and loss",
+        "resets and injection",
+    ]  # fmt: skip
+    shown = [arm.label for _, column in columns for arm in column[2:]]
+    assert sorted(shown) == sorted(set(labels) - {"bp", "l2er"})  # each arm once
+    for _, column in columns:
+        assert [arm.label for arm in column[:2]] == ["bp", "l2er"]
+        colours = [arm.color for arm in column]
+        assert len(set(colours)) == len(colours), column  # distinct within a panel
+
+
+def test_arms_from_reg_names_and_label_flags(monkeypatch):
+    study = load_study(monkeypatch)
+    er, custom = study.arms_of(
+        study.Args(
+            arms=("er", "muon_lr3=--reg bp --optimizer muon --learning-rate 1e-3")
+        )
+    )
+    assert (er.label, er.flags, er.group) == ("er", ("--reg", "er"), "other")
+    assert custom.reg == "bp" and custom.label == "muon_lr3"
+    assert custom.color is not None and custom.color != er.color
+    for entry, message in [
+        ("nope", "neither a built-in arm"),
+        ("x=--optimizer muon", "sets no single --reg"),
+        ("x=--reg bp --seed 3", r"\['--seed'\] are set by the study"),
+        ("x=muon --reg bp", "comes before any flag"),
+        ("a/b=--reg bp", "must be letters"),
+        ("x=--reg bp --reg l2", "--reg given twice"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            study.parse_arm(entry)
+    with pytest.raises(ValueError, match=r"names \['bp'\] more than once"):
+        study.arms_of(study.Args(arms=("bp", "bp=--reg bp --loss mse")))
+
+
+def test_trial_of_keeps_the_plain_arms_runs_and_lets_an_arm_override(monkeypatch):
+    study = load_study(monkeypatch)
+    args = study.Args(runs_dir="runs/x", data_dir="/data")
+    # A plain --reg arm: the very trial the study made before it had arms.
+    trial, spec, sweep_dir = study.trial_of(args, study.ARMS["cbp"], 2)
+    before = study.SweepSpec(
+        name="pmnist_study", agent=str(study.AGENT), seeds=[2], regs=["cbp"], grid={},
+        agent_args=study.agent_args(args), runs_dir="runs/x/cbp_seed2",
+        workdir=spec.workdir,
+    ).trials()[0]  # fmt: skip
+    assert trial == before
+    assert sweep_dir == Path(spec.workdir, "runs/x/cbp_seed2/sweeps/pmnist_study")
+    # An arm with more flags: its own sweep name, its flags, its value replacing the
+    # shared one.
+    arm = study.parse_arm("muon_lr3=--reg bp --optimizer muon --learning-rate 1e-3")
+    trial, spec, _ = study.trial_of(args, arm, 1)
+    command = trial.command[2:]
+    assert spec.runs_dir == "runs/x/muon_lr3_seed1"
+    assert trial.exp_name == "pmnist_study-muon_lr3-bp"
+    assert command.count("--learning-rate") == 1
+    assert command[command.index("--learning-rate") + 1] == "1e-3"
+    assert command[command.index("--optimizer") + 1] == "muon"
+    assert command[command.index("--reg") + 1] == "bp"
+    assert command[command.index("--data-dir") + 1] == "/data"
+
+
+def test_check_only_runs_the_agents_checks_on_every_arm(
+    tmp_path, fake_data_dir, monkeypatch, capsys
+):
+    study = load_study(monkeypatch)
+    base = ["pmnist_study.py", "--check-only", "--data-dir", str(fake_data_dir),
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", [*base, "--arms", "bp", "layernorm_l2"])
+    study.main()
+    printed = capsys.readouterr().out
+    assert "layernorm_l2: " in printed and "--norm layer" in printed
+    assert "2 arms" in printed
+    bad = "bad=--reg bp --activation tanh"
+    monkeypatch.setattr(sys, "argv", [*base, "--arms", "bp", bad])
+    with pytest.raises(SystemExit, match="arm bad .*--activation"):
+        study.main()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
