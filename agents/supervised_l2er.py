@@ -12,10 +12,12 @@ The network's norm and activation, the optimizer and the loss are options too
 (``--norm``, ``--activation``, ``--optimizer``, ``--loss``; docs/methods.md).
 The learner predicts a batch (the action), gets the accuracy (the reward), reads
 ``info["label"]`` and updates; batch-1 MLP training runs on
-:class:`clenv.fastpath.FastMLPTrainer` (the same run, ~10-60x faster).
+:class:`clenv.fastpath.FastMLPTrainer` (the same run, ~10-60x faster), and
+``--num-seeds N`` trains N seeds there together, each run exactly as alone.
 docs/agents/supervised.md has the flags, the logged series and the papers' commands.
 
     python agents/supervised_l2er.py --reg l2er
+    python agents/supervised_l2er.py --reg l2er --num-seeds 3   # seeds 1, 2, 3
     python agents/supervised_l2er.py --env-id clenv/ContinualImageNet-v0 --reg l2er
     python agents/supervised_l2er.py --resume runs/clenv_PermutedMNIST-v0__supervised_l2er__1__1700000000
 """
@@ -40,10 +42,8 @@ import clenv
 import clenv.run
 from clenv.checkpoint import RestorableEnv
 from clenv.cli_kwargs import parse_kwargs
-from clenv.curvature_logging import log_curvature
 from clenv.divergence import guard_run
 from clenv.evaluation import accuracy, active_class_mask, masked_logits, task_tensors
-from clenv.fastpath import FastMLPTrainer
 from clenv.losses import make_loss
 from clenv.methods import make_method
 from clenv.metrics import WeightChangeTracker
@@ -52,7 +52,14 @@ from clenv.models import (
     IncrementalCIFARResNet18,
     PermutedMNISTMLP,
 )
-from clenv.online_learning import TaskStats, step_through_group, task_plasticity_report
+from clenv.online_learning import (
+    TaskStats,
+    log_task_curvature,
+    run_in_lockstep,
+    step_through_group,
+    task_loss,
+    task_plasticity_report,
+)
 from clenv.optim import set_learning_rate
 from clenv.protocol import task_due, task_switches
 from clenv.supervised_args import (
@@ -66,6 +73,7 @@ from clenv.supervised_args import (
     fast_path_decision,
     model_kwargs,
     resolve_args,
+    seed_group,
 )
 
 gym.register_envs(clenv)
@@ -212,56 +220,19 @@ def learn_one_at_a_time(
     return predictions, loss_sum
 
 
-def task_loss(args, task_info, num_classes, device):
-    """``loss(net, (inputs, labels))``: the training loss (--loss) of the logits
-    masked to the task's classes, as the curvature and gradient metrics take it."""
-    loss_fn = make_loss(args.loss)
-    active = active_class_mask(task_info, num_classes, device)
-    batchnorm_train = args.curvature_batchnorm == "train"
-
-    def loss(net, data):
-        if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
-            net.train()
-        return loss_fn(masked_logits(net(data[0]), active), data[1])
-
-    return loss
-
-
-def log_task_curvature(logger, model, base, task_info, args, step, task_id, when):
-    """curvature/<when>/*: the curvature of the masked training loss on the task's
-    samples, or (SC's CIFAR) those of its new classes
-    (incremental_cifar/train_incremental_cifar.py:402-413), with SC's Hessian
-    variance and (--partial-spectra) each layer's spectrum."""
-    device = next(model.parameters()).device
-    batch = task_tensors(base, task_id, "train", args.metric_samples, device,
-                         new_classes_only=args.curvature_classes == "new")  # fmt: skip
-    loss_fn = task_loss(args, task_info, model.head.out_features, device)
-    # Ritz values and weights at a fixed length (HDF5 rows: Lanczos may stop early).
-    log_curvature(
-        logger, model, loss_fn, [batch], when=when, task_id=task_id, step=step,
-        epsilons=args.curvature_epsilons, order=args.curvature_order,
-        trace_matvecs=args.curvature_trace_matvecs, seed=args.seed,
-        array_length=args.curvature_order, variance=True,
-        partial_spectra=args.partial_spectra,
-    )  # fmt: skip
-
-
-if __name__ == "__main__":
-    with clenv.run.exit_on_error(ValueError, FileNotFoundError):
-        args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",)))
-        env_kwargs = env_kwargs_for(args)
-        method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
-    if args.check_args:
-        print(f"arguments ok: {args.env_id} {env_kwargs}, --reg {args.reg}")
-        sys.exit(0)
-
+def seed_run(args: Args, device: torch.device, show_progress: bool = True):
+    """One seed's run, start (or resume) to end, as a generator that hands its
+    batch-1 chunks to the fast path: it yields ``(model, method, fast_path, run)``
+    once built and receives its trainer (None: autograd), then yields each chunk
+    ``(x, labels)`` and receives ``(predictions, losses)``.
+    :func:`clenv.online_learning.run_in_lockstep` drives one, or ``--num-seeds``
+    of them training together."""
+    env_kwargs = env_kwargs_for(args)
+    method_kwargs = parse_kwargs(args.method_kwargs, "--method-kwargs")
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     model = make_model(args).to(device)
     with clenv.run.exit_on_error(ValueError, ImportError):  # TRAC's missing package
@@ -276,11 +247,6 @@ if __name__ == "__main__":
     weight_change = WeightChangeTracker(model)  # plasticity/*weight_change
     with clenv.run.exit_on_error(ValueError, FileNotFoundError):
         fast_path, no_fast_path = fast_path_decision(args, model, optimizer, method)
-        trainer = (
-            FastMLPTrainer(model, args.learning_rate, method=method)
-            if fast_path
-            else None
-        )
         env = make_env(args.env_id, env_kwargs)
         group_size = ascent_group_size(args, method)  # U of SC's grouped ascent
     base = env.unwrapped
@@ -296,11 +262,13 @@ if __name__ == "__main__":
         run = clenv.run.start(
             args, agent="supervised", unit="example",
             extra_args={"env_kwargs_resolved": env_kwargs, "method": repr(method),
-                        "fast_path_used": trainer is not None},
+                        "fast_path_used": fast_path},
         )  # fmt: skip
     if run.finished:
         sys.exit(f"{args.resume} has already finished ({run.global_step:,} examples)")
     logger = run.logger
+    # The fast path's trainer: one seed's, or its view of the --num-seeds group's.
+    trainer = yield model, method, fast_path, run
     stateful = {"weight_change": weight_change, "trainer": trainer}
     checkpointed = dict(model=model, optimizer=optimizer, method=method, envs=env,
                         stateful={k: v for k, v in stateful.items() if v is not None})  # fmt: skip
@@ -322,7 +290,7 @@ if __name__ == "__main__":
         f"{args.env_id} ({args.protocol}), --reg {args.reg}: {method!r}; {how} on {device}"
     )
     progress = tqdm(total=args.total_examples, initial=global_step, unit="ex",
-                    disable=not args.progress, dynamic_ncols=True)  # fmt: skip
+                    disable=not (args.progress and show_progress), dynamic_ncols=True)  # fmt: skip
     # --on-divergence: record it, close the run without a checkpoint, exit 1 or 0.
     guard = guard_run(run, model, args, close=(progress, env), unit="example")
 
@@ -423,8 +391,8 @@ if __name__ == "__main__":
         labels = torch.as_tensor(
             np.atleast_1d(next_info["label"]), device=device, dtype=torch.int64
         )
-        if trainer is not None:
-            online_predictions, losses = trainer.train(x, labels)
+        if trainer is not None:  # (with --num-seeds, one call for every seed's chunk)
+            online_predictions, losses = yield x, labels
             # The kernel exposes each example's loss and the weights it updated.
             guard.check_loss(losses, global_step + 1, stats.task_id)
             guard.check_parameters(global_step + labels.numel(), stats.task_id)
@@ -492,3 +460,20 @@ if __name__ == "__main__":
     run.close()
     print(f"done: {global_step:,} examples, {args.num_tasks} tasks")
     run.print_paths()
+
+
+if __name__ == "__main__":
+    with clenv.run.exit_on_error(ValueError, FileNotFoundError):
+        args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",)))
+        env_kwargs = env_kwargs_for(args)
+        parse_kwargs(args.method_kwargs, "--method-kwargs")
+        group = seed_group(args)  # --num-seeds: --seed, --seed + 1, ...
+    if args.check_args:
+        print(f"arguments ok: {args.env_id} {env_kwargs}, --reg {args.reg}")
+        sys.exit(0)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    seeds = [seed_run(a, device, show_progress=i == 0) for i, a in enumerate(group)]
+    with clenv.run.exit_on_error(ValueError):
+        run_in_lockstep(seeds, args.learning_rate)

@@ -11,25 +11,37 @@ learner's side of that exchange:
   training on them (SC's grouped effective-rank ascent on ImageNet and CIFAR);
 - :func:`task_plasticity_report`: the ``plasticity/*`` metrics of a task's samples
   (representation, weights, the loss's gradient norm per layer, the weight change
-  since the task's start), leaving the run untouched.
+  since the task's start), leaving the run untouched;
+- :func:`task_loss`, :func:`log_task_curvature`: the training loss on a task's
+  samples and the ``curvature/<when>/*`` of it;
+- :func:`run_in_lockstep`: drive one or several seeds' runs (each a generator that
+  hands its batch-1 chunks to the fast path), several seeds training together on one
+  :class:`clenv.fastpath.BatchedMLPTrainer`, each exactly as its own process would.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from clenv.evaluation import active_class_mask, masked_logits
+from clenv.checkpoint import capture_rng_state, restore_rng_state
+from clenv.curvature_logging import log_curvature
+from clenv.evaluation import active_class_mask, masked_logits, task_tensors
+from clenv.fastpath import BatchedMLPTrainer, FastMLPTrainer
+from clenv.logger import RunLogger
+from clenv.losses import make_loss
 from clenv.metrics import WeightChangeTracker, plasticity_report
 from clenv.metrics.activations import preserved_training_state
 from clenv.protocol import task_switches
 
-__all__ = ["TaskStats", "step_through_group", "task_plasticity_report"]
+__all__ = ["SeedRun", "TaskStats", "log_task_curvature", "record_seed_group",
+           "run_in_lockstep", "step_through_group", "task_loss",
+           "task_plasticity_report"]  # fmt: skip
 
 
 @dataclass
@@ -157,3 +169,134 @@ def task_plasticity_report(
     finally:
         for param, grad in zip(params, saved, strict=True):
             param.grad = grad
+
+
+def task_loss(
+    args: Any, task_info: dict[str, Any], num_classes: int, device: torch.device
+) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """``loss(net, (inputs, labels))``: the supervised agent's training loss
+    (``args.loss``) of the logits masked to the task's classes, as the curvature and
+    gradient metrics take it (BatchNorm in train mode where
+    ``args.curvature_batchnorm == "train"``, SC's CIFAR Hessian)."""
+    loss_fn = make_loss(args.loss)
+    active = active_class_mask(task_info, num_classes, device)
+    batchnorm_train = args.curvature_batchnorm == "train"
+
+    def loss(net, data):
+        if batchnorm_train:  # SC's CIFAR Hessian: the samples' own statistics
+            net.train()
+        return loss_fn(masked_logits(net(data[0]), active), data[1])
+
+    return loss
+
+
+def log_task_curvature(
+    logger: Any, model: nn.Module, base: Any, task_info: dict[str, Any], args: Any,
+    step: int, task_id: int, when: str,
+) -> None:  # fmt: skip
+    """curvature/<when>/*: the curvature of the masked training loss on the task's
+    samples, or (SC's CIFAR) those of its new classes
+    (incremental_cifar/train_incremental_cifar.py:402-413), with SC's Hessian
+    variance and (``args.partial_spectra``) each layer's spectrum; the settings
+    are the supervised agent's (``clenv.supervised_args``: ``metric_samples``,
+    ``curvature_*``, ``seed``)."""
+    device = next(model.parameters()).device
+    batch = task_tensors(base, task_id, "train", args.metric_samples, device,
+                         new_classes_only=args.curvature_classes == "new")  # fmt: skip
+    loss_fn = task_loss(args, task_info, model.head.out_features, device)
+    # Ritz values and weights at a fixed length (HDF5 rows: Lanczos may stop early).
+    log_curvature(
+        logger, model, loss_fn, [batch], when=when, task_id=task_id, step=step,
+        epsilons=args.curvature_epsilons, order=args.curvature_order,
+        trace_matvecs=args.curvature_trace_matvecs, seed=args.seed,
+        array_length=args.curvature_order, variance=True,
+        partial_spectra=args.partial_spectra,
+    )  # fmt: skip
+
+
+# One seed's run as a generator: it yields (model, method, fast_path, run) once built
+# and receives its fast-path trainer (None: it trains with autograd), then yields
+# each chunk (inputs (K, ...), labels (K,)) the fast path is to train on and receives
+# (predictions (K,), losses (K,)); it returns when the run ends.
+SeedRun = Generator[Any, Any, None]
+
+
+def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
+    """Drive the runs of one or several seeds (``--num-seeds``) to their end.
+
+    Each run builds its network, method, env and run directory exactly as a run of
+    its own (its seeding block first), then gets its trainer: one seed a
+    :class:`~clenv.fastpath.FastMLPTrainer`, several seeds one
+    :class:`~clenv.fastpath.BatchedMLPTrainer` over all their models (seed ``i``
+    its :meth:`~clenv.fastpath.BatchedMLPTrainer.seed` view), built before any run
+    restores its checkpoint so the restore loads into the shared tensors. Then every
+    round each seed steps its env to its next chunk, one ``train`` call trains all
+    chunks, and each seed does its bookkeeping (logs, task boundaries,
+    checkpoints). All seeds take the same chunk and the same task lengths, so they
+    stay in step to the end.
+
+    Several seeds: each runs with its own global random generators (python,
+    numpy, torch: what a reset's re-initialisation or a checkpoint's RNG state
+    reads), swapped in for its turns, so each seed's run equals its own process.
+
+    Args:
+        seeds: the runs, each a :data:`SeedRun` generator, not yet started.
+        lr: the fast path's SGD step size (``--learning-rate``).
+    """
+    count = len(seeds)
+    states: list[dict[str, Any] | None] = [None] * count
+
+    def turn(index: int, value: Any) -> Any:
+        """Seed ``index``'s run up to its next yield (None when it has ended)."""
+        if count > 1 and states[index] is not None:
+            restore_rng_state(states[index])
+        try:
+            return seeds[index].send(value)
+        except StopIteration:
+            return None
+        finally:
+            if count > 1:
+                states[index] = capture_rng_state()
+
+    built = [turn(index, None) for index in range(count)]
+    models, methods = [b[0] for b in built], [b[1] for b in built]
+    runs = [b[3] for b in built]
+    if len({run.global_step for run in runs}) > 1:  # killed between their saves
+        steps = {str(run.run_dir): run.global_step for run in runs}
+        raise ValueError(
+            f"the group's runs resume from different steps {steps}; delete the newer "
+            "checkpoints (checkpoints/ckpt_<step>.pt) so that every run resumes from "
+            f"step {min(steps.values())}, then --resume again"
+        )
+    record_seed_group(runs)
+    trainers: list[Any] = [None] * count
+    if built[0][2] and count == 1:
+        trainers = [FastMLPTrainer(models[0], lr, method=methods[0])]
+    elif built[0][2]:
+        batched = BatchedMLPTrainer(models, lr, methods)
+        trainers = [batched.seed(index) for index in range(count)]
+    chunks = [turn(index, trainers[index]) for index in range(count)]
+    while any(chunk is not None for chunk in chunks):
+        if any(chunk is None for chunk in chunks):
+            raise RuntimeError("the seeds of a group fell out of step (one ended)")
+        if count == 1:
+            results = [trainers[0].train(*chunks[0])]
+        else:
+            predictions, losses = batched.train(
+                torch.stack([x for x, _ in chunks]), torch.stack([y for _, y in chunks])
+            )
+            results = list(zip(predictions, losses, strict=True))
+        chunks = [turn(index, results[index]) for index in range(count)]
+
+
+def record_seed_group(runs: Sequence[Any]) -> None:
+    """Write the group's run directories into each new member's ``args.json`` as
+    ``seed_group`` (a run of one seed gets none), so ``--resume`` of any member
+    finds the others (:func:`clenv.supervised_args.seed_group`)."""
+    if len(runs) < 2 or runs[0].resumed:
+        return
+    members = [str(run.run_dir) for run in runs]
+    for run in runs:
+        run.logger.update_args(
+            {**RunLogger.load_args(run.run_dir), "seed_group": members}
+        )

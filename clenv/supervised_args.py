@@ -20,15 +20,19 @@ optimizer's arguments with the protocol's rows:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 import clenv.run
+from clenv.checkpoint import list_checkpoints
 from clenv.cli_kwargs import parse_kwargs
-from clenv.fastpath import fast_path_supports
+from clenv.fastpath import SUPPORTED_COMPONENTS, fast_path_supports
+from clenv.logger import RunLogger
 from clenv.methods import split_name
 from clenv.methods.registry import SETTING_TAGS
 from clenv.models import norm_components
@@ -38,7 +42,8 @@ from clenv.settings import protocol_defaults
 __all__ = ["BENCHMARKS", "CIFAR", "IMAGENET", "PMNIST", "PRESETS", "UNSET",
            "BaselineOptions", "RunOptions", "ascent_group_size", "build_optimizer",
            "env_kwargs_for", "fast_path_decision", "fast_path_refusal", "model_kwargs",
-           "resolve_args", "setting_components", "use_fast_path"]  # fmt: skip
+           "num_seeds_refusal", "resolve_args", "seed_group", "setting_components",
+           "use_fast_path"]  # fmt: skip
 
 PMNIST, IMAGENET, CIFAR = (
     "clenv/PermutedMNIST-v0",
@@ -73,6 +78,8 @@ class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, 
 
     seed: int = 1
     """seed of the experiment (also the env's task_seed: the task sequence)"""
+    num_seeds: int = 1
+    """train this many independent networks in one process, seeds --seed, --seed+1, ..., in lockstep on the batch-1 fast path (Permuted MNIST only); each seed gets its own run directory, exactly what its own run writes; --resume of any of them resumes the group (docs/agents/supervised.md)"""
     num_threads: int = 1
     """torch CPU threads; 1 is fastest at batch 1 (two are ~3x slower)"""
     resume: str | None = None
@@ -173,7 +180,7 @@ def resolve_args(args: Any) -> Any:
     clenv.run.check_counts(
         args,
         positive=("num_tasks", "batch_size", "chunk", "log_every", "num_threads",
-                  "keep_checkpoints", "metric_samples", "depth"),
+                  "keep_checkpoints", "metric_samples", "depth", "num_seeds"),
         non_negative=("plasticity_every_tasks", "curvature_every_tasks",
                       "checkpoint_every_tasks", "checkpoint_every",
                       "divergence_check_every"),
@@ -181,6 +188,8 @@ def resolve_args(args: Any) -> Any:
     clenv.run.check_ranges(args, VALUE_RANGES)
     if args.fast_path == "on" and (reason := fast_path_refusal(args)):
         raise ValueError(FAST_PATH_ON.format(reason))
+    if args.num_seeds > 1 and (reason := num_seeds_refusal(args)):
+        raise ValueError(NUM_SEEDS.format(args.num_seeds, reason))
     if args.env_id == PMNIST:
         # Batch 1 (the papers'): each env step shows a chunk of examples, trained on
         # one at a time. Larger minibatches: one minibatch per env step.
@@ -217,6 +226,12 @@ FAST_PATH_OPTIONS = {
     "norm": ("none", "the kernel trains Linear-ReLU MLPs"),
     "activation": ("relu", "the kernel trains Linear-ReLU MLPs"),
 }
+NUM_SEEDS = (
+    "--num-seeds {} trains the seeds together on the batch-1 fast path only: "
+    "Permuted MNIST at batch 1, --fast-path auto or on, plain SGD, cross-entropy, a "
+    "ReLU MLP without norm, methods among bp/l2/er/l2er/cbp/resets; here: {}. Run "
+    "the seeds one by one (--num-seeds 1, or clenv sweep --seeds)"
+)
 # Agent flags that set a gym.make argument: --env-kwargs must not set it too.
 ENV_FLAGS = {
     "num_tasks": "--num-tasks",
@@ -227,6 +242,21 @@ ENV_FLAGS = {
     "augment": "--augment",
     "normalize": "--normalize",
 }
+
+
+def num_seeds_refusal(args: Any) -> str:
+    """Why ``--num-seeds`` > 1 cannot run, as far as the flags tell, or ""."""
+    if args.env_id != PMNIST:
+        return f"--env-id {args.env_id}"
+    if args.fast_path == "off":
+        return "--fast-path off"
+    unsupported = sorted(set(split_name(args.reg)) - SUPPORTED_COMPONENTS)
+    if unsupported:
+        return (
+            f"the fast path cannot run {unsupported[0]!r} exactly (supported: "
+            f"{sorted(SUPPORTED_COMPONENTS)}), from --reg {args.reg}"
+        )
+    return fast_path_refusal(args)
 
 
 def fast_path_refusal(args: Any) -> str:
@@ -264,6 +294,8 @@ def fast_path_decision(
         ).reason
     if args.fast_path == "on" and reason:
         raise ValueError(FAST_PATH_ON.format(reason))
+    if args.num_seeds > 1 and reason:
+        raise ValueError(NUM_SEEDS.format(args.num_seeds, reason))
     if args.fast_path == "off":
         return False, "--fast-path off"
     return not reason, reason
@@ -346,3 +378,42 @@ def ascent_group_size(args: Any, method: Any) -> int | None:
             "1 use the ascent after them (er__timing=after, er__schedule=step)"
         )
     return group_size
+
+
+def seed_group(args: Any) -> list[Any]:
+    """The arguments of each seed a run trains: ``--seed``, ``--seed + 1``, ... for
+    ``--num-seeds``; a resumed run, each member's saved arguments (``seed_group`` in
+    the ``args.json`` of every member of a group names the group's run directories,
+    so ``--resume`` of any of them resumes them all).
+
+    Raises:
+        ValueError: a group's member is missing or not a member of that group.
+    """
+    if args.resume is None:
+        return [
+            dataclasses.replace(args, seed=args.seed + index)
+            for index in range(args.num_seeds)
+        ]
+    recorded = RunLogger.load_args(args.resume).get("seed_group")
+    members = recorded or [args.resume]
+    group = []
+    for member in members:
+        saved = clenv.run.resume_args(dataclasses.replace(args, resume=member),
+                                      overrides=("progress",))  # fmt: skip
+        if recorded and RunLogger.load_args(member).get("seed_group") != recorded:
+            raise ValueError(
+                f"--resume {args.resume}: its group names {member}, whose args.json "
+                "does not name the same group; resume each run on its own"
+            )
+        group.append(resolve_args(saved))
+    # Killed between two members' saves: resume all from the step all of them have.
+    steps = {m: ([0] + [s for s, _ in list_checkpoints(Path(m) / "checkpoints")])[-1]
+             for m in members}  # fmt: skip
+    if len(set(steps.values())) > 1:
+        raise ValueError(
+            f"--resume {args.resume}: the group's runs are at different checkpoints "
+            f"{steps}; delete the newer checkpoints (checkpoints/ckpt_<step>.pt) so "
+            f"that every run resumes from step {min(steps.values())}, then --resume "
+            "again"
+        )
+    return group
