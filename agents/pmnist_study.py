@@ -108,9 +108,19 @@ ARMS: dict[str, Arm] = {
     for group, rows in BUILT_IN.items()
     for label, flags, color in rows
 }
-# Run time of each arm relative to BP's on the study's settings, measured here
-# (docs/results/README.md): runs start cheapest first; other arms start last.
-COST: dict[str, float] = {label: 1.0 for label in ARMS}
+# Minutes per run (one seed) on the study's settings, estimated on this project's
+# 2 shared cores (docs/results/README.md: examples/s of a short run plus ~1.3 min of
+# metrics; bp, l2, l2er, cbp: the mean wall time of their first study): runs start
+# cheapest first; arms not listed start last.
+COST: dict[str, float] = {
+    "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1,
+    "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
+    "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
+    "parseval": 33.4, "upgd": 47, "trac": 70, "spectral_target1": 115,
+    "spectral": 171, "muon": 833,
+}  # fmt: skip
+
+
 # Colours for arms outside ARMS, in order (none is a reference colour).
 SPARE_COLORS = ("tab:cyan", "gold", "navy", "teal", "coral", "indigo", "lime", "maroon")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -615,14 +625,19 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
-    """Run every unfinished (arm, seed), ``--workers`` at a time, the cheapest arm
-    first (:data:`COST`) and its seeds together: an interrupted study has whole arms,
-    and the costly ones come last."""
-    order = sorted(
+def launch_order(args: Args, arms: list[Arm]) -> list[tuple[Arm, int]]:
+    """Every (arm, seed), the cheapest arm first (:data:`COST`) with its seeds
+    together: an interrupted study has whole arms, and the costly ones come last."""
+    return sorted(
         ((arm, seed) for arm in arms for seed in args.seeds),
         key=lambda pair: COST.get(pair[0].label, np.inf),
     )
+
+
+def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
+    """Run every unfinished (arm, seed) of :func:`launch_order`, ``--workers`` at a
+    time, after the agent has checked every unfinished arm's arguments."""
+    order = launch_order(args, arms)
     todo = [
         arm for arm in arms if not all(finished(args, arm.label, s) for s in args.seeds)
     ]

@@ -117,6 +117,7 @@ def test_built_in_arms_cover_every_baseline_with_a_reg_and_a_colour(monkeypatch)
     assert flags["layernorm_l2"] == "--reg l2 --norm layer"
     assert flags["muon"] == "--reg bp --optimizer muon"
     assert flags["spectral_target1"] == "--reg spectral --method-kwargs target=1.0"
+    assert set(study.COST) == set(labels)  # every built-in arm has a measured cost
     for arm in arms:
         study.split_name(arm.reg)  # a --reg the methods registry knows
         assert arm.color is not None
@@ -153,6 +154,12 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     ]:
         with pytest.raises(ValueError, match=message):
             study.parse_arm(entry)
+    # Cheapest arm first (measured costs), seeds together, arms without a cost last.
+    args = study.Args(arms=("muon", "x=--reg bp --loss mse", "bp"), seeds=(1, 2))
+    order = study.launch_order(args, study.arms_of(args))
+    assert [(arm.label, seed) for arm, seed in order] == [
+        ("bp", 1), ("bp", 2), ("muon", 1), ("muon", 2), ("x", 1), ("x", 2),
+    ]  # fmt: skip
     with pytest.raises(ValueError, match=r"names \['bp'\] more than once"):
         study.arms_of(study.Args(arms=("bp", "bp=--reg bp --loss mse")))
 
