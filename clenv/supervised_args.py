@@ -133,7 +133,7 @@ class BaselineOptions:
     activation: Literal["relu", "crelu", "fourier"] = "relu"
     """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (deep Fourier features, Lewandowski et al. 2024); docs/methods.md"""
     optimizer: Literal["sgd", "adam", "muon", "trac"] = "sgd"
-    """sgd (the papers'), adam, muon (Muon on the hidden weight matrices, Adam on the rest: SC's bp_muon) or trac (TRAC around Adam; pip install clenv[trac]); --learning-rate sets each one's step size; docs/methods.md"""
+    """sgd (the papers'), adam, muon (Muon on every 2-D weight matrix, the head's too, Adam on the rest: SC's bp_muon) or trac (TRAC around Adam; pip install clenv[trac]); --learning-rate sets each one's step size; docs/methods.md"""
     loss: Literal["cross_entropy", "mse"] | None = None
     """training loss: cross_entropy, or mse (squared error on one-hot targets, SC's bp_mse) (default: from --protocol; docs/protocols.md, docs/methods.md)"""
     partial_spectra: bool = False
