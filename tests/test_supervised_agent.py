@@ -123,6 +123,24 @@ CONFIGS = {
     "pmnist_layer_reset": [*PMNIST, "--reg", "layer_reset"],
     "pmnist_inject": [*PMNIST, "--reg", "inject"],
     "pmnist_partial_spectra": [*PMNIST, "--reg", "bp", "--partial-spectra"],
+    "imagenet_layernorm_crelu": [
+        *IMAGENET,
+        "--reg",
+        "l2+layernorm",
+        "--activation",
+        "crelu",
+    ],
+    "cifar_mse_adam": [
+        *CIFAR,
+        "--reg",
+        "bp",
+        "--loss",
+        "mse",
+        "--optimizer",
+        "adam",
+        "--learning-rate",
+        "1e-3",
+    ],
     "imagenet_l2er": [*IMAGENET, "--reg", "l2er"],
     "imagenet_lop_cbp": [*IMAGENET, "--reg", "cbp", "--protocol", "lop"],
     "cifar_sc_l2er": [*CIFAR, "--reg", "l2er"],
@@ -775,6 +793,13 @@ def test_new_options_build_what_they_name(smoke_runs):
     }
     assert losses["pmnist_mse"][0] < 0.2 < 1.5 < losses["pmnist_bp_autograd"][0]
     assert not np.allclose(losses["pmnist_adam"], losses["pmnist_bp_autograd"])
+    # The conv nets take them too (ConvNet FC layers, ResNet with masked logits).
+    imagenet = saved("imagenet_layernorm_crelu")
+    assert (imagenet["norm"], imagenet["activation"]) == ("layer", "crelu")
+    cifar = only_run(runs / "cifar_mse_adam")
+    cifar_losses = series(cifar, "losses/train_loss_per_task")["value"]
+    cifar_lop = series(only_run(runs / "cifar_lop_bp"), "losses/train_loss_per_task")
+    assert np.all(cifar_losses < 0.5) and np.all(cifar_lop["value"] > 1.0)
     for name in ("spectral_l2", "parseval", "l2init", "upgd", "nap", "layer_reset",
                  "inject"):  # fmt: skip
         method = saved(f"pmnist_{name}")["method"]
