@@ -31,20 +31,66 @@ def test_ppo_bench_refuses_bad_arguments(capsys):
     assert "--worker" in usage_error(ppo.main, ["--worker", "bp"], capsys)
     message = usage_error(ppo.main, ["--rounds", "0"], capsys)
     assert "--rounds must be >= 1" in message and "got 0" in message
+    message = usage_error(ppo.main, ["--base-agent", "old.py"], capsys)
+    assert "--base-agent old.py: no such file" in message
+    message = usage_error(
+        ppo.main, ["--protocol", "sc", "--programs", "bp", "sb3"], capsys
+    )
+    assert "drop 'sb3' from --programs" in message
+    assert "--threads" in usage_error(ppo.main, ["--threads", "2"], capsys)
 
 
 def test_ppo_bench_parses_good_arguments_and_the_worker_path(monkeypatch):
     args = ppo.PPOBenchArgs(agent=ROOT / "agents" / "ppo_l2er.py", iterations=2)
-    assert args.iterations == 2 and args.rounds == 3
+    assert args.iterations == 2 and args.rounds == 3 and args.threads == "one"
     calls = []
-    monkeypatch.setattr(ppo, "reference_ppo", lambda *a: calls.append(a))
-    argv = ["--worker", "reference", "--env-id", "clenv/X-v0", "--iterations", "3"]
+    for worker in ("reference_ppo", "sb3_ppo"):
+        monkeypatch.setattr(
+            ppo, worker, lambda *a, name=worker, **k: calls.append((name, *a, k))
+        )
+    argv = ["--worker", "reference", "--env-id", "clenv/X-v0", "--iterations", "3",
+            "--threads", "all"]  # fmt: skip
     assert ppo.main(argv) == {}
     assert ppo.main(["--worker=reference"]) == {}
-    assert calls == [("clenv/X-v0", 3), ("clenv/SlipperyAnt-v0", 4)]
+    assert ppo.main(["--worker", "sb3", "--threads", "one"]) == {}
+    assert calls == [
+        ("reference_ppo", "clenv/X-v0", 3, {"threads": "all"}),
+        ("reference_ppo", "clenv/SlipperyAnt-v0", 4, {"threads": "one"}),
+        ("sb3_ppo", "clenv/SlipperyAnt-v0", 4, {"threads": "one"}),
+    ]
     # The benchmark starts the worker with exactly these arguments.
-    command = ppo.program_command("reference", Path("a.py"), "clenv/X-v0", 3, "runs")
+    command = ppo.program_command(
+        "reference", Path("a.py"), "clenv/X-v0", 3, "runs", threads="all"
+    )
     assert command[1:3] == ["-m", "clenv.bench.ppo"] and command[3:] == argv
+
+
+def test_ppo_bench_programs_and_threads():
+    def command(program, **options):
+        return ppo.program_command(program, Path("new.py"), "clenv/X-v0", 2, "runs",
+                                   agent_args=("--num-threads", "2"),
+                                   base_agent=Path("old.py"), **options)  # fmt: skip
+
+    sb3 = command("sb3", threads="all")
+    assert sb3[3:6] == ["--worker", "sb3", "--env-id"] and sb3[-2:] == [
+        "--threads",
+        "all",
+    ]
+    bp, base = command("bp"), command("bp-base")
+    assert bp[1] == "new.py" and bp[-2:] == ["--num-threads", "2"]
+    # bp-base: the other agent script, with its own defaults (no --agent-args).
+    assert base[1] == "old.py" and "--num-threads" not in base
+    assert base[base.index("--reg") + 1] == "bp"
+    autograd = command("l2er-autograd")
+    assert autograd[autograd.index("--method-kwargs") + 1] == "er__gradient=autograd"
+    assert autograd[-2:] == ["--num-threads", "2"]
+    # One thread each, or each program's own choice (no OMP_NUM_THREADS).
+    assert ppo.thread_env("one")["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in ppo.thread_env("all")
+    assert "MKL_NUM_THREADS" not in ppo.thread_env("all")
+    args = ppo.PPOBenchArgs(agent=ROOT / "agents" / "ppo_l2er.py", threads="all",
+                            programs=("reference", "sb3", "bp"))  # fmt: skip
+    assert args.programs == ("reference", "sb3", "bp")
 
 
 def test_methods_bench_refuses_bad_arguments(capsys):

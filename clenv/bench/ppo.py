@@ -25,7 +25,19 @@ CPU seconds of the process (``resource.getrusage`` of the children): on a machin
 shared with other jobs, wall time mostly measures the others' load; wall-clock
 figures are printed too. The curvature diagnostics (``--curvature-every-tasks``) run at
 task boundaries only and are switched off here; their cost per call is in the logs as
-``curvature/*/seconds``. Targets: bp >= 0.95x reference, l2er >= 0.9x bp.
+``curvature/*/seconds``. Targets: bp >= 0.95x reference, l2er >= 0.9x bp. A rate is nan (left out of the
+medians) where the long run took no longer than the short one.
+
+``--threads all`` allows each program both cores, as each ships: no
+``OMP_NUM_THREADS``, the reference loop and **sb3** (Stable-Baselines3's ``PPO`` with
+the same settings, :func:`sb3_ppo`) on torch's default threads (every core), the
+agent on its ``--num-threads`` (default 1) and ``--agent-args``. Targets then: bp >=
+1.0x reference and >= 1.0x sb3, on CPU seconds and on wall seconds. **bp-base** is
+``--reg bp`` of ``--base-agent`` (another version of the agent script, without
+``--agent-args``), for a before/after in one run::
+
+    python -m clenv.bench.ppo --threads all --programs reference sb3 bp-base bp \
+        --agent agents/ppo_l2er.py --base-agent /tmp/old_ppo_l2er.py
 
 ``--protocol sc`` runs the agent's programs with SC's settings instead (one hidden
 layer of 256, 128 minibatches, the ascent before each epoch; docs/protocols.md); the
@@ -42,6 +54,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -58,24 +71,34 @@ from clenv.settings import protocol_defaults
 PROTOCOL = "lop"  # the reference loop's settings
 STEPS_PER_UPDATE = 2048
 PROGRAMS = ["reference", "bp", "l2er"]
-ALL_PROGRAMS = ("reference", "bp", "l2er", "l2er-autograd")
+ALL_PROGRAMS = ("reference", "sb3", "bp", "bp-base", "l2er", "l2er-autograd")
+WORKERS = ("reference", "sb3")  # programs run by this module (--worker)
 RATIOS = {
     "bp / reference": ("bp", "reference"),
+    "bp / sb3": ("bp", "sb3"),
+    "bp / bp-base": ("bp", "bp-base"),
     "l2er / bp": ("l2er", "bp"),
     "l2er-autograd / bp": ("l2er-autograd", "bp"),
     "l2er / l2er-autograd": ("l2er", "l2er-autograd"),
 }
-TARGETS = {
-    "lop": {"bp / reference": 0.95, "l2er / bp": 0.9},
-    "sc": {"l2er / bp": 0.85},
+TARGETS = {  # on the CPU-second ratio; with --threads all on both clocks
+    "one": {
+        "lop": {"bp / reference": 0.95, "l2er / bp": 0.9},
+        "sc": {"l2er / bp": 0.85},
+    },
+    "all": {"lop": {"bp / reference": 1.0, "bp / sb3": 1.0}, "sc": {}},
 }
 
 
-def reference_ppo(env_id: str, iterations: int, seed: int = 1) -> None:
+def reference_ppo(
+    env_id: str, iterations: int, seed: int = 1, threads: str = "one"
+) -> None:
     """CleanRL's PPO loop with the agent's ``--protocol lop`` settings.
 
     Same env arguments and wrappers, autoreset mode, network, initialisation,
-    optimizer and update as the agent's ``--reg bp``; nothing else.
+    optimizer and update as the agent's ``--reg bp``; nothing else. ``threads``
+    "one" pins torch to one thread; "all" leaves torch's default (every core), as
+    CleanRL's script does.
     """
     import math
     import random
@@ -139,7 +162,8 @@ def reference_ppo(env_id: str, iterations: int, seed: int = 1) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(1)
+    if threads == "one":
+        torch.set_num_threads(1)
 
     envs = gym.vector.SyncVectorEnv(
         [make_env for _ in range(num_envs)],
@@ -222,6 +246,59 @@ def reference_ppo(env_id: str, iterations: int, seed: int = 1) -> None:
     envs.close()
 
 
+def sb3_ppo(env_id: str, iterations: int, seed: int = 1, threads: str = "one") -> None:
+    """Stable-Baselines3's PPO with the agent's ``--protocol lop`` settings.
+
+    Same env arguments, rollout, epochs, minibatch size, optimizer, coefficients,
+    networks and log-std as the agent's ``--reg bp`` (the arm of
+    agents/ppo_ant_study.py); SB3's own: orthogonal init, advantages normalised per
+    minibatch, actions clipped before ``env.step``, its DummyVecEnv and Monitor.
+    ``threads``: "one" pins torch to one thread, "all" leaves SB3's default (torch's:
+    every core).
+    """
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+
+    import clenv
+
+    gym.register_envs(clenv)
+    if threads == "one":
+        torch.set_num_threads(1)
+    settings = protocol_defaults("slippery_ant", PROTOCOL)
+    env = gym.wrappers.FlattenObservation(
+        gym.make(env_id, **agent_env_kwargs(env_id, seed))
+    )
+    hidden = list(settings["hidden_sizes"])
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=settings["learning_rate"],
+        n_steps=settings["num_steps"],
+        batch_size=settings["num_steps"] // settings["num_minibatches"],
+        n_epochs=settings["update_epochs"],
+        gamma=settings["gamma"],
+        gae_lambda=settings["gae_lambda"],
+        clip_range=settings["clip_coef"],
+        ent_coef=settings["ent_coef"],
+        vf_coef=settings["vf_coef"],  # SB3's value loss is the plain MSE too
+        max_grad_norm=float("inf"),  # no clipping
+        policy_kwargs=dict(
+            net_arch=dict(pi=hidden, vf=hidden),
+            activation_fn=torch.nn.ReLU,
+            log_std_init=settings["log_std_init"],
+            optimizer_kwargs=dict(
+                betas=settings["adam_betas"], eps=settings["adam_eps"]
+            ),
+        ),
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.learn(iterations * settings["num_steps"])
+    env.close()
+
+
 def agent_env_kwargs(env_id: str, seed: int) -> dict[str, object]:
     """What the agent passes to a clenv env by default (same tasks, same friction:
     MuJoCo's contact work, hence its speed, depends on the friction)."""
@@ -243,11 +320,14 @@ def agent_env_kwargs(env_id: str, seed: int) -> dict[str, object]:
     return {"task_seed": seed, **env_rows}
 
 
-def process_seconds(command: list[str]) -> dict[str, float]:
-    """Run ``command``; its wall seconds and CPU seconds (user + system)."""
+def process_seconds(
+    command: list[str], env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run ``command`` (in ``env``); its wall seconds and CPU seconds (user + system,
+    its own subprocesses included)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
@@ -263,41 +343,75 @@ def program_command(
     iterations: int,
     runs_dir: str,
     protocol: str = PROTOCOL,
+    threads: str = "one",
+    agent_args: tuple[str, ...] = (),
+    base_agent: Path | None = None,
 ) -> list[str]:
-    """The command line of one program for ``iterations`` PPO updates."""
-    if program == "reference":
+    """The command line of one program for ``iterations`` PPO updates
+    (``agent_args``: extra flags of the agent's programs, not of bp-base)."""
+    if program in WORKERS:
         return [
-            sys.executable, "-m", "clenv.bench.ppo", "--worker", "reference",
-            "--env-id", env_id, "--iterations", str(iterations),
+            sys.executable, "-m", "clenv.bench.ppo", "--worker", program,
+            "--env-id", env_id, "--iterations", str(iterations), "--threads", threads,
         ]  # fmt: skip
     reg, extra = program, []
     if program == "l2er-autograd":
         reg, extra = "l2er", ["--method-kwargs", "er__gradient=autograd"]
+    if program == "bp-base":
+        reg, agent, agent_args = "bp", base_agent or agent, ()
     return [
         sys.executable, str(agent), "--reg", reg, *extra, "--env-id", env_id,
         "--protocol", protocol, "--total-timesteps", str(iterations * STEPS_PER_UPDATE),
         "--runs-dir", runs_dir, "--curvature-every-tasks", "0", "--no-progress",
-        "--no-plot",
+        "--no-plot", *agent_args,
     ]  # fmt: skip
 
 
+def thread_env(threads: str) -> dict[str, str]:
+    """The programs' environment: ``OMP_NUM_THREADS=1`` with "one"; with "all"
+    without it (and MKL's), so that each program picks its own threads."""
+    env = dict(os.environ)
+    if threads == "one":
+        env["OMP_NUM_THREADS"] = "1"
+    else:
+        env.pop("OMP_NUM_THREADS", None)
+        env.pop("MKL_NUM_THREADS", None)
+    return env
+
+
 def steady_sps(
-    program: str, agent: Path, env_id: str, iterations: int, protocol: str = PROTOCOL
+    program: str,
+    agent: Path,
+    env_id: str,
+    iterations: int,
+    protocol: str = PROTOCOL,
+    threads: str = "one",
+    agent_args: tuple[str, ...] = (),
+    base_agent: Path | None = None,
 ) -> dict[str, float]:
     """Steady-state steps per wall / CPU second of one program.
 
     Two runs, of 1 update and of ``iterations`` updates: the extra
     ``(iterations - 1) * 2048`` steps over the extra seconds.
     """
+    options = dict(protocol=protocol, threads=threads, agent_args=agent_args,
+                   base_agent=base_agent)  # fmt: skip
+    env = thread_env(threads)
     with tempfile.TemporaryDirectory() as runs_dir:
         short = process_seconds(
-            program_command(program, agent, env_id, 1, runs_dir, protocol)
+            program_command(program, agent, env_id, 1, runs_dir, **options), env
         )
         long = process_seconds(
-            program_command(program, agent, env_id, iterations, runs_dir, protocol)
+            program_command(program, agent, env_id, iterations, runs_dir, **options),
+            env,
         )
     steps = (iterations - 1) * STEPS_PER_UPDATE
-    return {clock: steps / (long[clock] - short[clock]) for clock in ("wall", "cpu")}
+    # nan where the long run took no longer than the short one (a machine so
+    # loaded that one update's time is noise): left out of the medians.
+    return {
+        clock: steps / extra if (extra := long[clock] - short[clock]) > 0 else np.nan
+        for clock in ("wall", "cpu")
+    }
 
 
 @dataclass
@@ -315,7 +429,13 @@ class PPOBenchArgs:
     protocol: Literal["lop", "sc"] = "lop"
     """the agent's --protocol (the reference loop has LoP's settings: lop only)"""
     programs: tuple[str, ...] | None = None
-    """programs to run, from reference, bp, l2er, l2er-autograd (default: reference bp l2er with lop, bp l2er with sc)"""
+    """programs to run, from reference, sb3, bp, bp-base, l2er, l2er-autograd (default: reference bp l2er with lop, bp l2er with sc)"""
+    threads: Literal["one", "all"] = "one"
+    """one: every program on one torch thread (OMP_NUM_THREADS=1); all: each program allowed every core, with its own default threads (the agent's: --num-threads and --agent-args)"""
+    agent_args: str = ""
+    """extra flags of the agent's programs (not bp-base), one string, e.g. --agent-args='--num-threads 2'"""
+    base_agent: Path | None = None
+    """agent script of the bp-base program (default: --agent), to compare two versions in one run"""
 
     def __post_init__(self) -> None:
         # tyro reports a ValueError here as a usage error (no traceback).
@@ -345,18 +465,30 @@ class PPOBenchArgs:
                 f"--agent {self.agent}: no such file; pass the path of "
                 "agents/ppo_l2er.py (or run from the repository root)"
             )
+        if self.base_agent is not None and not self.base_agent.is_file():
+            raise ValueError(
+                f"--base-agent {self.base_agent}: no such file; pass the path of an "
+                "agent script (or leave it out: bp-base then runs --agent)"
+            )
+        if "sb3" in self.programs and self.protocol != "lop":
+            raise ValueError(
+                "the sb3 program has LoP's settings: drop 'sb3' from --programs "
+                "with --protocol sc"
+            )
 
 
 @dataclass
 class WorkerArgs:
     """Internal: one program's run, started by the benchmark (``--worker``)."""
 
-    worker: Literal["reference"]
+    worker: Literal["reference", "sb3"]
     """the program to run"""
     env_id: str = "clenv/SlipperyAnt-v0"
     """the env it trains on"""
     iterations: int = 4
     """PPO updates"""
+    threads: Literal["one", "all"] = "one"
+    """one torch thread, or torch's default (every core)"""
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -364,7 +496,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg == "--worker" or arg.startswith("--worker=") for arg in argv):
         worker = tyro.cli(WorkerArgs, args=argv, prog="python -m clenv.bench.ppo")
-        reference_ppo(worker.env_id, worker.iterations)
+        run = reference_ppo if worker.worker == "reference" else sb3_ppo
+        run(worker.env_id, worker.iterations, threads=worker.threads)
         return {}
     args = tyro.cli(
         PPOBenchArgs,
@@ -373,20 +506,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description=__doc__.split("\n\n")[0],
     )
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     programs = list(args.programs)
+    agent_args = tuple(shlex.split(args.agent_args))
     print(
-        f"PPO on {args.env_id}, --protocol {args.protocol}: {args.rounds} rounds x "
-        f"{args.iterations} updates of 2048 steps, programs taking turns; steady-state "
-        "steps per CPU second (per wall second in brackets)"
+        f"PPO on {args.env_id}, --protocol {args.protocol}, --threads {args.threads}"
+        f"{' (each program allowed every core)' if args.threads == 'all' else ''}: "
+        f"{args.rounds} rounds x {args.iterations} updates of 2048 steps, programs "
+        "taking turns; steady-state steps per CPU second (per wall second in "
+        f"brackets); agent {args.agent} {' '.join(agent_args)}"
+        + (
+            f"; bp-base: {args.base_agent or args.agent}"
+            if "bp-base" in programs
+            else ""
+        )
     )
     sps = {clock: {name: [] for name in programs} for clock in ("wall", "cpu")}
     for round_index in range(args.rounds):
         shift = round_index % len(programs)
         for name in programs[shift:] + programs[:shift]:
             rates = steady_sps(
-                name, args.agent, args.env_id, args.iterations, args.protocol
-            )
+                name, args.agent, args.env_id, args.iterations, args.protocol,
+                args.threads, agent_args, args.base_agent,
+            )  # fmt: skip
             for clock, value in rates.items():
                 sps[clock][name].append(value)
             print(
@@ -395,11 +536,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
     print(f"\n{'program':>16} {'steps/CPU s':>12} {'(steps/wall s)':>15}")
     for name in programs:
-        cpu, wall = np.median(sps["cpu"][name]), np.median(sps["wall"][name])
+        cpu, wall = np.nanmedian(sps["cpu"][name]), np.nanmedian(sps["wall"][name])
         print(f"{name:>16} {cpu:12.0f} {wall:15.0f}")
-    print(f"\n{'ratio':>20} {'CPU':>6} {'per round':>18} {'(wall)':>7} {'target':>7}")
+    clocks = ("cpu", "wall") if args.threads == "all" else ("cpu",)
+    print(
+        f"\n{'ratio':>20} {'CPU':>6} {'per round':>18} {'wall':>6} {'per round':>18} "
+        f"{'target':>7}  (target on {' and '.join(clocks)})"
+    )
     results = {}
-    targets = TARGETS[args.protocol]
+    targets = TARGETS[args.threads][args.protocol]
     for name, (top, bottom) in RATIOS.items():
         if top not in programs or bottom not in programs:
             continue
@@ -407,18 +552,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             clock: np.array(sps[clock][top]) / np.array(sps[clock][bottom])
             for clock in ("cpu", "wall")
         }
-        cpu, wall = (
-            float(np.median(per_round["cpu"])),
-            float(np.median(per_round["wall"])),
-        )
-        results[name] = cpu
-        results[f"{name} (wall)"] = wall
+        median = {clock: float(np.nanmedian(per_round[clock])) for clock in per_round}
+        results[name] = median["cpu"]
+        results[f"{name} (wall)"] = median["wall"]
         target = targets.get(name)
-        verdict = "" if target is None else ("ok" if cpu >= target else "MISSED")
-        rounds = " ".join(f"{v:.2f}" for v in per_round["cpu"])
+        met = target is not None and all(median[c] >= target for c in clocks)
+        verdict = "" if target is None else ("ok" if met else "MISSED")
+        cpu_rounds, wall_rounds = (
+            " ".join(f"{v:.2f}" for v in per_round[clock]) for clock in ("cpu", "wall")
+        )
         print(
-            f"{name:>20} {cpu:6.2f} {rounds:>18} {wall:7.2f} "
-            f"{'' if target is None else target:>7} {verdict}"
+            f"{name:>20} {median['cpu']:6.2f} {cpu_rounds:>18} {median['wall']:6.2f} "
+            f"{wall_rounds:>18} {'' if target is None else target:>7} {verdict}"
         )
     print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     return results
