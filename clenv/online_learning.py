@@ -237,7 +237,10 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
 
     Several seeds: each runs with its own global random generators (python,
     numpy, torch: what a reset's re-initialisation or a checkpoint's RNG state
-    reads), swapped in for its turns, so each seed's run equals its own process.
+    reads), swapped in for its turns, so each seed's run equals its own process. A
+    seed whose run ends early (its divergence guard closes it and exits) drops out
+    and the others go on, on a trainer regrouped without it; the group then exits as
+    that seed's ``--on-divergence`` says (1 for ``fail``, after the others finish).
 
     Args:
         seeds: the runs, each a :data:`SeedRun` generator, not yet started.
@@ -245,8 +248,10 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
     """
     count = len(seeds)
     states: list[dict[str, Any] | None] = [None] * count
+    ended: list[SystemExit] = []  # seeds that ended early (a divergence)
+    dropped: set[int] = set()
 
-    def turn(index: int, value: Any) -> Any:
+    def turn(index: int, value: Any, training: bool = True) -> Any:
         """Seed ``index``'s run up to its next yield (None when it has ended)."""
         if count > 1 and states[index] is not None:
             restore_rng_state(states[index])
@@ -254,11 +259,17 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
             return seeds[index].send(value)
         except StopIteration:
             return None
+        except SystemExit as exit:  # its run is closed; the others go on
+            if count == 1 or not training:
+                raise
+            ended.append(exit)
+            dropped.add(index)
+            return None
         finally:
             if count > 1:
                 states[index] = capture_rng_state()
 
-    built = [turn(index, None) for index in range(count)]
+    built = [turn(index, None, training=False) for index in range(count)]
     models, methods = [b[0] for b in built], [b[1] for b in built]
     runs = [b[3] for b in built]
     if len({run.global_step for run in runs}) > 1:  # killed between their saves
@@ -270,23 +281,53 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
         )
     record_seed_group(runs)
     trainers: list[Any] = [None] * count
+    batched = None
     if built[0][2] and count == 1:
         trainers = [FastMLPTrainer(models[0], lr, method=methods[0])]
     elif built[0][2]:
         batched = BatchedMLPTrainer(models, lr, methods)
         trainers = [batched.seed(index) for index in range(count)]
-    chunks = [turn(index, trainers[index]) for index in range(count)]
-    while any(chunk is not None for chunk in chunks):
-        if any(chunk is None for chunk in chunks):
-            raise RuntimeError("the seeds of a group fell out of step (one ended)")
-        if count == 1:
-            results = [trainers[0].train(*chunks[0])]
+    chunks = {index: turn(index, trainers[index]) for index in range(count)}
+    active = [index for index, chunk in chunks.items() if chunk is not None]
+    if active and len(active) < count - len(dropped):
+        raise RuntimeError("the seeds of a group fell out of step at the start")
+    while active:
+        if batched is not None and batched.num_seeds != len(active):
+            batched = _regroup(batched, [trainers[i] for i in active], lr)
+        if batched is None:
+            results = {active[0]: trainers[active[0]].train(*chunks[active[0]])}
         else:
             predictions, losses = batched.train(
-                torch.stack([x for x, _ in chunks]), torch.stack([y for _, y in chunks])
+                torch.stack([chunks[i][0] for i in active]),
+                torch.stack([chunks[i][1] for i in active]),
             )
-            results = list(zip(predictions, losses, strict=True))
-        chunks = [turn(index, results[index]) for index in range(count)]
+            results = dict(
+                zip(active, zip(predictions, losses, strict=True), strict=True)
+            )
+        chunks = {index: turn(index, results[index]) for index in active}
+        going = [index for index in active if chunks[index] is not None]
+        done = [i for i in active if chunks[i] is None and i not in dropped]
+        if done and going:
+            raise RuntimeError(f"the seeds of a group fell out of step: {done} ended")
+        active = going
+    failed = [exit for exit in ended if exit.code not in (None, 0)]
+    if failed:  # --on-divergence fail: the group exits 1 with the first message
+        raise failed[0]
+
+
+def _regroup(batched: Any, views: list[Any], lr: float) -> Any:
+    """A new :class:`~clenv.fastpath.BatchedMLPTrainer` over the seeds still
+    training (one ended early), with each seed's view (what its run checkpoints as
+    its trainer) pointed at it and its step count kept."""
+    batched.release()
+    steps = [view.num_steps for view in views]
+    regrouped = BatchedMLPTrainer(
+        [view.model for view in views], lr, [view.method for view in views]
+    )
+    for index, (view, num_steps) in enumerate(zip(views, steps, strict=True)):
+        view.batched, view.index = regrouped, index
+        view.load_state_dict({"num_steps": num_steps})
+    return regrouped
 
 
 def record_seed_group(runs: Sequence[Any]) -> None:

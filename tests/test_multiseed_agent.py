@@ -165,3 +165,52 @@ def test_num_seeds_refuses_what_the_batched_fast_path_cannot_run(
     )
     assert reason in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.glob("clenv_*"))  # no run directory was started
+
+
+# The fast path's second single-seed kernel trainer (seed 4 of 3, 4, 5) gets a NaN
+# weight after its third chunk.
+INJECT_NAN = """
+import torch
+from clenv.fastpath import trainer as _trainer
+_init, _train, _made = _trainer.FastMLPTrainer.__init__, _trainer.FastMLPTrainer.train, []
+def _spy_init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    _made.append(self)
+    self.calls = 0
+def _nan_train(self, *args, **kwargs):
+    out = _train(self, *args, **kwargs)
+    self.calls += 1
+    if len(_made) > 1 and self is _made[1] and self.calls == 3:
+        with torch.no_grad():
+            self.layers[0].weight[0, 0] = float("nan")
+    return out
+_trainer.FastMLPTrainer.__init__, _trainer.FastMLPTrainer.train = _spy_init, _nan_train
+"""
+
+
+def test_a_diverged_seed_drops_out_and_the_others_finish_as_alone(
+    group_and_separate_runs, fake_data_dir, tmp_path
+):
+    """Seed 4 diverges in task 1: its run records it and ends; seeds 3 and 5 go on
+    without it (a regrouped trainer) and still equal their own runs; the group exits
+    1 with seed 4's message (--on-divergence fail)."""
+    from test_supervised_agent import DRIVER
+
+    runs, _ = group_and_separate_runs
+    argv = [*GROUP, *METHODS["cbp_l2er"], "--num-seeds", "3",
+            "--divergence-check-every", "1"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", INJECT_NAN + DRIVER, str(AGENT), str(fake_data_dir),
+         str(tmp_path), json.dumps({"run": argv})],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")]
+    outcome = json.loads(line[len("RESULTS ") :])["run"]
+    assert outcome.startswith("exit error: training diverged: non-finite parameter "
+                              "'layers.0.weight' (nan) at example 60"), outcome  # fmt: skip
+    group = runs_by_seed(tmp_path / "run")
+    diverged = json.loads((group[4] / "args.json").read_text())["diverged"]
+    assert diverged["tensor"] == "layers.0.weight" and diverged["step"] == 60
+    for seed in (3, 5):
+        (alone,) = runs_by_seed(runs / f"cbp_l2er_seed{seed}").values()
+        assert_same_run(group[seed], alone)
