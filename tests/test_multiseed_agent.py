@@ -214,3 +214,58 @@ def test_a_diverged_seed_drops_out_and_the_others_finish_as_alone(
     for seed in (3, 5):
         (alone,) = runs_by_seed(runs / f"cbp_l2er_seed{seed}").values()
         assert_same_run(group[seed], alone)
+
+
+@pytest.mark.slow  # ~25 s: two groups of 8 tasks and a resume
+def test_sigkill_and_resume_of_the_group_reproduce_it(fake_data_dir, tmp_path):
+    """A group killed with SIGKILL mid-run and resumed (--resume of its last seed's
+    directory) logs every series as the uninterrupted group; a kill between two
+    members' saves leaves them at different checkpoints, which the resume refuses
+    until the newer ones are deleted."""
+    import signal
+    import time
+
+    from test_supervised_agent import DRIVER
+
+    argv = [*PMNIST, "--reg", "l2er", "--num-tasks", "8", "--num-seeds", "3",
+            "--checkpoint-every-tasks", "1", "--curvature-every-tasks", "3"]  # fmt: skip
+    whole, _ = run_driver(fake_data_dir, tmp_path / "whole", {"run": argv})
+    assert whole["run"] == "ok", whole["run"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(AGENT), str(fake_data_dir),
+         str(tmp_path / "killed"), json.dumps({"run": argv})],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if len(list((tmp_path / "killed").glob("run/*/checkpoints/*.pt"))) >= 3:
+            break
+        time.sleep(0.005)
+    if process.poll() is not None:
+        pytest.skip("the group finished before it could be killed (machine too fast)")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    group = runs_by_seed(tmp_path / "killed" / "run")
+    latest = {s: list_checkpoints(d / "checkpoints") for s, d in group.items()}
+    oldest = min(c[-1][0] if c else 0 for c in latest.values())
+    if any((c[-1][0] if c else 0) != oldest for c in latest.values()):
+        refused, _ = run_driver(
+            fake_data_dir, tmp_path / "unused", {"r": ["--resume", str(group[3])]}
+        )
+        assert "are at different checkpoints" in refused["r"], refused["r"]
+        for checkpoints in latest.values():
+            for step, path in checkpoints:
+                if step > oldest:
+                    path.unlink()
+    resumed, result = run_driver(
+        fake_data_dir, tmp_path / "unused", {"r": ["--resume", str(group[3])]}
+    )
+    assert resumed["r"] == "ok", resumed["r"] + result.stderr[-2000:]
+    reference = runs_by_seed(tmp_path / "whole" / "run")
+    for seed in (1, 2, 3):
+        expected = h5_datasets(reference[seed] / "metrics.h5")
+        got = h5_datasets(group[seed] / "metrics.h5")
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            same = np.array_equal(got[key], value, equal_nan=value.dtype.kind == "f")
+            assert same, (seed, key)
