@@ -2,10 +2,11 @@
 
 - ``"sgd"``: ``torch.optim.SGD`` (the supervised agent's optimizer);
 - ``"adam"``: ``torch.optim.Adam`` (the PPO agent's);
-- ``"muon"``: ``torch.optim.Muon`` on the 2-D weight matrices, Adam on the rest, as
-  SC's ``bp_muon`` runs (Prakash et al. 2026, ``optax.contrib.muon`` at
+- ``"muon"``: SC's ``bp_muon`` runs (Prakash et al. 2026, ``optax.contrib.muon`` at
   ``permuted_mnist/train_permuted_mnist.py:268-271`` and
-  ``rlopt/ppo_nonstationary.py:395-399``), returned as one :class:`MuonWithAdam`;
+  ``rlopt/ppo_nonstationary.py:395-399``): :class:`OptaxMuon` on the 2-D weight
+  matrices and :class:`OptaxAdamW` on the rest, returned as one :class:`MuonWithAdam`;
+  ``muon_impl="torch"`` builds ``torch.optim.Muon`` and ``torch.optim.Adam`` instead;
 - ``"trac"``: TRAC (Muppidi, Zhang and Wang, *Fast TRAC: A Parameter-Free Optimizer
   for Lifelong Reinforcement Learning*, NeurIPS 2024) around Adam or SGD, through the
   authors' package ``trac-optimizer`` (``pip install clenv[trac]``).
@@ -13,11 +14,35 @@
 Each call with the arguments an agent passes today builds the very optimizer the agent
 builds by hand, so switching to it changes no number. Every optimizer here round-trips
 through ``state_dict()`` / ``load_state_dict()`` for an exact resume.
+
+Muon as SC ran it: SC's ``uv.lock`` pins optax 0.2.5 (``uv.lock:1589-1590``; its
+``requirements.txt`` leaves optax unpinned), whose ``optax/contrib/_muon.py`` is
+transcribed here line by line (cited as ``_muon.py:N`` of optax v0.2.5), with the
+Nesterov Adam of ``optax/_src/transform.py:281-306`` for the other parameters.
+torch's ``Muon`` differs from it in four ways, each of which :class:`OptaxMuon` follows
+optax in:
+
+1. optax iterates Newton-Schulz in the momentum's dtype (float32; ``_muon.py:81-82``),
+   torch in bfloat16 (``torch/optim/_muon.py:55``), which is slow on a CPU;
+2. optax bias-corrects its Nesterov mix, ``b m_t / (1 - b^(t+1)) + (1 - b) g_t /
+   (1 - b^t)`` (``_muon.py:162-173``), torch takes ``(1 - b) g_t + b m_t``
+   (``torch/optim/_muon.py:333-334``);
+3. optax normalises by ``||X||_F + eps`` with eps 1e-8 (``_muon.py:81``), torch by
+   ``max(||X||_F, eps)``;
+4. optax's non-matrix parameters get AdamW with its ``nesterov=True``
+   (``_muon.py:285-294``: Dozat's NAdam with optax's bias correction), not Adam.
+
+They agree on the coefficients (3.4445, -4.7750, 2.0315), 5 steps, momentum 0.95,
+the transpose to the wide orientation (``_muon.py:77-80``), the scale
+``sqrt(max(1, fan_out / fan_in))`` (``_muon.py:187-190`` on Flax's ``(in, out)``
+kernel; torch's ``adjust_lr_fn="original"`` on its ``(out, in)`` weight) and the
+decoupled weight decay ``p -= lr (update + wd p)`` (``_muon.py:282-283``).
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 from typing import Any
 
@@ -25,14 +50,16 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("sgd", "adam", "muon", "trac")
+MUON_IMPLS = ("optax", "torch")
 
-# optax.contrib.muon's defaults (SC calls it with learning_rate and weight_decay only):
-# Nesterov momentum 0.95, 5 Newton-Schulz steps with Keller Jordan's coefficients,
-# eps 1e-8; the non-matrix parameters get Adam(b1=0.9, b2=0.999, eps=1e-8) at the same
-# learning rate; the update of a (fan_out, fan_in) matrix is scaled by
-# sqrt(max(1, fan_out / fan_in)), torch's adjust_lr_fn="original".
+# optax.contrib.muon's defaults (SC calls it with learning_rate and weight_decay only;
+# optax v0.2.5 optax/contrib/_muon.py:200-221): Nesterov momentum 0.95, 5
+# Newton-Schulz steps with Keller Jordan's coefficients, eps 1e-8 (also the Adam
+# part's), not adaptive; the non-matrix parameters get Nesterov AdamW(b1=0.9,
+# b2=0.999, weight decay 0) at the same learning rate.
 MUON_MOMENTUM = 0.95
 MUON_NS_STEPS = 5
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 MUON_EPS = 1e-8
 
 
@@ -50,6 +77,7 @@ def make_optimizer(
     muon_nesterov: bool = True,
     muon_ns_steps: int = MUON_NS_STEPS,
     muon_head: bool = True,
+    muon_impl: str = "optax",
     trac_base: str = "adam",
 ) -> torch.optim.Optimizer | MuonWithAdam:
     """The optimizer ``name`` over ``model``'s parameters.
@@ -61,7 +89,8 @@ def make_optimizer(
         momentum: SGD's momentum.
         weight_decay: coupled weight decay of SGD and Adam (``torch.optim``'s); Muon's
             decoupled weight decay on its matrices (SC's ``bp_muon``: 0).
-        betas, eps: Adam's (also the Adam part of Muon, and TRAC's Adam base).
+        betas, eps: Adam's (also the Adam part of Muon, whose eps is also Muon's
+            Newton-Schulz eps as in optax, and TRAC's Adam base).
         fused: passed to SGD / Adam when not None (the supervised agent's
             ``fused=`` choice).
         muon_momentum, muon_nesterov, muon_ns_steps: Muon's (optax's defaults, SC).
@@ -69,10 +98,14 @@ def make_optimizer(
             optax's muon and so SC: every 2-D parameter); ``False`` keeps it on Adam,
             as Muon's authors recommend for embeddings and heads. The head is the
             model's ``head`` attribute.
+        muon_impl: ``"optax"`` (SC's optax 0.2.5 muon: :class:`OptaxMuon` and
+            :class:`OptaxAdamW`, float32) or ``"torch"`` (``torch.optim.Muon``,
+            bfloat16 Newton-Schulz and no bias correction, with ``torch.optim.Adam``;
+            see :mod:`clenv.optim`).
         trac_base: the optimizer TRAC wraps, ``"adam"`` (the paper's) or ``"sgd"``.
 
     Raises:
-        ValueError: for an unknown name or base; ImportError for ``"trac"`` without
+        ValueError: for an unknown name, base or Muon implementation; ImportError for ``"trac"`` without
             the ``trac-optimizer`` package (its message names the install command).
 
     Example:
@@ -115,6 +148,7 @@ def make_optimizer(
             betas=betas,
             eps=eps,
             muon_head=muon_head,
+            impl=muon_impl,
         )
     if trac_base not in ("adam", "sgd"):
         raise ValueError(f"trac_base must be 'adam' or 'sgd', got {trac_base!r}")
@@ -133,24 +167,29 @@ def is_muon_matrix(param: torch.Tensor, head: torch.Tensor | None = None) -> boo
 
 
 class MuonWithAdam:
-    """``torch.optim.Muon`` on the 2-D weight matrices, ``torch.optim.Adam`` on the
-    rest (biases, norms, convolution kernels, a PPO agent's log-std), stepped as one
-    optimizer: SC's ``optax.contrib.muon`` (see :mod:`clenv.optim`).
+    """Muon on the 2-D weight matrices, Adam on the rest (biases, norms, convolution
+    kernels, a PPO agent's log-std), stepped as one optimizer: SC's
+    ``optax.contrib.muon`` (:class:`OptaxMuon` and :class:`OptaxAdamW`; with
+    ``impl="torch"``, ``torch.optim.Muon`` and ``torch.optim.Adam``; see
+    :mod:`clenv.optim`).
 
     It offers what a training loop and the plasticity methods use of an optimizer:
     ``step``, ``zero_grad``, ``param_groups`` (Muon's first), ``state`` (both parts'
     per-parameter state, for :func:`clenv.methods.base.reset_optimizer_slices`),
     ``add_param_group`` (a 2-D weight goes to Muon), ``state_dict`` and
-    ``load_state_dict``.
+    ``load_state_dict``; its parts are ``muon`` and ``adam``.
 
     Args:
         model: the network.
         lr: step size of both parts.
         weight_decay: Muon's decoupled weight decay (Adam's part gets none, as
             optax's muon with its default ``adam_weight_decay=0``).
-        momentum, nesterov, ns_steps: Muon's.
-        betas, eps: the Adam part's.
+        momentum, nesterov, ns_steps: Muon's (``nesterov`` also the Adam part's
+            under ``impl="optax"``, as optax's).
+        betas, eps: the Adam part's (``eps`` also Muon's under ``impl="optax"``, as
+            optax's; torch's Muon keeps eps 1e-8).
         muon_head: whether the model's ``head`` weight goes to Muon.
+        impl: ``"optax"`` or ``"torch"``.
     """
 
     def __init__(
@@ -163,9 +202,16 @@ class MuonWithAdam:
         nesterov: bool = True,
         ns_steps: int = MUON_NS_STEPS,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        eps: float = MUON_EPS,
         muon_head: bool = True,
+        impl: str = "optax",
     ):
+        if impl not in MUON_IMPLS:
+            raise ValueError(
+                f"unknown Muon implementation {impl!r}; choose one of "
+                f"{list(MUON_IMPLS)} (optax: SC's; torch: torch.optim.Muon)"
+            )
+        self.impl = impl
         head = getattr(model, "head", None)
         self.excluded = None if muon_head or head is None else head.weight
         params = list(model.parameters())
@@ -175,19 +221,32 @@ class MuonWithAdam:
             raise ValueError(
                 f"{type(model).__name__} has no 2-D weight for Muon; use adam or sgd"
             )
-        self.muon = torch.optim.Muon(
-            matrices,
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_steps=ns_steps,
-            eps=MUON_EPS,
-        )
         # torch's Adam refuses an empty parameter list: keep one group to add to.
-        self.adam = torch.optim.Adam(
-            others or [torch.zeros(0, requires_grad=True)], lr=lr, betas=betas, eps=eps
-        )
+        others = others or [torch.zeros(0, requires_grad=True)]
+        if impl == "optax":
+            self.muon: torch.optim.Optimizer = OptaxMuon(
+                matrices,
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                nesterov=nesterov,
+                ns_steps=ns_steps,
+                eps=eps,
+            )
+            self.adam: torch.optim.Optimizer = OptaxAdamW(
+                others, lr=lr, betas=betas, eps=eps, nesterov=nesterov
+            )
+        else:
+            self.muon = torch.optim.Muon(
+                matrices,
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                nesterov=nesterov,
+                ns_steps=ns_steps,
+                eps=MUON_EPS,
+            )
+            self.adam = torch.optim.Adam(others, lr=lr, betas=betas, eps=eps)
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -243,6 +302,14 @@ class MuonWithAdam:
                 "this optimizer state is not a MuonWithAdam's (keys muon, adam); "
                 "resume with the --optimizer the run was started with"
             )
+        saved, ours = _muon_impl(state["muon"]), _muon_impl(self.muon.state_dict())
+        if saved != ours:
+            raise ValueError(
+                f"this optimizer state is the {saved} Muon's, this optimizer the "
+                f"{ours} one (clenv's muon follows optax since its float32 rewrite); "
+                f"resume with make_optimizer(..., muon_impl={saved!r}) or start the "
+                "run afresh"
+            )
         self.muon.load_state_dict(state["muon"])
         self.adam.load_state_dict(state["adam"])
 
@@ -250,10 +317,25 @@ class MuonWithAdam:
         return f"MuonWithAdam(muon={self.muon!r}, adam={self.adam!r})"
 
 
+def _muon_impl(state: dict[str, Any]) -> str:
+    """Which Muon saved ``state``: ``"torch"`` (its groups have ``adjust_lr_fn``)
+    or ``"optax"``."""
+    return "torch" if "adjust_lr_fn" in state["param_groups"][0] else "optax"
+
+
 class _JointState(collections.ChainMap):
     """Both parts' per-parameter state as one mapping: lookups search both, and
     ``pop``, ``del`` and ``clear`` act on whichever part holds the parameter (a
-    plain ChainMap changes only the first), as the resets and CBP expect."""
+    plain ChainMap changes only the first), as the resets and CBP expect. A lookup
+    never creates an entry: the parts' states are defaultdicts, and a plain
+    ChainMap's ``state.get(adam_param)`` would return an empty dict made in Muon's
+    part (whose ``state_dict`` then fails on the stranger)."""
+
+    def __getitem__(self, key: Any) -> Any:
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping[key]
+        raise KeyError(key)
 
     def __delitem__(self, key: Any) -> None:
         for mapping in self.maps:
@@ -277,6 +359,252 @@ class _JointState(collections.ChainMap):
 
 def _known(optimizer: torch.optim.Optimizer, options: dict[str, Any]) -> dict:
     return {k: v for k, v in options.items() if k in optimizer.defaults}
+
+
+def newton_schulz(
+    matrix: torch.Tensor,
+    coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
+    steps: int = MUON_NS_STEPS,
+    eps: float = MUON_EPS,
+) -> torch.Tensor:
+    """optax's ``orthogonalize_via_newton_schulz`` (v0.2.5 ``_muon.py:38-93``) of a
+    torch ``(out, in)`` weight-shaped matrix, in its own dtype.
+
+    optax runs on Flax's ``(in, out)`` kernel ``K = W^T``, transposed to ``(out, in)``
+    when ``in > out``, so on ``W`` when ``in > out`` and on ``W^T`` otherwise (a
+    square one too): the same matrix here, the result returned as ``W``'s shape.
+    Then ``X /= ||X||_F + eps`` and ``steps`` times ``A = X X^T``,
+    ``X = a X + (b A + c A A) X``.
+
+    Example:
+        >>> matrix = torch.randn(3, 5, dtype=torch.float64)
+        >>> ortho = newton_schulz(matrix, steps=20)
+        >>> bool((torch.linalg.svdvals(ortho) - 1).abs().max() < 0.35)
+        True
+    """
+    a, b, c = coefficients
+    transposed = matrix.shape[0] >= matrix.shape[1]
+    x = matrix.T if transposed else matrix
+    x = x / (torch.linalg.vector_norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, polynomial, x, beta=a)
+    return x.T if transposed else x
+
+
+def _check_range(name: str, value: float, low: float, high: float | None = None):
+    if value < low or (high is not None and value >= high):
+        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+class OptaxMuon(torch.optim.Optimizer):
+    """The Muon part of ``optax.contrib.muon`` (v0.2.5, SC's), on 2-D torch weights
+    in their own dtype (float32): ``scale_by_muon`` (``_muon.py:160-197``), the
+    decoupled weight decay and the learning rate (``_muon.py:282-283``).
+
+    Per step ``t`` (from 1) of a weight ``W`` with gradient ``g``:
+
+    - ``m = b m + (1 - b) g`` (``_muon.py:162``);
+    - Nesterov: ``M = b m / (1 - b^(t+1)) + (1 - b) g / (1 - b^t)``; otherwise
+      ``M = m / (1 - b^t)`` (``_muon.py:164-173``);
+    - ``O = newton_schulz(M)`` (:func:`newton_schulz`), times ``<M, O>`` if
+      ``adaptive`` (``_muon.py:181-186``);
+    - ``W -= lr (sqrt(max(1, out / in)) O + weight_decay W)`` (``_muon.py:187-190``
+      on Flax's ``(in, out)`` kernel: ``shape[-1] / shape[-2]`` is ``out / in``).
+
+    optax counts steps once for all its parameters; here each weight counts its
+    own (the same while every weight gets a gradient at every step; a weight whose
+    state a reset pops restarts at ``t = 1``). The state is ``step`` and
+    ``momentum_buffer`` (``m``, zeroed by
+    :func:`clenv.methods.base.reset_optimizer_slices`).
+
+    Args:
+        params: the 2-D weights.
+        lr: the step size.
+        weight_decay: decoupled, multiplied by ``lr`` as optax's.
+        momentum: ``b`` (optax's ``beta``).
+        nesterov, ns_steps, eps, adaptive: optax's.
+        ns_coefficients: ``(a, b, c)`` of every Newton-Schulz step.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        *,
+        weight_decay: float = 0.0,
+        momentum: float = MUON_MOMENTUM,
+        nesterov: bool = True,
+        ns_steps: int = MUON_NS_STEPS,
+        ns_coefficients: tuple[float, float, float] = MUON_NS_COEFFICIENTS,
+        eps: float = MUON_EPS,
+        adaptive: bool = False,
+    ):
+        _check_range("Muon's lr", lr, 0.0)
+        _check_range("Muon's weight_decay", weight_decay, 0.0)
+        _check_range("Muon's momentum", momentum, 0.0, 1.0)
+        _check_range("Muon's eps", eps, 0.0)
+        if int(ns_steps) != ns_steps or ns_steps < 1:
+            raise ValueError(f"Muon's ns_steps must be an integer >= 1, got {ns_steps}")
+        if len(ns_coefficients) != 3:
+            raise ValueError(
+                f"ns_coefficients must be three numbers (a, b, c), got {ns_coefficients}"
+            )
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=int(ns_steps),
+            ns_coefficients=tuple(ns_coefficients),
+            eps=eps,
+            adaptive=adaptive,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.dim() != 2:
+                    raise ValueError(
+                        f"Muon takes 2-D weights only, got one of shape "
+                        f"{tuple(param.shape)}; give it to the Adam part"
+                    )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta = group["momentum"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                state["step"] += 1
+                step = state["step"]
+                momentum = state["momentum_buffer"]
+                momentum.lerp_(grad, 1 - beta)
+                if group["nesterov"]:
+                    mixed = grad.mul((1 - beta) / (1 - beta**step))
+                    mixed.add_(momentum, alpha=beta / (1 - beta ** (step + 1)))
+                else:
+                    mixed = momentum.div(1 - beta**step)
+                update = newton_schulz(
+                    mixed, group["ns_coefficients"], group["ns_steps"], group["eps"]
+                )
+                if group["adaptive"]:
+                    update = update * torch.sum(mixed * update)
+                scale = math.sqrt(max(1.0, param.shape[0] / param.shape[1]))
+                if group["weight_decay"]:
+                    param.mul_(1 - group["lr"] * group["weight_decay"])
+                param.add_(update, alpha=-group["lr"] * scale)
+        return loss
+
+
+class OptaxAdamW(torch.optim.Optimizer):
+    """optax's ``adamw`` as ``optax.contrib.muon`` builds it for the non-matrix
+    parameters (v0.2.5 ``_muon.py:285-294``: ``nesterov`` as Muon's, True), from
+    ``scale_by_adam`` (``optax/_src/transform.py:281-306``), the decoupled weight
+    decay and the learning rate (``optax/_src/alias.py:717-728``).
+
+    Per step ``t`` (from 1): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``;
+    Nesterov: ``M = b1 m / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``, otherwise
+    ``M = m / (1 - b1^t)`` (torch's Adam); ``V = v / (1 - b2^t)``;
+    ``p -= lr (M / (sqrt(V + eps_root) + eps) + weight_decay p)``. State: ``step``,
+    ``exp_avg`` (``m``), ``exp_avg_sq`` (``v``), torch's Adam's names.
+
+    Args:
+        params: the parameters.
+        lr: the step size.
+        betas: ``(b1, b2)``.
+        eps, eps_root: optax's.
+        weight_decay: decoupled (optax muon's ``adam_weight_decay``: 0).
+        nesterov: optax muon's (True).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = MUON_EPS,
+        eps_root: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+    ):
+        _check_range("Adam's lr", lr, 0.0)
+        _check_range("Adam's beta1", betas[0], 0.0, 1.0)
+        _check_range("Adam's beta2", betas[1], 0.0, 1.0)
+        _check_range("Adam's eps", eps, 0.0)
+        _check_range("Adam's eps_root", eps_root, 0.0)
+        _check_range("Adam's weight_decay", weight_decay, 0.0)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            eps_root=eps_root,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            # The parameters at each step count, updated together with foreach ops.
+            by_step: dict[int, list[list[torch.Tensor]]] = {}
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                lists = by_step.setdefault(state["step"], [[], [], [], []])
+                for tensors, tensor in zip(
+                    lists,
+                    (param, param.grad, state["exp_avg"], state["exp_avg_sq"]),
+                    strict=True,
+                ):
+                    tensors.append(tensor)
+            for step, (params, grads, means, squares) in by_step.items():
+                self._update(group, step, params, grads, means, squares)
+        return loss
+
+    @staticmethod
+    def _update(group, step, params, grads, means, squares) -> None:
+        beta1, beta2 = group["betas"]
+        torch._foreach_lerp_(means, grads, 1 - beta1)
+        torch._foreach_mul_(squares, beta2)
+        torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
+        if group["nesterov"]:
+            updates = torch._foreach_mul(grads, (1 - beta1) / (1 - beta1**step))
+            torch._foreach_add_(updates, means, alpha=beta1 / (1 - beta1 ** (step + 1)))
+        else:
+            updates = torch._foreach_div(means, 1 - beta1**step)
+        denominators = torch._foreach_div(squares, 1 - beta2**step)
+        if group["eps_root"]:
+            torch._foreach_add_(denominators, group["eps_root"])
+        torch._foreach_sqrt_(denominators)
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_div_(updates, denominators)
+        if group["weight_decay"]:
+            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
 TRAC_MISSING = (

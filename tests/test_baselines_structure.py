@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from clenv.losses import make_loss, one_hot_mse
 from clenv.methods import CChain, PlasticityInjection, make_method
 from clenv.models import PermutedMNISTMLP
-from clenv.optim import MuonWithAdam, make_optimizer
+from clenv.optim import MuonWithAdam, OptaxAdamW, OptaxMuon, make_optimizer
 from clenv.settings import protocol_defaults, rows
 from tests.methods_helpers import Agent
 
@@ -97,18 +97,25 @@ def test_sgd_and_adam_are_the_agents_own_optimizers():
             assert torch.equal(p, q)
 
 
-def test_muon_updates_matrices_with_muon_and_the_rest_with_adam():
+@pytest.mark.parametrize("impl", ["optax", "torch"])
+def test_muon_updates_matrices_with_muon_and_the_rest_with_adam(impl):
     """SC's optax.contrib.muon: every 2-D weight to Muon (Nesterov 0.95, 5 NS
-    steps), the biases to Adam(0.9, 0.999) at the same step size."""
+    steps), the biases to Adam(0.9, 0.999) at the same step size: clenv's optax
+    transcription (Nesterov AdamW; tests/test_optim.py checks both against optax's
+    update), or torch's Muon and Adam with muon_impl="torch"."""
     x, y = data()
     a, b = small_mlp(norm="layer"), small_mlp(norm="layer")
-    ours = make_optimizer("muon", a, 0.02)
+    ours = make_optimizer("muon", a, 0.02, muon_impl=impl)
     assert isinstance(ours, MuonWithAdam)
     matrices = [p for p in b.parameters() if p.dim() == 2]
     others = [p for p in b.parameters() if p.dim() != 2]
     assert len(matrices) == 3 and len(others) == 3 + 4  # biases, LayerNorm scale/bias
-    muon = torch.optim.Muon(matrices, lr=0.02, weight_decay=0.0, eps=1e-8)
-    adam = torch.optim.Adam(others, lr=0.02)
+    if impl == "optax":
+        muon = OptaxMuon(matrices, lr=0.02)
+        adam = OptaxAdamW(others, lr=0.02, nesterov=True)
+    else:
+        muon = torch.optim.Muon(matrices, lr=0.02, weight_decay=0.0, eps=1e-8)
+        adam = torch.optim.Adam(others, lr=0.02)
     assert muon.defaults["momentum"] == 0.95 and muon.defaults["nesterov"]
     assert muon.defaults["ns_steps"] == 5
     for _ in range(3):
@@ -190,7 +197,10 @@ def test_muon_rows_are_make_optimizers_settings():
         group = optimizer.muon.param_groups[0]
         assert group["momentum"] == 0.95 and group["nesterov"] is True
         assert group["ns_steps"] == 5 and group["weight_decay"] == 0.0
+        assert group["ns_coefficients"] == (3.4445, -4.7750, 2.0315)
+        assert group["eps"] == 1e-8 and group["adaptive"] is False
         assert optimizer.adam.param_groups[0]["betas"] == (0.9, 0.999)
+        assert optimizer.adam.param_groups[0]["nesterov"] is True
         assert len(group["params"]) == 3  # every 2-D weight, the head's too
         assert protocol_defaults(benchmark, "sc", "optimizer", ["adam"]) == {}
 

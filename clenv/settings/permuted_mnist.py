@@ -138,7 +138,7 @@ ROWS: list[Row] = [
         sc=Value(
             0.95,
             "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
-            "optax's default; SC passes only the learning rate and weight decay (0 in bp_muon)",
+            "optax's default (optax 0.2.5, pinned by SC's uv.lock:1589-1590; clenv.optim.OptaxMuon transcribes its muon in float32); SC passes only the learning rate and weight decay (0 in bp_muon)",
         ),
         option="--optimizer muon (clenv.optim.make_optimizer muon_momentum=...)",
         test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",
@@ -152,7 +152,7 @@ ROWS: list[Row] = [
         sc=Value(
             True,
             "permuted_mnist/scripts/hyperparams/bp_muon.py:15; permuted_mnist/train_permuted_mnist.py:268-271",
-            "optax's default",
+            "optax's default; its Adam part is Nesterov too (optax.adamw(nesterov=True), clenv.optim.OptaxAdamW)",
         ),
         option="--optimizer muon (clenv.optim.make_optimizer muon_nesterov=...)",
         test="tests/test_baselines_structure.py::test_muon_rows_are_make_optimizers_settings",

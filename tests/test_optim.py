@@ -1,0 +1,325 @@
+"""clenv.optim's Muon against a float64 transcription of optax.contrib.muon.
+
+SC's bp_muon runs used optax 0.2.5 (SC's uv.lock:1589-1590). The reference below
+transcribes its ``optax/contrib/_muon.py`` (cited ``_muon.py:N``, optax v0.2.5) and
+``optax/_src/transform.py`` in numpy float64, on Flax's ``(in, out)`` kernel layout:
+a torch ``(out, in)`` weight ``W`` is the kernel ``W.T`` there.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clenv.methods.base import reset_optimizer_slices
+from clenv.models import PermutedMNISTMLP
+from clenv.optim import (
+    MUON_NS_COEFFICIENTS,
+    MuonWithAdam,
+    OptaxAdamW,
+    OptaxMuon,
+    make_optimizer,
+    newton_schulz,
+)
+
+SHAPES = {"tall": (12, 5), "wide": (5, 12), "square": (7, 7)}  # torch (out, in)
+
+
+# -- the float64 transcription of optax 0.2.5 ----------------------------------------
+def optax_orthogonalize(x, coeffs=MUON_NS_COEFFICIENTS, ns_steps=5, eps=1e-8):
+    """_muon.py:73-93 (orthogonalize_via_newton_schulz), on a Flax kernel."""
+    a, b, c = coeffs
+    transposed = x.shape[0] > x.shape[1]  # _muon.py:77-80
+    if transposed:
+        x = x.T
+    x = x / (np.linalg.norm(x) + eps)  # _muon.py:81
+    for _ in range(ns_steps):  # _muon.py:73-76, 83-86
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transposed else x  # _muon.py:91-92
+
+
+def optax_muon_run(kernel, grads, lr, beta=0.95, eps=1e-8, weight_decay=0.0,
+                   nesterov=True, adaptive=False):  # fmt: skip
+    """The kernel after optax's muon steps with ``grads`` (Flax layout): scale_by_muon
+    (_muon.py:160-197), add_decayed_weights and scale_by_learning_rate
+    (_muon.py:282-283), optax.apply_updates."""
+    mu, count = np.zeros_like(kernel), 0
+    for g in grads:
+        mu = (1 - beta) * g + beta * mu  # _muon.py:162 (tree_update_moment)
+        count += 1  # _muon.py:163
+        if nesterov:  # _muon.py:164-171
+            mu_hat = beta * (mu / (1 - beta ** (count + 1))) + (1 - beta) * (
+                g / (1 - beta**count)
+            )
+        else:  # _muon.py:172-173
+            mu_hat = mu / (1 - beta**count)
+        update = optax_orthogonalize(mu_hat, eps=eps)  # _muon.py:175-180
+        if adaptive:  # _muon.py:181-186
+            update = np.einsum("ij,ij,ab->ab", mu_hat, update, update)
+        update = (
+            np.sqrt(max(1, update.shape[-1] / update.shape[-2])) * update
+        )  # :187-190
+        update = update + weight_decay * kernel  # add_decayed_weights
+        kernel = kernel - lr * update  # scale_by_learning_rate, apply_updates
+    return kernel
+
+
+def optax_adamw_run(param, grads, lr, b1=0.9, b2=0.999, eps=1e-8, nesterov=True):
+    """optax.adamw as muon builds it (_muon.py:285-294): scale_by_adam
+    (optax/_src/transform.py:281-306), weight decay 0, scale_by_learning_rate."""
+    mu, nu, count = np.zeros_like(param), np.zeros_like(param), 0
+    for g in grads:
+        mu = (1 - b1) * g + b1 * mu  # transform.py:283
+        nu = (1 - b2) * g**2 + b2 * nu  # transform.py:284
+        count += 1  # transform.py:285
+        if nesterov:  # transform.py:286-292
+            mu_hat = b1 * (mu / (1 - b1 ** (count + 1))) + (1 - b1) * (
+                g / (1 - b1**count)
+            )
+        else:
+            mu_hat = mu / (1 - b1**count)  # transform.py:294
+        nu_hat = nu / (1 - b2**count)  # transform.py:298
+        param = param - lr * mu_hat / (np.sqrt(nu_hat) + eps)  # transform.py:299-304
+    return param
+
+
+def random_gradients(shape, steps, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator) for _ in range(steps)]
+
+
+def assert_moved_alike(ours, start, expected, tolerance):
+    """``ours`` is ``expected`` to ``tolerance`` times the largest move from
+    ``start`` (float32 against the float64 reference)."""
+    start = np.asarray(start, dtype=np.float64)
+    largest = np.abs(expected - start).max()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance * largest)
+
+
+def run_optimizer(optimizer, param, grads):
+    for grad in grads:
+        param.grad = grad.clone()
+        optimizer.step()
+    return param.detach()
+
+
+# -- Newton-Schulz ------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_newton_schulz_is_optaxs_on_the_flax_kernel(shape):
+    """clenv's Newton-Schulz of a torch weight W is optax's of the kernel W.T,
+    transposed back, and runs in float32 (torch's Muon: bfloat16)."""
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    expected = optax_orthogonalize(weight.double().numpy().T).T
+    ours = newton_schulz(weight)
+    assert ours.dtype == torch.float32 and ours.shape == weight.shape
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=2e-5)
+    in_double = newton_schulz(weight.double()).numpy()
+    np.testing.assert_allclose(in_double, expected, rtol=0, atol=1e-12)
+    # Its singular values are near one (what the iteration is for).
+    assert (
+        0.5 < torch.linalg.svdvals(ours).min() < torch.linalg.svdvals(ours).max() < 1.5
+    )
+
+
+# -- Muon ---------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("steps", [1, 6])
+def test_muon_steps_are_optaxs(shape, steps):
+    """One and several steps of OptaxMuon move a weight as optax's muon moves its
+    kernel; torch's Muon (no bias correction, bfloat16) does not."""
+    grads = random_gradients(shape, steps)
+    start = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+    expected = optax_muon_run(
+        start.double().numpy().T, [g.double().numpy().T for g in grads], lr=0.02
+    ).T
+    param = nn.Parameter(start.clone())
+    ours = run_optimizer(OptaxMuon([param], lr=0.02), param, grads)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=2e-6)
+    theirs = nn.Parameter(start.clone())
+    torch_muon = torch.optim.Muon([theirs], lr=0.02, weight_decay=0.0, eps=1e-8)
+    run_optimizer(torch_muon, theirs, grads)
+    assert np.abs(theirs.detach().numpy() - expected).max() > 2e-4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(nesterov=False),
+        dict(weight_decay=0.1),
+        dict(adaptive=True),
+        dict(momentum=0.8, eps=1e-3),
+    ],
+    ids=["plain-momentum", "weight-decay", "adaptive", "beta-eps"],
+)
+def test_muon_options_are_optaxs(options):
+    shape = SHAPES["tall"]
+    grads = random_gradients(shape, 4, seed=1)
+    start = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    reference = dict(options)
+    if "momentum" in reference:
+        reference["beta"] = reference.pop("momentum")
+    expected = optax_muon_run(
+        start.double().numpy().T,
+        [g.double().numpy().T for g in grads],
+        lr=0.05,
+        **reference,
+    ).T
+    param = nn.Parameter(start.clone())
+    ours = run_optimizer(OptaxMuon([param], lr=0.05, **options), param, grads)
+    assert_moved_alike(ours.numpy(), start.numpy(), expected, 1e-5)
+
+
+def test_muon_refuses_what_optax_would_not_take():
+    with pytest.raises(ValueError, match="2-D weights only"):
+        OptaxMuon([nn.Parameter(torch.zeros(3))], lr=0.1)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        OptaxMuon([nn.Parameter(torch.zeros(2, 2))], lr=0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="ns_steps must be an integer"):
+        OptaxMuon([nn.Parameter(torch.zeros(2, 2))], lr=0.1, ns_steps=0)
+    with pytest.raises(ValueError, match="unknown Muon implementation"):
+        make_optimizer("muon", PermutedMNISTMLP(width=4), 0.1, muon_impl="jax")
+
+
+# -- the Adam part ------------------------------------------------------------------
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("steps", [1, 5])
+def test_adam_part_is_optaxs_nesterov_adamw(nesterov, steps):
+    """optax's muon gives the other parameters AdamW with its own nesterov=True;
+    nesterov=False is torch's Adam."""
+    grads = random_gradients((6,), steps, seed=4)
+    start = torch.randn(6, generator=torch.Generator().manual_seed(5))
+    expected = optax_adamw_run(
+        start.double().numpy(), [g.double().numpy() for g in grads], lr=0.01,
+        nesterov=nesterov,
+    )  # fmt: skip
+    param = nn.Parameter(start.clone())
+    adam = OptaxAdamW([param], lr=0.01, nesterov=nesterov)
+    ours = run_optimizer(adam, param, grads)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-6)
+    if not nesterov:
+        theirs = nn.Parameter(start.clone())
+        run_optimizer(torch.optim.Adam([theirs], lr=0.01), theirs, grads)
+        torch.testing.assert_close(ours, theirs.detach())
+
+
+# -- the whole optimizer --------------------------------------------------------------
+def test_make_optimizer_muon_is_optaxs_muon_on_a_model():
+    """make_optimizer("muon") over an MLP with LayerNorm: each 2-D weight moves as
+    optax's muon kernel, each other parameter as its Nesterov AdamW."""
+    torch.manual_seed(0)
+    model = PermutedMNISTMLP(
+        input_dim=12, width=9, depth=2, num_classes=4, norm="layer"
+    )
+    start = [p.detach().double().numpy().copy() for p in model.parameters()]
+    optimizer = make_optimizer("muon", model, 0.01)
+    assert isinstance(optimizer, MuonWithAdam)
+    assert isinstance(optimizer.muon, OptaxMuon)
+    assert isinstance(optimizer.adam, OptaxAdamW)
+    generator = torch.Generator().manual_seed(6)
+    x, y = torch.randn(16, 12, generator=generator), torch.randint(4, (16,))
+    grads: list[list[np.ndarray]] = [[] for _ in start]
+    for _ in range(4):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for seen, p in zip(grads, model.parameters(), strict=True):
+            seen.append(p.grad.double().numpy().copy())
+        optimizer.step()
+    for p, first, seen in zip(model.parameters(), start, grads, strict=True):
+        if p.dim() == 2:
+            expected = optax_muon_run(first.T, [g.T for g in seen], lr=0.01).T
+        else:
+            expected = optax_adamw_run(first, seen, lr=0.01)
+        np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-5)
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return PermutedMNISTMLP(input_dim=12, width=8, depth=2, num_classes=4)
+
+
+def train(model, optimizer, steps, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(5, 12, generator=generator)
+        y = torch.randint(4, (5,), generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def test_muon_resumes_exactly_through_a_saved_file():
+    """torch.save / torch.load of both states mid-run, then the same steps: the
+    resumed run is bit for bit the uninterrupted one."""
+    model = small_model()
+    optimizer = make_optimizer("muon", model, 0.01)
+    train(model, optimizer, 3)
+    buffer = io.BytesIO()
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer
+    )
+    train(model, optimizer, 4, seed=2)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = small_model(seed=7)
+    resumed.load_state_dict(saved["model"])
+    fresh = make_optimizer("muon", resumed, 0.01)
+    fresh.load_state_dict(saved["optimizer"])
+    train(resumed, fresh, 4, seed=2)
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert fresh.muon.state[resumed.head.weight]["step"] == 7
+
+
+def test_a_torch_muon_state_is_refused_by_the_optax_muon():
+    model = small_model()
+    old = make_optimizer("muon", model, 0.01, muon_impl="torch")
+    train(model, old, 1)
+    with pytest.raises(ValueError, match="muon_impl='torch'"):
+        make_optimizer("muon", model, 0.01).load_state_dict(old.state_dict())
+    again = make_optimizer("muon", model, 0.01, muon_impl="torch")
+    again.load_state_dict(copy.deepcopy(old.state_dict()))
+
+
+@pytest.mark.parametrize("impl", ["optax", "torch"])
+def test_state_lookups_reach_the_adam_part_without_adding_to_muons(impl):
+    """optimizer.state.get(bias) is the Adam part's state (a plain ChainMap over
+    the parts' defaultdicts made an empty entry in Muon's, and Muon's state_dict
+    then failed): CBP's reset_optimizer_slices zeroes a bias's moments, and the
+    state still saves."""
+    model = small_model()
+    optimizer = make_optimizer("muon", model, 0.01, muon_impl=impl)
+    train(model, optimizer, 2)
+    bias = model.head.bias
+    assert optimizer.state.get(bias) is optimizer.adam.state[bias]
+    assert optimizer.state.get(torch.zeros(1)) is None
+    reset_optimizer_slices(optimizer, bias, torch.tensor([1]), 0)
+    assert optimizer.adam.state[bias]["exp_avg"][1] == 0
+    assert bias not in optimizer.muon.state
+    optimizer.state_dict()
+
+
+def test_a_matrix_moved_to_the_adam_part_is_stepped_by_adam():
+    """The PPO agent moves its (1, act_dim) log-std from the Muon part's group to
+    the Adam part's (clenv.ppo_args.make_agent_optimizer): OptaxAdamW takes it."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    log_std = nn.Parameter(torch.zeros(1, 2))
+    model.register_parameter("log_std", log_std)
+    optimizer = make_optimizer("muon", model, 0.01)
+    for group in optimizer.muon.param_groups:
+        group["params"] = [p for p in group["params"] if p is not log_std]
+    optimizer.adam.param_groups[0]["params"].append(log_std)
+    optimizer.zero_grad()
+    (model(torch.ones(1, 3)).sum() + log_std.sum()).backward()
+    optimizer.step()
+    assert set(optimizer.adam.state[log_std]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert log_std not in optimizer.muon.state
+    # Nesterov Adam's first step, g = 1: M = 0.9 * 0.1 / (1 - 0.9^2) + 1, V = 1.
+    first = -0.01 * (0.9 * 0.1 / (1 - 0.9**2) + 1)
+    torch.testing.assert_close(log_std.detach(), torch.full((1, 2), first))
