@@ -99,7 +99,13 @@ BUILT_IN: dict[str, list[tuple[str, str, str]]] = {
         ("snp_l2", "--reg snp+l2", "tab:blue"),  # SC's snp_l2
         ("redo", "--reg redo", "tab:orange"),
         ("head_reset", "--reg head_reset", "tab:brown"),
-        ("layer_reset", "--reg layer_reset", "tab:pink"),
+        # The last hidden layer and the head (layer_reset's default, the head alone,
+        # is head_reset).
+        (
+            "layer_reset",
+            "--reg layer_reset --method-kwargs \"layers=['layers.4','layers.6']\"",
+            "tab:pink",
+        ),
         ("inject", "--reg inject", "tab:gray"),
     ],
 }
