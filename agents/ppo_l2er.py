@@ -290,7 +290,7 @@ if __name__ == "__main__":
     try:
         method = make_method(args.reg, agent, optimizer, preset=args.method_preset,
                              forward_fn=actor_and_critic, model_norm=args.norm_or_none,
-                             **method_kwargs)  # fmt: skip
+                             seed=args.seed, **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
     # plasticity/*: weight change since the task start, churn between updates.

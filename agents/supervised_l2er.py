@@ -240,7 +240,7 @@ def seed_run(args: Args, device: torch.device, show_progress: bool = True):
     try:
         method = make_method(args.reg, model, optimizer, preset=args.method_preset,
                              hidden_layers=model.hidden_layer_spec(),
-                             model_norm=args.norm, **method_kwargs)  # fmt: skip
+                             model_norm=args.norm, seed=args.seed, **method_kwargs)  # fmt: skip
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
     loss_fn = make_loss(args.loss)
