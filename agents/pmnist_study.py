@@ -123,7 +123,7 @@ COST: dict[str, float] = {
     "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
     "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
     "parseval": 33.4, "upgd": 47, "trac": 70, "spectral_target1": 115,
-    "spectral": 171, "muon": 833,
+    "spectral": 171, "muon": 80,
 }  # fmt: skip
 
 

@@ -107,7 +107,7 @@ class LearnerOptions:
     anneal_lr: bool | None = None
     """anneal the learning rate (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     optimizer: Literal["adam", "sgd", "muon", "trac"] = "adam"
-    """adam (both papers), sgd, muon (torch's Muon on the 2-D weights, Adam on the rest, as SC's bp_muon, with the protocol's Muon rows) or trac (TRAC around Adam; pip install clenv[trac]); docs/methods.md"""
+    """adam (both papers), sgd, muon (optax's Muon as SC's bp_muon ran it: the 2-D weights orthogonalised in float32, Nesterov Adam on the rest, with the protocol's Muon rows) or trac (TRAC around Adam; pip install clenv[trac]); docs/methods.md"""
 
     # Plasticity method
     reg: str = "l2er"
