@@ -43,6 +43,7 @@ system every node shares, and the same Python environment must exist on every no
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import itertools
@@ -55,7 +56,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -80,6 +81,12 @@ class Trial:
     params: dict[str, str]
     exp_name: str
     command: list[str]
+    num_seeds: int = 1
+    """seeds ``seed``, ``seed + 1``, ... trained together by one run (``--num-seeds``)"""
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.num_seeds))
 
 
 @dataclass
@@ -90,6 +97,9 @@ class TrialState:
     attempts: int = 0
     returncode: int | None = None
     run_dir: str | None = None
+    """the run directory (of the first seed, for a trial of several seeds)"""
+    run_dirs: list[str | None] = field(default_factory=list)
+    """each seed's run directory, in the order of the trial's seeds"""
     log: str | None = None
     seconds: float | None = None
     errors: list[str] = field(default_factory=list)
@@ -111,6 +121,12 @@ class SweepSpec:
     workdir: str
     python: str = sys.executable
     resume_flag: str | None = "--resume"
+    group_seeds: int = 1
+    """at most this many consecutive seeds of one (method, parameters) point per trial,
+    trained together by the agent's ``--num-seeds`` (1: one trial per seed)"""
+    seeds_apart: dict[str, str] = field(default_factory=dict)
+    """points (their exp_name) whose seeds run one per trial although ``group_seeds``
+    > 1, with the agent's reason (:func:`plan_seed_groups` fills it)"""
 
     def trials(self) -> list[Trial]:
         """Every trial of the grid, in a fixed order (methods, parameters, seeds)."""
@@ -121,15 +137,39 @@ class SweepSpec:
                 params = dict(zip(keys, values, strict=True))
                 suffix = "".join(f"-{k}={v}" for k, v in params.items())
                 exp_name = _SAFE.sub("_", f"{self.name}-{reg}{suffix}")
-                for seed in self.seeds:
+                groups = (
+                    seed_groups(self.seeds, self.group_seeds)
+                    if self.group_seeds > 1 and exp_name not in self.seeds_apart
+                    else [(seed, 1) for seed in self.seeds]
+                )
+                for seed, count in groups:
                     command = [self.python, self.agent, *self.agent_args]
                     for key, value in params.items():
                         command += [f"--{key}", value]
-                    command += ["--seed", str(seed), "--reg", reg]
+                    command += ["--seed", str(seed)]
+                    if count > 1:
+                        command += ["--num-seeds", str(count)]
+                    command += ["--reg", reg]
                     command += ["--exp-name", exp_name, "--runs-dir", self.runs_dir]
                     trial_id = f"{exp_name}__seed={seed}"
-                    trials.append(Trial(trial_id, reg, seed, params, exp_name, command))
+                    if count > 1:
+                        trial_id = f"{exp_name}__seeds={seed}-{seed + count - 1}"
+                    trials.append(
+                        Trial(trial_id, reg, seed, params, exp_name, command, count)
+                    )
         return trials
+
+
+def seed_groups(seeds: Sequence[int], size: int) -> list[tuple[int, int]]:
+    """``(first seed, count)`` of each run of consecutive seeds, at most ``size`` long:
+    ``seed_groups([5, 1, 2, 3], 2) == [(1, 2), (3, 1), (5, 1)]``."""
+    groups: list[tuple[int, int]] = []
+    for seed in sorted(seeds):
+        if groups and sum(groups[-1]) == seed and groups[-1][1] < size:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((seed, 1))
+    return groups
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -174,7 +214,22 @@ def write_trial_state(sweep_dir: Path, trial_id: str, state: TrialState) -> None
 
 
 def write_manifest(sweep_dir: Path, spec: SweepSpec, trials: Sequence[Trial]) -> dict:
-    """Write ``manifest.json``: the definition and every trial's current state."""
+    """Write ``manifest.json``: the definition, every trial's current state and, under
+    ``runs``, every seed's run (``<exp_name>__seed=<seed>``: its trial, status and run
+    directory; the same keys whether or not seeds were trained together)."""
+    states = {t.trial_id: read_trial_state(sweep_dir, t.trial_id) for t in trials}
+    runs = {}
+    for trial in trials:
+        state = states[trial.trial_id]
+        run_dirs = state.run_dirs or [state.run_dir]  # (a state from before run_dirs)
+        run_dirs = [*run_dirs, *[None] * trial.num_seeds][: trial.num_seeds]
+        for seed, run_dir in zip(trial.seeds, run_dirs, strict=True):
+            runs[f"{trial.exp_name}__seed={seed}"] = {
+                "trial": trial.trial_id,
+                "seed": seed,
+                "status": state.status,
+                "run_dir": run_dir,
+            }
     manifest = {
         "spec": asdict(spec),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -182,13 +237,15 @@ def write_manifest(sweep_dir: Path, spec: SweepSpec, trials: Sequence[Trial]) ->
             trial.trial_id: {
                 "reg": trial.reg,
                 "seed": trial.seed,
+                "seeds": trial.seeds,
                 "params": trial.params,
                 "exp_name": trial.exp_name,
                 "command": shlex.join(trial.command),
-                **asdict(read_trial_state(sweep_dir, trial.trial_id)),
+                **asdict(states[trial.trial_id]),
             }
             for trial in trials
         },
+        "runs": runs,
     }
     _write_json(sweep_dir / MANIFEST, manifest)
     return manifest
@@ -205,14 +262,12 @@ def load_spec(sweep_dir: str | Path) -> SweepSpec:
     return SweepSpec(**json.loads(path.read_text())["spec"])
 
 
-def find_run_dir(runs_dir: Path, trial: Trial) -> Path | None:
-    """The newest run directory of this trial (its exp_name and seed) in ``runs_dir``."""
+def find_run_dir(runs_dir: Path, trial: Trial, seed: int | None = None) -> Path | None:
+    """The newest run directory of this trial (its exp_name and ``seed``, default its
+    first) in ``runs_dir``."""
+    seed = trial.seed if seed is None else seed
     matches = sorted(
-        (
-            p
-            for p in runs_dir.glob(f"*__{trial.exp_name}__{trial.seed}__*")
-            if p.is_dir()
-        ),
+        (p for p in runs_dir.glob(f"*__{trial.exp_name}__{seed}__*") if p.is_dir()),
         key=lambda p: p.name.rsplit("__", 1)[-1],
     )
     return matches[-1] if matches else None
@@ -263,7 +318,9 @@ def run_trial(
 
     A previous attempt's run directory is continued with the agent's resume flag when it
     holds checkpoints, and otherwise moved to ``failed/`` so ``runs/`` only holds one
-    run per trial. ``node`` (the Ray node id the attempt runs on) is recorded in the
+    run per trial. A trial of several seeds (``--num-seeds``) resumes the group from its
+    first seed's directory when every seed's holds checkpoints (the agent resumes every
+    member), and otherwise moves them all and starts the group afresh. ``node`` (the Ray node id the attempt runs on) is recorded in the
     trial's ``nodes``.
     """
     state = read_trial_state(sweep_dir, trial.trial_id)
@@ -273,14 +330,20 @@ def run_trial(
         state.nodes.append(node)
     runs_dir = Path(spec.workdir, spec.runs_dir)
     command = list(trial.command)
-    previous = find_run_dir(runs_dir, trial)
-    if previous is not None:
-        if spec.resume_flag and _has_checkpoint(previous):
-            command = [spec.python, spec.agent, spec.resume_flag, str(previous)]
+    previous = [find_run_dir(runs_dir, trial, seed) for seed in trial.seeds]
+    found = [run_dir for run_dir in previous if run_dir is not None]
+    if found:
+        if (
+            spec.resume_flag
+            and len(found) == len(previous)
+            and all(_has_checkpoint(run_dir) for run_dir in found)
+        ):
+            command = [spec.python, spec.agent, spec.resume_flag, str(found[0])]
         else:
             failed = sweep_dir / "failed"
             failed.mkdir(exist_ok=True)
-            shutil.move(str(previous), failed / previous.name)
+            for run_dir in found:
+                shutil.move(str(run_dir), failed / run_dir.name)
     log_path = sweep_dir / "logs" / f"{trial.trial_id}.attempt{state.attempts}.log"
     state.log = str(log_path)
     write_trial_state(sweep_dir, trial.trial_id, state)
@@ -303,15 +366,14 @@ def run_trial(
         )
     state.seconds = round(time.perf_counter() - start, 2)
     state.returncode = returncode
-    run_dir = find_run_dir(runs_dir, trial)
-    state.run_dir = None if run_dir is None else str(run_dir)
+    run_dirs = [find_run_dir(runs_dir, trial, seed) for seed in trial.seeds]
+    state.run_dirs = [None if p is None else str(p) for p in run_dirs]
+    state.run_dir = state.run_dirs[0]
     if returncode == 0:
         state.status = "done"
         write_trial_state(sweep_dir, trial.trial_id, state)
-        print(
-            f"[{trial.trial_id}] done in {state.seconds:.0f} s: {state.run_dir}",
-            flush=True,
-        )
+        where = ", ".join(str(p) for p in state.run_dirs)
+        print(f"[{trial.trial_id}] done in {state.seconds:.0f} s: {where}", flush=True)
         return state
     tail = log_path.read_text().strip().splitlines()[-3:]
     state.errors.append(
@@ -404,11 +466,13 @@ def run_sweep(
     ]
     pending = [t for t in trials if t not in done]
     write_manifest(sweep_dir, spec, trials)
+    settings = len({t.exp_name for t in trials}) // max(len(spec.regs), 1)
+    together = sum(1 for t in trials if t.num_seeds > 1)
+    grouped = f"; {together} of them train several seeds each" if together else ""
     print(
         f"sweep {spec.name!r}: {len(trials)} trials ({len(spec.regs)} method(s) x "
-        f"{len(trials) // max(len(spec.regs) * len(spec.seeds), 1)} setting(s) x "
-        f"{len(spec.seeds)} seed(s)); {len(done)} already done, {len(pending)} to run; "
-        f"manifest: {sweep_dir / MANIFEST}",
+        f"{settings} setting(s) x {len(spec.seeds)} seed(s){grouped}); {len(done)} "
+        f"already done, {len(pending)} to run; manifest: {sweep_dir / MANIFEST}",
         flush=True,
     )
     if pending:
@@ -456,7 +520,7 @@ def _print_summary(manifest: dict, sweep_dir: Path) -> None:
     width = max(len(t) for t in rows)
     print(f"\n{'trial':<{width}}  {'status':<8}{'attempts':>9}  run dir / last error")
     for trial_id, row in rows.items():
-        detail = row["run_dir"] or ""
+        detail = " ".join(p or "?" for p in row["run_dirs"]) or row["run_dir"] or ""
         if row["status"] != "done" and row["errors"]:
             detail = row["errors"][-1]
         print(f"{trial_id:<{width}}  {row['status']:<8}{row['attempts']:>9}  {detail}")
@@ -509,6 +573,12 @@ class SweepArgs:
     agent_resume: bool = True
     """continue an interrupted trial with the agent's --resume (--no-agent-resume:
     rerun it from scratch)"""
+    group_seeds: int = 1
+    """train up to this many consecutive seeds of one (method, parameters) point in one
+    trial, with the agent's --num-seeds, where its check_args accepts that (else one
+    trial per seed); 1: one trial per seed"""
+    python: str | None = None
+    """the Python that runs each trial (default: this one)"""
     dry_run: bool = False
     """check every trial's arguments with the agent and print the trials only"""
 
@@ -543,6 +613,8 @@ def spec_from_args(args: SweepArgs) -> SweepSpec:
         runs_dir=args.runs_dir,
         workdir=str(Path.cwd()),
         resume_flag="--resume" if args.agent_resume else None,
+        python=args.python or sys.executable,
+        group_seeds=args.group_seeds,
     )
 
 
@@ -561,16 +633,11 @@ def check_trial_args(spec: SweepSpec) -> int:
         ValueError: a trial's arguments are rejected by the agent.
     """
     agent = Path(spec.agent)
-    if "def check_args(" not in agent.read_text():
-        return 0
-    module_name = f"_clenv_sweep_agent_{agent.stem}"
-    module_spec = importlib.util.spec_from_file_location(module_name, agent)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module  # (its dataclasses look the module up there)
-    try:
-        module_spec.loader.exec_module(module)
-        checked: set[tuple[str, ...]] = set()
-        for trial in spec.trials():
+    checked: set[tuple[str, ...]] = set()
+    with _agent_module(agent) as module:
+        if module is None:
+            return 0
+        for trial in dataclasses.replace(spec, group_seeds=1).trials():
             argv = trial.command[2:]
             key = (trial.reg, *sorted(trial.params.items()))
             if key in checked:  # the seeds of a point share its arguments
@@ -578,14 +645,65 @@ def check_trial_args(spec: SweepSpec) -> int:
             checked.add(key)
             problem = _agent_rejects(module.check_args, argv)
             if problem:
+                grid = " ".join(f"{k}={v}" for k, v in trial.params.items())
+                where = f" (its grid values: {grid})" if grid else ""
                 raise ValueError(
                     f"trial {trial.trial_id}: {agent.name} rejects its arguments "
-                    f"({shlex.join(argv)}): {problem}. Fix the --grid values or the "
-                    "arguments after --; no trial was started"
+                    f"({shlex.join(argv)}): {problem.rstrip('.')}; no trial was "
+                    "started. Fix the option or value named there in the trial's "
+                    f"arguments{where}"
                 )
+    return len(checked)
+
+
+def plan_seed_groups(spec: SweepSpec) -> SweepSpec:
+    """``spec`` with ``seeds_apart`` filled: the points whose seeds the agent will not
+    train together, each with the agent's reason.
+
+    With ``group_seeds`` > 1, each trial of several seeds (consecutive seeds of one
+    point) goes through the agent's ``check_args`` with its ``--seed s0 --num-seeds
+    N``; a point any of whose groups it rejects (agents/supervised_l2er.py: "--num-seeds
+    N trains the seeds together on the batch-1 fast path only: ..."; an agent without
+    ``--num-seeds``: its unknown option) runs one trial per seed, as does every point of
+    an agent without ``check_args`` (nothing tells that it takes ``--num-seeds``).
+    """
+    spec = dataclasses.replace(spec, seeds_apart={})
+    groups = [trial for trial in spec.trials() if trial.num_seeds > 1]
+    if not groups:
+        return spec
+    apart: dict[str, str] = {}
+    with _agent_module(Path(spec.agent)) as module:
+        for trial in groups:
+            if trial.exp_name in apart:
+                continue
+            if module is None:
+                problem = (
+                    f"{Path(spec.agent).name} defines no check_args(argv) to tell "
+                    "whether it takes --num-seeds"
+                )
+            else:
+                problem = _agent_rejects(module.check_args, trial.command[2:])
+            if problem:
+                apart[trial.exp_name] = problem
+    return dataclasses.replace(spec, seeds_apart=apart)
+
+
+@contextlib.contextmanager
+def _agent_module(agent: Path) -> Iterator[Any]:
+    """The agent script imported as a module (its ``__main__`` block not run), or None
+    when it defines no ``check_args``."""
+    if "def check_args(" not in agent.read_text():
+        yield None
+        return
+    module_name = f"_clenv_sweep_agent_{agent.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, agent)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # (its dataclasses look the module up there)
+    try:
+        module_spec.loader.exec_module(module)
+        yield module
     finally:
         sys.modules.pop(module_name, None)
-    return len(checked)
 
 
 def _agent_rejects(check_args: Any, argv: list[str]) -> str:
@@ -620,8 +738,8 @@ def _check_same_definition(spec: SweepSpec) -> None:
     manifest = Path(spec.workdir, spec.runs_dir, "sweeps", spec.name, MANIFEST)
     if not manifest.is_file():
         return
-    saved = json.loads(manifest.read_text())["spec"]
-    for key in ("agent", "agent_args"):
+    saved = {"group_seeds": 1, **json.loads(manifest.read_text())["spec"]}
+    for key in ("agent", "agent_args", "group_seeds"):
         if saved[key] != getattr(spec, key):
             raise ValueError(
                 f"sweep {spec.name!r} already exists with {key}={saved[key]!r}, not "
@@ -642,6 +760,10 @@ def check_sweep_args(args: SweepArgs) -> None:
             raise ValueError(f"{flag} must be >= 1 (or unset), got {value}")
     if any(seed < 0 for seed in args.seeds):
         raise ValueError(f"--seeds must be >= 0, got {list(args.seeds)}")
+    if args.group_seeds < 1:
+        raise ValueError(
+            f"--group-seeds must be >= 1 (1: one trial per seed), got {args.group_seeds}"
+        )
 
 
 def run(args: SweepArgs) -> int:
@@ -655,6 +777,10 @@ def run(args: SweepArgs) -> int:
         print(
             f"arguments of {checked} grid point(s) accepted by {Path(spec.agent).name}"
         )
+    if not args.resume:  # (a resumed sweep keeps its trials as they were planned)
+        spec = plan_seed_groups(spec)
+    for exp_name, reason in spec.seeds_apart.items():
+        print(f"{exp_name}: one trial per seed (--group-seeds): {reason}")
     if args.dry_run:
         for trial in spec.trials():
             print(f"{trial.trial_id}: {shlex.join(trial.command)}")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -274,6 +275,9 @@ def test_trial_arguments_are_checked_before_any_trial(
                               "rejects its arguments (--learning-rate -1 ")  # fmt: skip
     assert "--learning-rate must be > 0, got -1.0" in message
     assert "no trial was started" in message
+    assert message.endswith(
+        "in the trial's arguments (its grid values: learning-rate=-1)"
+    )
     assert not (workspace / "runs" / "sweeps" / "c").exists()
     # An option the agent does not know: its usage error, not a buried attempt log.
     with pytest.raises(ValueError, match="unrecognized arguments: --bogus 3"):
@@ -305,3 +309,227 @@ def test_a_trial_resumes_only_from_a_checkpoint_that_verifies(tmp_path: Path) ->
     # Another agent's own checkpoint files count as they are.
     (run_dir / "checkpoints" / "step_100.pt").write_text("state")
     assert sweep._has_checkpoint(run_dir)
+
+
+def test_consecutive_seeds_form_groups_of_at_most_the_size() -> None:
+    assert sweep.seed_groups([5, 1, 2, 3], 2) == [(1, 2), (3, 1), (5, 1)]
+    assert sweep.seed_groups([1, 2, 3, 7, 9, 10], 3) == [(1, 3), (7, 1), (9, 2)]
+    assert sweep.seed_groups([4, 2], 5) == [(2, 1), (4, 1)]  # not consecutive
+    spec = sweep.SweepSpec(
+        name="s", agent="agent.py", seeds=[1, 2, 3, 5], regs=["bp", "x"], grid={},
+        agent_args=[], runs_dir="runs", workdir=".", python="python", group_seeds=3,
+        seeds_apart={"s-x": "the agent's reason"},
+    )  # fmt: skip
+    trials = {t.trial_id: t for t in spec.trials()}
+    assert list(trials) == ["s-bp__seeds=1-3", "s-bp__seed=5", "s-x__seed=1",
+                            "s-x__seed=2", "s-x__seed=3", "s-x__seed=5"]  # fmt: skip
+    group = trials["s-bp__seeds=1-3"]
+    assert (group.seed, group.num_seeds, group.seeds) == (1, 3, [1, 2, 3])
+    assert group.command == [
+        "python", "agent.py", "--seed", "1", "--num-seeds", "3", "--reg", "bp",
+        "--exp-name", "s-bp", "--runs-dir", "runs",
+    ]  # fmt: skip
+    # group_seeds 1 (the default): exactly the trials of an ungrouped sweep.
+    ungrouped = sweep.SweepSpec(**{**sweep.asdict(spec), "group_seeds": 1}).trials()
+    assert [t.trial_id for t in ungrouped][:4] == [
+        "s-bp__seed=1", "s-bp__seed=2", "s-bp__seed=3", "s-bp__seed=5"
+    ]  # fmt: skip
+    assert all(t.num_seeds == 1 and "--num-seeds" not in t.command for t in ungrouped)
+
+
+# An agent with check_args that takes --num-seeds (one run directory per seed, each
+# args.json naming the group, --resume of any member resumes the group), as
+# agents/supervised_l2er.py does, and refuses it for --reg apart.
+GROUP_AGENT = """
+import argparse, json, sys, time
+from pathlib import Path
+
+def check_args(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--num-seeds", type=int, default=1)
+    for flag in ("--reg", "--exp-name", "--runs-dir", "--resume"):
+        parser.add_argument(flag)
+    args = parser.parse_args(argv)
+    if args.num_seeds > 1 and args.reg == "apart":
+        raise ValueError(f"--num-seeds {args.num_seeds} trains the seeds together on "
+                         "the batch-1 fast path only: here: --reg apart")
+    return args
+
+if __name__ == "__main__":
+    args = check_args(sys.argv[1:])
+    with open("calls.jsonl", "a") as f:
+        f.write(json.dumps(vars(args)) + "\\n")
+    if args.resume:
+        saved = json.loads((Path(args.resume) / "args.json").read_text())
+        members, reg = saved["seed_group"], saved["reg"]
+    else:
+        members = [f"{args.runs_dir}/X__{args.exp_name}__{seed}__{time.time_ns()}"
+                   for seed in range(args.seed, args.seed + args.num_seeds)]
+        for member in members:
+            seed = int(member.split("__")[2])
+            Path(member).mkdir(parents=True)
+            (Path(member) / "args.json").write_text(json.dumps(
+                {**vars(args), "seed": seed, "seed_group": members}))
+        reg = args.reg
+    marker = Path(f"flaky-{members[0].split('__')[2]}")
+    if reg == "flaky" and not marker.exists():  # dies after every member's checkpoint
+        marker.touch()
+        for member in members:
+            (Path(member) / "checkpoints").mkdir()
+            (Path(member) / "checkpoints" / "step_100.pt").write_text("state")
+        sys.exit("flaky: fails the first attempt")
+    for member in members:
+        (Path(member) / "done").write_text(member.split("__")[2])
+"""
+
+
+def test_group_seeds_trains_consecutive_seeds_in_one_trial_and_resumes_the_group(
+    local_ray, workspace: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (workspace / "group_agent.py").write_text(GROUP_AGENT)
+    argv = ["group_agent.py", "--name", "g", "--seeds", "1", "2", "3", "5",
+            "--reg", "flaky", "apart", "--group-seeds", "3", "--max-retries", "1"]  # fmt: skip
+    # --dry-run shows the grouping and why a point's seeds stay apart.
+    assert sweep.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "g-apart: one trial per seed (--group-seeds): --num-seeds 3 trains the " in out
+    )
+    lines = [line for line in out.splitlines() if "__seed" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "g-flaky__seeds=1-3", "g-flaky__seed=5", "g-apart__seed=1", "g-apart__seed=2",
+        "g-apart__seed=3", "g-apart__seed=5",
+    ]  # fmt: skip
+    assert "--seed 1 --num-seeds 3 --reg flaky" in lines[0]
+    assert "--num-seeds" not in "".join(lines[1:])
+    assert not (workspace / "runs").exists()
+
+    assert sweep.main(argv) == 0
+    calls = _calls(workspace)
+    assert sorted((str(c["reg"]), c["seed"], c["num_seeds"]) for c in calls) == [
+        ("None", 1, 1), ("None", 1, 1),  # the two resumes (reg from args.json)
+        ("apart", 1, 1), ("apart", 2, 1), ("apart", 3, 1), ("apart", 5, 1),
+        ("flaky", 1, 3), ("flaky", 5, 1),
+    ]  # fmt: skip
+    manifest = _manifest(workspace, "g")
+    group = manifest["trials"]["g-flaky__seeds=1-3"]
+    assert (group["status"], group["attempts"], group["seeds"]) == (
+        "done",
+        2,
+        [1, 2, 3],
+    )
+    # The retry resumed the group from its first seed's run directory.
+    resumes = [c["resume"] for c in calls if c["resume"]]
+    assert group["run_dirs"][0] in resumes
+    assert group["run_dir"] == group["run_dirs"][0]
+    for seed, run_dir in zip((1, 2, 3), group["run_dirs"], strict=True):
+        assert f"__g-flaky__{seed}__" in run_dir
+        assert (Path(run_dir) / "done").read_text() == str(seed)
+    # Every seed's run is listed, grouped or not, under the ungrouped trial's id.
+    runs = manifest["runs"]
+    assert sorted(runs) == sorted(
+        f"g-{reg}__seed={seed}" for reg in ("flaky", "apart") for seed in (1, 2, 3, 5)
+    )
+    assert runs["g-flaky__seed=2"]["trial"] == "g-flaky__seeds=1-3"
+    assert runs["g-flaky__seed=2"]["run_dir"] == group["run_dirs"][1]
+    assert runs["g-apart__seed=2"]["trial"] == "g-apart__seed=2"
+    assert all(Path(r["run_dir"]).is_dir() and r["status"] == "done"
+               for r in runs.values())  # fmt: skip
+    assert "trains the seeds together" in manifest["spec"]["seeds_apart"]["g-apart"]
+    run_dirs = [p for p in (workspace / "runs").iterdir() if p.name != "sweeps"]
+    assert len(run_dirs) == 8
+    # Restarted (also with --resume): nothing reruns; the grouping is part of the
+    # sweep's definition.
+    assert sweep.main(argv) == 0
+    assert sweep.main(["--resume", "runs/sweeps/g"]) == 0
+    assert len(_calls(workspace)) == 8
+    with pytest.raises(ValueError, match="already exists with group_seeds=3"):
+        sweep.main([*argv[:-4], "--group-seeds", "2"])
+
+
+def test_group_seeds_needs_an_agent_that_says_it_takes_num_seeds(
+    workspace: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An agent without check_args: one trial per seed, and the reason printed."""
+    argv = ["fake_agent.py", "--name", "n", "--seeds", "1", "2", "--group-seeds", "2"]
+    assert sweep.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "n-l2er: one trial per seed (--group-seeds): fake_agent.py defines no " in out
+    )
+    assert [line.split(":")[0] for line in out.splitlines() if "__seed" in line] == [
+        "n-l2er__seed=1", "n-l2er__seed=2"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="--group-seeds must be >= 1"):
+        sweep.main([*argv, "--group-seeds", "0", "--dry-run"])
+
+
+MD5_WRAPPER = """
+import runpy, sys
+from pathlib import Path
+from clenv.data import mnist
+from clenv.data.files import FileSpec, md5sum
+
+# The loaders accept only known md5s: register the fixture files', then run the agent.
+for key, spec in mnist.FILES.items():
+    path = Path({root!r}) / "mnist" / spec.filename
+    if path.is_file():
+        mnist.FILES[key] = FileSpec(spec.filename, md5sum(path))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_grouped_sweep_of_the_real_agent_writes_the_runs_of_an_ungrouped_one(
+    local_ray, workspace: Path, fake_data_dir: Path
+) -> None:
+    """agents/supervised_l2er.py on fake MNIST: --group-seeds 2 trains seeds 1 and 2
+    of --reg bp in one trial (--num-seeds 2) whose two run directories hold the same
+    metrics.h5 series as the ungrouped sweep's; --reg snp, which the agent refuses to
+    train together, falls back to one trial per seed."""
+    from test_multiseed_agent import h5_datasets
+    from test_supervised_agent import PMNIST
+
+    (workspace / "md5_wrapper.py").write_text(
+        MD5_WRAPPER.format(root=str(fake_data_dir))
+    )
+    python = workspace / "python.sh"
+    python.write_text(
+        f'#!/bin/sh\nexec {sys.executable} {workspace / "md5_wrapper.py"} "$@"\n'
+    )
+    python.chmod(0o755)
+    agent = str(REPO / "agents" / "supervised_l2er.py")
+    common = ["--seeds", "1", "2", "--python", str(python), "--",
+              *PMNIST, "--data-dir", str(fake_data_dir)]  # fmt: skip
+    grouped = [agent, "--name", "grouped", "--reg", "bp", "snp", "--group-seeds", "2"]
+    assert sweep.main([*grouped, *common]) == 0
+    assert sweep.main([agent, "--name", "plain", "--reg", "bp", *common]) == 0
+
+    trials = _manifest(workspace, "grouped")["trials"]
+    assert sorted(trials) == [
+        "grouped-bp__seeds=1-2", "grouped-snp__seed=1", "grouped-snp__seed=2"
+    ]  # fmt: skip
+    assert {t["status"] for t in trials.values()} == {"done"}
+    apart = _manifest(workspace, "grouped")["spec"]["seeds_apart"]
+    assert "--num-seeds 2 trains the seeds together" in apart["grouped-snp"]
+    plain = _manifest(workspace, "plain")["runs"]
+    for seed, run_dir in zip((1, 2), trials["grouped-bp__seeds=1-2"]["run_dirs"],
+                             strict=True):  # fmt: skip
+        saved = json.loads((Path(run_dir) / "args.json").read_text())
+        assert (saved["seed"], saved["num_seeds"]) == (seed, 2)
+        got = h5_datasets(Path(run_dir) / "metrics.h5")
+        expected = h5_datasets(
+            Path(plain[f"plain-bp__seed={seed}"]["run_dir"]) / "metrics.h5"
+        )
+        assert set(got) == set(expected) and any(
+            k.startswith("plasticity/") for k in got
+        )
+        for key, value in expected.items():
+            assert np.array_equal(got[key], value, equal_nan=value.dtype.kind == "f"), (
+                key
+            )
+    for seed in (1, 2):  # the seeds apart: ordinary runs
+        run_dir = Path(trials[f"grouped-snp__seed={seed}"]["run_dir"])
+        assert json.loads((run_dir / "args.json").read_text())["num_seeds"] == 1
