@@ -35,6 +35,12 @@ finished are skipped; unfinished ones run again, and one whose run directory hol
 checkpoints continues with the agent's ``--resume``. A failed attempt is retried up to
 ``--max-retries`` times (Ray Tune's ``FailureConfig``) and every failure is reported.
 
+``--group-seeds N`` runs consecutive seeds of one (method, parameters) point as one
+trial, ``--seed s0 --num-seeds k`` (k <= N), where the agent's ``check_args`` accepts
+that (agents/supervised_l2er.py on its batch-1 fast path), and one trial per seed
+elsewhere; each seed still has its own run directory, listed in the manifest, and a
+failed group is retried as a group (docs/tooling.md).
+
 Ray: local cores by default (``--num-cpus``); when ``RAY_ADDRESS`` is set, the trials
 run on that Ray cluster (then the repository and ``--runs-dir`` must be on a file
 system every node shares, and the same Python environment must exist on every node).
