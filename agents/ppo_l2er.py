@@ -183,6 +183,21 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x)
 
+    def act(self, x):
+        """``(action, log-probability, value)`` of a sampled action on ``x``: what
+        :meth:`get_action_and_value` computes for the rollout, in the same float
+        operations (so the same numbers), without a ``Normal`` object or the
+        entropy: the rollout calls it once per step."""
+        action_mean = self.actor_mean(x)
+        action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
+        action = torch.normal(action_mean, action_std)  # Normal.sample's draw
+        log_prob = (  # Normal.log_prob's arithmetic
+            -((action - action_mean) ** 2) / (2 * action_std**2)
+            - action_std.log()
+            - math.log(math.sqrt(2 * math.pi))
+        )
+        return action, log_prob.sum(1), self.critic(x)
+
     def get_action_and_value(self, x, action=None):
         action_mean = self.actor_mean(x)
         action_logstd = self.actor_logstd.expand_as(action_mean)
@@ -273,6 +288,10 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.num_threads)
+    if args.num_threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
+        print("note: with --num-threads > 1 on a machine shared with other jobs, set "
+              "OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads stall each other "
+              "(docs/agents/ppo.md#speed)")  # fmt: skip
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
@@ -346,12 +365,12 @@ if __name__ == "__main__":
             obs[step] = next_obs
             dones[step] = next_done
 
-            # ALGO LOGIC: action logic
-            with torch.no_grad():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
+            # ALGO LOGIC: action logic (inference mode: no autograd bookkeeping)
+            with torch.inference_mode():
+                action, logprob, value = agent.act(next_obs)
                 values[step] = value.flatten()
-            actions[step] = action
-            logprobs[step] = logprob
+                actions[step] = action
+                logprobs[step] = logprob
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, next_done, infos = step_envs(

@@ -107,7 +107,7 @@ class LearnerOptions:
     anneal_lr: bool | None = None
     """anneal the learning rate (default: from --protocol; docs/protocols.md: lop False, sc False)"""
     optimizer: Literal["adam", "sgd", "muon", "trac"] = "adam"
-    """adam (both papers), sgd, muon (optax's Muon as SC's bp_muon ran it: the 2-D weights orthogonalised in float32, Nesterov Adam on the rest, with the protocol's Muon rows) or trac (TRAC around Adam; pip install clenv[trac]); docs/methods.md"""
+    """adam (both papers), sgd, muon (torch's Muon on the 2-D weights, Adam on the rest, as SC's bp_muon, with the protocol's Muon rows) or trac (TRAC around Adam; pip install clenv[trac]); docs/methods.md"""
 
     # Plasticity method
     reg: str = "l2er"
@@ -132,7 +132,7 @@ class RunOptions(clenv.run.RunFlags):  # + torch_deterministic, cuda, runs_dir, 
     seed: int = 1
     """seed of the experiment (also the env's task_seed unless --env-kwargs sets one)"""
     num_threads: int = 1
-    """torch CPU threads (1: fastest for these MLPs, same numbers on any machine)"""
+    """torch CPU threads: 1 is the fastest per CPU second and the same numbers on any machine; more can shorten the update's wall time but change the last bits of the SVD-based steps (--reg l2er's ascent, rank diagnostics) and need OMP_WAIT_POLICY=PASSIVE on a shared machine (docs/agents/ppo.md#speed)"""
     resume: str | None = None
     """continue runs/<run> from its latest checkpoint with its saved arguments (an explicit --total-timesteps extends it; --[no-]progress, --[no-]plot apply)"""
     progress: bool = True

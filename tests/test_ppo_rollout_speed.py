@@ -1,0 +1,85 @@
+"""The PPO rollout's cheaper paths compute the same numbers, bit for bit:
+``Agent.act`` against ``get_action_and_value`` (the Normal distribution), and
+``generalized_advantages``' numpy loop on CPU against CleanRL's torch loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+from clenv.rollout import generalized_advantages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def agent_module():
+    spec = importlib.util.spec_from_file_location(
+        "ppo_l2er_speed", ROOT / "agents" / "ppo_l2er.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+class Spaces:
+    single_observation_space = gym.spaces.Box(-1.0, 1.0, (105,))
+    single_action_space = gym.spaces.Box(-1.0, 1.0, (8,))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_act_samples_what_get_action_and_value_samples(agent_module, batch):
+    torch.manual_seed(0)
+    agent = agent_module.Agent(Spaces, (32, 32), log_std_init=-0.3)
+    obs = torch.randn(batch, 105)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        action, logprob, _, value = agent.get_action_and_value(obs)
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        fast = agent.act(obs)
+    assert len(fast) == 3
+    assert all(
+        torch.equal(a, b) for a, b in zip((action, logprob, value), fast, strict=True)
+    )
+    # The log-probability depends on the draw: a different seed, other numbers.
+    with torch.inference_mode():
+        assert not torch.equal(agent.act(obs)[1], logprob)
+
+
+def torch_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+    """CleanRL's loop, on torch tensors."""
+    advantages, lastgaelam = torch.zeros_like(rewards), 0
+    for t in reversed(range(rewards.shape[0])):
+        if t == rewards.shape[0] - 1:
+            nextnonterminal, nextvalues = 1.0 - next_done, next_value
+        else:
+            nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = (
+            delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+        )
+    return advantages
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_gae_on_cpu_equals_cleanrls_torch_loop(num_envs):
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        steps = 300
+        rollout = (
+            torch.randn(steps, num_envs, generator=g) * 3,  # rewards
+            torch.randn(steps, num_envs, generator=g) * 10,  # values
+            (torch.rand(steps, num_envs, generator=g) < 0.05).float(),  # dones
+            torch.randn(1, num_envs, generator=g),  # next_value
+            (torch.rand(num_envs, generator=g) < 0.5).float(),  # next_done
+        )
+        expected = torch_gae(*rollout, 0.99, 0.95)
+        got = generalized_advantages(*rollout, 0.99, 0.95)
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
