@@ -65,35 +65,24 @@ def generalized_advantages(
     ``dones[t]`` marks that the observation of step ``t`` began a new episode;
     ``next_value`` and ``next_done`` are those of the observation after the rollout.
     """
+    advantages = torch.zeros_like(rewards)
     if rewards.device.type == "cpu":
         # The same float32 operations in the same order on numpy views of the
         # tensors (so the same numbers), without torch's per-operation dispatch:
         # the loop runs once per step of the rollout.
-        advantages = torch.zeros_like(rewards)
         _gae_loop(advantages.numpy(), rewards.numpy(), values.numpy(),
                   dones.numpy(), next_value.numpy(), next_done.numpy(), gamma,
                   gae_lambda)  # fmt: skip
-        return advantages
-    num_steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
-    lastgaelam = 0
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = (
-            delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-        )
+    else:
+        _gae_loop(advantages, rewards, values, dones, next_value, next_done, gamma,
+                  gae_lambda)  # fmt: skip
     return advantages
 
 
 def _gae_loop(advantages, rewards, values, dones, next_value, next_done, gamma,
               gae_lambda):  # fmt: skip
-    """:func:`generalized_advantages`' loop on arrays, writing ``advantages``."""
+    """:func:`generalized_advantages`' loop on numpy arrays or tensors, writing
+    ``advantages`` in place."""
     num_steps = rewards.shape[0]
     lastgaelam = 0
     for t in reversed(range(num_steps)):
