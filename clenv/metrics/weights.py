@@ -90,24 +90,39 @@ def gradient_norms(model: nn.Module) -> dict[str, float]:
     Raises:
         ValueError: If no trainable parameter has a gradient.
     """
-    metrics: dict[str, float] = {}
-    total = 0.0
-    found = False
-    for layer, params in parameter_layers(model).items():
-        squares = 0.0
-        for _, param in params:
-            if param.grad is not None:
-                found = True
-                squares += float(param.grad.detach().double().pow(2).sum())
-        metrics[f"{layer}/grad_norm"] = squares**0.5
-        total += squares
-    if not found:
+    layers = parameter_layers(model)
+    if all(param.grad is None for params in layers.values() for _, param in params):
         raise ValueError(
             f"no parameter of {type(model).__name__} has a gradient (.grad is None); "
             "compute gradient norms after loss.backward() and before "
             "optimizer.zero_grad()"
         )
-    metrics["grad_norm"] = total**0.5
+
+    def squared_gradient(name: str, param: nn.Parameter) -> float:
+        if param.grad is None:
+            return 0.0
+        return float(param.grad.detach().double().pow(2).sum())
+
+    return _norms_per_layer(layers, squared_gradient, "grad_norm")
+
+
+def _norms_per_layer(
+    layers: dict[str, list[tuple[str, nn.Parameter]]],
+    squared_sum: Any,
+    key: str,
+) -> dict[str, float]:
+    """``"<layer>/<key>"`` per layer of ``layers`` (:func:`parameter_layers`) and
+    ``key`` over all of them: square roots of the sums of ``squared_sum(name,
+    param)`` over the parameters."""
+    metrics: dict[str, float] = {}
+    total = 0.0
+    for layer, params in layers.items():
+        squares = 0.0
+        for name, param in params:
+            squares += squared_sum(name, param)
+        metrics[f"{layer}/{key}"] = squares**0.5
+        total += squares
+    metrics[key] = total**0.5
     return metrics
 
 
@@ -165,19 +180,20 @@ class WeightChangeTracker:
                 "WeightChangeTracker has no task-start weights; call "
                 "tracker.on_task_start() when the task begins (or load_state_dict)"
             )
+        snapshot = self.snapshot
         metrics: dict[str, float] = {}
         with torch.no_grad():
             for net_name, net in self.nets.items():
                 prefix = f"{net_name}/" if net_name else ""
-                total = 0.0
-                for layer, params in parameter_layers(net).items():
-                    squares = 0.0
-                    for name, param in params:
-                        start = self.snapshot[prefix + name]
-                        squares += float((param.double() - start.double()).pow(2).sum())
-                    metrics[f"{prefix}{layer}/weight_change"] = squares**0.5
-                    total += squares
-                metrics[f"{prefix}weight_change"] = total**0.5
+
+                def squared_change(name, param, prefix=prefix) -> float:
+                    start = snapshot[prefix + name]
+                    return float((param.double() - start.double()).pow(2).sum())
+
+                norms = _norms_per_layer(
+                    parameter_layers(net), squared_change, "weight_change"
+                )
+                metrics.update((prefix + key, value) for key, value in norms.items())
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
