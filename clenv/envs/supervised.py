@@ -113,11 +113,7 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
                 "task is one episode, so the switch always falls on an episode end"
             )
         self._batch_size = check_positive_int("batch_size", batch_size)
-        if not isinstance(reshuffle_each_epoch, bool | np.bool_):
-            raise ValueError(
-                f"reshuffle_each_epoch must be True or False, got "
-                f"{reshuffle_each_epoch!r}"
-            )
+        check_flags(reshuffle_each_epoch=reshuffle_each_epoch)
         self._reshuffle = bool(reshuffle_each_epoch)
         self._num_classes = num_classes
         self._scaler = scaler
