@@ -52,6 +52,14 @@ def reinitialize_layer(
         layer.bias.zero_()
 
 
+def _init_gains(hidden, heads) -> dict[int, float]:
+    """Each weight layer's initialisation gain by ``id``: its activation's for a
+    hidden layer, 1 (linear) for an output layer; other layers take the default."""
+    gains = {id(h.layer): activation_gain(h.activation) for h in hidden}
+    gains.update({id(m): 1.0 for m in heads})
+    return gains
+
+
 class _TaskSwitchReset(PlasticityMethod):
     """Resets something when the task id changes; keeps the last id and the RNG."""
 
@@ -218,9 +226,8 @@ class FullReset(_TaskSwitchReset):
             hidden = find_hidden_layers(model, hidden_layers)
         except ValueError:
             hidden = []
-        self.gains = {id(h.layer): activation_gain(h.activation) for h in hidden}
-        if hidden:
-            self.gains.update({id(m): 1.0 for m in find_output_layers(model, hidden)})
+        heads = find_output_layers(model, hidden) if hidden else []
+        self.gains = _init_gains(hidden, heads)
         covered = {
             id(p)
             for m in model.modules()
@@ -307,9 +314,8 @@ class LayerReset(_TaskSwitchReset):
             if layers is None:
                 raise
             hidden = []
-        self.gains = {id(h.layer): activation_gain(h.activation) for h in hidden}
         heads = find_output_layers(model, hidden) if hidden else []
-        self.gains.update({id(m): 1.0 for m in heads})
+        self.gains = _init_gains(hidden, heads)
         self.default_head = layers is None
         if layers is None:
             names = {id(m): n for n, m in model.named_modules()}
