@@ -3,15 +3,15 @@
 Runs ``agents/supervised_l2er.py`` for every (arm, seed) as a trial of :mod:`clenv.sweep`
 (``run_trial``: one subprocess with one torch thread, its log and state under
 ``<runs-dir>/<label>_seed<k>/sweeps/``; an interrupted run continues with the agent's
-``--resume``), several at a time, then draws one figure from the runs
-(:func:`clenv.plotting.load_run`): online accuracy per task, dead units, effective rank
-and ε-rank at task start (mean over seeds, with the min-max band), and writes a
-Markdown table next to it. An *arm* is a label and the agent flags that make it: a
-built-in one (:data:`ARMS`: every supervised baseline, ``bp`` to ``trac``), a bare
-``--reg`` name (``--arms er`` is ``er=--reg er``) or ``label=agent flags``
-(``--arms "muon_lr3=--reg bp --optimizer muon --learning-rate 1e-3"``); an arm's flag
-replaces the same flag of the shared ones. The ε-rank is the share of the logged
-spectral density's mass with |λ| > ε
+``--resume``), several at a time, then draws one figure from the runs (each run's
+``metrics.h5`` read once, only the series drawn: :func:`read_run`): online accuracy per
+task, dead units, effective rank and ε-rank at task start (mean over seeds, with the
+min-max band), and writes a Markdown table next to it. An *arm* is a label and the
+agent flags that make it: a built-in one (:data:`ARMS`: every supervised baseline,
+``bp`` to ``trac``), a bare ``--reg`` name (``--arms er`` is ``er=--reg er``) or
+``label=agent flags`` (``--arms "muon_lr3=--reg bp --optimizer muon --learning-rate
+1e-3"``); an arm's flag replaces the same flag of the shared ones. The ε-rank is the
+share of the logged spectral density's mass with |λ| > ε
 (:func:`clenv.plotting.stats.epsilon_rank_from_density`), ε chosen as SC do by the
 largest R² against the task's online accuracy (:func:`clenv.plotting.stats.best_epsilon`)
 unless ``--epsilon`` is given. Every arm's arguments go through the agent's own checks
@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from clenv.logger import METRICS_FILE, complete_rows, open_metrics
 from clenv.methods import split_name
-from clenv.plotting import Run, load_run
+from clenv.plotting import Series
 from clenv.plotting.figure import EPSILON_CANDIDATES
 from clenv.plotting.stats import best_epsilon, epsilon_rank_from_density, linear_fit
 from clenv.sweep import SweepSpec, Trial, check_trial_args, read_trial_state, run_trial
@@ -254,6 +255,64 @@ class Args:
 
 ACCURACY = "cl/online_accuracy_per_task"
 DENSITY = "curvature/task_start/spectral_density"
+HIDDEN_LAYERS = 3
+LAYER_METRICS = ("dead_units", "effective_rank")
+
+
+def layer_tags(metric: str) -> list[str]:
+    """The tags of a per-layer plasticity metric of the hidden layers."""
+    return [f"plasticity/layer{i}/{metric}" for i in range(HIDDEN_LAYERS)]
+
+
+# Every series the figure and the table draw.
+DRAWN = (ACCURACY, DENSITY, *(tag for m in LAYER_METRICS for tag in layer_tags(m)))
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One run as the study reads it: the tasks it was started for and its series of
+    :data:`DRAWN` (those it logged, each with at least one row)."""
+
+    path: Path
+    num_tasks: int
+    series: dict[str, Series]
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks with an online accuracy logged."""
+        accuracy = self.series.get(ACCURACY)
+        return 0 if accuracy is None else int(accuracy.task_id.max()) + 1
+
+
+def read_run(run_dir: Path) -> StudyRun:
+    """The :class:`StudyRun` of a run directory, from one read of its ``metrics.h5``
+    (also while the run is writing it; a row it has not finished is left out).
+
+    Raises:
+        ValueError: the file is not a readable clenv metrics file.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    series = {}
+    try:
+        with open_metrics(path) as f:
+            num_tasks = int(json.loads(f.attrs["args_json"])["num_tasks"])
+            for tag in DRAWN:
+                rows = complete_rows(f[tag]) if tag in f else 0
+                if rows:
+                    group = f[tag]
+                    series[tag] = Series(
+                        name=tag,
+                        step=np.asarray(group["step"][:rows], dtype=np.int64),
+                        task_id=np.asarray(group["task_id"][:rows], dtype=np.int64),
+                        value=np.asarray(group["value"][:rows]),
+                        attrs=dict(group.attrs),
+                    )
+    except (OSError, RuntimeError, KeyError) as error:  # h5py's errors on damage
+        raise ValueError(
+            f"cannot read {str(path)!r} ({error}); the file is corrupt or not a clenv "
+            "metrics file: move its run directory aside to rerun that run"
+        ) from error
+    return StudyRun(Path(run_dir), num_tasks, series)
 
 
 def arms_of(args: Args) -> list[Arm]:
@@ -309,27 +368,28 @@ def trial_of(args: Args, arm: Arm, seed: int) -> tuple[Trial, SweepSpec, Path]:
     return spec.trials()[0], spec, sweep_dir
 
 
-def tasks_done(run_dir: Path) -> tuple[int, int]:
-    """``(tasks with an accuracy logged, tasks the run was started for)``."""
-    run = load_run(run_dir)
-    accuracy = run.find([ACCURACY])
-    done = 0 if accuracy is None else int(accuracy.task_id.max()) + 1
-    return done, int(json.loads(run.attrs["args_json"])["num_tasks"])
-
-
-def study_run(args: Args, label: str, seed: int) -> Path | None:
+def study_run(args: Args, label: str, seed: int) -> StudyRun | None:
     """The run of (arm, seed) to report: the finished one, or with --partial the one
     with the most tasks."""
     directory = Path(args.runs_dir) / f"{label}_seed{seed}"
-    runs = sorted(p.parent for p in directory.glob("*/metrics.h5"))
-    progress = {run_dir: tasks_done(run_dir) for run_dir in runs}
-    for run_dir, (done, total) in progress.items():
-        if done >= total:
-            return run_dir
-    if args.partial and progress:
-        best = max(progress, key=lambda run_dir: progress[run_dir][0])
-        return best if progress[best][0] else None
+    runs = [read_run(p.parent) for p in sorted(directory.glob(f"*/{METRICS_FILE}"))]
+    for run in runs:
+        if run.tasks_done >= run.num_tasks:
+            return run
+    if args.partial and runs:
+        best = max(runs, key=lambda run: run.tasks_done)
+        return best if best.tasks_done else None
     return None
+
+
+def study_runs(args: Args) -> dict[str, list[StudyRun]]:
+    """``{label: [the run of each seed that has one]}`` for every arm, in the arms' and
+    seeds' order: every run the figure and the table draw, each read once."""
+    runs = {}
+    for arm in arms_of(args):
+        found = (study_run(args, arm.label, seed) for seed in args.seeds)
+        runs[arm.label] = [run for run in found if run is not None]
+    return runs
 
 
 def finished(args: Args, label: str, seed: int) -> bool:
@@ -375,16 +435,15 @@ def log_of(args: Args, arm: Arm, seed: int) -> str:
     return read_trial_state(sweep_dir, trial.trial_id).log or str(sweep_dir / "logs")
 
 
-def per_method(args: Args, values_of) -> dict:
+def per_method(runs: dict[str, list[StudyRun]], values_of) -> dict:
     """``{label: (task_ids, values[seed, task])}`` over the seeds whose run gives
     values, cut to the tasks every seed reached; ``values_of(run)`` returns a run's
     ``(task_ids, values)`` or None."""
     table = {}
-    for arm in arms_of(args):
+    for label, seed_runs in runs.items():
         rows, tasks = [], None
-        for seed in args.seeds:
-            run_dir = study_run(args, arm.label, seed)
-            found = None if run_dir is None else values_of(load_run(run_dir))
+        for run in seed_runs:
+            found = values_of(run)
             if found is None or not len(found[0]):
                 continue
             if tasks is None or len(found[0]) < len(tasks):
@@ -392,26 +451,26 @@ def per_method(args: Args, values_of) -> dict:
             rows.append(found[1])
         if rows:
             n = len(tasks)
-            table[arm.label] = (tasks, np.stack([r[:n] for r in rows]))
+            table[label] = (tasks, np.stack([r[:n] for r in rows]))
     return table
 
 
 def per_task(tag: str):
     """``values_of`` for :func:`per_method`: the per-task mean of one series."""
 
-    def values_of(run: Run):
-        series = run.find([tag])
+    def values_of(run: StudyRun):
+        series = run.series.get(tag)
         return None if series is None else series.per_task_mean()
 
     return values_of
 
 
 def over_layers(metric: str, reduce):
-    """``values_of``: a per-layer metric of the 3 hidden layers, reduced over them."""
-    tags = [f"plasticity/layer{i}/{metric}" for i in range(3)]
+    """``values_of``: a per-layer metric of the hidden layers, reduced over them."""
+    tags = layer_tags(metric)
 
-    def values_of(run: Run):
-        if not all(run.find([tag]) for tag in tags):
+    def values_of(run: StudyRun):
+        if not all(tag in run.series for tag in tags):
             return None
         means = [run.series[tag].per_task_mean() for tag in tags]
         return means[0][0], reduce(np.stack([values for _, values in means]))
@@ -419,9 +478,11 @@ def over_layers(metric: str, reduce):
     return values_of
 
 
-def task_start_densities(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def task_start_densities(
+    run: StudyRun,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(task_ids, grid, densities)``: the first spectral density of every task."""
-    density = run.find([DENSITY])
+    density = run.series.get(DENSITY)
     if density is None:
         return None
     tasks, first = np.unique(density.task_id, return_index=True)
@@ -432,7 +493,7 @@ def task_start_densities(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
 def epsilon_rank_at_task_start(eps: float):
     """``values_of``: the ε-rank (share of mass with |λ| > ε) at every task's start."""
 
-    def values_of(run: Run):
+    def values_of(run: StudyRun):
         found = task_start_densities(run)
         if found is None:
             return None
@@ -442,32 +503,29 @@ def epsilon_rank_at_task_start(eps: float):
     return values_of
 
 
-def epsilon_points(args: Args) -> tuple[list, np.ndarray]:
+def epsilon_points(runs: dict[str, list[StudyRun]]) -> tuple[list, np.ndarray]:
     """Densities at task start paired with that task's online accuracy, pooled over
     runs: ``([(grid, densities) per run], accuracies)``, as :func:`best_epsilon` takes."""
     spectra, accuracy = [], []
-    for arm in arms_of(args):
-        for seed in args.seeds:
-            run_dir = study_run(args, arm.label, seed)
-            run = None if run_dir is None else load_run(run_dir)
-            found = None if run is None else task_start_densities(run)
-            online = None if run is None else run.find([ACCURACY])
-            if found is None or online is None:
-                continue
-            tasks, grid, densities = found
-            acc_tasks, acc_values = online.per_task_mean()
-            shared = np.isin(tasks, acc_tasks)
-            if shared.any():
-                spectra.append((grid, densities[shared]))
-                accuracy.append(acc_values[np.searchsorted(acc_tasks, tasks[shared])])
+    for run in (run for seed_runs in runs.values() for run in seed_runs):
+        found = task_start_densities(run)
+        online = run.series.get(ACCURACY)
+        if found is None or online is None:
+            continue
+        tasks, grid, densities = found
+        acc_tasks, acc_values = online.per_task_mean()
+        shared = np.isin(tasks, acc_tasks)
+        if shared.any():
+            spectra.append((grid, densities[shared]))
+            accuracy.append(acc_values[np.searchsorted(acc_tasks, tasks[shared])])
     return spectra, np.concatenate(accuracy) if accuracy else np.zeros(0)
 
 
-def epsilon_fits(args: Args) -> dict[float, tuple[float, int]]:
+def epsilon_fits(runs: dict[str, list[StudyRun]]) -> dict[float, tuple[float, int]]:
     """R² of a task's online accuracy against the ε-rank at its start, for each of
     :data:`~clenv.plotting.figure.EPSILON_CANDIDATES` (SC's test, Sec. 4, pooling every
     (run, task) with a spectrum): ``{ε: (R², points)}``."""
-    spectra, accuracy = epsilon_points(args)
+    spectra, accuracy = epsilon_points(runs)
     if not spectra:
         return {}
     fits = {}
@@ -493,11 +551,12 @@ def columns_of(arms: list[Arm]) -> list[tuple[str, list[Arm]]]:
     ]
 
 
-def plot(args: Args) -> dict:
+def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
+    """Draw the figure of :func:`study_runs`'s runs; returns the table's values."""
     from matplotlib.figure import Figure
 
     arms = arms_of(args)
-    accuracy = per_method(args, per_task(ACCURACY))
+    accuracy = per_method(runs, per_task(ACCURACY))
     if not accuracy:
         hint = "" if args.partial else " (--partial plots unfinished runs)"
         raise SystemExit(
@@ -505,7 +564,7 @@ def plot(args: Args) -> dict:
             f"{args.runs_dir}{hint}; the logs under <runs-dir>/<label>_seed<k>/sweeps/ "
             "say why a run stopped"
         )
-    spectra, performance = epsilon_points(args)
+    spectra, performance = epsilon_points(runs)
     chosen, r2 = (
         best_epsilon(spectra, performance, EPSILON_CANDIDATES)
         if len(performance) >= 3
@@ -519,11 +578,11 @@ def plot(args: Args) -> dict:
     panels = [
         ("online accuracy", accuracy),
         (f"dead units (3 layers, {args.metric_samples} samples)",
-         per_method(args, over_layers("dead_units", lambda a: a.sum(0)))),
+         per_method(runs, over_layers("dead_units", lambda a: a.sum(0)))),
         ("effective rank (mean of 3 layers)",
-         per_method(args, over_layers("effective_rank", lambda a: a.mean(0)))),
+         per_method(runs, over_layers("effective_rank", lambda a: a.mean(0)))),
         (f"Hessian ε-rank at task start\n(ε = {args.epsilon:.3g}, R² = {r2:.2f})",
-         per_method(args, epsilon_rank_at_task_start(args.epsilon))),
+         per_method(runs, epsilon_rank_at_task_start(args.epsilon))),
     ]  # fmt: skip
     columns = columns_of(arms)
     fig = Figure(figsize=(1.5 + 4.2 * len(columns), 11), constrained_layout=True)
@@ -587,13 +646,47 @@ def plot(args: Args) -> dict:
     return summary
 
 
+def not_drawn(args: Args, summary: dict) -> list[str]:
+    """The arms without a run to draw (none finished; with --partial, none started)."""
+    return [arm.label for arm in arms_of(args) if arm.label not in summary]
+
+
+def say_not_drawn(args: Args, summary: dict) -> None:
+    """Print which arms the figure lacks: those with an unfinished run (shown by
+    --partial) and those with no run yet."""
+    missing = not_drawn(args, summary)
+    if not missing:
+        return
+
+    def has_run(label: str) -> bool:
+        return any(
+            next(Path(args.runs_dir).glob(f"{label}_seed{seed}/*/{METRICS_FILE}"), None)
+            for seed in args.seeds
+        )
+
+    started = [label for label in missing if has_run(label)]
+    not_started = [label for label in missing if label not in started]
+    print(f"{len(missing)} of {len(arms_of(args))} arms not drawn:")
+    if started:
+        hint = "" if args.partial else " (--partial draws them)"
+        print(f"  unfinished runs{hint}: {', '.join(started)}")
+    if not_started:
+        print(f"  no run in {args.runs_dir} yet: {', '.join(not_started)}")
+
+
 def _first_last(entry: dict, key: str, fmt: str) -> str:
     if f"{key}_first" not in entry:
         return "-"
     return f"{fmt.format(entry[key + '_first'])} -> {fmt.format(entry[key + '_last'])}"
 
 
-def write_summary(args: Args, summary: dict, command: str, timings: list) -> None:
+def write_summary(
+    args: Args,
+    runs: dict[str, list[StudyRun]],
+    summary: dict,
+    command: str,
+    timings: list,
+) -> None:
     lines = [
         f"# Permuted MNIST study ({args.name})", "",
         f"Command: `{command}`", "",
@@ -611,11 +704,11 @@ def write_summary(args: Args, summary: dict, command: str, timings: list) -> Non
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
             f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
         )
-    missing = [arm.label for arm in arms_of(args) if arm.label not in summary]
+    missing = not_drawn(args, summary)
     if missing:
         lines += ["", "No finished run yet (running or not started): "
                   + ", ".join(missing) + "."]  # fmt: skip
-    fits = epsilon_fits(args)
+    fits = epsilon_fits(runs)
     if fits:
         lines += ["", "R² of online accuracy on task k against the ε-rank (share of the "
                   "density's mass with |λ| > ε) at the start of task k, pooled over "
@@ -675,12 +768,14 @@ def main() -> None:
             print(f"{len(arms)} arms: the agent accepts every one")
             return
         timings = [] if args.plot_only else run_study(args, arms)
+        runs = study_runs(args)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    summary = plot(args)
-    write_summary(args, summary, command, [t for t in timings if t[2] > 0])
+    summary = plot(args, runs)
+    write_summary(args, runs, summary, command, [t for t in timings if t[2] > 0])
     print(json.dumps(summary, indent=2))
     print(f"figure: {Path(args.out) / (args.name + '.png')}")
+    say_not_drawn(args, summary)
 
 
 if __name__ == "__main__":

@@ -80,11 +80,21 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
 
     # Arms are found by their label's folder: a copy of BP's run as "l2" shows up in
     # its own column (weight regularisers); an arm without runs is named as missing.
+    # Each run's metrics.h5 is read once for the figure and the table.
     shutil.copytree(runs / "bp_seed1", runs / "l2_seed1")
     arms = ["bp", "l2er", "l2", "mse=--reg bp --loss mse"]
     argv[argv.index("--arms") + 1 : argv.index("--seeds")] = arms
     monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--name", "arms"])
+    opened = []
+    open_metrics = study.open_metrics
+    monkeypatch.setattr(
+        study, "open_metrics", lambda path: opened.append(path) or open_metrics(path)
+    )
+    capsys.readouterr()
     study.main()
+    assert len(opened) == len(set(opened)) == 3, opened
+    printed = capsys.readouterr().out
+    assert f"1 of 4 arms not drawn:\n  no run in {runs} yet: mse\n" in printed
     arms_summary = json.loads((out / "arms.json").read_text())
     assert set(arms_summary) == {"bp", "l2er", "l2"}
     assert arms_summary["l2"] | {"flags": "--reg bp"} == summary["bp"]
