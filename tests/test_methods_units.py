@@ -832,6 +832,45 @@ def test_two_feature_activations_are_found_and_counted_per_feature_or_unit():
         dead_unit_mask(features, features_per_unit=3)
 
 
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+def test_unit_methods_and_unit_metrics_group_two_features_alike(conv):
+    """CBP's and ReDo's unit_features and the unit metrics' features_per_unit=2 share
+    one grouping: unit i owns features (or channels) 2i and 2i + 1."""
+    from clenv.methods import find_hidden_layers
+    from clenv.methods.units import unit_features
+    from clenv.metrics import capture_activations, unit_mean_abs_activation
+    from clenv.metrics.units import group_by_unit
+    from clenv.models import CReLU
+
+    torch.manual_seed(0)
+    if conv:
+        model = nn.Sequential(
+            nn.Conv2d(1, 3, 3), CReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 2)
+        )
+        x = torch.randn(5, 1, 4, 4)
+    else:
+        model = nn.Sequential(nn.Linear(4, 3), CReLU(), nn.Linear(6, 2))
+        x = torch.randn(5, 4)
+    hidden = find_hidden_layers(model)[0]
+    features = capture_activations(model, x)["1"]  # (5, 6, ...)
+    grouped = unit_features(hidden, features)
+    assert grouped.shape == (5, 3, 2, *features.shape[2:])
+    torch.testing.assert_close(grouped, group_by_unit(features, 2))
+    for unit in range(3):
+        for k in range(2):
+            torch.testing.assert_close(grouped[:, unit, k], features[:, 2 * unit + k])
+        torch.testing.assert_close(
+            unit_mean_abs_activation(features, features_per_unit=2)[unit],
+            features[:, 2 * unit : 2 * unit + 2].abs().mean(),
+        )
+    one_per_unit = features[:, :3]  # as many features as units: k = 1, unchanged
+    assert unit_features(hidden, one_per_unit) is one_per_unit
+    with pytest.raises(ValueError, match="features_per_unit must be >= 1"):
+        group_by_unit(features, 4)
+    with pytest.raises(ValueError, match="needs \\(samples, features"):
+        group_by_unit(features[0, 0].reshape(-1), 2)
+
+
 def test_importing_metrics_first_has_no_cycle():
     """clenv.metrics.activations imports clenv.models.layers (CReLU, Fourier
     features); a fresh interpreter imports the metrics first, then the rest."""

@@ -30,6 +30,7 @@ from clenv.methods.layers import (
     find_hidden_layers,
     uniform_bound,
 )
+from clenv.metrics.units import group_by_unit
 from clenv.models.layers import CReLU, FourierFeatures
 
 
@@ -102,8 +103,9 @@ class UnitMethod(PlasticityMethod):
 def unit_features(hidden: HiddenLayer, features: torch.Tensor) -> torch.Tensor:
     """A hidden layer's ``(samples, k * units, ...)`` features as
     ``(samples, units, k, ...)`` when its activation gives ``k > 1`` features per
-    unit (CReLU, Fourier features: features ``k*i .. k*i + k - 1`` are unit ``i``'s);
-    unchanged when ``k = 1`` (then ``features.shape[1]`` is the number of units).
+    unit (CReLU, Fourier features: features ``k*i .. k*i + k - 1`` are unit ``i``'s,
+    :func:`clenv.metrics.units.group_by_unit`); unchanged when ``k = 1`` (then
+    ``features.shape[1]`` is the number of units).
     """
     units = hidden.num_units
     if features.dim() < 2 or features.shape[1] == units:
@@ -115,8 +117,7 @@ def unit_features(hidden: HiddenLayer, features: torch.Tensor) -> torch.Tensor:
             "per unit; pass hidden_layers= naming the activation that follows the "
             "layer directly"
         )
-    per_unit = features.shape[1] // units
-    return features.reshape(features.shape[0], units, per_unit, *features.shape[2:])
+    return group_by_unit(features, features.shape[1] // units)
 
 
 def features_per_unit(hidden: HiddenLayer) -> int:

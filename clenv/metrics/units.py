@@ -22,6 +22,38 @@ from __future__ import annotations
 import torch
 
 
+def group_by_unit(features: torch.Tensor, features_per_unit: int) -> torch.Tensor:
+    """``(samples, k * units, ...)`` features as ``(samples, units, k, ...)``, unit
+    ``i`` owning features ``k*i .. k*i + k - 1`` (``k = features_per_unit``; a view
+    where the layout allows). CBP and ReDo (:mod:`clenv.methods.units`) group their
+    features this way too.
+
+    Raises:
+        ValueError: ``features`` has no dim 1, or ``features_per_unit`` is not >= 1
+            or does not divide it.
+
+    Example:
+        >>> group_by_unit(torch.arange(8.0).reshape(2, 4), 2)[1]
+        tensor([[4., 5.],
+                [6., 7.]])
+    """
+    if features.dim() < 2:
+        raise ValueError(
+            "grouping features by unit needs (samples, features, ...) features, got "
+            f"shape {tuple(features.shape)}"
+        )
+    if features_per_unit < 1 or features.shape[1] % features_per_unit:
+        raise ValueError(
+            f"features_per_unit must be >= 1 and divide the {features.shape[1]} "
+            f"features of the activation, got {features_per_unit} (2 for CReLU and "
+            "Fourier features, 1 otherwise)"
+        )
+    units = features.shape[1] // features_per_unit
+    return features.reshape(
+        features.shape[0], units, features_per_unit, *features.shape[2:]
+    )
+
+
 def _per_unit(activation: torch.Tensor, features_per_unit: int = 1) -> torch.Tensor:
     """(samples, k * units, ...) -> (units, samples * k * positions) of |activation|,
     unit ``i`` owning features ``k*i .. k*i + k - 1``."""
@@ -30,17 +62,8 @@ def _per_unit(activation: torch.Tensor, features_per_unit: int = 1) -> torch.Ten
             "unit metrics need a (samples, units, ...) activation with at least one "
             f"sample, got shape {tuple(activation.shape)}"
         )
-    if features_per_unit < 1 or activation.shape[1] % features_per_unit:
-        raise ValueError(
-            f"features_per_unit must be >= 1 and divide the {activation.shape[1]} "
-            f"features of the activation, got {features_per_unit} (2 for CReLU and "
-            "Fourier features, 1 otherwise)"
-        )
-    units = activation.shape[1] // features_per_unit
-    grouped = activation.detach().reshape(
-        activation.shape[0], units, features_per_unit, *activation.shape[2:]
-    )
-    return grouped.transpose(0, 1).reshape(units, -1).abs()
+    grouped = group_by_unit(activation.detach(), features_per_unit)
+    return grouped.transpose(0, 1).reshape(grouped.shape[1], -1).abs()
 
 
 def unit_mean_abs_activation(
