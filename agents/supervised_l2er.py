@@ -60,7 +60,7 @@ from clenv.online_learning import (
     task_loss,
     task_plasticity_report,
 )
-from clenv.optim import set_learning_rate
+from clenv.optim import fast_calls, set_learning_rate
 from clenv.protocol import task_due, task_switches
 from clenv.supervised_args import (
     IMAGENET,
@@ -183,41 +183,46 @@ def make_model(args: Args) -> nn.Module:
 
 
 def learn_minibatch(
-    model, optimizer, method, loss_fn, x, labels, logits, guard=None, step=0,
+    model, update, method, loss_fn, x, labels, logits, guard=None, step=0,
     task_id=None,
 ) -> float:  # fmt: skip
-    """One optimizer step on the minibatch's loss, with the method's hooks; a
-    :class:`~clenv.divergence.DivergenceGuard` checks the loss, gradients and
-    parameters (at ``step``, the example count at the minibatch's end)."""
+    """One optimizer step on the minibatch's loss, with the method's hooks
+    (``update``: the optimizer's ``zero_grad, step``, :func:`clenv.optim.fast_calls`);
+    a :class:`~clenv.divergence.DivergenceGuard` checks the loss, gradients and
+    parameters (at ``step``, the example count at the minibatch's end). Returns the
+    loss summed over the minibatch."""
+    zero_grad, optimizer_step = update
     loss = loss_fn(logits, labels)
+    loss_value = loss.item()  # one read, for the guard and the task's mean loss
     if guard is not None:
-        guard.check_loss(loss, step, task_id)
-    optimizer.zero_grad()
+        guard.check_loss(loss_value, step, task_id)
+    zero_grad()
     loss.backward()
     method.after_backward()
     if guard is not None:
         guard.check_gradients(step, task_id)
-    optimizer.step()
+    optimizer_step()
     method.after_step(x)
     if guard is not None:
         guard.check_parameters(step, task_id)
-    return loss.item() * labels.numel()
+    return loss_value * labels.numel()
 
 
 def learn_one_at_a_time(
-    model, optimizer, method, loss_fn, x, labels, guard=None, step=0, task_id=None
+    model, update, method, loss_fn, x, labels, guard=None, step=0, task_id=None
 ):
     """The papers' batch-1 loop: predict one example, then update on it (example
     ``k`` is the run's ``step + k + 1``-th, for the guard)."""
-    predictions, loss_sum = torch.empty_like(labels), 0.0
-    for k in range(x.shape[0]):
-        logits = model(x[k : k + 1])
-        predictions[k] = logits.detach().argmax(1)[0]
+    predictions, loss_sum = [], 0.0
+    pairs = zip(x.split(1), labels.split(1), strict=True)
+    for k, (example, label) in enumerate(pairs):
+        logits = model(example)
+        predictions.append(logits.argmax(1))
         loss_sum += learn_minibatch(
-            model, optimizer, method, loss_fn, x[k : k + 1], labels[k : k + 1],
-            logits, guard, step + k + 1, task_id,
+            model, update, method, loss_fn, example, label, logits, guard,
+            step + k + 1, task_id,
         )  # fmt: skip
-    return predictions, loss_sum
+    return torch.cat(predictions), loss_sum
 
 
 def seed_run(args: Args, device: torch.device, show_progress: bool = True):
@@ -244,6 +249,8 @@ def seed_run(args: Args, device: torch.device, show_progress: bool = True):
     except ValueError as error:
         sys.exit(f"error: --reg {args.reg} / --method-kwargs: {error}")
     loss_fn = make_loss(args.loss)
+    # optimizer.zero_grad and .step, with less Python per call (the same updates)
+    update = fast_calls(optimizer)
     weight_change = WeightChangeTracker(model)  # plasticity/*weight_change
     with clenv.run.exit_on_error(ValueError, FileNotFoundError):
         fast_path, no_fast_path = fast_path_decision(args, model, optimizer, method)
@@ -399,13 +406,13 @@ def seed_run(args: Args, device: torch.device, show_progress: bool = True):
             loss_sum = float(losses.sum())
         elif per_example:
             online_predictions, loss_sum = learn_one_at_a_time(
-                model, optimizer, method, loss_fn, x, labels, guard, global_step,
+                model, update, method, loss_fn, x, labels, guard, global_step,
                 stats.task_id,
             )  # fmt: skip
         else:
             online_predictions = prediction
             loss_sum = learn_minibatch(
-                model, optimizer, method, loss_fn, x, labels, logits,
+                model, update, method, loss_fn, x, labels, logits,
                 guard, global_step + labels.numel(), stats.task_id,
             )  # fmt: skip
         correct = int((online_predictions == labels).sum())

@@ -1,4 +1,5 @@
-"""clenv.optim's Muon against a float64 transcription of optax.contrib.muon.
+"""clenv.optim's Muon against a float64 transcription of optax.contrib.muon, and
+``fast_calls`` against the optimizers' own ``zero_grad`` and ``step``.
 
 SC's bp_muon runs used optax 0.2.5 (SC's uv.lock:1589-1590). The reference below
 transcribes its ``optax/contrib/_muon.py`` (cited ``_muon.py:N``, optax v0.2.5) and
@@ -24,6 +25,7 @@ from clenv.optim import (
     MuonWithAdam,
     OptaxAdamW,
     OptaxMuon,
+    fast_calls,
     make_optimizer,
     newton_schulz,
 )
@@ -323,3 +325,100 @@ def test_a_matrix_moved_to_the_adam_part_is_stepped_by_adam():
     # Nesterov Adam's first step, g = 1: M = 0.9 * 0.1 / (1 - 0.9^2) + 1, V = 1.
     first = -0.01 * (0.9 * 0.1 / (1 - 0.9**2) + 1)
     torch.testing.assert_close(log_std.detach(), torch.full((1, 2), first))
+
+
+# -- fast_calls ---------------------------------------------------------------------
+def train_with(calls, model, steps=4, seed=1):
+    """``steps`` batch-1 updates through ``calls`` = (zero_grad, step)."""
+    zero_grad, step = calls
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        inputs = torch.randn(1, 12, generator=generator)
+        labels = torch.randint(0, 4, (1,), generator=generator)
+        zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        step()
+
+
+def sgd_setups():
+    """(name, build(model) -> optimizer) for SGDs fast_calls steps itself or not."""
+
+    def with_l2_hooks(model):  # --reg l2 on a fused SGD: decay set in a pre-hook
+        from clenv.methods import make_method
+
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, fused=True)
+        make_method("l2", model, optimizer, weight_decay=0.01)
+        return optimizer
+
+    def with_second_group(model):
+        params = list(model.parameters())
+        optimizer = torch.optim.SGD(params[:2], lr=0.05, fused=True)
+        optimizer.add_param_group({"params": params[2:], "lr": 0.01})
+        return optimizer
+
+    return {
+        "fused": lambda m: torch.optim.SGD(m.parameters(), lr=0.05, fused=True),
+        "fused-decay": lambda m: torch.optim.SGD(
+            m.parameters(), lr=0.05, weight_decay=0.1, fused=True
+        ),
+        "l2-hooks": with_l2_hooks,
+        "two-groups": with_second_group,
+        "momentum": lambda m: torch.optim.SGD(
+            m.parameters(), lr=0.05, momentum=0.9, fused=True
+        ),
+        "not-fused": lambda m: torch.optim.SGD(m.parameters(), lr=0.05),
+        "adam": lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
+        "muon": lambda m: make_optimizer("muon", m, lr=0.01),
+    }
+
+
+@pytest.mark.parametrize("name", list(sgd_setups()))
+def test_fast_calls_update_bit_for_bit_as_the_optimizer(name):
+    """zero_grad and step of fast_calls leave the weights, gradients and state
+    exactly as the optimizer's own methods, through a resume (load_state_dict
+    replaces the groups) and a change of step size."""
+    build = sgd_setups()[name]
+    ours, theirs = small_model(), small_model()
+    ours_opt, theirs_opt = build(ours), build(theirs)
+    calls = fast_calls(ours_opt)
+    train_with(calls, ours)
+    train_with((theirs_opt.zero_grad, theirs_opt.step), theirs)
+    ours_opt.load_state_dict(copy.deepcopy(ours_opt.state_dict()))
+    for optimizer in (ours_opt, theirs_opt):
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] / 2
+    train_with(calls, ours, seed=2)
+    train_with((theirs_opt.zero_grad, theirs_opt.step), theirs, seed=2)
+    for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(mine, other)
+        assert torch.equal(mine.grad, other.grad)
+    assert str(ours_opt.state_dict()) == str(theirs_opt.state_dict())
+    calls[0]()
+    assert all(p.grad is None for p in ours.parameters())
+
+
+def test_fast_calls_step_itself_only_where_it_is_sgds_fused_call():
+    model = small_model()
+    fused = torch.optim.SGD(model.parameters(), lr=0.05, fused=True)
+    assert fast_calls(fused)[1] != fused.step
+    for optimizer in (
+        torch.optim.SGD(model.parameters(), lr=0.05),  # the step is the optimizer's
+        torch.optim.Adam(model.parameters(), lr=0.01),
+    ):
+        assert fast_calls(optimizer)[1] == optimizer.step
+
+
+def test_fast_calls_respect_a_replaced_sgd_step(monkeypatch):
+    """A replaced SGD.step (a test's NaN injection, a profiler) is what runs."""
+    calls = []
+    original = torch.optim.SGD.step
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counted)
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, fused=True)
+    train_with(fast_calls(optimizer), model, steps=3)
+    assert len(calls) == 3
