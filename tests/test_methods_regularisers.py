@@ -20,6 +20,11 @@ from clenv.methods import (
     make_method,
     split_name,
 )
+from clenv.methods.spectral import (
+    _stack_layers,
+    power_iteration,
+    power_iteration_gradients,
+)
 from tests.methods_helpers import batch, mlp, train_step
 
 
@@ -125,6 +130,123 @@ def test_spectral_lewandowski_setting_is_zero_at_orthogonal_weights():
     method = SpectralRegularization(model, target=1.0, power_iterations=50)
     assert method.penalty().item() == pytest.approx(0.0, abs=1e-12)
     assert SpectralRegularization(model).penalty().item() > 0.1  # SC's target 2
+
+
+def autograd_spectral_gradients(method):
+    """The gradient of ``method.penalty()`` by autograd through SC's 10 unrolled
+    iterations (what after_backward computed before its hand-written backward)."""
+    return torch.autograd.grad(method.penalty(), method.params, allow_unused=True)
+
+
+def hand_written_spectral_gradients(method, model):
+    """What ``after_backward`` adds, in the order of ``method.params``."""
+    added = dict(zip(model.parameters(), grads_added(method, model), strict=True))
+    return [added[param] for param in method.params]
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"target": 1.0}, {"k": 1, "target": 0.5}, {"power_iterations": 1}],
+)
+@pytest.mark.parametrize("model_fn", [conv_model, normed_mlp])
+def test_spectral_hand_written_backward_equals_autograd_through_the_iterations(
+    unroll, options, model_fn
+):
+    model = model_fn()
+    method = SpectralRegularization(model, strength=0.3, unroll=unroll, **options)
+    expected = autograd_spectral_gradients(method)
+    added = hand_written_spectral_gradients(method, model)
+    for got, want in zip(added, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+    assert any(g.abs().max() > 1e-3 for g in expected)
+
+
+def test_spectral_float32_gradient_is_as_close_to_float64_as_autograds():
+    """On the Permuted-MNIST MLP shape (784-100-100-100-10, so one stack holds the
+    784-wide layer and one the three others, zero-padded) in float32, the
+    hand-written gradient is as far from a float64 autograd reference as float32
+    autograd is."""
+    torch.manual_seed(0)
+    widths = (784, 100, 100, 100, 10)
+    layers = [nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    model = nn.Sequential(*layers)
+    model64 = copy.deepcopy(model).double()
+    method = SpectralRegularization(model, strength=0.1)
+    assert [len(stack.indices) for stack in method.stacks] == [1, 3]
+    method64 = SpectralRegularization(model64, strength=0.1)
+    method64.vectors = [v.double() for v in method.vectors]  # the same start
+    reference = autograd_spectral_gradients(method64)
+    autograd32 = autograd_spectral_gradients(method)
+    added = hand_written_spectral_gradients(method, model)
+    for got, old, want in zip(added, autograd32, reference, strict=True):
+        scale = want.abs().max()
+        old_error = (old.double() - want).abs().max() / scale
+        new_error = (got.double() - want).abs().max() / scale
+        assert new_error <= max(3 * old_error, 1e-6)
+
+
+def test_spectral_persistent_vectors_advance_as_through_autograd():
+    model = mlp((6, 16, 16, 3))
+    hand_written = SpectralRegularization(model, persistent=True, power_iterations=2)
+    through_autograd = SpectralRegularization(
+        model, persistent=True, power_iterations=2
+    )
+    for _ in range(3):
+        expected = autograd_spectral_gradients(through_autograd)
+        added = hand_written_spectral_gradients(hand_written, model)
+        for got, want in zip(added, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+        for got, want in zip(
+            hand_written.vectors, through_autograd.vectors, strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(
+        hand_written.vectors[0], SpectralRegularization(model).vectors[0]
+    )
+
+
+def test_spectral_padding_leaves_each_layers_gradient_alone():
+    """A layer's gradient is the same alone and zero-padded into a stack with a
+    larger one (zero start entries on the padding keep the norms, hence eps,
+    those of the live entries)."""
+    torch.manual_seed(0)
+    small, large = torch.randn(3, 5).double(), torch.randn(6, 9).double()
+    start_small, start_large = torch.randn(3).double(), torch.randn(6).double()
+
+    def sigma_gradient(sigma):
+        return 2 * (sigma**2 - 2.0) * 2 * sigma
+
+    alone = power_iteration_gradients(
+        small[None], start_small[None], 10, sigma_gradient
+    )
+    stack = torch.zeros(2, 6, 9, dtype=torch.float64)
+    stack[0, :3, :5], stack[1] = small, large
+    start = torch.zeros(2, 6, dtype=torch.float64)
+    start[0, :3], start[1] = start_small, start_large
+    padded = power_iteration_gradients(stack, start, 10, sigma_gradient)
+    torch.testing.assert_close(padded[0][0, :3, :5], alone[0][0])
+    assert padded[0][0, 3:].abs().max() == 0 and padded[0][0, :, 5:].abs().max() == 0
+    torch.testing.assert_close(padded[1][0, :3], alone[1][0])
+    torch.testing.assert_close(padded[2][0], alone[2][0])
+    # the large layer: autograd through power_iteration
+    weight = large.clone().requires_grad_(True)
+    sigma, _ = power_iteration(weight.T, start_large, 10)
+    (want,) = torch.autograd.grad((sigma**2 - 2.0) ** 2, weight)
+    torch.testing.assert_close(padded[0][1], want)
+
+
+def test_spectral_stacks_share_equal_shapes_and_leave_large_layers_alone():
+    weights = [
+        torch.zeros(1000, 784),
+        torch.zeros(1000, 1000),
+        torch.zeros(1000, 1000),
+        torch.zeros(10, 1000),
+        torch.zeros(1000, 1000, dtype=torch.float64),
+    ]
+    assert _stack_layers(weights) == [[0], [1, 2], [3], [4]]
+    small = [torch.zeros(100, 784), torch.zeros(100, 100), torch.zeros(10, 100)]
+    assert _stack_layers(small) == [[0], [1, 2]]
 
 
 # ------------------------------------------------------------------------- parseval
