@@ -107,7 +107,7 @@ from clenv.fastpath.trainer import (
     _method_unsupported,
     mlp_linear_layers,
 )
-from clenv.metrics.rank import _EPS
+from clenv.metrics.rank import effective_rank_from_singular_values
 
 GraphMode = Literal["auto", "on", "off"]
 StepBackend = Literal["auto", "batched", "native"]
@@ -118,12 +118,6 @@ def _component(method: Any, name: str) -> Any:
         if getattr(component, "name", type(component).__name__) == name:
             return component
     return None
-
-
-def batched_effective_rank(sigma: torch.Tensor) -> torch.Tensor:
-    """:func:`clenv.metrics.effective_rank` from (..., k) singular values: (...,)."""
-    p = sigma / torch.clamp(sigma.sum(-1, keepdim=True), min=_EPS)
-    return torch.exp(-(p * torch.log(p + _EPS)).sum(-1))
 
 
 class SeedTrainer:
@@ -707,7 +701,7 @@ class BatchedMLPTrainer:
                 matrix = features[index]
                 # H and H^T have the same singular values (the component's choice)
                 tall = matrix if matrix.shape[1] >= matrix.shape[2] else matrix.mT
-                rank = batched_effective_rank(torch.linalg.svdvals(tall))
+                rank = effective_rank_from_singular_values(torch.linalg.svdvals(tall))
                 objective = objective + weight * rank  # (N,)
             grads = torch.autograd.grad(objective.sum(), params, allow_unused=True)
         with torch.no_grad():

@@ -247,6 +247,15 @@ class FastMLPTrainer:
                 self.er = component
             elif name == "cbp":
                 self.cbp = component
+        # The kernel trains the model as its Linear-ReLU chain, so the ascent may
+        # compute the forward of that chain itself (EffectiveRankAscent.ascend's
+        # runs_as_chain) where its chain is the model's.
+        chains = None if self.er is None else self.er.relu_chains
+        self.er_runs_as_chain = (
+            chains is not None
+            and len(chains) == 1
+            and [linear for linear, _ in chains[0]] == self.layers[: len(chains[0])]
+        )
         reference = self.layers[0].weight
         self.method = method
         kernel = None
@@ -313,7 +322,7 @@ class FastMLPTrainer:
             if self.er is not None and self.er.record(
                 inputs[position:done], steps=done - position
             ):
-                self.er.ascend_on_buffer()
+                self.er.ascend_on_buffer(runs_as_chain=self.er_runs_as_chain)
             self.num_steps += done - position
             position = done
         return predictions, losses

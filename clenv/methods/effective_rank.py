@@ -59,6 +59,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,6 +78,10 @@ from clenv.metrics.activations import (
     resolve_layers,
 )
 from clenv.metrics.hessian import trainable_parameters
+from clenv.metrics.rank import (  # its epsilon: p = sigma / max(sum sigma, eps)
+    _EPS,
+    effective_rank_from_singular_values,
+)
 
 SCHEDULES = ("step", "epoch")
 TIMINGS = ("after", "before")
@@ -84,9 +89,6 @@ LAYER_GROUPS = ("all", "by_network")
 GRADIENTS = ("closed_form", "autograd")
 ROUTES = ("gram", "svd")
 
-# clenv.metrics.effective_rank's epsilon (p = sigma / max(sum sigma, eps) and
-# log(p + eps)), SC's definition.
-_EPS = 1e-8
 # The Gram route is used where lambda_min >= ratio * lambda_max (lambda: eigenvalues of
 # the Gram matrix, sigma^2). In float64 its relative error against the SVD route grows
 # as about 1e-17 kappa^2 (kappa = sigma_max / sigma_min; measured 9e-12 at kappa 1e3,
@@ -99,8 +101,8 @@ _GRAM_MIN_RATIO_DEFAULT = 1e-12
 
 
 def _effective_rank_and_sigma_gradient(
-    sigma: torch.Tensor, counted: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    sigma: np.ndarray, counted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``erank`` of singular values ``sigma`` (..., k) and d erank / d sigma.
 
     Exactly :func:`clenv.metrics.effective_rank` with its epsilon: with
@@ -113,19 +115,30 @@ def _effective_rank_and_sigma_gradient(
     others, placeholders, count as zeros); the derivative formula is still evaluated
     at every entry, so a placeholder gets the value a singular value equal to it
     would (see :func:`_gram_route`).
+
+    In numpy, on the host, in ``sigma``'s dtype: a few dozen operations on (..., k)
+    values, each several times cheaper in numpy than as a torch call.
     """
     counted_sigma = sigma if counted is None else sigma * counted
-    total = counted_sigma.sum(-1, keepdim=True)
-    scale = total.clamp(min=_EPS)
+    rank = effective_rank_from_singular_values(counted_sigma)[..., None]
+    total = counted_sigma.sum(-1, keepdims=True)
+    scale = np.maximum(total, _EPS)
     p = counted_sigma / scale
-    log_p = torch.log(p + _EPS)
-    rank = torch.exp(-(p * log_p).sum(-1, keepdim=True))
-    g = -rank * (log_p + p / (p + _EPS))
-    through_sum = (g * p).sum(-1, keepdim=True) * (total >= _EPS)
+    g = -rank * (np.log(p + _EPS) + p / (p + _EPS))
+    through_sum = (g * p).sum(-1, keepdims=True) * (total >= _EPS)
     if counted is not None:
         p = sigma / scale
-        g = -rank * (torch.log(p + _EPS) + p / (p + _EPS))
-    return rank.squeeze(-1), (g - through_sum) / scale
+        g = -rank * (np.log(p + _EPS) + p / (p + _EPS))
+    return rank[..., 0], (g - through_sum) / scale
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``; on the CPU through numpy: for the (batched) 100x100 float64
+    products of the Gram route, numpy's OpenBLAS GEMM took half the time of torch's
+    MKL one on the project's machine (an AMD EPYC; float32 the same)."""
+    if a.device.type == "cpu" and b.device.type == "cpu":
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    return a @ b
 
 
 def _svd_route(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +147,10 @@ def _svd_route(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     wide = matrix.shape[-2] < matrix.shape[-1]
     tall = matrix.mT if wide else matrix
     left, sigma, right_t = torch.linalg.svd(tall, full_matrices=False)
-    rank, sigma_gradient = _effective_rank_and_sigma_gradient(sigma)
+    rank, sigma_gradient = _effective_rank_and_sigma_gradient(sigma.cpu().numpy())
+    sigma_gradient = torch.from_numpy(sigma_gradient).to(matrix.device)
     gradient = (left * sigma_gradient.unsqueeze(-2)) @ right_t
+    rank = torch.from_numpy(np.asarray(rank)).to(matrix.device)
     return rank, gradient.mT if wide else gradient
 
 
@@ -161,10 +176,12 @@ def _gram_route(
     ``(c / sigma) H e_j e_j^T`` is 0 since ``H e_j = 0``; where the solver mixes e_j
     with a genuine eigenvector of the same eigenvalue, both get the same weight, so
     the mixture is exact too.
+
+    The spectrum's arithmetic ((..., k) values) runs in numpy on the host.
     """
     wide = matrix.shape[-2] < matrix.shape[-1]
     h = matrix.to(torch.float64)
-    gram = h @ h.mT if wide else h.mT @ h
+    gram = _matmul(h, h.mT) if wide else _matmul(h.mT, h)
     diagonal = gram.diagonal(dim1=-2, dim2=-1)
     dead = diagonal == 0 if relu_features else None
     has_dead = dead is not None and bool(dead.any())
@@ -174,25 +191,34 @@ def _gram_route(
         placeholder = diagonal.sum(-1, keepdim=True) / live
         diagonal.add_(dead * placeholder)
     eigenvalues, vectors = torch.linalg.eigh(gram)
+    eigenvalues = eigenvalues.cpu().numpy()
     counted = None
     if has_dead:
-        closeness = (eigenvalues - placeholder).abs().argsort(-1).argsort(-1)
-        counted = closeness >= num_dead
+        distance = np.abs(eigenvalues - placeholder.cpu().numpy())
+        closeness = distance.argsort(-1, kind="stable").argsort(-1, kind="stable")
+        counted = closeness >= num_dead.cpu().numpy()
     if counted is None:
         smallest, largest = eigenvalues[..., 0], eigenvalues[..., -1]
     else:
-        smallest = torch.where(counted, eigenvalues, torch.inf).amin(-1)
-        largest = torch.where(counted, eigenvalues, -torch.inf).amax(-1)
+        smallest = np.where(counted, eigenvalues, np.inf).min(-1)
+        largest = np.where(counted, eigenvalues, -np.inf).max(-1)
     accurate = (smallest >= min_ratio * largest) & (largest > 0)
-    sigma = eigenvalues.clamp(min=0).sqrt()
+    sigma = np.sqrt(np.maximum(eigenvalues, 0))
     rank, sigma_gradient = _effective_rank_and_sigma_gradient(sigma, counted)
-    weights = torch.where(accurate.unsqueeze(-1), sigma_gradient / sigma, 0.0)
+    weights = np.divide(
+        sigma_gradient,
+        sigma,
+        out=np.zeros_like(sigma_gradient),
+        where=np.broadcast_to(accurate[..., None], sigma.shape),
+    )
+    weights = torch.from_numpy(weights).to(vectors.device)
     # f(K) = V diag(c / sigma) V^T in float64 (small: the Gram's side); the product
     # with H in H's dtype (float32: the gradient then carries float32 rounding, ~1e-7
     # kappa relative, as the features' own rounding does).
-    function = ((vectors * weights.unsqueeze(-2)) @ vectors.mT).to(matrix.dtype)
-    gradient = function @ matrix if wide else matrix @ function
-    return rank, gradient, accurate
+    function = _matmul(vectors * weights.unsqueeze(-2), vectors.mT).to(matrix.dtype)
+    gradient = _matmul(function, matrix) if wide else _matmul(matrix, function)
+    rank = torch.from_numpy(np.asarray(rank)).to(matrix.device)
+    return rank, gradient, torch.from_numpy(np.asarray(accurate))
 
 
 def effective_rank_gradient(
@@ -470,10 +496,19 @@ class EffectiveRankAscent(PlasticityMethod):
         """Steps left until the next ascent (``schedule="step"``): 1..interval."""
         return self.interval - self.num_steps % self.interval
 
-    def ascend_on_buffer(self) -> torch.Tensor:
-        """Ascend on the buffered inputs and empty the buffer."""
-        objective = self.ascend(torch.cat(self.buffer))
-        self.buffer.clear()
+    def ascend_on_buffer(self, runs_as_chain: bool = False) -> torch.Tensor:
+        """Ascend on the buffered inputs and empty the buffer.
+
+        Args:
+            runs_as_chain: see :meth:`ascend`.
+        """
+        buffer = self.buffer
+        inputs = buffer[0] if len(buffer) == 1 else torch.cat(buffer)
+        if runs_as_chain:
+            objective = self.ascend(inputs, runs_as_chain=True)
+        else:  # the one-argument call that wrappers of ascend() expect
+            objective = self.ascend(inputs)
+        buffer.clear()
         return objective
 
     def after_step(self, inputs: Any = None) -> None:
@@ -530,8 +565,17 @@ class EffectiveRankAscent(PlasticityMethod):
             by_group.setdefault(group, []).append(rank)
         return torch.stack([torch.stack(g).mean() for g in by_group.values()]).sum()
 
-    def ascend(self, inputs: Any) -> torch.Tensor:
+    def ascend(self, inputs: Any, runs_as_chain: bool = False) -> torch.Tensor:
         """One ascent step ``theta += ascent_lr * grad objective(inputs)``.
+
+        Args:
+            inputs: what ``forward_fn(model, inputs)`` reads.
+            runs_as_chain: the caller guarantees that ``forward_fn(model, inputs)``
+                is the model's one ReLU chain applied to ``inputs`` (flattened per
+                sample) and nothing else: the fast path, whose kernel trains the
+                model as that chain. With the closed-form gradient the ascent then
+                computes that forward itself instead of running ``forward_fn``
+                under hooks that check it (the same numbers, less overhead).
 
         Returns:
             The objective before the step (detached), e.g. for logging.
@@ -543,7 +587,11 @@ class EffectiveRankAscent(PlasticityMethod):
         if self.gradient == "autograd":
             objective = self._ascend_by_autograd(inputs)
         if objective is None and self.relu_chains is not None:
-            objective = self._ascend_relu_chains(inputs)
+            direct = runs_as_chain and len(self.relu_chains) == 1
+            if direct and torch.is_tensor(inputs):
+                objective = self._ascend_one_chain(inputs)
+            else:
+                objective = self._ascend_relu_chains(inputs)
         if objective is None:
             objective = self._ascend_through_features(inputs)
         self.num_ascents += 1
@@ -693,6 +741,52 @@ class EffectiveRankAscent(PlasticityMethod):
                     [by_module.get(id(relu)) for _, relu in chain],
                     self.ascent_lr,
                 )
+        return objective
+
+    @torch.no_grad()
+    def _ascend_one_chain(self, inputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`_ascend_relu_chains` for a model known to be its one ReLU chain
+        (``runs_as_chain``): the forward computed here, layer by layer, the outputs
+        of equal-width layers written into one stacked tensor that the batched
+        eigendecomposition reads as it is."""
+        chain = self.relu_chains[0]
+        weights = [linear.weight.data for linear, _ in chain]
+        biases = [None if linear.bias is None else linear.bias.data
+                  for linear, _ in chain]  # fmt: skip
+        x = inputs.reshape(inputs.shape[0], -1)
+        widths = {w.shape[0] for w in weights}
+        stacked = None
+        if len(widths) == 1:
+            stacked = x.new_empty(len(chain), x.shape[0], widths.pop())
+        layer_inputs, features = [], []
+        h = x
+        for index, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            layer_inputs.append(h)
+            out = None if stacked is None else stacked[index]
+            if bias is None:
+                h = torch.mm(h, weight.T, out=out)
+            else:
+                h = torch.addmm(bias, h, weight.T, out=out)
+            h = h.clamp_(min=0)
+            features.append(h)
+        position = {id(relu): index for index, (_, relu) in enumerate(chain)}
+        ranked = [position[id(m)] for m in self.feature_modules]
+        if stacked is not None and ranked == list(range(len(chain))):
+            ranks, gradients = effective_rank_gradient(stacked, relu_features=True)
+            layer_weights = torch.tensor(self.layer_weights, dtype=ranks.dtype)
+            objective = (ranks * layer_weights.to(ranks.device)).sum()
+            gradients.mul_(layer_weights.to(gradients).view(-1, 1, 1))
+            feature_gradients: list[torch.Tensor | None] = list(gradients)
+        else:
+            objective, ranked_gradients = self.objective_and_feature_gradients(
+                [features[i] for i in ranked], [True] * len(ranked)
+            )
+            feature_gradients = [None] * len(chain)
+            for index, gradient in zip(ranked, ranked_gradients, strict=True):
+                feature_gradients[index] = gradient
+        if self.ascent_lr > 0:
+            ascend_relu_chain(weights, biases, layer_inputs, features,
+                              feature_gradients, self.ascent_lr)  # fmt: skip
         return objective
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ values sigma_1 >= sigma_2 >= ... Each measure has one name:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _EPS = 1e-8
@@ -70,10 +71,25 @@ def effective_rank(features: torch.Tensor) -> torch.Tensor:
     return effective_rank_from_singular_values(singular_values(features))
 
 
-def effective_rank_from_singular_values(sigma: torch.Tensor) -> torch.Tensor:
-    """:func:`effective_rank` from precomputed singular values."""
-    p = sigma / torch.clamp(sigma.sum(), min=_EPS)
-    return torch.exp(-(p * torch.log(p + _EPS)).sum())
+def effective_rank_from_singular_values(
+    sigma: torch.Tensor | np.ndarray,
+) -> torch.Tensor | np.ndarray:
+    """:func:`effective_rank` from precomputed singular values.
+
+    The one implementation of the formula (the fast path's batched ascent and the
+    closed-form L2-ER gradient, :mod:`clenv.methods.effective_rank`, call it too).
+
+    Args:
+        sigma: (..., k) singular values of one matrix or of a batch of them: a tensor
+            (differentiable) or a numpy array.
+
+    Returns:
+        The effective rank of each, shape ``sigma.shape[:-1]`` (0-dim for one
+        matrix), of ``sigma``'s type.
+    """
+    log, exp = (torch.log, torch.exp) if torch.is_tensor(sigma) else (np.log, np.exp)
+    p = sigma / sigma.sum(-1)[..., None].clip(min=_EPS)
+    return exp(-(p * log(p + _EPS)).sum(-1))
 
 
 def _fewest_reaching(values: torch.Tensor, fraction: float) -> int:
