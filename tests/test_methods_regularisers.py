@@ -399,6 +399,61 @@ def test_upgd_sgd_steps_equal_the_hand_written_update(protect):
             torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-14)
 
 
+def per_tensor_upgd_after_backward(method):
+    """UPGD.after_backward as one call per tensor (its code before the foreach
+    rewrite), for the bit-for-bit comparison below."""
+    live = [(p, u) for p, u in zip(method.params, method.utilities, strict=True)]
+    live = [(p, u) for p, u in live if p.grad is not None]
+    method.step += 1
+    beta = method.beta_utility
+    for param, utility in live:
+        utility.mul_(beta).add_(-param.grad * param, alpha=1 - beta)
+    global_max = torch.stack([u.max() for _, u in live]).max()
+    for param, utility in live:
+        noise = torch.randn(
+            param.shape, generator=method.rng.generator, dtype=param.dtype
+        )
+        noise = noise * method.sigma
+        gate = 1 - torch.sigmoid((utility / (1 - beta**method.step)) / global_max)
+        if method.protect_gradient:
+            param.grad.add_(noise).mul_(gate)
+        else:
+            param.grad.add_(noise.mul_(gate))
+        param.grad.add_(param, alpha=method.weight_decay)
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_upgd_foreach_update_is_the_per_tensor_loops_bit_for_bit(protect):
+    models = [mlp(widths=(30, 40, 17, 3), dtype=torch.float32) for _ in range(2)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in models]
+    methods = [
+        UPGD(m, o, sigma=0.1, beta_utility=0.9, protect_gradient=protect, seed=1)
+        for m, o in zip(models, optimizers, strict=True)
+    ]
+    for seed in range(5):
+        x, y = batch(d=30, seed=seed, dtype=torch.float32)
+        for index, (model, optimizer) in enumerate(
+            zip(models, optimizers, strict=True)
+        ):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            model[-1].bias.grad = None  # a parameter without gradient: skipped
+            if index:
+                methods[index].after_backward()
+            else:
+                with torch.no_grad():
+                    per_tensor_upgd_after_backward(methods[index])
+            optimizer.step()
+    for got, want in zip(models[1].parameters(), models[0].parameters(), strict=True):
+        assert torch.equal(got, want)
+    for got, want in zip(methods[1].utilities, methods[0].utilities, strict=True):
+        assert torch.equal(got, want)
+    assert methods[1].utilities[-1].abs().max() == 0  # no gradient, no trace
+    start = mlp(widths=(30, 40, 17, 3), dtype=torch.float32)
+    assert not torch.equal(models[1][0].weight, start[0].weight)
+    assert torch.equal(models[1][-1].bias, start[-1].bias)
+
+
 def test_upgd_refuses_optimizers_whose_step_is_not_plain_sgd():
     model = mlp()
     for optimizer, problem in (

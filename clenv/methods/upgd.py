@@ -109,6 +109,7 @@ class UPGD(PlasticityMethod):
         self.protect_gradient = bool(protect_gradient)
         self.params = trainable_parameters(model)
         self.utilities = [torch.zeros_like(p) for p in self.params]
+        self.noises = [torch.empty_like(p) for p in self.params]  # drawn each step
         self.rng = SeededGenerator(self.params[0].device, seed)
         # to be filled in runtime
         self.step = 0
@@ -124,37 +125,39 @@ class UPGD(PlasticityMethod):
     def after_backward(self) -> None:
         if self.reason:
             raise ValueError(self._refusal())
-        params = [p for p in self.params if p.grad is not None]
-        utilities = [
-            u
-            for p, u in zip(self.params, self.utilities, strict=True)
-            if p.grad is not None
-        ]
-        if not params:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
             return
+        params = [self.params[i] for i in live]
+        grads = [p.grad for p in params]
+        utilities = [self.utilities[i] for i in live]
+        noises = [self.noises[i] for i in live]
         self.step += 1
         beta = self.beta_utility
-        for param, utility in zip(params, utilities, strict=True):
-            utility.mul_(beta).add_(-param.grad * param, alpha=1 - beta)
-        global_max = torch.stack([u.max() for u in utilities]).max()
+        # u <- beta u + (1 - beta) (-g * w). Every torch._foreach_* call runs the
+        # kernel that one call per tensor runs, so the numbers are those of the
+        # per-tensor loop (bit for bit), with less Python per step.
+        torch._foreach_mul_(utilities, beta)
+        products = torch._foreach_mul(grads, params)
+        torch._foreach_add_(utilities, products, alpha=-(1 - beta))
+        global_max = torch.stack(torch._foreach_max(utilities)).max()
         bias_correction = 1 - beta**self.step
-        for param, utility in zip(params, utilities, strict=True):
-            noise = (
-                torch.randn(
-                    param.shape,
-                    generator=self.rng.generator,
-                    device=param.device,
-                    dtype=param.dtype,
-                )
-                * self.sigma
-            )
-            gate = 1 - torch.sigmoid((utility / bias_correction) / global_max)
-            grad = param.grad
-            if self.protect_gradient:
-                grad.add_(noise).mul_(gate)
-            else:
-                grad.add_(noise.mul_(gate))
-            grad.add_(param, alpha=self.weight_decay)
+        for noise in noises:  # one draw per tensor, in order: the same stream
+            torch.randn(noise.shape, generator=self.rng.generator, out=noise)
+        torch._foreach_mul_(noises, self.sigma)
+        # gate = 1 - sigmoid((u / (1 - beta^t)) / eta)
+        gates = torch._foreach_div(utilities, bias_correction)
+        torch._foreach_div_(gates, global_max)
+        torch._foreach_sigmoid_(gates)
+        torch._foreach_neg_(gates)
+        torch._foreach_add_(gates, 1)
+        if self.protect_gradient:
+            torch._foreach_add_(grads, noises)
+            torch._foreach_mul_(grads, gates)
+        else:
+            torch._foreach_mul_(noises, gates)
+            torch._foreach_add_(grads, noises)
+        torch._foreach_add_(grads, params, alpha=self.weight_decay)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
