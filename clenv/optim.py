@@ -384,11 +384,21 @@ def newton_schulz(
     """optax's ``orthogonalize_via_newton_schulz`` (v0.2.5 ``_muon.py:38-93``) of a
     torch ``(out, in)`` weight-shaped matrix, in its own dtype.
 
-    optax runs on Flax's ``(in, out)`` kernel ``K = W^T``, transposed to ``(out, in)``
+    optax iterates on Flax's ``(in, out)`` kernel ``K = W^T``, transposed to ``(out, in)``
     when ``in > out``, so on ``W`` when ``in > out`` and on ``W^T`` otherwise (a
     square one too): the same matrix here, the result returned as ``W``'s shape.
     Then ``X /= ||X||_F + eps`` and ``steps`` times ``A = X X^T``,
     ``X = a X + (b A + c A A) X``.
+
+    A matrix whose long side is at least twice its short side (the first layer of
+    an MLP: 100 x 784) is iterated in the short side's space, the same products
+    associated differently: each step is ``X = P X`` with ``P = a I + b A + c A A``,
+    so ``X_k = Q_k X_0`` with ``Q_{k+1} = P_k Q_k`` and ``A_k = Q_k A_0 Q_k^T``;
+    only ``A_0 = X_0 X_0^T`` and the final ``Q X_0`` touch the long side (2 of the
+    10 long products), and every 3 steps ``X`` is formed and ``A_0`` taken afresh
+    (float32 rounding in ``Q`` would otherwise grow on a nearly low-rank momentum).
+    Equal in exact arithmetic; in float32 as close to optax's float64 result as the
+    direct iteration (tests/test_optim.py), ~2.5x fewer multiplications at 100 x 784.
 
     Example:
         >>> matrix = torch.randn(3, 5, dtype=torch.float64)
@@ -400,11 +410,36 @@ def newton_schulz(
     transposed = matrix.shape[0] >= matrix.shape[1]
     x = matrix.T if transposed else matrix
     x = x / (torch.linalg.vector_norm(x) + eps)
-    for _ in range(steps):
-        gram = x @ x.T
-        polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, polynomial, x, beta=a)
+    if x.shape[1] >= 2 * x.shape[0]:
+        x = _newton_schulz_short_side(x, coefficients, steps)
+    else:
+        for _ in range(steps):
+            gram = x @ x.T
+            polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            x = torch.addmm(x, polynomial, x, beta=a)
     return x.T if transposed else x
+
+
+#: Steps of :func:`newton_schulz`'s short-side iteration between two fresh ``A_0``.
+SHORT_SIDE_RESTART = 3
+
+
+def _newton_schulz_short_side(
+    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int
+) -> torch.Tensor:
+    """The Newton-Schulz steps of a wide normalised ``x`` (rows <= columns / 2)
+    through ``Q`` (:func:`newton_schulz`)."""
+    a, b, c = coefficients
+    for start in range(0, steps, SHORT_SIDE_RESTART):
+        gram_0 = x @ x.T
+        product = None  # Q; None for the identity
+        for _ in range(min(SHORT_SIDE_RESTART, steps - start)):
+            gram = gram_0 if product is None else product @ gram_0 @ product.T
+            polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            polynomial.diagonal().add_(a)
+            product = polynomial if product is None else polynomial @ product
+        x = product @ x
+    return x
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None):
@@ -637,19 +672,29 @@ def _import_trac():
 
 def trac_optimizer_class(base: type[torch.optim.Optimizer]) -> type:
     """``trac_optimizer.start_trac`` around ``base`` (the package's defaults: betas
-    0.9 ... 0.999999, s_prev 1e-8, eps 1e-8; its per-step log goes to
-    ``os.devnull``), with a ``state_dict`` that survives a resume.
+    0.9 ... 0.999999, s_prev 1e-8, eps 1e-8), with a ``state_dict`` that survives a
+    resume, and without the package's per-step log line.
 
     The package keeps its state under ``optimizer.state["_trac"]``, keyed by the
     parameter tensors themselves, which ``torch.optim``'s ``load_state_dict`` cannot
     map back; this class stores it by parameter index and rebuilds it on load.
+    The package's ``step`` is its update (``trac_optimizer.trac._step``) followed by
+    opening its log file to append a line; ``step`` here is the same update, at the
+    package's own default settings, without the file (~0.05 ms a step).
 
     Raises:
         ImportError: without ``trac-optimizer`` (the message says how to install it).
     """
-    wrapped = _import_trac().start_trac(os.devnull, base)
+    package = _import_trac()
+    wrapped = package.start_trac(os.devnull, base)
+    defaults = inspect.signature(package.start_trac).parameters
+    settings = [defaults[name].default for name in ("betas", "s_prev", "eps")]
+    update = package.trac._step
 
     class TRAC(wrapped):
+        def step(self):
+            return update(self, super(wrapped, self).step, *settings)[0]
+
         def _params(self) -> list[torch.Tensor]:
             return [p for group in self.param_groups for p in group["params"]]
 

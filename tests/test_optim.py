@@ -10,7 +10,9 @@ a torch ``(out, in)`` weight ``W`` is the kernel ``W.T`` there.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
+import os
 
 import numpy as np
 import pytest
@@ -127,6 +129,22 @@ def test_newton_schulz_is_optaxs_on_the_flax_kernel(shape):
     # Its singular values are near one (what the iteration is for).
     assert (
         0.5 < torch.linalg.svdvals(ours).min() < torch.linalg.svdvals(ours).max() < 1.5
+    )
+
+
+def test_newton_schulz_of_a_nearly_low_rank_momentum_is_optaxs():
+    """A wide matrix of a few decaying rank-1 terms (batch-1 gradients' momentum),
+    iterated in its short side's space: as close to optax's float64 result as the
+    direct iteration (without the restart every 3 steps, Q's rounding grows to
+    ~3e-4)."""
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(16, 8, generator=generator, dtype=torch.float64)
+    right = torch.rand(8, 128, generator=generator, dtype=torch.float64)
+    weight = ((left * 0.5 ** torch.arange(8)) @ right).float()
+    expected = optax_orthogonalize(weight.double().numpy().T).T
+    np.testing.assert_allclose(newton_schulz(weight).numpy(), expected, atol=2e-5)
+    np.testing.assert_allclose(
+        newton_schulz(weight.T).numpy(), expected.T, rtol=0, atol=2e-5
     )
 
 
@@ -422,3 +440,31 @@ def test_fast_calls_respect_a_replaced_sgd_step(monkeypatch):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, fused=True)
     train_with(fast_calls(optimizer), model, steps=3)
     assert len(calls) == 3
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("trac_optimizer") is None,
+    reason="trac-optimizer not installed (pip install clenv[trac])",
+)
+@pytest.mark.parametrize("base", ["adam", "sgd"])
+def test_trac_steps_as_the_packages_own_optimizer(base):
+    """make_optimizer's TRAC (its step without the package's log line) moves the
+    weights exactly as the package's start_trac optimizer."""
+    import trac_optimizer
+
+    ours, theirs = small_model(), small_model()
+    ours_opt = make_optimizer("trac", ours, 1e-3, trac_base=base)
+    base_class = torch.optim.Adam if base == "adam" else torch.optim.SGD
+    theirs_opt = trac_optimizer.start_trac(os.devnull, base_class)(
+        theirs.parameters(), lr=1e-3
+    )
+    train_with((ours_opt.zero_grad, ours_opt.step), ours, steps=6)
+    train_with((theirs_opt.zero_grad, theirs_opt.step), theirs, steps=6)
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(ours.parameters(), small_model().parameters(), strict=True)
+    ]
+    assert any(moved)
+    for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(mine, other)
+    assert torch.equal(ours_opt.state["_trac"]["s"], theirs_opt.state["_trac"]["s"])
