@@ -17,6 +17,7 @@ from torch import nn
 from clenv.methods import EffectiveRankAscent, make_method
 from clenv.methods.effective_rank import ascend_relu_chain, effective_rank_gradient
 from clenv.metrics import effective_rank
+from clenv.metrics.rank import effective_rank_from_singular_values
 
 TOLERANCE = 1e-10
 
@@ -122,8 +123,9 @@ def test_a_batch_of_matrices_is_each_matrix_alone():
         effective_rank_gradient(torch.zeros(5))
 
 
-def ascent_steps(model, inputs, forward_fn=None, **kwargs):
-    """The parameter change of one ascent (lr 1) by the closed form and by autograd."""
+def ascent_steps(model, inputs, forward_fn=None, runs_as_chain=False, **kwargs):
+    """The parameter change of one ascent (lr 1) by the closed form and by autograd
+    (``runs_as_chain``: passed to the closed form's ascend)."""
     steps = {}
     for gradient in ("closed_form", "autograd"):
         copied = copy.deepcopy(model)
@@ -131,7 +133,10 @@ def ascent_steps(model, inputs, forward_fn=None, **kwargs):
         er = EffectiveRankAscent(
             copied, ascent_lr=1.0, gradient=gradient, forward_fn=forward_fn, **kwargs
         )
-        objective = er.ascend(inputs)
+        if gradient == "closed_form" and runs_as_chain:
+            objective = er.ascend(inputs, runs_as_chain=True)
+        else:
+            objective = er.ascend(inputs)
         changes = [
             p.detach() - b for p, b in zip(copied.parameters(), before, strict=True)
         ]
@@ -169,6 +174,23 @@ def test_manual_backward_of_a_relu_mlp_is_autograds_step(samples, dead_units):
     # Only the last 2 layers ranked: the sweep still reaches the first Linear.
     steps = ascent_steps(model, inputs, last_layers=2)
     assert steps["closed_form"][2].relu_chains is not None
+    assert_same_step(steps)
+
+
+@pytest.mark.parametrize(
+    "sizes, last_layers",
+    [((6, 24, 24, 24, 3), None), ((6, 24, 24, 24, 3), 2), ((6, 24, 16, 3), None)],
+)
+@pytest.mark.parametrize("dead_units", [False, True])
+def test_runs_as_chain_forward_is_autograds_step(sizes, last_layers, dead_units):
+    """ascend(runs_as_chain=True) (the fast path's call: the forward computed by the
+    ascent itself, equal widths stacked for one batched eigh) steps as autograd."""
+    model = mlp(sizes)
+    if dead_units:
+        with torch.no_grad():
+            model[0].bias[:4] = -100.0  # inactive on every sample
+    inputs = torch.randn(30, 6, generator=torch.Generator().manual_seed(3)).double()
+    steps = ascent_steps(model, inputs, runs_as_chain=True, last_layers=last_layers)
     assert_same_step(steps)
 
 
@@ -244,6 +266,21 @@ def test_ascend_relu_chain_broadcasts_over_stacked_chains():
         expected = [p + d for p, d in zip(model.parameters(), change, strict=True)]
         torch.testing.assert_close(weights[0][index], expected[0], rtol=0, atol=1e-12)
         torch.testing.assert_close(biases[1][index], expected[3], rtol=0, atol=1e-12)
+
+
+def test_effective_rank_formula_batches_and_takes_numpy():
+    """The one effective-rank formula (clenv.metrics.rank), which the closed form
+    evaluates in numpy and the batched fast path on (..., k) tensors: each matrix's
+    erank, as effective_rank computes it alone."""
+    matrices = torch.stack([relu_features(12, 7, seed=s) for s in range(3)])
+    sigma = torch.linalg.svdvals(matrices)
+    batched = effective_rank_from_singular_values(sigma)
+    assert batched.shape == (3,)
+    alone = torch.stack([effective_rank(m) for m in matrices])
+    torch.testing.assert_close(batched, alone, rtol=1e-14, atol=0)
+    numpy_rank = effective_rank_from_singular_values(sigma.numpy())
+    torch.testing.assert_close(torch.from_numpy(numpy_rank), alone, rtol=1e-14, atol=0)
+    assert effective_rank_from_singular_values(torch.zeros(4)).item() == 1.0
 
 
 def test_gradient_option_is_checked_and_logged():
