@@ -675,8 +675,19 @@ class BatchedMLPTrainer:
             ).clamp_(min=0)
             features.append(h)
         gradients: list[torch.Tensor | None] = [None] * (last + 1)
-        for index, weight in zip(self.er_layers, self._layer_weights(), strict=True):
-            _, gradient = effective_rank_gradient(features[index], relu_features=True)
+        ranked = [features[index] for index in self.er_layers]
+        if len({f.shape for f in ranked}) == 1:  # one batched eigh for all layers
+            _, stacked = effective_rank_gradient(
+                torch.stack(ranked), relu_features=True
+            )
+            ranked_gradients = list(stacked)
+        else:
+            ranked_gradients = [
+                effective_rank_gradient(f, relu_features=True)[1] for f in ranked
+            ]
+        for index, weight, gradient in zip(
+            self.er_layers, self._layer_weights(), ranked_gradients, strict=True
+        ):
             gradients[index] = gradient.mul_(weight)
         ascend_chain(self.weights[: last + 1], self.biases[: last + 1], layer_inputs,
                      features, gradients, self.ers[0].ascent_lr)  # fmt: skip
