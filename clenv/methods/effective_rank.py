@@ -132,15 +132,6 @@ def _effective_rank_and_sigma_gradient(
     return rank[..., 0], (g - through_sum) / scale
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b``; on the CPU through numpy: for the (batched) 100x100 float64
-    products of the Gram route, numpy's OpenBLAS GEMM took half the time of torch's
-    MKL one on the project's machine (an AMD EPYC; float32 the same)."""
-    if a.device.type == "cpu" and b.device.type == "cpu":
-        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
-    return a @ b
-
-
 def _svd_route(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """erank and its gradient ``U diag(d erank / d sigma) V^T`` from the SVD, in the
     matrix's dtype: the factorisation autograd's ``svdvals`` backward uses."""
@@ -181,7 +172,7 @@ def _gram_route(
     """
     wide = matrix.shape[-2] < matrix.shape[-1]
     h = matrix.to(torch.float64)
-    gram = _matmul(h, h.mT) if wide else _matmul(h.mT, h)
+    gram = h @ h.mT if wide else h.mT @ h
     diagonal = gram.diagonal(dim1=-2, dim2=-1)
     dead = diagonal == 0 if relu_features else None
     has_dead = dead is not None and bool(dead.any())
@@ -215,8 +206,8 @@ def _gram_route(
     # f(K) = V diag(c / sigma) V^T in float64 (small: the Gram's side); the product
     # with H in H's dtype (float32: the gradient then carries float32 rounding, ~1e-7
     # kappa relative, as the features' own rounding does).
-    function = _matmul(vectors * weights.unsqueeze(-2), vectors.mT).to(matrix.dtype)
-    gradient = _matmul(function, matrix) if wide else _matmul(matrix, function)
+    function = ((vectors * weights.unsqueeze(-2)) @ vectors.mT).to(matrix.dtype)
+    gradient = function @ matrix if wide else matrix @ function
     rank = torch.from_numpy(np.asarray(rank)).to(matrix.device)
     return rank, gradient, torch.from_numpy(np.asarray(accurate))
 
@@ -773,9 +764,9 @@ class EffectiveRankAscent(PlasticityMethod):
         ranked = [position[id(m)] for m in self.feature_modules]
         if stacked is not None and ranked == list(range(len(chain))):
             ranks, gradients = effective_rank_gradient(stacked, relu_features=True)
-            layer_weights = torch.tensor(self.layer_weights, dtype=ranks.dtype)
-            objective = (ranks * layer_weights.to(ranks.device)).sum()
-            gradients.mul_(layer_weights.to(gradients).view(-1, 1, 1))
+            layer_weights = ranks.new_tensor(self.layer_weights)
+            objective = ranks @ layer_weights
+            gradients.mul_(layer_weights.to(gradients.dtype).view(-1, 1, 1))
             feature_gradients: list[torch.Tensor | None] = list(gradients)
         else:
             objective, ranked_gradients = self.objective_and_feature_gradients(
