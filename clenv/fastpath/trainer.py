@@ -25,7 +25,9 @@ How each method runs here:
   :class:`clenv.methods.EffectiveRankAscent` component the chunk's inputs
   (``record``) and, when due, lets it ascend on its buffer (``ascend_on_buffer``: the
   closed-form gradient and manual backward of :mod:`clenv.methods.effective_rank`, on
-  the same parameter tensors), so the ascent
+  the same parameter tensors; ``runs_as_chain=True``, since the kernel trains the
+  model as its Linear-ReLU chain, so the ascent computes that forward itself, without
+  forward hooks), so the ascent
   happens between the same two examples as in the autograd loop and the method's
   ``state_dict`` stays valid.
 * **CBP**: the :class:`clenv.methods.ContinualBackprop` component's statistics (ages,

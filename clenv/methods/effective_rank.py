@@ -41,7 +41,9 @@ accurate enough), and the ascent then
   fast path's models, a PPO agent's ReLU actor and critic) runs the forward without a
   graph and backpropagates the feature gradients of all ranked layers by hand, in one
   backward sweep per chain that updates each ``Linear`` in place
-  (:func:`ascend_relu_chain`);
+  (:func:`ascend_relu_chain`); a caller that knows the model is its one chain (the
+  batch-1 fast path) passes ``runs_as_chain=True`` to :meth:`EffectiveRankAscent.ascend`
+  and the ascent computes that forward itself instead of checking it through hooks;
 * for any other model (ConvNet, ResNet, a Tanh critic) runs the forward with a graph and
   calls ``torch.autograd.grad(features, params, grad_outputs=feature_gradients)``: the
   network's backward by autograd, the SVD's by the closed form.
