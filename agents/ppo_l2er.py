@@ -183,20 +183,27 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x)
 
-    def act(self, x):
-        """``(action, log-probability, value)`` of a sampled action on ``x``: what
-        :meth:`get_action_and_value` computes for the rollout, in the same float
-        operations (so the same numbers), without a ``Normal`` object or the
-        entropy: the rollout calls it once per step."""
+    def rollout_std(self, num_envs):
+        """The policy's std for ``num_envs`` rows, ``2 std^2`` and ``log std``: what
+        :meth:`act` needs besides the observation, computed once per rollout (the
+        parameters change in the update only)."""
+        action_std = torch.exp(self.actor_logstd.expand(num_envs, -1))
+        return action_std, 2 * action_std**2, action_std.log()
+
+    def act(self, x, action_std, two_variance, log_std):
+        """``(action, log-probability)`` of a sampled action on ``x`` (the std terms:
+        :meth:`rollout_std`): what :meth:`get_action_and_value` computes for the
+        rollout, in the same float operations (so the same numbers), without a
+        ``Normal`` object, the entropy or the critic (the rollout's values come
+        after it, in one batch): the rollout calls it once per step."""
         action_mean = self.actor_mean(x)
-        action_std = torch.exp(self.actor_logstd.expand_as(action_mean))
         action = torch.normal(action_mean, action_std)  # Normal.sample's draw
         log_prob = (  # Normal.log_prob's arithmetic
-            -((action - action_mean) ** 2) / (2 * action_std**2)
-            - action_std.log()
+            -((action - action_mean) ** 2) / two_variance
+            - log_std
             - math.log(math.sqrt(2 * math.pi))
         )
-        return action, log_prob.sum(1), self.critic(x)
+        return action, log_prob.sum(1)
 
     def get_action_and_value(self, x, action=None):
         action_mean = self.actor_mean(x)
@@ -318,13 +325,13 @@ if __name__ == "__main__":
     # What a checkpoint holds besides the RNGs and the loop's own state.
     checkpointed = dict(model=agent, optimizer=optimizer, method=method, envs=envs)
 
-    # ALGO Logic: Storage setup
+    # ALGO Logic: Storage setup. float32 numpy arrays on the host, where the envs
+    # step: a write there costs a fraction of a tensor write, and the rollout goes to
+    # the device in one copy after it (on CPU, tensors sharing the arrays' memory).
     shape = (args.num_steps, args.num_envs)
-    obs = torch.zeros(shape + envs.single_observation_space.shape, device=device)
-    actions = torch.zeros(shape + envs.single_action_space.shape, device=device)
-    logprobs, rewards, dones, values = (
-        torch.zeros(shape, device=device) for _ in "1234"
-    )
+    obs = np.zeros(shape + envs.single_observation_space.shape, dtype=np.float32)
+    actions = np.zeros(shape + envs.single_action_space.shape, dtype=np.float32)
+    logprobs, rewards, dones = (np.zeros(shape, dtype=np.float32) for _ in "123")
 
     # TRY NOT TO MODIFY: start the game (or resume it where the checkpoint left it)
     with clenv.run.exit_on_error():  # every checkpoint damaged, a full disk
@@ -339,8 +346,8 @@ if __name__ == "__main__":
         state = dict(next_obs=torch.Tensor(next_obs), iteration=0, tasks={},
                      next_done=torch.zeros(args.num_envs))  # fmt: skip
     global_step = run.global_step
-    next_obs = state["next_obs"].to(device)
-    next_done = state["next_done"].to(device)
+    next_obs = state["next_obs"].numpy()
+    next_done = state["next_done"].numpy()
     tasks = TaskTracker(**state["tasks"])
     if "trackers" in state:
         trackers.load_state_dict(state["trackers"])
@@ -360,28 +367,28 @@ if __name__ == "__main__":
 
         rollout_task = tasks.task_id
         switched_tasks: list[int] = []
+        with torch.inference_mode():
+            rollout_std = agent.rollout_std(args.num_envs)
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
             dones[step] = next_done
 
-            # ALGO LOGIC: action logic (inference mode: no autograd bookkeeping)
+            # ALGO LOGIC: action logic (inference mode: no autograd bookkeeping; the
+            # values come after the rollout, in one batch)
             with torch.inference_mode():
-                action, logprob, value = agent.act(next_obs)
-                values[step] = value.flatten()
+                x = torch.from_numpy(obs[step]).to(device)
+                action, logprob = agent.act(x, *rollout_std)
+                action = action.cpu().numpy()
                 actions[step] = action
-                logprobs[step] = logprob
+                logprobs[step] = logprob.cpu().numpy()
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, next_done, infos = step_envs(
-                envs, action.cpu().numpy(), value_fn=agent.get_value, device=device,
+                envs, action, value_fn=agent.get_value, device=device,
                 gamma=args.gamma, bootstrap_truncated=args.bootstrap_truncated,
             )  # fmt: skip
-            rewards[step] = torch.tensor(reward).to(device).view(-1)
-            next_obs, next_done = (
-                torch.Tensor(next_obs).to(device),
-                torch.Tensor(next_done).to(device),
-            )
+            rewards[step] = reward
 
             # Episodes that ended here were played in the task the action was taken in.
             for episodic_return in log_episodes(logger, infos, global_step):
@@ -403,22 +410,33 @@ if __name__ == "__main__":
             method.on_task_switch(new_task)
             trackers.on_task_start()
 
-        # bootstrap value if not done
+        # The rollout to the device (flattened but for GAE's rewards and dones); its
+        # values in one batch (the parameters did not change during it: the numbers of
+        # a value per step up to float round-off); bootstrap value if not done
+        b_obs, b_actions, b_logprobs = (
+            torch.from_numpy(buffer.reshape((-1,) + buffer.shape[2:])).to(device)
+            for buffer in (obs, actions, logprobs)
+        )
+        b_rewards, b_dones = (torch.from_numpy(a).to(device) for a in (rewards, dones))
+        last_obs, last_done = (
+            torch.as_tensor(a, dtype=torch.float32, device=device)
+            for a in (next_obs, next_done)
+        )
         with torch.no_grad():
-            next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = generalized_advantages(rewards, values, dones, next_value,
-                                                next_done, args.gamma, args.gae_lambda)  # fmt: skip
+            values = agent.get_value(b_obs).view(shape)
+            next_value = agent.get_value(last_obs).reshape(1, -1)
+            advantages = generalized_advantages(b_rewards, values, b_dones, next_value,
+                                                last_done, args.gamma, args.gae_lambda)  # fmt: skip
             returns = advantages + values
 
         # flatten the batch
-        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
         b_advantages = advantages.reshape(-1)
         if args.norm_adv == "batch":
             b_advantages = normalize_advantages(b_advantages)
         batch = {
             "obs": b_obs,
-            "actions": actions.reshape((-1,) + envs.single_action_space.shape),
-            "logprobs": logprobs.reshape(-1),
+            "actions": b_actions,
+            "logprobs": b_logprobs,
             "advantages": b_advantages,
             "returns": returns.reshape(-1),
             "values": values.reshape(-1),
@@ -438,10 +456,12 @@ if __name__ == "__main__":
         for _epoch in range(args.update_epochs):
             method.before_epoch(b_obs)
             np.random.shuffle(b_inds)
+            # The minibatches: consecutive slices of the shuffled batch (the rows of
+            # CleanRL's b_inds[start:end], gathered once per epoch).
+            shuffled = {key: value[b_inds] for key, value in batch.items()}
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
-                mb_inds = b_inds[start:end]
-                minibatch = {key: value[mb_inds] for key, value in batch.items()}
+                minibatch = {key: value[start:end] for key, value in shuffled.items()}
                 loss, (pg_loss, v_loss, entropy_loss, logratio, ratio) = ppo_loss(
                     agent, minibatch, args
                 )
@@ -508,7 +528,7 @@ if __name__ == "__main__":
         ):
             # Finite weights and state (Adam's moments too), or a divergence.
             with clenv.run.exit_on_error():  # a full disk: error: <message>
-                extra = dict(next_obs=next_obs.cpu(), next_done=next_done.cpu(),
+                extra = dict(next_obs=last_obs.cpu(), next_done=last_done.cpu(),
                              iteration=iteration, tasks=vars(tasks),
                              trackers=trackers.state_dict())  # fmt: skip
                 guard.save(run, global_step, tasks.task_id, **checkpointed,

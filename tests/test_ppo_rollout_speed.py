@@ -1,6 +1,8 @@
-"""The PPO rollout's cheaper paths compute the same numbers, bit for bit:
-``Agent.act`` against ``get_action_and_value`` (the Normal distribution), and
-``generalized_advantages``' numpy loop on CPU against CleanRL's torch loop."""
+"""The PPO rollout's cheaper paths compute the same numbers: ``Agent.act`` (with
+the std terms of ``Agent.rollout_std``) against ``get_action_and_value`` (the Normal
+distribution), bit for bit; the rollout's values, taken in one batch after it, against
+a value per step, up to float round-off; ``generalized_advantages``' numpy loop on
+CPU against CleanRL's torch loop, bit for bit."""
 
 from __future__ import annotations
 
@@ -40,17 +42,38 @@ def test_act_samples_what_get_action_and_value_samples(agent_module, batch):
     obs = torch.randn(batch, 105)
     torch.manual_seed(7)
     with torch.no_grad():
-        action, logprob, _, value = agent.get_action_and_value(obs)
+        action, logprob, _, _ = agent.get_action_and_value(obs)
     torch.manual_seed(7)
     with torch.inference_mode():
-        fast = agent.act(obs)
-    assert len(fast) == 3
-    assert all(
-        torch.equal(a, b) for a, b in zip((action, logprob, value), fast, strict=True)
-    )
+        fast = agent.act(obs, *agent.rollout_std(batch))
+    assert len(fast) == 2
+    assert all(torch.equal(a, b) for a, b in zip((action, logprob), fast, strict=True))
     # The log-probability depends on the draw: a different seed, other numbers.
     with torch.inference_mode():
-        assert not torch.equal(agent.act(obs)[1], logprob)
+        assert not torch.equal(agent.act(obs, *agent.rollout_std(batch))[1], logprob)
+
+
+def test_rollout_std_follows_the_log_std(agent_module):
+    agent = agent_module.Agent(Spaces, (8,), log_std_init=-0.3)
+    with torch.no_grad():
+        agent.actor_logstd.copy_(torch.linspace(-1.0, 1.0, 8))
+    std, two_variance, log_std = agent.rollout_std(3)
+    expected = agent.actor_logstd.exp().expand(3, -1)
+    assert std.shape == (3, 8) and torch.equal(std, expected)
+    assert torch.equal(two_variance, 2 * expected**2)
+    assert torch.allclose(log_std, agent.actor_logstd.expand(3, -1), atol=1e-6)
+
+
+def test_values_in_one_batch_match_values_per_step(agent_module):
+    """The rollout's values come from one forward pass after it: the numbers of
+    a forward pass per step up to float round-off (not bit for bit)."""
+    torch.manual_seed(0)
+    agent = agent_module.Agent(Spaces, (256, 256))
+    obs = torch.randn(512, 105)
+    with torch.no_grad():
+        batched = agent.get_value(obs).view(-1)
+        per_step = torch.cat([agent.get_value(row[None]).view(-1) for row in obs])
+    torch.testing.assert_close(batched, per_step, rtol=1e-5, atol=1e-5)
 
 
 def torch_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
