@@ -67,12 +67,19 @@ class L2Init(PlasticityMethod):
         if self.weight_decay == 0:
             return
         coefficient = self.weight_decay * (1 if self.halve else 2)
-        for param, initial in zip(self.params, self.initial, strict=True):
-            pull = (param - initial).mul_(coefficient)
+        # One foreach op per stage instead of three small ops per tensor: the same
+        # elementwise arithmetic, so the same numbers, at a fraction of the dispatch.
+        pulls = torch._foreach_sub(self.params, self.initial)
+        torch._foreach_mul_(pulls, coefficient)
+        grads, adds = [], []
+        for param, pull in zip(self.params, pulls, strict=True):
             if param.grad is None:
                 param.grad = pull
             else:
-                param.grad.add_(pull)
+                grads.append(param.grad)
+                adds.append(pull)
+        if grads:
+            torch._foreach_add_(grads, adds)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"weight_decay": self.weight_decay, "halve": self.halve}
