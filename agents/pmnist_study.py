@@ -118,13 +118,15 @@ ARMS: dict[str, Arm] = {
 # Minutes per run (one seed) on the study's settings, estimated on this project's
 # 2 shared cores (docs/results/README.md: examples/s of a short run plus ~1.3 min of
 # metrics; bp, l2, l2er, cbp: the mean wall time of their first study): runs start
-# cheapest first; arms not listed start last.
+# cheapest first; arms not listed start last. upgd, spectral, muon and trac: scaled
+# from the per-step cost of their faster implementations (docs/methods.md) before a
+# study run of them.
 COST: dict[str, float] = {
     "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1,
     "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
     "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
-    "parseval": 33.4, "upgd": 47, "trac": 70, "spectral_target1": 115,
-    "spectral": 171, "muon": 80,
+    "parseval": 33.4, "upgd": 42, "spectral_target1": 45, "spectral": 60,
+    "muon": 90, "trac": 110,
 }  # fmt: skip
 
 
