@@ -776,12 +776,27 @@ def fast_calls(optimizer: Any) -> tuple[Callable[[], None], Callable[[], None]]:
             zero_grad = _set_gradients_to_none(optimizer)
     step = optimizer.step
     if (
-        type(optimizer) is torch.optim.SGD
+        _has_fused_sgd_internals()
+        and type(optimizer) is torch.optim.SGD
         and _is_torchs(type(optimizer).step, "torch.optim.sgd", "SGD")
         and all(g["fused"] and g["momentum"] == 0 for g in optimizer.param_groups)
     ):
         step = _fused_sgd_step(optimizer)
     return zero_grad, step
+
+
+def _has_fused_sgd_internals() -> bool:
+    """Whether this torch has the private pieces :func:`_fused_sgd_step` calls
+    (torch 2.x's ``torch._fused_sgd_`` and optimizer hook registries); another
+    version keeps ``optimizer.step``."""
+    try:
+        from torch.optim.optimizer import (  # noqa: F401
+            _global_optimizer_post_hooks,
+            _global_optimizer_pre_hooks,
+        )
+    except ImportError:
+        return False
+    return callable(getattr(torch, "_fused_sgd_", None))
 
 
 def _is_torchs(method: Any, module: str, owner: str) -> bool:

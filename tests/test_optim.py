@@ -426,6 +426,14 @@ def test_fast_calls_step_itself_only_where_it_is_sgds_fused_call():
         assert fast_calls(optimizer)[1] == optimizer.step
 
 
+def test_fast_calls_keep_the_step_on_a_torch_without_the_fused_call(monkeypatch):
+    """A torch version without the private ``torch._fused_sgd_`` keeps SGD.step."""
+    monkeypatch.delattr(torch, "_fused_sgd_")
+    model = small_model()
+    fused = torch.optim.SGD(model.parameters(), lr=0.05, fused=True)
+    assert fast_calls(fused)[1] == fused.step
+
+
 def test_fast_calls_respect_a_replaced_sgd_step(monkeypatch):
     """A replaced SGD.step (a test's NaN injection, a profiler) is what runs."""
     calls = []
