@@ -689,10 +689,13 @@ def trac_optimizer_class(base: type[torch.optim.Optimizer]) -> type:
     wrapped = package.start_trac(os.devnull, base)
     defaults = inspect.signature(package.start_trac).parameters
     settings = [defaults[name].default for name in ("betas", "s_prev", "eps")]
-    update = package.trac._step
+    # The package's private update; a version without it keeps its own step.
+    update = getattr(getattr(package, "trac", None), "_step", None)
 
     class TRAC(wrapped):
         def step(self):
+            if update is None:
+                return super().step()
             return update(self, super(wrapped, self).step, *settings)[0]
 
         def _params(self) -> list[torch.Tensor]:
