@@ -405,25 +405,28 @@ if __name__ == "__main__":
                                   global_step)  # fmt: skip
                 switched_tasks.append(new_task)
 
-        # A task switch during the rollout: the method reacts before the next update.
-        for new_task in switched_tasks:
-            method.on_task_switch(new_task)
-            trackers.on_task_start()
-
-        # The rollout to the device (flattened but for GAE's rewards and dones); its
-        # values in one batch (the parameters did not change during it: the numbers of
-        # a value per step up to float round-off); bootstrap value if not done
+        # The rollout to the device (flattened but for GAE's rewards and dones) and its
+        # values in one batch, by the critic that acted in it: before a task switch's
+        # method reacts (the numbers of a value per step up to float round-off).
         b_obs, b_actions, b_logprobs = (
             torch.from_numpy(buffer.reshape((-1,) + buffer.shape[2:])).to(device)
             for buffer in (obs, actions, logprobs)
         )
         b_rewards, b_dones = (torch.from_numpy(a).to(device) for a in (rewards, dones))
+        with torch.no_grad():
+            values = agent.get_value(b_obs).view(shape)
+
+        # A task switch during the rollout: the method reacts before the next update.
+        for new_task in switched_tasks:
+            method.on_task_switch(new_task)
+            trackers.on_task_start()
+
+        # bootstrap value if not done
         last_obs, last_done = (
             torch.as_tensor(a, dtype=torch.float32, device=device)
             for a in (next_obs, next_done)
         )
         with torch.no_grad():
-            values = agent.get_value(b_obs).view(shape)
             next_value = agent.get_value(last_obs).reshape(1, -1)
             advantages = generalized_advantages(b_rewards, values, b_dones, next_value,
                                                 last_done, args.gamma, args.gae_lambda)  # fmt: skip

@@ -106,3 +106,49 @@ def test_gae_on_cpu_equals_cleanrls_torch_loop(num_envs):
         expected = torch_gae(*rollout, 0.99, 0.95)
         got = generalized_advantages(*rollout, 0.99, 0.95)
         assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def test_rollout_values_come_from_the_critic_that_acted(tmp_path, monkeypatch):
+    """A method reacting to a task switch (a reset) changes the critic after the
+    rollout: the rollout's values, taken in one batch, must come before that, as a
+    value per step did; the bootstrap value after it."""
+    import runpy
+
+    from clenv.methods import registry
+    from clenv.methods.base import PlasticityMethod
+
+    events: list[tuple[str, int]] = []
+
+    class SwitchProbe(PlasticityMethod):
+        name = "switchprobe"
+        order = 99
+
+        def __init__(self, model, optimizer=None):
+            critic = model.critic
+            forward = critic.forward
+
+            def recorded(x):
+                events.append(("value", x.shape[0]))
+                return forward(x)
+
+            critic.forward = recorded
+
+        def on_task_switch(self, task_id=None):
+            events.append(("switch", -1))
+
+    monkeypatch.setitem(registry.METHODS, SwitchProbe.name, SwitchProbe)
+    num_steps = 64
+    monkeypatch.setattr(sys, "argv", [
+        "ppo_l2er.py", "--reg", "switchprobe", "--total-timesteps", "192",
+        "--num-steps", str(num_steps), "--num-minibatches", "2", "--update-epochs", "1",
+        "--hidden-sizes", "8", "--env-kwargs", "switch_every=100", "switch_at=step",
+        "--curvature-every-tasks", "0", "--no-progress", "--no-plot",
+        "--runs-dir", str(tmp_path),
+    ])  # fmt: skip
+    runpy.run_path(str(ROOT / "agents" / "ppo_l2er.py"), run_name="__main__")
+    switch = events.index(("switch", -1))  # the switch at step 100: the 2nd rollout
+    batched = [i for i, event in enumerate(events) if event == ("value", num_steps)]
+    assert len(batched) == 3  # one batch of values per rollout
+    assert batched[0] < batched[1] < switch < batched[2]
+    # The bootstrap value of the switching rollout comes after the method reacted.
+    assert events[switch + 1] == ("value", 1)
