@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clenv.checks import check_range
+
 
 def masked_logits(logits: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     """``logits`` with the classes outside the boolean mask ``active`` set to -inf.
@@ -58,8 +60,7 @@ def accuracy(
     examples per forward pass; the model's train/eval flag is restored afterwards.
     No examples give 0.0.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    check_range("chunk", chunk, 1)
     was_training = model.training
     model.eval()
     correct = 0

@@ -52,6 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
+
 __all__ = [
     "MuonWithAdam",
     "OptaxAdamW",
@@ -442,12 +444,6 @@ def _newton_schulz_short_side(
     return x
 
 
-def _check_range(name: str, value: float, low: float, high: float | None = None):
-    if value < low or (high is not None and value >= high):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-
-
 class OptaxMuon(torch.optim.Optimizer):
     """The Muon part of ``optax.contrib.muon`` (v0.2.5, SC's), on 2-D torch weights
     in their own dtype (float32): ``scale_by_muon`` (``_muon.py:160-197``), the
@@ -491,10 +487,10 @@ class OptaxMuon(torch.optim.Optimizer):
         eps: float = MUON_EPS,
         adaptive: bool = False,
     ):
-        _check_range("Muon's lr", lr, 0.0)
-        _check_range("Muon's weight_decay", weight_decay, 0.0)
-        _check_range("Muon's momentum", momentum, 0.0, 1.0)
-        _check_range("Muon's eps", eps, 0.0)
+        check_range("Muon's lr", lr, 0.0)
+        check_range("Muon's weight_decay", weight_decay, 0.0)
+        check_range("Muon's momentum", momentum, 0.0, 1.0)
+        check_range("Muon's eps", eps, 0.0)
         if int(ns_steps) != ns_steps or ns_steps < 1:
             raise ValueError(f"Muon's ns_steps must be an integer >= 1, got {ns_steps}")
         if len(ns_coefficients) != 3:
@@ -589,12 +585,12 @@ class OptaxAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = True,
     ):
-        _check_range("Adam's lr", lr, 0.0)
-        _check_range("Adam's beta1", betas[0], 0.0, 1.0)
-        _check_range("Adam's beta2", betas[1], 0.0, 1.0)
-        _check_range("Adam's eps", eps, 0.0)
-        _check_range("Adam's eps_root", eps_root, 0.0)
-        _check_range("Adam's weight_decay", weight_decay, 0.0)
+        check_range("Adam's lr", lr, 0.0)
+        check_range("Adam's beta1", betas[0], 0.0, 1.0)
+        check_range("Adam's beta2", betas[1], 0.0, 1.0)
+        check_range("Adam's eps", eps, 0.0)
+        check_range("Adam's eps_root", eps_root, 0.0)
+        check_range("Adam's weight_decay", weight_decay, 0.0)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from clenv.checks import check_flags, check_range
 from clenv.protocol import ContinualEnv, TaskSchedule
 
 # Methods that change the clock: through ``call`` they act on the vector env's clock too.
@@ -110,8 +111,7 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer):
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if num_envs <= 0:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        check_range("num_envs", num_envs, 1)
         try:
             autoreset_mode = AutoresetMode(autoreset_mode)
         except ValueError:
@@ -119,10 +119,7 @@ class ContinualVectorEnv(gym.vector.VectorEnv):
                 f"autoreset_mode must be one of {[m.value for m in AutoresetMode]} or "
                 f"a gym.vector.AutoresetMode, got {autoreset_mode!r}"
             ) from None
-        if not isinstance(asynchronous, bool | np.bool_):
-            raise ValueError(
-                f"asynchronous must be True or False, got {asynchronous!r}"
-            )
+        check_flags(asynchronous=asynchronous)
         if context is not None and not asynchronous:
             raise ValueError(
                 f"context={context!r} is a start method for sub-env processes; pass "

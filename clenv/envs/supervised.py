@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from clenv.checks import check_flags, check_range
 from clenv.data.transforms import PixelScaler
 from clenv.protocol import ContinualEnv, TaskSchedule
 
@@ -452,13 +453,6 @@ def check_positive_int(name: str, value: Any, upper: int | None = None) -> int:
     return int(value)
 
 
-def check_flags(**flags: Any) -> None:
-    """Each keyword must be True or False, or a ValueError names it."""
-    for name, value in flags.items():
-        if not isinstance(value, bool | np.bool_):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
 def resolve_task_lengths(
     switch_every: int | None,
     examples_per_task: Sequence[int] | None,
@@ -491,7 +485,6 @@ def seeded_class_order(task_seed: Any, num_classes: int) -> np.ndarray:
     """
     if isinstance(task_seed, bool) or not isinstance(task_seed, int | np.integer):
         raise ValueError(f"task_seed must be an int, got {task_seed!r}")
-    if task_seed < 0:
-        raise ValueError(f"task_seed must be >= 0, got {task_seed}")
+    check_range("task_seed", task_seed, 0)
     rng = np.random.default_rng([int(task_seed), _CLASS_ORDER_STREAM, num_classes])
     return rng.permutation(num_classes)

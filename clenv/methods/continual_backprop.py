@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.layers import HiddenLayer, uniform_bound
 from clenv.methods.units import (
     HiddenLayerSpec,
@@ -123,10 +124,7 @@ class ContinualBackprop(UnitMethod):
             raise ValueError(
                 f"replacement_rate must be in [0, 1], got {replacement_rate}"
             )
-        if maturity_threshold < 0:
-            raise ValueError(
-                f"maturity_threshold must be >= 0, got {maturity_threshold}"
-            )
+        check_range("maturity_threshold", maturity_threshold, 0)
         if not 0 <= decay_rate < 1:
             raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
         if utility not in UTILITIES:

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import PlasticityMethod, SeededGenerator
 from clenv.methods.layers import HiddenLayerSpec, find_hidden_layers, find_output_layers
 from clenv.methods.resets import reinitialize_layer
@@ -92,8 +93,8 @@ class PlasticityInjection(PlasticityMethod):
     ):
         if interval is not None and interval < 1:
             raise ValueError(f"interval must be a positive step count, got {interval}")
-        if max_injections is not None and max_injections < 1:
-            raise ValueError(f"max_injections must be >= 1, got {max_injections}")
+        if max_injections is not None:
+            check_range("max_injections", max_injections, 1)
         self.model = model
         self.optimizer = optimizer
         self.interval = interval

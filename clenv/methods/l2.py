@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import PlasticityMethod
 from clenv.metrics.hessian import trainable_parameters
 
@@ -66,8 +67,7 @@ class L2(PlasticityMethod):
         in_backward: bool = False,
         fuse: bool | None = None,
     ):
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_range("weight_decay", weight_decay, 0)
         self.weight_decay = float(weight_decay)
         self.in_backward = bool(in_backward)
         self.params = trainable_parameters(model)

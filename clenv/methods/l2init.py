@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import PlasticityMethod
 from clenv.metrics.hessian import trainable_parameters
 
@@ -55,8 +56,7 @@ class L2Init(PlasticityMethod):
         weight_decay: float = 1e-2,
         halve: bool = False,
     ):
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_range("weight_decay", weight_decay, 0)
         self.weight_decay = float(weight_decay)
         self.halve = bool(halve)
         self.params = trainable_parameters(model)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import PlasticityMethod
 from clenv.methods.layers import HiddenLayerSpec, find_hidden_layers
 
@@ -79,8 +80,7 @@ class Parseval(PlasticityMethod):
         include_output: bool = False,
         hidden_layers: HiddenLayerSpec = None,
     ):
-        if strength < 0:
-            raise ValueError(f"strength must be >= 0, got {strength}")
+        check_range("strength", strength, 0)
         self.strength = float(strength)
         self.scale = float(scale)
         self.include_output = bool(include_output)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.units import (
     HiddenLayerSpec,
     UnitMethod,
@@ -55,8 +56,7 @@ class ReDo(UnitMethod):
         hidden_layers: HiddenLayerSpec = None,
         seed: int = 0,
     ):
-        if threshold < 0:
-            raise ValueError(f"threshold (tau) must be >= 0, got {threshold}")
+        check_range("threshold (tau)", threshold, 0)
         if interval < 1:
             raise ValueError(
                 f"interval must be a positive number of steps, got {interval}"

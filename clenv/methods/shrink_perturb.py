@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import SeededGenerator
 from clenv.methods.l2 import L2
 
@@ -45,8 +46,7 @@ class ShrinkPerturb(L2):
         seed: int = 0,
     ):
         super().__init__(model, optimizer, weight_decay)
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        check_range("noise_std", noise_std, 0)
         self.noise_std = float(noise_std)
         self.rng = SeededGenerator(self.params[0].device, seed)
         self._noise = [torch.empty_like(p) for p in self.params]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import PlasticityMethod, SeededGenerator
 from clenv.methods.layers import NORMS
 from clenv.metrics.bounds import WEIGHT_LAYER_TYPES
@@ -275,10 +276,8 @@ class SpectralRegularization(PlasticityMethod):
         unroll: bool = True,
         seed: int = 0,
     ):
-        if strength < 0:
-            raise ValueError(f"strength must be >= 0, got {strength}")
-        if power_iterations < 1:
-            raise ValueError(f"power_iterations must be >= 1, got {power_iterations}")
+        check_range("strength", strength, 0)
+        check_range("power_iterations", power_iterations, 1)
         self.strength = float(strength)
         self.k = k
         self.target = float(target)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clenv.checks import check_range
 from clenv.methods.base import PlasticityMethod, SeededGenerator
 from clenv.metrics.hessian import trainable_parameters
 
@@ -96,10 +97,8 @@ class UPGD(PlasticityMethod):
     ):
         if not 0 <= beta_utility < 1:
             raise ValueError(f"beta_utility must be in [0, 1), got {beta_utility}")
-        if sigma < 0 or weight_decay < 0:
-            raise ValueError(
-                f"sigma and weight_decay must be >= 0, got {sigma}, {weight_decay}"
-            )
+        check_range("sigma", sigma, 0)
+        check_range("weight_decay", weight_decay, 0)
         self.reason = _not_plain_sgd(optimizer)
         if self.reason and optimizer is not None:
             raise ValueError(self._refusal())

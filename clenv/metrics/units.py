@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from clenv.checks import check_range
+
 
 def group_by_unit(features: torch.Tensor, features_per_unit: int) -> torch.Tensor:
     """``(samples, k * units, ...)`` features as ``(samples, units, k, ...)``, unit
@@ -132,8 +134,7 @@ def dormant_unit_mask(
         features_per_unit: 2 to score CReLU / Fourier units (E|h| over both of a
             unit's features, as CBP and ReDo score them); 1 scores features.
     """
-    if threshold < 0:
-        raise ValueError(f"dormant threshold tau must be >= 0, got {threshold}")
+    check_range("dormant threshold tau", threshold, 0)
     mean_abs = unit_mean_abs_activation(activation, features_per_unit)
     layer_mean = mean_abs.mean()
     if layer_mean <= 0:
