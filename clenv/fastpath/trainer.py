@@ -321,10 +321,14 @@ class FastMLPTrainer:
             if self.er is not None:
                 stop = min(stop, position + self.er.steps_until_ascent())
             done = self._run(inputs, labels, predictions, losses, position, stop)
-            if self.er is not None and self.er.record(
-                inputs[position:done], steps=done - position
-            ):
-                self.er.ascend_on_buffer(runs_as_chain=self.er_runs_as_chain)
+            if self.er is not None:
+                # The inputs stay unchanged during this call: a chunk whose ascent
+                # follows at once need not be copied into the buffer.
+                due = done - position == self.er.steps_until_ascent()
+                if self.er.record(
+                    inputs[position:done], steps=done - position, copy=not due
+                ):
+                    self.er.ascend_on_buffer(runs_as_chain=self.er_runs_as_chain)
             self.num_steps += done - position
             position = done
         return predictions, losses

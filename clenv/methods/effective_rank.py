@@ -175,21 +175,24 @@ def _gram_route(
     wide = matrix.shape[-2] < matrix.shape[-1]
     h = matrix.to(torch.float64)
     gram = h @ h.mT if wide else h.mT @ h
-    diagonal = gram.diagonal(dim1=-2, dim2=-1)
-    dead = diagonal == 0 if relu_features else None
-    has_dead = dead is not None and bool(dead.any())
+    has_dead = False
+    if relu_features:  # the zero lines' test on the host (a few numpy calls)
+        diagonal = gram.diagonal(dim1=-2, dim2=-1)
+        host_diagonal = diagonal.cpu().numpy()
+        dead = host_diagonal == 0
+        has_dead = bool(dead.any())
     if has_dead:
-        num_dead = dead.sum(-1, keepdim=True)
-        live = (dead.shape[-1] - num_dead).clamp(min=1)
-        placeholder = diagonal.sum(-1, keepdim=True) / live
-        diagonal.add_(dead * placeholder)
+        num_dead = dead.sum(-1, keepdims=True)
+        live = np.maximum(dead.shape[-1] - num_dead, 1)
+        placeholder = diagonal.sum(-1, keepdim=True).cpu().numpy() / live
+        diagonal.add_(torch.from_numpy(dead * placeholder).to(diagonal.device))
     eigenvalues, vectors = torch.linalg.eigh(gram)
     eigenvalues = eigenvalues.cpu().numpy()
     counted = None
     if has_dead:
-        distance = np.abs(eigenvalues - placeholder.cpu().numpy())
+        distance = np.abs(eigenvalues - placeholder)
         closeness = distance.argsort(-1, kind="stable").argsort(-1, kind="stable")
-        counted = closeness >= num_dead.cpu().numpy()
+        counted = closeness >= num_dead
     if counted is None:
         smallest, largest = eigenvalues[..., 0], eigenvalues[..., -1]
     else:
@@ -210,8 +213,8 @@ def _gram_route(
     # kappa relative, as the features' own rounding does).
     function = ((vectors * weights.unsqueeze(-2)) @ vectors.mT).to(matrix.dtype)
     gradient = function @ matrix if wide else matrix @ function
-    rank = torch.from_numpy(np.asarray(rank)).to(matrix.device)
-    return rank, gradient, torch.from_numpy(np.asarray(accurate))
+    rank = torch.from_numpy(np.asarray(rank)).to(matrix.device, matrix.dtype)
+    return rank, gradient, np.asarray(accurate)
 
 
 def effective_rank_gradient(
@@ -279,14 +282,18 @@ def effective_rank_gradient(
         return _svd_route(features)
     min_ratio = _GRAM_MIN_RATIO.get(features.dtype, _GRAM_MIN_RATIO_DEFAULT)
     rank, gradient, accurate = _gram_route(features, min_ratio, relu_features)
-    rank = rank.to(features.dtype)
-    if bool(accurate.all()):
+    if accurate.all():
         return rank, gradient
     matrices = features.reshape(-1, *features.shape[-2:])
     flat_rank, flat_gradient = rank.reshape(-1), gradient.reshape(matrices.shape)
-    for index in torch.nonzero(~accurate.reshape(-1)).flatten().tolist():
+    for index in np.flatnonzero(~accurate).tolist():
         flat_rank[index], flat_gradient[index] = _svd_route(matrices[index])
     return rank, gradient
+
+
+# aten's ReLU backward: ``gradient`` where ``output > 0``, else 0 (one call instead of
+# a comparison and a product).
+_relu_backward = torch.ops.aten.threshold_backward.default
 
 
 @torch.no_grad()
@@ -317,19 +324,26 @@ def ascend_relu_chain(
         feature_gradients: dJ/dh_l for each layer, or None.
         ascent_lr: the step size.
     """
-    propagated = None  # dJ/dh_l through the layers above: delta_{l+1} W_{l+1}
+    # dJ/dh_l: its direct part plus, through the layers above, delta_{l+1} W_{l+1}
+    # (one addmm/baddbmm when both are there).
+    gradient = None
     for index in range(len(weights) - 1, -1, -1):
-        direct = feature_gradients[index]
-        if direct is None and propagated is None:
-            continue
-        if propagated is None:
-            gradient = direct
-        else:
-            gradient = propagated if direct is None else propagated.add_(direct)
-        delta = gradient * (features[index] > 0)
+        if gradient is None:
+            gradient = feature_gradients[index]
+            if gradient is None:
+                continue
+        # The ReLU's backward, gradient * [h > 0], in one call.
+        delta = _relu_backward(gradient, features[index], 0)
         # The layer below needs W_l before this step.
-        propagated = delta @ weights[index] if index > 0 else None
         weight = weights[index]
+        if index > 0:
+            below = feature_gradients[index - 1]
+            if below is None:
+                gradient = delta @ weight
+            elif weight.dim() == 2:
+                gradient = torch.addmm(below, delta, weight)
+            else:
+                gradient = torch.baddbmm(below, delta, weight)
         if weight.dim() == 2:
             weight.addmm_(delta.mT, layer_inputs[index], alpha=ascent_lr)
         else:
@@ -459,13 +473,16 @@ class EffectiveRankAscent(PlasticityMethod):
         self.num_ascents = 0
         self.buffer: list[torch.Tensor] = []
 
-    def record(self, inputs: torch.Tensor, steps: int = 1) -> bool:
+    def record(self, inputs: torch.Tensor, steps: int = 1, copy: bool = True) -> bool:
         """Buffer the inputs of ``steps`` training steps (``schedule="step"``).
 
         Args:
             inputs: the steps' inputs, concatenated along the batch dim.
             steps: how many optimizer steps they stand for (a fast path that runs
                 several batch-1 steps at once passes their count).
+            copy: buffer a copy (default); False buffers ``inputs`` itself, for a
+                caller that leaves them unchanged until the buffer is emptied (the
+                fast path, when the ascent follows in the same call).
 
         Returns:
             Whether an ascent is due now (every ``interval`` steps): then call
@@ -481,7 +498,7 @@ class EffectiveRankAscent(PlasticityMethod):
                 f"record(steps={steps}) runs past the next ascent, due in "
                 f"{self.steps_until_ascent()} steps; record at most that many at once"
             )
-        self.buffer.append(inputs.detach().clone())
+        self.buffer.append(inputs.detach().clone() if copy else inputs.detach())
         self.num_steps += steps
         return self.num_steps % self.interval == 0
 
@@ -768,7 +785,7 @@ class EffectiveRankAscent(PlasticityMethod):
             ranks, gradients = effective_rank_gradient(stacked, relu_features=True)
             layer_weights = ranks.new_tensor(self.layer_weights)
             objective = ranks @ layer_weights
-            gradients.mul_(layer_weights.to(gradients.dtype).view(-1, 1, 1))
+            gradients.mul_(layer_weights.view(-1, 1, 1))
             feature_gradients: list[torch.Tensor | None] = list(gradients)
         else:
             objective, ranked_gradients = self.objective_and_feature_gradients(
