@@ -26,9 +26,9 @@ def check_range(name: str, value: float, low: float, high: float | None = None) 
     """Check ``low <= value`` and, when ``high`` is given, ``value < high``.
 
     The bounds print as given (``low=0`` reads ``>= 0``, ``low=0.0`` reads
-    ``>= 0.0``). The check is the two comparisons ``value < low`` and
-    ``value >= high``, so NaN, for which both are false, passes; a value that cannot
-    be compared with a number raises the comparison's ``TypeError``.
+    ``>= 0.0``). NaN is refused (it is in no range: a NaN learning rate or strength
+    would turn every weight into NaN at the first step); a value that cannot be
+    compared with a number raises the comparison's ``TypeError``.
 
     Args:
         name: the argument as the message should name it, e.g. ``"weight_decay"`` or
@@ -41,7 +41,7 @@ def check_range(name: str, value: float, low: float, high: float | None = None) 
         ValueError: ``"{name} must be >= {low}, got {value}"``, or ``"{name} must be
             in [{low}, {high}), got {value}"`` when ``high`` is given.
     """
-    if value < low or (high is not None and value >= high):
+    if not (value >= low and (high is None or value < high)):
         bound = f"in [{low}, {high})" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
 

@@ -35,13 +35,17 @@ def test_check_range_refuses_with_the_argument_bound_and_value(args, message):
         ("x", 0.999, 0.0, 1.0),
         ("x", np.float32(0.5), 0.0, 1.0),
         ("x", math.inf, 0),
-        # NaN passes, as it did in every check this one replaced.
-        ("x", math.nan, 0),
-        ("x", math.nan, 0.0, 1.0),
     ],
 )
 def test_check_range_accepts_values_inside_the_bounds(args):
     assert check_range(*args) is None
+
+
+@pytest.mark.parametrize("bounds", [(0,), (0.0, 1.0)])
+def test_check_range_refuses_nan(bounds):
+    """NaN compares false with every bound: it is refused, not let through."""
+    with pytest.raises(ValueError, match="^lr must be .*, got nan$"):
+        check_range("lr", math.nan, *bounds)
 
 
 def test_check_flags_accepts_python_and_numpy_bools():
