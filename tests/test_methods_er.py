@@ -123,6 +123,24 @@ def test_a_batch_of_matrices_is_each_matrix_alone():
         effective_rank_gradient(torch.zeros(5))
 
 
+@pytest.mark.parametrize("route", ["gram", "svd"])
+def test_gradient_scale_multiplies_each_gradient_not_the_rank(route):
+    matrices = torch.stack(
+        [relu_features(16, 12, seed) for seed in range(2)]
+        + [with_spectrum(16, 12, [1.0] * 6 + [0.0] * 6)]  # the SVD fallback
+    )
+    scale = [0.5, -2.0, 3.0]
+    ranks, gradients = effective_rank_gradient(matrices, route=route)
+    scaled_ranks, scaled = effective_rank_gradient(
+        matrices, route=route, gradient_scale=scale
+    )
+    torch.testing.assert_close(scaled_ranks, ranks, rtol=1e-13, atol=0)
+    for index, factor in enumerate(scale):
+        assert relative(scaled[index], factor * gradients[index]) <= 1e-13
+    with pytest.raises(ValueError, match="one factor per matrix"):
+        effective_rank_gradient(matrices, gradient_scale=[1.0, 2.0])
+
+
 def ascent_steps(model, inputs, forward_fn=None, runs_as_chain=False, **kwargs):
     """The parameter change of one ascent (lr 1) by the closed form and by autograd
     (``runs_as_chain``: passed to the closed form's ascend)."""

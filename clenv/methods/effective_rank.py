@@ -148,8 +148,11 @@ def _svd_route(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _gram_route(
-    matrix: torch.Tensor, min_ratio: float, relu_features: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    matrix: torch.Tensor,
+    min_ratio: float,
+    relu_features: bool,
+    gradient_scale: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """erank and its gradient from the float64 Gram matrix's eigendecomposition.
 
     With ``K = H^T H = V diag(lambda) V^T`` (or ``H H^T`` when H is wide: the smaller
@@ -170,7 +173,8 @@ def _gram_route(
     with a genuine eigenvector of the same eigenvalue, both get the same weight, so
     the mixture is exact too.
 
-    The spectrum's arithmetic ((..., k) values) runs in numpy on the host.
+    The spectrum's arithmetic ((..., k) values) runs in numpy on the host, where
+    ``gradient_scale`` ((...) factors, or None) multiplies each matrix's weights.
     """
     wide = matrix.shape[-2] < matrix.shape[-1]
     h = matrix.to(torch.float64)
@@ -207,6 +211,8 @@ def _gram_route(
         out=np.zeros_like(sigma_gradient),
         where=np.broadcast_to(accurate[..., None], sigma.shape),
     )
+    if gradient_scale is not None:
+        weights *= gradient_scale[..., None]
     weights = torch.from_numpy(weights).to(vectors.device)
     # f(K) = V diag(c / sigma) V^T in float64 (small: the Gram's side); the product
     # with H in H's dtype (float32: the gradient then carries float32 rounding, ~1e-7
@@ -221,6 +227,7 @@ def effective_rank_gradient(
     features: torch.Tensor,
     route: Literal["gram", "svd"] = "gram",
     relu_features: bool = False,
+    gradient_scale: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Effective rank of feature matrices and its gradient, in closed form.
 
@@ -257,6 +264,9 @@ def effective_rank_gradient(
         route: ``"gram"`` or ``"svd"`` (see above).
         relu_features: the features are ReLU outputs, whose gradient on a zero entry
             is masked by the ReLU's backward (lets zero lines take the Gram route).
+        gradient_scale: optional factors, one per matrix (``features.shape[:-2]``),
+            that multiply each gradient (a weighted objective's), folded into the
+            Gram route's spectrum instead of a pass over the gradients.
 
     Returns:
         ``(erank, gradient)``: erank of shape ``features.shape[:-2]`` and the gradient
@@ -278,16 +288,30 @@ def effective_rank_gradient(
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     features = features.detach()
+    scale = None
+    if gradient_scale is not None:
+        scale = np.asarray(gradient_scale, dtype=np.float64)
+        if scale.shape != features.shape[:-2]:
+            raise ValueError(
+                f"gradient_scale needs one factor per matrix, shape "
+                f"{tuple(features.shape[:-2])}, got shape {scale.shape}"
+            )
     if route == "svd":
-        return _svd_route(features)
+        rank, gradient = _svd_route(features)
+        if scale is not None:
+            gradient.mul_(torch.from_numpy(scale[..., None, None]).to(gradient))
+        return rank, gradient
     min_ratio = _GRAM_MIN_RATIO.get(features.dtype, _GRAM_MIN_RATIO_DEFAULT)
-    rank, gradient, accurate = _gram_route(features, min_ratio, relu_features)
+    rank, gradient, accurate = _gram_route(features, min_ratio, relu_features, scale)
     if accurate.all():
         return rank, gradient
     matrices = features.reshape(-1, *features.shape[-2:])
     flat_rank, flat_gradient = rank.reshape(-1), gradient.reshape(matrices.shape)
+    flat_scale = None if scale is None else scale.reshape(-1)
     for index in np.flatnonzero(~accurate).tolist():
         flat_rank[index], flat_gradient[index] = _svd_route(matrices[index])
+        if flat_scale is not None:
+            flat_gradient[index].mul_(float(flat_scale[index]))
     return rank, gradient
 
 
@@ -782,10 +806,11 @@ class EffectiveRankAscent(PlasticityMethod):
         position = {id(relu): index for index, (_, relu) in enumerate(chain)}
         ranked = [position[id(m)] for m in self.feature_modules]
         if stacked is not None and ranked == list(range(len(chain))):
-            ranks, gradients = effective_rank_gradient(stacked, relu_features=True)
-            layer_weights = ranks.new_tensor(self.layer_weights)
-            objective = ranks @ layer_weights
-            gradients.mul_(layer_weights.view(-1, 1, 1))
+            # The layer weights folded into the spectrum's weights.
+            ranks, gradients = effective_rank_gradient(
+                stacked, relu_features=True, gradient_scale=self.layer_weights
+            )
+            objective = ranks @ ranks.new_tensor(self.layer_weights)
             feature_gradients: list[torch.Tensor | None] = list(gradients)
         else:
             objective, ranked_gradients = self.objective_and_feature_gradients(
