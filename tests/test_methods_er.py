@@ -323,3 +323,13 @@ def test_float32_features_are_as_accurate_as_the_float32_svd(kappa):
         _, svd = effective_rank_gradient(matrix, route="svd")
         assert gram.dtype == torch.float32
         assert relative(gram.double(), exact) <= 3 * relative(svd.double(), exact)
+
+
+def test_record_copies_the_inputs_unless_told_not_to():
+    er = EffectiveRankAscent(mlp((6, 8, 3)), interval=4)
+    inputs = torch.randn(2, 6)
+    assert not er.record(inputs, steps=2)
+    assert not er.record(inputs, steps=1, copy=False)
+    assert er.buffer[0].data_ptr() != inputs.data_ptr()
+    assert er.buffer[1].data_ptr() == inputs.data_ptr()
+    assert er.record(inputs[:1], steps=1)
