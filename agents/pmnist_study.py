@@ -616,7 +616,7 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
             ax.grid(alpha=0.3)
     fig.suptitle(
         f"Permuted MNIST, MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} "
-        f"unless the arm changes it, batch 1, {args.examples_per_task} examples/task; "
+        f"unless the arm changes it, batch 1, {args.examples_per_task} examples/task\n"
         "mean over seeds, band = min-max, dashed = reference arms"
     )
     out = Path(args.out)
