@@ -125,8 +125,7 @@ class ContinualBackprop(UnitMethod):
                 f"replacement_rate must be in [0, 1], got {replacement_rate}"
             )
         check_range("maturity_threshold", maturity_threshold, 0)
-        if not 0 <= decay_rate < 1:
-            raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
+        check_range("decay_rate", decay_rate, 0, 1)
         if utility not in UTILITIES:
             raise ValueError(f"utility must be one of {UTILITIES}, got {utility!r}")
         if variant not in VARIANTS:

@@ -95,8 +95,7 @@ class UPGD(PlasticityMethod):
         protect_gradient: bool = True,
         seed: int = 0,
     ):
-        if not 0 <= beta_utility < 1:
-            raise ValueError(f"beta_utility must be in [0, 1), got {beta_utility}")
+        check_range("beta_utility", beta_utility, 0, 1)
         check_range("sigma", sigma, 0)
         check_range("weight_decay", weight_decay, 0)
         self.reason = _not_plain_sgd(optimizer)
