@@ -182,6 +182,15 @@ def is_muon_matrix(param: torch.Tensor, head: torch.Tensor | None = None) -> boo
     return param.dim() == 2 and param is not head
 
 
+def _closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """The loss of a ``step(closure)`` call, as torch's optimizers evaluate it: the
+    closure under grad mode (``step`` itself runs under ``no_grad``), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class MuonWithAdam:
     """Muon on the 2-D weight matrices, Adam on the rest (biases, norms, convolution
     kernels, a PPO agent's log-std), stepped as one optimizer: SC's
@@ -301,10 +310,7 @@ class MuonWithAdam:
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
@@ -518,10 +524,7 @@ class OptaxMuon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta = group["momentum"]
             for param in group["params"]:
@@ -603,10 +606,7 @@ class OptaxAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             # The parameters at each step count, updated together with foreach ops.
             by_step: dict[int, list[list[torch.Tensor]]] = {}

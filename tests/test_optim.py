@@ -476,3 +476,25 @@ def test_trac_steps_as_the_packages_own_optimizer(base):
     for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(mine, other)
     assert torch.equal(ours_opt.state["_trac"]["s"], theirs_opt.state["_trac"]["s"])
+
+
+def test_muon_step_evaluates_a_closure_with_grad_and_returns_its_loss():
+    """step(closure), as torch's optimizers: the closure runs under grad mode (step
+    itself under no_grad), its gradients are the ones applied, its loss returned."""
+    torch.manual_seed(0)
+    model = PermutedMNISTMLP(width=4)
+    optimizer = make_optimizer("muon", model, 0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(3, 784), torch.tensor([0, 1, 2])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    assert loss is not None and loss.requires_grad
+    moved = zip(before, model.parameters(), strict=True)
+    assert all(not torch.equal(b, p) for b, p in moved)
+    assert optimizer.step() is None
