@@ -194,18 +194,11 @@ def test_a_diverged_seed_drops_out_and_the_others_finish_as_alone(
     """Seed 4 diverges in task 1: its run records it and ends; seeds 3 and 5 go on
     without it (a regrouped trainer) and still equal their own runs; the group exits
     1 with seed 4's message (--on-divergence fail)."""
-    from test_supervised_agent import DRIVER
-
     runs, _ = group_and_separate_runs
     argv = [*GROUP, *METHODS["cbp_l2er"], "--num-seeds", "3",
             "--divergence-check-every", "1"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-c", INJECT_NAN + DRIVER, str(AGENT), str(fake_data_dir),
-         str(tmp_path), json.dumps({"run": argv})],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")]
-    outcome = json.loads(line[len("RESULTS ") :])["run"]
+    outcomes, _ = run_driver(fake_data_dir, tmp_path, {"run": argv}, prelude=INJECT_NAN)
+    outcome = outcomes["run"]
     assert outcome.startswith("exit error: training diverged: non-finite parameter "
                               "'layers.0.weight' (nan) at example 60"), outcome  # fmt: skip
     group = runs_by_seed(tmp_path / "run")

@@ -156,15 +156,19 @@ CONFIGS = {
 }
 
 
-def run_driver(data_root: Path, runs: Path, configs: dict[str, list[str]]):
+def run_driver(
+    data_root: Path, runs: Path, configs: dict[str, list[str]], prelude: str = ""
+):
+    """Run each config with DRIVER in one subprocess (``prelude``: code run before
+    it, e.g. INJECT_NAN); returns ``({name: outcome}, completed process)``."""
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(AGENT), str(data_root), str(runs),
+        [sys.executable, "-c", prelude + DRIVER, str(AGENT), str(data_root), str(runs),
          json.dumps(configs)],
         env=ENV, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert lines, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULTS ") :]), result
+    assert len(lines) == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(lines[0][len("RESULTS ") :]), result
 
 
 def only_run(runs_dir: Path) -> Path:
@@ -653,13 +657,13 @@ def test_nan_stops_the_run_naming_it_and_resume_starts_from_a_finite_checkpoint(
 
     from clenv.checkpoint import list_checkpoints, load_latest_checkpoint
 
-    result = subprocess.run(
-        [sys.executable, "-c", INJECT_NAN + DRIVER, str(AGENT), str(fake_data_dir),
-         str(tmp_path), json.dumps({"run": [*DIVERGE, "--fast-path", "off"]})],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")]
-    outcome = json.loads(line[len("RESULTS ") :])["run"]
+    outcomes, _ = run_driver(
+        fake_data_dir,
+        tmp_path,
+        {"run": [*DIVERGE, "--fast-path", "off"]},
+        prelude=INJECT_NAN,
+    )
+    outcome = outcomes["run"]
     assert outcome.startswith("exit error: training diverged: non-finite parameter "
                               "'layers.0.weight' (nan) at example 50, task 1"), outcome  # fmt: skip
     assert "--on-divergence stop" in outcome
@@ -749,13 +753,8 @@ def test_default_interval_catches_the_nan_at_the_next_loss(fake_data_dir, tmp_pa
     every update, but NaN weights make the next example's loss NaN: caught there."""
     argv = [*PMNIST, "--reg", "bp", "--checkpoint-every-tasks", "1", "--fast-path",
             "off"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-c", INJECT_NAN + DRIVER, str(AGENT), str(fake_data_dir),
-         str(tmp_path), json.dumps({"run": argv})],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULTS ")]
-    outcome = json.loads(line[len("RESULTS ") :])["run"]
+    outcomes, _ = run_driver(fake_data_dir, tmp_path, {"run": argv}, prelude=INJECT_NAN)
+    outcome = outcomes["run"]
     assert outcome.startswith("exit error: training diverged: non-finite loss 'loss' "
                               "(nan) at example 51, task 1"), outcome  # fmt: skip
 
