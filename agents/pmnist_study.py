@@ -17,7 +17,11 @@ largest R² against the task's online accuracy (:func:`clenv.plotting.stats.best
 unless ``--epsilon`` is given. Every arm's arguments go through the agent's own checks
 before any run starts (``--check-only`` stops there); runs that already finished are not
 rerun, so an interrupted study continues, and ``--plot-only`` redraws the figure from
-existing runs.
+existing runs. A run that diverges (a non-finite loss, gradient or weight) ends there
+with the event recorded in its ``args.json`` (the agent's ``--on-divergence stop``): it
+counts as finished, is drawn up to its last full task with an ``x``, and the table says
+at which task it diverged; a divergence is a deterministic result of the arm and seed,
+so it is reported rather than retried.
 
     clenv download mnist   # once: into $CLENV_DATA_DIR, else ~/.cache/clenv
     python agents/pmnist_study.py                      # every arm of ARMS
@@ -37,10 +41,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
 
+from clenv.divergence import ARGS_KEY as DIVERGED
 from clenv.logger import METRICS_FILE, complete_rows, open_metrics
 from clenv.methods import split_name
 from clenv.plotting import Series
@@ -231,6 +237,10 @@ class Args:
     halve the cost of a spectrum)"""
     plasticity_every_tasks: int = 5
     """dead units and effective rank at the end of every k-th task"""
+    on_divergence: Literal["stop", "fail"] = "stop"
+    """the agent's --on-divergence: stop (a diverged run ends cleanly, recorded and
+    reported by the study) or fail (it exits 1); either way the study counts a recorded
+    divergence as the run's end"""
     epsilon: float | None = None
     """ε of the ε-rank panel; default: the logged ε whose ε-rank at task start best
     predicts the task's online accuracy (largest R²), SC's own procedure (SC chose 0.01
@@ -278,12 +288,20 @@ class StudyRun:
     path: Path
     num_tasks: int
     series: dict[str, Series]
+    diverged: dict | None = None
+    """the divergence the agent recorded in ``args.json`` (``task_id``, ``kind``,
+    ``tensor``, ...), if the run diverged"""
 
     @property
     def tasks_done(self) -> int:
         """Tasks with an online accuracy logged."""
         accuracy = self.series.get(ACCURACY)
         return 0 if accuracy is None else int(accuracy.task_id.max()) + 1
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run is over: every task done, or stopped by a divergence."""
+        return self.tasks_done >= self.num_tasks or self.diverged is not None
 
 
 def read_run(run_dir: Path) -> StudyRun:
@@ -297,7 +315,8 @@ def read_run(run_dir: Path) -> StudyRun:
     series = {}
     try:
         with open_metrics(path) as f:
-            num_tasks = int(json.loads(f.attrs["args_json"])["num_tasks"])
+            saved = json.loads(f.attrs["args_json"])
+            num_tasks = int(saved["num_tasks"])
             for tag in DRAWN:
                 rows = complete_rows(f[tag]) if tag in f else 0
                 if rows:
@@ -314,7 +333,7 @@ def read_run(run_dir: Path) -> StudyRun:
             f"cannot read {str(path)!r} ({error}); the file is corrupt or not a clenv "
             "metrics file: move its run directory aside to rerun that run"
         ) from error
-    return StudyRun(Path(run_dir), num_tasks, series)
+    return StudyRun(Path(run_dir), num_tasks, series, saved.get(DIVERGED))
 
 
 def arms_of(args: Args) -> list[Arm]:
@@ -341,7 +360,8 @@ def agent_args(args: Args) -> list[str]:
         "--learning-rate", str(args.learning_rate),
         "--curvature-every-tasks", str(args.curvature_every_tasks),
         "--plasticity-every-tasks", str(args.plasticity_every_tasks),
-        "--metric-samples", str(args.metric_samples), "--no-progress", *args.extra,
+        "--metric-samples", str(args.metric_samples), "--no-progress",
+        "--on-divergence", args.on_divergence, *args.extra,
     ]  # fmt: skip
     if args.data_dir is not None:
         command += ["--data-dir", args.data_dir]
@@ -371,12 +391,12 @@ def trial_of(args: Args, arm: Arm, seed: int) -> tuple[Trial, SweepSpec, Path]:
 
 
 def study_run(args: Args, label: str, seed: int) -> StudyRun | None:
-    """The run of (arm, seed) to report: the finished one, or with --partial the one
-    with the most tasks."""
+    """The run of (arm, seed) to report: the one that ended (finished or diverged), or
+    with --partial the one with the most tasks."""
     directory = Path(args.runs_dir) / f"{label}_seed{seed}"
     runs = [read_run(p.parent) for p in sorted(directory.glob(f"*/{METRICS_FILE}"))]
     for run in runs:
-        if run.tasks_done >= run.num_tasks:
+        if run.ended:
             return run
     if args.partial and runs:
         best = max(runs, key=lambda run: run.tasks_done)
@@ -394,8 +414,13 @@ def study_runs(args: Args) -> dict[str, list[StudyRun]]:
     return runs
 
 
+def ended_run(args: Args, label: str, seed: int) -> StudyRun | None:
+    """The run of (arm, seed) that finished or diverged, if there is one."""
+    return study_run(dataclasses.replace(args, partial=False), label, seed)
+
+
 def finished(args: Args, label: str, seed: int) -> bool:
-    return study_run(dataclasses.replace(args, partial=False), label, seed) is not None
+    return ended_run(args, label, seed) is not None
 
 
 def check_arms(args: Args, arms: list[Arm]) -> list[str]:
@@ -586,6 +611,10 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
         (f"Hessian ε-rank at task start\n(ε = {args.epsilon:.3g}, R² = {r2:.2f})",
          per_method(runs, epsilon_rank_at_task_start(args.epsilon))),
     ]  # fmt: skip
+    diverged = {
+        label: [run.diverged["task_id"] for run in seed_runs if run.diverged]
+        for label, seed_runs in runs.items()
+    }
     columns = columns_of(arms)
     fig = Figure(figsize=(1.5 + 4.2 * len(columns), 11), constrained_layout=True)
     axes = fig.subplots(len(panels), len(columns), squeeze=False, sharey="row")
@@ -600,9 +629,13 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
                 # A reference drawn in another group's column: thin, dashed, no band.
                 faint = arm.group == REFERENCE and group != REFERENCE
                 marker = "o" if len(tasks) < 12 else None
+                stopped = diverged.get(arm.label)
+                note = f", {len(stopped)} diverged" if stopped else ""
                 ax.plot(tasks, mean, color=arm.color, marker=marker,
                         lw=0.9 if faint else 1.4, ls="--" if faint else "-",
-                        label=f"{arm.label} ({values.shape[0]} seeds)")  # fmt: skip
+                        label=f"{arm.label} ({values.shape[0]} seeds{note})")  # fmt: skip
+                if stopped:  # the curves end where the first seed diverged
+                    ax.plot(tasks[-1], mean[-1], "x", color=arm.color, ms=9, mew=2)
                 if not faint:
                     ax.fill_between(tasks, values.min(0), values.max(0),
                                     color=arm.color, alpha=0.18, lw=0)  # fmt: skip
@@ -617,7 +650,8 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
     fig.suptitle(
         f"Permuted MNIST, MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} "
         f"unless the arm changes it, batch 1, {args.examples_per_task} examples/task\n"
-        "mean over seeds, band = min-max, dashed = reference arms"
+        "mean over seeds, band = min-max, dashed = reference arms, "
+        "x = a seed diverged after this task"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -634,6 +668,7 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
             "accuracy_first_10": float(mean[:k].mean()),
             "accuracy_last_10": float(mean[-k:].mean()),
             "accuracy_best_task": float(mean.max()),
+            "diverged_at_task": diverged.get(label, []),
         }
         for key, index in (
             ("dead_units", 1),
@@ -696,15 +731,21 @@ def write_summary(
         f"flags change it), batch 1, {args.num_tasks} tasks x {args.examples_per_task} "
         f"examples; seeds {list(args.seeds)}. ε-rank with ε = {args.epsilon:.3g}.", "",
         "| arm | agent flags | seeds | acc. first 10 tasks | acc. last 10 tasks | "
-        "dead units first -> last | eff. rank first -> last | ε-rank first -> last |",
-        "|---|---|---|---|---|---|---|---|",
+        "dead units first -> last | eff. rank first -> last | ε-rank first -> last | "
+        "diverged at task |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for label, e in summary.items():
+        last = f"{e['accuracy_last_10']:.3f}"
+        # Fewer tasks than the study's: a seed diverged (or --partial); say which.
+        if e["tasks"] < args.num_tasks:
+            last += f" (tasks {max(e['tasks'] - 10, 0)}-{e['tasks'] - 1})"
+        stopped = ", ".join(map(str, e["diverged_at_task"])) or "-"
         lines.append(
             f"| {label} | `{e['flags']}` | {e['seeds']} | {e['accuracy_first_10']:.3f} | "
-            f"{e['accuracy_last_10']:.3f} | {_first_last(e, 'dead_units', '{:.0f}')} | "
+            f"{last} | {_first_last(e, 'dead_units', '{:.0f}')} | "
             f"{_first_last(e, 'effective_rank', '{:.1f}')} | "
-            f"{_first_last(e, 'epsilon_rank', '{:.3f}')} |"
+            f"{_first_last(e, 'epsilon_rank', '{:.3f}')} | {stopped} |"
         )
     missing = not_drawn(args, summary)
     if missing:
@@ -747,11 +788,13 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
     with ThreadPoolExecutor(args.workers) as pool:
         for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), order):
             arm = next(arm for arm in arms if arm.label == label)
-            status = (
-                "ok"
-                if code == 0
-                else f"FAILED (exit {code}, see {log_of(args, arm, seed)})"
-            )
+            run = ended_run(args, label, seed)
+            if run is not None and run.diverged is not None:
+                status = f"diverged at task {run.diverged['task_id']} (recorded)"
+            elif code == 0:
+                status = "ok"
+            else:
+                status = f"FAILED (exit {code}, see {log_of(args, arm, seed)})"
             print(f"{label} seed {seed}: {status} in {seconds:.0f} s "
                   f"[{time.time() - start:.0f} s]", flush=True)  # fmt: skip
             timings.append((label, seed, seconds, code))

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import h5py
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,3 +218,58 @@ def test_check_only_runs_the_agents_checks_on_every_arm(
     with pytest.raises(SystemExit, match="arm bad .*--activation"):
         study.main()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_diverged_run_ends_its_arm_is_not_rerun_and_is_reported(
+    tmp_path, fake_data_dir, monkeypatch, capsys
+):
+    # SGD with step size 1e4 overflows within the first task: the run stops there
+    # (the agent's --on-divergence stop, the study's default) and the study reports it
+    # as the arm's result instead of a failure to retry.
+    study = load_study(monkeypatch)
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT_ACCEPTING_FIXTURE_MD5S)
+    monkeypatch.setattr(study, "AGENT", agent)
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    argv = [
+        "pmnist_study.py", "--arms", "bp", "boom=--reg bp --learning-rate 1e4",
+        "--seeds", "1", "--width", "8", "--num-tasks", "3",
+        "--examples-per-task", "100", "--curvature-every-tasks", "1",
+        "--plasticity-every-tasks", "1", "--metric-samples", "30",
+        "--data-dir", str(fake_data_dir), "--runs-dir", str(runs), "--out", str(out),
+        "--name", "tiny",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    study.main()
+    printed = capsys.readouterr().out
+    assert "bp seed 1: ok" in printed, printed
+    assert "boom seed 1: diverged at task 0 (recorded)" in printed, printed
+    (run_dir,) = (runs / "boom_seed1").glob("*/args.json")
+    recorded = json.loads(run_dir.read_text())["diverged"]
+    assert recorded["action"] == "stop" and recorded["task_id"] == 0
+    summary = json.loads((out / "tiny.json").read_text())
+    assert summary["bp"]["diverged_at_task"] == []
+    # Diverged in task 0: no task finished, so the arm has nothing to draw.
+    assert "boom" not in summary
+
+    # Rerunning the study does not rerun the diverged run.
+    stamp = run_dir.stat().st_mtime_ns
+    study.main()
+    assert "boom seed 1: diverged at task 0 (recorded)" in capsys.readouterr().out
+    assert run_dir.stat().st_mtime_ns == stamp
+
+    # A run that diverged after some tasks (BP's run, its args.json saying it was
+    # started for 5 tasks and diverged in task 3): drawn up to task 2 and reported.
+    shutil.copytree(runs / "bp_seed1", runs / "late_seed1")
+    (late,) = (runs / "late_seed1").glob("*/metrics.h5")
+    with h5py.File(late, "r+") as f:
+        saved = json.loads(f.attrs["args_json"])
+        saved |= {"num_tasks": 5, "diverged": {"task_id": 3, "action": "stop"}}
+        f.attrs["args_json"] = json.dumps(saved)
+    argv[argv.index("--arms") + 1 : argv.index("--seeds")] = ["late=--reg bp"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--num-tasks", "5"])
+    study.main()
+    late_summary = json.loads((out / "tiny.json").read_text())["late"]
+    assert late_summary["diverged_at_task"] == [3] and late_summary["tasks"] == 3
+    row = next(r for r in (out / "tiny.md").read_text().splitlines() if "| late |" in r)
+    assert "(tasks 0-2)" in row and row.endswith("| 3 |"), row
