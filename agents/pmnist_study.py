@@ -93,6 +93,9 @@ BUILT_IN: dict[str, list[tuple[str, str, str]]] = {
         ("layernorm_l2", "--reg l2 --norm layer", "tab:blue"),  # SC's LayerNorm-L2
         ("nap", "--reg nap --norm layer", "tab:orange"),
         ("crelu", "--reg bp --activation crelu", "tab:brown"),
+        # Half the units, so each layer keeps 100 features: Chung et al.'s official
+        # code's CReLU baseline (github.com/wechu/parseval_reg, agent.py:702-706).
+        ("crelu_half", "--reg bp --activation crelu --width 50", "tab:purple"),
         ("fourier", "--reg bp --activation fourier", "tab:pink"),
     ],
     "optimizer and loss": [
@@ -128,7 +131,7 @@ ARMS: dict[str, Arm] = {
 # from the per-step cost of their faster implementations (docs/methods.md) before a
 # study run of them.
 COST: dict[str, float] = {
-    "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1,
+    "head_reset": 3, "bp": 3.7, "l2": 4.8, "crelu_half": 7, "cbp": 8, "l2er": 11.1,
     "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
     "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
     "parseval": 33.4, "upgd": 42, "spectral_target1": 45, "spectral": 60,
