@@ -116,8 +116,9 @@ class Args(EnvOptions, LearnerOptions, RunOptions):  # the rest: clenv.ppo_args
 
 def parse_args(argv: list[str] | None = None) -> Args:
     """The command line, or with ``--resume`` the run's saved arguments (an explicit
-    ``--total-timesteps`` extends it; the display flags apply), resolved."""
-    overrides = ("total_timesteps", "progress", "plot")
+    ``--total-timesteps`` extends it; the display flags and ``--on-divergence``
+    apply), resolved."""
+    overrides = ("total_timesteps", "progress", "plot", "on_divergence")
     return resolve_args(clenv.run.parse_args(Args, overrides=overrides, argv=argv))
 
 

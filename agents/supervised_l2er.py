@@ -65,6 +65,7 @@ from clenv.protocol import task_due, task_switches
 from clenv.supervised_args import (
     IMAGENET,
     PMNIST,
+    RESUME_FLAGS,
     BaselineOptions,
     RunOptions,
     ascent_group_size,
@@ -154,7 +155,7 @@ def check_args(argv: list[str] | None = None) -> Args:
     env's arguments and ``--method-kwargs``' syntax (``clenv sweep`` calls it for
     every trial). Raises ValueError or FileNotFoundError naming the flag; a flag
     tyro does not know exits with its usage message."""
-    args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",), argv=argv))
+    args = resolve_args(clenv.run.parse_args(Args, overrides=RESUME_FLAGS, argv=argv))
     env_kwargs_for(args)
     parse_kwargs(args.method_kwargs, "--method-kwargs")
     return args
@@ -471,7 +472,7 @@ def seed_run(args: Args, device: torch.device, show_progress: bool = True):
 
 if __name__ == "__main__":
     with clenv.run.exit_on_error(ValueError, FileNotFoundError):
-        args = resolve_args(clenv.run.parse_args(Args, overrides=("progress",)))
+        args = resolve_args(clenv.run.parse_args(Args, overrides=RESUME_FLAGS))
         env_kwargs = env_kwargs_for(args)
         parse_kwargs(args.method_kwargs, "--method-kwargs")
         group = seed_group(args)  # --num-seeds: --seed, --seed + 1, ...

@@ -309,9 +309,10 @@ def end_diverged(
     if action == "fail":
         sys.exit(
             f"error: {error}. No checkpoint was written after it; the last one in "
-            f"{run.checkpoint_dir} is the last good state ({resume} continues from "
-            "it). Lower --learning-rate, or pass --on-divergence stop to record the "
-            "divergence and end the run cleanly"
+            f"{run.checkpoint_dir} is the last good state. Resuming repeats the "
+            "divergence (same arguments, same data): start a new run with a lower "
+            f"--learning-rate, or `{resume} --on-divergence stop` records it and "
+            "ends the run cleanly"
         )
     print(f"stopped (--on-divergence stop): {error}; recorded in args.json and "
           "charts/diverged")  # fmt: skip

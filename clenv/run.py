@@ -170,11 +170,14 @@ def resume_args(
     field's type is a tuple. ``resume`` keeps its value, and each field in
     ``overrides`` takes the value of ``args`` when its flag (``--total-timesteps``
     for ``total_timesteps``; ``--progress`` or ``--no-progress`` for a boolean
-    ``progress``) appears in ``argv``.
+    ``progress``) appears in ``argv``. Any other flag in ``argv`` is refused rather
+    than silently ignored: a resumed run continues with its saved arguments, so
+    ``--resume <run> --learning-rate 1e-3`` would not do what it says.
 
     Raises:
         FileNotFoundError: ``args.resume`` is not a run directory (no ``args.json``).
-        ValueError: ``overrides`` names a field ``type(args)`` does not have.
+        ValueError: ``overrides`` names a field ``type(args)`` does not have, or
+            ``argv`` sets a field that is not in ``overrides``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args_type = type(args)
@@ -184,6 +187,19 @@ def resume_args(
         raise ValueError(
             f"overrides {unknown} are not fields of {args_type.__name__}; "
             f"choose among {sorted(fields)}"
+        )
+    given = {_field_of_flag(arg, fields): arg.split("=", 1)[0] for arg in argv
+             if arg.startswith("--")}  # fmt: skip
+    refused = [
+        flag for name, flag in given.items() if name not in {"resume", *overrides}
+    ]
+    if refused:
+        taken = ", ".join(f"--{name.replace('_', '-')}" for name in overrides) or "none"
+        raise ValueError(
+            f"{', '.join(refused)} cannot be changed on --resume: a resumed run "
+            f"continues with the arguments saved in {args.resume}/args.json. Drop "
+            f"{'it' if len(refused) == 1 else 'them'} (the flags a resume takes: "
+            f"{taken}), or start a new run with the new value"
         )
     saved = RunLogger.load_args(args.resume)
     hints = typing.get_type_hints(args_type)
@@ -199,6 +215,15 @@ def resume_args(
         if any(arg.split("=", 1)[0] in flags for arg in argv):
             values[name] = getattr(args, name)
     return args_type(**values)
+
+
+def _field_of_flag(arg: str, fields: set[str]) -> str:
+    """The dataclass field a command-line flag sets: ``--total-timesteps=5`` ->
+    ``total_timesteps``, ``--no-progress`` -> ``progress``."""
+    name = arg[2:].split("=", 1)[0].replace("-", "_")
+    if name not in fields and name.startswith("no_") and name[3:] in fields:
+        return name[3:]
+    return name
 
 
 def fill_unset(args: ArgsT, defaults: Mapping[str, Any]) -> ArgsT:

@@ -39,8 +39,8 @@ from clenv.models import norm_components
 from clenv.optim import make_optimizer
 from clenv.settings import protocol_defaults
 
-__all__ = ["BENCHMARKS", "CIFAR", "IMAGENET", "PMNIST", "PRESETS", "UNSET",
-           "BaselineOptions", "RunOptions", "ascent_group_size", "build_optimizer",
+__all__ = ["BENCHMARKS", "CIFAR", "IMAGENET", "PMNIST", "PRESETS", "RESUME_FLAGS",
+           "UNSET", "BaselineOptions", "RunOptions", "ascent_group_size", "build_optimizer",
            "env_kwargs_for", "fast_path_decision", "fast_path_refusal", "model_kwargs",
            "num_seeds_refusal", "resolve_args", "seed_group", "setting_components",
            "use_fast_path"]  # fmt: skip
@@ -380,6 +380,12 @@ def ascent_group_size(args: Any, method: Any) -> int | None:
     return group_size
 
 
+# The fields a --resume takes from the command line: display, what to do if it
+# diverges, and where the data lives now (md5-verified, so the same data); every other
+# one keeps the run's saved value (clenv.run.resume_args refuses a flag for it).
+RESUME_FLAGS = ("progress", "on_divergence", "data_dir")
+
+
 def seed_group(args: Any) -> list[Any]:
     """The arguments of each seed a run trains: ``--seed``, ``--seed + 1``, ... for
     ``--num-seeds``; a resumed run, each member's saved arguments (``seed_group`` in
@@ -399,7 +405,7 @@ def seed_group(args: Any) -> list[Any]:
     group = []
     for member in members:
         saved = clenv.run.resume_args(dataclasses.replace(args, resume=member),
-                                      overrides=("progress",))  # fmt: skip
+                                      overrides=RESUME_FLAGS)  # fmt: skip
         if recorded and RunLogger.load_args(member).get("seed_group") != recorded:
             raise ValueError(
                 f"--resume {args.resume}: its group names {member}, whose args.json "

@@ -869,13 +869,20 @@ def test_unknown_reg_is_a_clear_error(smoke_runs):
     assert not (runs / "nope").exists()
 
 
-def test_resume_takes_display_flags_and_total_timesteps_only(agent_module, smoke_runs):
+def test_resume_takes_display_total_timesteps_and_divergence_flags_only(
+    agent_module, smoke_runs
+):
     runs, _ = smoke_runs
     run_dir = str(only_run(runs / "l2"))  # saved with --no-progress --no-plot
-    saved = agent_module.parse_args(["--resume", run_dir, "--seed", "7"])
+    saved = agent_module.parse_args(["--resume", run_dir])
     assert (saved.progress, saved.plot, saved.seed) == (False, False, 1)
-    shown = agent_module.parse_args(["--resume", run_dir, "--progress", "--plot"])
+    with pytest.raises(ValueError, match="--seed cannot be changed on --resume"):
+        agent_module.parse_args(["--resume", run_dir, "--seed", "7"])
+    shown = agent_module.parse_args(
+        ["--resume", run_dir, "--progress", "--plot", "--on-divergence", "stop"]
+    )
     assert shown.progress and shown.plot and shown.total_timesteps == 256
+    assert shown.on_divergence == "stop" and saved.on_divergence == "fail"
     extended = agent_module.parse_args(["--resume", run_dir, "--total-timesteps=512"])
     assert extended.total_timesteps == 512 and not extended.progress
 

@@ -217,9 +217,18 @@ def test_resume_args_overrides_and_logs(tmp_path, capsys):
     assert [s for s, _ in list_checkpoints(run.checkpoint_dir)] == [7, 9]  # keep 2
     run.close()
     # the command line: only listed overrides given as flags change saved values
-    argv = ["--resume", str(run.run_dir), "--total-timesteps", "500", "--seed", "9"]
+    argv = ["--resume", str(run.run_dir), "--total-timesteps", "500"]
     resumed_args = clenv.run.parse_args(Args, overrides=("total_timesteps",), argv=argv)
     assert resumed_args.total_timesteps == 500 and resumed_args.seed == 3
+    # any other flag is refused, naming it, rather than silently ignored
+    for flags, refused in ((["--seed", "9"], "--seed"),
+                           (["--seed=9", "--no-progress"], "--seed, --no-progress")):  # fmt: skip
+        with pytest.raises(
+            ValueError, match=f"^{refused} cannot be changed on --resume"
+        ):
+            clenv.run.parse_args(
+                Args, overrides=("total_timesteps",), argv=argv + flags
+            )
     assert resumed_args.hidden_sizes == (8, 8) and resumed_args.betas is None
     with pytest.raises(ValueError, match="not fields"):
         clenv.run.resume_args(resumed_args, overrides=("no_such",))

@@ -43,7 +43,9 @@ DRIVER = textwrap.dedent(
         cifar100.TARBALL = FileSpec(tarball.name, md5sum(tarball))
     results = {}
     for name, argv in json.loads(configs).items():
-        sys.argv = [agent, *argv, "--runs-dir", f"{runs}/{name}", "--data-dir", str(root)]
+        # A resume keeps its run directory (--runs-dir would be refused).
+        where = [] if "--resume" in argv else ["--runs-dir", f"{runs}/{name}"]
+        sys.argv = [agent, *argv, *where, "--data-dir", str(root)]
         try:
             runpy.run_path(agent, run_name="__main__")
             results[name] = "ok"
@@ -678,6 +680,22 @@ def test_nan_stops_the_run_naming_it_and_resume_starts_from_a_finite_checkpoint(
     step, state = load_latest_checkpoint(run_dir / "checkpoints")
     model = state["objects"]["model"]
     assert step == 40 and all(torch.isfinite(v).all() for v in model.values())
+    # A resume keeps the saved arguments: a new learning rate is refused, not ignored;
+    # --on-divergence is taken (the NaN comes again, 50 steps after the resume).
+    again, result = run_driver(
+        fake_data_dir,
+        tmp_path / "unused",
+        {"lr": ["--resume", str(run_dir), "--learning-rate", "1e-3"],
+         "stop": ["--resume", str(run_dir), "--on-divergence", "stop"]},
+        prelude=INJECT_NAN,
+    )  # fmt: skip
+    assert again["lr"].startswith("exit error: --learning-rate cannot be changed on "
+                                  "--resume"), again["lr"]  # fmt: skip
+    assert again["stop"] == "ok", again["stop"]
+    assert "at example 90, task 2" in result.stdout
+    assert json.loads((run_dir / "args.json").read_text())["diverged"]["action"] == (
+        "stop"
+    )
     # Resumed without the injected NaN, it finishes; the event is gone from the log.
     resumed, _ = run_driver(
         fake_data_dir, tmp_path / "unused", {"resume": ["--resume", str(run_dir)]}

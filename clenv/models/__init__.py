@@ -30,8 +30,8 @@ from clenv.models.layers import (
     FourierFeatures,
     feature_multiplier,
     make_activation,
-    make_norm,
     make_mlp,
+    make_norm,
     norm_components,
 )
 from clenv.models.mlp import PermutedMNISTMLP
