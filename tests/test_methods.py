@@ -615,3 +615,21 @@ def test_bench_methods_runs_every_method_and_reports_ratios_to_bp(capsys):
     assert list(figures[4]) == ["bp", "l2er", "l2er:in_backward", "cbp"]
     assert figures[1]["bp"]["ratio"] == 1.0 and figures[4]["cbp"]["ms_per_step"] > 0
     assert "l2er at batch 1:" in capsys.readouterr().out
+
+
+def test_add_to_grad_sets_adds_scales_and_copies_a_view_it_is_given():
+    from clenv.methods.base import add_to_grad
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    buffer = torch.arange(6.0)
+    add_to_grad(param, buffer[:3], copy=True)  # set: its own tensor, not the buffer's
+    buffer.zero_()
+    assert param.grad.tolist() == [0.0, 1.0, 2.0]
+    add_to_grad(param, torch.ones(3), alpha=0.5)  # add, scaled
+    assert param.grad.tolist() == [0.5, 1.5, 2.5]
+    other = torch.nn.Parameter(torch.zeros(2))
+    grad = torch.tensor([1.0, -2.0])
+    add_to_grad(other, grad, alpha=3.0)  # set, scaled: a new tensor
+    assert other.grad.tolist() == [3.0, -6.0] and grad.tolist() == [1.0, -2.0]
+    add_to_grad(other, grad)  # add in place
+    assert other.grad.tolist() == [4.0, -8.0]

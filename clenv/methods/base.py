@@ -208,6 +208,23 @@ class SeededGenerator:
         self.generator.set_state(state.cpu())
 
 
+def add_to_grad(
+    param: torch.Tensor, grad: torch.Tensor, alpha: float = 1.0, copy: bool = False
+) -> None:
+    """Add ``alpha * grad`` to ``param.grad``, or set it where there is none: how a
+    method's own gradient term joins the loss's before the optimizer step.
+
+    ``copy``: ``grad`` is a view of a buffer the method reuses, which the parameter must
+    not take as its ``.grad`` (with ``alpha`` other than 1 a new tensor is made anyway).
+    """
+    if param.grad is not None:
+        param.grad.add_(grad, alpha=alpha)
+    elif alpha != 1:
+        param.grad = grad.mul(alpha)
+    else:
+        param.grad = grad.clone() if copy else grad
+
+
 def reset_optimizer_slices(
     optimizer: torch.optim.Optimizer,
     param: torch.Tensor,

@@ -54,7 +54,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from clenv.methods.base import PlasticityMethod, SeededGenerator
+from clenv.methods.base import PlasticityMethod, SeededGenerator, add_to_grad
 from clenv.methods.layers import recording_paused
 from clenv.metrics.activations import ForwardFn, default_forward
 from clenv.metrics.hessian import trainable_parameters
@@ -267,12 +267,8 @@ class CChain(PlasticityMethod):
         self.last_churn_loss = float(loss.detach())
         with torch.no_grad():
             for param, grad in zip(self.params, grads, strict=True):
-                if grad is None:
-                    continue
-                if param.grad is None:
-                    param.grad = grad.mul(self.coefficient)
-                else:
-                    param.grad.add_(grad, alpha=self.coefficient)
+                if grad is not None:
+                    add_to_grad(param, grad, alpha=self.coefficient)
 
     def after_step(self, inputs: Any = None) -> None:
         if inputs is not None and hasattr(inputs, "shape"):

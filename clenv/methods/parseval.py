@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from clenv.checks import check_range
-from clenv.methods.base import PlasticityMethod
+from clenv.methods.base import PlasticityMethod, add_to_grad
 from clenv.methods.layers import HiddenLayerSpec, find_hidden_layers
 
 
@@ -109,10 +109,7 @@ class Parseval(PlasticityMethod):
             gram = matrix @ matrix.T
             gram.diagonal().sub_(self.scale)
             grad = (gram @ matrix).mul_(4 * self.strength).reshape(weight.shape)
-            if weight.grad is None:
-                weight.grad = grad
-            else:
-                weight.grad.add_(grad)
+            add_to_grad(weight, grad)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

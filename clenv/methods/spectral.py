@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from clenv.checks import check_range
-from clenv.methods.base import PlasticityMethod, SeededGenerator
+from clenv.methods.base import PlasticityMethod, SeededGenerator, add_to_grad
 from clenv.methods.layers import NORMS
 from clenv.metrics.bounds import WEIGHT_LAYER_TYPES
 
@@ -196,13 +196,6 @@ class _Stack:
         self.start_views = [self.start[i, :n] for i, (n, _) in enumerate(self.shapes)]
 
 
-def _add_to_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
-    if param.grad is None:
-        param.grad = grad.clone()
-    else:
-        param.grad.add_(grad)
-
-
 class SpectralRegularization(PlasticityMethod):
     """``strength * [sum_W (sigma_max(W)^k - target)^2 + sum_b ||b||^2
     + sum_gamma ||gamma - 1||^2]`` added to the loss's gradient.
@@ -376,14 +369,15 @@ class SpectralRegularization(PlasticityMethod):
             for row, weight in enumerate(weights):
                 if weight.requires_grad:
                     n, m = stack.shapes[row]
-                    _add_to_grad(weight, gradient[row, :n, :m].reshape(weight.shape))
+                    view = gradient[row, :n, :m].reshape(weight.shape)
+                    add_to_grad(weight, view, copy=True)  # a view of the stack's buffer
         doubled = 2 * self.strength
         for bias in self.biases:
             if bias.requires_grad:
-                _add_to_grad(bias, bias * doubled)
+                add_to_grad(bias, bias * doubled)
         for gain in self.gains:
             if gain.requires_grad:
-                _add_to_grad(gain, (gain - 1) * doubled)
+                add_to_grad(gain, (gain - 1) * doubled)
 
     def _sigma_gradient(self, sigma: torch.Tensor) -> torch.Tensor:
         """d/dsigma of ``strength * (sigma^k - target)^2``."""
