@@ -90,6 +90,8 @@ from clenv.logger import (
     json_default,
     storage_error,
 )
+from clenv.provenance import ARGS_KEY as PROVENANCE
+from clenv.provenance import provenance
 from clenv.settings import protocol_defaults
 
 __all__ = [
@@ -711,7 +713,11 @@ def start(
             seed=args.seed,
             agent=agent,
             reg=reg if reg is not None else args.reg,
-            args={**_plain_args(args), **(extra_args or {})},
+            args={
+                **_plain_args(args),
+                **(extra_args or {}),
+                PROVENANCE: [provenance()],
+            },  # fmt: skip
             tensorboard=tensorboard,
         )
         print(f"run directory: {logger.run_dir}")
@@ -754,8 +760,10 @@ def start(
         )
         print(f"resumed {run_dir} at {unit} {checkpoint[0]:,}")
     current = {**saved, **_plain_args(args), "resume": saved.get("resume")}
-    if current != saved:
-        logger.update_args(current)
+    # One more entry per resume: a run resumed under other code or torch says so.
+    resumed_at = {"resumed_at": checkpoint[0] if checkpoint else 0}
+    current[PROVENANCE] = [*saved.get(PROVENANCE, []), provenance() | resumed_at]
+    logger.update_args(current)
     print(f"run directory: {logger.run_dir}")
     return Run(args, logger, checkpoint, keep, resumed=True)
 

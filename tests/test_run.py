@@ -598,3 +598,33 @@ def test_truncated_metrics_file_advice_leads_to_a_working_resume(tmp_path):
     with h5py.File(metrics, "r") as f:
         assert f.attrs["agent"] == "test" and f.attrs["env_id"] == ENV_ID
     assert read_series(metrics, "charts/x")["step"].tolist() == [10]
+
+
+def test_every_start_and_resume_records_its_code_libraries_and_machine(tmp_path):
+    from clenv.provenance import git_state
+
+    args = Args(runs_dir=str(tmp_path))
+    run = clenv.run.start(args, agent="test", tensorboard=False)
+    run.save(4)
+    run.close()
+    (first,) = json.loads((run.run_dir / "args.json").read_text())["provenance"]
+    assert first["torch"] == torch.__version__ and first["numpy"] == np.__version__
+    assert first["clenv"] == clenv.__version__ and first["argv"] == sys.argv
+    root = os.path.dirname(os.path.dirname(os.path.abspath(clenv.__file__)))
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"],
+                          capture_output=True, text=True)  # fmt: skip
+    if head.returncode == 0:  # a git checkout (CI's clean clone is one)
+        assert first["git"]["commit"] == head.stdout.strip()
+    # A resume appends an entry with the step it resumed at; the saved arguments
+    # read back for the resume are the run's own (the provenance is not a field).
+    resumed = clenv.run.start(
+        dataclasses.replace(args, resume=str(run.run_dir)), agent="test",
+        tensorboard=False,
+    )  # fmt: skip
+    resumed.close()
+    saved = json.loads((run.run_dir / "args.json").read_text())
+    assert [e.get("resumed_at") for e in saved["provenance"]] == [None, 4]
+    with h5py.File(run.run_dir / "metrics.h5", "r") as f:
+        assert json.loads(f.attrs["args_json"])["provenance"] == saved["provenance"]
+    # Outside a git checkout there is no commit to record, and no error.
+    assert git_state(tmp_path) is None
