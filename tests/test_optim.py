@@ -456,8 +456,9 @@ def test_fast_calls_respect_a_replaced_sgd_step(monkeypatch):
 )
 @pytest.mark.parametrize("base", ["adam", "sgd"])
 def test_trac_steps_as_the_packages_own_optimizer(base):
-    """make_optimizer's TRAC (its step without the package's log line) moves the
-    weights exactly as the package's start_trac optimizer."""
+    """make_optimizer's TRAC (its step without the package's log line, with the
+    faster erfi, and foreach Adam) moves the weights exactly as the package's
+    start_trac optimizer (torch's default CPU Adam, one op per tensor)."""
     import trac_optimizer
 
     ours, theirs = small_model(), small_model()
@@ -466,8 +467,10 @@ def test_trac_steps_as_the_packages_own_optimizer(base):
     theirs_opt = trac_optimizer.start_trac(os.devnull, base_class)(
         theirs.parameters(), lr=1e-3
     )
-    train_with((ours_opt.zero_grad, ours_opt.step), ours, steps=6)
-    train_with((theirs_opt.zero_grad, theirs_opt.step), theirs, steps=6)
+    if base == "adam":
+        assert ours_opt.defaults["foreach"] and not theirs_opt.defaults["foreach"]
+    train_with((ours_opt.zero_grad, ours_opt.step), ours, steps=60)
+    train_with((theirs_opt.zero_grad, theirs_opt.step), theirs, steps=60)
     moved = [
         not torch.equal(a, b)
         for a, b in zip(ours.parameters(), small_model().parameters(), strict=True)
@@ -476,6 +479,40 @@ def test_trac_steps_as_the_packages_own_optimizer(base):
     for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(mine, other)
     assert torch.equal(ours_opt.state["_trac"]["s"], theirs_opt.state["_trac"]["s"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("trac_optimizer") is None,
+    reason="trac-optimizer not installed (pip install clenv[trac])",
+)
+def test_faster_trac_erfi_is_the_packages_bit_for_bit_and_only_inside_a_step():
+    from trac_optimizer import trac
+
+    from clenv.optim import _faster_trac_erfi
+
+    faster = _faster_trac_erfi(trac)
+    package_erfi, package_polyval = trac.erfi, trac.polyval
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(300):  # TRAC's inputs: 6 betas' sigma / sqrt(variance)
+        scale = 10 ** (torch.rand(1, generator=generator).item() * 6 - 4)
+        x = torch.randn(6, generator=generator) * scale
+        x[trial % 6] = 0.0 if trial % 5 == 0 else x[trial % 6]
+        expected = package_erfi(x)
+        trac.polyval = faster["polyval"]
+        try:
+            got = faster["erfi"](x)
+        finally:
+            trac.polyval = package_polyval
+        assert torch.equal(got, expected), (x, got, expected)
+    constant = torch.tensor(1.0) / torch.sqrt(torch.tensor(2.0))
+    first, second = faster["erfi"](constant), faster["erfi"](constant)
+    assert torch.equal(first, package_erfi(constant)) and first is not second
+    # A TRAC step puts the package's own functions back when it ends.
+    model = small_model()
+    optimizer = make_optimizer("trac", model, 1e-3)
+    train_with((optimizer.zero_grad, optimizer.step), model, steps=1)
+    assert (trac.erfi, trac.polyval) == (package_erfi, package_polyval)
+    assert _faster_trac_erfi(object()) == {}  # a package without them: its own
 
 
 def test_muon_step_evaluates_a_closure_with_grad_and_returns_its_loss():
