@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from clenv.bench import envs, methods, ppo
 
@@ -127,3 +128,31 @@ def test_envs_bench_refuses_bad_arguments(capsys):
     assert "--seed" in usage_error(envs.main, ["--seed", "x"], capsys)
     args = envs.EnvsBenchArgs(block_steps=5, repeats=1, stub_steps=5)
     assert (args.block_steps, args.repeats, args.stub_steps) == (5, 1, 5)
+
+
+def test_methods_bench_variants_change_the_network_optimizer_or_loss():
+    from clenv.losses import one_hot_mse
+    from clenv.models import CReLU, FourierFeatures
+    from clenv.optim import MuonWithAdam
+
+    def trainer(name):
+        return methods.Trainer(name, width=8, lr=0.01, interval=2)
+
+    plain = trainer("bp")
+    assert isinstance(plain.optimizer, torch.optim.SGD)
+    assert plain.loss is torch.nn.functional.cross_entropy
+    assert any(isinstance(m, CReLU) for m in trainer("bp:crelu").model.modules())
+    assert any(
+        isinstance(m, FourierFeatures) for m in trainer("bp:fourier").model.modules()
+    )
+    assert any(
+        isinstance(m, torch.nn.LayerNorm)
+        for m in trainer("l2:layernorm").model.modules()
+    )
+    assert isinstance(trainer("bp:muon").optimizer, MuonWithAdam)
+    assert trainer("bp:mse").loss is one_hot_mse
+    # Every method starts from the same weights (the variants aside).
+    first = next(trainer("l2").model.parameters())
+    assert torch.equal(first, next(plain.model.parameters()))
+    with pytest.raises(ValueError, match="unknown variant 'adam' in 'bp:adam'"):
+        trainer("bp:adam")

@@ -1,11 +1,15 @@
 """Cost of each plasticity method per training step, relative to plain backprop.
 
 Run ``python -m clenv.bench.methods`` (``--help`` for options). The network is SC's
-Permuted-MNIST MLP (784-1000-1000-1000-10, ReLU, Kaiming-uniform, zero bias) trained
-with SGD (lr 0.01; ``fused=True``, so that L2 rides in the update, see
-:class:`clenv.methods.L2`; ``--optimizer foreach`` for torch's default) and
-cross-entropy on random inputs in [0, 1], at batch 1 (the papers' online setting) and
-batch 100. Every method gets its own copy of the network
+Permuted-MNIST MLP (784-1000-1000-1000-10, ReLU, Kaiming-uniform, zero bias:
+:class:`clenv.models.PermutedMNISTMLP`) trained with SGD (lr 0.01; ``fused=True``, so
+that L2 rides in the update, see :class:`clenv.methods.L2`; ``--optimizer foreach``
+for torch's default) and cross-entropy on random inputs in [0, 1], at batch 1 (the
+papers' online setting) and batch 100. A ``:variant`` after a method name changes one
+thing for that method: where L2 adds its term (``l2:after_backward``), the network
+(``bp:layernorm``, ``bp:crelu``, ``bp:fourier``: the agents' ``--norm layer`` and
+``--activation``), the optimizer (``bp:muon``, ``bp:trac``: ``--optimizer``) or the
+loss (``bp:mse``: ``--loss mse``). Every method gets its own copy of the network
 and optimizer; one *round* times a block of ``--block-steps`` steps of every method,
 in a rotating order, in one process, so machine load hits all of them alike. A
 method's ratio is its block time over BP's block time in the same round; the table
@@ -26,6 +30,7 @@ before it, so no batch-100 figure can come near it.
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,9 +38,11 @@ from typing import Literal
 
 import torch
 import tyro
-from torch import nn
 
+from clenv.losses import make_loss
 from clenv.methods import make_method, split_name
+from clenv.models import PermutedMNISTMLP
+from clenv.optim import make_optimizer
 
 TARGET = ("l2er", 1.25)
 # Where L2 adds its term (clenv.methods.L2); the default fuses it into the update.
@@ -43,9 +50,18 @@ L2_VARIANTS = {
     "after_backward": {"l2__fuse": False},
     "in_backward": {"l2__in_backward": True},
 }
-# Variants of the network: "layernorm" puts an nn.LayerNorm before each hidden ReLU
-# (what NaP needs; compare "nap:layernorm" with "bp:layernorm").
-MODEL_VARIANTS = ("layernorm",)
+# Variants of the network (PermutedMNISTMLP's arguments): "layernorm" puts a LayerNorm
+# before each hidden activation (what NaP needs; compare "nap:layernorm" with
+# "bp:layernorm"); "crelu" and "fourier" are the agents' --activation.
+MODEL_VARIANTS = {
+    "layernorm": {"norm": "layer"},
+    "crelu": {"activation": "crelu"},
+    "fourier": {"activation": "fourier"},
+}
+# The agents' --optimizer (clenv.optim.make_optimizer) and --loss (clenv.losses).
+OPTIMIZER_VARIANTS = ("muon", "trac")
+LOSS_VARIANTS = ("mse",)
+VARIANTS = (*L2_VARIANTS, *MODEL_VARIANTS, *OPTIMIZER_VARIANTS, *LOSS_VARIANTS)
 DEFAULT_METHODS = (
     "bp",
     "l2",
@@ -66,27 +82,23 @@ DEFAULT_METHODS = (
     "nap:layernorm",
     "inject",
     "cchain",
+    "l2:layernorm",  # SC's LayerNorm-L2
+    "bp:crelu",
+    "bp:fourier",
+    "bp:muon",
+    "bp:mse",
+    # TRAC is an optional extra (pip install clenv[trac]).
+    *(("bp:trac",) if importlib.util.find_spec("trac_optimizer") else ()),
 )
 
 
-def pmnist_mlp(
-    width: int = 1000, depth: int = 3, seed: int = 0, layernorm: bool = False
-) -> nn.Sequential:
-    """SC's Permuted-MNIST MLP: 784-width x depth-10, ReLU, Kaiming-uniform, zero bias
-    (``layernorm``: an ``nn.LayerNorm`` before each hidden ReLU)."""
-    torch.manual_seed(seed)
-    widths = [784] + [width] * depth + [10]
-    layers: list[nn.Module] = []
-    for i in range(len(widths) - 1):
-        linear = nn.Linear(widths[i], widths[i + 1])
-        nn.init.kaiming_uniform_(linear.weight, nonlinearity="relu")
-        nn.init.zeros_(linear.bias)
-        layers.append(linear)
-        if i < len(widths) - 2:
-            if layernorm:
-                layers.append(nn.LayerNorm(widths[i + 1]))
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+def check_variant(name: str) -> None:
+    """Raise a ValueError unless ``name``'s ``:variant`` (if any) is a known one."""
+    variant = name.partition(":")[2]
+    if variant and variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r} in {name!r}; known: {list(VARIANTS)}"
+        )
 
 
 class Trainer:
@@ -95,8 +107,8 @@ class Trainer:
     Args:
         name: a ``--reg`` name, optionally ``:after_backward`` (L2 in its own pass
             after ``backward()``) or ``:in_backward`` (inside ``backward()``); see
-            :class:`clenv.methods.L2`; or ``:layernorm`` (the MLP with a LayerNorm
-            before each hidden ReLU, which NaP needs).
+            :class:`clenv.methods.L2`; or one of :data:`MODEL_VARIANTS` (the network),
+            :data:`OPTIMIZER_VARIANTS` (instead of SGD) or :data:`LOSS_VARIANTS`.
         width: hidden width.
         lr: SGD learning rate.
         interval: ER's U.
@@ -107,16 +119,19 @@ class Trainer:
     def __init__(
         self, name: str, width: int, lr: float, interval: int, fused: bool = True
     ):
+        check_variant(name)
         self.name = name
         reg, _, variant = name.partition(":")
-        self.model = pmnist_mlp(width, layernorm=variant == "layernorm")
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, fused=fused)
-        overrides = {"er__interval": interval} if "er" in split_name(reg) else {}
-        if variant and variant not in (*L2_VARIANTS, *MODEL_VARIANTS):
-            raise ValueError(
-                f"unknown variant {variant!r} in {name!r}; known: "
-                f"{[*L2_VARIANTS, *MODEL_VARIANTS]}"
+        torch.manual_seed(0)  # every method starts from the same weights
+        self.model = PermutedMNISTMLP(width=width, **MODEL_VARIANTS.get(variant, {}))
+        if variant in OPTIMIZER_VARIANTS:
+            self.optimizer = make_optimizer(variant, self.model, lr)
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=lr, fused=fused
             )
+        self.loss = make_loss(variant if variant in LOSS_VARIANTS else "cross_entropy")
+        overrides = {"er__interval": interval} if "er" in split_name(reg) else {}
         overrides.update(L2_VARIANTS.get(variant, {}))
         self.method = make_method(
             reg, self.model, self.optimizer, preset="pmnist", **overrides
@@ -127,12 +142,14 @@ class Trainer:
 
     def run(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """CPU seconds for one step per minibatch in ``inputs`` (steps, batch, 784)."""
-        model, optimizer, method = self.model, self.optimizer, self.method
+        model, optimizer, method, loss_of = (
+            self.model, self.optimizer, self.method, self.loss
+        )  # fmt: skip
         # The inputs as one epoch's data (cchain draws its reference batches there).
         method.before_epoch(inputs.flatten(0, 1))
         start = time.process_time()
         for x, y in zip(inputs, labels, strict=True):
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = loss_of(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             method.after_backward()
@@ -234,16 +251,11 @@ class MethodsBenchArgs:
     def __post_init__(self) -> None:
         # tyro reports a ValueError here as a usage error (no traceback).
         for name in self.method_names():
-            reg, _, variant = name.partition(":")
             try:
-                split_name(reg)
+                split_name(name.partition(":")[0])
+                check_variant(name)
             except ValueError as error:
                 raise ValueError(f"--methods: {error}") from None
-            if variant and variant not in (*L2_VARIANTS, *MODEL_VARIANTS):
-                raise ValueError(
-                    f"--methods: unknown variant {variant!r} in {name!r}; known: "
-                    f"{[*L2_VARIANTS, *MODEL_VARIANTS]}"
-                )
         self.rounds_per_batch_size()
         self.intervals_per_batch_size()
         if self.block_steps < 1:
