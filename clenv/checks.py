@@ -22,8 +22,16 @@ import numpy as np
 __all__ = ["check_flags", "check_range"]
 
 
-def check_range(name: str, value: float, low: float, high: float | None = None) -> None:
-    """Check ``low <= value`` and, when ``high`` is given, ``value < high``.
+def check_range(
+    name: str,
+    value: float,
+    low: float,
+    high: float | None = None,
+    *,
+    closed: bool = False,
+) -> None:
+    """Check ``low <= value`` and, when ``high`` is given, ``value < high`` (``value <=
+    high`` with ``closed=True``).
 
     The bounds print as given (``low=0`` reads ``>= 0``, ``low=0.0`` reads
     ``>= 0.0``). NaN is refused (it is in no range: a NaN learning rate or strength
@@ -36,13 +44,19 @@ def check_range(name: str, value: float, low: float, high: float | None = None) 
         value: the value to check.
         low: the smallest value allowed.
         high: if given, the bound ``value`` must stay below (half-open ``[low, high)``).
+        closed: ``high`` itself is allowed too (``[low, high]``).
 
     Raises:
         ValueError: ``"{name} must be >= {low}, got {value}"``, or ``"{name} must be
-            in [{low}, {high}), got {value}"`` when ``high`` is given.
+            in [{low}, {high}), got {value}"`` (``]`` when closed) when ``high`` is given.
     """
-    if not (value >= low and (high is None or value < high)):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
+    below_high = high is None or value < high or (closed and value == high)
+    if not (value >= low and below_high):
+        bound = (
+            f"in [{low}, {high}{']' if closed else ')'}"
+            if high is not None
+            else f">= {low}"
+        )
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 

@@ -18,11 +18,12 @@ from clenv.checks import check_flags, check_range
         (("Adam's lr", -0.1, 0.0), "Adam's lr must be >= 0.0, got -0.1"),
         (("momentum", 1.0, 0.0, 1.0), "momentum must be in [0.0, 1.0), got 1.0"),
         (("momentum", -0.5, 0.0, 1.0), "momentum must be in [0.0, 1.0), got -0.5"),
+        (("rate", 1.5, 0, 1, True), "rate must be in [0, 1], got 1.5"),
     ],
 )
 def test_check_range_refuses_with_the_argument_bound_and_value(args, message):
     with pytest.raises(ValueError) as error:
-        check_range(*args)
+        check_range(*args[:4], closed=args[4] if len(args) > 4 else False)
     assert str(error.value) == message
 
 
@@ -39,6 +40,14 @@ def test_check_range_refuses_with_the_argument_bound_and_value(args, message):
 )
 def test_check_range_accepts_values_inside_the_bounds(args):
     assert check_range(*args) is None
+
+
+def test_check_range_closed_accepts_its_upper_bound_and_refuses_nan():
+    assert check_range("rate", 1, 0, 1, closed=True) is None
+    with pytest.raises(ValueError, match=r"^rate must be in \[0, 1\), got 1$"):
+        check_range("rate", 1, 0, 1)
+    with pytest.raises(ValueError, match=r"^rate must be in \[0, 1\], got nan$"):
+        check_range("rate", math.nan, 0, 1, closed=True)
 
 
 @pytest.mark.parametrize("bounds", [(0,), (0.0, 1.0)])

@@ -120,10 +120,7 @@ class ContinualBackprop(UnitMethod):
         hidden_layers: HiddenLayerSpec = None,
         seed: int = 0,
     ):
-        if not 0 <= replacement_rate <= 1:
-            raise ValueError(
-                f"replacement_rate must be in [0, 1], got {replacement_rate}"
-            )
+        check_range("replacement_rate", replacement_rate, 0, 1, closed=True)
         check_range("maturity_threshold", maturity_threshold, 0)
         check_range("decay_rate", decay_rate, 0, 1)
         if utility not in UTILITIES:
