@@ -52,6 +52,7 @@ from clenv.methods import split_name
 from clenv.plotting import Series
 from clenv.plotting.figure import EPSILON_CANDIDATES
 from clenv.plotting.stats import best_epsilon, epsilon_rank_from_density, linear_fit
+from clenv.provenance import ARGS_KEY as PROVENANCE
 from clenv.sweep import SweepSpec, Trial, check_trial_args, read_trial_state, run_trial
 
 AGENT = Path(__file__).with_name("supervised_l2er.py")
@@ -294,6 +295,10 @@ class StudyRun:
     diverged: dict | None = None
     """the divergence the agent recorded in ``args.json`` (``task_id``, ``kind``,
     ``tensor``, ...), if the run diverged"""
+    commits: tuple[str, ...] = ()
+    """the clenv commits the run was started and resumed at (``args.json``'s
+    ``provenance``; ``"dirty"`` appended for uncommitted changes), empty for a run
+    made before clenv recorded them"""
 
     @property
     def tasks_done(self) -> int:
@@ -336,7 +341,14 @@ def read_run(run_dir: Path) -> StudyRun:
             f"cannot read {str(path)!r} ({error}); the file is corrupt or not a clenv "
             "metrics file: move its run directory aside to rerun that run"
         ) from error
-    return StudyRun(Path(run_dir), num_tasks, series, saved.get(DIVERGED))
+    commits = tuple(
+        dict.fromkeys(
+            entry["git"]["commit"][:7] + (" dirty" if entry["git"]["dirty"] else "")
+            for entry in saved.get(PROVENANCE, [])
+            if entry.get("git")
+        )
+    )
+    return StudyRun(Path(run_dir), num_tasks, series, saved.get(DIVERGED), commits)
 
 
 def arms_of(args: Args) -> list[Arm]:
@@ -720,6 +732,25 @@ def _first_last(entry: dict, key: str, fmt: str) -> str:
     return f"{fmt.format(entry[key + '_first'])} -> {fmt.format(entry[key + '_last'])}"
 
 
+def code_line(runs: dict[str, list[StudyRun]]) -> str:
+    """Which clenv commits made the runs drawn (from each run's provenance)."""
+    counts: dict[str, int] = {}
+    unrecorded = 0
+    for seed_runs in runs.values():
+        for run in seed_runs:
+            for commit in run.commits:
+                counts[commit] = counts.get(commit, 0) + 1
+            unrecorded += not run.commits
+    made = ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())
+    line = f"Code: clenv commits {made}" if made else "Code:"
+    if unrecorded:
+        line += f"{';' if made else ''} {unrecorded} runs without a recorded commit "
+        line += (
+            "(made before clenv recorded it in args.json, or outside a git checkout)"
+        )
+    return line + " (a resumed run counts once per commit it ran at)."
+
+
 def write_summary(
     args: Args,
     runs: dict[str, list[StudyRun]],
@@ -762,6 +793,7 @@ def write_summary(
                   "R² = 0.77):", "",
                   "| ε | R² | points |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {eps:.3g} | {r2:.2f} | {n} |" for eps, (r2, n) in fits.items()]
+    lines += ["", code_line(runs)]
     if timings:
         lines += ["", "Wall time per run (s): " + ", ".join(
             f"{label}/{seed}: {seconds:.0f}" for label, seed, seconds, _ in timings)]  # fmt: skip

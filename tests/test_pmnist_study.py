@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import pytest
 
+from clenv.provenance import git_state
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The study starts the agent in subprocesses, which check the data's md5 against the
@@ -68,7 +70,13 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
         assert 0 <= entry["accuracy_last_10"] <= 1
         assert entry["effective_rank_first"] > 0
     assert (out / "tiny.png").stat().st_size > 10_000
-    assert "l2er" in (out / "tiny.md").read_text()
+    table = (out / "tiny.md").read_text()
+    assert "l2er" in table
+    # The table names the clenv commit the runs were made at (their provenance).
+    state = git_state()
+    if state is not None:
+        commit = state["commit"][:7] + (" dirty" if state["dirty"] else "")
+        assert f"Code: clenv commits {commit} (2 runs)" in table, table
 
     # A second call finds both runs finished: nothing is rerun, the figure is redrawn.
     h5_files = sorted(runs.glob("*/*/metrics.h5"))
