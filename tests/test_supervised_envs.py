@@ -206,6 +206,27 @@ def test_schedule_and_stream_state_round_trip(data_dir, env_id):
     assert_same(rollout_from(restored, 12), expected)
 
 
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_a_restored_state_and_the_infos_after_it_share_no_array(data_dir, env_id):
+    """Restoring one saved state twice: the labels each step hands out are the env's
+    own copies, so a caller that keeps (or edits) them touches neither the saved state
+    nor another step's info (gymnasium's passive checker flags such sharing)."""
+    env = make(env_id, batch_size=3)
+    env.reset(seed=0)
+    state = env.unwrapped.get_schedule_state()
+    saved_labels = state["stream"]["pending_labels"].copy()
+    infos = []
+    for _ in range(2):
+        env.unwrapped.set_schedule_state(state)
+        infos.append(env.step(np.zeros(3, np.int64))[4])
+    first, second = infos[0]["label"], infos[1]["label"]
+    np.testing.assert_array_equal(first, second)  # the same batch, twice
+    assert not np.shares_memory(first, second)
+    assert not np.shares_memory(first, state["stream"]["pending_labels"])
+    first[:] = -1
+    np.testing.assert_array_equal(state["stream"]["pending_labels"], saved_labels)
+
+
 def rollout_from(env, steps):
     obs, _ = env.reset()
     trace = [obs]

@@ -260,11 +260,13 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
                     f"schedule state stream['rng'] is not a generator state "
                     f"({error}); restore a state saved by get_schedule_state"
                 ) from None
-            self._order = stream["order"]
+            # Copies: the caller keeps its state, and step() hands the pending labels
+            # out in info["label"], so neither may alias the other.
+            self._order = _own(stream["order"])
             self._position = stream["position"]
             self._epoch = stream["epoch"]
-            self._pending_obs = stream["pending_obs"]
-            self._pending_labels = stream["pending_labels"]
+            self._pending_obs = _own(stream["pending_obs"])
+            self._pending_labels = _own(stream["pending_labels"])
             self._pending_epoch = stream["pending_epoch"]
 
     # -- gymnasium API -----------------------------------------------------------------
@@ -437,6 +439,12 @@ STREAM_KEYS = (
 
 def _copy_or_none(array: np.ndarray | None) -> np.ndarray | None:
     return None if array is None else array.copy()
+
+
+def _own(value: Any) -> Any:
+    """A copy of an array from a state being restored (anything else as it is: the
+    checks that use it name what is wrong)."""
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 
 #: The largest ``batch_size`` a supervised env takes: a batch this size of CIFAR images
