@@ -44,22 +44,31 @@ def load_study(monkeypatch):
     return module
 
 
-def test_study_runs_every_method_skips_finished_runs_and_plots(
-    tmp_path, fake_data_dir, monkeypatch, capsys
-):
+def tiny_study(tmp_path, data_dir, monkeypatch, arms):
+    """The study module running the real agent on the fixture MNIST, with argv set to
+    a 3-task width-8 study of ``arms`` (seed 1): ``(study, runs, out, argv)``."""
     study = load_study(monkeypatch)
     agent = tmp_path / "agent.py"
     agent.write_text(AGENT_ACCEPTING_FIXTURE_MD5S)
     monkeypatch.setattr(study, "AGENT", agent)
     runs, out = tmp_path / "runs", tmp_path / "results"
     argv = [
-        "pmnist_study.py", "--arms", "bp", "l2er", "--seeds", "1", "--width", "8",
+        "pmnist_study.py", "--arms", *arms, "--seeds", "1", "--width", "8",
         "--num-tasks", "3", "--examples-per-task", "100",
         "--curvature-every-tasks", "1", "--plasticity-every-tasks", "1",
-        "--metric-samples", "30", "--data-dir", str(fake_data_dir),
+        "--metric-samples", "30", "--data-dir", str(data_dir),
         "--runs-dir", str(runs), "--out", str(out), "--name", "tiny",
     ]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
+    return study, runs, out, argv
+
+
+def test_study_runs_every_method_skips_finished_runs_and_plots(
+    tmp_path, fake_data_dir, monkeypatch, capsys
+):
+    study, runs, out, argv = tiny_study(
+        tmp_path, fake_data_dir, monkeypatch, ["bp", "l2er"]
+    )
     study.main()
     printed = capsys.readouterr().out
     assert "bp seed 1: ok" in printed and "l2er seed 1: ok" in printed, printed
@@ -235,20 +244,12 @@ def test_a_diverged_run_ends_its_arm_is_not_rerun_and_is_reported(
     # SGD with step size 1e4 overflows within the first task: the run stops there
     # (the agent's --on-divergence stop, the study's default) and the study reports it
     # as the arm's result instead of a failure to retry.
-    study = load_study(monkeypatch)
-    agent = tmp_path / "agent.py"
-    agent.write_text(AGENT_ACCEPTING_FIXTURE_MD5S)
-    monkeypatch.setattr(study, "AGENT", agent)
-    runs, out = tmp_path / "runs", tmp_path / "results"
-    argv = [
-        "pmnist_study.py", "--arms", "bp", "boom=--reg bp --learning-rate 1e4",
-        "--seeds", "1", "--width", "8", "--num-tasks", "3",
-        "--examples-per-task", "100", "--curvature-every-tasks", "1",
-        "--plasticity-every-tasks", "1", "--metric-samples", "30",
-        "--data-dir", str(fake_data_dir), "--runs-dir", str(runs), "--out", str(out),
-        "--name", "tiny",
-    ]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
+    study, runs, out, argv = tiny_study(
+        tmp_path,
+        fake_data_dir,
+        monkeypatch,
+        ["bp", "boom=--reg bp --learning-rate 1e4"],
+    )
     study.main()
     printed = capsys.readouterr().out
     assert "bp seed 1: ok" in printed, printed
