@@ -211,11 +211,8 @@ def resume_args(
         if key in fields
     }
     values["resume"] = args.resume
-    for name in overrides:
-        flag = name.replace("_", "-")
-        flags = (f"--{flag}", f"--no-{flag}")
-        if any(arg.split("=", 1)[0] in flags for arg in argv):
-            values[name] = getattr(args, name)
+    for name in set(overrides) & set(given):
+        values[name] = getattr(args, name)
     return args_type(**values)
 
 
