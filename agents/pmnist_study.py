@@ -742,13 +742,13 @@ def code_line(runs: dict[str, list[StudyRun]]) -> str:
                 counts[commit] = counts.get(commit, 0) + 1
             unrecorded += not run.commits
     made = ", ".join(f"{commit} ({n} runs)" for commit, n in counts.items())
-    line = f"Code: clenv commits {made}" if made else "Code:"
+    parts = [f"clenv commits {made}"] if made else []
     if unrecorded:
-        line += f"{';' if made else ''} {unrecorded} runs without a recorded commit "
-        line += (
-            "(made before clenv recorded it in args.json, or outside a git checkout)"
+        parts.append(
+            f"{unrecorded} runs without a recorded commit (made before clenv recorded "
+            "it in args.json, or outside a git checkout)"
         )
-    return line + " (a resumed run counts once per commit it ran at)."
+    return f"Code: {'; '.join(parts)}. A resumed run counts once per commit it ran at."
 
 
 def write_summary(

@@ -85,7 +85,7 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     state = git_state()
     if state is not None:
         commit = state["commit"][:7] + (" dirty" if state["dirty"] else "")
-        assert f"Code: clenv commits {commit} (2 runs)" in table, table
+        assert f"Code: clenv commits {commit} (2 runs). A resumed" in table, table
 
     # A second call finds both runs finished: nothing is rerun, the figure is redrawn.
     h5_files = sorted(runs.glob("*/*/metrics.h5"))
