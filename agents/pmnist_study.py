@@ -815,10 +815,14 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
     """Run every unfinished (arm, seed) of :func:`launch_order`, ``--workers`` at a
     time, after the agent has checked every unfinished arm's arguments."""
     order = launch_order(args, arms)
-    todo = [
-        arm for arm in arms if not all(finished(args, arm.label, s) for s in args.seeds)
+    pending = [
+        (arm, seed) for arm, seed in order if not finished(args, arm.label, seed)
     ]
-    check_arms(args, todo)
+    check_arms(args, list({arm.label: arm for arm, _ in pending}.values()))
+    left = {(arm.label, seed): COST.get(arm.label, 0.0) for arm, seed in pending}
+    print(f"{len(pending)} of {len(order)} runs to do, ~{estimate(left, args)} by "
+          "the per-run estimates (COST in agents/pmnist_study.py; an arm without one "
+          f"counts 0); {len(order) - len(pending)} ended already", flush=True)  # fmt: skip
     timings, start = [], time.time()
     with ThreadPoolExecutor(args.workers) as pool:
         for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), order):
@@ -830,10 +834,18 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
                 status = "ok"
             else:
                 status = f"FAILED (exit {code}, see {log_of(args, arm, seed)})"
+            left.pop((label, seed), None)
             print(f"{label} seed {seed}: {status} in {seconds:.0f} s "
-                  f"[{time.time() - start:.0f} s]", flush=True)  # fmt: skip
+                  f"[{time.time() - start:.0f} s; {len(left)} runs left, "
+                  f"~{estimate(left, args)}]", flush=True)  # fmt: skip
             timings.append((label, seed, seconds, code))
     return timings
+
+
+def estimate(minutes: dict, args: Args) -> str:
+    """Wall time of runs costing ``minutes`` each at ``--workers`` (arms without an
+    entry in :data:`COST` count 0), as "5.2 h"."""
+    return f"{sum(minutes.values()) / args.workers / 60:.1f} h"
 
 
 def main() -> None:

@@ -72,6 +72,9 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     study.main()
     printed = capsys.readouterr().out
     assert "bp seed 1: ok" in printed and "l2er seed 1: ok" in printed, printed
+    # Progress: what is left, by the per-run estimates (COST: bp 3.7, l2er 11.1 min).
+    assert "2 of 2 runs to do, ~0.1 h by the per-run estimates" in printed, printed
+    assert "1 runs left, ~0.1 h]" in printed and "0 runs left, ~0.0 h]" in printed
     summary = json.loads((out / "tiny.json").read_text())
     assert set(summary) == {"bp", "l2er"}
     for entry in summary.values():
