@@ -93,7 +93,7 @@ class LearnerOptions:
     norm: Literal["none", "layer"] = "none"
     """none, or layer: a LayerNorm (eps 1e-6) before each hidden activation of actor and critic, as SC's layernorm runs; selects the protocol's values tuned with it (docs/methods.md)"""
     activation: Literal["relu", "crelu", "fourier"] = "relu"
-    """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (sin/cos deep Fourier features, Lewandowski et al. 2025); the last two give two features per unit, so the next layer reads twice the width (docs/methods.md)"""
+    """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (sin/cos deep Fourier features, Lewandowski et al. 2025); the last two give two features per unit, so the next layer reads twice the width (halve --hidden-sizes for ReLU's feature count, as Chung et al.'s CReLU baseline does; docs/methods.md)"""
 
     # Optimizer
     learning_rate: float | None = None

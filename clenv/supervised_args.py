@@ -131,7 +131,7 @@ class BaselineOptions:
     norm: Literal["none", "layer"] | None = None
     """normalisation before each hidden activation: none, or layer (LayerNorm, as SC's laynorm_l2 runs; with --reg l2 it selects their tuned L2, docs/methods.md); default: layer when --reg names +layernorm, else none"""
     activation: Literal["relu", "crelu", "fourier"] = "relu"
-    """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (deep Fourier features, Lewandowski et al. 2024); docs/methods.md"""
+    """hidden activation: relu, crelu (concatenated ReLU, Abbas et al. 2023) or fourier (deep Fourier features, Lewandowski et al. 2025); the last two give two features per unit, so the next layer reads twice --width (halve --width for ReLU's feature count, as Chung et al.'s CReLU baseline does); docs/methods.md"""
     optimizer: Literal["sgd", "adam", "muon", "trac"] = "sgd"
     """sgd (the papers'), adam, muon (Muon on every 2-D weight matrix, the head's too, Adam on the rest: SC's bp_muon) or trac (TRAC around Adam; pip install clenv[trac]); --learning-rate sets each one's step size; docs/methods.md"""
     loss: Literal["cross_entropy", "mse"] | None = None
