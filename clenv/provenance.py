@@ -12,6 +12,7 @@ build or the machine that made them, and a run resumed under other code says so:
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ARGS_KEY", "git_state", "provenance"]
+__all__ = ["ARGS_KEY", "cpu_name", "git_state", "provenance"]
 
 #: The key of the list of entries in ``args.json``.
 ARGS_KEY = "provenance"
@@ -49,6 +50,18 @@ def git_state(directory: Path = PACKAGE_DIR) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": dirty}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance() -> dict[str, Any]:
     """This process's code, libraries and machine, for a run's ``args.json``."""
     from clenv import __version__
@@ -62,9 +75,8 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "device": torch.cuda.get_device_name(0)
-        if cuda
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(0) if cuda else cpu_name(),
+        "cpus": os.cpu_count(),
         "host": socket.gethostname(),
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

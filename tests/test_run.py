@@ -610,6 +610,7 @@ def test_every_start_and_resume_records_its_code_libraries_and_machine(tmp_path)
     (first,) = json.loads((run.run_dir / "args.json").read_text())["provenance"]
     assert first["torch"] == torch.__version__ and first["numpy"] == np.__version__
     assert first["clenv"] == clenv.__version__ and first["argv"] == sys.argv
+    assert first["device"] and first["cpus"] == os.cpu_count()
     root = os.path.dirname(os.path.dirname(os.path.abspath(clenv.__file__)))
     head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"],
                           capture_output=True, text=True)  # fmt: skip
