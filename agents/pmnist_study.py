@@ -682,6 +682,7 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
             "tasks": int(len(mean)),
             "accuracy_first_10": float(mean[:k].mean()),
             "accuracy_last_10": float(mean[-k:].mean()),
+            "accuracy_last_10_per_seed": values[:, -k:].mean(1).tolist(),
             "accuracy_best_task": float(mean.max()),
             "diverged_at_task": diverged.get(label, []),
         }
@@ -764,13 +765,17 @@ def write_summary(
         f"MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} (unless the arm's "
         f"flags change it), batch 1, {args.num_tasks} tasks x {args.examples_per_task} "
         f"examples; seeds {list(args.seeds)}. ε-rank with ε = {args.epsilon:.3g}.", "",
-        "| arm | agent flags | seeds | acc. first 10 tasks | acc. last 10 tasks | "
+        "| arm | agent flags | seeds | acc. first 10 tasks | acc. last 10 tasks "
+        "(seeds' range) | "
         "dead units first -> last | eff. rank first -> last | ε-rank first -> last | "
         "diverged at task |",
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for label, e in summary.items():
         last = f"{e['accuracy_last_10']:.3f}"
+        per_seed = e["accuracy_last_10_per_seed"]
+        if len(per_seed) > 1:  # the spread over seeds, to read differences against
+            last += f" ({min(per_seed):.3f}-{max(per_seed):.3f})"
         # Fewer tasks than the study's: a seed diverged (or --partial); say which.
         if e["tasks"] < args.num_tasks:
             last += f" (tasks {max(e['tasks'] - 10, 0)}-{e['tasks'] - 1})"

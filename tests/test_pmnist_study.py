@@ -80,6 +80,7 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     for entry in summary.values():
         assert entry["seeds"] == 1 and entry["tasks"] == 3
         assert 0 <= entry["accuracy_last_10"] <= 1
+        assert entry["accuracy_last_10_per_seed"] == [entry["accuracy_last_10"]]
         assert entry["effective_rank_first"] > 0
     assert (out / "tiny.png").stat().st_size > 10_000
     table = (out / "tiny.md").read_text()
@@ -123,6 +124,24 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     assert "| l2 | `--reg l2` | 1 |" in table
     assert "No finished run yet (running or not started): mse." in table
     assert (out / "arms.png").stat().st_size > 10_000
+
+    # With several seeds the table gives their range of last-10 accuracy: BP's run
+    # copied as a second seed, so the range is that one value twice.
+    shutil.copytree(runs / "bp_seed1", runs / "bp_seed2")
+    argv[argv.index("--arms") + 1 : argv.index("--seeds") + 2] = [
+        "bp",
+        "--seeds",
+        "1",
+        "2",
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--name", "seeds"])
+    study.main()
+    last = summary["bp"]["accuracy_last_10"]
+    row = next(r for r in (out / "seeds.md").read_text().splitlines() if "| bp |" in r)
+    assert (
+        f"| 2 | {summary['bp']['accuracy_first_10']:.3f} | {last:.3f} ({last:.3f}-{last:.3f}) |"
+        in row
+    ), row
 
 
 def test_plot_only_without_runs_says_so(tmp_path, monkeypatch):
