@@ -85,7 +85,8 @@ DEFAULT_METHODS = (
     "l2:layernorm",  # SC's LayerNorm-L2
     "bp:crelu",
     "bp:fourier",
-    "bp:muon",
+    # Not bp:muon: ~0.9 s a step at width 1000 on one CPU core (~80 GFLOP of
+    # Newton-Schulz), a quarter of an hour of a default run; --methods bp,bp:muon.
     "bp:mse",
     # TRAC is an optional extra (pip install clenv[trac]).
     *(("bp:trac",) if importlib.util.find_spec("trac_optimizer") else ()),
