@@ -233,7 +233,7 @@ class MethodsBenchArgs:
     """Arguments of ``python -m clenv.bench.methods``."""
 
     methods: str = ",".join(DEFAULT_METHODS)
-    """comma-separated --reg names"""
+    """comma-separated --reg names, each optionally with one :variant (l2:after_backward, bp:layernorm, bp:crelu, bp:fourier, bp:muon, bp:trac, bp:mse; see the module docstring)"""
     batch_sizes: str = "1,100"
     """comma-separated batch sizes"""
     intervals: str = "100"
