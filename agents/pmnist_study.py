@@ -132,8 +132,8 @@ ARMS: dict[str, Arm] = {
 # from the per-step cost of their faster implementations (docs/methods.md) before a
 # study run of them; trac: 110 before its step went from 4.7 to 2.6 ms (clenv.optim).
 COST: dict[str, float] = {
-    "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1,
-    "crelu_half": 12.5, "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
+    "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1, "crelu_half": 12.5,
+    "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
     "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
     "parseval": 33.4, "upgd": 42, "spectral_target1": 45, "spectral": 60,
     "muon": 90, "trac": 70,
