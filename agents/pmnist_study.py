@@ -98,6 +98,9 @@ BUILT_IN: dict[str, list[tuple[str, str, str]]] = {
         # code's CReLU baseline (github.com/wechu/parseval_reg, agent.py:702-706).
         ("crelu_half", "--reg bp --activation crelu --width 50", "tab:purple"),
         ("fourier", "--reg bp --activation fourier", "tab:pink"),
+        # The paper's claim is for Fourier features "combined with regularization"
+        # (Lewandowski et al., ICLR 2025, abstract): here with the study's L2.
+        ("fourier_l2", "--reg l2 --activation fourier", "tab:gray"),
     ],
     "optimizer and loss": [
         ("muon", "--reg bp --optimizer muon", "tab:blue"),  # SC's bp_muon
@@ -133,8 +136,8 @@ ARMS: dict[str, Arm] = {
 # study run of them; trac: 110 before its step went from 4.7 to 2.6 ms (clenv.optim).
 COST: dict[str, float] = {
     "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1, "crelu_half": 12.5,
-    "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "l2init": 16,
-    "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
+    "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "fourier_l2": 16,
+    "l2init": 16, "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
     "parseval": 33.4, "upgd": 42, "spectral_target1": 45, "spectral": 60,
     "muon": 90, "trac": 70,
 }  # fmt: skip

@@ -167,6 +167,7 @@ def test_built_in_arms_cover_every_baseline_with_a_reg_and_a_colour(monkeypatch)
     assert flags["layernorm_l2"] == "--reg l2 --norm layer"
     assert flags["muon"] == "--reg bp --optimizer muon"
     assert flags["crelu_half"] == "--reg bp --activation crelu --width 50"
+    assert flags["fourier_l2"] == "--reg l2 --activation fourier"
     assert flags["spectral_target1"] == "--reg spectral --method-kwargs target=1.0"
     assert flags["layer_reset"].endswith("layers=['layers.4','layers.6']")
     assert set(study.COST) == set(labels)  # every built-in arm has a measured cost
