@@ -232,11 +232,11 @@ class SupervisedStreamEnv(ContinualEnv, gym.Env):
         state = super().get_schedule_state()
         state["stream"] = {
             "rng": self.np_random.bit_generator.state,
-            "order": None if self._order is None else self._order.copy(),
+            "order": _own(self._order),
             "position": self._position,
             "epoch": self._epoch,
-            "pending_obs": _copy_or_none(self._pending_obs),
-            "pending_labels": _copy_or_none(self._pending_labels),
+            "pending_obs": _own(self._pending_obs),
+            "pending_labels": _own(self._pending_labels),
             "pending_epoch": self._pending_epoch,
         }
         return state
@@ -437,13 +437,10 @@ STREAM_KEYS = (
 )
 
 
-def _copy_or_none(array: np.ndarray | None) -> np.ndarray | None:
-    return None if array is None else array.copy()
-
-
 def _own(value: Any) -> Any:
-    """A copy of an array from a state being restored (anything else as it is: the
-    checks that use it name what is wrong)."""
+    """A copy of an array (anything else, None included, as it is): the stream state
+    saved and the one restored never share an array with the env (a restored
+    state's other values are checked where they are used)."""
     return value.copy() if isinstance(value, np.ndarray) else value
 
 
