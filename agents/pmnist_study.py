@@ -4,7 +4,7 @@ Runs ``agents/supervised_l2er.py`` for every (arm, seed) as a trial of :mod:`cle
 (``run_trial``: one subprocess with one torch thread, its log and state under
 ``<runs-dir>/<label>_seed<k>/sweeps/``; an interrupted run continues with the agent's
 ``--resume``), several at a time, then draws one figure from the runs (each run's
-``metrics.h5`` read once, only the series drawn: :func:`read_run`): online accuracy per
+``metrics.h5`` or record read once, only the series drawn: :func:`read_run`): online accuracy per
 task, dead units, effective rank and ε-rank at task start (mean over seeds, with the
 min-max band), and writes a Markdown table next to it. An *arm* is a label and the
 agent flags that make it: a built-in one (:data:`ARMS`: every supervised baseline,
@@ -15,13 +15,18 @@ share of the logged spectral density's mass with |λ| > ε
 (:func:`clenv.plotting.stats.epsilon_rank_from_density`), ε chosen as SC do by the
 largest R² against the task's online accuracy (:func:`clenv.plotting.stats.best_epsilon`)
 unless ``--epsilon`` is given. Every arm's arguments go through the agent's own checks
-before any run starts (``--check-only`` stops there); runs that already finished are not
-rerun, so an interrupted study continues, and ``--plot-only`` redraws the figure from
-existing runs. A run that diverges (a non-finite loss, gradient or weight) ends there
-with the event recorded in its ``args.json`` (the agent's ``--on-divergence stop``): it
-counts as finished, is drawn up to its last full task with an ``x``, and the table says
-at which task it diverged; a divergence is a deterministic result of the arm and seed,
-so it is reported rather than retried.
+before any run starts (``--check-only`` stops there). Each run that ends is kept as a
+*record* (``--records``, committed beside the figure: its drawn series in one small
+HDF5 of ``metrics.h5``'s layout, with the run's saved arguments and provenance): the
+figure is drawn from the records, a recorded run is never rerun, so an interrupted
+study continues, also from a fresh checkout without the runs directory, and
+``--plot-only`` redraws the figure. A record or run made with other agent flags than
+its arm's (another width, number of tasks, ...) is refused, naming the flags. A run
+that diverges (a non-finite loss, gradient or weight) ends there with the event
+recorded in its ``args.json`` (the agent's ``--on-divergence stop``): it counts as
+finished, is drawn up to its last full task with an ``x``, and the table says at which
+task it diverged; a divergence is a deterministic result of the arm and seed, so it is
+reported rather than retried.
 
     clenv download mnist   # once: into $CLENV_DATA_DIR, else ~/.cache/clenv
     python agents/pmnist_study.py                      # every arm of ARMS
@@ -47,7 +52,7 @@ import numpy as np
 import tyro
 
 from clenv.divergence import ARGS_KEY as DIVERGED
-from clenv.logger import METRICS_FILE, complete_rows, open_metrics
+from clenv.logger import METRICS_FILE, complete_rows, copy_series, open_metrics
 from clenv.methods import split_name
 from clenv.plotting import Series
 from clenv.plotting.figure import EPSILON_CANDIDATES
@@ -256,6 +261,12 @@ class Args:
     """data root holding mnist/ (else $CLENV_DATA_DIR)"""
     runs_dir: str = "runs/pmnist_study"
     """where the runs go"""
+    records: str = "docs/results/pmnist_study_runs"
+    """where each ended run is kept as a record: its drawn series in one small HDF5
+    (<label>_seed<k>.h5, metrics.h5's layout). The figure is drawn from the records and
+    a recorded run is never rerun, so a study continues, and its figure is redrawn,
+    from a checkout without the runs directory; a record made with other settings is
+    refused"""
     out: str = "docs/results"
     """where the figure and the summary go"""
     name: str = "pmnist_width100"
@@ -287,10 +298,29 @@ def layer_tags(metric: str) -> list[str]:
 DRAWN = (ACCURACY, DENSITY, *(tag for m in LAYER_METRICS for tag in layer_tags(m)))
 
 
+# Agent flags that do not change a run's numbers, so a run made with other values of
+# them still counts for the study.
+NOT_COMPARED = (
+    "--runs-dir",
+    "--exp-name",
+    "--data-dir",
+    "--no-progress",
+    "--on-divergence",
+)
+
+
+def flags_of(command: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    """The flags of an agent's arguments that set its numbers (all but
+    :data:`NOT_COMPARED`): ``{"--reg": ["bp"], ...}``."""
+    flags = split_flags(command, "agent arguments")
+    return {flag: values for flag, values in flags.items() if flag not in NOT_COMPARED}
+
+
 @dataclass(frozen=True)
 class StudyRun:
-    """One run as the study reads it: the tasks it was started for and its series of
-    :data:`DRAWN` (those it logged, each with at least one row)."""
+    """One run as the study reads it (from its run directory or its record): the tasks
+    it was started for and its series of :data:`DRAWN` (those it logged, each with at
+    least one row)."""
 
     path: Path
     num_tasks: int
@@ -302,6 +332,9 @@ class StudyRun:
     """the clenv commits the run was started and resumed at (``args.json``'s
     ``provenance``; ``"dirty"`` appended for uncommitted changes), empty for a run
     made before clenv recorded them"""
+    flags: dict[str, list[str]] | None = None
+    """the agent flags it was started with (:func:`flags_of` of its provenance's
+    ``argv``), None for a run made before clenv recorded them"""
 
     @property
     def tasks_done(self) -> int:
@@ -315,14 +348,15 @@ class StudyRun:
         return self.tasks_done >= self.num_tasks or self.diverged is not None
 
 
-def read_run(run_dir: Path) -> StudyRun:
-    """The :class:`StudyRun` of a run directory, from one read of its ``metrics.h5``
-    (also while the run is writing it; a row it has not finished is left out).
+def read_run(run: Path) -> StudyRun:
+    """The :class:`StudyRun` of a run directory or a record, from one read of its
+    ``metrics.h5`` (also while the run is writing it; a row it has not finished is
+    left out) or of the record.
 
     Raises:
         ValueError: the file is not a readable clenv metrics file.
     """
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run) if Path(run).suffix == ".h5" else Path(run) / METRICS_FILE
     series = {}
     try:
         with open_metrics(path) as f:
@@ -342,16 +376,19 @@ def read_run(run_dir: Path) -> StudyRun:
     except (OSError, RuntimeError, KeyError) as error:  # h5py's errors on damage
         raise ValueError(
             f"cannot read {str(path)!r} ({error}); the file is corrupt or not a clenv "
-            "metrics file: move its run directory aside to rerun that run"
+            "metrics file: move it (or its run directory) aside to rerun that run"
         ) from error
+    provenance = saved.get(PROVENANCE, [])
     commits = tuple(
         dict.fromkeys(
             entry["git"]["commit"][:7] + (" dirty" if entry["git"]["dirty"] else "")
-            for entry in saved.get(PROVENANCE, [])
+            for entry in provenance
             if entry.get("git")
         )
     )
-    return StudyRun(Path(run_dir), num_tasks, series, saved.get(DIVERGED), commits)
+    flags = flags_of(provenance[0]["argv"][1:]) if provenance else None
+    return StudyRun(path.parent if path.name == METRICS_FILE else path, num_tasks,
+                    series, saved.get(DIVERGED), commits, flags)  # fmt: skip
 
 
 def arms_of(args: Args) -> list[Arm]:
@@ -408,14 +445,56 @@ def trial_of(args: Args, arm: Arm, seed: int) -> tuple[Trial, SweepSpec, Path]:
     return spec.trials()[0], spec, sweep_dir
 
 
-def study_run(args: Args, label: str, seed: int) -> StudyRun | None:
-    """The run of (arm, seed) to report: the one that ended (finished or diverged), or
-    with --partial the one with the most tasks."""
-    directory = Path(args.runs_dir) / f"{label}_seed{seed}"
+def record_of(args: Args, label: str, seed: int) -> Path:
+    return Path(args.records) / f"{label}_seed{seed}.h5"
+
+
+def check_flags(args: Args, arm: Arm, seed: int, run: StudyRun) -> None:
+    """Refuse a run (or record) of (arm, seed) made with other agent flags than the
+    study's for it (a run without recorded flags passes).
+
+    Raises:
+        ValueError: naming the run, the flags that differ and what to do.
+    """
+    trial, _, _ = trial_of(args, arm, seed)
+    asked = flags_of(trial.command[2:])
+    if run.flags is None or run.flags == asked:
+        return
+    differ = sorted(set(asked) ^ set(run.flags) | {
+        flag for flag in set(asked) & set(run.flags) if asked[flag] != run.flags[flag]
+    })  # fmt: skip
+
+    def show(flags: dict) -> str:
+        return ", ".join(" ".join([f, *flags[f]]) if f in flags else f"no {f}"
+                         for f in differ)  # fmt: skip
+
+    raise ValueError(
+        f"{run.path} was made with {show(run.flags)}, but this study's {arm.label} "
+        f"seed {seed} has {show(asked)}: give a study with other settings its own "
+        "--records, --runs-dir and --name, or move that run aside to rerun it"
+    )
+
+
+def study_run(args: Args, arm: Arm, seed: int) -> StudyRun | None:
+    """The run of (arm, seed) to report: its record; else the one in the runs
+    directory that ended (finished or diverged), recorded first; or with --partial
+    the one with the most tasks.
+
+    Raises:
+        ValueError: the run or record was made with other flags (:func:`check_flags`).
+    """
+    record = record_of(args, arm.label, seed)
+    if record.exists():
+        run = read_run(record)
+        check_flags(args, arm, seed, run)
+        return run
+    directory = Path(args.runs_dir) / f"{arm.label}_seed{seed}"
     runs = [read_run(p.parent) for p in sorted(directory.glob(f"*/{METRICS_FILE}"))]
     for run in runs:
         if run.ended:
-            return run
+            check_flags(args, arm, seed, run)
+            copy_series(run.path / METRICS_FILE, record, DRAWN)
+            return read_run(record)
     if args.partial and runs:
         best = max(runs, key=lambda run: run.tasks_done)
         return best if best.tasks_done else None
@@ -427,18 +506,18 @@ def study_runs(args: Args) -> dict[str, list[StudyRun]]:
     seeds' order: every run the figure and the table draw, each read once."""
     runs = {}
     for arm in arms_of(args):
-        found = (study_run(args, arm.label, seed) for seed in args.seeds)
+        found = (study_run(args, arm, seed) for seed in args.seeds)
         runs[arm.label] = [run for run in found if run is not None]
     return runs
 
 
-def ended_run(args: Args, label: str, seed: int) -> StudyRun | None:
+def ended_run(args: Args, arm: Arm, seed: int) -> StudyRun | None:
     """The run of (arm, seed) that finished or diverged, if there is one."""
-    return study_run(dataclasses.replace(args, partial=False), label, seed)
+    return study_run(dataclasses.replace(args, partial=False), arm, seed)
 
 
-def finished(args: Args, label: str, seed: int) -> bool:
-    return ended_run(args, label, seed) is not None
+def finished(args: Args, arm: Arm, seed: int) -> bool:
+    return ended_run(args, arm, seed) is not None
 
 
 def check_arms(args: Args, arms: list[Arm]) -> list[str]:
@@ -463,7 +542,7 @@ def check_arms(args: Args, arms: list[Arm]) -> list[str]:
 
 def launch(args: Args, arm: Arm, seed: int) -> tuple[str, int, float, int]:
     """Run the trial of (arm, seed) unless it finished: ``(label, seed, s, exit code)``."""
-    if finished(args, arm.label, seed):
+    if finished(args, arm, seed):
         return arm.label, seed, 0.0, 0
     trial, spec, sweep_dir = trial_of(args, arm, seed)
     for sub in ("trials", "logs"):
@@ -605,8 +684,8 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
     if not accuracy:
         hint = "" if args.partial else " (--partial plots unfinished runs)"
         raise SystemExit(
-            f"error: no finished run of {[arm.label for arm in arms]} in "
-            f"{args.runs_dir}{hint}; the logs under <runs-dir>/<label>_seed<k>/sweeps/ "
+            f"error: no record in {args.records} and no finished run in "
+            f"{args.runs_dir} of {[arm.label for arm in arms]}{hint}; the logs under <runs-dir>/<label>_seed<k>/sweeps/ "
             "say why a run stopped"
         )
     spectra, performance = epsilon_points(runs)
@@ -823,9 +902,7 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
     """Run every unfinished (arm, seed) of :func:`launch_order`, ``--workers`` at a
     time, after the agent has checked every unfinished arm's arguments."""
     order = launch_order(args, arms)
-    pending = [
-        (arm, seed) for arm, seed in order if not finished(args, arm.label, seed)
-    ]
+    pending = [(arm, seed) for arm, seed in order if not finished(args, arm, seed)]
     check_arms(args, list({arm.label: arm for arm, _ in pending}.values()))
     left = {(arm.label, seed): COST.get(arm.label, 0.0) for arm, seed in pending}
     print(f"{len(pending)} of {len(order)} runs to do, ~{estimate(left, args)} by "
@@ -835,7 +912,7 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
     with ThreadPoolExecutor(args.workers) as pool:
         for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), order):
             arm = next(arm for arm in arms if arm.label == label)
-            run = ended_run(args, label, seed)
+            run = ended_run(args, arm, seed)
             if run is not None and run.diverged is not None:
                 status = f"diverged at task {run.diverged['task_id']} (recorded)"
             elif code == 0:

@@ -218,6 +218,44 @@ def _drop_incomplete_row(group: h5py.Group) -> int:
     return rows
 
 
+def copy_series(
+    source: str | Path,
+    dest: str | Path,
+    tags: list[str] | tuple[str, ...],
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the complete rows of the series ``tags`` (those ``source`` has) with
+    ``source``'s root attributes, plus ``attrs``, to a new file ``dest`` in the
+    ``metrics.h5`` layout, gzip-compressed and with the same numbers: a compact record
+    of a run that outlives its run directory, read by every reader of ``metrics.h5``.
+
+    Written to a temporary file that replaces ``dest`` only once complete, so an
+    interrupted copy leaves no partial record.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        with open_metrics(source) as src, h5py.File(tmp, "w") as out:
+            out.attrs.update(dict(src.attrs) | dict(attrs or {}))
+            for tag in tags:
+                if tag not in src:
+                    continue
+                group, rows = src[tag], complete_rows(src[tag])
+                copy = out.create_group(tag)
+                copy.attrs.update(dict(group.attrs))
+                for name in COLUMNS:
+                    copy.create_dataset(
+                        name, data=group[name][:rows], compression="gzip",
+                        compression_opts=9, shuffle=True,
+                    )  # fmt: skip
+        tmp.replace(dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
 def list_series(file: h5py.File | h5py.Group) -> list[str]:
     """Every series (group holding ``step``/``task_id``/``value``) in an HDF5 file."""
     tags: list[str] = []

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from clenv.logger import (
     METRICS_FILE,
     RunLogger,
+    copy_series,
     hparams_markdown,
     list_series,
     read_series,
@@ -300,6 +301,32 @@ def test_a_row_half_written_by_a_kill_is_dropped_by_readers_and_writers(tmp_path
     series = read_series(tmp_path / METRICS_FILE, "charts/x")
     assert series["step"].tolist() == series["value"].tolist() == list(range(7))
     assert series["task_id"].size == 7
+
+
+def test_copy_series_keeps_the_chosen_series_complete_rows_and_attributes(tmp_path):
+    grid = np.linspace(-1.0, 1.0, 4)
+    with RunLogger(tmp_path / "run", attrs=ATTRS, tensorboard=False) as logger:
+        for step in range(3):
+            logger.set_task(step)
+            logger.log_scalar("cl/acc", 0.5 + step / 10, step=step)
+            logger.log_scalar("charts/loss", 1.0, step=step)
+            logger.log_array("curvature/d", np.full(4, step / 7), step=step, grid=grid)
+    source = tmp_path / "run" / METRICS_FILE
+    with h5py.File(source, "a") as f:  # a kill between two columns' writes
+        f["cl/acc/step"].resize(4, axis=0)
+    record = copy_series(source, tmp_path / "rec" / "r.h5",
+                         ["cl/acc", "curvature/d", "not/logged"], {"note": "x"})  # fmt: skip
+    assert sorted(p.name for p in record.parent.iterdir()) == ["r.h5"]  # no temp file
+    with h5py.File(record) as f:
+        assert list_series(f) == ["cl/acc", "curvature/d"]
+        assert f.attrs["seed"] == 3 and f.attrs["note"] == "x"
+        assert f["curvature/d/value"].compression == "gzip"
+    for tag in ("cl/acc", "curvature/d"):
+        copied, original = read_series(record, tag), read_series(source, tag)
+        assert copied.keys() == original.keys()
+        for name, column in original.items():
+            np.testing.assert_array_equal(copied[name], column)  # the same numbers
+    assert read_series(record, "cl/acc")["step"].tolist() == [0, 1, 2]
 
 
 def test_read_series_reads_the_file_of_a_run_still_writing_it(tmp_path):

@@ -44,9 +44,26 @@ def load_study(monkeypatch):
     return module
 
 
+def copy_run(source: Path, dest: Path, **flags: str) -> None:
+    """Copy a run directory as another run: its saved start command (provenance argv,
+    which the study checks against the arm's flags) gets ``flags``' values
+    (``num_tasks="5"`` sets ``--num-tasks 5``); also ``num_tasks`` in its saved args."""
+    shutil.copytree(source, dest)
+    (metrics,) = dest.glob("*/metrics.h5")
+    with h5py.File(metrics, "r+") as f:
+        saved = json.loads(f.attrs["args_json"])
+        argv = saved["provenance"][0]["argv"]
+        for name, value in flags.items():
+            argv[argv.index("--" + name.replace("_", "-")) + 1] = value
+        if "num_tasks" in flags:
+            saved["num_tasks"] = int(flags["num_tasks"])
+        f.attrs["args_json"] = json.dumps(saved)
+
+
 def tiny_study(tmp_path, data_dir, monkeypatch, arms):
     """The study module running the real agent on the fixture MNIST, with argv set to
-    a 3-task width-8 study of ``arms`` (seed 1): ``(study, runs, out, argv)``."""
+    a 3-task width-8 study of ``arms`` (seed 1), its runs and records under
+    ``tmp_path``: ``(study, runs, out, argv)``."""
     study = load_study(monkeypatch)
     agent = tmp_path / "agent.py"
     agent.write_text(AGENT_ACCEPTING_FIXTURE_MD5S)
@@ -57,7 +74,8 @@ def tiny_study(tmp_path, data_dir, monkeypatch, arms):
         "--num-tasks", "3", "--examples-per-task", "100",
         "--curvature-every-tasks", "1", "--plasticity-every-tasks", "1",
         "--metric-samples", "30", "--data-dir", str(data_dir),
-        "--runs-dir", str(runs), "--out", str(out), "--name", "tiny",
+        "--runs-dir", str(runs), "--records", str(tmp_path / "records"),
+        "--out", str(out), "--name", "tiny",
     ]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     return study, runs, out, argv
@@ -100,13 +118,25 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     assert [f.stat().st_mtime_ns for f in h5_files] == stamps
     assert json.loads((out / "tiny.json").read_text()) == summary
 
-    # Arms are found by their label's folder: a copy of BP's run as "l2" shows up in
-    # its own column (weight regularisers); an arm without runs is named as missing.
-    # Each run's metrics.h5 is read once for the figure and the table.
-    shutil.copytree(runs / "bp_seed1", runs / "l2_seed1")
+    # Each ended run is recorded: its drawn series, in metrics.h5's layout.
+    records = tmp_path / "records"
+    assert sorted(p.name for p in records.iterdir()) == ["bp_seed1.h5", "l2er_seed1.h5"]
+
+    # Arms are found by their label's folder, and a run made with other flags than
+    # its arm's is refused: BP's run copied as "l2" is refused until its saved
+    # command says --reg l2; then it shows up in its own column (weight
+    # regularisers). An arm without runs is named as missing. Each run's metrics.h5
+    # (or record) is read once for the figure and the table.
     arms = ["bp", "l2er", "l2", "mse=--reg bp --loss mse"]
     argv[argv.index("--arms") + 1 : argv.index("--seeds")] = arms
     monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--name", "arms"])
+    shutil.copytree(runs / "bp_seed1", runs / "l2_seed1")
+    with pytest.raises(SystemExit, match=r"made with --reg bp, but this study's l2 "
+                       r"seed 1 has --reg l2: give a study .*own --records"):  # fmt: skip
+        study.main()
+    assert not (records / "l2_seed1.h5").exists()
+    shutil.rmtree(runs / "l2_seed1")
+    copy_run(runs / "bp_seed1", runs / "l2_seed1", reg="l2")
     opened = []
     open_metrics = study.open_metrics
     monkeypatch.setattr(
@@ -114,7 +144,9 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     )
     capsys.readouterr()
     study.main()
-    assert len(opened) == len(set(opened)) == 3, opened
+    # bp's and l2er's records; l2's run, then the record made of it.
+    assert len(opened) == len(set(opened)) == 4, opened
+    assert (records / "l2_seed1.h5").exists()
     printed = capsys.readouterr().out
     assert f"1 of 4 arms not drawn:\n  no run in {runs} yet: mse\n" in printed
     arms_summary = json.loads((out / "arms.json").read_text())
@@ -127,7 +159,7 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
 
     # With several seeds the table gives their range of last-10 accuracy: BP's run
     # copied as a second seed, so the range is that one value twice.
-    shutil.copytree(runs / "bp_seed1", runs / "bp_seed2")
+    copy_run(runs / "bp_seed1", runs / "bp_seed2", seed="2")
     argv[argv.index("--arms") + 1 : argv.index("--seeds") + 2] = [
         "bp",
         "--seeds",
@@ -143,13 +175,33 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
         in row
     ), row
 
+    # Without the runs directory, the records redraw the same figure and table, and
+    # the study has nothing to rerun.
+    shutil.rmtree(runs)
+    argv[argv.index("--arms") + 1 : argv.index("--seeds") + 3] = [
+        "bp", "l2er", "--seeds", "1",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", [*argv, "--name", "records"])
+    capsys.readouterr()
+    study.main()
+    assert "0 of 2 runs to do" in capsys.readouterr().out
+    assert not runs.exists()
+    assert json.loads((out / "records.json").read_text()) == summary
+    # A record made with other settings than the study's is refused, not drawn.
+    monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--num-tasks", "4"])
+    with pytest.raises(SystemExit, match=r"bp_seed1.h5 was made with --num-tasks 3, "
+                       "but this study's bp seed 1 has --num-tasks 4"):  # fmt: skip
+        study.main()
+
 
 def test_plot_only_without_runs_says_so(tmp_path, monkeypatch):
     study = load_study(monkeypatch)
     argv = ["pmnist_study.py", "--plot-only", "--runs-dir", str(tmp_path / "none"),
-            "--out", str(tmp_path / "out")]  # fmt: skip
+            "--records", str(tmp_path / "none"), "--out", str(tmp_path / "out")]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit, match="no finished run of .*--partial"):
+    with pytest.raises(
+        SystemExit, match="no record in .* and no finished run in .*--partial"
+    ):
         study.main()
     assert not (tmp_path / "out").exists()  # no empty figure
 
@@ -293,11 +345,11 @@ def test_a_diverged_run_ends_its_arm_is_not_rerun_and_is_reported(
 
     # A run that diverged after some tasks (BP's run, its args.json saying it was
     # started for 5 tasks and diverged in task 3): drawn up to task 2 and reported.
-    shutil.copytree(runs / "bp_seed1", runs / "late_seed1")
+    copy_run(runs / "bp_seed1", runs / "late_seed1", num_tasks="5")
     (late,) = (runs / "late_seed1").glob("*/metrics.h5")
     with h5py.File(late, "r+") as f:
         saved = json.loads(f.attrs["args_json"])
-        saved |= {"num_tasks": 5, "diverged": {"task_id": 3, "action": "stop"}}
+        saved |= {"diverged": {"task_id": 3, "action": "stop"}}
         f.attrs["args_json"] = json.dumps(saved)
     argv[argv.index("--arms") + 1 : argv.index("--seeds")] = ["late=--reg bp"]
     monkeypatch.setattr(sys, "argv", [*argv, "--plot-only", "--num-tasks", "5"])
