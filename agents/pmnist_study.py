@@ -273,6 +273,11 @@ class Args:
     """file name stem of the figure and summary"""
     workers: int = 2
     """runs at a time (one core each)"""
+    order: Literal["cheapest", "costliest"] = "cheapest"
+    """which runs start first, by their estimated cost (COST): cheapest (an interrupted
+    study has its cheap arms whole) or costliest (for a time-limited job: the runs
+    still going when it is stopped are the short ones, so it loses the least; arms
+    without an estimate count as costliest)"""
     check_only: bool = False
     """only check every arm's arguments with the agent (no run, no figure)"""
     plot_only: bool = False
@@ -890,11 +895,12 @@ def write_summary(
 
 
 def launch_order(args: Args, arms: list[Arm]) -> list[tuple[Arm, int]]:
-    """Every (arm, seed), the cheapest arm first (:data:`COST`) with its seeds
-    together: an interrupted study has whole arms, and the costly ones come last."""
+    """Every (arm, seed) in ``--order`` of the arms' costs (:data:`COST`; an arm
+    without one counts as costliest), each arm's seeds together."""
+    sign = 1 if args.order == "cheapest" else -1
     return sorted(
         ((arm, seed) for arm in arms for seed in args.seeds),
-        key=lambda pair: COST.get(pair[0].label, np.inf),
+        key=lambda pair: sign * COST.get(pair[0].label, np.inf),
     )
 
 

@@ -3,6 +3,7 @@ resume, figure)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -264,6 +265,12 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     order = study.launch_order(args, study.arms_of(args))
     assert [(arm.label, seed) for arm, seed in order] == [
         ("bp", 1), ("bp", 2), ("muon", 1), ("muon", 2), ("x", 1), ("x", 2),
+    ]  # fmt: skip
+    # --order costliest (a time-limited job): the reverse, arms without a cost first.
+    args = dataclasses.replace(args, order="costliest")
+    order = study.launch_order(args, study.arms_of(args))
+    assert [(arm.label, seed) for arm, seed in order] == [
+        ("x", 1), ("x", 2), ("muon", 1), ("muon", 2), ("bp", 1), ("bp", 2),
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"names \['bp'\] more than once"):
         study.arms_of(study.Args(arms=("bp", "bp=--reg bp --loss mse")))
