@@ -97,6 +97,18 @@ BUILT_IN: dict[str, list[tuple[str, str, str]]] = {
     ],
     "normalisation and units": [
         ("layernorm_l2", "--reg l2 --norm layer", "tab:blue"),  # SC's LayerNorm-L2
+        # SC's laynorm_l2 sweep, lr 1e-2: lambda 1e-3, 1e-4, 1e-5 (the preset's,
+        # above): permuted_mnist/scripts/hyperparams/laynorm_l2.py.
+        (
+            "layernorm_l2_wd1e-4",
+            "--reg l2 --norm layer --method-kwargs weight_decay=1e-4",
+            "tab:cyan",
+        ),
+        (
+            "layernorm_l2_wd1e-3",
+            "--reg l2 --norm layer --method-kwargs weight_decay=1e-3",
+            "tab:olive",
+        ),
         ("nap", "--reg nap --norm layer", "tab:orange"),
         ("crelu", "--reg bp --activation crelu", "tab:brown"),
         # Half the units, so each layer keeps 100 features: Chung et al.'s official
@@ -107,10 +119,16 @@ BUILT_IN: dict[str, list[tuple[str, str, str]]] = {
         # (Lewandowski et al., ICLR 2025, abstract): here with the study's L2.
         ("fourier_l2", "--reg l2 --activation fourier", "tab:gray"),
     ],
+    # SC's bp_muon and bp_mse each sweep the step size over 1e-2 (the study's), 1e-3
+    # and 1e-4 (permuted_mnist/scripts/hyperparams/bp_muon.py, bp_mse.py).
     "optimizer and loss": [
         ("muon", "--reg bp --optimizer muon", "tab:blue"),  # SC's bp_muon
+        ("muon_lr1e-3", "--reg bp --optimizer muon --learning-rate 1e-3", "tab:cyan"),
+        ("muon_lr1e-4", "--reg bp --optimizer muon --learning-rate 1e-4", "navy"),
         ("trac", "--reg bp --optimizer trac", "tab:orange"),
         ("mse", "--reg bp --loss mse", "tab:brown"),  # SC's bp_mse
+        ("mse_lr1e-3", "--reg bp --loss mse --learning-rate 1e-3", "tab:olive"),
+        ("mse_lr1e-4", "--reg bp --loss mse --learning-rate 1e-4", "tab:gray"),
         ("upgd", "--reg upgd", "tab:pink"),
     ],
     "resets and injection": [
@@ -144,7 +162,8 @@ COST: dict[str, float] = {
     "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "fourier_l2": 16,
     "l2init": 16, "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
     "parseval": 33.4, "upgd": 42, "spectral_target1": 45, "spectral": 60,
-    "muon": 90, "trac": 70,
+    "muon": 90, "trac": 70, "muon_lr1e-3": 90, "muon_lr1e-4": 90, "mse_lr1e-3": 20,
+    "mse_lr1e-4": 20, "layernorm_l2_wd1e-4": 18, "layernorm_l2_wd1e-3": 18,
 }  # fmt: skip
 
 

@@ -222,6 +222,16 @@ def test_built_in_arms_cover_every_baseline_with_a_reg_and_a_colour(monkeypatch)
     assert flags["crelu_half"] == "--reg bp --activation crelu --width 50"
     assert flags["fourier_l2"] == "--reg l2 --activation fourier"
     assert flags["spectral_target1"] == "--reg spectral --method-kwargs target=1.0"
+    # SC's sweeps of its baselines (PMNIST configs): step size for bp_muon and bp_mse,
+    # the L2 strength for laynorm_l2.
+    for lr in ("1e-3", "1e-4"):
+        assert (
+            flags[f"muon_lr{lr}"] == f"--reg bp --optimizer muon --learning-rate {lr}"
+        )
+        assert flags[f"mse_lr{lr}"] == f"--reg bp --loss mse --learning-rate {lr}"
+        assert flags[f"layernorm_l2_wd{lr}"] == (
+            f"--reg l2 --norm layer --method-kwargs weight_decay={lr}"
+        )
     assert flags["layer_reset"].endswith("layers=['layers.4','layers.6']")
     assert set(study.COST) == set(labels)  # every built-in arm has a measured cost
     for arm in arms:
