@@ -935,7 +935,7 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
           f"counts 0); {len(order) - len(pending)} ended already", flush=True)  # fmt: skip
     timings, start = [], time.time()
     with ThreadPoolExecutor(args.workers) as pool:
-        for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), order):
+        for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), pending):
             arm = next(arm for arm in arms if arm.label == label)
             run = ended_run(args, arm, seed)
             if run is not None and run.diverged is not None:
