@@ -521,6 +521,7 @@ def study_run(args: Args, arm: Arm, seed: int) -> StudyRun | None:
             return read_run(record)
     if args.partial and runs:
         best = max(runs, key=lambda run: run.tasks_done)
+        check_flags(args, arm, seed, best)
         return best if best.tasks_done else None
     return None
 
