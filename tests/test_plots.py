@@ -353,6 +353,30 @@ def test_run_discovery_is_recursive_and_skips_failed_sweep_attempts(
     assert found == [nested] and failed not in found
 
 
+def test_records_of_runs_plot_like_their_run_directories(
+    fixture_runs: list[Path], tmp_path: Path
+) -> None:
+    # The records a study keeps (clenv.logger.copy_series: every series here) are
+    # found in their folder and read as the runs they were copied from.
+    from clenv.logger import copy_series, list_series, open_metrics
+    from clenv.plotting.runs import expand_run_dirs, load_runs
+
+    records = tmp_path / "records"
+    for i, run_dir in enumerate(fixture_runs):
+        with open_metrics(run_dir / "metrics.h5") as f:
+            tags = list_series(f)
+        copy_series(run_dir / "metrics.h5", records / f"run{i}.h5", tags)
+    found = expand_run_dirs([records])
+    assert found == sorted(records.glob("*.h5")) and len(found) == len(fixture_runs)
+    for record, run in zip(load_runs([records]), load_runs(fixture_runs), strict=True):
+        assert record.path.parent == records and record.attrs == run.attrs
+        assert record.series.keys() == run.series.keys()
+        for tag, series in run.series.items():
+            np.testing.assert_array_equal(record.series[tag].value, series.value)
+    plot_runs([records], tmp_path / "records.png")
+    _assert_png(tmp_path / "records.png")
+
+
 def test_plotting_leaves_the_users_backend_and_pyplot_alone(
     fixture_runs: list[Path], tmp_path: Path
 ) -> None:

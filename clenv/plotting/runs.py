@@ -104,27 +104,20 @@ def load_run(run_dir: str | Path) -> Run:
     """Read every series of a run directory.
 
     Args:
-        run_dir: a directory holding ``metrics.h5`` (or the ``metrics.h5`` file).
+        run_dir: a directory holding ``metrics.h5``, that file, or a run's record in
+            its layout (any other ``.h5`` file: :func:`clenv.logger.copy_series`, as
+            ``agents/pmnist_study.py`` keeps its runs).
 
     Raises:
         FileNotFoundError: the directory or its ``metrics.h5`` does not exist.
         ValueError: the file is not a readable HDF5 file of the expected layout.
     """
     path = Path(run_dir)
-    if path.name == METRICS_FILE and path.is_file():
-        path = path.parent
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"run directory {str(path)!r} does not exist; pass a directory under runs/ "
-            "that an agent created (e.g. runs/clenv_SlipperyAnt-v0__ppo_l2er__1__...)"
-        )
-    h5_path = path / METRICS_FILE
-    if not h5_path.is_file():
-        raise FileNotFoundError(
-            f"{str(h5_path)!r} not found: {str(path)!r} is not a clenv run directory "
-            "(agents/ppo_l2er.py and agents/supervised_l2er.py write metrics.h5 into "
-            "every run directory)"
-        )
+    if path.suffix == ".h5" and path.is_file():
+        h5_path = path
+        path = path.parent if path.name == METRICS_FILE else path
+    else:
+        h5_path = _run_dir_metrics(path)
     series: dict[str, Series] = {}
     try:
         with open_metrics(h5_path) as f:
@@ -156,12 +149,31 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(path=path, attrs=attrs, series=series)
 
 
+def _run_dir_metrics(path: Path) -> Path:
+    """The ``metrics.h5`` of run directory ``path`` (FileNotFoundError, saying what
+    was expected, when there is none)."""
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"run directory {str(path)!r} does not exist; pass a directory under runs/ "
+            "that an agent created (e.g. runs/clenv_SlipperyAnt-v0__ppo_l2er__1__...)"
+        )
+    h5_path = path / METRICS_FILE
+    if not h5_path.is_file():
+        raise FileNotFoundError(
+            f"{str(h5_path)!r} not found: {str(path)!r} is not a clenv run directory "
+            "(agents/ppo_l2er.py and agents/supervised_l2er.py write metrics.h5 into "
+            "every run directory)"
+        )
+    return h5_path
+
+
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories named by ``paths``; a directory of run directories is expanded.
 
     ``clenv plot runs/`` therefore plots every run under ``runs/`` (at any depth; the
     failed attempts that ``clenv sweep`` moves to ``runs/sweeps/<name>/failed/`` are
-    left out).
+    left out), and ``clenv plot docs/results/pmnist_study_runs`` every record there
+    (an ``.h5`` file other than ``metrics.h5``, as :func:`load_run` reads).
     """
     if not paths:
         raise ValueError("no run directories given; pass one or more RUN_DIR paths")
@@ -173,6 +185,10 @@ def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
                 p.parent
                 for p in path.rglob(METRICS_FILE)
                 if not (p.parent.parent.name == "failed" and "sweeps" in p.parts)
+            )
+            # Records of runs (clenv.logger.copy_series): any other .h5 file.
+            children += sorted(
+                p for p in path.rglob("*.h5") if p.is_file() and p.name != METRICS_FILE
             )
             if children:
                 run_dirs.extend(children)
