@@ -46,6 +46,7 @@ import inspect
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -660,6 +661,15 @@ TRAC_MISSING = (
 )
 
 
+TRAC_FROZEN = (
+    "TRAC's scale S fell to {s:.3g} <= 0 at step {step}: the trac-optimizer package "
+    "then sets every weight to its reference and recovers the base optimizer's "
+    "displacement from the weights, as 0, so S and the weights stay frozen for the "
+    "rest of the run (seen at batch 1, where one step's gradient can point against "
+    "the last one's; docs/methods.md, --optimizer trac)"
+)
+
+
 def _import_trac():
     try:
         import trac_optimizer
@@ -695,6 +705,8 @@ def trac_optimizer_class(base: type[torch.optim.Optimizer]) -> type:
     faster = _faster_trac_erfi(module) if update is not None else {}
 
     class TRAC(wrapped):
+        _frozen_told = False
+
         def step(self):
             if update is None:
                 return super().step()
@@ -703,10 +715,15 @@ def trac_optimizer_class(base: type[torch.optim.Optimizer]) -> type:
             for name, function in faster.items():
                 setattr(module, name, function)
             try:
-                return update(self, super(wrapped, self).step, *settings)[0]
+                result, log = update(self, super(wrapped, self).step, *settings)
             finally:
                 for name, function in originals.items():
                     setattr(module, name, function)
+            if log["s"] <= 0 and not self._frozen_told:
+                self._frozen_told = True
+                warnings.warn(TRAC_FROZEN.format(s=log["s"], step=log["iter_count"]),
+                              RuntimeWarning, stacklevel=2)  # fmt: skip
+            return result
 
         def _params(self) -> list[torch.Tensor]:
             return [p for group in self.param_groups for p in group["params"]]

@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import io
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -479,6 +480,38 @@ def test_trac_steps_as_the_packages_own_optimizer(base):
     for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(mine, other)
     assert torch.equal(ours_opt.state["_trac"]["s"], theirs_opt.state["_trac"]["s"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("trac_optimizer") is None,
+    reason="trac-optimizer not installed (pip install clenv[trac])",
+)
+def test_trac_says_once_when_its_scale_falls_to_zero_and_the_package_freezes():
+    # A linear loss +-<w, x>: the second step's gradient points against the first's,
+    # so h = <displacement, gradient> > 0 and TRAC's scale S turns negative. The
+    # package then keeps w at its reference for good, however consistent the
+    # gradients that follow; the optimizer says so once.
+    x = torch.linspace(-1.0, 1.0, 8)
+
+    def run(signs):
+        w = nn.Parameter(torch.zeros(8))
+        optimizer = make_optimizer("trac", nn.ParameterList([w]), 1e-2)
+        for sign in signs:
+            optimizer.zero_grad()
+            (sign * (w @ x)).backward()
+            optimizer.step()
+        return w.detach(), optimizer.state["_trac"]["s"].sum().item()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consistent gradients: S grows, no warning
+        w, s = run([1.0] * 50)
+    assert s > 0 and w.abs().max() > 0
+    with pytest.warns(
+        RuntimeWarning, match=r"TRAC's scale S fell to .* at step 2"
+    ) as told:
+        w, s = run([1.0, -1.0] + [1.0] * 50)
+    assert len(told) == 1 and s <= 0
+    assert torch.equal(w, torch.zeros(8))  # frozen at the reference
 
 
 @pytest.mark.skipif(
