@@ -484,9 +484,9 @@ def check_flags(args: Args, arm: Arm, seed: int, run: StudyRun) -> None:
     asked = flags_of(trial.command[2:])
     if run.flags is None or run.flags == asked:
         return
-    differ = sorted(set(asked) ^ set(run.flags) | {
-        flag for flag in set(asked) & set(run.flags) if asked[flag] != run.flags[flag]
-    })  # fmt: skip
+    differ = sorted(
+        flag for flag in {*asked, *run.flags} if asked.get(flag) != run.flags.get(flag)
+    )
 
     def show(flags: dict) -> str:
         return ", ".join(" ".join([f, *flags[f]]) if f in flags else f"no {f}"
