@@ -222,10 +222,9 @@ def copy_series(
     source: str | Path,
     dest: str | Path,
     tags: list[str] | tuple[str, ...],
-    attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the complete rows of the series ``tags`` (those ``source`` has) with
-    ``source``'s root attributes, plus ``attrs``, to a new file ``dest`` in the
+    ``source``'s root attributes to a new file ``dest`` in the
     ``metrics.h5`` layout, gzip-compressed and with the same numbers: a compact record
     of a run that outlives its run directory, read by every reader of ``metrics.h5``.
 
@@ -237,7 +236,7 @@ def copy_series(
     tmp = dest.with_name(dest.name + ".tmp")
     try:
         with open_metrics(source) as src, h5py.File(tmp, "w") as out:
-            out.attrs.update(dict(src.attrs) | dict(attrs or {}))
+            out.attrs.update(dict(src.attrs))
             for tag in tags:
                 if tag not in src:
                     continue
