@@ -151,19 +151,20 @@ ARMS: dict[str, Arm] = {
     for group, rows in BUILT_IN.items()
     for label, flags, color in rows
 }
-# Minutes per run (one seed) on the study's settings, estimated on this project's
-# 2 shared cores (docs/results/README.md: examples/s of a short run plus ~1.3 min of
-# metrics; bp, l2, l2er, cbp: the mean wall time of their first study): runs start
-# cheapest first; arms not listed start last. upgd, spectral, muon and trac: scaled
-# from the per-step cost of their faster implementations (docs/methods.md) before a
-# study run of them; trac: 110 before its step went from 4.7 to 2.6 ms (clenv.optim).
+# Minutes per run (one seed) on the study's settings, for the launch order and the
+# time left the study prints: the wall time of the second execution's runs (2-core
+# AMD EPYC, two runs at a time; docs/results/README.md) where it has run the arm (bp,
+# muon, muon_lr1e-3, trac, spectral), else the first execution's estimate scaled by
+# the ratio seen on those arms (x0.3 for autograd arms; x0.15 on the fast path, where
+# bp went from 3.7 to 0.55 min).
 COST: dict[str, float] = {
-    "head_reset": 3, "bp": 3.7, "l2": 4.8, "cbp": 8, "l2er": 11.1, "crelu_half": 12.5,
-    "layer_reset": 13, "inject": 14, "redo": 15.5, "fourier": 15.5, "fourier_l2": 16,
-    "l2init": 16, "crelu": 17.6, "layernorm_l2": 18, "mse": 20, "nap": 22.3, "snp_l2": 23.7,
-    "parseval": 33.4, "upgd": 42, "spectral_target1": 45, "spectral": 60,
-    "muon": 90, "trac": 70, "muon_lr1e-3": 90, "muon_lr1e-4": 90, "mse_lr1e-3": 20,
-    "mse_lr1e-4": 20, "layernorm_l2_wd1e-4": 18, "layernorm_l2_wd1e-3": 18,
+    "head_reset": 0.45, "bp": 0.55, "l2": 0.7, "cbp": 1.2, "l2er": 1.7,
+    "crelu_half": 3.8, "layer_reset": 3.9, "inject": 4.2, "redo": 4.7, "fourier": 4.7,
+    "fourier_l2": 4.8, "l2init": 4.8, "crelu": 5.3, "layernorm_l2": 5.4,
+    "layernorm_l2_wd1e-4": 5.4, "layernorm_l2_wd1e-3": 5.4, "mse": 6, "mse_lr1e-3": 6,
+    "mse_lr1e-4": 6, "nap": 6.7, "snp_l2": 7.1, "parseval": 10, "upgd": 12.6,
+    "spectral_target1": 13.5, "spectral": 14.2, "trac": 20, "muon": 28.8,
+    "muon_lr1e-3": 28.3, "muon_lr1e-4": 28.5,
 }  # fmt: skip
 
 
@@ -955,8 +956,9 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
 
 def estimate(minutes: dict, args: Args) -> str:
     """Wall time of runs costing ``minutes`` each at ``--workers`` (arms without an
-    entry in :data:`COST` count 0), as "5.2 h"."""
-    return f"{sum(minutes.values()) / args.workers / 60:.1f} h"
+    entry in :data:`COST` count 0), as "5.2 h", or "40 min" under an hour."""
+    total = sum(minutes.values()) / args.workers
+    return f"{total / 60:.1f} h" if total >= 60 else f"{total:.0f} min"
 
 
 def main() -> None:

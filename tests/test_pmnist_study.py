@@ -91,9 +91,10 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     study.main()
     printed = capsys.readouterr().out
     assert "bp seed 1: ok" in printed and "l2er seed 1: ok" in printed, printed
-    # Progress: what is left, by the per-run estimates (COST: bp 3.7, l2er 11.1 min).
-    assert "2 of 2 runs to do, ~0.1 h by the per-run estimates" in printed, printed
-    assert "1 runs left, ~0.1 h]" in printed and "0 runs left, ~0.0 h]" in printed
+    # Progress: what is left, by the per-run estimates (COST: bp 0.55, l2er 1.7 min;
+    # two workers).
+    assert "2 of 2 runs to do, ~1 min by the per-run estimates" in printed, printed
+    assert "1 runs left, ~1 min]" in printed and "0 runs left, ~0 min]" in printed
     summary = json.loads((out / "tiny.json").read_text())
     assert set(summary) == {"bp", "l2er"}
     for entry in summary.values():
@@ -276,6 +277,9 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     assert [(arm.label, seed) for arm, seed in order] == [
         ("bp", 1), ("bp", 2), ("muon", 1), ("muon", 2), ("x", 1), ("x", 2),
     ]  # fmt: skip
+    # The time left it prints: runs' minutes over the workers, in hours from an hour.
+    assert study.estimate({"a": 90, "b": 60}, study.Args(workers=1)) == "2.5 h"
+    assert study.estimate({"a": 30, "b": 30}, study.Args(workers=2)) == "30 min"
     # --order costliest (a time-limited job): the reverse, arms without a cost first.
     args = dataclasses.replace(args, order="costliest")
     order = study.launch_order(args, study.arms_of(args))
