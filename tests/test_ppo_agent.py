@@ -391,6 +391,17 @@ def test_method_needs_are_argument_errors(agent_module):
 
 
 # -- SIGKILL and resume on Slippery Ant ----------------------------------------------
+def _logged_after(runs_dir: Path, step: int) -> bool:
+    """Whether the run under ``runs_dir`` has logged an episode after ``step``."""
+    try:
+        series = read_series(
+            only_run(runs_dir) / "metrics.h5", "charts/episodic_return"
+        )
+    except (KeyError, OSError, ValueError):  # nothing logged yet, or mid-write
+        return False
+    return bool(len(series["step"]) and series["step"].max() > step)
+
+
 @pytest.fixture(scope="module")
 def ant_runs(tmp_path_factory):
     """An uninterrupted run, and the same run SIGKILLed after a checkpoint, resumed."""
@@ -416,7 +427,12 @@ def ant_runs(tmp_path_factory):
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        time.sleep(0.5)  # let it log past the checkpoint: resume must drop that
+        # Let it log past the checkpoint (resume must drop that), and kill it as soon
+        # as it has: a fixed wait let a fast, or a descheduled, poll reach the next
+        # checkpoint first.
+        logged_past = time.monotonic() + 0.5
+        while time.monotonic() < logged_past and not _logged_after(killed_dir, 512):
+            time.sleep(0.01)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
