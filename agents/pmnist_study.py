@@ -43,7 +43,7 @@ import re
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -937,7 +937,10 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
           f"counts 0); {len(order) - len(pending)} ended already", flush=True)  # fmt: skip
     timings, start = [], time.time()
     with ThreadPoolExecutor(args.workers) as pool:
-        for label, seed, seconds, code in pool.map(lambda p: launch(args, *p), pending):
+        started = [pool.submit(launch, args, arm, seed) for arm, seed in pending]
+        # Each run is recorded and reported as soon as it ends, not in launch order.
+        for future in as_completed(started):
+            label, seed, seconds, code = future.result()
             arm = next(arm for arm in arms if arm.label == label)
             run = ended_run(args, arm, seed)
             if run is not None and run.diverged is not None:

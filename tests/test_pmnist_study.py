@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -288,6 +289,32 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"names \['bp'\] more than once"):
         study.arms_of(study.Args(arms=("bp", "bp=--reg bp --loss mse")))
+
+
+def test_each_run_is_recorded_and_reported_as_it_ends(monkeypatch, capsys):
+    # bp starts first (cheapest) and takes longer than l2: l2 is reported (and its
+    # record made, by ended_run) first, not after bp as in launch order.
+    study = load_study(monkeypatch)
+
+    def launch(args, arm, seed):
+        time.sleep(0.5 if arm.label == "bp" else 0.0)
+        return arm.label, seed, 1.0, 0
+
+    ended = []
+    monkeypatch.setattr(study, "launch", launch)
+    monkeypatch.setattr(study, "finished", lambda *_: False)
+    monkeypatch.setattr(
+        study, "ended_run", lambda _, arm, seed: ended.append(arm.label)
+    )
+    monkeypatch.setattr(study, "check_arms", lambda *_: [])
+    args = study.Args(arms=("bp", "l2"), seeds=(1,), workers=2)
+    study.run_study(args, study.arms_of(args))
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed if " seed 1: ok" in line] == [
+        "l2",
+        "bp",
+    ]
+    assert ended == ["l2", "bp"]
 
 
 def test_trial_of_keeps_the_plain_arms_runs_and_lets_an_arm_override(monkeypatch):
