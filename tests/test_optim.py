@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import io
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -568,3 +569,35 @@ def test_muon_step_evaluates_a_closure_with_grad_and_returns_its_loss():
     moved = zip(before, model.parameters(), strict=True)
     assert all(not torch.equal(b, p) for b, p in moved)
     assert optimizer.step() is None
+
+
+def load_muon_collapse():
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "docs", "results", "muon_collapse.py"
+    )
+    spec = importlib.util.spec_from_file_location("muon_collapse", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("freeze_biases", [False, True])
+def test_muon_collapse_script_freezes_only_the_biases(data_dir, capsys, freeze_biases):
+    # docs/results/muon_collapse.py tells Muon's matrix steps from its Adam part's
+    # bias steps; with --freeze-biases the biases must stay 0 while Muon moves the
+    # weights (Kaiming-uniform init: |W| = sqrt(2 fan_out) for the hidden layers).
+    script = load_muon_collapse()
+    args = script.Args(tasks=2, examples_per_task=20, width=8, probe_examples=10,
+                       freeze_biases=freeze_biases)  # fmt: skip
+    rows = script.main(args)
+    assert [row["task"] for row in rows] == [0, 1]
+    assert all(
+        0 <= row["accuracy"] <= 1 and 0 <= row["dead_units"] <= 24 for row in rows
+    )
+    assert all(
+        abs(norm - 4.0) > 1e-3 for norm in rows[-1]["weight_norms"][:3]
+    )  # moved from sqrt(2 * 8) = 4
+    biases_moved = any(abs(b) > 0 for b in rows[-1]["hidden_bias_means"])
+    assert biases_moved is not freeze_biases
+    assert capsys.readouterr().out.count("online accuracy") == 2
