@@ -97,12 +97,12 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     # two workers).
     assert "2 of 2 runs to do, ~1 min by the per-run estimates" in printed, printed
     # Runs are reported as they end, in either order: what is left is the other run.
-    first_ended = re.search(r"^(bp|l2er) seed 1: ok .*1 runs left, (~\d+ min)\]$",
+    first_ended = re.search(r"^(bp|l2er) seed 1: ok .*1 runs left, (~\d+ min)[;\]]",
                             printed, re.M)  # fmt: skip
     assert first_ended, printed
     left_after = {"bp": "~1 min", "l2er": "~0 min"}  # l2er's 1.7 or bp's 0.55, halved
     assert first_ended[2] == left_after[first_ended[1]], printed
-    assert "0 runs left, ~0 min]" in printed, printed
+    assert "0 runs left, ~0 min" in printed, printed
     summary = json.loads((out / "tiny.json").read_text())
     assert set(summary) == {"bp", "l2er"}
     for entry in summary.values():
@@ -288,6 +288,23 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     # The time left it prints: runs' minutes over the workers, in hours from an hour.
     assert study.estimate({"a": 90, "b": 60}, study.Args(workers=1)) == "2.5 h"
     assert study.estimate({"a": 30, "b": 30}, study.Args(workers=2)) == "30 min"
+    # ... and at this machine's pace, once runs have ended at another than COST's.
+    pace, left = study.Pace(), {"a": 60, "b": 60}
+    assert pace.note(left, study.Args(workers=2)) == ""  # nothing ended yet
+    pace.add(cost=10, seconds=600 * 3, code=0)
+    pace.add(cost=10, seconds=5, code=1)  # a failed run tells nothing
+    pace.add(cost=0, seconds=60, code=0)  # nor one without an estimate
+    assert pace.note(left, study.Args(workers=2)) == (
+        "; ~3.0 h at this machine's pace (3.0x the estimates)"
+    )
+    pace.add(cost=20, seconds=600, code=0)  # 40 min taken for 30 estimated: 1.3x
+    assert pace.note(left, study.Args(workers=2)) == (
+        "; ~1.3 h at this machine's pace (1.3x the estimates)"
+    )
+    pace.add(cost=10, seconds=0, code=0)  # (0 s: recorded before, never ran)
+    pace.add(cost=10, seconds=0.1, code=0)
+    pace.add(cost=10, seconds=10, code=0)
+    assert pace.note(left, study.Args(workers=2)) == ""  # 40.3 / 50: within 20%
     # --order costliest (a time-limited job): the reverse, arms without a cost first.
     args = dataclasses.replace(args, order="costliest")
     order = study.launch_order(args, study.arms_of(args))
