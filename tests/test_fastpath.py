@@ -101,6 +101,53 @@ def test_same_weights_predictions_and_losses_as_autograd(backend, reg, overrides
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "reg,overrides",
+    [
+        ("head_reset", {}),
+        ("reset", {}),
+        ("layer_reset", {"layers": ["layers.4", "layers.6"]}),  # the study's arm
+    ],
+)
+def test_task_switch_resets_match_autograd(backend, reg, overrides):
+    """The reset methods act only at task switches, in place, between chunks: the
+    fast path trains on the reset tensors exactly as the autograd loop does."""
+    x, y = stream(n=200)
+    lr, switch = 0.05, 120
+    reference, fast = small_model(), small_model()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=lr)
+    ref_method = make_method(reg, reference, optimizer, preset="pmnist", **overrides)
+    fast_method = make_method(reg, fast, None, preset="pmnist", **overrides)
+    trainer = FastMLPTrainer(fast, lr, method=fast_method, backend=backend)
+    ref_pred = []
+    for k in range(x.shape[0]):
+        if k == switch:
+            torch.manual_seed(7)  # reset's reset_parameters draws from torch's
+            ref_method.on_task_switch(1)
+        logits = reference(x[k : k + 1])
+        ref_pred.append(int(logits.detach().argmax()))
+        optimizer.zero_grad()
+        F.cross_entropy(logits, y[k : k + 1]).backward()
+        ref_method.after_backward()
+        optimizer.step()
+        ref_method.after_step(x[k : k + 1])
+    before, _ = trainer.train(x[:switch], y[:switch])
+    trained = copy.deepcopy(fast.state_dict())
+    torch.manual_seed(7)
+    fast_method.on_task_switch(1)
+    changed = [
+        k for k, v in fast.state_dict().items() if not torch.equal(v, trained[k])
+    ]
+    after, _ = trainer.train(x[switch:], y[switch:])
+    assert changed, "the switch reset nothing: the comparison would be vacuous"
+    assert torch.equal(torch.cat([before, after]), torch.tensor(ref_pred))
+    for (name, p_ref), p_fast in zip(
+        reference.named_parameters(), fast.parameters(), strict=True
+    ):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dense_inputs_match_autograd(backend):
     x, y = stream(zeros=0.0)
     reference = small_model()
@@ -207,7 +254,8 @@ def test_fast_path_supports_says_which_condition_fails():
         assert not support and not support.supported
         return support.reason
 
-    for reg in ("bp", "l2", "er", "l2er", "cbp", "cbp+l2", "head_reset", "reset"):
+    for reg in ("bp", "l2", "er", "l2er", "cbp", "cbp+l2", "head_reset", "reset",
+                "layer_reset"):  # fmt: skip
         method = make_method(reg, model, None, preset="pmnist")
         support = fast_path_supports(model, sgd(), method, batch_size=1)
         assert support and support == (True, ""), (reg, support)

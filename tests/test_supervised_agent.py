@@ -101,7 +101,8 @@ CONFIGS = {
     "pmnist_snp_autograd": [*PMNIST, "--reg", "snp"],
     "pmnist_bp_autograd": [*PMNIST, "--reg", "bp", "--fast-path", "off"],
     "pmnist_minibatch": [*PMNIST, "--reg", "l2", "--batch-size", "10"],
-    # Issue 14's options and methods (autograd: the fast path runs none of them).
+    # Issue 14's options and methods (autograd, but for layer_reset: a task-switch
+    # reset, which the fast path runs).
     "pmnist_layernorm_l2": [*PMNIST, "--reg", "l2+layernorm"],
     "pmnist_crelu": [*PMNIST, "--reg", "bp", "--activation", "crelu"],
     "pmnist_fourier": [*PMNIST, "--reg", "bp", "--activation", "fourier"],
@@ -843,6 +844,11 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
         assert output.count("not the fast path") == 1, output
         assert f"autograd (not the fast path: {reason}" in output, output
     assert "not the fast path" not in run_output(runs, "pmnist_bp")
+    assert "not the fast path" not in run_output(runs, "pmnist_layer_reset")
+    saved = json.loads(
+        (only_run(runs / "pmnist_layer_reset") / "args.json").read_text()
+    )
+    assert saved["fast_path_used"] is True
     agent = load_agent_module(AGENT)
     for argv, reason in ((("--optimizer", "muon"), "--optimizer muon"),
                          (("--loss", "mse"), "--loss mse"),

@@ -13,7 +13,8 @@ run as the autograd loop::
         method.after_step(x)
 
 with ``optimizer = SGD(lr)`` and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2
-(and head_reset / reset, which act only on task switches). Equal up to float rounding
+(and head_reset / reset / layer_reset, which act only on task switches, in place on
+the same parameter tensors). Equal up to float rounding
 (a different summation order); ``tests/test_fastpath.py`` checks the weights after N
 steps against that loop for every supported method.
 
@@ -61,7 +62,9 @@ from clenv.fastpath.reference import train_chunk_torch
 from clenv.methods import ContinualBackprop
 
 # --reg components the fast path runs exactly (see the module docstring).
-SUPPORTED_COMPONENTS = frozenset({"l2", "er", "cbp", "head_reset", "reset"})
+SUPPORTED_COMPONENTS = frozenset(
+    {"l2", "er", "cbp", "head_reset", "reset", "layer_reset"}
+)
 Backend = Literal["auto", "native", "torch"]
 
 
