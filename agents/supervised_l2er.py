@@ -484,4 +484,4 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     seeds = [seed_run(a, device, show_progress=i == 0) for i, a in enumerate(group)]
     with clenv.run.exit_on_error(ValueError):
-        run_in_lockstep(seeds, args.learning_rate)
+        run_in_lockstep(seeds, args.learning_rate, args.loss)

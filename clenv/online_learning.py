@@ -221,7 +221,9 @@ def log_task_curvature(
 SeedRun = Generator[Any, Any, None]
 
 
-def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
+def run_in_lockstep(
+    seeds: Sequence[SeedRun], lr: float, loss: str = "cross_entropy"
+) -> None:
     """Drive the runs of one or several seeds (``--num-seeds``) to their end.
 
     Each run builds its network, method, env and run directory exactly as a run of
@@ -245,6 +247,7 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
     Args:
         seeds: the runs, each a :data:`SeedRun` generator, not yet started.
         lr: the fast path's SGD step size (``--learning-rate``).
+        loss: the fast path's loss (``--loss``: ``cross_entropy`` or ``mse``).
     """
     count = len(seeds)
     states: list[dict[str, Any] | None] = [None] * count
@@ -283,9 +286,9 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
     trainers: list[Any] = [None] * count
     batched = None
     if built[0][2] and count == 1:
-        trainers = [FastMLPTrainer(models[0], lr, method=methods[0])]
+        trainers = [FastMLPTrainer(models[0], lr, method=methods[0], loss=loss)]
     elif built[0][2]:
-        batched = BatchedMLPTrainer(models, lr, methods)
+        batched = BatchedMLPTrainer(models, lr, methods, loss=loss)
         trainers = [batched.seed(index) for index in range(count)]
     chunks = {index: turn(index, trainers[index]) for index in range(count)}
     active = [index for index, chunk in chunks.items() if chunk is not None]
@@ -293,7 +296,7 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
         raise RuntimeError("the seeds of a group fell out of step at the start")
     while active:
         if batched is not None and batched.num_seeds != len(active):
-            batched = _regroup(batched, [trainers[i] for i in active], lr)
+            batched = _regroup(batched, [trainers[i] for i in active], lr, loss)
         if batched is None:
             results = {active[0]: trainers[active[0]].train(*chunks[active[0]])}
         else:
@@ -315,14 +318,14 @@ def run_in_lockstep(seeds: Sequence[SeedRun], lr: float) -> None:
         raise failed[0]
 
 
-def _regroup(batched: Any, views: list[Any], lr: float) -> Any:
+def _regroup(batched: Any, views: list[Any], lr: float, loss: str) -> Any:
     """A new :class:`~clenv.fastpath.BatchedMLPTrainer` over the seeds still
     training (one ended early), with each seed's view (what its run checkpoints as
     its trainer) pointed at it and its step count kept."""
     batched.release()
     steps = [view.num_steps for view in views]
     regrouped = BatchedMLPTrainer(
-        [view.model for view in views], lr, [view.method for view in views]
+        [view.model for view in views], lr, [view.method for view in views], loss=loss
     )
     for index, (view, num_steps) in enumerate(zip(views, steps, strict=True)):
         view.batched, view.index = regrouped, index

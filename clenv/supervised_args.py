@@ -216,20 +216,19 @@ VALUE_RANGES = {
 }  # fmt: skip
 FAST_PATH_ON = (
     "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
-    "batch 1, plain SGD, cross-entropy, a ReLU MLP without norm, methods among "
+    "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP without norm, methods among "
     "bp/l2/er/cbp/resets); here: {}. Use --fast-path auto or off"
 )
 # The options the batch-1 fast path computes (the kernel's one network and update).
 FAST_PATH_OPTIONS = {
     "optimizer": ("sgd", "plain SGD only"),
-    "loss": ("cross_entropy", "the kernel's loss is cross-entropy"),
     "norm": ("none", "the kernel trains Linear-ReLU MLPs"),
     "activation": ("relu", "the kernel trains Linear-ReLU MLPs"),
 }
 NUM_SEEDS = (
     "--num-seeds {} trains the seeds together on the batch-1 fast path only: "
-    "Permuted MNIST at batch 1, --fast-path auto or on, plain SGD, cross-entropy, a "
-    "ReLU MLP without norm, methods among bp/l2/er/l2er/cbp/resets; here: {}. Run "
+    "Permuted MNIST at batch 1, --fast-path auto or on, plain SGD, cross-entropy or "
+    "MSE, a ReLU MLP without norm, methods among bp/l2/er/l2er/cbp/resets; here: {}. Run "
     "the seeds one by one (--num-seeds 1, or clenv sweep --seeds)"
 )
 # Agent flags that set a gym.make argument: --env-kwargs must not set it too.

@@ -15,6 +15,7 @@ from clenv.fastpath import (
     load_kernel,
     mlp_linear_layers,
 )
+from clenv.losses import make_loss
 from clenv.methods import make_method
 from clenv.models import PermutedMNISTMLP
 
@@ -40,8 +41,11 @@ def stream(n=240, dim=30, classes=5, dtype=torch.float64, seed=1, zeros=0.7):
     return x, y
 
 
-def autograd_run(model, reg, x, y, lr, methods_out=None, **overrides):
+def autograd_run(
+    model, reg, x, y, lr, methods_out=None, loss_name="cross_entropy", **overrides
+):
     """The plain loop the fast path must reproduce: batch 1, SGD, method hooks."""
+    loss_fn = make_loss(loss_name)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     method = make_method(reg, model, optimizer, preset="pmnist", **overrides)
     if methods_out is not None:
@@ -49,7 +53,7 @@ def autograd_run(model, reg, x, y, lr, methods_out=None, **overrides):
     predictions, losses = [], []
     for k in range(x.shape[0]):
         logits = model(x[k : k + 1])
-        loss = F.cross_entropy(logits, y[k : k + 1])
+        loss = loss_fn(logits, y[k : k + 1])
         predictions.append(int(logits.detach().argmax()))
         losses.append(loss.item())
         optimizer.zero_grad()
@@ -60,9 +64,11 @@ def autograd_run(model, reg, x, y, lr, methods_out=None, **overrides):
     return torch.tensor(predictions), torch.tensor(losses, dtype=x.dtype)
 
 
-def fast_run(model, reg, x, y, lr, backend, chunk, **overrides):
+def fast_run(
+    model, reg, x, y, lr, backend, chunk, loss_name="cross_entropy", **overrides
+):
     method = make_method(reg, model, None, preset="pmnist", **overrides)
-    trainer = FastMLPTrainer(model, lr, method=method, backend=backend)
+    trainer = FastMLPTrainer(model, lr, method=method, backend=backend, loss=loss_name)
     outputs = [trainer.train(x[s : s + chunk], y[s : s + chunk])
                for s in range(0, x.shape[0], chunk)]  # fmt: skip
     predictions = torch.cat([p for p, _ in outputs])
@@ -98,6 +104,33 @@ def test_same_weights_predictions_and_losses_as_autograd(backend, reg, overrides
     assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # Training really changed the net (the comparison is not vacuous).
     assert not torch.allclose(reference.head.weight, small_model().head.weight)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reg", ["bp", "l2er"])
+def test_mse_loss_matches_autograd(backend, reg):
+    """SC's bp_mse (--loss mse): clenv.losses.one_hot_mse's gradient and value."""
+    x, y = stream()
+    lr, overrides = 0.05, {"er__interval": 7} if reg == "l2er" else {}
+    reference = small_model()
+    fast = copy.deepcopy(reference)
+    ref_pred, ref_loss = autograd_run(
+        reference, reg, x, y, lr, loss_name="mse", **overrides
+    )
+    pred, loss, _ = fast_run(fast, reg, x, y, lr, backend, 13, "mse", **overrides)
+    for (name, p_ref), p_fast in zip(
+        reference.named_parameters(), fast.parameters(), strict=True
+    ):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert torch.equal(pred, ref_pred)
+    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    # Not cross-entropy's run: the losses and the weights differ from it.
+    ce = copy.deepcopy(small_model())
+    _, ce_loss, _ = fast_run(ce, reg, x, y, lr, backend, 13, **overrides)
+    assert not torch.allclose(loss, ce_loss)
+    assert not torch.allclose(ce.head.weight, fast.head.weight)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        FastMLPTrainer(small_model(), lr, loss="hinge")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -77,8 +77,8 @@ def run_batched(trainer, streams, chunks):
     )
 
 
-def run_single(model, method, x, y, chunk):
-    trainer = FastMLPTrainer(model, 0.05, method=method)
+def run_single(model, method, x, y, chunk, loss="cross_entropy"):
+    trainer = FastMLPTrainer(model, 0.05, method=method, loss=loss)
     outputs = [trainer.train(x[s : s + chunk], y[s : s + chunk])
                for s in range(0, x.shape[0], chunk)]  # fmt: skip
     return torch.cat([p for p, _ in outputs]), torch.cat([loss for _, loss in outputs])
@@ -141,6 +141,35 @@ def test_batched_seeds_equal_separate_single_seed_runs(reg, overrides, mode):
         assert all(count > 10 for count in replaced), replaced
     # The seeds differ (each has its own weights and stream).
     assert not torch.allclose(models[0].head.weight, models[1].head.weight)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["batched", "programs", "native"])
+@pytest.mark.parametrize("reg,overrides", [CASES[0], CASES[2]], ids=["bp", "l2er"])
+def test_batched_mse_seeds_equal_separate_single_seed_runs(reg, overrides, mode):
+    """--loss mse (SC's bp_mse) in lockstep: each seed the single run (which
+    tests/test_fastpath.py checks against autograd)."""
+    models, methods, streams = seeds_setup(reg, overrides)
+    singles = copy.deepcopy((models, methods))
+    backend, graphs = mode
+    trainer = BatchedMLPTrainer(models, 0.05, methods, graphs=graphs,
+                                max_graph_steps=8, backend=backend, loss="mse")  # fmt: skip
+    predictions, losses = run_batched(trainer, streams, [13])
+    for seed in range(NUM_SEEDS):
+        model, method = singles[0][seed], singles[1][seed]
+        single_predictions, single_losses = run_single(
+            model, method, *streams[seed], 13, loss="mse"
+        )
+        assert torch.equal(predictions[seed], single_predictions), seed
+        assert torch.allclose(losses[seed], single_losses, rtol=1e-9, atol=1e-12)
+        assert_same_state(models[seed].state_dict(), model.state_dict())
+    # MSE's losses, not cross-entropy's (log 5 = 1.6 at the start).
+    ce_models, ce_methods, _ = seeds_setup(reg, overrides)
+    ce = BatchedMLPTrainer(ce_models, 0.05, ce_methods, graphs=graphs,
+                           max_graph_steps=8, backend=backend)  # fmt: skip
+    ce_losses = run_batched(ce, streams, [13])[1]
+    assert float(losses[:, 0].max()) < 1.0 < float(ce_losses[:, 0].min())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        BatchedMLPTrainer(models, 0.05, loss="hinge")
 
 
 @pytest.mark.parametrize("reg,overrides", CASES, ids=CASE_IDS)

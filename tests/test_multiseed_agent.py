@@ -19,13 +19,16 @@ from test_supervised_agent import AGENT, ENV, PMNIST, run_driver
 from clenv.checkpoint import list_checkpoints
 
 # Every task's checkpoint kept; a method whose draws come from its own generator
-# (CBP) and one whose task-switch reset draws from torch's global generator.
+# (CBP), one whose task-switch reset draws from torch's global generator and one
+# (layer_reset) from its own.
 GROUP = [*PMNIST, "--checkpoint-every-tasks", "1", "--keep-checkpoints", "100",
          "--seed", "3"]  # fmt: skip
 METHODS = {
     "cbp_l2er": ["--reg", "cbp+l2er", "--method-kwargs", "replacement_rate=0.05",
                  "maturity_threshold=5", "er__interval=7"],
     "reset_l2": ["--reg", "reset+l2"],
+    # A layer reset with SC's MSE loss (both on the fast path since 2026-12-07).
+    "layer_reset_mse": ["--reg", "layer_reset", "--loss", "mse"],
 }  # fmt: skip
 # Wall-clock series differ between any two runs.
 TIMED = ("charts/examples_per_second", "/seconds")

@@ -101,8 +101,8 @@ CONFIGS = {
     "pmnist_snp_autograd": [*PMNIST, "--reg", "snp"],
     "pmnist_bp_autograd": [*PMNIST, "--reg", "bp", "--fast-path", "off"],
     "pmnist_minibatch": [*PMNIST, "--reg", "l2", "--batch-size", "10"],
-    # Issue 14's options and methods (autograd, but for layer_reset: a task-switch
-    # reset, which the fast path runs).
+    # Issue 14's options and methods (autograd, but for layer_reset, a task-switch
+    # reset, and --loss mse, which the fast path runs).
     "pmnist_layernorm_l2": [*PMNIST, "--reg", "l2+layernorm"],
     "pmnist_crelu": [*PMNIST, "--reg", "bp", "--activation", "crelu"],
     "pmnist_fourier": [*PMNIST, "--reg", "bp", "--activation", "fourier"],
@@ -835,7 +835,6 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
     runs, _ = smoke_runs
     for name, reason in (
         ("pmnist_adam", "--optimizer adam (plain SGD only)"),
-        ("pmnist_mse", "--loss mse (the kernel's loss is cross-entropy)"),
         ("pmnist_crelu", "--activation crelu (the kernel trains Linear-ReLU MLPs)"),
         ("pmnist_nap", "--norm layer (the kernel trains Linear-ReLU MLPs)"),
         ("pmnist_l2init", "the fast path cannot run 'l2init' exactly"),
@@ -844,14 +843,13 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
         assert output.count("not the fast path") == 1, output
         assert f"autograd (not the fast path: {reason}" in output, output
     assert "not the fast path" not in run_output(runs, "pmnist_bp")
-    assert "not the fast path" not in run_output(runs, "pmnist_layer_reset")
-    saved = json.loads(
-        (only_run(runs / "pmnist_layer_reset") / "args.json").read_text()
-    )
-    assert saved["fast_path_used"] is True
+    # layer_reset (a task-switch reset) and --loss mse (SC's bp_mse) run on it too.
+    for name in ("pmnist_layer_reset", "pmnist_mse"):
+        assert "not the fast path" not in run_output(runs, name)
+        saved = json.loads((only_run(runs / name) / "args.json").read_text())
+        assert saved["fast_path_used"] is True, name
     agent = load_agent_module(AGENT)
     for argv, reason in ((("--optimizer", "muon"), "--optimizer muon"),
-                         (("--loss", "mse"), "--loss mse"),
                          (("--norm", "layer"), "--norm layer")):  # fmt: skip
         with pytest.raises(ValueError, match=f"here: {reason}"):
             agent.check_args([*argv, "--fast-path", "on"])

@@ -107,6 +107,7 @@ from clenv.fastpath.trainer import (
     _method_unsupported,
     mlp_linear_layers,
 )
+from clenv.losses import LOSSES
 from clenv.metrics.rank import effective_rank_from_singular_values
 
 GraphMode = Literal["auto", "on", "off"]
@@ -180,6 +181,7 @@ class BatchedMLPTrainer:
             batched torch ops; see docs/results.md); ``"auto"``: native on CPU
             when the kernel builds for the dtype (and ``graphs`` is not ``"on"``),
             else batched.
+        loss: ``"cross_entropy"`` or ``"mse"``, as :class:`FastMLPTrainer`'s.
 
     Example:
         >>> from clenv.models import PermutedMNISTMLP
@@ -199,6 +201,7 @@ class BatchedMLPTrainer:
         graphs: GraphMode = "auto",
         max_graph_steps: int = 128,
         backend: StepBackend = "auto",
+        loss: str = "cross_entropy",
     ):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -210,6 +213,8 @@ class BatchedMLPTrainer:
             raise ValueError(
                 f"backend must be auto, batched or native, got {backend!r}"
             )
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
         if max_graph_steps < 1 or max_graph_steps & (max_graph_steps - 1):
             raise ValueError(
                 f"max_graph_steps must be a power of two, got {max_graph_steps}"
@@ -224,6 +229,7 @@ class BatchedMLPTrainer:
         self.methods = methods
         self.num_seeds = len(models)
         self.lr = float(lr)
+        self.loss = loss
         self.layers = [mlp_linear_layers(model) for model in self.models]
         reference = self.layers[0][0].weight
         self.device, self.dtype = reference.device, reference.dtype
@@ -300,7 +306,7 @@ class BatchedMLPTrainer:
         self._singles = []
         if self.backend == "native":  # on the models' (shared) tensors
             self._singles = [
-                FastMLPTrainer(model, self.lr, method=method, backend="native")
+                FastMLPTrainer(model, self.lr, method, "native", self.loss)
                 for model, method in zip(self.models, self.methods, strict=True)
             ]
         # to be filled in runtime
@@ -449,7 +455,7 @@ class BatchedMLPTrainer:
 
         Returns:
             ``(predictions, losses)``, each (N, K): the argmax prediction and
-            cross-entropy loss of each example, computed before the update on it.
+            loss (the trainer's ``loss``) of each example, computed before the update on it.
         """
         n = self.num_seeds
         if inputs.dim() < 2 or inputs.shape[0] != n:
@@ -594,8 +600,13 @@ class BatchedMLPTrainer:
                 activations.append(z)
             logits = activations[-1]
             predictions[k] = logits.argmax(1)
-            losses[k] = -torch.log_softmax(logits, 1).gather(1, y).squeeze(1)
-            grad = torch.softmax(logits, 1).scatter_add_(1, y, minus_one)
+            if self.loss == "mse":  # SC's bp_mse: mean over classes of (z - one_hot)^2
+                grad = logits.scatter_add(1, y, minus_one)
+                losses[k] = grad.square().mean(1)
+                grad.mul_(2 / logits.shape[1])
+            else:
+                losses[k] = -torch.log_softmax(logits, 1).gather(1, y).squeeze(1)
+                grad = torch.softmax(logits, 1).scatter_add_(1, y, minus_one)
             for index in range(num_layers - 1, -1, -1):
                 weight, bias, h = weights[index], biases[index], activations[index]
                 back = None

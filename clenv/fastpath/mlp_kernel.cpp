@@ -1,7 +1,8 @@
 // Batch-1 online SGD for a ReLU MLP: K sequential examples per call, no autograd.
 //
-// For each example: forward (prediction made before the update), softmax
-// cross-entropy gradient, then one fused pass per layer that reads every weight once
+// For each example: forward (prediction made before the update), the loss's gradient
+// (softmax cross-entropy, or with ``mse`` SC's bp_mse: mean over the classes of
+// (z - one_hot)^2, gradient 2 (z - one_hot) / classes as torch's mse_loss), then one fused pass per layer that reads every weight once
 // to form the back-propagated gradient W^T g (with the weights *before* the update,
 // as autograd does) and applies the coupled-L2 SGD update
 //     W <- W - lr * (g h^T + weight_decay * W),   b <- b - lr * (g + weight_decay * b).
@@ -224,7 +225,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          const T* X, const int64_t* Y, int64_t* P, T* Lo, int64_t K,
                          int64_t start, double lr_, double wd_, T** ages, T** utils,
                          T** mean_acts, double* acc, double decay_, int64_t maturity,
-                         double replacement_rate, int adaptable) {
+                         double replacement_rate, int adaptable, int mse) {
   const T lr = T(lr_), wd = T(wd_), decay = T(decay_);
   const int64_t n_hidden = n_layers - 1;
   const int64_t D = width[0];
@@ -302,22 +303,33 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                        l + 1 < n_layers);
       in_vec = h[l + 1].data();
     }
-    // Prediction (first maximum, as torch.argmax) and softmax cross-entropy gradient.
+    // Prediction (first maximum, as torch.argmax) and the loss's gradient.
     const T* z = h[n_layers].data();
     int64_t arg = 0;
     T zmax = z[0];
     for (int64_t c = 1; c < classes; ++c)
       if (z[c] > zmax || std::isnan(z[c])) { zmax = z[c]; arg = c; if (std::isnan(z[c])) break; }
     P[k] = arg;
-    T sum = 0;
     T* gL = g[n_layers].data();
-    for (int64_t c = 0; c < classes; ++c) {
-      gL[c] = std::exp(z[c] - zmax);
-      sum += gL[c];
+    if (mse) {
+      const T norm = T(2) / T(classes);
+      T sum = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        const T diff = z[c] - (c == y ? T(1) : T(0));
+        sum += diff * diff;
+        gL[c] = norm * diff;
+      }
+      Lo[k] = sum / T(classes);
+    } else {
+      T sum = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        gL[c] = std::exp(z[c] - zmax);
+        sum += gL[c];
+      }
+      for (int64_t c = 0; c < classes; ++c) gL[c] /= sum;
+      Lo[k] = std::log(sum) + zmax - z[y];
+      gL[y] -= T(1);
     }
-    for (int64_t c = 0; c < classes; ++c) gL[c] /= sum;
-    Lo[k] = std::log(sum) + zmax - z[y];
-    gL[y] -= T(1);
     // Backward with fused updates, from the head down.
     for (int64_t l = n_layers - 1; l >= 0; --l) {
       const T* h_in = l == 0 ? x : h[l].data();
@@ -401,10 +413,10 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                           int64_t K, int64_t start, double lr, double weight_decay,  \
                           T** ages, T** utils, T** mean_acts, double* acc,     \
                           double decay, int64_t maturity, double replacement_rate,   \
-                          int adaptable) {                                           \
+                          int adaptable, int mse) {                                  \
     return train_chunk_impl<T>(n_layers, width, W, b, X, Y, P, losses, K, start, lr,  \
                                weight_decay, ages, utils, mean_acts, acc, decay,      \
-                               maturity, replacement_rate, adaptable);               \
+                               maturity, replacement_rate, adaptable, mse);          \
   }
 
 CLENV_TRAIN_CHUNK(clenv_train_chunk_f32, float)

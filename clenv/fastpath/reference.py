@@ -27,11 +27,14 @@ def train_chunk_torch(
     lr: float,
     weight_decay: float,
     cbp: ContinualBackprop | None = None,
+    loss: str = "cross_entropy",
 ) -> int:
     """Sequential batch-1 SGD on examples ``start..stop-1`` of a ReLU MLP, in place.
 
     Each example is predicted (``predictions[k]``, argmax of the logits) and scored
-    (``losses[k]``, cross-entropy) before the update on it. With ``cbp``, its
+    (``losses[k]``: cross-entropy, or with ``loss="mse"`` the mean over the classes of
+    the squared error to the one-hot label, as :func:`clenv.losses.one_hot_mse`)
+    before the update on it. With ``cbp``, its
     :meth:`~clenv.methods.ContinualBackprop.update` runs after each update on the
     example's hidden features, as in the autograd loop. Returns ``stop``.
     """
@@ -48,9 +51,15 @@ def train_chunk_torch(
             activations.append(z)
         logits = activations[-1]
         predictions[k] = logits.argmax()
-        grad = torch.softmax(logits, 0)
-        losses[k] = -torch.log_softmax(logits, 0)[y]
-        grad[y] -= 1
+        if loss == "mse":
+            grad = logits.clone()
+            grad[y] -= 1
+            losses[k] = grad.square().mean()
+            grad.mul_(2 / grad.numel())
+        else:
+            grad = torch.softmax(logits, 0)
+            losses[k] = -torch.log_softmax(logits, 0)[y]
+            grad[y] -= 1
         for index in range(num_layers - 1, -1, -1):
             weight, bias, h = weights[index], biases[index], activations[index]
             back = weight.t().mv(grad) if index > 0 else None

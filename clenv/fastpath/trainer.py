@@ -8,11 +8,12 @@ updating the model's own parameter tensors in place. The result is the same trai
 run as the autograd loop::
 
     for x, y in stream:               # batch 1
-        logits = model(x); loss = cross_entropy(logits, y)
+        logits = model(x); loss = loss_fn(logits, y)   # cross-entropy or MSE
         loss.backward(); method.after_backward(); optimizer.step()
         method.after_step(x)
 
-with ``optimizer = SGD(lr)`` and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2
+with ``optimizer = SGD(lr)``, ``loss`` cross-entropy or SC's one-hot MSE
+(``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2
 (and head_reset / reset / layer_reset, which act only on task switches, in place on
 the same parameter tensors). Equal up to float rounding
 (a different summation order); ``tests/test_fastpath.py`` checks the weights after N
@@ -59,6 +60,7 @@ from torch import nn
 
 from clenv.fastpath.native import load_kernel
 from clenv.fastpath.reference import train_chunk_torch
+from clenv.losses import LOSSES
 from clenv.methods import ContinualBackprop
 
 # --reg components the fast path runs exactly (see the module docstring).
@@ -213,6 +215,8 @@ class FastMLPTrainer:
             :data:`SUPPORTED_COMPONENTS`; ``None`` for plain backprop.
         backend: ``"native"`` (the compiled kernel, CPU), ``"torch"`` (torch ops, any
             device) or ``"auto"`` (native on CPU when it builds, else torch).
+        loss: ``"cross_entropy"`` or ``"mse"`` (:func:`clenv.losses.make_loss`'s
+            names; ``mse`` is SC's ``bp_mse``, :func:`clenv.losses.one_hot_mse`).
 
     Example:
         >>> from clenv.models import PermutedMNISTMLP
@@ -230,13 +234,17 @@ class FastMLPTrainer:
         lr: float,
         method: Any = None,
         backend: Backend = "auto",
+        loss: str = "cross_entropy",
     ):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if backend not in ("auto", "native", "torch"):
             raise ValueError(f"backend must be auto, native or torch, got {backend!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
         self.model = model
         self.lr = float(lr)
+        self.loss = loss
         self.layers = mlp_linear_layers(model)
         self.weight_decay = 0.0
         self.er = None
@@ -292,8 +300,8 @@ class FastMLPTrainer:
             labels: (K,) integer class labels.
 
         Returns:
-            ``(predictions, losses)``: the argmax prediction and cross-entropy loss of
-            each example, both computed before the update on that example.
+            ``(predictions, losses)``: the argmax prediction and loss (the trainer's
+            ``loss``) of each example, both computed before the update on that example.
         """
         reference = self.layers[0].weight
         inputs = inputs.reshape(inputs.shape[0], -1)
@@ -350,7 +358,7 @@ class FastMLPTrainer:
         if self.kernel is None:
             return train_chunk_torch(
                 weights, biases, inputs, labels, predictions, losses, start, stop,
-                self.lr, self.weight_decay, self.cbp,
+                self.lr, self.weight_decay, self.cbp, self.loss,
             )  # fmt: skip
         return self._run_native(weights, biases, inputs, labels, predictions, losses,
                                 start, stop)  # fmt: skip
@@ -381,7 +389,7 @@ class FastMLPTrainer:
             pointers(*(b.data_ptr() for b in biases)),
             inputs.data_ptr(), labels.data_ptr(), predictions.data_ptr(),
             losses.data_ptr(), stop, start, self.lr, self.weight_decay,
-            ages, utils, means, *settings,
+            ages, utils, means, *settings, int(self.loss == "mse"),
         )  # fmt: skip
         if cbp is not None:
             cbp.accumulated = list(settings[0])
