@@ -454,8 +454,9 @@ class BatchedMLPTrainer:
             labels: (N, K) integer class labels.
 
         Returns:
-            ``(predictions, losses)``, each (N, K): the argmax prediction and
-            loss (the trainer's ``loss``) of each example, computed before the update on it.
+            ``(predictions, losses)``, each (N, K): the argmax prediction and loss
+            (the trainer's ``loss``) of each example, computed before the update on
+            it.
         """
         n = self.num_seeds
         if inputs.dim() < 2 or inputs.shape[0] != n:

@@ -2,9 +2,10 @@
 //
 // For each example: forward (prediction made before the update), the loss's gradient
 // (softmax cross-entropy, or with ``mse`` SC's bp_mse: mean over the classes of
-// (z - one_hot)^2, gradient 2 (z - one_hot) / classes as torch's mse_loss), then one fused pass per layer that reads every weight once
-// to form the back-propagated gradient W^T g (with the weights *before* the update,
-// as autograd does) and applies the coupled-L2 SGD update
+// (z - one_hot)^2, gradient 2 (z - one_hot) / classes as torch's mse_loss), then one
+// fused pass per layer that reads every weight once to form the back-propagated
+// gradient W^T g (with the weights *before* the update, as autograd does) and applies
+// the coupled-L2 SGD update
 //     W <- W - lr * (g h^T + weight_decay * W),   b <- b - lr * (g + weight_decay * b).
 // Continual Backprop's per-step bookkeeping (Dohare et al. 2024, Methods; LoP's
 // gnt.py) is fused too: ages, running mean activation, running utility and the
