@@ -157,9 +157,8 @@ ARMS: dict[str, Arm] = {
 # muon, muon_lr1e-3, trac, spectral), else the first execution's estimate scaled by
 # the ratio seen on those arms (x0.3 for autograd arms; x0.15 on the fast path, where
 # bp went from 3.7 to 0.55 min; layer_reset and the mse arms as bp, now on the fast
-# path too).
-# Another machine can be several times slower (a 2-core
-# EPYC without AVX-512 took ~3x as long on Muon): the study prints its pace (Pace).
+# path too). Another machine can be several times slower (a 2-core EPYC without
+# AVX-512 took ~3x as long on Muon): the study also prints its pace (pace_note).
 COST: dict[str, float] = {
     "head_reset": 0.45, "bp": 0.55, "l2": 0.7, "cbp": 1.2, "l2er": 1.7,
     "crelu_half": 3.8, "layer_reset": 0.6, "inject": 4.2, "redo": 4.7, "fourier": 4.7,
@@ -938,7 +937,7 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
     print(f"{len(pending)} of {len(order)} runs to do, ~{estimate(left, args)} by "
           "the per-run estimates (COST in agents/pmnist_study.py; an arm without one "
           f"counts 0); {len(order) - len(pending)} ended already", flush=True)  # fmt: skip
-    timings, start, pace = [], time.time(), Pace()
+    timings, start = [], time.time()
     with ThreadPoolExecutor(args.workers) as pool:
         started = [pool.submit(launch, args, arm, seed) for arm, seed in pending]
         # Each run is recorded and reported as soon as it ends, not in launch order.
@@ -952,40 +951,35 @@ def run_study(args: Args, arms: list[Arm]) -> list[tuple[str, int, float, int]]:
                 status = "ok"
             else:
                 status = f"FAILED (exit {code}, see {log_of(args, arm, seed)})"
-            pace.add(COST.get(label, 0.0), seconds, code)
             left.pop((label, seed), None)
+            timings.append((label, seed, seconds, code))
             print(f"{label} seed {seed}: {status} in {seconds:.0f} s "
                   f"[{time.time() - start:.0f} s; {len(left)} runs left, "
-                  f"~{estimate(left, args)}{pace.note(left, args)}]", flush=True)  # fmt: skip
-            timings.append((label, seed, seconds, code))
+                  f"~{estimate(left, args)}{pace_note(timings, left, args)}]", flush=True)  # fmt: skip
     return timings
 
 
-class Pace:
-    """How much longer than their :data:`COST` the runs ended so far took on this
-    machine: ``COST`` was measured on one machine, and another CPU (or one that
-    other jobs load) runs the same arms several times slower or faster."""
+def pace_note(timings: list, minutes: dict, args: Args) -> str:
+    """The time left at this machine's pace: ``minutes`` scaled by how much longer
+    than their :data:`COST` the ``timings`` ``(label, seed, seconds, exit code)`` of
+    the runs ended so far took (``COST`` was measured on one machine; another CPU,
+    or one that other jobs load, runs the arms several times slower or faster).
 
-    def __init__(self) -> None:
-        self.estimated = self.taken = 0.0
-
-    def add(self, cost: float, seconds: float, code: int) -> None:
-        """Counts an ended run (a failed one, or one without a cost, tells nothing;
-        a resumed run is timed from its resume, so it pulls the ratio down)."""
-        if code == 0 and cost > 0 and seconds > 0:
-            self.estimated += cost
-            self.taken += seconds / 60
-
-    def note(self, minutes: dict, args: Args) -> str:
-        """``"; ~8.4 h at this machine's pace (3.1x the estimates)"``, or "" before
-        a run has ended or while the pace is that of the estimates (within 20%)."""
-        if not self.estimated:
-            return ""
-        ratio = self.taken / self.estimated
-        if abs(ratio - 1) <= 0.2:
-            return ""
-        scaled = {key: value * ratio for key, value in minutes.items()}
-        return f"; ~{estimate(scaled, args)} at this machine's pace ({ratio:.1f}x the estimates)"
+    Returns ``"; ~8.4 h at this machine's pace (3.1x the estimates)"``, or "" before
+    a run has ended or while the pace is the estimates' (within 20%). A failed run,
+    one without a cost or one never run (0 s: recorded before) tells nothing; a
+    resumed run is timed from its resume, so it pulls the ratio down.
+    """
+    ended = [(COST.get(label, 0.0), seconds / 60) for label, _, seconds, code in timings
+             if code == 0 and COST.get(label, 0.0) > 0 and seconds > 0]  # fmt: skip
+    estimated = sum(cost for cost, _ in ended)
+    if not estimated:
+        return ""
+    ratio = sum(taken for _, taken in ended) / estimated
+    if abs(ratio - 1) <= 0.2:
+        return ""
+    scaled = {key: value * ratio for key, value in minutes.items()}
+    return f"; ~{estimate(scaled, args)} at this machine's pace ({ratio:.1f}x the estimates)"
 
 
 def estimate(minutes: dict, args: Args) -> str:

@@ -289,22 +289,26 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     assert study.estimate({"a": 90, "b": 60}, study.Args(workers=1)) == "2.5 h"
     assert study.estimate({"a": 30, "b": 30}, study.Args(workers=2)) == "30 min"
     # ... and at this machine's pace, once runs have ended at another than COST's.
-    pace, left = study.Pace(), {"a": 60, "b": 60}
-    assert pace.note(left, study.Args(workers=2)) == ""  # nothing ended yet
-    pace.add(cost=10, seconds=600 * 3, code=0)
-    pace.add(cost=10, seconds=5, code=1)  # a failed run tells nothing
-    pace.add(cost=0, seconds=60, code=0)  # nor one without an estimate
-    assert pace.note(left, study.Args(workers=2)) == (
+    monkeypatch.setitem(study.COST, "a", 10)
+    monkeypatch.setitem(study.COST, "b", 20)
+    left, two = {"x": 60, "y": 60}, study.Args(workers=2)
+
+    def note(*timings):
+        return study.pace_note([(label, 1, s, code) for label, s, code in timings],
+                               left, two)  # fmt: skip
+
+    assert note() == ""  # nothing ended yet
+    tripled = ("a", 600 * 3, 0)
+    # A failed run tells nothing, nor one without an estimate.
+    assert note(tripled, ("a", 5, 1), ("z", 60, 0)) == (
         "; ~3.0 h at this machine's pace (3.0x the estimates)"
     )
-    pace.add(cost=20, seconds=600, code=0)  # 40 min taken for 30 estimated: 1.3x
-    assert pace.note(left, study.Args(workers=2)) == (
+    # 40 min taken for 30 estimated: 1.3x.
+    assert note(tripled, ("b", 600, 0)) == (
         "; ~1.3 h at this machine's pace (1.3x the estimates)"
     )
-    pace.add(cost=10, seconds=0, code=0)  # (0 s: recorded before, never ran)
-    pace.add(cost=10, seconds=0.1, code=0)
-    pace.add(cost=10, seconds=10, code=0)
-    assert pace.note(left, study.Args(workers=2)) == ""  # 40.3 / 50: within 20%
+    # 0 s: recorded before, never ran; then 40.3 min for 50: within 20%.
+    assert note(tripled, ("b", 600, 0), ("a", 0, 0), ("a", 0.1, 0), ("a", 10, 0)) == ""
     # --order costliest (a time-limited job): the reverse, arms without a cost first.
     args = dataclasses.replace(args, order="costliest")
     order = study.launch_order(args, study.arms_of(args))
