@@ -306,7 +306,9 @@ class BatchedMLPTrainer:
         self._singles = []
         if self.backend == "native":  # on the models' (shared) tensors
             self._singles = [
-                FastMLPTrainer(model, self.lr, method, "native", self.loss)
+                FastMLPTrainer(
+                    model, self.lr, method=method, backend="native", loss=self.loss
+                )
                 for model, method in zip(self.models, self.methods, strict=True)
             ]
         # to be filled in runtime
