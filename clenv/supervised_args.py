@@ -216,13 +216,13 @@ VALUE_RANGES = {
 }  # fmt: skip
 FAST_PATH_ON = (
     "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
-    "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP without norm, methods among "
-    "bp/l2/er/cbp/resets); here: {}. Use --fast-path auto or off"
+    "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP (LayerNorm allowed), methods "
+    "among bp/l2/er/cbp/resets, CBP without LayerNorm); here: {}. Use --fast-path auto "
+    "or off"
 )
 # The options the batch-1 fast path computes (the kernel's one network and update).
 FAST_PATH_OPTIONS = {
     "optimizer": ("sgd", "plain SGD only"),
-    "norm": ("none", "the kernel trains Linear-ReLU MLPs"),
     "activation": ("relu", "the kernel trains Linear-ReLU MLPs"),
 }
 NUM_SEEDS = (
@@ -249,7 +249,9 @@ def num_seeds_refusal(args: Any) -> str:
         return f"--env-id {args.env_id}"
     if args.fast_path == "off":
         return "--fast-path off"
-    unsupported = sorted(set(split_name(args.reg)) - SUPPORTED_COMPONENTS)
+    unsupported = sorted(
+        set(split_name(args.reg)) - SUPPORTED_COMPONENTS - set(SETTING_TAGS)
+    )
     if unsupported:
         return (
             f"the fast path cannot run {unsupported[0]!r} exactly (supported: "
@@ -263,6 +265,11 @@ def fast_path_refusal(args: Any) -> str:
     (the reasons of clenv.fastpath.fast_path_supports), or ""."""
     if args.batch_size != 1:
         return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
+    if args.num_seeds > 1 and args.norm != "none":
+        return (
+            f"--norm {args.norm} (the lockstep trainer runs MLPs without norm; one "
+            "seed at a time runs it on the fast path)"
+        )
     for name, (supported, why) in FAST_PATH_OPTIONS.items():
         if getattr(args, name) != supported:
             flag = "--" + name.replace("_", "-")

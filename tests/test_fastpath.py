@@ -23,13 +23,20 @@ BACKENDS = ["torch", pytest.param("native", marks=pytest.mark.skipif(
     load_kernel() is None, reason="no C++ compiler"))]  # fmt: skip
 
 
-def small_model(seed=0, width=24, dtype=torch.float64):
+def small_model(seed=0, width=24, dtype=torch.float64, norm=None):
     torch.manual_seed(seed)
-    model = PermutedMNISTMLP(input_dim=30, width=width, depth=3, num_classes=5)
-    # Non-zero biases exercise the bias updates and L2 on biases.
+    model = PermutedMNISTMLP(
+        input_dim=30, width=width, depth=3, num_classes=5, norm=norm
+    )
+    # Non-zero biases (and LayerNorm scales other than 1) exercise every update and
+    # L2 on each parameter.
     with torch.no_grad():
         for layer in model.linear_layers:
             layer.bias.uniform_(-0.1, 0.1)
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
     return model.to(dtype)
 
 
@@ -135,19 +142,62 @@ def test_mse_loss_matches_autograd(backend, reg):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
+    "reg,overrides,loss_name",
+    [
+        ("bp", {}, "cross_entropy"),
+        ("l2", {"weight_decay": 1e-2}, "cross_entropy"),  # the study's layernorm_l2
+        ("l2er", {"weight_decay": 1e-2, "er__interval": 7}, "cross_entropy"),
+        ("l2", {"weight_decay": 1e-2}, "mse"),
+    ],
+)
+def test_layer_norm_mlp_matches_autograd(backend, reg, overrides, loss_name):
+    """--norm layer (a LayerNorm before each hidden ReLU): the kernel's normalisation,
+    its backward and the scale/shift updates equal torch.nn.LayerNorm under autograd."""
+    x, y = stream()
+    lr = 0.05
+    reference = small_model(norm="layer")
+    fast = copy.deepcopy(reference)
+    ref_pred, ref_loss = autograd_run(
+        reference, reg, x, y, lr, loss_name=loss_name, **overrides
+    )
+    pred, loss, trainer = fast_run(
+        fast, reg, x, y, lr, backend, 13, loss_name, **overrides
+    )
+    assert trainer.backend == backend and len(trainer.norms) == 3
+    for (name, p_ref), p_fast in zip(
+        reference.named_parameters(), fast.parameters(), strict=True
+    ):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert torch.equal(pred, ref_pred)
+    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    # The norms were trained (not a vacuous comparison), and they matter: the same
+    # weights run as a plain ReLU MLP give another run.
+    initial = small_model(norm="layer")
+    assert not torch.allclose(fast.layers[1].weight, initial.layers[1].weight)
+    plain = small_model()
+    fast_run(plain, reg, x, y, lr, backend, 13, loss_name, **overrides)
+    assert not torch.allclose(plain.head.weight, fast.head.weight)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm", [None, "layer"])
+@pytest.mark.parametrize(
     "reg,overrides",
     [
         ("head_reset", {}),
         ("reset", {}),
-        ("layer_reset", {"layers": ["layers.4", "layers.6"]}),  # the study's arm
+        ("layer_reset", {"layers": "last_two"}),  # the study's arm (below)
     ],
 )
-def test_task_switch_resets_match_autograd(backend, reg, overrides):
+def test_task_switch_resets_match_autograd(backend, norm, reg, overrides):
     """The reset methods act only at task switches, in place, between chunks: the
     fast path trains on the reset tensors exactly as the autograd loop does."""
     x, y = stream(n=200)
     lr, switch = 0.05, 120
-    reference, fast = small_model(), small_model()
+    reference, fast = small_model(norm=norm), small_model(norm=norm)
+    if overrides.get("layers") == "last_two":  # the last hidden layer and the head
+        names = [name for name, m in fast.named_modules() if isinstance(m, nn.Linear)]
+        overrides = {"layers": names[-2:]}
     optimizer = torch.optim.SGD(reference.parameters(), lr=lr)
     ref_method = make_method(reg, reference, optimizer, preset="pmnist", **overrides)
     fast_method = make_method(reg, fast, None, preset="pmnist", **overrides)
@@ -310,6 +360,27 @@ def test_fast_path_supports_says_which_condition_fails():
         cbp.remove()
     other = make_method("cbp", small_model(seed=1), None)
     assert "hidden layers are not the MLP's" in reason(method=other)
+    # LayerNorm: every method above but CBP.
+    normed = small_model(norm="layer")
+    for reg in ("bp", "l2", "l2er", "layer_reset"):
+        method = make_method(reg, normed, None, preset="pmnist")
+        assert fast_path_supports(normed, method=method), reg
+        method.remove()
+    cbp = make_method("cbp", normed, None)
+    assert "CBP on MLPs without LayerNorm" in reason(model=normed, method=cbp)
+    no_affine = nn.Sequential(
+        nn.Linear(3, 4), nn.LayerNorm(4, elementwise_affine=False), nn.ReLU(),
+        nn.Linear(4, 2),
+    )  # fmt: skip
+    assert "elementwise_affine=True" in reason(model=no_affine)
+    half = nn.Sequential(
+        nn.Linear(3, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+        nn.Linear(4, 2),
+    )  # fmt: skip
+    assert "with or without a LayerNorm" in reason(model=half)
+    # The lockstep trainer (--num-seeds) reads its layers with mlp_linear_layers.
+    with pytest.raises(ValueError, match="without LayerNorm"):
+        mlp_linear_layers(normed)
 
 
 def test_resume_mid_stream_reproduces_the_run():

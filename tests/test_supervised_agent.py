@@ -324,6 +324,10 @@ def test_use_fast_path_follows_fast_path_supports_and_the_flag():
     assert not decide("off", reg="l2er")
     assert not decide("auto", reg="snp") and not decide("auto", momentum=0.9)
     assert not decide("auto", env_id="clenv/ContinualImageNet-v0", reg="bp")
+    # LayerNorm runs on it, except with CBP (whose replacements the kernel makes).
+    assert decide("auto", reg="l2", norm="layer") and decide("auto", reg="l2+layernorm")
+    with pytest.raises(ValueError, match="CBP on MLPs without LayerNorm"):
+        decide("on", reg="cbp", norm="layer")
     with pytest.raises(ValueError, match="here: batch size 4 \\(batch 1 only\\)"):
         decide("on", batch_size=4)
     with pytest.raises(ValueError, match="cannot run 'redo' exactly"):
@@ -836,23 +840,27 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
     for name, reason in (
         ("pmnist_adam", "--optimizer adam (plain SGD only)"),
         ("pmnist_crelu", "--activation crelu (the kernel trains Linear-ReLU MLPs)"),
-        ("pmnist_nap", "--norm layer (the kernel trains Linear-ReLU MLPs)"),
+        ("pmnist_nap", "the fast path cannot run 'nap' exactly"),
         ("pmnist_l2init", "the fast path cannot run 'l2init' exactly"),
     ):
         output = run_output(runs, name)
         assert output.count("not the fast path") == 1, output
         assert f"autograd (not the fast path: {reason}" in output, output
     assert "not the fast path" not in run_output(runs, "pmnist_bp")
-    # layer_reset (a task-switch reset) and --loss mse (SC's bp_mse) run on it too.
-    for name in ("pmnist_layer_reset", "pmnist_mse"):
+    # layer_reset (a task-switch reset), --loss mse (SC's bp_mse) and LayerNorm (SC's
+    # laynorm_l2) run on it too.
+    for name in ("pmnist_layer_reset", "pmnist_mse", "pmnist_layernorm_l2"):
         assert "not the fast path" not in run_output(runs, name)
         saved = json.loads((only_run(runs / name) / "args.json").read_text())
         assert saved["fast_path_used"] is True, name
     agent = load_agent_module(AGENT)
     for argv, reason in ((("--optimizer", "muon"), "--optimizer muon"),
-                         (("--norm", "layer"), "--norm layer")):  # fmt: skip
+                         (("--norm", "layer", "--num-seeds", "2"),
+                          "--norm layer \\(the lockstep trainer")):  # fmt: skip
         with pytest.raises(ValueError, match=f"here: {reason}"):
             agent.check_args([*argv, "--fast-path", "on"])
+    # One seed with LayerNorm (SC's laynorm_l2, spelled either way) is accepted.
+    agent.check_args(["--reg", "l2+layernorm", "--fast-path", "on"])
     with pytest.raises(ValueError, match="names a LayerNorm setting but --norm"):
         agent.check_args(["--reg", "l2+layernorm", "--norm", "none"])
 

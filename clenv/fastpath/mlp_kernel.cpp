@@ -19,6 +19,12 @@
 // example (L2's decay is the scalar ``scale``). The same algebra, other rounding. With
 // CBP only the first layer defers (the utility reads the true outgoing weights every
 // step), and not with its adaptable utility (which reads the incoming ones).
+//
+// With ``ln_w``/``ln_b`` (non-null), each hidden layer is Linear -> LayerNorm -> ReLU
+// (torch.nn.LayerNorm over the units, biased variance, affine scale and shift): the
+// forward keeps the normalised pre-activations and 1/std, the backward turns the
+// ReLU's gradient into the pre-norm one with the old scale and applies the same
+// coupled-L2 SGD update to the scale and shift.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -54,13 +60,54 @@ void forward_layer_raw(const T* W, const T* x, T* z, int64_t out, int64_t in) {
 // inputs ``nz[0..n_nz)`` are read.
 template <typename T>
 void forward_layer_sparse(const T* W, const T* b, const T* x, const int64_t* nz,
-                          int64_t n_nz, T* z, int64_t out, int64_t in) {
+                          int64_t n_nz, T* z, int64_t out, int64_t in, bool relu) {
   for (int64_t o = 0; o < out; ++o) {
     const T* row = W + o * in;
     T s = 0;
     for (int64_t j = 0; j < n_nz; ++j) s += row[nz[j]] * x[nz[j]];
     s += b[o];
-    z[o] = s < 0 ? T(0) : s;
+    z[o] = (relu && s < 0) ? T(0) : s;
+  }
+}
+
+// LayerNorm then ReLU in place on the pre-activations z: keeps the normalised values
+// in ``nhat`` and returns 1 / sqrt(var + eps) (torch.nn.LayerNorm: biased variance).
+template <typename T>
+T layer_norm_relu(T* z, const T* gamma, const T* beta, T* nhat, int64_t n, T eps) {
+  T mean = 0;
+  for (int64_t o = 0; o < n; ++o) mean += z[o];
+  mean /= T(n);
+  T var = 0;
+  for (int64_t o = 0; o < n; ++o) var += (z[o] - mean) * (z[o] - mean);
+  var /= T(n);
+  const T inv_std = T(1) / std::sqrt(var + eps);
+  for (int64_t o = 0; o < n; ++o) {
+    nhat[o] = (z[o] - mean) * inv_std;
+    const T a = gamma[o] * nhat[o] + beta[o];
+    z[o] = a < 0 ? T(0) : a;
+  }
+  return inv_std;
+}
+
+// d holds the gradient with respect to the LayerNorm's output (the ReLU's mask
+// applied); it becomes the gradient with respect to its input, with the old scale,
+// and then the scale and shift take their coupled-L2 SGD step.
+template <typename T>
+void layer_norm_backward_update(T* d, T* gamma, T* beta, const T* nhat, T inv_std,
+                                int64_t n, T lr, T wd) {
+  T mean_dn = 0, mean_dn_nhat = 0;
+  for (int64_t o = 0; o < n; ++o) {
+    const T dn = d[o] * gamma[o];
+    mean_dn += dn;
+    mean_dn_nhat += dn * nhat[o];
+  }
+  mean_dn /= T(n);
+  mean_dn_nhat /= T(n);
+  for (int64_t o = 0; o < n; ++o) {
+    const T da = d[o];
+    d[o] = inv_std * (da * gamma[o] - mean_dn - nhat[o] * mean_dn_nhat);
+    gamma[o] = gamma[o] - lr * (da * nhat[o] + wd * gamma[o]);
+    beta[o] = beta[o] - lr * (da + wd * beta[o]);
   }
 }
 
@@ -226,8 +273,10 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          const T* X, const int64_t* Y, int64_t* P, T* Lo, int64_t K,
                          int64_t start, double lr_, double wd_, T** ages, T** utils,
                          T** mean_acts, double* acc, double decay_, int64_t maturity,
-                         double replacement_rate, int adaptable, int mse) {
-  const T lr = T(lr_), wd = T(wd_), decay = T(decay_);
+                         double replacement_rate, int adaptable, int mse, T** ln_w,
+                         T** ln_b, double ln_eps) {
+  const T lr = T(lr_), wd = T(wd_), decay = T(decay_), eps = T(ln_eps);
+  const bool ln = ln_w != nullptr;
   const int64_t n_hidden = n_layers - 1;
   const int64_t D = width[0];
   const bool cbp = ages != nullptr;
@@ -239,6 +288,10 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     g[l].resize(width[l]);
   }
   std::vector<int64_t> nz(D);
+  // LayerNorm: each hidden layer's normalised pre-activations and 1/std.
+  std::vector<std::vector<T>> nhat(ln ? n_hidden : 0);
+  std::vector<T> inv_std(n_hidden);
+  for (int64_t l = 0; ln && l < n_hidden; ++l) nhat[l].resize(width[l + 1]);
   std::vector<std::vector<T>> out_abs(n_hidden), in_abs(n_hidden);
   if (cbp) {
     for (int64_t l = 0; l < n_hidden; ++l) {
@@ -267,12 +320,13 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     for (int64_t i = 0; i < D; ++i)
       if (x[i] != T(0)) nz[n_nz++] = i;
     const bool sparse = 2 * n_nz < D;
-    // Forward.
+    // Forward. ReLU inside the layer's loop unless a LayerNorm comes first.
     const T* in_vec = x;
     for (int64_t l = 0; l < n_layers; ++l) {
+      T* z = h[l + 1].data();
+      const bool relu = l + 1 < n_layers && !ln;
       if (lazy[l].on) {
         // Raw products with the stored W (sparse for the input), then corrections.
-        T* z = h[l + 1].data();
         if (l == 0) {
           if (k < raw0_first || k >= raw0_first + raw0_count) {
             raw0_first = k;
@@ -285,24 +339,21 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
           forward_layer_raw<T>(Wp[l], in_vec, z, width[l + 1], width[l]);
         }
         lazy[l].correct_forward(in_vec, z);
-        const bool relu = l + 1 < n_layers;
         const T scale = lazy[l].scale;
         for (int64_t o = 0; o < width[l + 1]; ++o) {
           const T v = scale * z[o] + bp[l][o];
           z[o] = (relu && v < 0) ? T(0) : v;
         }
-        in_vec = z;
-        continue;
+      } else if (l == 0 && sparse && n_layers > 1) {
+        forward_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, z, width[1], D,
+                                relu);
+      } else {
+        forward_layer<T>(Wp[l], bp[l], in_vec, z, width[l + 1], width[l], relu);
       }
-      if (l == 0 && sparse && n_layers > 1) {
-        forward_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, h[1].data(), width[1],
-                                D);
-        in_vec = h[1].data();
-        continue;
-      }
-      forward_layer<T>(Wp[l], bp[l], in_vec, h[l + 1].data(), width[l + 1], width[l],
-                       l + 1 < n_layers);
-      in_vec = h[l + 1].data();
+      if (ln && l < n_hidden)
+        inv_std[l] = layer_norm_relu<T>(z, ln_w[l], ln_b[l], nhat[l].data(),
+                                        width[l + 1], eps);
+      in_vec = z;
     }
     // Prediction (first maximum, as torch.argmax) and the loss's gradient.
     const T* z = h[n_layers].data();
@@ -344,6 +395,10 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
           const T* act = h[l].data();
           for (int64_t i = 0; i < width[l]; ++i)
             d[i] = act[i] > T(0) ? scale * d[i] : T(0);
+          if (ln)
+            layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1],
+                                          nhat[l - 1].data(), inv_std[l - 1],
+                                          width[l], lr, wd);
         }
         T* b = bp[l];
         for (int64_t o = 0; o < width[l + 1]; ++o) b[o] = b[o] - lr * (gl[o] + wd * b[o]);
@@ -364,6 +419,9 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         const T* act = h[l].data();
         for (int64_t i = 0; i < width[l]; ++i)
           if (!(act[i] > T(0))) d[i] = T(0);
+        if (ln)
+          layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1], nhat[l - 1].data(),
+                                        inv_std[l - 1], width[l], lr, wd);
       }
     }
     if (!cbp) continue;
@@ -414,10 +472,12 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                           int64_t K, int64_t start, double lr, double weight_decay,  \
                           T** ages, T** utils, T** mean_acts, double* acc,     \
                           double decay, int64_t maturity, double replacement_rate,   \
-                          int adaptable, int mse) {                                  \
+                          int adaptable, int mse, T** ln_w, T** ln_b,               \
+                          double ln_eps) {                                           \
     return train_chunk_impl<T>(n_layers, width, W, b, X, Y, P, losses, K, start, lr,  \
                                weight_decay, ages, utils, mean_acts, acc, decay,      \
-                               maturity, replacement_rate, adaptable, mse);          \
+                               maturity, replacement_rate, adaptable, mse, ln_w,      \
+                               ln_b, ln_eps);                                         \
   }
 
 CLENV_TRAIN_CHUNK(clenv_train_chunk_f32, float)

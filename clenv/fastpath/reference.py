@@ -28,6 +28,7 @@ def train_chunk_torch(
     weight_decay: float,
     cbp: ContinualBackprop | None = None,
     loss: str = "cross_entropy",
+    norms: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
 ) -> int:
     """Sequential batch-1 SGD on examples ``start..stop-1`` of a ReLU MLP, in place.
 
@@ -36,17 +37,25 @@ def train_chunk_torch(
     the squared error to the one-hot label, as :func:`clenv.losses.one_hot_mse`)
     before the update on it. With ``cbp``, its
     :meth:`~clenv.methods.ContinualBackprop.update` runs after each update on the
-    example's hidden features, as in the autograd loop. Returns ``stop``.
+    example's hidden features, as in the autograd loop. With ``norms``
+    ``(scales, shifts, eps)``, each hidden layer is Linear -> LayerNorm -> ReLU and the
+    norms' scales and shifts take the same SGD (+ L2) step. Returns ``stop``.
     """
     num_layers = len(weights)
     decay = 1.0 - lr * weight_decay
     for k in range(start, stop):
         x = inputs[k]
         y = labels[k]
-        activations = [x]
+        activations, normalised = [x], []
         for index, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             z = torch.addmv(bias, weight, activations[-1])
             if index + 1 < num_layers:
+                if norms is not None:
+                    scales, shifts, eps = norms
+                    centred = z - z.mean()
+                    inv_std = (centred.square().mean() + eps).rsqrt()
+                    normalised.append((centred * inv_std, inv_std))
+                    z = torch.addcmul(shifts[index], scales[index], normalised[-1][0])
                 z.clamp_(min=0)
             activations.append(z)
         logits = activations[-1]
@@ -70,6 +79,23 @@ def train_chunk_torch(
             bias.add_(grad, alpha=-lr)
             if back is not None:
                 grad = back.mul_(h > 0)
+                if norms is not None:
+                    grad = _layer_norm_backward_step(
+                        grad, norms[0][index - 1], norms[1][index - 1],
+                        *normalised[index - 1], lr, decay,
+                    )  # fmt: skip
         if cbp is not None:
             cbp.update([h.unsqueeze(0) for h in activations[1:-1]])
     return stop
+
+
+def _layer_norm_backward_step(grad, scale, shift, normalised, inv_std, lr, decay):
+    """The gradient before a LayerNorm from the one after it (with the old scale),
+    then the scale's and shift's SGD (+ coupled L2, ``decay = 1 - lr wd``) step."""
+    scaled = grad * scale
+    back = inv_std * (
+        scaled - scaled.mean() - normalised * (scaled * normalised).mean()
+    )
+    scale.mul_(decay).add_(grad * normalised, alpha=-lr)
+    shift.mul_(decay).add_(grad, alpha=-lr)
+    return back

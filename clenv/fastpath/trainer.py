@@ -15,7 +15,8 @@ run as the autograd loop::
 with ``optimizer = SGD(lr)``, ``loss`` cross-entropy or SC's one-hot MSE
 (``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2
 (and head_reset / reset / layer_reset, which act only on task switches, in place on
-the same parameter tensors). Equal up to float rounding
+the same parameter tensors), on a Linear-ReLU MLP or one with a LayerNorm before each
+hidden ReLU (``--norm layer``). Equal up to float rounding
 (a different summation order); ``tests/test_fastpath.py`` checks the weights after N
 steps against that loop for every supported method.
 
@@ -41,6 +42,9 @@ How each method runs here:
   layer l+1's utility with its incoming weights after that replacement (the replaced
   units' outgoing columns zeroed), the kernel with those before it (one term of a
   0.99-decayed average); the default ``"contribution"`` is exact.
+* **LayerNorm** (``--norm layer``): normalised in the kernel, its scale and shift
+  trained by the same SGD (+ L2) update as the weights; with any method above but CBP
+  (whose unit replacement would have to reset the norm's statistics too).
 * Anything else (S&P, ReDo, Adam, momentum) needs the autograd path:
   :func:`fast_path_supports` says whether a run (batch size, model, optimizer, method)
   can use this one, and if not, why.
@@ -122,10 +126,10 @@ def fast_path_supports(
         if reason:
             return FastPathSupport(False, reason)
     try:
-        layers = mlp_linear_layers(model)
+        layers, norms = mlp_layers(model)
     except ValueError as error:
         return FastPathSupport(False, str(error))
-    reason = _method_unsupported(method, layers)
+    reason = _method_unsupported(method, layers, norms)
     return FastPathSupport(not reason, reason)
 
 
@@ -145,14 +149,22 @@ def _optimizer_unsupported(optimizer: torch.optim.Optimizer) -> str:
     return ""
 
 
-def _method_unsupported(method: Any, layers: list[nn.Linear]) -> str:
-    """Why the trainer cannot run ``method`` exactly on ``layers`` ("" if it can)."""
+def _method_unsupported(
+    method: Any, layers: list[nn.Linear], norms: list[nn.LayerNorm] | None = None
+) -> str:
+    """Why the trainer cannot run ``method`` exactly on ``layers`` (and ``norms``, the
+    MLP's LayerNorms) ("" if it can)."""
     for component in _components(method):
         name = getattr(component, "name", type(component).__name__)
         if name not in SUPPORTED_COMPONENTS:
             return (
                 f"the fast path cannot run {name!r} exactly (supported: "
                 f"{sorted(SUPPORTED_COMPONENTS)}); use the autograd path"
+            )
+        if name == "cbp" and norms:
+            return (
+                "the fast path runs CBP on MLPs without LayerNorm only; use the "
+                "autograd path"
             )
         if name == "er" and component.schedule != "step":
             return "the fast path runs ER with schedule='step' only"
@@ -176,8 +188,9 @@ def _method_unsupported(method: Any, layers: list[nn.Linear]) -> str:
     return ""
 
 
-def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
-    """The Linear layers of a Linear-ReLU-...-Linear MLP, checked.
+def mlp_layers(model: nn.Module) -> tuple[list[nn.Linear], list[nn.LayerNorm]]:
+    """The Linear layers of a Linear-[LayerNorm]-ReLU-...-Linear MLP and its
+    LayerNorms (one per hidden layer, or none), checked.
 
     Raises:
         ValueError: when the model is anything else (the fast path computes exactly
@@ -185,16 +198,51 @@ def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
     """
     leaves = [m for m in model.modules() if not list(m.children())]
     kinds = [type(m) for m in leaves if not isinstance(m, nn.Flatten | nn.Identity)]
+    norms = [m for m in leaves if isinstance(m, nn.LayerNorm)]
+    block = (nn.Linear, nn.LayerNorm, nn.ReLU) if norms else (nn.Linear, nn.ReLU)
     expected_pattern = all(
-        kind is (nn.Linear if i % 2 == 0 else nn.ReLU) for i, kind in enumerate(kinds)
+        kind is block[i % len(block)] for i, kind in enumerate(kinds)
     )
     if not kinds or not expected_pattern or kinds[-1] is not nn.Linear:
         raise ValueError(
-            "the fast path trains Linear-ReLU-...-Linear MLPs only (e.g. "
-            f"clenv.models.PermutedMNISTMLP); got layers {[k.__name__ for k in kinds]}. "
-            "Use the autograd path for other architectures."
+            "the fast path trains Linear-ReLU-...-Linear MLPs, with or without a "
+            "LayerNorm before each ReLU, only (e.g. clenv.models.PermutedMNISTMLP); got "
+            f"layers {[k.__name__ for k in kinds]}. Use the autograd path for other "
+            "architectures."
         )
-    return [m for m in leaves if isinstance(m, nn.Linear)]
+    linears = [m for m in leaves if isinstance(m, nn.Linear)]
+    for linear, norm in zip(linears, norms, strict=False):
+        if (
+            tuple(norm.normalized_shape) != (linear.out_features,)
+            or norm.weight is None
+            or norm.bias is None
+            or norm.eps != norms[0].eps
+        ):
+            raise ValueError(
+                "the fast path needs each LayerNorm over its layer's units with a "
+                "scale and a shift (elementwise_affine=True, bias=True) and one eps "
+                f"for all; got {norm}"
+            )
+    return linears, norms
+
+
+def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers of a Linear-ReLU-...-Linear MLP (no LayerNorm), checked.
+
+    Raises:
+        ValueError: when the model is anything else.
+    """
+    linears, norms = mlp_layers(model)
+    if norms:
+        raise ValueError(
+            "this trainer runs MLPs without LayerNorm (FastMLPTrainer runs one seed "
+            "with it); use the autograd path or one seed at a time"
+        )
+    return linears
+
+
+def _pointer_array(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
 def _components(method: Any) -> list[Any]:
@@ -245,11 +293,11 @@ class FastMLPTrainer:
         self.model = model
         self.lr = float(lr)
         self.loss = loss
-        self.layers = mlp_linear_layers(model)
+        self.layers, self.norms = mlp_layers(model)
         self.weight_decay = 0.0
         self.er = None
         self.cbp: ContinualBackprop | None = None
-        reason = _method_unsupported(method, self.layers)
+        reason = _method_unsupported(method, self.layers, self.norms)
         if reason:
             raise ValueError(reason)
         for component in _components(method):
@@ -344,27 +392,32 @@ class FastMLPTrainer:
             position = done
         return predictions, losses
 
-    def _parameters(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _parameters(self) -> tuple[list[torch.Tensor], ...]:
+        """Weights, biases, LayerNorm scales and shifts (empty without LayerNorm)."""
         # Fetched on every call: a reset method may have replaced a tensor.
         weights = [layer.weight.data for layer in self.layers]
         biases = [layer.bias.data for layer in self.layers]
-        for tensor in (*weights, *biases):
+        scales = [norm.weight.data for norm in self.norms]
+        shifts = [norm.bias.data for norm in self.norms]
+        for tensor in (*weights, *biases, *scales, *shifts):
             if not tensor.is_contiguous():
                 raise ValueError("the fast path needs contiguous parameters")
-        return weights, biases
+        return weights, biases, scales, shifts
 
     def _run(self, inputs, labels, predictions, losses, start: int, stop: int) -> int:
-        weights, biases = self._parameters()
+        weights, biases, scales, shifts = self._parameters()
+        eps = self.norms[0].eps if self.norms else 0.0
         if self.kernel is None:
             return train_chunk_torch(
                 weights, biases, inputs, labels, predictions, losses, start, stop,
                 self.lr, self.weight_decay, self.cbp, self.loss,
+                norms=(scales, shifts, eps) if scales else None,
             )  # fmt: skip
         return self._run_native(weights, biases, inputs, labels, predictions, losses,
-                                start, stop)  # fmt: skip
+                                start, stop, scales, shifts, eps)  # fmt: skip
 
     def _run_native(self, weights, biases, inputs, labels, predictions, losses,
-                    start, stop) -> int:  # fmt: skip
+                    start, stop, scales, shifts, eps) -> int:  # fmt: skip
         n = len(weights)
         pointers = ctypes.c_void_p * n
         widths = (ctypes.c_int64 * (n + 1))(
@@ -390,6 +443,7 @@ class FastMLPTrainer:
             inputs.data_ptr(), labels.data_ptr(), predictions.data_ptr(),
             losses.data_ptr(), stop, start, self.lr, self.weight_decay,
             ages, utils, means, *settings, int(self.loss == "mse"),
+            *(_pointer_array(t) if scales else None for t in (scales, shifts)), eps,
         )  # fmt: skip
         if cbp is not None:
             cbp.accumulated = list(settings[0])
