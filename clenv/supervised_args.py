@@ -31,7 +31,7 @@ from torch import nn
 import clenv.run
 from clenv.checkpoint import list_checkpoints
 from clenv.cli_kwargs import parse_kwargs
-from clenv.fastpath import SUPPORTED_COMPONENTS, fast_path_supports
+from clenv.fastpath import LOCKSTEP_COMPONENTS, SUPPORTED_COMPONENTS, fast_path_supports
 from clenv.logger import RunLogger
 from clenv.methods import split_name
 from clenv.methods.registry import SETTING_TAGS
@@ -217,8 +217,8 @@ VALUE_RANGES = {
 FAST_PATH_ON = (
     "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
     "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP (LayerNorm allowed), methods "
-    "among bp/l2/er/cbp/resets, CBP without LayerNorm); here: {}. Use --fast-path auto "
-    "or off"
+    "among bp/l2/l2init/er/cbp/resets, CBP and l2init without LayerNorm); here: {}. Use "
+    "--fast-path auto or off"
 )
 # The options the batch-1 fast path computes (the kernel's one network and update).
 FAST_PATH_OPTIONS = {
@@ -250,12 +250,12 @@ def num_seeds_refusal(args: Any) -> str:
     if args.fast_path == "off":
         return "--fast-path off"
     unsupported = sorted(
-        set(split_name(args.reg)) - SUPPORTED_COMPONENTS - set(SETTING_TAGS)
+        set(split_name(args.reg)) - LOCKSTEP_COMPONENTS - set(SETTING_TAGS)
     )
     if unsupported:
         return (
-            f"the fast path cannot run {unsupported[0]!r} exactly (supported: "
-            f"{sorted(SUPPORTED_COMPONENTS)}), from --reg {args.reg}"
+            f"the lockstep fast path cannot run {unsupported[0]!r} (it runs "
+            f"{sorted(LOCKSTEP_COMPONENTS)}), from --reg {args.reg}"
         )
     return fast_path_refusal(args)
 

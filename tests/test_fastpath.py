@@ -180,6 +180,59 @@ def test_layer_norm_mlp_matches_autograd(backend, reg, overrides, loss_name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "reg,overrides,without",
+    [
+        ("l2init", {"weight_decay": 1e-2}, ("bp", {})),
+        ("l2init", {"weight_decay": 1e-2, "halve": True}, ("bp", {})),
+        ("l2init+l2", {"l2init__weight_decay": 1e-2, "l2__weight_decay": 1e-2},
+         ("l2", {"weight_decay": 1e-2})),
+        ("l2init+er", {"weight_decay": 1e-2, "er__interval": 7},
+         ("er", {"er__interval": 7})),
+    ],
+)
+def test_l2init_matches_autograd_and_pulls_toward_the_stored_weights(
+    backend, reg, overrides, without
+):
+    """L2 Init (Kumar et al. 2023) fused into the kernel's update: the same run as
+    clenv.methods.L2Init under autograd, toward the component's own theta_0."""
+    x, y = stream()
+    lr = 0.05
+    reference = small_model()
+    fast = copy.deepcopy(reference)
+    ref_pred, ref_loss = autograd_run(reference, reg, x, y, lr, **overrides)
+    pred, loss, trainer = fast_run(fast, reg, x, y, lr, backend, 13, **overrides)
+    assert trainer.l2init is not None
+    for (name, p_ref), p_fast in zip(
+        reference.named_parameters(), fast.parameters(), strict=True
+    ):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert torch.equal(pred, ref_pred)
+    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    # The pull acts: the same run without L2 Init ends elsewhere.
+    plain = small_model()
+    fast_run(plain, without[0], x, y, lr, backend, 13, **without[1])
+    assert not torch.allclose(plain.head.weight, fast.head.weight)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_l2init_reads_the_components_current_initial_weights(backend):
+    """theta_0 comes from the component at each call (a resumed run loads it there):
+    with theta_0 = 0, L2 Init's 2 lambda (theta - 0) is L2 at weight decay 2 lambda."""
+    x, y = stream()
+    anchored, decayed = small_model(), small_model()
+    method = make_method("l2init", anchored, None, weight_decay=1e-2)
+    trainer = FastMLPTrainer(anchored, 0.05, method=method, backend=backend)
+    method.load_state_dict(
+        {**method.state_dict(), "initial": [torch.zeros_like(p) for p in method.initial]}
+    )
+    trainer.train(x, y)
+    fast_run(decayed, "l2", x, y, 0.05, backend, 240, weight_decay=2e-2)
+    for a, b in zip(anchored.parameters(), decayed.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", [None, "layer"])
 @pytest.mark.parametrize(
     "reg,overrides",
@@ -378,6 +431,16 @@ def test_fast_path_supports_says_which_condition_fails():
         nn.Linear(4, 2),
     )  # fmt: skip
     assert "with or without a LayerNorm" in reason(model=half)
+    # L2 Init: on its own model, without CBP or LayerNorm.
+    l2init = make_method("l2init", model, None)
+    assert fast_path_supports(model, sgd(), l2init)
+    for other_model, reg in ((model, "l2init+cbp"), (normed, "l2init")):
+        method = make_method(reg, other_model, None)
+        assert "l2init without LayerNorm and CBP" in reason(model=other_model,
+                                                            method=method)
+        method.remove()
+    foreign = make_method("l2init", small_model(seed=1), None)
+    assert "does not hold the MLP's parameters" in reason(method=foreign)
     # The lockstep trainer (--num-seeds) reads its layers with mlp_linear_layers.
     with pytest.raises(ValueError, match="without LayerNorm"):
         mlp_linear_layers(normed)

@@ -36,9 +36,11 @@ if "gradient" in inspect.signature(EffectiveRankAscent).parameters:
     CASE_IDS.append("l2er-autograd")
 
 
-def small_model(seed, width=16, dtype=torch.float64):
+def small_model(seed, width=16, dtype=torch.float64, norm=None):
     torch.manual_seed(seed)
-    model = PermutedMNISTMLP(input_dim=30, width=width, depth=3, num_classes=5)
+    model = PermutedMNISTMLP(
+        input_dim=30, width=width, depth=3, num_classes=5, norm=norm
+    )
     with torch.no_grad():  # non-zero biases exercise bias updates and L2 on them
         for layer in model.linear_layers:
             layer.bias.uniform_(-0.1, 0.1)
@@ -274,6 +276,12 @@ def test_rejects_mixed_configurations_and_bad_inputs():
     snp = make_method("snp", models[0], None)
     with pytest.raises(ValueError, match="seed 0: the fast path cannot run 'snp'"):
         BatchedMLPTrainer(models, 0.05, [snp, None, None])
+    l2init = make_method("l2init", models[0], None)
+    with pytest.raises(ValueError, match="seed 0: the lockstep trainer cannot run"):
+        BatchedMLPTrainer(models, 0.05, [l2init, None, None])
+    normed = [small_model(seed, norm="layer") for seed in range(2)]
+    with pytest.raises(ValueError, match="without LayerNorm"):
+        BatchedMLPTrainer(normed, 0.05)
     with pytest.raises(ValueError, match="power of two"):
         BatchedMLPTrainer(models, 0.05, max_graph_steps=6)
     with pytest.raises(ValueError, match="graphs off"):

@@ -151,7 +151,10 @@ def test_resume_of_any_member_resumes_the_group(group_and_separate_runs, fake_da
         (["--fast-path", "off"], "here: --fast-path off"),
         (["--optimizer", "adam"], "here: --optimizer adam (plain SGD only)"),
         (["--batch-size", "10"], "here: batch size 10 (batch 1 only)"),
-        (["--reg", "snp"], "here: the fast path cannot run 'snp' exactly"),
+        (["--reg", "snp"], "here: the lockstep fast path cannot run 'snp'"),
+        # One seed runs these on the fast path; the lockstep trainer does not.
+        (["--reg", "l2init"], "here: the lockstep fast path cannot run 'l2init'"),
+        (["--reg", "l2+layernorm"], "here: --norm layer (the lockstep trainer"),
     ],
 )
 def test_num_seeds_refuses_what_the_batched_fast_path_cannot_run(

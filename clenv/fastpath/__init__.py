@@ -6,7 +6,7 @@ equivalence guarantee).
 
 from __future__ import annotations
 
-from clenv.fastpath.batched import BatchedMLPTrainer, SeedTrainer
+from clenv.fastpath.batched import LOCKSTEP_COMPONENTS, BatchedMLPTrainer, SeedTrainer
 from clenv.fastpath.native import build_kernel, load_kernel
 from clenv.fastpath.reference import train_chunk_torch
 from clenv.fastpath.trainer import (
@@ -25,6 +25,7 @@ __all__ = [
     "FastPathSupport",
     "mlp_linear_layers",
     "SUPPORTED_COMPONENTS",
+    "LOCKSTEP_COMPONENTS",
     # building blocks
     "build_kernel",
     "load_kernel",

@@ -102,6 +102,7 @@ from torch import nn
 
 from clenv.fastpath.native import load_kernel
 from clenv.fastpath.trainer import (
+    SUPPORTED_COMPONENTS,
     FastMLPTrainer,
     _components,
     _method_unsupported,
@@ -110,6 +111,9 @@ from clenv.fastpath.trainer import (
 from clenv.losses import LOSSES
 from clenv.metrics.rank import effective_rank_from_singular_values
 
+# --reg components the lockstep trainer runs: the single-seed trainer's but L2 Init
+# (the batched steps have no pull toward initial weights).
+LOCKSTEP_COMPONENTS = SUPPORTED_COMPONENTS - {"l2init"}
 GraphMode = Literal["auto", "on", "off"]
 StepBackend = Literal["auto", "batched", "native"]
 
@@ -254,6 +258,12 @@ class BatchedMLPTrainer:
             zip(self.layers, methods, strict=True)
         ):
             reason = _method_unsupported(method, model_layers)
+            names = {getattr(c, "name", "") for c in _components(method)}
+            if not reason and names - LOCKSTEP_COMPONENTS:
+                reason = (
+                    f"the lockstep trainer cannot run {sorted(names - LOCKSTEP_COMPONENTS)}"
+                    f" (it runs {sorted(LOCKSTEP_COMPONENTS)}); train the seeds one by one"
+                )
             if reason:
                 raise ValueError(f"seed {index}: {reason}")
         self._read_method_options()

@@ -20,6 +20,10 @@
 // CBP only the first layer defers (the utility reads the true outgoing weights every
 // step), and not with its adaptable utility (which reads the incoming ones).
 //
+// With ``anchor_w``/``anchor_b`` (non-null; L2 Init, Kumar et al. 2023) every update
+// also pulls toward those stored initial values: W <- W - lr * (... + anchor * (W - W0)).
+// Then no layer defers its updates (the pull is not a scalar decay).
+//
 // With ``ln_w``/``ln_b`` (non-null), each hidden layer is Linear -> LayerNorm -> ReLU
 // (torch.nn.LayerNorm over the units, biased variance, affine scale and shift): the
 // forward keeps the normalised pre-activations and 1/std, the backward turns the
@@ -128,7 +132,8 @@ void update_layer_sparse(T* W, T* b, const T* x, const int64_t* nz, int64_t n_nz
 // mean |W_new| over each row / column when non-null (CBP's weight magnitudes).
 template <typename T>
 void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out,
-                           int64_t in, T lr, T wd, T* in_abs, T* out_abs) {
+                           int64_t in, T lr, T wd, T* in_abs, T* out_abs,
+                           const T* W0, const T* b0, T anchor) {
   if (d) std::fill(d, d + in, T(0));
   if (out_abs) std::fill(out_abs, out_abs + in, T(0));
   for (int64_t o = 0; o < out; ++o) {
@@ -136,14 +141,21 @@ void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out
     const T go = g[o];
     // A row with no gradient and no decay does not move (a dead unit): skip its update
     // but still count its weight magnitudes.
-    const bool moves = !(go == T(0) && wd == T(0));
+    const bool moves = !(go == T(0) && wd == T(0) && W0 == nullptr);
     if (moves) {
       if (d) {
 #pragma omp simd
         for (int64_t i = 0; i < in; ++i) d[i] += row[i] * go;
       }
+      if (W0) {
+        const T* row0 = W0 + o * in;
 #pragma omp simd
-      for (int64_t i = 0; i < in; ++i) row[i] = row[i] - lr * (go * h[i] + wd * row[i]);
+        for (int64_t i = 0; i < in; ++i)
+          row[i] = row[i] - lr * (go * h[i] + wd * row[i] + anchor * (row[i] - row0[i]));
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < in; ++i) row[i] = row[i] - lr * (go * h[i] + wd * row[i]);
+      }
     }
     if (out_abs) {
 #pragma omp simd
@@ -155,7 +167,7 @@ void backward_update_layer(T* W, T* b, const T* h, const T* g, T* d, int64_t out
       for (int64_t i = 0; i < in; ++i) s += std::abs(row[i]);
       in_abs[o] = s / T(in);
     }
-    if (moves) b[o] = b[o] - lr * (go + wd * b[o]);
+    if (moves) b[o] = b[o] - lr * (go + wd * b[o] + (b0 ? anchor * (b[o] - b0[o]) : T(0)));
   }
   if (out_abs) {
     for (int64_t i = 0; i < in; ++i) out_abs[i] /= T(out);
@@ -274,9 +286,11 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          int64_t start, double lr_, double wd_, T** ages, T** utils,
                          T** mean_acts, double* acc, double decay_, int64_t maturity,
                          double replacement_rate, int adaptable, int mse, T** ln_w,
-                         T** ln_b, double ln_eps) {
+                         T** ln_b, double ln_eps, T** anchor_w, T** anchor_b,
+                         double anchor_) {
   const T lr = T(lr_), wd = T(wd_), decay = T(decay_), eps = T(ln_eps);
-  const bool ln = ln_w != nullptr;
+  const T anchor = T(anchor_);
+  const bool ln = ln_w != nullptr, anchored = anchor_w != nullptr;
   const int64_t n_hidden = n_layers - 1;
   const int64_t D = width[0];
   const bool cbp = ages != nullptr;
@@ -305,6 +319,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     // than the block products), unless CBP's adaptable utility needs its true incoming
     // weights every step; the others when large and CBP is off.
     const bool first = l == 0 && n_layers > 1 && !(cbp && adaptable);
+    if (anchored) continue;
     if (first || (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18)))
       lazy[l].init(width[l + 1], width[l]);
   }
@@ -408,13 +423,15 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       }
       T* oabs = (cbp && l >= 1) ? out_abs[l - 1].data() : nullptr;
       T* iabs = (cbp && adaptable && l < n_hidden) ? in_abs[l].data() : nullptr;
-      if (l == 0 && sparse && wd == T(0) && iabs == nullptr) {
+      if (l == 0 && sparse && wd == T(0) && iabs == nullptr && !anchored) {
         update_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, g[1].data(), width[1],
                                D, lr);
         continue;
       }
       backward_update_layer<T>(Wp[l], bp[l], h_in, g[l + 1].data(), d, width[l + 1],
-                               width[l], lr, wd, iabs, oabs);
+                               width[l], lr, wd, iabs, oabs,
+                               anchored ? anchor_w[l] : nullptr,
+                               anchored ? anchor_b[l] : nullptr, anchor);
       if (d) {
         const T* act = h[l].data();
         for (int64_t i = 0; i < width[l]; ++i)
@@ -473,11 +490,11 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                           T** ages, T** utils, T** mean_acts, double* acc,     \
                           double decay, int64_t maturity, double replacement_rate,   \
                           int adaptable, int mse, T** ln_w, T** ln_b,               \
-                          double ln_eps) {                                           \
+                          double ln_eps, T** anchor_w, T** anchor_b, double anchor) { \
     return train_chunk_impl<T>(n_layers, width, W, b, X, Y, P, losses, K, start, lr,  \
                                weight_decay, ages, utils, mean_acts, acc, decay,      \
                                maturity, replacement_rate, adaptable, mse, ln_w,      \
-                               ln_b, ln_eps);                                         \
+                               ln_b, ln_eps, anchor_w, anchor_b, anchor);             \
   }
 
 CLENV_TRAIN_CHUNK(clenv_train_chunk_f32, float)

@@ -29,6 +29,7 @@ def train_chunk_torch(
     cbp: ContinualBackprop | None = None,
     loss: str = "cross_entropy",
     norms: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
+    anchors: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
 ) -> int:
     """Sequential batch-1 SGD on examples ``start..stop-1`` of a ReLU MLP, in place.
 
@@ -39,7 +40,9 @@ def train_chunk_torch(
     :meth:`~clenv.methods.ContinualBackprop.update` runs after each update on the
     example's hidden features, as in the autograd loop. With ``norms``
     ``(scales, shifts, eps)``, each hidden layer is Linear -> LayerNorm -> ReLU and the
-    norms' scales and shifts take the same SGD (+ L2) step. Returns ``stop``.
+    norms' scales and shifts take the same SGD (+ L2) step. With ``anchors``
+    ``(initial_weights, initial_biases, c)`` (L2 Init), each update adds
+    ``c (theta - theta_0)`` to the gradient. Returns ``stop``.
     """
     num_layers = len(weights)
     decay = 1.0 - lr * weight_decay
@@ -72,9 +75,15 @@ def train_chunk_torch(
         for index in range(num_layers - 1, -1, -1):
             weight, bias, h = weights[index], biases[index], activations[index]
             back = weight.t().mv(grad) if index > 0 else None
+            if anchors is not None:  # pulls from the old values, as the decay
+                initial_weights, initial_biases, coefficient = anchors
+                pulls = (weight - initial_weights[index], bias - initial_biases[index])
             if weight_decay:
                 weight.mul_(decay)
                 bias.mul_(decay)
+            if anchors is not None:
+                weight.add_(pulls[0], alpha=-lr * coefficient)
+                bias.add_(pulls[1], alpha=-lr * coefficient)
             weight.addr_(grad, h, alpha=-lr)
             bias.add_(grad, alpha=-lr)
             if back is not None:

@@ -13,7 +13,7 @@ run as the autograd loop::
         method.after_step(x)
 
 with ``optimizer = SGD(lr)``, ``loss`` cross-entropy or SC's one-hot MSE
-(``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2
+(``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2, l2init
 (and head_reset / reset / layer_reset, which act only on task switches, in place on
 the same parameter tensors), on a Linear-ReLU MLP or one with a LayerNorm before each
 hidden ReLU (``--norm layer``). Equal up to float rounding
@@ -42,6 +42,10 @@ How each method runs here:
   layer l+1's utility with its incoming weights after that replacement (the replaced
   units' outgoing columns zeroed), the kernel with those before it (one term of a
   0.99-decayed average); the default ``"contribution"`` is exact.
+* **L2 Init**: fused into the update too, ``W <- W - lr (g h^T + c (W - W_0))`` with
+  ``c`` the :class:`clenv.methods.L2Init` component's coefficient and ``W_0`` its own
+  stored initial tensors (so a resumed run pulls toward the first run's); no layer
+  defers its updates then. Not with CBP or LayerNorm.
 * **LayerNorm** (``--norm layer``): normalised in the kernel, its scale and shift
   trained by the same SGD (+ L2) update as the weights; with any method above but CBP
   (whose unit replacement would have to reset the norm's statistics too).
@@ -69,7 +73,7 @@ from clenv.methods import ContinualBackprop
 
 # --reg components the fast path runs exactly (see the module docstring).
 SUPPORTED_COMPONENTS = frozenset(
-    {"l2", "er", "cbp", "head_reset", "reset", "layer_reset"}
+    {"l2", "l2init", "er", "cbp", "head_reset", "reset", "layer_reset"}
 )
 Backend = Literal["auto", "native", "torch"]
 
@@ -154,6 +158,7 @@ def _method_unsupported(
 ) -> str:
     """Why the trainer cannot run ``method`` exactly on ``layers`` (and ``norms``, the
     MLP's LayerNorms) ("" if it can)."""
+    names = {getattr(c, "name", type(c).__name__) for c in _components(method)}
     for component in _components(method):
         name = getattr(component, "name", type(component).__name__)
         if name not in SUPPORTED_COMPONENTS:
@@ -166,6 +171,18 @@ def _method_unsupported(
                 "the fast path runs CBP on MLPs without LayerNorm only; use the "
                 "autograd path"
             )
+        if name == "l2init":
+            if norms or "cbp" in names:
+                return (
+                    "the fast path runs l2init without LayerNorm and CBP only; use "
+                    "the autograd path"
+                )
+            anchored = {id(p) for p in component.params}
+            if any(id(p) not in anchored for p in _linear_parameters(layers)):
+                return (
+                    "the l2init component does not hold the MLP's parameters; build "
+                    "it on the same model"
+                )
         if name == "er" and component.schedule != "step":
             return "the fast path runs ER with schedule='step' only"
         if name == "cbp":
@@ -241,6 +258,10 @@ def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
     return linears
 
 
+def _linear_parameters(layers: list[nn.Linear]) -> list[nn.Parameter]:
+    return [p for layer in layers for p in (layer.weight, layer.bias)]
+
+
 def _pointer_array(tensors: list[torch.Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
@@ -297,6 +318,7 @@ class FastMLPTrainer:
         self.weight_decay = 0.0
         self.er = None
         self.cbp: ContinualBackprop | None = None
+        self.l2init = None
         reason = _method_unsupported(method, self.layers, self.norms)
         if reason:
             raise ValueError(reason)
@@ -304,6 +326,8 @@ class FastMLPTrainer:
             name = getattr(component, "name", type(component).__name__)
             if name == "l2":
                 self.weight_decay = float(component.weight_decay)
+            elif name == "l2init":
+                self.l2init = component
             elif name == "er":
                 self.er = component
             elif name == "cbp":
@@ -404,20 +428,37 @@ class FastMLPTrainer:
                 raise ValueError("the fast path needs contiguous parameters")
         return weights, biases, scales, shifts
 
+    def _anchors(self) -> tuple[list[torch.Tensor], list[torch.Tensor], float] | None:
+        """L2 Init's stored initial weights and biases per layer, and its coefficient
+        (``None`` without L2 Init)."""
+        if self.l2init is None:
+            return None
+        initial = {
+            id(p): p0 for p, p0 in zip(self.l2init.params, self.l2init.initial,
+                                       strict=True)
+        }  # fmt: skip
+        coefficient = self.l2init.weight_decay * (1 if self.l2init.halve else 2)
+        return (
+            [initial[id(layer.weight)] for layer in self.layers],
+            [initial[id(layer.bias)] for layer in self.layers],
+            coefficient,
+        )
+
     def _run(self, inputs, labels, predictions, losses, start: int, stop: int) -> int:
         weights, biases, scales, shifts = self._parameters()
         eps = self.norms[0].eps if self.norms else 0.0
+        anchors = self._anchors()
         if self.kernel is None:
             return train_chunk_torch(
                 weights, biases, inputs, labels, predictions, losses, start, stop,
                 self.lr, self.weight_decay, self.cbp, self.loss,
-                norms=(scales, shifts, eps) if scales else None,
+                norms=(scales, shifts, eps) if scales else None, anchors=anchors,
             )  # fmt: skip
         return self._run_native(weights, biases, inputs, labels, predictions, losses,
-                                start, stop, scales, shifts, eps)  # fmt: skip
+                                start, stop, scales, shifts, eps, anchors)  # fmt: skip
 
     def _run_native(self, weights, biases, inputs, labels, predictions, losses,
-                    start, stop, scales, shifts, eps) -> int:  # fmt: skip
+                    start, stop, scales, shifts, eps, anchors) -> int:  # fmt: skip
         n = len(weights)
         pointers = ctypes.c_void_p * n
         widths = (ctypes.c_int64 * (n + 1))(
@@ -444,6 +485,8 @@ class FastMLPTrainer:
             losses.data_ptr(), stop, start, self.lr, self.weight_decay,
             ages, utils, means, *settings, int(self.loss == "mse"),
             *(_pointer_array(t) if scales else None for t in (scales, shifts)), eps,
+            *((_pointer_array(anchors[0]), _pointer_array(anchors[1]), anchors[2])
+              if anchors else (None, None, 0.0)),
         )  # fmt: skip
         if cbp is not None:
             cbp.accumulated = list(settings[0])
