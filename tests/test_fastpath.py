@@ -71,6 +71,14 @@ def autograd_run(
     return torch.tensor(predictions), torch.tensor(losses, dtype=x.dtype)
 
 
+def assert_same_parameters(reference, fast):
+    """Every parameter equal up to float64 rounding (named on failure)."""
+    for (name, p_ref), p_fast in zip(
+        reference.named_parameters(), fast.parameters(), strict=True
+    ):
+        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+
+
 def fast_run(
     model, reg, x, y, lr, backend, chunk, loss_name="cross_entropy", **overrides
 ):
@@ -103,10 +111,7 @@ def test_same_weights_predictions_and_losses_as_autograd(backend, reg, overrides
     pred, loss, trainer = fast_run(fast, reg, x, y, lr, backend, 13, **overrides)
     assert trainer.backend == backend
     assert trainer.num_steps == x.shape[0]
-    for (name, p_ref), p_fast in zip(
-        reference.named_parameters(), fast.parameters(), strict=True
-    ):
-        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert_same_parameters(reference, fast)
     assert torch.equal(pred, ref_pred)
     assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # Training really changed the net (the comparison is not vacuous).
@@ -125,10 +130,7 @@ def test_mse_loss_matches_autograd(backend, reg):
         reference, reg, x, y, lr, loss_name="mse", **overrides
     )
     pred, loss, _ = fast_run(fast, reg, x, y, lr, backend, 13, "mse", **overrides)
-    for (name, p_ref), p_fast in zip(
-        reference.named_parameters(), fast.parameters(), strict=True
-    ):
-        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert_same_parameters(reference, fast)
     assert torch.equal(pred, ref_pred)
     assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # Not cross-entropy's run: the losses and the weights differ from it.
@@ -164,10 +166,7 @@ def test_layer_norm_mlp_matches_autograd(backend, reg, overrides, loss_name):
         fast, reg, x, y, lr, backend, 13, loss_name, **overrides
     )
     assert trainer.backend == backend and len(trainer.norms) == 3
-    for (name, p_ref), p_fast in zip(
-        reference.named_parameters(), fast.parameters(), strict=True
-    ):
-        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert_same_parameters(reference, fast)
     assert torch.equal(pred, ref_pred)
     assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # The norms were trained (not a vacuous comparison), and they matter: the same
@@ -203,10 +202,7 @@ def test_l2init_matches_autograd_and_pulls_toward_the_stored_weights(
     ref_pred, ref_loss = autograd_run(reference, reg, x, y, lr, **overrides)
     pred, loss, trainer = fast_run(fast, reg, x, y, lr, backend, 13, **overrides)
     assert trainer.l2init is not None
-    for (name, p_ref), p_fast in zip(
-        reference.named_parameters(), fast.parameters(), strict=True
-    ):
-        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert_same_parameters(reference, fast)
     assert torch.equal(pred, ref_pred)
     assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # The pull acts: the same run without L2 Init ends elsewhere.
@@ -277,10 +273,7 @@ def test_task_switch_resets_match_autograd(backend, norm, reg, overrides):
     after, _ = trainer.train(x[switch:], y[switch:])
     assert changed, "the switch reset nothing: the comparison would be vacuous"
     assert torch.equal(torch.cat([before, after]), torch.tensor(ref_pred))
-    for (name, p_ref), p_fast in zip(
-        reference.named_parameters(), fast.parameters(), strict=True
-    ):
-        assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
+    assert_same_parameters(reference, fast)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
