@@ -162,7 +162,7 @@ ARMS: dict[str, Arm] = {
 COST: dict[str, float] = {
     "head_reset": 0.45, "bp": 0.55, "l2": 0.7, "cbp": 1.2, "l2er": 1.7,
     "crelu_half": 3.8, "layer_reset": 0.6, "inject": 4.2, "redo": 4.7, "fourier": 4.7,
-    "fourier_l2": 4.8, "l2init": 4.8, "crelu": 5.3, "layernorm_l2": 0.8,
+    "fourier_l2": 4.8, "l2init": 0.8, "crelu": 5.3, "layernorm_l2": 0.8,
     "layernorm_l2_wd1e-4": 0.8, "layernorm_l2_wd1e-3": 0.8, "mse": 0.6, "mse_lr1e-3": 0.6,
     "mse_lr1e-4": 0.6, "nap": 6.7, "snp_l2": 7.1, "parseval": 10, "upgd": 12.6,
     "spectral_target1": 13.5, "spectral": 14.2, "trac": 20, "muon": 28.8,
