@@ -217,8 +217,8 @@ VALUE_RANGES = {
 FAST_PATH_ON = (
     "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
     "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP (LayerNorm allowed), methods "
-    "among bp/l2/l2init/er/cbp/resets, CBP and l2init without LayerNorm); here: {}. Use "
-    "--fast-path auto or off"
+    "among bp/l2/l2init/nap/er/cbp/resets, CBP and l2init without LayerNorm, nap with "
+    "it); here: {}. Use --fast-path auto or off"
 )
 # The options the batch-1 fast path computes (the kernel's one network and update).
 FAST_PATH_OPTIONS = {

@@ -229,6 +229,39 @@ def test_l2init_reads_the_components_current_initial_weights(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "reg,overrides",
+    [
+        ("nap", {}),
+        ("nap+l2", {"weight_decay": 1e-2}),
+        ("nap", {"norm_params": "keep"}),
+        ("nap", {"include_output": True}),
+    ],
+)
+def test_nap_matches_autograd_and_holds_the_initial_norms(backend, reg, overrides):
+    """Normalize-and-Project (Lyle et al. 2024) in the kernel: each step's projection
+    of the weights (and LayerNorm scale/shift, jointly) to their initial norms, as
+    clenv.methods.NormalizeAndProject's after_step under autograd."""
+    x, y = stream()
+    reference = small_model(norm="layer")
+    fast = copy.deepcopy(reference)
+    ref_pred, ref_loss = autograd_run(reference, reg, x, y, 0.05, **overrides)
+    pred, loss, trainer = fast_run(fast, reg, x, y, 0.05, backend, 13, **overrides)
+    assert_same_parameters(reference, fast)
+    assert torch.equal(pred, ref_pred)
+    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    nap = trainer.nap
+    for group, initial in zip(nap.groups, nap.initial_norms, strict=True):
+        norm = torch.cat([t.detach().reshape(-1) for t in group]).norm()
+        assert torch.isclose(norm, initial.to(norm.dtype), rtol=1e-12)
+    # The projection acts: the same run without it ends elsewhere.
+    plain = small_model(norm="layer")
+    fast_run(plain, reg.replace("nap", "bp"), x, y, 0.05, backend, 13,
+             **({"weight_decay": 1e-2} if "l2" in reg else {}))  # fmt: skip
+    assert not torch.allclose(plain.layers[0].weight, fast.layers[0].weight)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("norm", [None, "layer"])
 @pytest.mark.parametrize(
     "reg,overrides",
@@ -434,6 +467,13 @@ def test_fast_path_supports_says_which_condition_fails():
         method.remove()
     foreign = make_method("l2init", small_model(seed=1), None)
     assert "does not hold the MLP's parameters" in reason(method=foreign)
+    # NaP: on the MLP's LayerNorm layers, without ER.
+    nap = make_method("nap", normed, None)
+    assert fast_path_supports(normed, sgd(), nap)
+    assert "nap on its MLP's LayerNorm" in reason(method=make_method("nap", model, None))
+    nap_er = make_method("nap+er", normed, None)
+    assert "nap without ER" in reason(model=normed, method=nap_er)
+    nap_er.remove()
     # The lockstep trainer (--num-seeds) reads its layers with mlp_linear_layers.
     with pytest.raises(ValueError, match="without LayerNorm"):
         mlp_linear_layers(normed)

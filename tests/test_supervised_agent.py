@@ -840,7 +840,6 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
     for name, reason in (
         ("pmnist_adam", "--optimizer adam (plain SGD only)"),
         ("pmnist_crelu", "--activation crelu (the kernel trains Linear-ReLU MLPs)"),
-        ("pmnist_nap", "the fast path cannot run 'nap' exactly"),
         ("pmnist_parseval", "the fast path cannot run 'parseval' exactly"),
     ):
         output = run_output(runs, name)
@@ -848,9 +847,9 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
         assert f"autograd (not the fast path: {reason}" in output, output
     assert "not the fast path" not in run_output(runs, "pmnist_bp")
     # layer_reset (a task-switch reset), --loss mse (SC's bp_mse), LayerNorm (SC's
-    # laynorm_l2) and L2 Init run on it too.
+    # laynorm_l2), L2 Init and NaP run on it too.
     for name in ("pmnist_layer_reset", "pmnist_mse", "pmnist_layernorm_l2",
-                 "pmnist_l2init"):
+                 "pmnist_l2init", "pmnist_nap"):
         assert "not the fast path" not in run_output(runs, name)
         saved = json.loads((only_run(runs / name) / "args.json").read_text())
         assert saved["fast_path_used"] is True, name

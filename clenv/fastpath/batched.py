@@ -111,9 +111,9 @@ from clenv.fastpath.trainer import (
 from clenv.losses import LOSSES
 from clenv.metrics.rank import effective_rank_from_singular_values
 
-# --reg components the lockstep trainer runs: the single-seed trainer's but L2 Init
-# (the batched steps have no pull toward initial weights).
-LOCKSTEP_COMPONENTS = SUPPORTED_COMPONENTS - {"l2init"}
+# --reg components the lockstep trainer runs: the single-seed trainer's but L2 Init and
+# NaP (the batched steps have no pull toward initial weights, no LayerNorm).
+LOCKSTEP_COMPONENTS = SUPPORTED_COMPONENTS - {"l2init", "nap"}
 GraphMode = Literal["auto", "on", "off"]
 StepBackend = Literal["auto", "batched", "native"]
 

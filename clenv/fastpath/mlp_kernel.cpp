@@ -24,6 +24,11 @@
 // also pulls toward those stored initial values: W <- W - lr * (... + anchor * (W - W0)).
 // Then no layer defers its updates (the pull is not a scalar decay).
 //
+// With ``w_target``/``ln_target`` (non-null; Normalize-and-Project, Lyle et al. 2024)
+// after its update each weight matrix with a target > 0 is rescaled to that Frobenius
+// norm, and each LayerNorm's scale and shift, jointly, to theirs. Then too no layer
+// defers its updates.
+//
 // With ``ln_w``/``ln_b`` (non-null), each hidden layer is Linear -> LayerNorm -> ReLU
 // (torch.nn.LayerNorm over the units, biased variance, affine scale and shift): the
 // forward keeps the normalised pre-activations and 1/std, the backward turns the
@@ -91,6 +96,18 @@ T layer_norm_relu(T* z, const T* gamma, const T* beta, T* nhat, int64_t n, T eps
     z[o] = a < 0 ? T(0) : a;
   }
   return inv_std;
+}
+
+// Rescale a (and b, jointly) to the Euclidean norm ``target``.
+template <typename T>
+void project_to_norm(T* a, int64_t na, T* b, int64_t nb, double target) {
+  T sum = 0;
+  for (int64_t i = 0; i < na; ++i) sum += a[i] * a[i];
+  for (int64_t i = 0; i < nb; ++i) sum += b[i] * b[i];
+  const T factor = T(target) / std::sqrt(sum);
+#pragma omp simd
+  for (int64_t i = 0; i < na; ++i) a[i] *= factor;
+  for (int64_t i = 0; i < nb; ++i) b[i] *= factor;
 }
 
 // d holds the gradient with respect to the LayerNorm's output (the ReLU's mask
@@ -287,7 +304,8 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          T** mean_acts, double* acc, double decay_, int64_t maturity,
                          double replacement_rate, int adaptable, int mse, T** ln_w,
                          T** ln_b, double ln_eps, T** anchor_w, T** anchor_b,
-                         double anchor_) {
+                         double anchor_, const double* w_target,
+                         const double* ln_target) {
   const T lr = T(lr_), wd = T(wd_), decay = T(decay_), eps = T(ln_eps);
   const T anchor = T(anchor_);
   const bool ln = ln_w != nullptr, anchored = anchor_w != nullptr;
@@ -319,7 +337,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     // than the block products), unless CBP's adaptable utility needs its true incoming
     // weights every step; the others when large and CBP is off.
     const bool first = l == 0 && n_layers > 1 && !(cbp && adaptable);
-    if (anchored) continue;
+    if (anchored || w_target) continue;
     if (first || (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18)))
       lazy[l].init(width[l + 1], width[l]);
   }
@@ -426,19 +444,27 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       if (l == 0 && sparse && wd == T(0) && iabs == nullptr && !anchored) {
         update_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, g[1].data(), width[1],
                                D, lr);
+        if (w_target && w_target[0] > 0)
+          project_to_norm<T>(Wp[0], width[0] * width[1], nullptr, 0, w_target[0]);
         continue;
       }
       backward_update_layer<T>(Wp[l], bp[l], h_in, g[l + 1].data(), d, width[l + 1],
                                width[l], lr, wd, iabs, oabs,
                                anchored ? anchor_w[l] : nullptr,
                                anchored ? anchor_b[l] : nullptr, anchor);
+      if (w_target && w_target[l] > 0)
+        project_to_norm<T>(Wp[l], width[l] * width[l + 1], nullptr, 0, w_target[l]);
       if (d) {
         const T* act = h[l].data();
         for (int64_t i = 0; i < width[l]; ++i)
           if (!(act[i] > T(0))) d[i] = T(0);
-        if (ln)
+        if (ln) {
           layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1], nhat[l - 1].data(),
                                         inv_std[l - 1], width[l], lr, wd);
+          if (ln_target && ln_target[l - 1] > 0)
+            project_to_norm<T>(ln_w[l - 1], width[l], ln_b[l - 1], width[l],
+                               ln_target[l - 1]);
+        }
       }
     }
     if (!cbp) continue;
@@ -490,11 +516,13 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                           T** ages, T** utils, T** mean_acts, double* acc,     \
                           double decay, int64_t maturity, double replacement_rate,   \
                           int adaptable, int mse, T** ln_w, T** ln_b,               \
-                          double ln_eps, T** anchor_w, T** anchor_b, double anchor) { \
+                          double ln_eps, T** anchor_w, T** anchor_b, double anchor,  \
+                          const double* w_target, const double* ln_target) {         \
     return train_chunk_impl<T>(n_layers, width, W, b, X, Y, P, losses, K, start, lr,  \
                                weight_decay, ages, utils, mean_acts, acc, decay,      \
                                maturity, replacement_rate, adaptable, mse, ln_w,      \
-                               ln_b, ln_eps, anchor_w, anchor_b, anchor);             \
+                               ln_b, ln_eps, anchor_w, anchor_b, anchor, w_target,    \
+                               ln_target);                                            \
   }
 
 CLENV_TRAIN_CHUNK(clenv_train_chunk_f32, float)

@@ -30,6 +30,7 @@ def train_chunk_torch(
     loss: str = "cross_entropy",
     norms: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
     anchors: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
+    projection: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> int:
     """Sequential batch-1 SGD on examples ``start..stop-1`` of a ReLU MLP, in place.
 
@@ -42,7 +43,9 @@ def train_chunk_torch(
     ``(scales, shifts, eps)``, each hidden layer is Linear -> LayerNorm -> ReLU and the
     norms' scales and shifts take the same SGD (+ L2) step. With ``anchors``
     ``(initial_weights, initial_biases, c)`` (L2 Init), each update adds
-    ``c (theta - theta_0)`` to the gradient. Returns ``stop``.
+    ``c (theta - theta_0)`` to the gradient. With ``projection`` ``(weight_norms,
+    norm_norms)`` (NaP), each weight with a target > 0 is rescaled to that norm after
+    its update, and each LayerNorm's scale and shift jointly. Returns ``stop``.
     """
     num_layers = len(weights)
     decay = 1.0 - lr * weight_decay
@@ -93,9 +96,26 @@ def train_chunk_torch(
                         grad, norms[0][index - 1], norms[1][index - 1],
                         *normalised[index - 1], lr, decay,
                     )  # fmt: skip
+        if projection is not None:
+            _project(weights, norms, *projection)
         if cbp is not None:
             cbp.update([h.unsqueeze(0) for h in activations[1:-1]])
     return stop
+
+
+def _project(weights, norms, weight_targets, norm_targets):
+    """NaP's projection: each tensor (group) with a target > 0 to that norm."""
+    groups = [([w], t) for w, t in zip(weights, weight_targets, strict=True)]
+    if norms is not None:
+        groups += [
+            ([scale, shift], t)
+            for scale, shift, t in zip(norms[0], norms[1], norm_targets, strict=True)
+        ]
+    for group, target in groups:
+        if target > 0:
+            norm = torch.cat([t.reshape(-1) for t in group]).norm()
+            for tensor in group:
+                tensor.mul_(target / norm)
 
 
 def _layer_norm_backward_step(grad, scale, shift, normalised, inv_std, lr, decay):

@@ -13,7 +13,7 @@ run as the autograd loop::
         method.after_step(x)
 
 with ``optimizer = SGD(lr)``, ``loss`` cross-entropy or SC's one-hot MSE
-(``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2, l2init
+(``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2, l2init, nap
 (and head_reset / reset / layer_reset, which act only on task switches, in place on
 the same parameter tensors), on a Linear-ReLU MLP or one with a LayerNorm before each
 hidden ReLU (``--norm layer``). Equal up to float rounding
@@ -46,6 +46,11 @@ How each method runs here:
   ``c`` the :class:`clenv.methods.L2Init` component's coefficient and ``W_0`` its own
   stored initial tensors (so a resumed run pulls toward the first run's); no layer
   defers its updates then. Not with CBP or LayerNorm.
+* **NaP** (Normalize-and-Project, with ``--norm layer``): after each example's update
+  the kernel rescales each weight matrix the :class:`clenv.methods.NormalizeAndProject`
+  component projects (and each LayerNorm's scale and shift, jointly) to the
+  component's own initial norms; no layer defers its updates then. Not with ER
+  (whose ascent, between kernel calls, NaP would have to follow).
 * **LayerNorm** (``--norm layer``): normalised in the kernel, its scale and shift
   trained by the same SGD (+ L2) update as the weights; with any method above but CBP
   (whose unit replacement would have to reset the norm's statistics too).
@@ -73,7 +78,7 @@ from clenv.methods import ContinualBackprop
 
 # --reg components the fast path runs exactly (see the module docstring).
 SUPPORTED_COMPONENTS = frozenset(
-    {"l2", "l2init", "er", "cbp", "head_reset", "reset", "layer_reset"}
+    {"l2", "l2init", "nap", "er", "cbp", "head_reset", "reset", "layer_reset"}
 )
 Backend = Literal["auto", "native", "torch"]
 
@@ -183,6 +188,17 @@ def _method_unsupported(
                     "the l2init component does not hold the MLP's parameters; build "
                     "it on the same model"
                 )
+        if name == "nap":
+            if "er" in names:
+                return (
+                    "the fast path runs nap without ER (NaP projects after ER's "
+                    "ascent); use the autograd path"
+                )
+            if component.error or _projection_targets(component, layers, norms) is None:
+                return (
+                    "the fast path runs nap on its MLP's LayerNorm layers (build the "
+                    "model with --norm layer and the method on it); use the autograd path"
+                )
         if name == "er" and component.schedule != "step":
             return "the fast path runs ER with schedule='step' only"
         if name == "cbp":
@@ -258,6 +274,25 @@ def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
     return linears
 
 
+def _projection_targets(
+    nap: Any, layers: list[nn.Linear], norms: list[nn.LayerNorm]
+) -> tuple[list[float], list[float]] | None:
+    """NaP's target norm for each Linear's weight and each LayerNorm's (scale, shift),
+    0 where it projects none; ``None`` when a group is not one of those."""
+    weights = [0.0] * len(layers)
+    scales = [0.0] * len(norms)
+    where = {id(layer.weight): (weights, i) for i, layer in enumerate(layers)}
+    where |= {id(norm.weight): (scales, i) for i, norm in enumerate(norms)}
+    for group, initial in zip(nap.groups, nap.initial_norms, strict=True):
+        target, index = where.get(id(group[0]), (None, 0))
+        expected = [group[0]] if target is weights else [norms[index].weight,
+                                                         norms[index].bias]  # fmt: skip
+        if target is None or [id(p) for p in group] != [id(p) for p in expected]:
+            return None
+        target[index] = float(initial)
+    return weights, scales
+
+
 def _linear_parameters(layers: list[nn.Linear]) -> list[nn.Parameter]:
     return [p for layer in layers for p in (layer.weight, layer.bias)]
 
@@ -319,6 +354,7 @@ class FastMLPTrainer:
         self.er = None
         self.cbp: ContinualBackprop | None = None
         self.l2init = None
+        self.nap = None
         reason = _method_unsupported(method, self.layers, self.norms)
         if reason:
             raise ValueError(reason)
@@ -328,6 +364,8 @@ class FastMLPTrainer:
                 self.weight_decay = float(component.weight_decay)
             elif name == "l2init":
                 self.l2init = component
+            elif name == "nap":
+                self.nap = component
             elif name == "er":
                 self.er = component
             elif name == "cbp":
@@ -448,17 +486,26 @@ class FastMLPTrainer:
         weights, biases, scales, shifts = self._parameters()
         eps = self.norms[0].eps if self.norms else 0.0
         anchors = self._anchors()
+        # NaP's targets, read at each call (a resumed run's loaded initial norms).
+        targets = (
+            None
+            if self.nap is None
+            else _projection_targets(self.nap, self.layers, self.norms)
+        )
         if self.kernel is None:
             return train_chunk_torch(
                 weights, biases, inputs, labels, predictions, losses, start, stop,
                 self.lr, self.weight_decay, self.cbp, self.loss,
                 norms=(scales, shifts, eps) if scales else None, anchors=anchors,
+                projection=targets,
             )  # fmt: skip
         return self._run_native(weights, biases, inputs, labels, predictions, losses,
-                                start, stop, scales, shifts, eps, anchors)  # fmt: skip
+                                start, stop, scales, shifts, eps, anchors,
+                                targets)  # fmt: skip
 
     def _run_native(self, weights, biases, inputs, labels, predictions, losses,
-                    start, stop, scales, shifts, eps, anchors) -> int:  # fmt: skip
+                    start, stop, scales, shifts, eps, anchors,
+                    targets) -> int:  # fmt: skip
         n = len(weights)
         pointers = ctypes.c_void_p * n
         widths = (ctypes.c_int64 * (n + 1))(
@@ -487,6 +534,8 @@ class FastMLPTrainer:
             *(_pointer_array(t) if scales else None for t in (scales, shifts)), eps,
             *((_pointer_array(anchors[0]), _pointer_array(anchors[1]), anchors[2])
               if anchors else (None, None, 0.0)),
+            *((ctypes.c_double * len(t))(*t) if targets else None
+              for t in (targets or ((), ()))),
         )  # fmt: skip
         if cbp is not None:
             cbp.accumulated = list(settings[0])
