@@ -156,14 +156,14 @@ ARMS: dict[str, Arm] = {
 # AMD EPYC, two runs at a time; docs/results/README.md) where it has run the arm (bp,
 # muon, muon_lr1e-3, trac, spectral), else the first execution's estimate scaled by
 # the ratio seen on those arms (x0.3 for autograd arms; x0.15 on the fast path, where
-# bp went from 3.7 to 0.55 min; layer_reset, the mse arms, l2init, nap and the
+# bp went from 3.7 to 0.55 min; layer_reset, the mse arms, l2init, nap, crelu and the
 # layernorm_l2 arms, now on the fast path too, as bp or l2 plus their extra passes).
 # Another machine can be several times slower (a 2-core EPYC without AVX-512 took ~3x
 # as long on Muon): the study also prints its pace (pace_note).
 COST: dict[str, float] = {
     "head_reset": 0.45, "bp": 0.55, "l2": 0.7, "cbp": 1.2, "l2er": 1.7,
     "crelu_half": 3.8, "layer_reset": 0.6, "inject": 4.2, "redo": 4.7, "fourier": 4.7,
-    "fourier_l2": 4.8, "l2init": 0.8, "crelu": 5.3, "layernorm_l2": 0.8,
+    "fourier_l2": 4.8, "l2init": 0.8, "crelu": 0.8, "layernorm_l2": 0.8,
     "layernorm_l2_wd1e-4": 0.8, "layernorm_l2_wd1e-3": 0.8, "mse": 0.6, "mse_lr1e-3": 0.6,
     "mse_lr1e-4": 0.6, "nap": 1.0, "snp_l2": 7.1, "parseval": 10, "upgd": 12.6,
     "spectral_target1": 13.5, "spectral": 14.2, "trac": 20, "muon": 28.8,

@@ -216,14 +216,13 @@ VALUE_RANGES = {
 }  # fmt: skip
 FAST_PATH_ON = (
     "--fast-path on needs a run the fast path computes exactly (Permuted MNIST at "
-    "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP (LayerNorm allowed), methods "
-    "among bp/l2/l2init/nap/er/cbp/resets, CBP and l2init without LayerNorm, nap with "
-    "it); here: {}. Use --fast-path auto or off"
+    "batch 1, plain SGD, cross-entropy or MSE, a ReLU MLP (LayerNorm allowed) or a "
+    "CReLU MLP, methods among bp/l2/l2init/nap/er/cbp/resets; CBP on ReLU without "
+    "LayerNorm, l2init without it, nap with it); here: {}. Use --fast-path auto or off"
 )
 # The options the batch-1 fast path computes (the kernel's one network and update).
 FAST_PATH_OPTIONS = {
     "optimizer": ("sgd", "plain SGD only"),
-    "activation": ("relu", "the kernel trains Linear-ReLU MLPs"),
 }
 NUM_SEEDS = (
     "--num-seeds {} trains the seeds together on the batch-1 fast path only: "
@@ -265,10 +264,17 @@ def fast_path_refusal(args: Any) -> str:
     (the reasons of clenv.fastpath.fast_path_supports), or ""."""
     if args.batch_size != 1:
         return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
+    if args.activation == "fourier":
+        return "--activation fourier (the kernel trains ReLU and CReLU MLPs)"
     if args.num_seeds > 1 and args.norm != "none":
         return (
             f"--norm {args.norm} (the lockstep trainer runs MLPs without norm; one "
             "seed at a time runs it on the fast path)"
+        )
+    if args.num_seeds > 1 and args.activation != "relu":
+        return (
+            f"--activation {args.activation} (the lockstep trainer runs ReLU MLPs; "
+            "one seed at a time runs it on the fast path)"
         )
     for name, (supported, why) in FAST_PATH_OPTIONS.items():
         if getattr(args, name) != supported:

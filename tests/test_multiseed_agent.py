@@ -155,6 +155,7 @@ def test_resume_of_any_member_resumes_the_group(group_and_separate_runs, fake_da
         # One seed runs these on the fast path; the lockstep trainer does not.
         (["--reg", "l2init"], "here: the lockstep fast path cannot run 'l2init'"),
         (["--reg", "l2+layernorm"], "here: --norm layer (the lockstep trainer"),
+        (["--activation", "crelu"], "here: --activation crelu (the lockstep trainer"),
     ],
 )
 def test_num_seeds_refuses_what_the_batched_fast_path_cannot_run(

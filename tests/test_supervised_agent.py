@@ -326,7 +326,9 @@ def test_use_fast_path_follows_fast_path_supports_and_the_flag():
     assert not decide("auto", env_id="clenv/ContinualImageNet-v0", reg="bp")
     # LayerNorm runs on it, except with CBP (whose replacements the kernel makes).
     assert decide("auto", reg="l2", norm="layer") and decide("auto", reg="l2+layernorm")
-    with pytest.raises(ValueError, match="CBP on MLPs without LayerNorm"):
+    assert decide("auto", reg="l2", activation="crelu")
+    assert not decide("auto", reg="bp", activation="fourier")
+    with pytest.raises(ValueError, match="CBP on ReLU MLPs without LayerNorm"):
         decide("on", reg="cbp", norm="layer")
     with pytest.raises(ValueError, match="here: batch size 4 \\(batch 1 only\\)"):
         decide("on", batch_size=4)
@@ -839,7 +841,7 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
     runs, _ = smoke_runs
     for name, reason in (
         ("pmnist_adam", "--optimizer adam (plain SGD only)"),
-        ("pmnist_crelu", "--activation crelu (the kernel trains Linear-ReLU MLPs)"),
+        ("pmnist_fourier", "--activation fourier (the kernel trains ReLU and CReLU"),
         ("pmnist_parseval", "the fast path cannot run 'parseval' exactly"),
     ):
         output = run_output(runs, name)
@@ -847,9 +849,9 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
         assert f"autograd (not the fast path: {reason}" in output, output
     assert "not the fast path" not in run_output(runs, "pmnist_bp")
     # layer_reset (a task-switch reset), --loss mse (SC's bp_mse), LayerNorm (SC's
-    # laynorm_l2), L2 Init and NaP run on it too.
+    # laynorm_l2), L2 Init, NaP and CReLU run on it too.
     for name in ("pmnist_layer_reset", "pmnist_mse", "pmnist_layernorm_l2",
-                 "pmnist_l2init", "pmnist_nap"):
+                 "pmnist_l2init", "pmnist_nap", "pmnist_crelu"):
         assert "not the fast path" not in run_output(runs, name)
         saved = json.loads((only_run(runs / name) / "args.json").read_text())
         assert saved["fast_path_used"] is True, name

@@ -29,6 +29,10 @@
 // norm, and each LayerNorm's scale and shift, jointly, to theirs. Then too no layer
 // defers its updates.
 //
+// With ``crelu`` the hidden activation is concatenated ReLU, interleaved as
+// clenv.models.CReLU: unit o gives features 2o = relu(z_o) and 2o + 1 = relu(-z_o), so
+// the next layer reads twice the units.
+//
 // With ``ln_w``/``ln_b`` (non-null), each hidden layer is Linear -> LayerNorm -> ReLU
 // (torch.nn.LayerNorm over the units, biased variance, affine scale and shift): the
 // forward keeps the normalised pre-activations and 1/std, the backward turns the
@@ -96,6 +100,22 @@ T layer_norm_relu(T* z, const T* gamma, const T* beta, T* nhat, int64_t n, T eps
     z[o] = a < 0 ? T(0) : a;
   }
   return inv_std;
+}
+
+// d holds the gradient with respect to the activation's output (its features); it
+// becomes, in place, scale times the gradient with respect to its input (the units).
+// ReLU: d_i [h_i > 0]. CReLU: d_2o [z_o > 0] - d_2o+1 [z_o < 0], read off the features.
+template <typename T>
+void activation_backward(T* d, const T* act, int64_t units, T scale, bool crelu) {
+  if (crelu) {
+    for (int64_t o = 0; o < units; ++o) {  // writes d[o] after reading d[2o], d[2o+1]
+      const T pos = act[2 * o] > T(0) ? d[2 * o] : T(0);
+      const T neg = act[2 * o + 1] > T(0) ? d[2 * o + 1] : T(0);
+      d[o] = scale * (pos - neg);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < units; ++i) d[i] = act[i] > T(0) ? scale * d[i] : T(0);
 }
 
 // Rescale a (and b, jointly) to the Euclidean norm ``target``.
@@ -305,7 +325,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                          double replacement_rate, int adaptable, int mse, T** ln_w,
                          T** ln_b, double ln_eps, T** anchor_w, T** anchor_b,
                          double anchor_, const double* w_target,
-                         const double* ln_target) {
+                         const double* ln_target, int crelu) {
   const T lr = T(lr_), wd = T(wd_), decay = T(decay_), eps = T(ln_eps);
   const T anchor = T(anchor_);
   const bool ln = ln_w != nullptr, anchored = anchor_w != nullptr;
@@ -313,11 +333,15 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
   const int64_t D = width[0];
   const bool cbp = ages != nullptr;
   const int64_t classes = width[n_layers];
+  // Each layer's inputs: the features of the layer below (two per unit with CReLU).
+  const int64_t mult = crelu ? 2 : 1;
+  std::vector<int64_t> in_dim(n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) in_dim[l] = l == 0 ? D : mult * width[l];
   // Scratch: activations h[1..L] and gradients g[1..L] (the input plays h[0]).
   std::vector<std::vector<T>> h(n_layers + 1), g(n_layers + 1);
   for (int64_t l = 1; l <= n_layers; ++l) {
-    h[l].resize(width[l]);
-    g[l].resize(width[l]);
+    h[l].resize(l < n_layers ? in_dim[l] : width[l]);
+    g[l].resize(l < n_layers ? in_dim[l] : width[l]);
   }
   std::vector<int64_t> nz(D);
   // LayerNorm: each hidden layer's normalised pre-activations and 1/std.
@@ -338,8 +362,8 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     // weights every step; the others when large and CBP is off.
     const bool first = l == 0 && n_layers > 1 && !(cbp && adaptable);
     if (anchored || w_target) continue;
-    if (first || (!cbp && width[l] * width[l + 1] >= (int64_t(1) << 18)))
-      lazy[l].init(width[l + 1], width[l]);
+    if (first || (!cbp && in_dim[l] * width[l + 1] >= (int64_t(1) << 18)))
+      lazy[l].init(width[l + 1], in_dim[l]);
   }
   // The first layer's raw products W x for the next examples, computed together after
   // each rewrite of its stored W (its inputs, unlike the other layers', are known in
@@ -357,7 +381,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     const T* in_vec = x;
     for (int64_t l = 0; l < n_layers; ++l) {
       T* z = h[l + 1].data();
-      const bool relu = l + 1 < n_layers && !ln;
+      const bool relu = l + 1 < n_layers && !ln && !crelu;
       if (lazy[l].on) {
         // Raw products with the stored W (sparse for the input), then corrections.
         if (l == 0) {
@@ -369,7 +393,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
           const T* r = raw0.data() + (k - raw0_first) * width[1];
           std::copy(r, r + width[1], z);
         } else {
-          forward_layer_raw<T>(Wp[l], in_vec, z, width[l + 1], width[l]);
+          forward_layer_raw<T>(Wp[l], in_vec, z, width[l + 1], in_dim[l]);
         }
         lazy[l].correct_forward(in_vec, z);
         const T scale = lazy[l].scale;
@@ -381,11 +405,18 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         forward_layer_sparse<T>(Wp[0], bp[0], x, nz.data(), n_nz, z, width[1], D,
                                 relu);
       } else {
-        forward_layer<T>(Wp[l], bp[l], in_vec, z, width[l + 1], width[l], relu);
+        forward_layer<T>(Wp[l], bp[l], in_vec, z, width[l + 1], in_dim[l], relu);
       }
       if (ln && l < n_hidden)
         inv_std[l] = layer_norm_relu<T>(z, ln_w[l], ln_b[l], nhat[l].data(),
                                         width[l + 1], eps);
+      if (crelu && l < n_hidden) {
+        for (int64_t o = width[l + 1] - 1; o >= 0; --o) {  // in place, from the top
+          const T v = z[o];
+          z[2 * o] = v < 0 ? T(0) : v;
+          z[2 * o + 1] = v > 0 ? T(0) : -v;
+        }
+      }
       in_vec = z;
     }
     // Prediction (first maximum, as torch.argmax) and the loss's gradient.
@@ -422,12 +453,9 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       if (lazy[l].on) {
         const T* gl = g[l + 1].data();
         if (d) {
-          transpose_matvec<T>(Wp[l], gl, d, width[l + 1], width[l]);
+          transpose_matvec<T>(Wp[l], gl, d, width[l + 1], in_dim[l]);
           lazy[l].correct_backward(gl, d);
-          const T scale = lazy[l].scale;
-          const T* act = h[l].data();
-          for (int64_t i = 0; i < width[l]; ++i)
-            d[i] = act[i] > T(0) ? scale * d[i] : T(0);
+          activation_backward<T>(d, h[l].data(), width[l], lazy[l].scale, crelu);
           if (ln)
             layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1],
                                           nhat[l - 1].data(), inv_std[l - 1],
@@ -449,15 +477,13 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         continue;
       }
       backward_update_layer<T>(Wp[l], bp[l], h_in, g[l + 1].data(), d, width[l + 1],
-                               width[l], lr, wd, iabs, oabs,
+                               in_dim[l], lr, wd, iabs, oabs,
                                anchored ? anchor_w[l] : nullptr,
                                anchored ? anchor_b[l] : nullptr, anchor);
       if (w_target && w_target[l] > 0)
-        project_to_norm<T>(Wp[l], width[l] * width[l + 1], nullptr, 0, w_target[l]);
+        project_to_norm<T>(Wp[l], in_dim[l] * width[l + 1], nullptr, 0, w_target[l]);
       if (d) {
-        const T* act = h[l].data();
-        for (int64_t i = 0; i < width[l]; ++i)
-          if (!(act[i] > T(0))) d[i] = T(0);
+        activation_backward<T>(d, h[l].data(), width[l], T(1), crelu);
         if (ln) {
           layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1], nhat[l - 1].data(),
                                         inv_std[l - 1], width[l], lr, wd);
@@ -517,12 +543,13 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                           double decay, int64_t maturity, double replacement_rate,   \
                           int adaptable, int mse, T** ln_w, T** ln_b,               \
                           double ln_eps, T** anchor_w, T** anchor_b, double anchor,  \
-                          const double* w_target, const double* ln_target) {         \
+                          const double* w_target, const double* ln_target,          \
+                          int crelu) {                                               \
     return train_chunk_impl<T>(n_layers, width, W, b, X, Y, P, losses, K, start, lr,  \
                                weight_decay, ages, utils, mean_acts, acc, decay,      \
                                maturity, replacement_rate, adaptable, mse, ln_w,      \
                                ln_b, ln_eps, anchor_w, anchor_b, anchor, w_target,    \
-                               ln_target);                                            \
+                               ln_target, crelu);                                     \
   }
 
 CLENV_TRAIN_CHUNK(clenv_train_chunk_f32, float)

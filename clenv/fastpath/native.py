@@ -32,10 +32,10 @@ _F64 = ctypes.c_double
 # clenv_train_chunk_{f32,f64}(n_layers, width*, W**, b**, X*, Y*, P*, losses*, K, start,
 #   lr, weight_decay, ages**, utils**, mean_acts**, acc*, decay, maturity,
 #   replacement_rate, adaptable, mse, ln_w**, ln_b**, ln_eps, anchor_w**, anchor_b**,
-#   anchor, w_target*, ln_target*) -> examples processed
+#   anchor, w_target*, ln_target*, crelu) -> examples processed
 ARGTYPES = [_I64, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _I64, _I64, _F64, _F64,
             _VP, _VP, _VP, _VP, _F64, _I64, _F64, ctypes.c_int, ctypes.c_int,
-            _VP, _VP, _F64, _VP, _VP, _F64, _VP, _VP]  # fmt: skip
+            _VP, _VP, _F64, _VP, _VP, _F64, _VP, _VP, ctypes.c_int]  # fmt: skip
 
 
 def cache_dir() -> Path:

@@ -31,6 +31,7 @@ def train_chunk_torch(
     norms: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
     anchors: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], float] | None = None,
     projection: tuple[Sequence[float], Sequence[float]] | None = None,
+    crelu: bool = False,
 ) -> int:
     """Sequential batch-1 SGD on examples ``start..stop-1`` of a ReLU MLP, in place.
 
@@ -45,7 +46,9 @@ def train_chunk_torch(
     ``(initial_weights, initial_biases, c)`` (L2 Init), each update adds
     ``c (theta - theta_0)`` to the gradient. With ``projection`` ``(weight_norms,
     norm_norms)`` (NaP), each weight with a target > 0 is rescaled to that norm after
-    its update, and each LayerNorm's scale and shift jointly. Returns ``stop``.
+    its update, and each LayerNorm's scale and shift jointly. With ``crelu`` the hidden
+    activation is clenv.models.layers.CReLU (features 2o, 2o + 1 of unit o: relu(z),
+    relu(-z)). Returns ``stop``.
     """
     num_layers = len(weights)
     decay = 1.0 - lr * weight_decay
@@ -62,7 +65,10 @@ def train_chunk_torch(
                     inv_std = (centred.square().mean() + eps).rsqrt()
                     normalised.append((centred * inv_std, inv_std))
                     z = torch.addcmul(shifts[index], scales[index], normalised[-1][0])
-                z.clamp_(min=0)
+                if crelu:
+                    z = torch.stack([z.clamp(min=0), z.neg().clamp_(min=0)], 1).flatten()
+                else:
+                    z.clamp_(min=0)
             activations.append(z)
         logits = activations[-1]
         predictions[k] = logits.argmax()
@@ -89,7 +95,10 @@ def train_chunk_torch(
                 bias.add_(pulls[1], alpha=-lr * coefficient)
             weight.addr_(grad, h, alpha=-lr)
             bias.add_(grad, alpha=-lr)
-            if back is not None:
+            if back is not None and crelu:  # both features' gradients, to the unit
+                pairs, active = back.view(-1, 2), (h > 0).view(-1, 2)
+                grad = pairs[:, 0] * active[:, 0] - pairs[:, 1] * active[:, 1]
+            elif back is not None:
                 grad = back.mul_(h > 0)
                 if norms is not None:
                     grad = _layer_norm_backward_step(

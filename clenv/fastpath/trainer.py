@@ -15,8 +15,8 @@ run as the autograd loop::
 with ``optimizer = SGD(lr)``, ``loss`` cross-entropy or SC's one-hot MSE
 (``clenv.losses``), and ``method`` one of bp, l2, er, l2er, cbp, cbp+l2, l2init, nap
 (and head_reset / reset / layer_reset, which act only on task switches, in place on
-the same parameter tensors), on a Linear-ReLU MLP or one with a LayerNorm before each
-hidden ReLU (``--norm layer``). Equal up to float rounding
+the same parameter tensors), on a Linear-ReLU MLP, one with a LayerNorm before each
+hidden ReLU (``--norm layer``) or one with CReLU instead of ReLU. Equal up to float rounding
 (a different summation order); ``tests/test_fastpath.py`` checks the weights after N
 steps against that loop for every supported method.
 
@@ -51,6 +51,9 @@ How each method runs here:
   component projects (and each LayerNorm's scale and shift, jointly) to the
   component's own initial norms; no layer defers its updates then. Not with ER
   (whose ascent, between kernel calls, NaP would have to follow).
+* **CReLU** (``--activation crelu``, :class:`clenv.models.layers.CReLU`'s interleaved
+  features): each hidden layer's two features per unit are formed in the kernel and
+  its gradient read back from them; not with LayerNorm or CBP.
 * **LayerNorm** (``--norm layer``): normalised in the kernel, its scale and shift
   trained by the same SGD (+ L2) update as the weights; with any method above but CBP
   (whose unit replacement would have to reset the norm's statistics too).
@@ -75,6 +78,7 @@ from clenv.fastpath.native import load_kernel
 from clenv.fastpath.reference import train_chunk_torch
 from clenv.losses import LOSSES
 from clenv.methods import ContinualBackprop
+from clenv.models.layers import CReLU
 
 # --reg components the fast path runs exactly (see the module docstring).
 SUPPORTED_COMPONENTS = frozenset(
@@ -135,10 +139,10 @@ def fast_path_supports(
         if reason:
             return FastPathSupport(False, reason)
     try:
-        layers, norms = mlp_layers(model)
+        layers, norms, crelu = mlp_layers(model)
     except ValueError as error:
         return FastPathSupport(False, str(error))
-    reason = _method_unsupported(method, layers, norms)
+    reason = _method_unsupported(method, layers, norms, crelu)
     return FastPathSupport(not reason, reason)
 
 
@@ -159,7 +163,10 @@ def _optimizer_unsupported(optimizer: torch.optim.Optimizer) -> str:
 
 
 def _method_unsupported(
-    method: Any, layers: list[nn.Linear], norms: list[nn.LayerNorm] | None = None
+    method: Any,
+    layers: list[nn.Linear],
+    norms: list[nn.LayerNorm] | None = None,
+    crelu: bool = False,
 ) -> str:
     """Why the trainer cannot run ``method`` exactly on ``layers`` (and ``norms``, the
     MLP's LayerNorms) ("" if it can)."""
@@ -171,9 +178,9 @@ def _method_unsupported(
                 f"the fast path cannot run {name!r} exactly (supported: "
                 f"{sorted(SUPPORTED_COMPONENTS)}); use the autograd path"
             )
-        if name == "cbp" and norms:
+        if name == "cbp" and (norms or crelu):
             return (
-                "the fast path runs CBP on MLPs without LayerNorm only; use the "
+                "the fast path runs CBP on ReLU MLPs without LayerNorm only; use the "
                 "autograd path"
             )
         if name == "l2init":
@@ -221,9 +228,18 @@ def _method_unsupported(
     return ""
 
 
-def mlp_layers(model: nn.Module) -> tuple[list[nn.Linear], list[nn.LayerNorm]]:
-    """The Linear layers of a Linear-[LayerNorm]-ReLU-...-Linear MLP and its
-    LayerNorms (one per hidden layer, or none), checked.
+class MLPLayers(NamedTuple):
+    """What the fast path trains: the Linear layers (the head last), the LayerNorm of
+    each hidden layer (empty without), and whether the activation is CReLU."""
+
+    linears: list[nn.Linear]
+    norms: list[nn.LayerNorm]
+    crelu: bool
+
+
+def mlp_layers(model: nn.Module) -> MLPLayers:
+    """The layers of a Linear-[LayerNorm]-ReLU-...-Linear MLP (or Linear-CReLU-...),
+    checked.
 
     Raises:
         ValueError: when the model is anything else (the fast path computes exactly
@@ -232,15 +248,21 @@ def mlp_layers(model: nn.Module) -> tuple[list[nn.Linear], list[nn.LayerNorm]]:
     leaves = [m for m in model.modules() if not list(m.children())]
     kinds = [type(m) for m in leaves if not isinstance(m, nn.Flatten | nn.Identity)]
     norms = [m for m in leaves if isinstance(m, nn.LayerNorm)]
-    block = (nn.Linear, nn.LayerNorm, nn.ReLU) if norms else (nn.Linear, nn.ReLU)
+    crelu = CReLU in kinds
+    block = (
+        (nn.Linear, CReLU) if crelu
+        else (nn.Linear, nn.LayerNorm, nn.ReLU) if norms
+        else (nn.Linear, nn.ReLU)
+    )  # fmt: skip
     expected_pattern = all(
         kind is block[i % len(block)] for i, kind in enumerate(kinds)
     )
     if not kinds or not expected_pattern or kinds[-1] is not nn.Linear:
         raise ValueError(
             "the fast path trains Linear-ReLU-...-Linear MLPs, with or without a "
-            "LayerNorm before each ReLU, only (e.g. clenv.models.PermutedMNISTMLP); got "
-            f"layers {[k.__name__ for k in kinds]}. Use the autograd path for other "
+            "LayerNorm before each ReLU, or with CReLU instead of ReLU (no LayerNorm), "
+            "only (e.g. clenv.models.PermutedMNISTMLP); got layers "
+            f"{[k.__name__ for k in kinds]}. Use the autograd path for other "
             "architectures."
         )
     linears = [m for m in leaves if isinstance(m, nn.Linear)]
@@ -256,20 +278,21 @@ def mlp_layers(model: nn.Module) -> tuple[list[nn.Linear], list[nn.LayerNorm]]:
                 "scale and a shift (elementwise_affine=True, bias=True) and one eps "
                 f"for all; got {norm}"
             )
-    return linears, norms
+    return MLPLayers(linears, norms, crelu)
 
 
 def mlp_linear_layers(model: nn.Module) -> list[nn.Linear]:
-    """The Linear layers of a Linear-ReLU-...-Linear MLP (no LayerNorm), checked.
+    """The Linear layers of a Linear-ReLU-...-Linear MLP (no LayerNorm, no CReLU),
+    checked.
 
     Raises:
         ValueError: when the model is anything else.
     """
-    linears, norms = mlp_layers(model)
-    if norms:
+    linears, norms, crelu = mlp_layers(model)
+    if norms or crelu:
         raise ValueError(
-            "this trainer runs MLPs without LayerNorm (FastMLPTrainer runs one seed "
-            "with it); use the autograd path or one seed at a time"
+            "this trainer runs ReLU MLPs without LayerNorm (FastMLPTrainer runs one "
+            "seed with LayerNorm or CReLU); use the autograd path or one seed at a time"
         )
     return linears
 
@@ -349,13 +372,13 @@ class FastMLPTrainer:
         self.model = model
         self.lr = float(lr)
         self.loss = loss
-        self.layers, self.norms = mlp_layers(model)
+        self.layers, self.norms, self.crelu = mlp_layers(model)
         self.weight_decay = 0.0
         self.er = None
         self.cbp: ContinualBackprop | None = None
         self.l2init = None
         self.nap = None
-        reason = _method_unsupported(method, self.layers, self.norms)
+        reason = _method_unsupported(method, self.layers, self.norms, self.crelu)
         if reason:
             raise ValueError(reason)
         for component in _components(method):
@@ -497,7 +520,7 @@ class FastMLPTrainer:
                 weights, biases, inputs, labels, predictions, losses, start, stop,
                 self.lr, self.weight_decay, self.cbp, self.loss,
                 norms=(scales, shifts, eps) if scales else None, anchors=anchors,
-                projection=targets,
+                projection=targets, crelu=self.crelu,
             )  # fmt: skip
         return self._run_native(weights, biases, inputs, labels, predictions, losses,
                                 start, stop, scales, shifts, eps, anchors,
@@ -536,6 +559,7 @@ class FastMLPTrainer:
               if anchors else (None, None, 0.0)),
             *((ctypes.c_double * len(t))(*t) if targets else None
               for t in (targets or ((), ()))),
+            int(self.crelu),
         )  # fmt: skip
         if cbp is not None:
             cbp.accumulated = list(settings[0])
