@@ -156,3 +156,27 @@ def test_methods_bench_variants_change_the_network_optimizer_or_loss():
     assert torch.equal(first, next(plain.model.parameters()))
     with pytest.raises(ValueError, match="unknown variant 'adam' in 'bp:adam'"):
         trainer("bp:adam")
+
+
+def test_supervised_agent_bench_times_network_variants_on_both_paths(capsys):
+    """--methods takes method:variant (the fast path's LayerNorm and CReLU nets), and
+    --autograd times the same entries on the autograd loop, with their ratio."""
+    from clenv.bench import supervised_agent
+    from clenv.fastpath import load_kernel
+
+    if load_kernel() is None:
+        pytest.skip("no C++ compiler")
+    specs = ["nap:layernorm", "bp:crelu"]
+    rates = supervised_agent.main(
+        ["--widths", "8", "--rounds", "1", "--seconds", "0.01", "--chunk", "10",
+         "--methods", *specs, "--autograd", *specs, "--no-compare-ascent"]
+    )  # fmt: skip
+    names = set(rates[8])
+    assert {"fast nap:layernorm", "autograd bp:crelu"} <= names
+    assert all(cpu > 0 and wall > 0 for cpu, wall in rates[8].values())
+    output = capsys.readouterr().out
+    assert "nap:layernorm: fast path / autograd" in output
+    model, reg = supervised_agent.build_model(8, "bp:crelu")
+    assert reg == "bp" and model.layers[2].in_features == 16
+    with pytest.raises(SystemExit, match="unknown network variant 'muon'"):
+        supervised_agent.build_model(8, "bp:muon")

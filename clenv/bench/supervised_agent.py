@@ -10,6 +10,10 @@ MNIST-shaped examples (784 inputs, 10 classes):
   kernel, chunks of ``--chunk`` examples (SC's PMNIST presets: L2 1e-3, L2-ER ascent
   every 100 steps, CBP rr 1e-6 maturity 100);
 * **fast bp (torch)**: the same math in torch ops (the fallback without a compiler);
+* **fast / autograd <method>:<variant>**: a ``--methods`` entry may name a network
+  variant of ``clenv bench methods`` (``layernorm``, ``crelu``: ``nap:layernorm`` is
+  ``--reg nap --norm layer``); ``--autograd`` times the same entries on the autograd
+  loop with clenv.methods' hooks, and the run prints each fast/autograd ratio;
 * **fast l2er (autograd ascent)**: fast l2er with the ascent's gradient by autograd
   through the SVD (``er__gradient="autograd"``, the implementation before the
   closed-form gradient), so its speed-up is measured in the same run.
@@ -42,6 +46,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
+from clenv.bench.methods import MODEL_VARIANTS
 from clenv.fastpath import FastMLPTrainer, load_kernel
 from clenv.methods import make_method
 from clenv.models import PermutedMNISTMLP
@@ -64,9 +69,24 @@ def eager_runner(width: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
     return run
 
 
-def autograd_method_runner(width: int, reg: str) -> Callable:
+def build_model(width: int, spec: str) -> tuple[PermutedMNISTMLP, str]:
+    """The MLP of a ``method[:variant]`` entry and its method name.
+
+    Raises:
+        SystemExit: for a variant that is not one of the network's.
+    """
+    reg, _, variant = spec.partition(":")
+    if variant and variant not in MODEL_VARIANTS:
+        raise SystemExit(
+            f"unknown network variant {variant!r} in {spec!r}; known: "
+            f"{list(MODEL_VARIANTS)} (e.g. nap:layernorm)"
+        )
+    return PermutedMNISTMLP(width=width, **MODEL_VARIANTS.get(variant, {})), reg
+
+
+def autograd_method_runner(width: int, spec: str) -> Callable:
     """The autograd loop with clenv.methods hooks (what the agent runs for conv nets)."""
-    model = PermutedMNISTMLP(width=width)
+    model, reg = build_model(width, spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     method = make_method(reg, model, optimizer, preset="pmnist")
 
@@ -83,9 +103,9 @@ def autograd_method_runner(width: int, reg: str) -> Callable:
 
 
 def fast_runner(
-    width: int, reg: str, chunk: int, backend: str = "native", **overrides
+    width: int, spec: str, chunk: int, backend: str = "native", **overrides
 ) -> Callable:
-    model = PermutedMNISTMLP(width=width)
+    model, reg = build_model(width, spec)
     method = make_method(reg, model, None, preset="pmnist", **overrides)
     trainer = FastMLPTrainer(model, LR, method=method, backend=backend)
 
@@ -173,7 +193,9 @@ class Args:
     chunk: int = 100
     """examples per call"""
     methods: list[str] = field(default_factory=lambda: ["bp", "l2", "l2er", "cbp"])
-    """fast-path --reg names to time"""
+    """fast-path --reg names to time, each optionally with a network variant (layernorm, crelu): nap:layernorm"""
+    autograd: list[str] = field(default_factory=list)
+    """entries of --methods to time on the autograd loop too (the ratio fast/autograd is printed)"""
     autograd_l2er: bool = False
     """also time the autograd loop with clenv.methods' L2-ER hooks"""
     compare_ascent: bool = True
@@ -213,6 +235,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, floa
             fast_runner(width, "bp", args.chunk, backend="torch"),
             block(eager_speed * 2),
         )
+        for spec in args.autograd:
+            runners[f"autograd {spec}"] = (
+                autograd_method_runner(width, spec),
+                max(20, int(eager_speed * args.seconds / 2)),
+            )
         if args.autograd_l2er:
             runners["autograd l2er"] = (
                 autograd_method_runner(width, "l2er"),
@@ -234,6 +261,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, tuple[float, floa
         if sc_bp:
             print(f"(SC's JAX code on the project's machine: bp {sc_bp:,}, "
                   f"l2er {sc_l2er:,} ex/s)")  # fmt: skip
+        for spec in args.autograd:
+            fast, slow = rates.get(f"fast {spec}"), rates[f"autograd {spec}"]
+            if fast is not None:
+                print(f"{spec}: fast path / autograd {fast[0] / slow[0]:.1f}x per "
+                      f"CPU-second ({fast[1] / slow[1]:.1f}x per wall-second)")  # fmt: skip
         closed, autograd = (
             rates.get("fast l2er"),
             rates.get("fast l2er (autograd ascent)"),
