@@ -31,7 +31,7 @@ from torch import nn
 import clenv.run
 from clenv.checkpoint import list_checkpoints
 from clenv.cli_kwargs import parse_kwargs
-from clenv.fastpath import LOCKSTEP_COMPONENTS, SUPPORTED_COMPONENTS, fast_path_supports
+from clenv.fastpath import LOCKSTEP_COMPONENTS, fast_path_supports
 from clenv.logger import RunLogger
 from clenv.methods import split_name
 from clenv.methods.registry import SETTING_TAGS

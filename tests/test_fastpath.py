@@ -184,10 +184,16 @@ def test_layer_norm_mlp_matches_autograd(backend, reg, overrides, loss_name):
     [
         ("l2init", {"weight_decay": 1e-2}, ("bp", {})),
         ("l2init", {"weight_decay": 1e-2, "halve": True}, ("bp", {})),
-        ("l2init+l2", {"l2init__weight_decay": 1e-2, "l2__weight_decay": 1e-2},
-         ("l2", {"weight_decay": 1e-2})),
-        ("l2init+er", {"weight_decay": 1e-2, "er__interval": 7},
-         ("er", {"er__interval": 7})),
+        (
+            "l2init+l2",
+            {"l2init__weight_decay": 1e-2, "l2__weight_decay": 1e-2},
+            ("l2", {"weight_decay": 1e-2}),
+        ),
+        (
+            "l2init+er",
+            {"weight_decay": 1e-2, "er__interval": 7},
+            ("er", {"er__interval": 7}),
+        ),
     ],
 )
 def test_l2init_matches_autograd_and_pulls_toward_the_stored_weights(
@@ -220,7 +226,10 @@ def test_l2init_reads_the_components_current_initial_weights(backend):
     method = make_method("l2init", anchored, None, weight_decay=1e-2)
     trainer = FastMLPTrainer(anchored, 0.05, method=method, backend=backend)
     method.load_state_dict(
-        {**method.state_dict(), "initial": [torch.zeros_like(p) for p in method.initial]}
+        {
+            **method.state_dict(),
+            "initial": [torch.zeros_like(p) for p in method.initial],
+        }
     )
     trainer.train(x, y)
     fast_run(decayed, "l2", x, y, 0.05, backend, 240, weight_decay=2e-2)
@@ -508,15 +517,18 @@ def test_fast_path_supports_says_which_condition_fails():
     assert fast_path_supports(model, sgd(), l2init)
     for other_model, reg in ((model, "l2init+cbp"), (normed, "l2init")):
         method = make_method(reg, other_model, None)
-        assert "l2init without LayerNorm and CBP" in reason(model=other_model,
-                                                            method=method)
+        assert "l2init without LayerNorm and CBP" in reason(
+            model=other_model, method=method
+        )
         method.remove()
     foreign = make_method("l2init", small_model(seed=1), None)
     assert "does not hold the MLP's parameters" in reason(method=foreign)
     # NaP: on the MLP's LayerNorm layers, without ER.
     nap = make_method("nap", normed, None)
     assert fast_path_supports(normed, sgd(), nap)
-    assert "nap on its MLP's LayerNorm" in reason(method=make_method("nap", model, None))
+    assert "nap on its MLP's LayerNorm" in reason(
+        method=make_method("nap", model, None)
+    )
     nap_er = make_method("nap+er", normed, None)
     assert "nap without ER" in reason(model=normed, method=nap_er)
     nap_er.remove()
@@ -526,7 +538,9 @@ def test_fast_path_supports_says_which_condition_fails():
     cbp_crelu = make_method("cbp", crelu, None)
     assert "CBP on ReLU MLPs" in reason(model=crelu, method=cbp_crelu)
     cbp_crelu.remove()
-    crelu_norm = PermutedMNISTMLP(input_dim=30, width=8, activation="crelu", norm="layer")
+    crelu_norm = PermutedMNISTMLP(
+        input_dim=30, width=8, activation="crelu", norm="layer"
+    )
     assert "CReLU instead of ReLU (no LayerNorm)" in reason(model=crelu_norm)
     # The lockstep trainer (--num-seeds) reads its layers with mlp_linear_layers.
     for other in (normed, crelu):

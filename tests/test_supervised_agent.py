@@ -850,8 +850,14 @@ def test_the_fast_path_says_once_why_it_does_not_run(smoke_runs):
     assert "not the fast path" not in run_output(runs, "pmnist_bp")
     # layer_reset (a task-switch reset), --loss mse (SC's bp_mse), LayerNorm (SC's
     # laynorm_l2), L2 Init, NaP and CReLU run on it too.
-    for name in ("pmnist_layer_reset", "pmnist_mse", "pmnist_layernorm_l2",
-                 "pmnist_l2init", "pmnist_nap", "pmnist_crelu"):
+    for name in (
+        "pmnist_layer_reset",
+        "pmnist_mse",
+        "pmnist_layernorm_l2",
+        "pmnist_l2init",
+        "pmnist_nap",
+        "pmnist_crelu",
+    ):
         assert "not the fast path" not in run_output(runs, name)
         saved = json.loads((only_run(runs / name) / "args.json").read_text())
         assert saved["fast_path_used"] is True, name

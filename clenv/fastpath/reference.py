@@ -66,7 +66,9 @@ def train_chunk_torch(
                     normalised.append((centred * inv_std, inv_std))
                     z = torch.addcmul(shifts[index], scales[index], normalised[-1][0])
                 if crelu:
-                    z = torch.stack([z.clamp(min=0), z.neg().clamp_(min=0)], 1).flatten()
+                    z = torch.stack(
+                        [z.clamp(min=0), z.neg().clamp_(min=0)], 1
+                    ).flatten()
                 else:
                     z.clamp_(min=0)
             activations.append(z)

@@ -201,7 +201,8 @@ def _method_unsupported(
                     "the fast path runs nap without ER (NaP projects after ER's "
                     "ascent); use the autograd path"
                 )
-            if component.error or _projection_targets(component, layers, norms) is None:
+            targets = _projection_targets(component, layers, norms or [])
+            if component.error or targets is None:
                 return (
                     "the fast path runs nap on its MLP's LayerNorm layers (build the "
                     "model with --norm layer and the method on it); use the autograd path"
@@ -498,11 +499,10 @@ class FastMLPTrainer:
             id(p): p0 for p, p0 in zip(self.l2init.params, self.l2init.initial,
                                        strict=True)
         }  # fmt: skip
-        coefficient = self.l2init.weight_decay * (1 if self.l2init.halve else 2)
         return (
             [initial[id(layer.weight)] for layer in self.layers],
             [initial[id(layer.bias)] for layer in self.layers],
-            coefficient,
+            self.l2init.coefficient,
         )
 
     def _run(self, inputs, labels, predictions, losses, start: int, stop: int) -> int:

@@ -62,11 +62,17 @@ class L2Init(PlasticityMethod):
         self.params = trainable_parameters(model)
         self.initial = [p.detach().clone() for p in self.params]
 
+    @property
+    def coefficient(self) -> float:
+        """The factor of ``theta - theta_0`` added to the gradient: 2 lambda (lambda with
+        ``halve``)."""
+        return self.weight_decay * (1 if self.halve else 2)
+
     @torch.no_grad()
     def after_backward(self) -> None:
         if self.weight_decay == 0:
             return
-        coefficient = self.weight_decay * (1 if self.halve else 2)
+        coefficient = self.coefficient
         # One foreach op per stage instead of three small ops per tensor: the same
         # elementwise arithmetic, so the same numbers, at a fraction of the dispatch.
         pulls = torch._foreach_sub(self.params, self.initial)
