@@ -368,11 +368,12 @@ def test_dense_inputs_match_autograd(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reg", ["bp", "l2", "l2er"])
-def test_large_layers_with_deferred_updates_match_autograd(backend, reg):
+@pytest.mark.parametrize("norm", [None, "layer"])
+def test_large_layers_with_deferred_updates_match_autograd(backend, reg, norm):
     """Width 600: the kernel defers the updates of layers >= 2^18 weights (rank-16
     corrections, rewritten every 16 examples); 70 examples cross 4 rewrites."""
     torch.manual_seed(0)
-    reference = PermutedMNISTMLP(input_dim=784, width=600, depth=2).double()
+    reference = PermutedMNISTMLP(input_dim=784, width=600, depth=2, norm=norm).double()
     fast = copy.deepcopy(reference)
     x, y = stream(n=70, dim=784, classes=10)
     overrides = {"weight_decay": 1e-2} if "l2" in reg else {}
