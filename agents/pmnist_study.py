@@ -165,7 +165,7 @@ COST: dict[str, float] = {
     "crelu_half": 3.8, "layer_reset": 0.6, "inject": 4.2, "redo": 4.7, "fourier": 4.7,
     "fourier_l2": 4.8, "l2init": 0.8, "crelu": 0.8, "layernorm_l2": 0.8,
     "layernorm_l2_wd1e-4": 0.8, "layernorm_l2_wd1e-3": 0.8, "mse": 0.6, "mse_lr1e-3": 0.6,
-    "mse_lr1e-4": 0.6, "nap": 1.0, "snp_l2": 7.1, "parseval": 10, "upgd": 12.6,
+    "mse_lr1e-4": 0.6, "nap": 1.5, "snp_l2": 7.1, "parseval": 10, "upgd": 12.6,
     "spectral_target1": 13.5, "spectral": 14.2, "trac": 20, "muon": 28.8,
     "muon_lr1e-3": 28.3, "muon_lr1e-4": 28.5,
 }  # fmt: skip
