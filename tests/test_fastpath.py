@@ -79,6 +79,26 @@ def assert_same_parameters(reference, fast):
         assert torch.allclose(p_ref, p_fast, rtol=1e-9, atol=1e-11), name
 
 
+def train_both_ways(
+    reference, reg, x, y, lr, backend, loss_name="cross_entropy", **overrides
+):
+    """Train ``reference`` by autograd and a copy of it on the fast path (chunks of
+    13, coprime with the ER intervals used here: ascents fall inside chunks); assert
+    the same weights, predictions and losses. Returns (the fast copy, its losses, its
+    trainer)."""
+    fast = copy.deepcopy(reference)
+    ref_pred, ref_loss = autograd_run(
+        reference, reg, x, y, lr, loss_name=loss_name, **overrides
+    )
+    pred, loss, trainer = fast_run(
+        fast, reg, x, y, lr, backend, 13, loss_name, **overrides
+    )
+    assert_same_parameters(reference, fast)
+    assert torch.equal(pred, ref_pred)
+    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    return fast, loss, trainer
+
+
 def fast_run(
     model, reg, x, y, lr, backend, chunk, loss_name="cross_entropy", **overrides
 ):
@@ -103,17 +123,10 @@ def fast_run(
 )
 def test_same_weights_predictions_and_losses_as_autograd(backend, reg, overrides):
     x, y = stream()
-    lr = 0.05
     reference = small_model()
-    fast = copy.deepcopy(reference)
-    ref_pred, ref_loss = autograd_run(reference, reg, x, y, lr, **overrides)
-    # chunk 13 is coprime with the ER interval: ascents fall inside chunks.
-    pred, loss, trainer = fast_run(fast, reg, x, y, lr, backend, 13, **overrides)
+    _, _, trainer = train_both_ways(reference, reg, x, y, 0.05, backend, **overrides)
     assert trainer.backend == backend
     assert trainer.num_steps == x.shape[0]
-    assert_same_parameters(reference, fast)
-    assert torch.equal(pred, ref_pred)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # Training really changed the net (the comparison is not vacuous).
     assert not torch.allclose(reference.head.weight, small_model().head.weight)
 
@@ -124,15 +137,9 @@ def test_mse_loss_matches_autograd(backend, reg):
     """SC's bp_mse (--loss mse): clenv.losses.one_hot_mse's gradient and value."""
     x, y = stream()
     lr, overrides = 0.05, {"er__interval": 7} if reg == "l2er" else {}
-    reference = small_model()
-    fast = copy.deepcopy(reference)
-    ref_pred, ref_loss = autograd_run(
-        reference, reg, x, y, lr, loss_name="mse", **overrides
+    fast, loss, _ = train_both_ways(
+        small_model(), reg, x, y, lr, backend, "mse", **overrides
     )
-    pred, loss, _ = fast_run(fast, reg, x, y, lr, backend, 13, "mse", **overrides)
-    assert_same_parameters(reference, fast)
-    assert torch.equal(pred, ref_pred)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # Not cross-entropy's run: the losses and the weights differ from it.
     ce = copy.deepcopy(small_model())
     _, ce_loss, _ = fast_run(ce, reg, x, y, lr, backend, 13, **overrides)
@@ -157,18 +164,10 @@ def test_layer_norm_mlp_matches_autograd(backend, reg, overrides, loss_name):
     its backward and the scale/shift updates equal torch.nn.LayerNorm under autograd."""
     x, y = stream()
     lr = 0.05
-    reference = small_model(norm="layer")
-    fast = copy.deepcopy(reference)
-    ref_pred, ref_loss = autograd_run(
-        reference, reg, x, y, lr, loss_name=loss_name, **overrides
-    )
-    pred, loss, trainer = fast_run(
-        fast, reg, x, y, lr, backend, 13, loss_name, **overrides
+    fast, _, trainer = train_both_ways(
+        small_model(norm="layer"), reg, x, y, lr, backend, loss_name, **overrides
     )
     assert trainer.backend == backend and len(trainer.norms) == 3
-    assert_same_parameters(reference, fast)
-    assert torch.equal(pred, ref_pred)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # The norms were trained (not a vacuous comparison), and they matter: the same
     # weights run as a plain ReLU MLP give another run.
     initial = small_model(norm="layer")
@@ -203,14 +202,10 @@ def test_l2init_matches_autograd_and_pulls_toward_the_stored_weights(
     clenv.methods.L2Init under autograd, toward the component's own theta_0."""
     x, y = stream()
     lr = 0.05
-    reference = small_model()
-    fast = copy.deepcopy(reference)
-    ref_pred, ref_loss = autograd_run(reference, reg, x, y, lr, **overrides)
-    pred, loss, trainer = fast_run(fast, reg, x, y, lr, backend, 13, **overrides)
+    fast, _, trainer = train_both_ways(
+        small_model(), reg, x, y, lr, backend, **overrides
+    )
     assert trainer.l2init is not None
-    assert_same_parameters(reference, fast)
-    assert torch.equal(pred, ref_pred)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     # The pull acts: the same run without L2 Init ends elsewhere.
     plain = small_model()
     fast_run(plain, without[0], x, y, lr, backend, 13, **without[1])
@@ -252,13 +247,9 @@ def test_nap_matches_autograd_and_holds_the_initial_norms(backend, reg, override
     of the weights (and LayerNorm scale/shift, jointly) to their initial norms, as
     clenv.methods.NormalizeAndProject's after_step under autograd."""
     x, y = stream()
-    reference = small_model(norm="layer")
-    fast = copy.deepcopy(reference)
-    ref_pred, ref_loss = autograd_run(reference, reg, x, y, 0.05, **overrides)
-    pred, loss, trainer = fast_run(fast, reg, x, y, 0.05, backend, 13, **overrides)
-    assert_same_parameters(reference, fast)
-    assert torch.equal(pred, ref_pred)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
+    fast, _, trainer = train_both_ways(
+        small_model(norm="layer"), reg, x, y, 0.05, backend, **overrides
+    )
     nap = trainer.nap
     for group, initial in zip(nap.groups, nap.initial_norms, strict=True):
         norm = torch.cat([t.detach().reshape(-1) for t in group]).norm()
@@ -292,17 +283,14 @@ def test_crelu_mlp_matches_autograd(backend, reg, overrides, width):
     with torch.no_grad():
         for layer in reference.linear_layers:
             layer.bias.uniform_(-0.1, 0.1)
-    fast = copy.deepcopy(reference)
     initial_head = reference.head.weight.detach().clone()
     x, y = stream(n=120)
     lr = 0.05 if width < 100 else 0.002  # the wide net diverges at 0.05
-    ref_pred, ref_loss = autograd_run(reference, reg, x, y, lr, **overrides)
-    pred, loss, trainer = fast_run(fast, reg, x, y, lr, backend, 13, **overrides)
+    fast, loss, trainer = train_both_ways(
+        reference, reg, x, y, lr, backend, **overrides
+    )
     assert trainer.crelu and reference.layers[2].in_features == 2 * width
     assert torch.isfinite(loss).all()
-    assert_same_parameters(reference, fast)
-    assert torch.equal(pred, ref_pred)
-    assert torch.allclose(loss, ref_loss, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(fast.head.weight, initial_head)  # it trained
 
 
