@@ -360,8 +360,8 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
     // The first layer always (its sparse per-example update and products cost more
     // than the block products), unless CBP's adaptable utility needs its true incoming
     // weights every step; the others when large and CBP is off.
+    if (anchored || w_target) continue;  // their updates read every weight anyway
     const bool first = l == 0 && n_layers > 1 && !(cbp && adaptable);
-    if (anchored || w_target) continue;
     if (first || (!cbp && in_dim[l] * width[l + 1] >= (int64_t(1) << 18)))
       lazy[l].init(width[l + 1], in_dim[l]);
   }
@@ -446,6 +446,18 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
       Lo[k] = std::log(sum) + zmax - z[y];
       gL[y] -= T(1);
     }
+    // d = W_l^T g_{l+1} (the gradient of layer l's input features) becomes the
+    // gradient of hidden layer l-1's pre-activations, through its activation (times the
+    // deferred layer's scale) and its LayerNorm, whose scale and shift then step.
+    const auto to_pre_activation = [&](int64_t l, T* d, T scale) {
+      activation_backward<T>(d, h[l].data(), width[l], scale, crelu);
+      if (!ln) return;
+      layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1], nhat[l - 1].data(),
+                                    inv_std[l - 1], width[l], lr, wd);
+      if (ln_target && ln_target[l - 1] > 0)
+        project_to_norm<T>(ln_w[l - 1], width[l], ln_b[l - 1], width[l],
+                           ln_target[l - 1]);
+    };
     // Backward with fused updates, from the head down.
     for (int64_t l = n_layers - 1; l >= 0; --l) {
       const T* h_in = l == 0 ? x : h[l].data();
@@ -455,11 +467,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
         if (d) {
           transpose_matvec<T>(Wp[l], gl, d, width[l + 1], in_dim[l]);
           lazy[l].correct_backward(gl, d);
-          activation_backward<T>(d, h[l].data(), width[l], lazy[l].scale, crelu);
-          if (ln)
-            layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1],
-                                          nhat[l - 1].data(), inv_std[l - 1],
-                                          width[l], lr, wd);
+          to_pre_activation(l, d, lazy[l].scale);
         }
         T* b = bp[l];
         for (int64_t o = 0; o < width[l + 1]; ++o) b[o] = b[o] - lr * (gl[o] + wd * b[o]);
@@ -482,16 +490,7 @@ int64_t train_chunk_impl(int64_t n_layers, const int64_t* width, T** Wp, T** bp,
                                anchored ? anchor_b[l] : nullptr, anchor);
       if (w_target && w_target[l] > 0)
         project_to_norm<T>(Wp[l], in_dim[l] * width[l + 1], nullptr, 0, w_target[l]);
-      if (d) {
-        activation_backward<T>(d, h[l].data(), width[l], T(1), crelu);
-        if (ln) {
-          layer_norm_backward_update<T>(d, ln_w[l - 1], ln_b[l - 1], nhat[l - 1].data(),
-                                        inv_std[l - 1], width[l], lr, wd);
-          if (ln_target && ln_target[l - 1] > 0)
-            project_to_norm<T>(ln_w[l - 1], width[l], ln_b[l - 1], width[l],
-                               ln_target[l - 1]);
-        }
-      }
+      if (d) to_pre_activation(l, d, T(1));
     }
     if (!cbp) continue;
     // Continual Backprop bookkeeping, per hidden layer.
