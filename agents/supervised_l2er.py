@@ -139,7 +139,7 @@ class Args(RunOptions, BaselineOptions):  # more flags: clenv.supervised_args
     method_kwargs: list[str] = field(default_factory=list)
     """method arguments as key=value overriding the preset, e.g. `weight_decay=1e-4` or `er__ascent_lr=1e-3`"""
     fast_path: Literal["auto", "on", "off"] = "auto"
-    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it computes the same run (ReLU MLP, plain SGD, cross-entropy or MSE, methods bp/l2/er/l2er/cbp/resets) and else says why it trains with autograd; on: an error where it cannot"""
+    """batch-1 MLP training without autograd (clenv.fastpath): auto uses it whenever it computes the same run (ReLU MLP, with or without --norm layer, or CReLU MLP; plain SGD, cross-entropy or MSE; methods bp/l2/l2init/nap/er/l2er/cbp/resets) and else says why it trains with autograd; on: an error where it cannot"""
     chunk: int = 100
     """Permuted MNIST at batch 1: examples per env step; the learner still updates after every example (docs/agents/supervised.md)"""
 
