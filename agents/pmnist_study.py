@@ -985,8 +985,9 @@ def pace_note(timings: list, minutes: dict, args: Args) -> str:
 
 def estimate(minutes: dict, args: Args) -> str:
     """Wall time of runs costing ``minutes`` each at ``--workers`` (arms without an
-    entry in :data:`COST` count 0), as "5.2 h", or "40 min" under an hour."""
-    total = sum(minutes.values()) / args.workers
+    entry in :data:`COST` count 0), as "5.2 h", or "40 min" under an hour. No run is
+    split across workers, so it is never less than the costliest run."""
+    total = max(sum(minutes.values()) / args.workers, max(minutes.values(), default=0))
     return f"{total / 60:.1f} h" if total >= 60 else f"{total:.0f} min"
 
 

@@ -288,6 +288,9 @@ def test_arms_from_reg_names_and_label_flags(monkeypatch):
     # The time left it prints: runs' minutes over the workers, in hours from an hour.
     assert study.estimate({"a": 90, "b": 60}, study.Args(workers=1)) == "2.5 h"
     assert study.estimate({"a": 30, "b": 30}, study.Args(workers=2)) == "30 min"
+    # One run left: the second worker idles, so the estimate is the run's own cost.
+    assert study.estimate({"a": 28}, study.Args(workers=2)) == "28 min"
+    assert study.estimate({"a": 90, "b": 10}, study.Args(workers=2)) == "1.5 h"
     # ... and at this machine's pace, once runs have ended at another than COST's.
     monkeypatch.setitem(study.COST, "a", 10)
     monkeypatch.setitem(study.COST, "b", 20)
