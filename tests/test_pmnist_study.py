@@ -94,13 +94,13 @@ def test_study_runs_every_method_skips_finished_runs_and_plots(
     printed = capsys.readouterr().out
     assert "bp seed 1: ok" in printed and "l2er seed 1: ok" in printed, printed
     # Progress: what is left, by the per-run estimates (COST: bp 0.55, l2er 1.7 min;
-    # two workers).
-    assert "2 of 2 runs to do, ~1 min by the per-run estimates" in printed, printed
+    # two workers, so l2er's run alone sets it).
+    assert "2 of 2 runs to do, ~2 min by the per-run estimates" in printed, printed
     # Runs are reported as they end, in either order: what is left is the other run.
     first_ended = re.search(r"^(bp|l2er) seed 1: ok .*1 runs left, (~\d+ min)[;\]]",
                             printed, re.M)  # fmt: skip
     assert first_ended, printed
-    left_after = {"bp": "~1 min", "l2er": "~0 min"}  # l2er's 1.7 or bp's 0.55, halved
+    left_after = {"bp": "~2 min", "l2er": "~1 min"}  # the other run's 1.7 or 0.55 min
     assert first_ended[2] == left_after[first_ended[1]], printed
     assert "0 runs left, ~0 min" in printed, printed
     summary = json.loads((out / "tiny.json").read_text())
