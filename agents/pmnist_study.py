@@ -772,6 +772,8 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
                 ax.set_ylabel(ylabel)
             if row == len(panels) - 1:
                 ax.set_xlabel("task")
+                if wide_range(table):  # e.g. ε = 0.1: 0.003 (bp) to 0.98 (fourier)
+                    ax.set_yscale("symlog", linthresh=1e-3)
             ax.grid(alpha=0.3)
     fig.suptitle(
         f"Permuted MNIST, MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} "
@@ -808,6 +810,14 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
                 entry[f"{key}_last"] = float(series[-1])
         summary[label] = entry
     return summary
+
+
+def wide_range(table: dict) -> bool:
+    """Whether a panel's positive values span more than two decades, so that a linear
+    axis would flatten all but the largest curves."""
+    values = np.concatenate([v.ravel() for _, v in table.values()] or [np.zeros(0)])
+    positive = values[values > 0]
+    return positive.size > 0 and positive.max() > 100 * positive.min()
 
 
 def not_drawn(args: Args, summary: dict) -> list[str]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from clenv.provenance import git_state
@@ -214,6 +215,22 @@ def test_plot_only_without_runs_says_so(tmp_path, monkeypatch):
     ):
         study.main()
     assert not (tmp_path / "out").exists()  # no empty figure
+
+
+def test_a_panel_spanning_more_than_two_decades_gets_a_log_axis(monkeypatch):
+    study = load_study(monkeypatch)
+    tasks = np.arange(3)
+
+    def panel(*arms):
+        return {f"arm{i}": (tasks, np.array(values)) for i, values in enumerate(arms)}
+
+    # The ε-rank at ε = 0.1: bp's 0.003 against fourier's 0.98; a zero (Muon) is
+    # not a decade.
+    assert study.wide_range(panel([[0.017, 0.005, 0.003]], [[0.04, 0.5, 0.98]]))
+    assert not study.wide_range(panel([[0.017, 0.0, 0.0]], [[0.02, 0.1, 0.9]]))
+    # At ε = 1e-4 every arm stays near 0.99: linear.
+    assert not study.wide_range(panel([[0.992, 0.995, 0.994]], [[0.974, 0.99, 1.0]]))
+    assert not study.wide_range({})
 
 
 def test_built_in_arms_cover_every_baseline_with_a_reg_and_a_colour(monkeypatch):
