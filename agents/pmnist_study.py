@@ -745,6 +745,10 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
     fig = Figure(figsize=(1.5 + 4.2 * len(columns), 11), constrained_layout=True)
     axes = fig.subplots(len(panels), len(columns), squeeze=False, sharey="row")
     for row, (ylabel, table) in enumerate(panels):
+        # The ε-rank at a large ε spans decades (0.003 for bp to 0.98 for fourier at
+        # 0.1); a log axis keeps the small ones apart. Linear below 1e-3, as it can be 0.
+        last = row == len(panels) - 1
+        log_axis = last and wide_range(table)
         for col, (group, shown) in enumerate(columns):
             ax = axes[row, col]
             for arm in shown:
@@ -770,10 +774,10 @@ def plot(args: Args, runs: dict[str, list[StudyRun]]) -> dict:
                 ax.legend(fontsize=7)
             if col == 0:
                 ax.set_ylabel(ylabel)
-            if row == len(panels) - 1:
+            if last:
                 ax.set_xlabel("task")
-                if wide_range(table):  # e.g. ε = 0.1: 0.003 (bp) to 0.98 (fourier)
-                    ax.set_yscale("symlog", linthresh=1e-3)
+            if log_axis:
+                ax.set_yscale("symlog", linthresh=1e-3)
             ax.grid(alpha=0.3)
     fig.suptitle(
         f"Permuted MNIST, MLP 784-{args.width}x3-10, SGD lr {args.learning_rate} "
