@@ -104,6 +104,7 @@ from clenv.fastpath.native import load_kernel
 from clenv.fastpath.trainer import (
     SUPPORTED_COMPONENTS,
     FastMLPTrainer,
+    _component_name,
     _components,
     _method_unsupported,
     mlp_linear_layers,
@@ -120,7 +121,7 @@ StepBackend = Literal["auto", "batched", "native"]
 
 def _component(method: Any, name: str) -> Any:
     for component in _components(method):
-        if getattr(component, "name", type(component).__name__) == name:
+        if _component_name(component) == name:
             return component
     return None
 
@@ -258,7 +259,7 @@ class BatchedMLPTrainer:
             zip(self.layers, methods, strict=True)
         ):
             reason = _method_unsupported(method, model_layers)
-            names = {getattr(c, "name", "") for c in _components(method)}
+            names = {_component_name(c) for c in _components(method)}
             if not reason and names - LOCKSTEP_COMPONENTS:
                 reason = (
                     f"the lockstep trainer cannot run {sorted(names - LOCKSTEP_COMPONENTS)}"

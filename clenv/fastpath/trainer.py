@@ -170,9 +170,9 @@ def _method_unsupported(
 ) -> str:
     """Why the trainer cannot run ``method`` exactly on ``layers`` (and ``norms``, the
     MLP's LayerNorms) ("" if it can)."""
-    names = {getattr(c, "name", type(c).__name__) for c in _components(method)}
+    names = {_component_name(c) for c in _components(method)}
     for component in _components(method):
-        name = getattr(component, "name", type(component).__name__)
+        name = _component_name(component)
         if name not in SUPPORTED_COMPONENTS:
             return (
                 f"the fast path cannot run {name!r} exactly (supported: "
@@ -325,6 +325,11 @@ def _pointer_array(tensors: list[torch.Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
+def _component_name(component: Any) -> str:
+    """A method component's ``--reg`` name (its class name if it has none)."""
+    return getattr(component, "name", type(component).__name__)
+
+
 def _components(method: Any) -> list[Any]:
     if method is None:
         return []
@@ -383,7 +388,7 @@ class FastMLPTrainer:
         if reason:
             raise ValueError(reason)
         for component in _components(method):
-            name = getattr(component, "name", type(component).__name__)
+            name = _component_name(component)
             if name == "l2":
                 self.weight_decay = float(component.weight_decay)
             elif name == "l2init":
@@ -530,16 +535,15 @@ class FastMLPTrainer:
                     start, stop, scales, shifts, eps, anchors,
                     targets) -> int:  # fmt: skip
         n = len(weights)
-        pointers = ctypes.c_void_p * n
         widths = (ctypes.c_int64 * (n + 1))(
             weights[0].shape[1], *(w.shape[0] for w in weights)
         )
         cbp = self.cbp
         if cbp is not None:
             hidden = n - 1
-            ages = pointers(*(a.data_ptr() for a in cbp.ages))
-            utils = pointers(*(u.data_ptr() for u in cbp.utilities))
-            means = pointers(*(m.data_ptr() for m in cbp.mean_activations))
+            ages = _pointer_array(cbp.ages)
+            utils = _pointer_array(cbp.utilities)
+            means = _pointer_array(cbp.mean_activations)
             accumulated = (ctypes.c_double * hidden)(*cbp.accumulated)
             settings = (accumulated, cbp.decay_rate, cbp.maturity_threshold,
                         cbp.replacement_rate, int(cbp.utility != "contribution"))  # fmt: skip
@@ -549,8 +553,7 @@ class FastMLPTrainer:
         function = self.kernel[str(weights[0].dtype).removeprefix("torch.")]
         done = function(
             n, widths,
-            pointers(*(w.data_ptr() for w in weights)),
-            pointers(*(b.data_ptr() for b in biases)),
+            _pointer_array(weights), _pointer_array(biases),
             inputs.data_ptr(), labels.data_ptr(), predictions.data_ptr(),
             losses.data_ptr(), stop, start, self.lr, self.weight_decay,
             ages, utils, means, *settings, int(self.loss == "mse"),
