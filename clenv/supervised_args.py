@@ -220,10 +220,16 @@ FAST_PATH_ON = (
     "CReLU MLP, methods among bp/l2/l2init/nap/er/cbp/resets; CBP on ReLU without "
     "LayerNorm, l2init without it, nap with it); here: {}. Use --fast-path auto or off"
 )
-# The options the batch-1 fast path computes (the kernel's one network and update).
-FAST_PATH_OPTIONS = {
-    "optimizer": ("sgd", "plain SGD only"),
-}
+# The options the batch-1 fast path computes (the kernel's networks and update), in the
+# order they are checked: (option, values it runs, why, only with --num-seeds > 1).
+FAST_PATH_OPTIONS = (
+    ("activation", ("relu", "crelu"), "the kernel trains ReLU and CReLU MLPs", False),
+    ("norm", ("none",), "the lockstep trainer runs MLPs without norm; one seed at a "
+     "time runs it on the fast path", True),
+    ("activation", ("relu",), "the lockstep trainer runs ReLU MLPs; one seed at a time "
+     "runs it on the fast path", True),
+    ("optimizer", ("sgd",), "plain SGD only", False),
+)  # fmt: skip
 NUM_SEEDS = (
     "--num-seeds {} trains the seeds together on the batch-1 fast path only: "
     "Permuted MNIST at batch 1, --fast-path auto or on, plain SGD, cross-entropy or "
@@ -264,20 +270,10 @@ def fast_path_refusal(args: Any) -> str:
     (the reasons of clenv.fastpath.fast_path_supports), or ""."""
     if args.batch_size != 1:
         return f"batch size {args.batch_size} (batch 1 only), from --batch-size"
-    if args.activation == "fourier":
-        return "--activation fourier (the kernel trains ReLU and CReLU MLPs)"
-    if args.num_seeds > 1 and args.norm != "none":
-        return (
-            f"--norm {args.norm} (the lockstep trainer runs MLPs without norm; one "
-            "seed at a time runs it on the fast path)"
-        )
-    if args.num_seeds > 1 and args.activation != "relu":
-        return (
-            f"--activation {args.activation} (the lockstep trainer runs ReLU MLPs; "
-            "one seed at a time runs it on the fast path)"
-        )
-    for name, (supported, why) in FAST_PATH_OPTIONS.items():
-        if getattr(args, name) != supported:
+    for name, supported, why, lockstep_only in FAST_PATH_OPTIONS:
+        if lockstep_only and args.num_seeds <= 1:
+            continue
+        if getattr(args, name) not in supported:
             flag = "--" + name.replace("_", "-")
             return f"{flag} {getattr(args, name)} ({why})"
     if args.momentum != 0:
